@@ -1,0 +1,132 @@
+"""``sipctl``: serve, demo, check-config, simulate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from sip_controller import __version__
+from sip_controller.config import ConfigError, Secrets, Settings, load_settings
+from sip_controller.logging import configure_logging
+
+DEMO_SCENARIO = Path(__file__).parent / "simulator" / "scenarios" / "demo.yaml"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sipctl", description="Call controller for OpenAI Realtime SIP calls.")
+    parser.add_argument("--version", action="version", version=f"sipctl {__version__}")
+    parser.add_argument("--config", type=Path, help="YAML config file (default: $SIPCTL_CONFIG)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the service (needs OPENAI_API_KEY and OPENAI_WEBHOOK_SECRET)")
+    serve.add_argument("--host", help="bind address (default: settings.host)")
+    serve.add_argument("--port", type=int, help="port (default: settings.port)")
+
+    check = sub.add_parser("check-config", help="validate the config offline")
+    check.add_argument("--print-accept", action="store_true", help="print each profile's exact accept body")
+
+    demo = sub.add_parser("demo", help="run the whole product on loopback against the simulator")
+    demo.add_argument("--time-scale", type=float, default=0.5, help="simulated time factor (default 0.5)")
+
+    sim = sub.add_parser("simulate", help="run a scenario file against the simulator and check its outcomes")
+    sim.add_argument("scenario", type=Path)
+    sim.add_argument("--time-scale", type=float, default=1.0)
+    sim.add_argument("--json", action="store_true", help="print the outcomes as JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"sipctl: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "check-config":
+        return _check_config(settings, print_accept=args.print_accept)
+    if args.command == "serve":
+        return _serve(settings, host=args.host, port=args.port)
+    if args.command == "demo":
+        return _simulate(settings, DEMO_SCENARIO, time_scale=args.time_scale, as_json=False)
+    if args.command == "simulate":
+        return _simulate(settings, args.scenario, time_scale=args.time_scale, as_json=args.json)
+    return 2  # pragma: no cover - argparse enforces the choices
+
+
+def _check_config(settings: Settings, *, print_accept: bool) -> int:
+    from sip_controller import session
+
+    bodies = {name: session.accept_body(profile) for name, profile in settings.profiles.items()}
+    if print_accept:
+        print(json.dumps(bodies, indent=2))
+    else:
+        print(f"config ok: {len(settings.profiles)} profile(s): {', '.join(sorted(settings.profiles))}")
+        for name, profile in settings.profiles.items():
+            if session.deferred_vad_patch(profile) is not None:
+                print(
+                    f"  note: profiles.{name}.turn_detection: threshold/prefix_padding_ms/silence_duration_ms "
+                    "are left out of the accept body (OpenAI refuses them for SIP) and sent by session.update "
+                    "right after the sideband attaches"
+                )
+    return 0
+
+
+def _serve(settings: Settings, *, host: str | None, port: int | None) -> int:
+    import uvicorn
+
+    from sip_controller.app import create_app
+
+    try:
+        secrets = Secrets.from_env()
+        app = create_app(settings, secrets)
+    except ConfigError as exc:
+        print(f"sipctl: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    uvicorn.run(
+        app,
+        host=host or settings.host,
+        port=port if port is not None else settings.port,
+        log_config=None,
+        access_log=False,
+        proxy_headers=True,
+        timeout_graceful_shutdown=60,
+    )
+    return 0
+
+
+def _simulate(settings: Settings, scenario_path: Path, *, time_scale: float, as_json: bool) -> int:
+    from sip_controller import harness
+    from sip_controller.simulator import ScenarioError, load_scenario
+
+    try:
+        scenario = load_scenario(scenario_path)
+    except ScenarioError as exc:
+        print(f"sipctl: {exc}", file=sys.stderr)
+        return 2
+    configure_logging("error", settings.log_format)
+    outcomes = asyncio.run(harness.run_scenario(scenario, settings, time_scale=time_scale))
+    if as_json:
+        payload = [
+            {
+                "call": o.spec.name,
+                "ok": o.ok,
+                "problems": o.problems,
+                "simulator": o.sim.summary(),
+                "controller": o.record.to_dict() if o.record else None,
+            }
+            for o in outcomes
+        ]
+        print(json.dumps(payload, indent=2, default=str))
+    else:
+        print(f"scenario {scenario.name}: {scenario.description}".rstrip(": "))
+        harness.print_report(outcomes, sys.stdout)
+    return 0 if all(o.ok for o in outcomes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

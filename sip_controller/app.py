@@ -1,0 +1,142 @@
+"""The Starlette app: routes and lifespan only. Dependencies are passed in; nothing is built at import."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import httpx
+import structlog
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from sip_controller.config import Secrets, Settings
+from sip_controller.openai_api import RealtimeCalls
+from sip_controller.registry import CallRegistry
+from sip_controller.sideband import SidebandConnector, connect_websocket
+from sip_controller.store import MemoryStore, StateStore
+from sip_controller.webhooks import OtherEvent, WebhookRejected, WebhookVerifier, parse_event
+
+log = structlog.get_logger("sip_controller.app")
+
+
+@dataclass
+class Runtime:
+    """What the routes use, built in the lifespan (so tests and the demo can reach it via app.state)."""
+
+    settings: Settings
+    registry: CallRegistry
+    store: StateStore
+    verifier: WebhookVerifier
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _answer(status: int, outcome: str, detail: str | None = None) -> JSONResponse:
+    body = {"status": outcome} if detail is None else {"status": outcome, "detail": detail}
+    return JSONResponse(body, status_code=status)
+
+
+def create_app(
+    settings: Settings,
+    secrets: Secrets,
+    *,
+    http_client: httpx.AsyncClient | None = None,
+    store: StateStore | None = None,
+    connect: SidebandConnector | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    wall_clock: Callable[[], float] = time.time,
+    drain_timeout_s: float = 30.0,
+) -> Starlette:
+    """Build the service. ``http_client`` (if given) stays owned by the caller; otherwise the lifespan owns one."""
+    secrets.require_for_serving()
+    verifier = WebhookVerifier([s.get_secret_value() for s in secrets.webhook_secrets], clock=wall_clock)
+    api_key = secrets.openai_api_key.get_secret_value() if secrets.openai_api_key else ""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            client = http_client
+            if client is None:
+                client = await stack.enter_async_context(httpx.AsyncClient())
+            api = RealtimeCalls(client, base_url=secrets.openai_base_url, api_key=api_key)
+            registry = CallRegistry(settings, api, connect or connect_websocket, clock=clock)
+            app.state.runtime = Runtime(settings, registry, store or MemoryStore(clock=clock), verifier)
+            log.info("app.started", base_url=secrets.openai_base_url, profiles=sorted(settings.profiles))
+            try:
+                yield
+            finally:
+                await registry.shutdown(drain_timeout_s)
+                log.info("app.stopped")
+
+    async def webhook(request: Request) -> Response:
+        rt: Runtime = request.app.state.runtime
+        try:
+            body = await _read_limited(request, settings.limits.webhook_max_body_bytes)
+        except BodyTooLarge:
+            log.warning("webhook.rejected", outcome="too_large")
+            return _answer(413, "too_large")
+        except ClientDisconnect:
+            return _answer(400, "malformed", "client disconnected")
+        try:
+            webhook_id = rt.verifier.verify(body, request.headers)
+            event = parse_event(body, webhook_id)
+        except WebhookRejected as exc:
+            log.warning("webhook.rejected", outcome=exc.outcome, reason=exc.message)
+            return _answer(exc.status, exc.outcome, exc.message)
+        if isinstance(event, OtherEvent):
+            log.info("webhook.ignored", event_type=event.type, webhook_id=webhook_id)
+            return _answer(200, "ignored")
+        if rt.registry.draining:
+            log.warning("webhook.draining", call_id=event.call_id)
+            return _answer(503, "draining")
+        ttl = settings.limits.dedupe_ttl_s
+        if not await rt.store.claim(f"webhook:{webhook_id}", ttl):
+            log.info("webhook.duplicate", key="webhook_id", call_id=event.call_id, webhook_id=webhook_id)
+            return _answer(200, "duplicate")
+        if not await rt.store.claim(f"call:{event.call_id}", ttl):
+            log.info("webhook.duplicate", key="call_id", call_id=event.call_id, webhook_id=webhook_id)
+            return _answer(200, "duplicate")
+        rt.registry.start(event)
+        log.info("webhook.accepted", call_id=event.call_id, webhook_id=webhook_id)
+        return _answer(200, "accepted")
+
+    async def livez(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        runtime: Runtime | None = getattr(request.app.state, "runtime", None)
+        if runtime is None:
+            return JSONResponse({"status": "starting"}, status_code=503)
+        if runtime.registry.draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
+        if runtime.registry.at_capacity:
+            return JSONResponse({"status": "at_capacity"}, status_code=503)
+        return JSONResponse({"status": "ready", "live_calls": runtime.registry.live_count})
+
+    routes = [
+        Route("/webhooks/openai", webhook, methods=["POST"]),
+        Route("/livez", livez, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)

@@ -1,0 +1,186 @@
+"""Typed sideband server events, parsed once at the edge. Unknown types are kept as UnknownEvent."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    event_id: str | None = None
+
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    type: str | None = None
+    code: str | None = None
+    message: str = ""
+    param: str | None = None
+    event_id: str | None = None
+
+
+class ErrorEvent(_Event):
+    type: Literal["error"]
+    error: ErrorDetail
+
+
+class SessionEvent(_Event):
+    type: Literal["session.created", "session.updated"]
+    session: dict[str, Any] = Field(default_factory=dict)
+
+
+class TokenDetails(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    text_tokens: int = 0
+    audio_tokens: int = 0
+
+
+class InputTokenDetails(TokenDetails):
+    cached_tokens: int = 0
+    cached_tokens_details: TokenDetails = TokenDetails()
+
+
+class Usage(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    total_tokens: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    input_token_details: InputTokenDetails = InputTokenDetails()
+    output_token_details: TokenDetails = TokenDetails()
+
+
+class OutputItem(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    type: str = ""
+    id: str | None = None
+    call_id: str | None = None
+    name: str | None = None
+    arguments: str | None = None
+
+
+class Response(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str = ""
+    status: str | None = None
+    output: list[OutputItem] = Field(default_factory=list)
+    usage: Usage | None = None
+
+
+class ResponseEvent(_Event):
+    type: Literal["response.created", "response.done"]
+    response: Response
+
+
+class FunctionCallArgumentsDone(_Event):
+    type: Literal["response.function_call_arguments.done"]
+    call_id: str
+    name: str = ""
+    arguments: str = ""
+    response_id: str | None = None
+    item_id: str | None = None
+
+
+class OutputTranscriptDone(_Event):
+    type: Literal["response.output_audio_transcript.done"]
+    response_id: str | None = None
+    item_id: str | None = None
+    transcript: str = ""
+
+
+class InputTranscriptionCompleted(_Event):
+    type: Literal["conversation.item.input_audio_transcription.completed"]
+    item_id: str | None = None
+    transcript: str = ""
+
+
+class InputTranscriptionFailed(_Event):
+    type: Literal["conversation.item.input_audio_transcription.failed"]
+    item_id: str | None = None
+
+
+class SpeechEdge(_Event):
+    type: Literal["input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped"]
+
+
+class OutputAudioBuffer(_Event):
+    type: Literal["output_audio_buffer.started", "output_audio_buffer.stopped", "output_audio_buffer.cleared"]
+    response_id: str | None = None
+
+
+class DtmfReceived(_Event):
+    type: Literal["input_audio_buffer.dtmf_event_received"]
+    event: str = ""
+
+
+class UnknownEvent(_Event):
+    """A well-formed event of a type we do not handle (counted and ignored)."""
+
+    type: str
+
+
+class MalformedEvent(BaseModel):
+    """A frame that is not a JSON object with a string ``type``, or a known type with bad fields."""
+
+    model_config = ConfigDict(frozen=True)
+
+    type: Literal["malformed"] = "malformed"
+    reason: str
+
+
+ServerEvent = (
+    ErrorEvent
+    | SessionEvent
+    | ResponseEvent
+    | FunctionCallArgumentsDone
+    | OutputTranscriptDone
+    | InputTranscriptionCompleted
+    | InputTranscriptionFailed
+    | SpeechEdge
+    | OutputAudioBuffer
+    | DtmfReceived
+    | UnknownEvent
+    | MalformedEvent
+)
+
+_MODELS: dict[str, type[_Event]] = {}
+for _model in (
+    ErrorEvent,
+    SessionEvent,
+    ResponseEvent,
+    FunctionCallArgumentsDone,
+    OutputTranscriptDone,
+    InputTranscriptionCompleted,
+    InputTranscriptionFailed,
+    SpeechEdge,
+    OutputAudioBuffer,
+    DtmfReceived,
+):
+    for _name in _model.model_fields["type"].annotation.__args__:  # type: ignore[union-attr]
+        _MODELS[_name] = _model
+
+
+def parse_server_event(raw: str | bytes) -> ServerEvent:
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):  # bad JSON, bad UTF-8, huge integers, absurd nesting
+        return MalformedEvent(reason="not JSON")
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        return MalformedEvent(reason="not an object with a string type")
+    model = _MODELS.get(data["type"])
+    try:
+        if model is None:
+            return UnknownEvent.model_validate(data)
+        return model.model_validate(data)  # type: ignore[return-value]
+    except (ValidationError, RecursionError) as exc:
+        if isinstance(exc, RecursionError):
+            return MalformedEvent(reason=f"{data['type']}: nested too deeply")
+        return MalformedEvent(reason=f"{data['type']}: {exc.error_count()} invalid field(s)")

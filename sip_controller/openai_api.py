@@ -1,0 +1,139 @@
+"""OpenAI's Realtime calls REST API (accept, reject, refer, hangup) over one owned httpx.AsyncClient."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import httpx
+
+DEFAULT_TIMEOUT = httpx.Timeout(connect=3.0, read=5.0, write=5.0, pool=3.0)
+
+
+class OpenAIError(Exception):
+    """A failed call to OpenAI. ``status`` is the HTTP status (0 when no response arrived)."""
+
+    def __init__(
+        self,
+        operation: str,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+    ) -> None:
+        self.operation = operation
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+        where = f" (param {param})" if param else ""
+        super().__init__(f"{operation}: HTTP {status} {code or ''} {message}{where}".replace("  ", " "))
+
+
+class CallGone(OpenAIError):
+    """404 ``call_id_not_found``: the call ended, expired or never existed."""
+
+
+class RateLimited(OpenAIError):
+    def __init__(self, *args: Any, retry_after: float | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.retry_after = retry_after
+
+
+class ServerError(OpenAIError):
+    """5xx from OpenAI."""
+
+
+class InvalidRequest(OpenAIError):
+    """400/422: the body was refused; ``message`` and ``param`` say why."""
+
+
+class AuthError(OpenAIError):
+    """401/403: the API key is wrong or lacks access."""
+
+
+class TransportError(OpenAIError):
+    """No HTTP answer: connection refused, DNS, TLS, or a timeout."""
+
+
+def sideband_url(base_url: str, call_id: str) -> str:
+    """``https://host/v1`` -> ``wss://host/v1/realtime?call_id=…`` (``http`` -> ``ws``)."""
+    parts = urlsplit(base_url.rstrip("/"))
+    scheme = {"https": "wss", "http": "ws"}.get(parts.scheme)
+    if scheme is None:
+        raise ValueError(f"OPENAI_BASE_URL must be http(s), got {base_url!r}")
+    return urlunsplit((scheme, parts.netloc, parts.path + "/realtime", f"call_id={quote(call_id)}", ""))
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def _error_for(operation: str, response: httpx.Response) -> OpenAIError:
+    message, code, param = response.reason_phrase or "error", None, None
+    try:
+        payload = response.json()
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+        err = payload["error"]
+        message = str(err.get("message") or message)
+        code = err.get("code") if isinstance(err.get("code"), str) else None
+        param = err.get("param") if isinstance(err.get("param"), str) else None
+    status = response.status_code
+    if status == 404:
+        return CallGone(operation, status, message, code=code or "call_id_not_found", param=param)
+    if status == 429:
+        return RateLimited(operation, status, message, code=code, param=param, retry_after=_retry_after(response))
+    if status >= 500:
+        return ServerError(operation, status, message, code=code, param=param)
+    if status in (401, 403):
+        return AuthError(operation, status, message, code=code, param=param)
+    return InvalidRequest(operation, status, message, code=code, param=param)
+
+
+class RealtimeCalls:
+    """Typed wrapper of ``/realtime/calls/{call_id}/…``. The client is owned by whoever made it."""
+
+    def __init__(self, client: httpx.AsyncClient, *, base_url: str, api_key: str) -> None:
+        self._client = client
+        self.base_url = base_url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {api_key}"}
+        self._api_key = api_key
+
+    @property
+    def sideband_headers(self) -> dict[str, str]:
+        return dict(self._headers)
+
+    def sideband_url(self, call_id: str) -> str:
+        return sideband_url(self.base_url, call_id)
+
+    async def _post(self, operation: str, call_id: str, body: dict[str, Any] | None) -> None:
+        url = f"{self.base_url}/realtime/calls/{quote(call_id, safe='')}/{operation}"
+        try:
+            response = await self._client.post(url, json=body, headers=self._headers, timeout=DEFAULT_TIMEOUT)
+        except httpx.TimeoutException as exc:
+            raise TransportError(operation, 0, f"timed out ({type(exc).__name__})") from exc
+        except httpx.HTTPError as exc:
+            raise TransportError(operation, 0, f"{type(exc).__name__}: {exc}") from exc
+        if not response.is_success:
+            raise _error_for(operation, response)
+
+    async def accept(self, call_id: str, body: dict[str, Any]) -> None:
+        await self._post("accept", call_id, body)
+
+    async def reject(self, call_id: str, status_code: int = 603) -> None:
+        await self._post("reject", call_id, {"status_code": status_code})
+
+    async def refer(self, call_id: str, target_uri: str) -> None:
+        await self._post("refer", call_id, {"target_uri": target_uri})
+
+    async def hangup(self, call_id: str) -> None:
+        await self._post("hangup", call_id, None)

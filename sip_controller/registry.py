@@ -1,0 +1,151 @@
+"""All live calls: owns their tasks, admits or rejects new ones, keeps recent records, drains on shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from sip_controller import call as cm
+from sip_controller.config import Settings
+from sip_controller.openai_api import OpenAIError, RealtimeCalls
+from sip_controller.report import CallRecord
+from sip_controller.sideband import SidebandConnector
+from sip_controller.supervisor import CallSupervisor
+from sip_controller.webhooks import IncomingCall
+
+log = structlog.get_logger("sip_controller.registry")
+
+FinishedHook = Callable[[CallRecord], None]
+
+
+@dataclass
+class _Live:
+    supervisor: CallSupervisor | None
+    task: asyncio.Task[None]
+    record: CallRecord
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class CallRegistry:
+    def __init__(
+        self,
+        settings: Settings,
+        api: RealtimeCalls,
+        connect: SidebandConnector,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self._api = api
+        self._connect = connect
+        self._clock = clock
+        self._live: dict[str, _Live] = {}
+        self._recent: OrderedDict[str, _Live] = OrderedDict()
+        self.on_finished: list[FinishedHook] = []
+        self.draining = False
+
+    @property
+    def live_count(self) -> int:
+        return len(self._live)
+
+    @property
+    def at_capacity(self) -> bool:
+        return len(self._live) >= self._settings.limits.max_concurrent_calls
+
+    def get(self, call_id: str) -> CallRecord | None:
+        entry = self._live.get(call_id) or self._recent.get(call_id)
+        return entry.record if entry else None
+
+    def records(self) -> list[CallRecord]:
+        return [e.record for e in self._live.values()] + [e.record for e in self._recent.values()]
+
+    async def wait_ended(self, call_id: str, timeout: float) -> CallRecord:
+        entry = self._live.get(call_id) or self._recent.get(call_id)
+        if entry is None:
+            raise KeyError(call_id)
+        async with asyncio.timeout(timeout):
+            await entry.done.wait()
+        return entry.record
+
+    def start(self, incoming: IncomingCall, profile_name: str | None = None) -> CallRecord:
+        """Take charge of a call: supervise it, or reject it (SIP 486) when at capacity."""
+        name = profile_name or self._settings.default_profile
+        record = CallRecord(
+            call_id=incoming.call_id,
+            profile=name,
+            received_at=incoming.received_at,
+            caller=incoming.caller,
+            dialed=incoming.dialed,
+        )
+        if self.at_capacity:
+            task = asyncio.create_task(self._reject(record, 486), name=f"{incoming.call_id}:reject")
+            self._track(_Live(None, task, record))
+            return record
+        machine = cm.CallMachine(
+            call_id=incoming.call_id,
+            profile_name=name,
+            profile=self._settings.profile(name),
+            record=record,
+            close_wait_s=self._settings.limits.hangup_close_wait_s,
+        )
+        supervisor = CallSupervisor(machine, self._api, self._connect, clock=self._clock)
+        task = asyncio.create_task(self._run(supervisor), name=f"{incoming.call_id}:call")
+        self._track(_Live(supervisor, task, record))
+        return record
+
+    def _track(self, entry: _Live) -> None:
+        self._live[entry.record.call_id] = entry
+        entry.task.add_done_callback(lambda _t: self._finished(entry))
+
+    async def _run(self, supervisor: CallSupervisor) -> None:
+        await supervisor.run()
+
+    async def _reject(self, record: CallRecord, status_code: int) -> None:
+        record.mark(0.0, f"rejected: SIP {status_code}")
+        try:
+            await self._api.reject(record.call_id, status_code)
+        except OpenAIError as exc:
+            record.errors.append(f"reject failed: {exc}")
+        record.state = cm.CallState.REJECTED.value
+        record.ended_reason = "rejected"
+        record.duration_s = 0.0
+        log.info("call.ended", **record.summary())
+
+    def _finished(self, entry: _Live) -> None:
+        call_id = entry.record.call_id
+        self._live.pop(call_id, None)
+        if entry.task.cancelled() and entry.record.ended_reason is None:
+            entry.record.ended_reason = "shutdown"
+        keep = self._settings.limits.recent_calls
+        if keep:
+            self._recent[call_id] = entry
+            while len(self._recent) > keep:
+                self._recent.popitem(last=False)
+        entry.done.set()
+        for hook in self.on_finished:
+            try:
+                hook(entry.record)
+            except Exception:
+                log.exception("registry.hook_failed", call_id=call_id)
+
+    async def shutdown(self, timeout: float) -> None:
+        """Ask every live call to wrap up; after ``timeout`` seconds cancel whatever is left."""
+        self.draining = True
+        entries = list(self._live.values())
+        for entry in entries:
+            if entry.supervisor is not None:
+                entry.supervisor.post(cm.Shutdown())
+        if not entries:
+            return
+        _done, pending = await asyncio.wait([e.task for e in entries], timeout=timeout)
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

@@ -1,0 +1,45 @@
+"""A local stand-in for OpenAI's Realtime-over-SIP side: REST, sideband WebSocket, webhooks, scripted callers.
+
+```python
+async with Simulator(webhook_secret=secret, webhook_url=url, time_scale=0.1) as sim:
+    call = await sim.place_call(CallSpec(name="hello", steps=[Step(say="Hi", reply="Hello!")]))
+    await sim.wait_ended(call.call_id, timeout=10)
+    assert check_expectations(call) == []
+```
+"""
+
+from __future__ import annotations
+
+from .core import Simulator
+from .records import ClientEvent, ResponseRecord, SimCall, check_expectations
+from .rules import AudioState, validate_session
+from .scenario import (
+    CallSpec,
+    Expectation,
+    Scenario,
+    ScenarioError,
+    Step,
+    ToolCall,
+    load_scenario,
+    parse_scenario,
+)
+from .webhook_sender import new_webhook_secret
+
+__all__ = [
+    "AudioState",
+    "CallSpec",
+    "ClientEvent",
+    "Expectation",
+    "ResponseRecord",
+    "Scenario",
+    "ScenarioError",
+    "SimCall",
+    "Simulator",
+    "Step",
+    "ToolCall",
+    "check_expectations",
+    "load_scenario",
+    "new_webhook_secret",
+    "parse_scenario",
+    "validate_session",
+]

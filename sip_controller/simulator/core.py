@@ -1,0 +1,166 @@
+"""``Simulator``: OpenAI's Realtime-over-SIP side on loopback, driven by scripted callers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from types import TracebackType
+from typing import Self
+
+import httpx
+from standardwebhooks import Webhook
+
+from ..loopback import serve
+from .events import new_id
+from .model import CallRuntime, SimContext
+from .records import SimCall
+from .scenario import CallSpec, Scenario
+from .server import create_app
+from .webhook_sender import WebhookSender, compact_json, incoming_call_event
+
+
+class Simulator:
+    """Serves ``/v1`` (REST + sideband) on 127.0.0.1 and places scripted calls by webhook.
+
+    ``async with Simulator(webhook_secret=..., webhook_url=...) as sim:`` then point the controller's
+    ``OPENAI_BASE_URL`` at ``sim.base_url`` and call :meth:`place_call`.
+    """
+
+    def __init__(
+        self,
+        *,
+        webhook_secret: str,
+        webhook_url: str | None = None,
+        api_key: str = "sk-sim-test",
+        time_scale: float = 1.0,
+        project_id: str = "proj_sim",
+        reject_vad_tuning_on_accept: bool = True,
+    ) -> None:
+        if time_scale <= 0:
+            raise ValueError("time_scale must be positive")
+        Webhook(webhook_secret)  # fail now on a malformed secret, not at the first call
+        self.webhook_url = webhook_url
+        self.base_url = ""
+        self.calls: dict[str, SimCall] = {}
+        self.time_scale = time_scale
+        self._secret = webhook_secret
+        self._ctx = SimContext(
+            api_key=api_key,
+            time_scale=time_scale,
+            project_id=project_id,
+            reject_vad_tuning=reject_vad_tuning_on_accept,
+        )
+        self._client: httpx.AsyncClient | None = None
+        self._sender: WebhookSender | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopped = False
+
+    @property
+    def api_key(self) -> str:
+        return self._ctx.api_key
+
+    @property
+    def task_errors(self) -> list[BaseException]:
+        """Exceptions from the simulator's own tasks (empty unless the simulator has a bug)."""
+        return self._ctx.task_errors
+
+    def now(self) -> float:
+        """Seconds since start, the clock every record uses."""
+        return self._ctx.now()
+
+    async def start(self) -> None:
+        if self._stack is not None or self._stopped:
+            raise RuntimeError("a Simulator starts once")
+        stack = contextlib.AsyncExitStack()
+        try:
+            self._client = await stack.enter_async_context(httpx.AsyncClient(timeout=httpx.Timeout(10.0)))
+            self._sender = WebhookSender(self._client, self._secret, time_scale=self.time_scale)
+            server = await stack.enter_async_context(serve(create_app(self._ctx)))
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._stack = stack
+        self._ctx.started = time.monotonic()
+        self.base_url = f"{server.url}/v1"
+
+    async def stop(self) -> None:
+        """End every task, close every sideband (1001), stop the server, close the HTTP client."""
+        if self._stopped:
+            return
+        self._stopped = True
+        for runtime in list(self._ctx.runtimes.values()):
+            await runtime.shutdown()
+        while self._tasks:
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._stack is not None:
+            await self._stack.aclose()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def place_call(self, spec: CallSpec) -> SimCall:
+        """Ring: create the call, deliver its webhook (``spec.deliveries`` times, concurrently, with retries).
+
+        Returns once the deliveries are done; the call goes on in the background.
+        """
+        if self._sender is None or self._stopped:
+            raise RuntimeError("the Simulator is not running")
+        url = self.webhook_url
+        if not url:
+            raise RuntimeError("Simulator.webhook_url is not set")
+        call_id = f"rtc_sim_{new_id('', 16)}"
+        record = SimCall(
+            call_id=call_id,
+            name=spec.name,
+            spec=spec,
+            webhook_id=new_id("wh_", 12),
+            event_id=new_id("evt_", 16),
+            placed_at=self.now(),
+        )
+        runtime = CallRuntime(self._ctx, record)
+        self._ctx.runtimes[call_id] = runtime
+        self.calls[call_id] = record
+        runtime.start()
+        body = compact_json(incoming_call_event(call_id, spec, self._ctx.project_id, record.event_id))
+        task = asyncio.create_task(self._deliver(record, url, body), name=f"sim:{call_id}:webhook")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        await asyncio.wait({task})
+        if not task.cancelled() and task.exception() is not None:
+            raise RuntimeError("webhook delivery failed inside the simulator") from task.exception()
+        return record
+
+    async def _deliver(self, record: SimCall, url: str, body: str) -> None:
+        assert self._sender is not None
+        sender = self._sender
+        await asyncio.gather(
+            *(
+                sender.deliver(url, record.webhook_id, body, record.delivery_statuses.append)
+                for _ in range(record.spec.deliveries)
+            )
+        )
+
+    async def wait_ended(self, call_id: str, timeout: float) -> SimCall:
+        """Wait until the call has ended; ``TimeoutError`` if it has not within ``timeout`` seconds."""
+        record = self.calls[call_id]
+        async with asyncio.timeout(timeout):
+            await record.ended.wait()
+        return record
+
+    async def run_scenario(self, scenario: Scenario, timeout: float) -> list[SimCall]:
+        """Place every call of ``scenario`` at once and wait (``timeout`` in total) for all to end."""
+        async with asyncio.timeout(timeout):
+            records = await asyncio.gather(*(self.place_call(spec) for spec in scenario.calls))
+            await asyncio.gather(*(record.ended.wait() for record in records))
+        return list(records)

@@ -1,0 +1,142 @@
+"""What happened to each simulated call, for tests and reports to assert on."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from .rules import AudioState
+from .scenario import CallSpec, EndedBy
+
+ResponseKind = Literal["audio", "text", "tool"]
+ResponseSource = Literal["auto", "client"]
+
+
+@dataclass
+class ResponseRecord:
+    """One model response. ``audio_stopped_at`` stays ``None`` when its audio was cut (hangup, clear)."""
+
+    id: str
+    kind: ResponseKind
+    source: ResponseSource
+    transcript: str
+    created_at: float
+    tool_name: str | None = None
+    tool_call_id: str | None = None
+    audio_started_at: float | None = None
+    audio_stopped_at: float | None = None
+    audio_cleared: bool = False
+
+
+@dataclass
+class ClientEvent:
+    """A client event received on the sideband (``type`` is ``"<invalid>"`` for a frame that isn't JSON)."""
+
+    t: float
+    type: str
+    payload: Any
+
+
+@dataclass
+class SimCall:
+    """The record of one call. Times are seconds since the simulator started (monotonic)."""
+
+    call_id: str
+    name: str
+    spec: CallSpec
+    webhook_id: str
+    event_id: str
+    placed_at: float
+    delivery_statuses: list[int] = field(default_factory=list)
+    accept_count: int = 0
+    accept_bodies: list[Any] = field(default_factory=list)
+    accept_errors: list[dict[str, Any]] = field(default_factory=list)
+    accepted_at: float | None = None
+    reject_status: int | None = None
+    session: dict[str, Any] = field(default_factory=dict)
+    session_updates: list[dict[str, Any]] = field(default_factory=list)
+    audio_state: AudioState = "clean"
+    errors_sent: list[dict[str, Any]] = field(default_factory=list)
+    client_events: list[ClientEvent] = field(default_factory=list)
+    function_outputs: list[dict[str, Any]] = field(default_factory=list)
+    responses: list[ResponseRecord] = field(default_factory=list)
+    transcripts: list[dict[str, Any]] = field(default_factory=list)
+    greeting_heard: bool = False
+    sideband_connects: int = 0
+    sideband_close_code: int | None = None
+    hangup_count: int = 0
+    hangup_at: float | None = None
+    refers: list[str] = field(default_factory=list)
+    ended_by: EndedBy | None = None
+    ended_at: float | None = None
+    last_audio_stopped_at: float | None = None
+    audio_playing_at_hangup: bool = False
+    hangup_gap_s: float | None = None
+    ended: asyncio.Event = field(default_factory=asyncio.Event, repr=False, compare=False)
+
+    @property
+    def is_ended(self) -> bool:
+        return self.ended_by is not None
+
+    @property
+    def hangup_after_audio(self) -> bool:
+        """The agent hung up after the last ``output_audio_buffer.stopped`` with nothing playing."""
+        return (
+            self.hangup_count > 0
+            and not self.audio_playing_at_hangup
+            and self.hangup_gap_s is not None
+            and self.hangup_gap_s >= 0
+        )
+
+    def client_event_types(self) -> list[str]:
+        return [event.type for event in self.client_events]
+
+    def summary(self) -> dict[str, Any]:
+        """Everything above as JSON-serialisable data (the spec by name only)."""
+        data: dict[str, Any] = {}
+        for key, value in self.__dict__.items():
+            if key in ("ended", "spec"):
+                continue
+            if key in ("responses", "client_events"):
+                data[key] = [asdict(item) for item in value]
+            else:
+                data[key] = value
+        data["hangup_after_audio"] = self.hangup_after_audio
+        return data
+
+
+def check_expectations(call: SimCall) -> list[str]:
+    """Mismatches between ``call.spec.expect`` and what happened; empty when all hold.
+
+    ``ended_reason`` is the controller's own verdict and is not checked here.
+    """
+    expect = call.spec.expect
+    if expect is None:
+        return []
+    problems: list[str] = []
+
+    def compare(name: str, wanted: object, got: object) -> None:
+        if wanted is not None and wanted != got:
+            problems.append(f"{call.name}: {name}: expected {wanted!r}, got {got!r}")
+
+    compare("ended_by", expect.ended_by, call.ended_by)
+    compare("accept_count", expect.accept_count, call.accept_count)
+    compare("audio_state", expect.audio_state, call.audio_state)
+    compare("greeting_heard", expect.greeting_heard, call.greeting_heard)
+    compare("refers", expect.refers, call.refers)
+    if expect.hangup_after_audio is not None and expect.hangup_after_audio != call.hangup_after_audio:
+        detail = (
+            "no agent hangup"
+            if call.hangup_count == 0
+            else f"audio playing at hangup: {call.audio_playing_at_hangup}, gap: {call.hangup_gap_s}"
+        )
+        problems.append(
+            f"{call.name}: hangup_after_audio: expected {expect.hangup_after_audio!r}, "
+            f"got {call.hangup_after_audio!r} ({detail})"
+        )
+    for wanted_text in expect.transcript_contains or []:
+        needle = wanted_text.casefold()
+        if not any(needle in str(t["text"]).casefold() for t in call.transcripts):
+            problems.append(f"{call.name}: transcript_contains: {wanted_text!r} not found")
+    return problems

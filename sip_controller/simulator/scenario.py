@@ -1,0 +1,199 @@
+"""Scenario files: scripted callers (``CallSpec``), what should happen (``Expectation``), YAML loading."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+E164 = r"^\+[1-9][0-9]{1,14}$"
+EndedBy = Literal["caller", "agent", "refer", "reject", "missed"]
+AudioStateName = Literal["clean", "static", "broken"]
+ReferMode = Literal["succeed", "ignore", "fail"]
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
+_DTMF = re.compile(r"^[0-9*#A-D]+$")
+
+
+class ScenarioError(ValueError):
+    """A scenario file that cannot be read or does not validate; the message names the bad fields."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ToolCall(_Strict):
+    """A function call the model makes: ``{name: end_call, arguments: {reason: done}}``."""
+
+    name: str = Field(min_length=1)
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class Step(_Strict):
+    """One thing the caller does. Exactly one main key: ``say``, ``wait``, ``hangup`` or ``dtmf``.
+
+    With ``say``: ``reply`` (what the model answers) or ``tool`` (the model calls a tool instead), and with a
+    tool, ``then`` (what the model says on the controller's next ``response.create``).
+    """
+
+    say: str | None = Field(default=None, min_length=1)
+    reply: str | None = Field(default=None, min_length=1)
+    tool: ToolCall | None = None
+    then: str | None = Field(default=None, min_length=1)
+    wait: float | None = Field(default=None, ge=0)
+    hangup: bool | None = None
+    dtmf: str | None = None
+
+    @field_validator("dtmf")
+    @classmethod
+    def _digits(cls, value: str | None) -> str | None:
+        if value is not None and not _DTMF.match(value):
+            raise ValueError("dtmf must be digits 0-9, *, #, A-D")
+        return value
+
+    @field_validator("hangup")
+    @classmethod
+    def _hangup_true(cls, value: bool | None) -> bool | None:
+        if value is False:
+            raise ValueError("hangup must be true (leave the key out otherwise)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_action(self) -> Step:
+        main = [k for k in ("say", "wait", "hangup", "dtmf") if getattr(self, k) is not None]
+        if len(main) != 1:
+            found = ", ".join(main) if main else "none"
+            raise ValueError(f"a step needs exactly one of say, wait, hangup, dtmf (found: {found})")
+        if self.say is None:
+            extra = [k for k in ("reply", "tool", "then") if getattr(self, k) is not None]
+            if extra:
+                raise ValueError(f"{', '.join(extra)} only go with say")
+        if self.reply is not None and self.tool is not None:
+            raise ValueError("a step has either reply or tool, not both")
+        if self.then is not None and self.tool is None:
+            raise ValueError("then only goes with tool")
+        return self
+
+    @property
+    def kind(self) -> Literal["say", "wait", "hangup", "dtmf"]:
+        if self.say is not None:
+            return "say"
+        if self.wait is not None:
+            return "wait"
+        if self.hangup is not None:
+            return "hangup"
+        return "dtmf"
+
+
+class Expectation(_Strict):
+    """What should have happened to a call. Every field is optional; only stated ones are checked."""
+
+    ended_reason: str | None = None
+    ended_by: EndedBy | None = None
+    accept_count: int | None = Field(default=None, ge=0)
+    audio_state: AudioStateName | None = None
+    greeting_heard: bool | None = None
+    hangup_after_audio: bool | None = None
+    transcript_contains: list[str] | None = None
+    refers: list[str] | None = None
+
+
+class CallSpec(_Strict):
+    """One scripted caller. Durations are nominal seconds, multiplied by the simulator's ``time_scale``."""
+
+    name: str = Field(min_length=1)
+    caller: str = Field(default="+14155550123", pattern=E164)
+    dialed: str = Field(default="+18005550100", pattern=E164)
+    headers: dict[str, str] = Field(default_factory=dict)
+    deliveries: int = Field(default=1, ge=1, le=20)
+    ring_timeout: float = Field(default=20.0, gt=0)
+    greeting_wait: float = Field(default=1.5, ge=0)
+    max_call_seconds: float = Field(default=30.0, gt=0)
+    refer: ReferMode = "succeed"
+    steps: list[Step] = Field(default_factory=list)
+    expect: Expectation | None = None
+
+    @field_validator("headers")
+    @classmethod
+    def _header_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, header_value in value.items():
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"invalid SIP header name {name!r}")
+            if "\r" in header_value or "\n" in header_value:
+                raise ValueError(f"header {name!r} has a line break in its value")
+        return value
+
+
+class Scenario(_Strict):
+    """A named set of calls: ``{name, description, calls: [CallSpec, ...]}``."""
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    calls: list[CallSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Scenario:
+        seen: set[str] = set()
+        for call in self.calls:
+            if call.name in seen:
+                raise ValueError(f"call names must be unique: {call.name!r} appears twice")
+            seen.add(call.name)
+        return self
+
+
+def _where(loc: tuple[int | str, ...], data: object) -> str:
+    """``("calls", 0, "steps", 1, "sya")`` -> ``calls[0] (goodbye).steps[1].sya``."""
+    out = ""
+    node: object = data
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            node = node[part] if isinstance(node, list) and 0 <= part < len(node) else None
+            named = isinstance(node, dict) and isinstance(node.get("name"), str)
+            if named and isinstance(node, dict) and out.startswith("calls[") and out.count("[") == 1:
+                out += f" ({node['name']})"
+        else:
+            out += f".{part}" if out else part
+            node = node.get(part) if isinstance(node, dict) else None
+    return out or "(top level)"
+
+
+def format_validation_error(exc: ValidationError, data: object, source: str) -> str:
+    lines = [
+        f"{source}: invalid scenario ({exc.error_count()} problem{'s' if exc.error_count() != 1 else ''})"
+    ]
+    for err in exc.errors(include_url=False):
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown field"
+        elif err["type"] == "missing":
+            message = "field required"
+        lines.append(f"  {_where(tuple(err['loc']), data)}: {message}")
+    return "\n".join(lines)
+
+
+def parse_scenario(data: object, source: str = "<scenario>") -> Scenario:
+    """Validate already-parsed YAML/JSON data; raises :class:`ScenarioError`."""
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{source}: a scenario must be a mapping with name and calls")
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as exc:
+        raise ScenarioError(format_validation_error(exc, data, source)) from None
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and validate a scenario YAML file; raises :class:`ScenarioError` naming the bad fields."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ScenarioError(f"{file}: cannot read scenario: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ScenarioError(f"{file}: not valid YAML: {exc}") from None
+    return parse_scenario(data, str(file))

@@ -1,0 +1,198 @@
+"""Runs one call: feeds inputs to the pure CallMachine and executes its actions. Owns the call's tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import structlog
+from websockets.exceptions import ConnectionClosed
+
+from sip_controller import call as cm
+from sip_controller.openai_api import CallGone, InvalidRequest, OpenAIError, RealtimeCalls
+from sip_controller.report import CallRecord
+from sip_controller.sideband import AttachError, Sideband, SidebandConnector
+
+log = structlog.get_logger("sip_controller.call")
+
+
+class _TaskCrashed:
+    """Posted when one of the call's own tasks raised: the call ends as a session_error."""
+
+    def __init__(self, name: str, exc: BaseException) -> None:
+        self.name = name
+        self.exc = exc
+
+
+class CallSupervisor:
+    """The I/O edge of one call. ``run()`` returns the finished record; it never raises for call errors."""
+
+    def __init__(
+        self,
+        machine: cm.CallMachine,
+        api: RealtimeCalls,
+        connect: SidebandConnector,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.machine = machine
+        self._api = api
+        self._connect = connect
+        self._clock = clock
+        self._inbox: asyncio.Queue[cm.Input | _TaskCrashed] = asyncio.Queue()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._sideband: Sideband | None = None
+        self._log = log.bind(call_id=machine.call_id, profile=machine.profile_name)
+
+    @property
+    def record(self) -> CallRecord:
+        return self.machine.record
+
+    def post(self, inp: cm.Input) -> None:
+        """Feed an input from outside the call (e.g. Shutdown); safe from any task on this loop."""
+        self._inbox.put_nowait(inp)
+
+    async def run(self) -> CallRecord:
+        structlog.contextvars.bind_contextvars(call_id=self.machine.call_id)
+        try:
+            await self._dispatch(cm.Start())
+            while not self.machine.finished:
+                item = await self._inbox.get()
+                if isinstance(item, _TaskCrashed):
+                    raise RuntimeError(f"task {item.name} failed") from item.exc
+                await self._dispatch(item)
+        except asyncio.CancelledError:
+            self.machine.abort("shutdown", "cancelled", self._clock(), keep_pending=True)
+            raise
+        except Exception:
+            self._log.exception("call.crashed")
+            live = self.machine.state in (cm.CallState.ACCEPTED, cm.CallState.ATTACHED, cm.CallState.ENDING)
+            self.machine.abort("session_error", "internal error", self._clock())
+            if live:
+                await self._best_effort_hangup()
+        finally:
+            await self._close()
+            self._log.info("call.ended", **self.record.summary())
+        return self.record
+
+    async def _best_effort_hangup(self) -> None:
+        with contextlib.suppress(OpenAIError):
+            await self._api.hangup(self.machine.call_id)
+
+    async def _close(self) -> None:
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._sideband is not None:
+            with contextlib.suppress(Exception):
+                await self._sideband.close()
+
+    async def _dispatch(self, inp: cm.Input) -> None:
+        for action in self.machine.handle(inp, self._clock()):
+            await self._execute(action)
+
+    def _spawn(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
+        old = self._tasks.pop(name, None)
+        if old is not None:
+            old.cancel()
+        self._tasks[name] = asyncio.create_task(self._guard(name, coro), name=f"{self.machine.call_id}:{name}")
+
+    async def _guard(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._inbox.put_nowait(_TaskCrashed(name, exc))
+
+    async def _execute(self, action: cm.Action) -> None:
+        match action:
+            case cm.Accept(body=body):
+                self._log.info("call.accepting")
+                self._spawn("accept", self._accept(body))
+            case cm.Attach():
+                self._spawn("sideband", self._attach())
+            case cm.Send(event=event):
+                await self._send(event)
+            case cm.Hangup():
+                self._log.info("call.hangup")
+                self._spawn("hangup", self._hangup())
+            case cm.StartTimer(name=name, seconds=seconds):
+                self._spawn(f"timer:{name}", self._timer(name, seconds))
+            case cm.CancelTimer(name=name):
+                task = self._tasks.pop(f"timer:{name}", None)
+                if task is not None:
+                    task.cancel()
+            case cm.Finish():
+                pass  # the run loop sees machine.finished and closes everything
+
+    async def _accept(self, body: dict[str, Any]) -> None:
+        try:
+            await self._api.accept(self.machine.call_id, body)
+        except CallGone as exc:
+            self.post(cm.AcceptFailed(gone=True, detail=str(exc)))
+        except InvalidRequest as exc:
+            self._log.error("call.accept_refused", status=exc.status, message=exc.message, param=exc.param)
+            self.post(cm.AcceptFailed(gone=False, detail=str(exc)))
+        except OpenAIError as exc:
+            self._log.warning("call.accept_failed", status=exc.status, error=exc.message)
+            self.post(cm.AcceptFailed(gone=False, detail=str(exc)))
+        else:
+            self._log.info("call.accepted")
+            self.post(cm.AcceptOk())
+
+    async def _attach(self) -> None:
+        url = self._api.sideband_url(self.machine.call_id)
+        try:
+            sideband = await self._connect(url, self._api.sideband_headers)
+        except AttachError as exc:
+            self._log.warning("call.attach_failed", gone=exc.gone, error=str(exc))
+            self.post(cm.AttachFailed(gone=exc.gone, detail=str(exc)))
+            return
+        self._sideband = sideband
+        self._log.info("call.attached")
+        self.post(cm.Attached())
+        async for event in sideband.events():
+            if event.type in ("error", "malformed"):
+                self._log.warning("call.sideband_problem", event_type=event.type, detail=_brief(event))
+            self.post(cm.SidebandEvent(event))
+        self.post(cm.SidebandClosed(code=sideband.close_code))
+
+    async def _send(self, event: dict[str, Any]) -> None:
+        if self._sideband is None:
+            self._log.warning("call.send_without_sideband", event_type=event.get("type"))
+            return
+        try:
+            await self._sideband.send(event)
+        except ConnectionClosed:
+            self._log.info("call.send_after_close", event_type=event.get("type"))
+
+    async def _hangup(self) -> None:
+        try:
+            await self._api.hangup(self.machine.call_id)
+        except CallGone as exc:
+            self.post(cm.HangupFailed(gone=True, detail=str(exc)))
+        except OpenAIError as exc:
+            self._log.warning("call.hangup_failed", status=exc.status, error=exc.message)
+            self.post(cm.HangupFailed(gone=False, detail=str(exc)))
+        else:
+            self.post(cm.HangupOk())
+
+    async def _timer(self, name: str, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        self._tasks.pop(f"timer:{name}", None)
+        self.post(cm.TimerFired(name))
+
+
+def _brief(event: Any) -> str:
+    error = getattr(event, "error", None)
+    if error is not None:
+        return f"{error.code or error.type}: {error.message}"[:300]
+    return str(getattr(event, "reason", ""))[:300]

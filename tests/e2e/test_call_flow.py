@@ -1,0 +1,149 @@
+"""End to end: real uvicorn controller + the simulator on loopback, outcomes asserted on both sides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sip_controller import harness
+from sip_controller.config import AgentProfile, Settings, TurnDetection
+from sip_controller.simulator import CallSpec, Expectation, Step, ToolCall, load_scenario, new_webhook_secret
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+SCALE = 0.05
+DEMO = Path(__file__).parents[2] / "sip_controller" / "simulator" / "scenarios" / "demo.yaml"
+
+
+def goodbye_call(name: str = "goodbye", **kwargs: object) -> CallSpec:
+    return CallSpec.model_validate(
+        {
+            "name": name,
+            "steps": [
+                {"say": "What time do you open?", "reply": "We open at nine."},
+                {
+                    "say": "Thanks, bye!",
+                    "tool": {"name": "end_call", "arguments": {"reason": "caller said goodbye"}},
+                    "then": "Thank you for calling, goodbye!",
+                },
+            ],
+            **kwargs,
+        }
+    )
+
+
+async def test_demo_scenario_outcomes_on_both_sides() -> None:
+    outcomes = await harness.run_scenario(load_scenario(DEMO), Settings(), time_scale=SCALE, timeout=30)
+    assert [o.problems for o in outcomes] == [[] for _ in outcomes]
+    by_name = {o.spec.name: o for o in outcomes}
+
+    bye = by_name["goodbye"]
+    assert bye.record is not None
+    assert bye.record.ended_reason == "agent_end_call"
+    body = bye.sim.accept_bodies[0]
+    assert body["type"] == "realtime"
+    assert body["audio"]["input"]["format"] == {"type": "audio/pcmu"} == body["audio"]["output"]["format"]
+    assert body["audio"]["output"]["voice"] == "marin"
+    assert "voice" not in body
+    assert [t["name"] for t in body["tools"]] == ["end_call"]
+    # hung up after the goodbye's output_audio_buffer.stopped, never over it
+    assert bye.sim.hangup_count == 1
+    assert bye.sim.hangup_gap_s is not None
+    assert bye.sim.hangup_gap_s >= 0
+    assert not bye.sim.audio_playing_at_hangup
+    assert bye.sim.greeting_heard
+    callers = [t.text for t in bye.record.transcripts if t.role == "caller"]
+    assistant = [t.text for t in bye.record.transcripts if t.role == "assistant"]
+    assert callers == ["Hi, what are your opening hours on Saturday?", "Great, that is all I needed. Goodbye!"]
+    assert "Thanks for calling, goodbye!" in assistant
+    assert [t.name for t in bye.record.tool_calls] == ["end_call"]
+    assert bye.record.usage.responses >= 3
+
+    hung = by_name["caller-hangs-up"]
+    assert hung.record is not None
+    assert hung.record.ended_reason == "caller_hangup"
+    assert hung.sim.hangup_count == 0
+
+    dup = by_name["duplicate-delivery"]
+    assert dup.sim.delivery_statuses == [200, 200, 200]
+    assert dup.sim.accept_count == 1
+
+
+async def test_bad_signature_gets_401_and_the_call_is_never_accepted() -> None:
+    async with harness.running_stack(Settings(), time_scale=SCALE, controller_secrets=(new_webhook_secret(),)) as st:
+        call = await st.sim.place_call(goodbye_call(ring_timeout=3))
+        call = await st.sim.wait_ended(call.call_id, 15)
+        assert call.delivery_statuses
+        assert set(call.delivery_statuses) == {401}
+        assert call.accept_count == 0
+        assert call.ended_by == "missed"
+        assert st.runtime.registry.get(call.call_id) is None
+
+
+async def test_secret_rotation_accepts_either_secret() -> None:
+    old = new_webhook_secret()
+    async with harness.running_stack(Settings(), time_scale=SCALE) as st:
+        # the controller knows an old secret first and the simulator's one second
+        st.runtime.verifier = type(st.runtime.verifier)([old, st.sim._secret])
+        spec = goodbye_call(expect=Expectation(ended_reason="agent_end_call"))
+        outcome = await harness.run_call(st, spec, timeout=20)
+    assert outcome.problems == []
+
+
+async def test_vad_tuning_is_sent_by_session_update_not_on_accept() -> None:
+    profile = AgentProfile(turn_detection=TurnDetection(silence_duration_ms=700, threshold=0.6))
+    async with harness.running_stack(Settings(profiles={"default": profile}), time_scale=SCALE) as st:
+        outcome = await harness.run_call(st, goodbye_call(), timeout=20)
+    sim = outcome.sim
+    assert sim.accept_errors == []
+    accept_td = sim.accept_bodies[0]["audio"]["input"]["turn_detection"]
+    assert "silence_duration_ms" not in accept_td
+    assert "threshold" not in accept_td
+    update = sim.session_updates[0]
+    assert update["type"] == "realtime"
+    assert update["audio"]["input"]["turn_detection"]["silence_duration_ms"] == 700
+    assert update["audio"]["input"]["format"] == update["audio"]["output"]["format"] == {"type": "audio/pcmu"}
+    assert sim.session["audio"]["input"]["turn_detection"]["threshold"] == 0.6
+    assert sim.audio_state == "clean"
+    assert outcome.record is not None
+    assert outcome.record.ended_reason == "agent_end_call"
+
+
+async def test_negotiated_codec_omits_formats_and_stays_clean_without_tools() -> None:
+    profile = AgentProfile(codec="negotiated", tools=(), greeting=None)
+    spec = CallSpec(name="negotiated", steps=[Step(say="Hello?", reply="Hi there."), Step(hangup=True)])
+    async with harness.running_stack(Settings(profiles={"default": profile}), time_scale=SCALE) as st:
+        outcome = await harness.run_call(st, spec, timeout=20)
+    body = outcome.sim.accept_bodies[0]
+    assert "format" not in body["audio"]["input"]
+    assert "format" not in body["audio"]["output"]
+    assert "tools" not in body
+    assert outcome.sim.audio_state == "clean"
+    assert not outcome.sim.greeting_heard
+    assert outcome.record is not None
+    assert outcome.record.ended_reason == "caller_hangup"
+
+
+async def test_concurrent_calls_each_end_once() -> None:
+    specs = [goodbye_call(f"call-{i}", expect=Expectation(ended_reason="agent_end_call")) for i in range(6)]
+    specs.append(
+        CallSpec(
+            name="hangs-up",
+            steps=[Step(say="Hello?", reply="Hi."), Step(hangup=True)],
+            expect=Expectation(ended_reason="caller_hangup", ended_by="caller"),
+        )
+    )
+    seen: list[str] = []
+    async with harness.running_stack(Settings(), time_scale=SCALE) as st:
+        st.runtime.registry.on_finished.append(lambda rec: seen.append(rec.call_id))
+        import asyncio
+
+        outcomes = await asyncio.gather(*(harness.run_call(st, s, timeout=30) for s in specs))
+    assert [o.problems for o in outcomes] == [[] for _ in outcomes]
+    assert sorted(seen) == sorted(o.sim.call_id for o in outcomes)
+    assert all(o.sim.accept_count == 1 for o in outcomes)
+
+
+def test_tool_call_model_is_exported() -> None:
+    assert ToolCall(name="end_call").name == "end_call"
