@@ -1,4 +1,4 @@
-"""``sipctl``: serve, demo, check-config, simulate."""
+"""``sipctl``: serve, demo, check-config, simulate, bench."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from sip_controller import __version__
-from sip_controller.config import ConfigError, Secrets, Settings, load_settings
+from sip_controller import __version__, preflight
+from sip_controller.config import ConfigError, Secrets, Settings
 from sip_controller.logging import configure_logging
 
 DEMO_SCENARIO = Path(__file__).parent / "simulator" / "scenarios" / "demo.yaml"
@@ -27,7 +27,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default: settings.port)")
 
     check = sub.add_parser("check-config", help="validate the config offline")
-    check.add_argument("--print-accept", action="store_true", help="print each profile's exact accept body")
+    check.add_argument(
+        "--print-accept",
+        action="store_true",
+        help="print a JSON object mapping each profile to its exact accept body (deferred updates on stderr)",
+    )
+    check.add_argument("--json", action="store_true", help="print the whole result as one JSON document")
 
     demo = sub.add_parser("demo", help="run the whole product on loopback against the simulator")
     demo.add_argument("--time-scale", type=float, default=0.5, help="simulated time factor (default 0.5)")
@@ -36,42 +41,75 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("scenario", type=Path)
     sim.add_argument("--time-scale", type=float, default=1.0)
     sim.add_argument("--json", action="store_true", help="print the outcomes as JSON")
+
+    bench = sub.add_parser("bench", help="measure ring-to-answer overhead, calls per process, reaction times")
+    size = bench.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_const", dest="bench_mode", const="quick", help="about 2 minutes")
+    size.add_argument("--smoke", action="store_const", dest="bench_mode", const="smoke", help="seconds: harness check")
+    bench.set_defaults(bench_mode="full")
+    bench.add_argument("--out", type=Path, help="results directory (default bench/results; quick: …/quick)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "check-config":
+        return _check_config(args.config, print_accept=args.print_accept, as_json=args.json)
     try:
-        settings = load_settings(args.config)
+        settings, warnings = preflight.load_checked(args.config)
     except ConfigError as exc:
         print(f"sipctl: {exc}", file=sys.stderr)
         return 2
-    if args.command == "check-config":
-        return _check_config(settings, print_accept=args.print_accept)
+    for warning in warnings:
+        print(f"sipctl: warning: {warning}", file=sys.stderr)
     if args.command == "serve":
         return _serve(settings, host=args.host, port=args.port)
     if args.command == "demo":
         return _simulate(settings, DEMO_SCENARIO, time_scale=args.time_scale, as_json=False)
     if args.command == "simulate":
         return _simulate(settings, args.scenario, time_scale=args.time_scale, as_json=args.json)
+    if args.command == "bench":
+        from sip_controller import bench
+
+        return bench.main(mode=args.bench_mode, out_dir=args.out)
     return 2  # pragma: no cover - argparse enforces the choices
 
 
-def _check_config(settings: Settings, *, print_accept: bool) -> int:
+def _check_config(config: Path | None, *, print_accept: bool, as_json: bool) -> int:
+    """Validate offline; every problem is printed, and any error makes the exit status non-zero."""
     from sip_controller import session
 
+    try:
+        settings, warnings = preflight.load_checked(config)
+    except ConfigError as exc:
+        if as_json:
+            print(json.dumps({"ok": False, "errors": exc.problems, "warnings": [], "notes": []}, indent=2))
+        else:
+            print(f"sipctl: {exc}", file=sys.stderr)
+        return 2
+    notes = preflight.notes(settings)
     bodies = {name: session.accept_body(profile) for name, profile in settings.profiles.items()}
+    deferred = {}
+    for name, profile in settings.profiles.items():
+        patch = session.deferred_vad_patch(profile)
+        if patch is not None:
+            deferred[name] = session.session_update(profile, patch, event_id="ctl_session_1")
+    if as_json:
+        profiles = {name: {"accept": bodies[name], "deferred_session_update": deferred.get(name)} for name in bodies}
+        report = {"ok": True, "errors": [], "warnings": [str(w) for w in warnings], "notes": notes}
+        print(json.dumps({**report, "profiles": profiles}, indent=2))
+        return 0
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if print_accept:
         print(json.dumps(bodies, indent=2))
-    else:
-        print(f"config ok: {len(settings.profiles)} profile(s): {', '.join(sorted(settings.profiles))}")
-        for name, profile in settings.profiles.items():
-            if session.deferred_vad_patch(profile) is not None:
-                print(
-                    f"  note: profiles.{name}.turn_detection: threshold/prefix_padding_ms/silence_duration_ms "
-                    "are left out of the accept body (OpenAI refuses them for SIP) and sent by session.update "
-                    "right after the sideband attaches"
-                )
+        for name, event in deferred.items():
+            header = f"profile {name}: session.update sent right after the sideband attaches:"
+            print(f"{header}\n{json.dumps(event, indent=2)}", file=sys.stderr)
+        return 0
+    print(f"config ok: {len(settings.profiles)} profile(s): {', '.join(sorted(settings.profiles))}")
+    for note in notes:
+        print(f"  note: {note}")
     return 0
 
 

@@ -7,7 +7,9 @@ monotonic time and executes the actions it returns. Every call ends exactly once
 from __future__ import annotations
 
 import json
+from collections import deque
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -15,6 +17,7 @@ from sip_controller import events as ev
 from sip_controller import session, tools
 from sip_controller.config import AgentProfile
 from sip_controller.report import CallRecord, ToolCallRecord, TranscriptEntry
+from sip_controller.validation import Context, check_session, errors
 
 EndedReason = Literal[
     "caller_hangup",
@@ -176,6 +179,16 @@ Action = Accept | Attach | Send | Hangup | StartTimer | CancelTimer | Finish
 
 GOODBYE_TIMER = "goodbye"
 CLOSE_WAIT_TIMER = "close_wait"
+SESSION_ACK_TIMER = "session_ack"
+
+
+@dataclass
+class _PendingUpdate:
+    """A session.update sent and not yet acknowledged by session.updated, and what waits for it."""
+
+    event_id: str
+    then: list[Action]
+    what: str
 
 
 @dataclass
@@ -197,6 +210,9 @@ class CallMachine:
     profile: AgentProfile
     record: CallRecord
     close_wait_s: float = 3.0
+    #: the exact accept body (instructions rendered for this call); built from the profile when None
+    accept_body: dict[str, Any] | None = None
+    today: date = field(default_factory=lambda: datetime.now(UTC).date())
     state: CallState = CallState.RECEIVED
     _t0: float | None = None
     _ending: _Ending | None = None
@@ -205,10 +221,12 @@ class CallMachine:
     _audio_stopped: set[str] = field(default_factory=set)
     _spoken: set[str] = field(default_factory=set)
     _our_update_ids: set[str] = field(default_factory=set)
-    _responses_completed: int = 0
     _responses_done: set[str] = field(default_factory=set)
     _drain_requested: bool = False
     _event_seq: int = 0
+    _attached_at: float | None = None
+    _pending_updates: deque[_PendingUpdate] = field(default_factory=deque)
+    _caller_spoke_while_held: bool = False
 
     @property
     def finished(self) -> bool:
@@ -227,7 +245,8 @@ class CallMachine:
         match inp:
             case Start():
                 self._set_state(CallState.ACCEPTING, rel)
-                return [Accept(session.accept_body(self.profile))]
+                body = self.accept_body if self.accept_body is not None else session.accept_body(self.profile)
+                return [Accept(body)]
             case AcceptOk():
                 self._set_state(CallState.ACCEPTED, rel)
                 return [Attach()]
@@ -304,25 +323,70 @@ class CallMachine:
         self.record.ended_reason = reason
         self.record.duration_s = round(rel, 3)
         self.record.mark(rel, f"ended: {reason}")
-        return [CancelTimer(GOODBYE_TIMER), CancelTimer(CLOSE_WAIT_TIMER), Finish(reason)]
+        timers = (GOODBYE_TIMER, CLOSE_WAIT_TIMER, SESSION_ACK_TIMER)
+        return [*(CancelTimer(t) for t in timers), Finish(reason)]
 
     def _on_attached(self, rel: float) -> list[Action]:
         self._set_state(CallState.ATTACHED, rel)
+        self._attached_at = rel
         if self._drain_requested:
             return self._begin_ending("shutdown", rel, SHUTDOWN_INSTRUCTIONS)
-        actions: list[Action] = []
-        patch = session.deferred_vad_patch(self.profile)
-        if patch is not None:
-            event_id = self._next_event_id("session")
-            self._our_update_ids.add(event_id)
-            actions.append(Send(session.session_update(self.profile, patch, event_id=event_id)))
-            self.record.mark(rel, "sent VAD tuning by session.update")
+        greeting: list[Action] = []
         if self.profile.greeting:
             instructions = f'Start the call now: greet the caller by saying exactly "{self.profile.greeting}"'
+            greeting.append(Send(self._response_create(instructions)))
+        patch = session.deferred_vad_patch(self.profile)
+        if patch is None:
+            if greeting:
+                self.record.mark(rel, "greeting requested")
+            return greeting
+        # the accept body held automatic responses; nothing is said until the tuning is in force
+        return self._update_session(patch, rel, what="VAD tuning", then=greeting)
 
-            actions.append(Send(self._response_create(instructions)))
-            self.record.mark(rel, "greeting requested")
+    def _update_session(self, patch: dict[str, Any], rel: float, *, what: str, then: list[Action]) -> list[Action]:
+        """Send a checked session.update; ``then`` runs once OpenAI confirms it with session.updated."""
+        event_id = self._next_event_id("session")
+        event = session.session_update(self.profile, patch, event_id=event_id)
+        ctx = Context(
+            today=self.today,
+            update=True,
+            allow_pcm=self.profile.allow_pcm,
+            model=self.profile.model,
+            audio_started=bool(self._audio_started),
+        )
+        problems = errors(check_session(event["session"], ctx))
+        if problems:
+            for problem in problems:
+                self.record.errors.append(f"session.update refused before sending ({what}): {problem}")
+            self.record.mark(rel, f"session.update for {what} refused by validation")
+            return then
+        self._our_update_ids.add(event_id)
+        self._pending_updates.append(_PendingUpdate(event_id, then, what))
+        self.record.mark(rel, f"session.update sent: {what}")
+        actions: list[Action] = [Send(event)]
+        if len(self._pending_updates) == 1:
+            actions.append(StartTimer(SESSION_ACK_TIMER, self.profile.session_ack_timeout_s))
         return actions
+
+    def _on_session_updated(self, rel: float) -> list[Action]:
+        if not self._pending_updates:
+            return []
+        done = self._pending_updates.popleft()
+        self.record.mark(rel, f"session.updated: {done.what} in force")
+        actions: list[Action] = [CancelTimer(SESSION_ACK_TIMER)]
+        if self._pending_updates:
+            actions.append(StartTimer(SESSION_ACK_TIMER, self.profile.session_ack_timeout_s))
+        if self._ending is not None:
+            return actions
+        then = list(done.then)
+        if then:
+            self.record.mark(rel, "greeting requested")
+        elif self._caller_spoke_while_held and not self._pending_updates:
+            then.append(Send(self._response_create_plain()))  # answer the turn that was held
+            self.record.mark(rel, "answering the caller's held turn")
+        if not self._pending_updates:
+            self._caller_spoke_while_held = False
+        return actions + then
 
     def _response_create(self, instructions: str, *, tool_choice: str | None = None) -> dict[str, Any]:
         response: dict[str, Any] = {"instructions": instructions}
@@ -352,6 +416,12 @@ class CallMachine:
         return [Send(self._response_create(instructions, tool_choice="none")), timer]
 
     def _on_timer(self, name: str, rel: float) -> list[Action]:
+        if name == SESSION_ACK_TIMER and self._pending_updates:
+            what = self._pending_updates[0].what
+            self.record.errors.append(
+                f"session.update ({what}) not confirmed within {self.profile.session_ack_timeout_s}s"
+            )
+            return self._fail_session(rel, f"session.update for {what} never confirmed")
         if name == GOODBYE_TIMER and self._ending is not None:
             return self._hangup(rel, f"goodbye audio not finished after {self.profile.goodbye_timeout_s}s")
         if name == CLOSE_WAIT_TIMER and self._ending is not None:
@@ -389,6 +459,11 @@ class CallMachine:
                     return self._hangup(rel, what)
             case ev.ErrorEvent(error=err):
                 return self._on_error(err, rel)
+            case ev.SessionEvent(type="session.updated"):
+                return self._on_session_updated(rel)
+            case ev.SpeechEdge(type="input_audio_buffer.speech_stopped"):
+                if self._pending_updates:
+                    self._caller_spoke_while_held = True
             case ev.FunctionCallArgumentsDone() | ev.SessionEvent() | ev.SpeechEdge() | ev.DtmfReceived():
                 pass  # tool calls run from response.done, once its status says the response completed
             case ev.InputTranscriptionFailed():
@@ -398,12 +473,23 @@ class CallMachine:
         return []
 
     def _on_error(self, err: ev.ErrorDetail, rel: float) -> list[Action]:
-        self.record.errors.append(f"sideband error {err.code or err.type}: {err.message}")
+        """An error about one of our session updates, or an early one about the session, means the caller
+        would be left in static or silence: hang up at once and keep OpenAI's message in the report."""
+        where = f" (param {err.param})" if err.param else ""
+        self.record.errors.append(f"sideband error {err.code or err.type}: {err.message}{where}")
         ours = err.event_id is not None and err.event_id in self._our_update_ids
-        early = self._responses_completed == 0 and (err.code or "") not in BENIGN_ERROR_CODES
+        since_attach = rel - (self._attached_at if self._attached_at is not None else rel)
+        early = (
+            since_attach <= self.profile.early_error_window_s
+            and err.type in (None, "invalid_request_error", "server_error")
+            and (err.code or "") not in BENIGN_ERROR_CODES
+        )
         if not (ours or early or err.code == "session_expired"):
             return []
-        self.record.mark(rel, "session error: the call cannot continue")
+        return self._fail_session(rel, "session error: the call cannot continue")
+
+    def _fail_session(self, rel: float, why: str) -> list[Action]:
+        self.record.mark(rel, why)
         if self._ending is None:
             self._ending = _Ending(reason="session_error")
             self._set_state(CallState.ENDING, rel)
@@ -418,8 +504,6 @@ class CallMachine:
         if resp.usage is not None:
             self.record.usage.add(resp.usage)
         completed = resp.status == "completed"
-        if completed:
-            self._responses_completed += 1
         end = self._ending
         if end is not None and resp.id and resp.id == end.response_id:
             if not completed or (resp.id not in self._audio_started and resp.id not in self._spoken):
@@ -457,7 +541,8 @@ class CallMachine:
         spec = tools.BUILTIN_TOOLS.get(name) if name in self.profile.tools else None
         if spec is None:
             self.record.tool_calls.append(ToolCallRecord(item.call_id, name, raw, round(rel, 3), "unknown_tool"))
-            error = {"error": f"no tool named {name!r}; available: {', '.join(self.profile.tools) or 'none'}"}
+            available = [e if isinstance(e, str) else str(e.get("name", "")) for e in self.profile.tools]
+            error = {"error": f"tool {name!r} cannot be run here; available: {', '.join(available) or 'none'}"}
             return [self._tool_output(item.call_id, error), Send(self._response_create_plain())]
         detail = ""
         try:

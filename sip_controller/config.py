@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import contextvars
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -20,23 +22,14 @@ from pydantic_settings import (
 )
 
 from sip_controller import tools
+from sip_controller.validation import BETA_FIELDS
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_CONFIG_PATH = Path("config/sipctl.yaml")
 
-#: Fields from the beta Realtime API (or written in the wrong place) and what to write instead.
+#: Keys that do not belong in the config, and what to write instead (beta-era session fields, secrets).
 MIGRATION_HINTS: dict[str, str] = {
-    "temperature": (
-        "`temperature` was removed from the GA Realtime API (the beta allowed only 0.6-1.2 and lower "
-        "values failed or produced noise); delete it"
-    ),
-    "modalities": "`modalities` is beta-only; the GA field is `output_modalities` (['audio'] or ['text'])",
-    "input_audio_format": "`input_audio_format` is beta-only; set the profile's `codec` (pcmu, pcma, negotiated)",
-    "output_audio_format": "`output_audio_format` is beta-only; set the profile's `codec` (pcmu, pcma, negotiated)",
-    "input_audio_transcription": "`input_audio_transcription` is beta-only; use the profile's `transcription`",
-    "max_response_output_tokens": "`max_response_output_tokens` is beta-only; the GA name is `max_output_tokens`",
-    "input_audio_noise_reduction": "`input_audio_noise_reduction` is beta-only; the GA path is "
-    "audio.input.noise_reduction",
+    **BETA_FIELDS,
     "openai_api_key": "secrets are read only from the environment: set OPENAI_API_KEY and delete this key",
     "openai_webhook_secret": "secrets are read only from the environment: set OPENAI_WEBHOOK_SECRET and "
     "delete this key",
@@ -44,9 +37,6 @@ MIGRATION_HINTS: dict[str, str] = {
     "webhook_secret": "secrets are read only from the environment: set OPENAI_WEBHOOK_SECRET and delete this key",
 }
 
-GA_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar")
-#: Turn-detection fields users report OpenAI refusing on /accept for SIP calls; sent by session.update instead.
-SIP_DEFERRED_VAD_FIELDS = ("threshold", "prefix_padding_ms", "silence_duration_ms")
 
 
 class ConfigError(Exception):
@@ -62,14 +52,18 @@ class _Strict(BaseModel):
 
 
 class TurnDetection(_Strict):
-    """``audio.input.turn_detection``; VAD tuning fields are applied by session.update after attach."""
+    """``audio.input.turn_detection``. Ranges are checked by ``validation`` on the built session.
+
+    threshold / prefix_padding_ms / silence_duration_ms are sent by session.update after attach (OpenAI is
+    reported to refuse them on /accept for SIP) unless the profile sets ``vad_on_accept``.
+    """
 
     type: Literal["server_vad", "semantic_vad"] = "server_vad"
-    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
-    prefix_padding_ms: int | None = Field(default=None, ge=0)
-    silence_duration_ms: int | None = Field(default=None, ge=0)
-    idle_timeout_ms: int | None = Field(default=None, ge=5000, le=30000)
-    eagerness: Literal["low", "medium", "high", "auto"] | None = None
+    threshold: float | None = None
+    prefix_padding_ms: int | None = None
+    silence_duration_ms: int | None = None
+    idle_timeout_ms: int | None = None
+    eagerness: str | None = None
     create_response: bool = True
     interrupt_response: bool = True
 
@@ -82,8 +76,15 @@ class Transcription(_Strict):
     prompt: str | None = None
 
 
+ToolEntry = str | dict[str, Any]
+
+
 class AgentProfile(_Strict):
-    """One phone agent: what the model is told, how it sounds, and what it may do."""
+    """One phone agent: what the model is told, how it sounds, and what it may do.
+
+    Session rules (voices, ranges, codecs, tools, models) are checked by ``preflight`` on the exact body
+    that will be sent, so one set of rules covers typed fields, the raw ``session`` block and in-call updates.
+    """
 
     model: str = "gpt-realtime-2.1"
     instructions: str = (
@@ -91,36 +92,51 @@ class AgentProfile(_Strict):
         "When the caller says goodbye or has nothing else, say a short goodbye and call end_call."
     )
     voice: str = "marin"
+    speed: float | None = None
     greeting: str | None = "Hello! Thanks for calling. How can I help you today?"
     turn_detection: TurnDetection | None = TurnDetection()
     transcription: Transcription | None = Transcription()
-    codec: Literal["pcmu", "pcma", "negotiated"] = "pcmu"
-    tools: tuple[str, ...] = ("end_call",)
-    tool_choice: Literal["auto", "none", "required"] = "auto"
+    noise_reduction: Literal["near_field", "far_field"] | None = None
+    codec: Literal["pcmu", "pcma", "pcm", "negotiated"] = "pcmu"
+    allow_pcm: bool = False
+    vad_on_accept: bool = False
+    tools: tuple[ToolEntry, ...] = ("end_call",)
+    tool_choice: str | dict[str, Any] = "auto"
+    max_output_tokens: int | str | None = None
+    reasoning_effort: str | None = None
+    parallel_tool_calls: bool | None = None
+    prompt: dict[str, Any] | None = None
+    #: extra GA session fields merged last into the accept body (advanced; checked like everything else)
+    session: dict[str, Any] = Field(default_factory=dict)
+    #: SIP headers whose (untrusted) values instruction templates may use, e.g. X-Customer-Id
+    template_headers: tuple[str, ...] = ()
+    template_value_max_chars: int = Field(default=64, ge=1, le=1024)
+    timezone: str = "UTC"
     goodbye_timeout_s: float = Field(default=5.0, gt=0, le=60)
-
-    @field_validator("instructions")
-    @classmethod
-    def _instructions_not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("instructions must not be empty; describe what the agent does")
-        return value
+    session_ack_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    early_error_window_s: float = Field(default=5.0, ge=0, le=60)
 
     @field_validator("tools")
     @classmethod
-    def _known_tools(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = [name for name in value if name not in tools.BUILTIN_TOOLS]
+    def _known_tools(cls, value: tuple[ToolEntry, ...]) -> tuple[ToolEntry, ...]:
+        names = [entry for entry in value if isinstance(entry, str)]
+        unknown = [name for name in names if name not in tools.BUILTIN_TOOLS]
         if unknown:
-            raise ValueError(f"unknown tool(s) {unknown}; available: {', '.join(sorted(tools.BUILTIN_TOOLS))}")
-        if len(set(value)) != len(value):
-            raise ValueError("each tool may be listed once")
+            raise ValueError(
+                f"unknown built-in tool(s) {unknown}; available: {', '.join(sorted(tools.BUILTIN_TOOLS))} "
+                "(other tools are objects with type: function or mcp)"
+            )
+        if len(set(names)) != len(names):
+            raise ValueError("each built-in tool may be listed once")
         return value
 
-    @field_validator("voice")
+    @field_validator("timezone")
     @classmethod
-    def _known_voice(cls, value: str) -> str:
-        if value not in GA_VOICES and not value.startswith("voice_"):
-            raise ValueError(f"unknown voice; use one of {', '.join(GA_VOICES)} or a custom 'voice_…' id")
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("unknown time zone; use an IANA name such as Europe/Paris or America/New_York") from None
         return value
 
 
@@ -249,8 +265,16 @@ def problems_from(exc: ValidationError) -> list[str]:
     return [_describe(e) for e in exc.errors()]
 
 
-def load_settings(path: Path | str | None = None) -> Settings:
-    """Load settings from ``path`` (or ``SIPCTL_CONFIG``, or ``config/sipctl.yaml`` if present) under env."""
+#: checks a profile beyond its types: (name, profile, fields already reported as invalid) -> problems
+ProfileCheck = Callable[[str, AgentProfile, frozenset[str]], list[str]]
+
+
+def load_settings(path: Path | str | None = None, *, profile_check: ProfileCheck | None = None) -> Settings:
+    """Load settings from ``path`` (or ``SIPCTL_CONFIG``, or ``config/sipctl.yaml`` if present) under env.
+
+    Every problem is reported at once: type errors, a bad ``default_profile``, and what ``profile_check``
+    finds, which also runs on the valid part of a profile whose other fields have type errors.
+    """
     if path is None:
         env_path = os.environ.get("SIPCTL_CONFIG", "").strip()
         if env_path:
@@ -268,7 +292,17 @@ def load_settings(path: Path | str | None = None) -> Settings:
             settings = Settings()
         except ValidationError as exc:
             problems.extend(problems_from(exc))
-        problems.extend(_profile_name_problems())
+        raw = _raw_profiles()
+        problems.extend(_profile_name_problems(raw))
+        if profile_check is not None:
+            if settings is not None:
+                for name, profile in settings.profiles.items():
+                    problems.extend(profile_check(name, profile, frozenset()))
+            elif raw is not None and isinstance(raw.profiles, dict):
+                for name, data in raw.profiles.items():
+                    partial = _best_effort_profile(data)
+                    if partial is not None:
+                        problems.extend(profile_check(str(name), *partial))
         if problems:
             raise ConfigError(problems)
         assert settings is not None
@@ -277,9 +311,9 @@ def load_settings(path: Path | str | None = None) -> Settings:
         _yaml_path.reset(token)
 
 
-class _ProfileNames(_Sourced):
-    """Just the profile names, read from the same sources, so a bad default_profile is reported together
-    with every other problem (the full Settings may not validate)."""
+class _RawProfiles(_Sourced):
+    """The profiles as written, read from the same sources, so that problems are still found and reported
+    together when the full Settings does not validate."""
 
     model_config = SettingsConfigDict(env_prefix="SIPCTL_", env_nested_delimiter="__", extra="ignore")
 
@@ -287,12 +321,33 @@ class _ProfileNames(_Sourced):
     profiles: Any = None
 
 
-def _profile_name_problems() -> list[str]:
+def _raw_profiles() -> _RawProfiles | None:
     try:
-        names = _ProfileNames()
+        return _RawProfiles()
     except ValidationError:
-        return []
-    if not isinstance(names.profiles, dict) or not isinstance(names.default_profile, str):
+        return None
+
+
+def _best_effort_profile(data: Any) -> tuple[AgentProfile, frozenset[str]] | None:
+    """The profile with its invalid fields dropped (back to defaults), and the names of those fields."""
+    if not isinstance(data, dict):
+        return None
+    fields = dict(data)
+    dropped: set[str] = set()
+    while True:
+        try:
+            return AgentProfile.model_validate(fields), frozenset(dropped)
+        except ValidationError as exc:
+            bad = {str(e["loc"][0]) for e in exc.errors() if e["loc"]} & set(fields)
+            if not bad:
+                return None
+            for key in bad:
+                fields.pop(key)
+            dropped |= bad
+
+
+def _profile_name_problems(names: _RawProfiles | None) -> list[str]:
+    if names is None or not isinstance(names.profiles, dict) or not isinstance(names.default_profile, str):
         return []  # absent (built-in default profile) or mistyped (reported by Settings itself)
     if names.default_profile in names.profiles:
         return []

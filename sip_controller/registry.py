@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from sip_controller import call as cm
+from sip_controller import session, templates
 from sip_controller.config import Settings
 from sip_controller.openai_api import OpenAIError, RealtimeCalls
 from sip_controller.report import CallRecord
@@ -87,12 +88,25 @@ class CallRegistry:
             task = asyncio.create_task(self._reject(record, 486), name=f"{incoming.call_id}:reject")
             self._track(_Live(None, task, record))
             return record
+        profile = self._settings.profile(name)
+        instructions = templates.render(
+            profile.instructions,
+            profile=name,
+            timezone=profile.timezone,
+            caller=incoming.caller,
+            dialed=incoming.dialed,
+            header=incoming.header,
+            max_chars=profile.template_value_max_chars,
+            now=incoming.received_at,
+        )
         machine = cm.CallMachine(
             call_id=incoming.call_id,
             profile_name=name,
-            profile=self._settings.profile(name),
+            profile=profile,
             record=record,
             close_wait_s=self._settings.limits.hangup_close_wait_s,
+            accept_body=session.accept_body(profile, instructions=instructions),
+            today=incoming.received_at.date(),
         )
         supervisor = CallSupervisor(machine, self._api, self._connect, clock=self._clock)
         task = asyncio.create_task(self._run(supervisor), name=f"{incoming.call_id}:call")

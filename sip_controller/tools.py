@@ -82,13 +82,3 @@ def parse_arguments(spec: ToolSpec, raw: str) -> BaseModel:
             f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}" for e in exc.errors()
         )
         raise ToolArgumentsError(f"invalid arguments for {spec.name}: {details}") from None
-
-
-def resolve(names: tuple[str, ...]) -> list[ToolSpec]:
-    """Look up the profile's tool names; unknown names raise KeyError listing what exists."""
-    specs = []
-    for name in names:
-        if name not in BUILTIN_TOOLS:
-            raise KeyError(f"unknown tool {name!r}; available: {', '.join(sorted(BUILTIN_TOOLS))}")
-        specs.append(BUILTIN_TOOLS[name])
-    return specs

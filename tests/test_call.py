@@ -48,7 +48,7 @@ from sip_controller.report import CallRecord
 
 RECEIVED = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 ENDED_REASONS = set(get_args(cm.EndedReason))
-FINISH_TAIL = [CancelTimer(GOODBYE_TIMER), CancelTimer(CLOSE_WAIT_TIMER)]
+FINISH_TAIL = [CancelTimer(GOODBYE_TIMER), CancelTimer(CLOSE_WAIT_TIMER), CancelTimer(cm.SESSION_ACK_TIMER)]
 
 
 # ---- builders ----------------------------------------------------------------------------------------------
@@ -211,18 +211,45 @@ def test_attached_without_greeting_waits_for_the_caller() -> None:
     assert c.state() == CallState.ATTACHED
 
 
-def test_attached_sends_deferred_vad_tuning_first() -> None:
+def test_attached_sends_deferred_vad_tuning_and_greets_only_once_it_is_confirmed() -> None:
     profile = AgentProfile(turn_detection=TurnDetection(silence_duration_ms=700, threshold=0.6))
     c = Call(profile=profile)
-    update, greeting = sends(c.attach())
+    actions = c.attach()
+    (update,) = sends(actions)
+    assert StartTimer(cm.SESSION_ACK_TIMER, profile.session_ack_timeout_s) in actions
     assert update["type"] == "session.update"
     assert update["session"]["type"] == "realtime"
     td = update["session"]["audio"]["input"]["turn_detection"]
     assert (td["silence_duration_ms"], td["threshold"]) == (700, 0.6)
+    assert td["create_response"] is True  # the accept body held automatic answers until now
     assert update["session"]["audio"]["input"]["format"] == {"type": "audio/pcmu"}
     assert update["session"]["audio"]["output"]["format"] == {"type": "audio/pcmu"}
+    assert c.feed(sb({"type": "session.created", "session": {}})) == []
+    after = c.feed(sb({"type": "session.updated", "session": {}}))
+    assert after[0] == CancelTimer(cm.SESSION_ACK_TIMER)
+    (greeting,) = sends(after)
     assert greeting["type"] == "response.create"
     assert update["event_id"] != greeting["event_id"]
+
+
+def test_caller_turn_held_during_the_update_is_answered_once_it_applies() -> None:
+    profile = AgentProfile(greeting=None, turn_detection=TurnDetection(silence_duration_ms=700))
+    c = Call(profile=profile)
+    c.attach()
+    assert c.feed(sb({"type": "input_audio_buffer.speech_started"})) == []
+    assert c.feed(sb({"type": "input_audio_buffer.speech_stopped"})) == []
+    (answer,) = sends(c.feed(sb({"type": "session.updated", "session": {}})))
+    assert answer["type"] == "response.create"
+    assert "response" not in answer  # a plain turn: the model answers what the caller said
+
+
+def test_unconfirmed_update_ends_the_call_as_a_session_error() -> None:
+    c = Call(profile=AgentProfile(turn_detection=TurnDetection(threshold=0.7)))
+    c.attach()
+    assert hangups(c.feed(TimerFired(cm.SESSION_ACK_TIMER))) == 1
+    assert any("not confirmed" in e for e in c.record.errors)
+    c.feed(HangupOk())
+    assert c.feed(SidebandClosed(code=1000))[-1] == Finish("session_error")
 
 
 # ---- the happy path ----------------------------------------------------------------------------------------
@@ -496,6 +523,7 @@ def test_non_function_items_and_items_without_call_id_are_ignored() -> None:
 def test_event_ids_are_unique() -> None:
     c = Call(profile=AgentProfile(turn_detection=TurnDetection(threshold=0.4)))
     c.attach()
+    c.feed(sb({"type": "session.updated", "session": {}}))
     c.feed(response_done("r_1", output=[fc("c1", name="nope")]))
     c.feed(response_done("r_2", output=[fc("c2")]))
     ids = [e["event_id"] for e in sends(c.log)]
@@ -594,9 +622,10 @@ def test_benign_error_codes_never_end_the_call(code: str) -> None:
     assert len(c.record.errors) == 2
 
 
-def test_ordinary_error_after_a_completed_response_is_not_fatal() -> None:
+def test_ordinary_error_after_the_early_window_is_not_fatal() -> None:
     c = Call()
     c.greeted()
+    c.now += AgentProfile().early_error_window_s + 1
     assert c.feed(error("invalid_value", event_id="evt_from_someone_else")) == []
     assert c.state() == CallState.ATTACHED
     assert len(c.record.errors) == 1

@@ -10,7 +10,6 @@ import pytest
 
 from sip_controller.config import (
     DEFAULT_BASE_URL,
-    GA_VOICES,
     AgentProfile,
     ConfigError,
     Limits,
@@ -19,6 +18,8 @@ from sip_controller.config import (
     TurnDetection,
     load_settings,
 )
+from sip_controller.preflight import load_checked
+from sip_controller.validation import GA_VOICES
 
 
 @pytest.fixture(autouse=True)
@@ -37,8 +38,9 @@ def write_yaml(tmp_path: Path, text: str, name: str = "sipctl.yaml") -> Path:
 
 
 def problems_of(path: Path) -> list[str]:
+    """Every problem the full load (types and the session preflight) reports for the file."""
     with pytest.raises(ConfigError) as info:
-        load_settings(path)
+        load_checked(path)
     return info.value.problems
 
 
@@ -249,7 +251,7 @@ def test_empty_instructions(tmp_path: Path, yaml_value: str) -> None:
     path = write_yaml(tmp_path, f"profiles:\n  default:\n    instructions: {yaml_value}\n")
     line = the_problem(problems_of(path), "instructions")
     assert line.startswith("profiles.default.instructions:")
-    assert "must not be empty" in line
+    assert "non-empty" in line
     assert "Value error" not in line
 
 

@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sip_controller import session
-from sip_controller.config import SIP_DEFERRED_VAD_FIELDS, AgentProfile, Transcription, TurnDetection
+from sip_controller.config import AgentProfile, Transcription, TurnDetection
+from sip_controller.validation import SIP_DEFERRED_VAD_FIELDS
 
 Codec = Literal["pcmu", "pcma", "negotiated"]
 
@@ -136,7 +137,11 @@ def test_vad_tuning_never_in_the_accept_body() -> None:
     for name in SIP_DEFERRED_VAD_FIELDS:
         assert name not in td
     assert set(SIP_DEFERRED_VAD_FIELDS) == {"threshold", "prefix_padding_ms", "silence_duration_ms"}
-    assert td == {"type": "server_vad", "idle_timeout_ms": 8000, "create_response": True, "interrupt_response": True}
+    # automatic answers are held until the session.update carrying the tuning is confirmed
+    assert td == {"type": "server_vad", "idle_timeout_ms": 8000, "create_response": False, "interrupt_response": True}
+    patch = session.deferred_vad_patch(AgentProfile(turn_detection=TUNED))
+    assert patch is not None
+    assert patch["audio"]["input"]["turn_detection"]["create_response"] is True
 
 
 @settings(max_examples=60, deadline=None)
