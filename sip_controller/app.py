@@ -17,6 +17,7 @@ from starlette.routing import Route
 from sip_controller.config import Secrets, Settings
 from sip_controller.openai_api import RealtimeCalls
 from sip_controller.registry import CallRegistry
+from sip_controller.retries import DEFAULT_POLICY, RetryPolicy
 from sip_controller.sideband import SidebandConnector, connect_websocket
 from sip_controller.store import MemoryStore, StateStore
 from sip_controller.webhooks import OtherEvent, WebhookRejected, WebhookVerifier, parse_event
@@ -66,7 +67,8 @@ def create_app(
     connect: SidebandConnector | None = None,
     clock: Callable[[], float] = time.monotonic,
     wall_clock: Callable[[], float] = time.time,
-    drain_timeout_s: float = 30.0,
+    drain_timeout_s: float | None = None,
+    retry: RetryPolicy = DEFAULT_POLICY,
 ) -> Starlette:
     """Build the service. ``http_client`` (if given) stays owned by the caller; otherwise the lifespan owns one."""
     secrets.require_for_serving()
@@ -80,13 +82,15 @@ def create_app(
             if client is None:
                 client = await stack.enter_async_context(httpx.AsyncClient())
             api = RealtimeCalls(client, base_url=secrets.openai_base_url, api_key=api_key)
-            registry = CallRegistry(settings, api, connect or connect_websocket, clock=clock)
+            registry = CallRegistry(settings, api, connect or connect_websocket, clock=clock, retry=retry)
             app.state.runtime = Runtime(settings, registry, store or MemoryStore(clock=clock), verifier)
             log.info("app.started", base_url=secrets.openai_base_url, profiles=sorted(settings.profiles))
             try:
                 yield
             finally:
-                await registry.shutdown(drain_timeout_s)
+                # normally the SIGTERM drain (serving.py) has already ended every call; this is the backstop
+                wrap_up = drain_timeout_s if drain_timeout_s is not None else settings.limits.drain_wrap_up_s
+                await registry.shutdown(wrap_up)
                 log.info("app.stopped")
 
     async def webhook(request: Request) -> Response:
@@ -107,7 +111,7 @@ def create_app(
         if isinstance(event, OtherEvent):
             log.info("webhook.ignored", event_type=event.type, webhook_id=webhook_id)
             return _answer(200, "ignored")
-        if rt.registry.draining:
+        if rt.registry.draining and settings.limits.drain_mode == "redeliver":
             log.warning("webhook.draining", call_id=event.call_id)
             return _answer(503, "draining")
         ttl = settings.limits.dedupe_ttl_s
@@ -117,7 +121,10 @@ def create_app(
         if not await rt.store.claim(f"call:{event.call_id}", ttl):
             log.info("webhook.duplicate", key="call_id", call_id=event.call_id, webhook_id=webhook_id)
             return _answer(200, "duplicate")
-        rt.registry.start(event)
+        refusal = rt.registry.start(event)
+        if refusal is not None:
+            log.warning("webhook.refused", call_id=event.call_id, sip_status=refusal.status_code, why=refusal.reason)
+            return _answer(200, "rejected", refusal.reason)
         log.info("webhook.accepted", call_id=event.call_id, webhook_id=webhook_id)
         return _answer(200, "accepted")
 

@@ -77,6 +77,8 @@ class AcceptOk:
 class AcceptFailed:
     gone: bool
     detail: str
+    #: OpenAI refused the body (400): the config is wrong, and the caller must not be left ringing
+    invalid: bool = False
 
 
 @dataclass(frozen=True)
@@ -175,7 +177,20 @@ class Finish:
     reason: EndedReason
 
 
-Action = Accept | Attach | Send | Hangup | StartTimer | CancelTimer | Finish
+@dataclass(frozen=True)
+class Reattach:
+    """The sideband dropped while the call may still be up: open it again (bounded retries)."""
+
+
+@dataclass(frozen=True)
+class Reject:
+    status_code: int
+
+
+Action = Accept | Attach | Reattach | Send | Hangup | Reject | StartTimer | CancelTimer | Finish
+
+#: sideband reconnects allowed per call before giving up and hanging up through REST
+MAX_RECONNECTS = 3
 
 GOODBYE_TIMER = "goodbye"
 CLOSE_WAIT_TIMER = "close_wait"
@@ -227,6 +242,7 @@ class CallMachine:
     _attached_at: float | None = None
     _pending_updates: deque[_PendingUpdate] = field(default_factory=deque)
     _caller_spoke_while_held: bool = False
+    _reconnects: int = 0
 
     @property
     def finished(self) -> bool:
@@ -250,26 +266,30 @@ class CallMachine:
             case AcceptOk():
                 self._set_state(CallState.ACCEPTED, rel)
                 return [Attach()]
-            case AcceptFailed(gone=gone, detail=detail):
+            case AcceptFailed(gone=gone, detail=detail, invalid=invalid):
                 self.record.errors.append(f"accept failed: {detail}")
                 self.record.mark(rel, "accept failed" + (" (call gone)" if gone else ""))
+                if invalid:
+                    self.record.mark(rel, "accept body refused: rejecting the call so it does not ring on")
+                    return [Reject(603), *self._finish("accept_failed", rel, CallState.FAILED)]
                 return self._finish("accept_failed", rel, CallState.FAILED)
             case Attached():
+                if self._attached_at is not None:
+                    self.record.mark(rel, "sideband restored")
+                    return []
                 return self._on_attached(rel)
             case AttachFailed(gone=gone, detail=detail):
                 self.record.errors.append(f"sideband attach failed: {detail}")
                 if gone:
                     self.record.mark(rel, "sideband attach: call already gone")
-                    return self._finish("caller_hangup", rel)
+                    return self._finish(self._ending.reason if self._ending else "caller_hangup", rel)
                 self._ending = _Ending(reason="session_error")
                 self._set_state(CallState.ENDING, rel)
                 return self._hangup(rel, "no sideband: hanging up rather than leave the call unsupervised")
             case SidebandEvent(event=event):
                 return self._on_event(event, rel)
             case SidebandClosed(code=code):
-                self.record.mark(rel, f"sideband closed (code {code})")
-                reason: EndedReason = self._ending.reason if self._ending else "caller_hangup"
-                return self._finish(reason, rel)
+                return self._on_sideband_closed(code, rel)
             case TimerFired(name=name):
                 return self._on_timer(name, rel)
             case HangupOk():
@@ -414,6 +434,24 @@ class CallMachine:
         self._ending.awaiting_created = True
         self.record.mark(rel, "goodbye requested")
         return [Send(self._response_create(instructions, tool_choice="none")), timer]
+
+    def _on_sideband_closed(self, code: int | None, rel: float) -> list[Action]:
+        """1000 is how the server ends a finished call; anything else may be a dropped socket."""
+        self.record.mark(rel, f"sideband closed (code {code})")
+        ending = self._ending
+        if code == 1000 or (ending is not None and ending.hangup_sent) or self._attached_at is None:
+            return self._finish(ending.reason if ending else "caller_hangup", rel)
+        if ending is not None:
+            # we owed a hangup after the goodbye, and can no longer hear it end: hang up now
+            return self._hangup(rel, "sideband lost while ending")
+        if self._reconnects < MAX_RECONNECTS:
+            self._reconnects += 1
+            self.record.mark(rel, f"reconnecting the sideband (try {self._reconnects} of {MAX_RECONNECTS})")
+            return [Reattach()]
+        self._ending = _Ending(reason="session_error")
+        self._set_state(CallState.ENDING, rel)
+        self.record.errors.append(f"sideband dropped {self._reconnects + 1} times")
+        return self._hangup(rel, "sideband keeps dropping: hanging up rather than leave the call unsupervised")
 
     def _on_timer(self, name: str, rel: float) -> list[Action]:
         if name == SESSION_ACK_TIMER and self._pending_updates:

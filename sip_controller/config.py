@@ -142,6 +142,19 @@ class AgentProfile(_Strict):
 
 class Limits(_Strict):
     max_concurrent_calls: int = Field(default=100, ge=1)
+    #: accepts running at once (each may be retrying within its ring budget)
+    max_accepts_in_flight: int = Field(default=50, ge=1)
+    #: calls per minute from one caller number before SIP 603; 0 turns the limit off
+    caller_calls_per_minute: int = Field(default=10, ge=0)
+    #: how long after the webhook an accept may still be retried (the caller hears ringing meanwhile)
+    ring_budget_s: float = Field(default=8.0, gt=0, le=60)
+    #: on SIGTERM: how long live calls may go on before their spoken wrap-up and hangup
+    drain_timeout_s: float = Field(default=300.0, ge=0)
+    #: after drain_timeout_s: time for the wrap-up line and the hangup before tasks are cancelled
+    drain_wrap_up_s: float = Field(default=15.0, gt=0)
+    #: webhooks while draining: "redeliver" answers 503 (OpenAI retries, another replica takes it);
+    #: "reject" refuses the call with SIP 503
+    drain_mode: Literal["redeliver", "reject"] = "redeliver"
     dedupe_ttl_s: float = Field(default=3600.0, gt=0)
     recent_calls: int = Field(default=200, ge=0)
     webhook_max_body_bytes: int = Field(default=256 * 1024, ge=1024)

@@ -13,11 +13,13 @@ import structlog
 
 from sip_controller import call as cm
 from sip_controller import session, templates
+from sip_controller.admission import BUSY, DECLINE, UNAVAILABLE, CallerRateLimiter, Refusal
 from sip_controller.config import Settings
 from sip_controller.openai_api import OpenAIError, RealtimeCalls
 from sip_controller.report import CallRecord
+from sip_controller.retries import DEFAULT_POLICY, RetryPolicy, with_quick_retries
 from sip_controller.sideband import SidebandConnector
-from sip_controller.supervisor import CallSupervisor
+from sip_controller.supervisor import CallOptions, CallSupervisor
 from sip_controller.webhooks import IncomingCall
 
 log = structlog.get_logger("sip_controller.registry")
@@ -41,11 +43,16 @@ class CallRegistry:
         connect: SidebandConnector,
         *,
         clock: Callable[[], float] = time.monotonic,
+        retry: RetryPolicy = DEFAULT_POLICY,
     ) -> None:
         self._settings = settings
         self._api = api
         self._connect = connect
         self._clock = clock
+        self._retry = retry
+        limits = settings.limits
+        self._accept_slots = asyncio.Semaphore(limits.max_accepts_in_flight)
+        self._rate = CallerRateLimiter(limits.caller_calls_per_minute, clock=clock)
         self._live: dict[str, _Live] = {}
         self._recent: OrderedDict[str, _Live] = OrderedDict()
         self.on_finished: list[FinishedHook] = []
@@ -74,8 +81,18 @@ class CallRegistry:
             await entry.done.wait()
         return entry.record
 
-    def start(self, incoming: IncomingCall, profile_name: str | None = None) -> CallRecord:
-        """Take charge of a call: supervise it, or reject it (SIP 486) when at capacity."""
+    def admission(self, incoming: IncomingCall) -> Refusal | None:
+        """Why this call cannot be taken now, or None. Counts the call against its caller's rate."""
+        if self.draining:
+            return Refusal(UNAVAILABLE, "draining for shutdown")
+        if self.at_capacity:
+            return Refusal(BUSY, f"at capacity ({self._settings.limits.max_concurrent_calls} live calls)")
+        if not self._rate.allow(incoming.caller):
+            return Refusal(DECLINE, f"caller over {self._rate.per_minute} calls per minute")
+        return None
+
+    def start(self, incoming: IncomingCall, profile_name: str | None = None) -> Refusal | None:
+        """Take charge of a call: supervise it, or reject it with a SIP code (returned) when not admitted."""
         name = profile_name or self._settings.default_profile
         record = CallRecord(
             call_id=incoming.call_id,
@@ -84,10 +101,12 @@ class CallRegistry:
             caller=incoming.caller,
             dialed=incoming.dialed,
         )
-        if self.at_capacity:
-            task = asyncio.create_task(self._reject(record, 486), name=f"{incoming.call_id}:reject")
+        refusal = self.admission(incoming)
+        if refusal is not None:
+            record.errors.append(f"rejected: {refusal.reason}")
+            task = asyncio.create_task(self._reject(record, refusal.status_code), name=f"{incoming.call_id}:reject")
             self._track(_Live(None, task, record))
-            return record
+            return refusal
         profile = self._settings.profile(name)
         instructions = templates.render(
             profile.instructions,
@@ -108,10 +127,16 @@ class CallRegistry:
             accept_body=session.accept_body(profile, instructions=instructions),
             today=incoming.received_at.date(),
         )
-        supervisor = CallSupervisor(machine, self._api, self._connect, clock=self._clock)
+        options = CallOptions(
+            ring_budget_s=self._settings.limits.ring_budget_s,
+            started_at=self._clock(),
+            accept_slots=self._accept_slots,
+            retry=self._retry,
+        )
+        supervisor = CallSupervisor(machine, self._api, self._connect, clock=self._clock, options=options)
         task = asyncio.create_task(self._run(supervisor), name=f"{incoming.call_id}:call")
         self._track(_Live(supervisor, task, record))
-        return record
+        return None
 
     def _track(self, entry: _Live) -> None:
         self._live[entry.record.call_id] = entry
@@ -123,7 +148,7 @@ class CallRegistry:
     async def _reject(self, record: CallRecord, status_code: int) -> None:
         record.mark(0.0, f"rejected: SIP {status_code}")
         try:
-            await self._api.reject(record.call_id, status_code)
+            await with_quick_retries(lambda: self._api.reject(record.call_id, status_code), self._retry)
         except OpenAIError as exc:
             record.errors.append(f"reject failed: {exc}")
         record.state = cm.CallState.REJECTED.value
@@ -147,6 +172,17 @@ class CallRegistry:
                 hook(entry.record)
             except Exception:
                 log.exception("registry.hook_failed", call_id=call_id)
+
+    async def drain(self, wait_s: float, wrap_up_s: float) -> None:
+        """SIGTERM: take no new calls; let live ones end by themselves for up to ``wait_s``; then wrap up
+        and hang up the rest (``shutdown``), cancelling whatever is still running after ``wrap_up_s``."""
+        self.draining = True
+        log.info("registry.draining", live_calls=self.live_count, wait_s=wait_s)
+        tasks = [e.task for e in self._live.values()]
+        if tasks and wait_s > 0:
+            await asyncio.wait(tasks, timeout=wait_s)
+        await self.shutdown(wrap_up_s)
+        log.info("registry.drained")
 
     async def shutdown(self, timeout: float) -> None:
         """Ask every live call to wrap up; after ``timeout`` seconds cancel whatever is left."""

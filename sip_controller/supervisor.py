@@ -6,14 +6,17 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
+import stamina
 import structlog
 from websockets.exceptions import ConnectionClosed
 
 from sip_controller import call as cm
 from sip_controller.openai_api import CallGone, InvalidRequest, OpenAIError, RealtimeCalls
 from sip_controller.report import CallRecord
+from sip_controller.retries import DEFAULT_POLICY, RetryPolicy, accept_within_budget, with_quick_retries
 from sip_controller.sideband import AttachError, Sideband, SidebandConnector
 
 log = structlog.get_logger("sip_controller.call")
@@ -27,6 +30,19 @@ class _TaskCrashed:
         self.exc = exc
 
 
+@dataclass(frozen=True)
+class CallOptions:
+    """Per-call I/O policy from the settings (the state machine never sees these)."""
+
+    #: the accept must succeed this long after ``started_at`` (the webhook's arrival), or the caller is lost
+    ring_budget_s: float = 8.0
+    #: ``clock()`` when the webhook arrived; None: when the supervisor starts
+    started_at: float | None = None
+    #: shared cap on accepts in flight
+    accept_slots: asyncio.Semaphore | None = None
+    retry: RetryPolicy = DEFAULT_POLICY
+
+
 class CallSupervisor:
     """The I/O edge of one call. ``run()`` returns the finished record; it never raises for call errors."""
 
@@ -37,11 +53,14 @@ class CallSupervisor:
         connect: SidebandConnector,
         *,
         clock: Callable[[], float] = time.monotonic,
+        options: CallOptions | None = None,
     ) -> None:
         self.machine = machine
         self._api = api
         self._connect = connect
         self._clock = clock
+        self._options = options or CallOptions()
+        self._started_at = self._options.started_at if self._options.started_at is not None else clock()
         self._inbox: asyncio.Queue[cm.Input | _TaskCrashed] = asyncio.Queue()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._sideband: Sideband | None = None
@@ -118,7 +137,12 @@ class CallSupervisor:
                 self._log.info("call.accepting")
                 self._spawn("accept", self._accept(body))
             case cm.Attach():
-                self._spawn("sideband", self._attach())
+                self._spawn("sideband", self._attach(reconnect=False))
+            case cm.Reattach():
+                self._log.warning("call.sideband_reconnecting")
+                self._spawn("sideband", self._attach(reconnect=True))
+            case cm.Reject(status_code=status):
+                await self._reject(status)
             case cm.Send(event=event):
                 await self._send(event)
             case cm.Hangup():
@@ -134,13 +158,30 @@ class CallSupervisor:
                 pass  # the run loop sees machine.finished and closes everything
 
     async def _accept(self, body: dict[str, Any]) -> None:
+        deadline = self._started_at + self._options.ring_budget_s
+        slots = self._options.accept_slots
+
+        def on_retry(exc: OpenAIError) -> None:
+            self._log.info("call.accept_retry", status=exc.status, code=exc.code)
+
         try:
-            await self._api.accept(self.machine.call_id, body)
+            async with slots if slots is not None else contextlib.nullcontext():
+                await accept_within_budget(
+                    self._api,
+                    self.machine.call_id,
+                    body,
+                    deadline=deadline,
+                    clock=self._clock,
+                    policy=self._options.retry,
+                    on_retry=on_retry,
+                )
         except CallGone as exc:
+            self._log.info("call.accept_gone")
             self.post(cm.AcceptFailed(gone=True, detail=str(exc)))
         except InvalidRequest as exc:
+            # should have been caught by preflight: say so loudly, with OpenAI's own words
             self._log.error("call.accept_refused", status=exc.status, message=exc.message, param=exc.param)
-            self.post(cm.AcceptFailed(gone=False, detail=str(exc)))
+            self.post(cm.AcceptFailed(gone=False, detail=str(exc), invalid=True))
         except OpenAIError as exc:
             self._log.warning("call.accept_failed", status=exc.status, error=exc.message)
             self.post(cm.AcceptFailed(gone=False, detail=str(exc)))
@@ -148,16 +189,32 @@ class CallSupervisor:
             self._log.info("call.accepted")
             self.post(cm.AcceptOk())
 
-    async def _attach(self) -> None:
+    async def _connect_once_or_retry(self, url: str, *, reconnect: bool) -> Sideband:
+        if not reconnect:
+            return await self._connect(url, self._api.sideband_headers)
+        policy = self._options.retry
+        async for attempt in stamina.retry_context(
+            on=lambda exc: isinstance(exc, AttachError) and not exc.gone,
+            attempts=policy.attempts,
+            timeout=policy.timeout_s,
+            wait_initial=policy.wait_initial,
+            wait_max=policy.wait_max,
+            wait_jitter=policy.wait_jitter,
+        ):
+            with attempt:
+                return await self._connect(url, self._api.sideband_headers)
+        raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
+
+    async def _attach(self, *, reconnect: bool) -> None:
         url = self._api.sideband_url(self.machine.call_id)
         try:
-            sideband = await self._connect(url, self._api.sideband_headers)
+            sideband = await self._connect_once_or_retry(url, reconnect=reconnect)
         except AttachError as exc:
-            self._log.warning("call.attach_failed", gone=exc.gone, error=str(exc))
+            self._log.warning("call.attach_failed", gone=exc.gone, error=str(exc), reconnect=reconnect)
             self.post(cm.AttachFailed(gone=exc.gone, detail=str(exc)))
             return
         self._sideband = sideband
-        self._log.info("call.attached")
+        self._log.info("call.attached", reconnect=reconnect)
         self.post(cm.Attached())
         async for event in sideband.events():
             if event.type in ("error", "malformed"):
@@ -174,9 +231,18 @@ class CallSupervisor:
         except ConnectionClosed:
             self._log.info("call.send_after_close", event_type=event.get("type"))
 
+    async def _reject(self, status_code: int) -> None:
+        try:
+            await with_quick_retries(lambda: self._api.reject(self.machine.call_id, status_code), self._options.retry)
+        except CallGone:
+            pass  # the caller already gave up
+        except OpenAIError as exc:
+            self.record.errors.append(f"reject failed: {exc}")
+            self._log.error("call.reject_failed", status=exc.status, error=exc.message)
+
     async def _hangup(self) -> None:
         try:
-            await self._api.hangup(self.machine.call_id)
+            await with_quick_retries(lambda: self._api.hangup(self.machine.call_id), self._options.retry)
         except CallGone as exc:
             self.post(cm.HangupFailed(gone=True, detail=str(exc)))
         except OpenAIError as exc:

@@ -109,8 +109,12 @@ def _obj(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
+_REASONING_MODEL = re.compile(r"gpt-realtime-2(\.\d+)?(-mini)?(-\d{4}-\d{2}-\d{2})?")
+
+
 def is_reasoning_model(model: str) -> bool:
-    return model.startswith("gpt-realtime-2")
+    """gpt-realtime-2, -2.1, -2.1-mini and their dated snapshots (not gpt-realtime-2025-08-28)."""
+    return _REASONING_MODEL.fullmatch(model) is not None
 
 
 class _Checker:
@@ -246,6 +250,9 @@ class _Checker:
             self.error(path, f"must be an object like {{type: audio/pcmu}} (got {fmt!r})")
             return
         kind = fmt.get("type")
+        if not isinstance(kind, str):
+            self.error(f"{path}.type", f"must be one of {', '.join(FORMAT_TYPES)} (got {kind!r})")
+            return
         if kind in BETA_FORMATS:
             self.error(f"{path}.type", f"{kind!r} is the beta name; the GA type is {BETA_FORMATS[kind]!r}")
             return
@@ -371,7 +378,7 @@ class _Checker:
                     names.add(name)
             elif kind == "mcp":
                 self.mcp_tool(tool, path)
-            elif kind in HOSTED_TOOLS:
+            elif isinstance(kind, str) and kind in HOSTED_TOOLS:
                 self.error(f"{path}.type", f"{kind!r} is not available here: the Realtime API supports only "
                            "function and MCP tools")
             else:
@@ -381,7 +388,7 @@ class _Checker:
 
     def function_tool(self, tool: Mapping[str, Any], path: str) -> None:
         name = tool.get("name")
-        if not isinstance(name, str) or not TOOL_NAME.match(name):
+        if not isinstance(name, str) or not TOOL_NAME.fullmatch(name):
             self.error(f"{path}.name", f"must match ^[a-zA-Z0-9_-]{{1,64}}$ (got {name!r})")
         description = tool.get("description")
         if not isinstance(description, str) or not description.strip():
@@ -421,7 +428,8 @@ class _Checker:
             return
         if isinstance(choice, Mapping) and choice.get("type") == "function":
             name = choice.get("name")
-            if tools_present and name not in names:
+            # an update without `tools` keeps the session's tools, which this check cannot see
+            if (tools_present or not self.ctx.update) and not (isinstance(name, str) and name in names):
                 known = ", ".join(sorted(names)) or "none"
                 self.error("tool_choice.name", f"names the unknown tool {name!r}; known function tools: {known}")
             return

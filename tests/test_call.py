@@ -883,6 +883,8 @@ _HANGUP_TRIGGERS = (TimerFired, AttachFailed, Shutdown)
 def _may_trigger_hangup(inp: Input) -> bool:
     if isinstance(inp, _HANGUP_TRIGGERS):
         return True
+    if isinstance(inp, SidebandClosed):
+        return inp.code != 1000  # a dropped socket while ending: the owed hangup goes out at once
     if isinstance(inp, SidebandEvent):
         return inp.event.type in {
             "error",
@@ -900,10 +902,17 @@ def _may_trigger_hangup(inp: Input) -> bool:
     ),
     greeted=st.booleans(),
     inputs=st.lists(_after_attach, max_size=25),
-    terminal=st.sampled_from([SidebandClosed(code=1000), SidebandClosed(code=None), HangupFailed(True, "gone")]),
+    terminal=st.sampled_from(
+        [
+            [SidebandClosed(code=1000)],
+            # a dropped socket: reconnect (or hang up, when ending); the call turns out to be gone
+            [SidebandClosed(code=None), AttachFailed(gone=True, detail="404")],
+            [HangupFailed(True, "gone")],
+        ]
+    ),
 )
 def test_every_call_ends_exactly_once(
-    profile: AgentProfile, greeted: bool, inputs: list[Input], terminal: Input
+    profile: AgentProfile, greeted: bool, inputs: list[Input], terminal: list[Input]
 ) -> None:
     c = Call(profile=profile)
     if greeted:
@@ -912,7 +921,7 @@ def test_every_call_ends_exactly_once(
         c.attach()
     finished_at: int | None = None
     output_call_ids: list[str] = []
-    for i, inp in enumerate([*inputs, terminal]):
+    for i, inp in enumerate([*inputs, *terminal]):
         actions = c.feed(inp)
         if finished_at is not None:
             assert actions == [], "no actions after Finish"

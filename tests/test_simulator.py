@@ -242,6 +242,42 @@ BAD_ACCEPTS: list[tuple[str, Any, str, str | None]] = [
         "tools[0].strict",
     ),
     ("not an object", ["type", "realtime"], "invalid_type", "session"),
+    (
+        "beta format string",
+        {"type": "realtime", "audio": {"input": {"format": "g711_ulaw"}}},
+        "invalid_type",
+        "audio.input.format",
+    ),
+    (
+        "beta pcm16 format type",
+        {"type": "realtime", "audio": {"input": {"format": {"type": "pcm16"}}}},
+        "invalid_value",
+        "audio.input.format.type",
+    ),
+    (
+        "function name with a space",
+        {"type": "realtime", "tools": [{**END_CALL_TOOL, "name": "end call"}]},
+        "invalid_value",
+        "tools[0].name",
+    ),
+    (
+        "duplicate function name",
+        {"type": "realtime", "tools": [END_CALL_TOOL, END_CALL_TOOL]},
+        "invalid_value",
+        "tools[1].name",
+    ),
+    (
+        "tool_choice names a missing tool",
+        {"type": "realtime", "tools": [END_CALL_TOOL], "tool_choice": {"type": "function", "name": "transfer"}},
+        "invalid_value",
+        "tool_choice",
+    ),
+    (
+        "mcp without a server",
+        {"type": "realtime", "tools": [{"type": "mcp", "server_label": "crm"}]},
+        "missing_required_parameter",
+        "tools[0].server_url",
+    ),
 ]
 
 
@@ -273,6 +309,32 @@ async def test_accept_rejects_invalid_bodies_with_openai_errors() -> None:
         assert denied.value.response.status_code == 404
         assert (await env.accept(call)).status_code == 200
         assert call.accept_count == 1
+
+
+async def test_accept_takes_every_ga_field() -> None:
+    body = {
+        **GOOD_BODY,
+        "output_modalities": ["audio"],
+        "audio": {
+            "input": {"format": PCMU, "noise_reduction": {"type": "far_field"}},
+            "output": {"format": PCMU, "voice": {"id": "voice_abc123"}, "speed": 0.25},
+        },
+        "tools": [
+            END_CALL_TOOL,
+            {"type": "mcp", "server_label": "crm", "connector_id": "connector_gmail"},
+        ],
+        "tool_choice": {"type": "function", "name": "end_call"},
+        "max_output_tokens": 4096,
+        "reasoning": {"effort": "minimal"},
+        "parallel_tool_calls": True,
+    }
+    async with running() as env:
+        call = await env.sim.place_call(CallSpec(name="ga-fields", greeting_wait=0))
+        response = await env.accept(call, body)
+        assert response.status_code == 200, response.text
+        assert call.session["audio"]["output"]["voice"] == {"id": "voice_abc123"}
+        assert call.session["parallel_tool_calls"] is True
+        assert call.audio_state == "clean"
 
 
 async def test_vad_tuning_accepted_on_accept_when_the_quirk_is_off() -> None:
@@ -385,6 +447,232 @@ async def test_repeated_accept_returns_200_and_is_counted() -> None:
         assert (await env.accept(call, {"type": "realtime", "instructions": "other"})).status_code == 200
         assert call.accept_count == 2
         assert call.session is first_session
+
+
+# ---- session.update applies late --------------------------------------------------------------------
+
+
+async def test_session_update_applies_after_the_delay_in_order() -> None:
+    async with running(session_update_delay=4.0) as env:  # 0.2 s at this scale
+        call = await env.sim.place_call(CallSpec(name="delayed", greeting_wait=0))
+        assert (await env.accept(call)).status_code == 200
+        async with env.sideband(call.call_id) as ws:
+            await next_event(ws)
+            text_only = {"type": "realtime", "output_modalities": ["text"]}
+            renamed = {"type": "realtime", "instructions": "Second."}
+            sent_at = env.sim.now()
+            await send(ws, {"type": "session.update", "session": text_only})
+            await send(ws, {"type": "session.update", "session": renamed})
+            await send(ws, {"type": "response.create", "response": {"instructions": "Before"}})
+            before = await events_until(ws, "response.done")
+            assert "session.updated" not in types(before)
+            assert call.session_version == 0
+            assert call.session["output_modalities"] == ["audio"]  # not applied yet
+
+            first = (await events_until(ws, "session.updated"))[-1]
+            assert env.sim.now() - sent_at >= 4.0 * SCALE * 0.9
+            assert first["session"]["output_modalities"] == ["text"]
+            assert first["session"]["instructions"] == GOOD_BODY["instructions"]
+            second = await next_event(ws)
+            assert second["type"] == "session.updated"
+            assert second["session"]["instructions"] == "Second."
+
+            await send(ws, {"type": "response.create", "response": {"instructions": "After"}})
+            after = await events_until(ws, "response.done")
+            assert "response.output_text.done" in types(after)
+        old, new = call.responses
+        assert (old.kind, old.session_version) == ("audio", 0)
+        assert (new.kind, new.session_version) == ("text", 2)
+        assert call.session_version == 2
+        assert len(call.session_updated_at) == 2
+        assert call.session_updated_at == sorted(call.session_updated_at)
+        update_times = [e.t for e in call.client_events if e.type == "session.update"]
+        assert call.session_updated_at[0] - update_times[0] >= 4.0 * SCALE * 0.9
+        assert old.created_at < call.session_updated_at[0] <= call.session_updated_at[1] <= new.created_at
+        assert call.session_updates == [text_only, renamed]
+        assert call.summary()["session_version"] == 2
+
+
+async def test_automatic_response_before_the_apply_follows_the_old_turn_detection() -> None:
+    spec = CallSpec(
+        name="auto-then-manual",
+        greeting_wait=0,
+        max_call_seconds=100.0,
+        session_update_delay=6.0,  # 0.3 s at this scale
+        steps=[
+            Step(say="one two three four five six", reply="First answer."),  # speech: 0.09 s here
+            Step(wait=14.0),  # 0.7 s: the update has applied by the next turn
+            Step(say="Are you still there?", reply="Yes, I am."),
+        ],
+    )
+    async with running() as env:
+        call = await env.sim.place_call(spec)
+        assert (await env.accept(call)).status_code == 200
+        async with env.sideband(call.call_id) as ws:
+            await next_event(ws)
+            no_auto = {
+                "type": "realtime",
+                "audio": {"input": {"turn_detection": {"type": "server_vad", "create_response": False}}},
+            }
+            await send(ws, {"type": "session.update", "session": no_auto})
+            first = await events_until(ws, "response.done")
+            assert "session.updated" not in types(first)
+            assert first[-1]["response"]["output"][0]["content"][0]["transcript"] == "First answer."
+            updated = (await events_until(ws, "session.updated"))[-1]
+            assert updated["session"]["audio"]["input"]["turn_detection"]["create_response"] is False
+            await events_until(ws, "conversation.item.input_audio_transcription.completed")
+            with pytest.raises(TimeoutError):
+                await next_event(ws, timeout=0.2)  # the new session answers only when asked
+            await send(ws, {"type": "response.create"})
+            answer = await events_until(ws, "response.done")
+            assert answer[-1]["response"]["output"][0]["content"][0]["transcript"] == "Yes, I am."
+        auto, manual = call.responses
+        assert (auto.source, auto.session_version, auto.transcript) == ("auto", 0, "First answer.")
+        assert (manual.source, manual.session_version, manual.transcript) == ("client", 1, "Yes, I am.")
+        (update_t,) = [e.t for e in call.client_events if e.type == "session.update"]
+        assert update_t < auto.created_at < call.session_updated_at[0] < manual.created_at
+
+
+async def test_session_update_delay_per_call_overrides_the_simulator_default() -> None:
+    async with running(session_update_delay=100.0) as env:  # 5 s here, far beyond the waits below
+        call = await env.sim.place_call(CallSpec(name="instant", greeting_wait=0, session_update_delay=0))
+        slow = await env.sim.place_call(CallSpec(name="slow", greeting_wait=0))
+        for record in (call, slow):
+            assert (await env.accept(record)).status_code == 200
+        update = {"type": "session.update", "session": {"type": "realtime", "instructions": "New."}}
+        async with env.sideband(call.call_id) as ws:
+            await next_event(ws)
+            await send(ws, update)
+            await send(ws, {"type": "response.create"})
+            events = await events_until(ws, "response.done", timeout=1.0)
+            assert types(events)[0] == "session.updated"  # applied before the response
+        async with env.sideband(slow.call_id) as ws:
+            await next_event(ws)
+            await send(ws, update)
+            with pytest.raises(TimeoutError):
+                await next_event(ws, timeout=0.3)
+        assert [r.session_version for r in call.responses] == [1]
+        assert (call.session_version, slow.session_version) == (1, 0)
+        assert slow.session_updates == [update["session"]]
+        assert slow.session["instructions"] == GOOD_BODY["instructions"]
+
+
+async def test_session_update_is_validated_against_the_pending_session() -> None:
+    transfer = {**END_CALL_TOOL, "name": "transfer_call"}
+    async with running() as env:
+        call = await env.sim.place_call(CallSpec(name="tool-choice", greeting_wait=0))
+        assert (await env.accept(call)).status_code == 200
+        async with env.sideband(call.call_id) as ws:
+            await next_event(ws)
+            missing = {"type": "realtime", "tool_choice": {"type": "function", "name": "transfer_call"}}
+            await send(ws, {"type": "session.update", "event_id": "evt_c1", "session": missing})
+            error = await next_event(ws)  # at once, not after the delay
+            assert error["type"] == "error"
+            assert (error["error"]["param"], error["error"]["event_id"]) == ("session.tool_choice", "evt_c1")
+            tools = {"type": "realtime", "tools": [END_CALL_TOOL, transfer]}
+            await send(ws, {"type": "session.update", "session": tools})
+            await send(ws, {"type": "session.update", "session": missing})  # the pending tools count
+            assert types([await next_event(ws), await next_event(ws)]) == ["session.updated"] * 2
+            duplicate = {"type": "realtime", "tools": [transfer, transfer]}
+            await send(ws, {"type": "session.update", "session": duplicate})
+            assert (await next_event(ws))["error"]["param"] == "session.tools[1].name"
+        assert call.session["tool_choice"] == {"type": "function", "name": "transfer_call"}
+        assert call.session_version == 2
+        assert len(call.errors_sent) == 2
+
+
+# ---- stored prompts and hanging up after an error ----------------------------------------------------
+
+
+async def test_stored_prompt_is_accepted_then_the_session_errors_and_stays_silent() -> None:
+    body = {**GOOD_BODY, "prompt": {"id": "pmpt_abc123", "version": "2"}}
+    spec = CallSpec(name="stored-prompt", greeting_wait=1.0, expect=Expectation(max_hangup_after_error_s=2.0))
+    async with running() as env:
+        call = await env.sim.place_call(spec)
+        assert (await env.accept(call, body)).status_code == 200
+        assert call.audio_state == "static"
+        assert call.errors_sent == []
+        async with env.sideband(call.call_id) as ws:
+            assert (await next_event(ws))["type"] == "session.created"
+            error = await next_event(ws)
+            assert error["type"] == "error"
+            assert error["error"]["type"] == "invalid_request_error"
+            assert (error["error"]["code"], error["error"]["param"]) == ("invalid_prompt", "prompt")
+            assert "pmpt_abc123" in error["error"]["message"]
+            assert "could not be loaded" in error["error"]["message"]
+            assert error["error"]["event_id"] is None
+            await send(ws, {"type": "response.create", "response": {"instructions": "Hello there"}})
+            events = await events_until(ws, "response.done")
+            assert types(events) == [
+                "response.created",
+                "response.output_audio_transcript.done",
+                "response.done",
+            ]
+            with pytest.raises(TimeoutError):
+                await next_event(ws, timeout=0.3)  # no output_audio_buffer.started, ever
+            assert (await env.http.post(f"/realtime/calls/{call.call_id}/hangup")).status_code == 200
+        assert call.responses[0].audio_started_at is None
+        assert call.greeting_heard is False
+        assert call.audio_state == "static"
+        assert call.accepted_at is not None
+        assert call.first_error_at is not None
+        assert call.first_error_at >= call.accepted_at
+        assert call.hangup_after_error_s is not None
+        assert 0.3 <= call.hangup_after_error_s < 2.0
+        assert check_expectations(call) == []
+        assert call.summary()["hangup_after_error_s"] == call.hangup_after_error_s
+
+
+async def test_null_prompt_is_no_trap() -> None:
+    async with running() as env:
+        call = await env.sim.place_call(CallSpec(name="null-prompt", greeting_wait=0))
+        assert (await env.accept(call, {**GOOD_BODY, "prompt": None})).status_code == 200
+        async with env.sideband(call.call_id) as ws:
+            assert (await next_event(ws))["type"] == "session.created"
+            with pytest.raises(TimeoutError):
+                await next_event(ws, timeout=0.1)
+        assert call.audio_state == "clean"
+        assert call.first_error_at is None
+
+
+async def test_hangup_after_error_is_timed_and_checked() -> None:
+    quick = CallSpec(name="quick", greeting_wait=0, expect=Expectation(max_hangup_after_error_s=1.0))
+    late = CallSpec(name="late", greeting_wait=0, expect=Expectation(max_hangup_after_error_s=0.05))
+    never = CallSpec(
+        name="never", greeting_wait=0, max_call_seconds=6.0, expect=Expectation(max_hangup_after_error_s=5.0)
+    )
+    bad_update = {"type": "session.update", "session": {"instructions": "no type"}}
+    async with running() as env:
+        for spec, pause in ((quick, 0.0), (late, 0.15), (never, None)):
+            call = await env.sim.place_call(spec)
+            assert (await env.accept(call)).status_code == 200
+            async with env.sideband(call.call_id) as ws:
+                await next_event(ws)
+                await send(ws, bad_update)
+                assert (await next_event(ws))["type"] == "error"
+                assert call.first_error_at is not None
+                await send(ws, bad_update)  # a second error does not move the first one
+                assert (await next_event(ws))["type"] == "error"
+                first = call.first_error_at
+                if pause is not None:
+                    await asyncio.sleep(pause)
+                    assert (await env.http.post(f"/realtime/calls/{call.call_id}/hangup")).status_code == 200
+            await env.sim.wait_ended(call.call_id, 2.0)
+            assert call.first_error_at == first
+            assert len(call.errors_sent) == 2
+        calls = {c.name: c for c in env.sim.calls.values()}
+    quick_call, late_call, never_call = calls["quick"], calls["late"], calls["never"]
+    assert quick_call.hangup_after_error_s is not None
+    assert 0 <= quick_call.hangup_after_error_s < 1.0
+    assert check_expectations(quick_call) == []
+    assert late_call.hangup_after_error_s is not None
+    assert late_call.hangup_after_error_s >= 0.15
+    (late_problem,) = check_expectations(late_call)
+    assert "max_hangup_after_error_s" in late_problem
+    assert never_call.ended_by == "caller"
+    assert never_call.hangup_after_error_s is None
+    (never_problem,) = check_expectations(never_call)
+    assert "no agent hangup" in never_problem
 
 
 # ---- 404s and auth -----------------------------------------------------------------------------------

@@ -9,7 +9,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sip_controller.simulator import CallSpec, Expectation, SimCall, check_expectations, validate_session
+from sip_controller.simulator import (
+    CallSpec,
+    Expectation,
+    SimCall,
+    Simulator,
+    check_expectations,
+    new_webhook_secret,
+    validate_session,
+)
 from sip_controller.simulator.events import UsageMeter, assistant_seconds, caller_seconds, trim_words
 from sip_controller.simulator.rules import (
     assess_audio,
@@ -59,6 +67,39 @@ VALID = [
     pytest.param(realtime(audio={"output": {"format": {"type": "audio/pcm", "rate": 24000}}}), id="pcm-24k"),
     pytest.param(realtime(audio={"output": {"voice": {"id": "voice_123"}}}), id="custom-voice"),
     pytest.param(realtime(max_output_tokens=4096, tool_choice="required"), id="limits"),
+    pytest.param(realtime(max_output_tokens=1), id="one-token"),
+    pytest.param(realtime(audio={"output": {"speed": 0.25}}), id="slowest"),
+    pytest.param(realtime(audio={"output": {"speed": 1.5}}), id="fastest"),
+    pytest.param(realtime(audio={"input": {"noise_reduction": {"type": "far_field"}}}), id="far-field"),
+    pytest.param(realtime(audio={"input": {"noise_reduction": None}}), id="no-noise-reduction"),
+    pytest.param(realtime(reasoning={"effort": "xhigh"}, parallel_tool_calls=True), id="reasoning"),
+    pytest.param(
+        realtime(
+            tools=[
+                {"type": "mcp", "server_label": "docs", "connector_id": "connector_googledrive"},
+                {"type": "mcp", "server_label": "crm", "server_url": "https://mcp.example.com", "headers": {}},
+            ]
+        ),
+        id="mcp-url-or-connector",
+    ),
+    pytest.param(
+        realtime(
+            tools=[
+                {
+                    "type": "function",
+                    "name": "look-up_Order-42",
+                    "parameters": {
+                        "type": "object",
+                        "properties": {"id": {"type": "string", "pattern": "^[0-9]+$"}},
+                        "required": ["id"],
+                        "additionalProperties": False,
+                    },
+                },
+                {"type": "function", "name": "x" * 64, "parameters": {}},
+            ]
+        ),
+        id="function-schemas",
+    ),
 ]
 
 
@@ -140,6 +181,87 @@ INVALID = [
     pytest.param(realtime(tool_choice="any"), "invalid_value", "tool_choice", id="tool-choice"),
     pytest.param(realtime(max_output_tokens=0), "integer_below_min_value", "max_output_tokens", id="tokens"),
     pytest.param(realtime(reasoning={"effort": "max"}), "invalid_value", "reasoning.effort", id="effort"),
+    pytest.param(
+        realtime(audio={"output": {"speed": 0.2}}), "decimal_below_min_value", "audio.output.speed", id="slow"
+    ),
+    pytest.param(
+        realtime(audio={"output": {"voice": {"id": 5}}}), "invalid_type", "audio.output.voice.id", id="voice-id"
+    ),
+    pytest.param(
+        realtime(audio={"input": {"noise_reduction": {"type": "studio"}}}),
+        "invalid_value",
+        "audio.input.noise_reduction.type",
+        id="noise",
+    ),
+    pytest.param(
+        realtime(max_output_tokens=4097), "integer_above_max_value", "max_output_tokens", id="tokens-high"
+    ),
+    pytest.param(realtime(max_output_tokens="infinite"), "invalid_value", "max_output_tokens", id="tokens-str"),
+    pytest.param(realtime(parallel_tool_calls="yes"), "invalid_type", "parallel_tool_calls", id="parallel"),
+    pytest.param(
+        realtime(audio={"output": {"format": "g711_ulaw"}}), "invalid_type", "audio.output.format", id="beta-str"
+    ),
+    pytest.param(
+        realtime(audio={"input": {"format": "pcm16"}}), "invalid_type", "audio.input.format", id="beta-pcm16"
+    ),
+    pytest.param(
+        realtime(audio={"output": {"format": {"type": "g711_ulaw"}}}),
+        "invalid_value",
+        "audio.output.format.type",
+        id="beta-type",
+    ),
+    pytest.param(
+        realtime(audio={"input": {"format": {"type": "pcm16"}}}),
+        "invalid_value",
+        "audio.input.format.type",
+        id="beta-pcm16-type",
+    ),
+    pytest.param(
+        realtime(tools=[FUNCTION, {**FUNCTION, "name": "get.weather"}]),
+        "invalid_value",
+        "tools[1].name",
+        id="name-dot",
+    ),
+    pytest.param(realtime(tools=[{**FUNCTION, "name": ""}]), "invalid_value", "tools[0].name", id="name-empty"),
+    pytest.param(
+        realtime(tools=[{**FUNCTION, "name": "x" * 65}]), "invalid_value", "tools[0].name", id="name-long"
+    ),
+    pytest.param(realtime(tools=[FUNCTION, FUNCTION]), "invalid_value", "tools[1].name", id="duplicate"),
+    pytest.param(
+        realtime(tools=[{**FUNCTION, "parameters": {"type": "string"}}]),
+        "invalid_function_parameters",
+        "tools[0].parameters",
+        id="schema-not-object",
+    ),
+    pytest.param(
+        realtime(tools=[{**FUNCTION, "parameters": "{}"}]), "invalid_type", "tools[0].parameters", id="schema-str"
+    ),
+    pytest.param(
+        realtime(tools=[{"type": "mcp", "server_label": "crm"}]),
+        "missing_required_parameter",
+        "tools[0].server_url",
+        id="mcp-no-server",
+    ),
+    pytest.param(
+        realtime(
+            tools=[{"type": "mcp", "server_label": "crm", "server_url": "https://x.example", "connector_id": "c"}]
+        ),
+        "invalid_value",
+        "tools[0].connector_id",
+        id="mcp-both",
+    ),
+    pytest.param(
+        realtime(tool_choice={"type": "function", "name": "end_call"}),
+        "invalid_value",
+        "tool_choice",
+        id="choice-without-tools",
+    ),
+    pytest.param(
+        realtime(tools=[FUNCTION], tool_choice={"type": "function", "name": "transfer"}),
+        "invalid_value",
+        "tool_choice",
+        id="choice-unknown",
+    ),
 ]
 
 
@@ -176,6 +298,31 @@ def test_session_update_params_are_prefixed() -> None:
     unknown = validate_session(realtime(temperature=0.8), prefix="session.")
     assert unknown is not None
     assert unknown.param == "session.temperature"
+
+
+def test_function_name_pattern_message_is_openai_shaped() -> None:
+    error = validate_session(realtime(tools=[{**FUNCTION, "name": "end call"}]), prefix="session.")
+    assert error is not None
+    assert error.param == "session.tools[0].name"
+    assert error.message == (
+        "Invalid 'session.tools[0].name': string does not match pattern. "
+        "Expected a string that matches the pattern '^[a-zA-Z0-9_-]{1,64}$'."
+    )
+
+
+def test_tool_choice_is_checked_against_the_session_an_update_patches() -> None:
+    session = merge_patch(default_session("sess_1", 0), realtime(tools=[FUNCTION]))
+    choice = {"type": "function", "name": "end_call"}
+    assert validate_session(realtime(tool_choice=choice), prefix="session.", session=session) is None
+    missing = validate_session(realtime(tool_choice=choice), prefix="session.")
+    assert missing is not None
+    assert (missing.code, missing.param) == ("invalid_value", "session.tool_choice")
+    assert "end_call" in missing.message
+    replaced = realtime(tools=[{**FUNCTION, "name": "transfer"}], tool_choice=choice)
+    error = validate_session(replaced, prefix="session.", session=session)  # the patch's tools win
+    assert error is not None
+    assert error.param == "session.tool_choice"
+    assert validate_session(realtime(tool_choice="none"), prefix="session.", session=session) is None
 
 
 def test_merge_patch_merges_objects_and_replaces_the_rest() -> None:
@@ -321,7 +468,36 @@ def test_check_expectations_reports_each_mismatch() -> None:
     ):
         assert any(field_name in problem for problem in problems), field_name
     assert not any("ended_reason" in problem for problem in problems)
+    assert check_expectations(_ended_call(expect={"ended_by": "agent"}, ended_by="agent")) == []
     no_expect = SimCall(
         call_id="x", name="x", spec=CallSpec(name="x"), webhook_id="w", event_id="e", placed_at=0
     )
     assert check_expectations(no_expect) == []
+
+
+def test_max_hangup_after_error() -> None:
+    expect = {"max_hangup_after_error_s": 1.5}
+    fast = _ended_call(expect=expect, first_error_at=2.0, hangup_at=3.0)
+    assert fast.hangup_after_error_s == 1.0
+    assert check_expectations(fast) == []
+    exact = _ended_call(expect=expect, first_error_at=2.0, hangup_at=3.5)
+    assert check_expectations(exact) == []
+    slow = _ended_call(expect=expect, first_error_at=2.0, hangup_at=4.0)
+    (problem,) = check_expectations(slow)
+    assert "max_hangup_after_error_s" in problem
+    assert "2.0" in problem
+    no_hangup = _ended_call(expect=expect, first_error_at=2.0, ended_by="caller")
+    assert no_hangup.hangup_after_error_s is None
+    (problem,) = check_expectations(no_hangup)
+    assert "no agent hangup" in problem
+    no_error = _ended_call(expect=expect, hangup_at=4.0, ended_by="agent")
+    assert no_error.hangup_after_error_s is None
+    (problem,) = check_expectations(no_error)
+    assert "no server error" in problem
+    with pytest.raises(ValueError, match="greater than or equal"):
+        Expectation(max_hangup_after_error_s=-1)
+
+
+def test_simulator_refuses_a_negative_update_delay() -> None:
+    with pytest.raises(ValueError, match="session_update_delay"):
+        Simulator(webhook_secret=new_webhook_secret(), session_update_delay=-0.1)

@@ -49,6 +49,7 @@ def test_defaults_match_the_documented_ones() -> None:
     )
     assert (spec.ring_timeout, spec.greeting_wait, spec.max_call_seconds) == (20.0, 1.5, 30.0)
     assert spec.steps == [] and spec.headers == {} and spec.expect is None  # noqa: PT018
+    assert spec.session_update_delay is None
 
 
 BAD_FILE = """\
@@ -112,6 +113,16 @@ def test_bad_file_names_every_bad_field(tmp_path: Path) -> None:
             "invalid SIP header name",
             id="header-name",
         ),
+        pytest.param(
+            "name: x\ncalls:\n  - {name: a, session_update_delay: -1}\n",
+            "calls[0] (a).session_update_delay",
+            id="negative-update-delay",
+        ),
+        pytest.param(
+            "name: x\ncalls:\n  - {name: a, expect: {max_hangup_after_error_s: -0.5}}\n",
+            "calls[0] (a).expect.max_hangup_after_error_s",
+            id="negative-hangup-limit",
+        ),
         pytest.param("name: [unclosed\n", "not valid YAML", id="yaml-syntax"),
     ],
 )
@@ -134,3 +145,15 @@ def test_parse_scenario_accepts_plain_data() -> None:
     )
     assert scenario.calls[0].steps == [Step(dtmf="12#"), Step(wait=0)]
     assert [step.kind for step in scenario.calls[0].steps] == ["dtmf", "wait"]
+
+
+def test_update_delay_and_hangup_limit_load_from_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "name: x\ncalls:\n  - name: a\n    session_update_delay: 0.5\n"
+        "    expect: {max_hangup_after_error_s: 2}\n"
+    )
+    (call,) = load_scenario(path).calls
+    assert call.session_update_delay == 0.5
+    assert call.expect is not None
+    assert call.expect.max_hangup_after_error_s == 2.0

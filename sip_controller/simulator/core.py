@@ -25,6 +25,10 @@ class Simulator:
 
     ``async with Simulator(webhook_secret=..., webhook_url=...) as sim:`` then point the controller's
     ``OPENAI_BASE_URL`` at ``sim.base_url`` and call :meth:`place_call`.
+
+    ``session_update_delay`` (nominal seconds, times ``time_scale``; a call's ``CallSpec.session_update_delay``
+    overrides it) is how long a valid ``session.update`` takes to apply: until then the old session is in
+    effect and no ``session.updated`` has been sent.
     """
 
     def __init__(
@@ -36,9 +40,12 @@ class Simulator:
         time_scale: float = 1.0,
         project_id: str = "proj_sim",
         reject_vad_tuning_on_accept: bool = True,
+        session_update_delay: float = 0.15,
     ) -> None:
         if time_scale <= 0:
             raise ValueError("time_scale must be positive")
+        if session_update_delay < 0:
+            raise ValueError("session_update_delay must not be negative")
         Webhook(webhook_secret)  # fail now on a malformed secret, not at the first call
         self.webhook_url = webhook_url
         self.base_url = ""
@@ -50,6 +57,7 @@ class Simulator:
             time_scale=time_scale,
             project_id=project_id,
             reject_vad_tuning=reject_vad_tuning_on_accept,
+            session_update_delay=session_update_delay,
         )
         self._client: httpx.AsyncClient | None = None
         self._sender: WebhookSender | None = None

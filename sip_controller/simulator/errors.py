@@ -95,6 +95,36 @@ def out_of_range(param: str, value: float, low: float, high: float) -> ApiError:
     )
 
 
+def pattern_mismatch(param: str, pattern: str) -> ApiError:
+    return ApiError(
+        400,
+        f"Invalid '{param}': string does not match pattern. Expected a string that matches the pattern "
+        f"'{pattern}'.",
+        code="invalid_value",
+        param=param,
+    )
+
+
+def mcp_server_conflict(where: str) -> ApiError:
+    return ApiError(
+        400,
+        f"Invalid '{where}': provide exactly one of 'server_url' or 'connector_id', not both.",
+        code="invalid_value",
+        param=f"{where}.connector_id",
+    )
+
+
+def stored_prompt_unavailable(prompt_id: object) -> ApiError:
+    """The sideband ``error`` after an accept that referenced a stored prompt (shut down 2026-11-30)."""
+    return ApiError(
+        400,
+        f"The stored prompt {prompt_id!r} could not be loaded: stored prompts were shut down on 2026-11-30. "
+        "Put the text in 'instructions'.",
+        code="invalid_prompt",
+        param="prompt",
+    )
+
+
 def call_not_found(call_id: str) -> ApiError:
     return ApiError(404, f"Call '{call_id}' not found.", code="call_id_not_found")
 

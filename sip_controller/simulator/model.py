@@ -20,7 +20,14 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from .errors import ApiError, invalid_type, invalid_value, missing_parameter, server_error
+from .errors import (
+    ApiError,
+    invalid_type,
+    invalid_value,
+    missing_parameter,
+    server_error,
+    stored_prompt_unavailable,
+)
 from .events import (
     UsageMeter,
     assistant_seconds,
@@ -63,6 +70,7 @@ class SimContext:
     time_scale: float
     project_id: str
     reject_vad_tuning: bool
+    session_update_delay: float = 0.15
     started: float = field(default_factory=time.monotonic)
     runtimes: dict[str, CallRuntime] = field(default_factory=dict)
     task_errors: list[BaseException] = field(default_factory=list)
@@ -120,6 +128,15 @@ class CallRuntime:
         self._caller_audio_ms = 0
         self._last_item_id: str | None = None
         self._broken_error_sent = False
+        self._stored_prompt: object = None
+        self._prompt_error_sent = False
+        self._silenced = False  # the session failed to start: no assistant audio, ever
+        # session.update: validated at once against ``_projected`` (the effective session with every
+        # pending patch merged), applied to ``rec.session`` in order after the update delay.
+        self._projected: dict[str, Any] = {}
+        self._updates: asyncio.Queue[tuple[float, dict[str, Any]]] = asyncio.Queue()
+        self._pending_updates = 0
+        self._applier: asyncio.Task[None] | None = None
 
     # ---- tasks and lifecycle -------------------------------------------------------------------
 
@@ -189,8 +206,15 @@ class CallRuntime:
         patch = {key: value for key, value in body.items() if key != "voice"}
         base = default_session(new_id("sess_", 12), int(time.time()) + 3600)
         self.rec.session = merge_patch(base, patch)
+        self._projected = copy.deepcopy(self.rec.session)
         state = "broken" if "voice" in body else assess_audio(patch, self.rec.session)
         self.rec.audio_state = worse(self.rec.audio_state, state)
+        prompt = body.get("prompt")
+        if isinstance(prompt, Mapping):
+            # 200 now; the session cannot load the stored prompt, which shows only on the sideband.
+            self._stored_prompt = prompt.get("id")
+            self._silenced = True
+            self.rec.audio_state = worse(self.rec.audio_state, "static")
         self.accepted.set()
 
     async def reject(self, status_code: int) -> None:
@@ -242,6 +266,9 @@ class CallRuntime:
                 ),
                 None,
             )
+        if self._silenced and not self._prompt_error_sent:
+            self._prompt_error_sent = True
+            await self.send_error(stored_prompt_unavailable(self._stored_prompt), None)
         self.attached.set()
 
     def detach(self, ws: WebSocket) -> None:
@@ -265,6 +292,8 @@ class CallRuntime:
     async def send_error(self, error: ApiError, client_event_id: str | None) -> None:
         event = _event("error", error=error.event_error(client_event_id))
         self.rec.errors_sent.append(event)
+        if self.rec.first_error_at is None:
+            self.rec.first_error_at = self.ctx.now()
         await self.send(event)
 
     async def _close_socket(self, code: int) -> None:
@@ -318,7 +347,7 @@ class CallRuntime:
             await self.send_error(missing_parameter("session"), eid)
             return
         patch = event["session"]
-        error = validate_session(patch, prefix="session.", reject_vad_tuning=False)
+        error = validate_session(patch, prefix="session.", reject_vad_tuning=False, session=self._projected)
         if error is None and self._voice_locked(patch):
             error = ApiError(
                 400,
@@ -329,14 +358,45 @@ class CallRuntime:
         if error is not None:
             await self.send_error(error, eid)
             return
+        if self.is_ended:
+            return
         self.rec.session_updates.append(copy.deepcopy(patch))
+        self._projected = merge_patch(self._projected, patch)
+        delay = self.update_delay
+        if delay <= 0 and self._pending_updates == 0:
+            await self._apply_update(patch)
+            return
+        self._pending_updates += 1
+        self._updates.put_nowait((time.monotonic() + delay, copy.deepcopy(patch)))
+        if self._applier is None:
+            self._applier = self.spawn(self._apply_updates(), "session-update")
+
+    @property
+    def update_delay(self) -> float:
+        """Real seconds between a valid ``session.update`` and its apply (``session.updated``)."""
+        nominal = self.spec.session_update_delay
+        if nominal is None:
+            nominal = self.ctx.session_update_delay
+        return self.ctx.scaled(nominal)
+
+    async def _apply_updates(self) -> None:
+        """Apply queued patches one by one, each once its delay has passed, in the order they came."""
+        while True:
+            due, patch = await self._updates.get()
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            await self._apply_update(patch)
+            self._pending_updates -= 1
+
+    async def _apply_update(self, patch: Mapping[str, Any]) -> None:
         self.rec.session = merge_patch(self.rec.session, patch)
+        self.rec.session_version += 1
+        self.rec.session_updated_at.append(self.ctx.now())
         self.rec.audio_state = worse(self.rec.audio_state, assess_audio(patch, self.rec.session))
         await self.send(_event("session.updated", session=copy.deepcopy(self.rec.session)))
 
     def _voice_locked(self, patch: Mapping[str, Any]) -> bool:
         voice = (patch.get("audio") or {}).get("output", {}).get("voice")
-        current = self.rec.session.get("audio", {}).get("output", {}).get("voice")
+        current = self._projected.get("audio", {}).get("output", {}).get("voice")
         spoke = any(r.audio_started_at is not None for r in self.rec.responses)
         return voice is not None and voice != current and spoke
 
@@ -457,6 +517,7 @@ class CallRuntime:
             transcript=text or "",
             created_at=self.ctx.now(),
             tool_name=tool.name if tool else None,
+            session_version=self.rec.session_version,
         )
         self.rec.responses.append(response)
         if source == "client":
@@ -469,7 +530,7 @@ class CallRuntime:
             )
         )
         seconds = assistant_seconds(text or "") if kind == "audio" else 0.0
-        plays = kind == "audio" and self.rec.audio_state != "broken"
+        plays = kind == "audio" and self.rec.audio_state != "broken" and not self._silenced
         ends_at = 0.0
         if plays:
             now = self.ctx.now()

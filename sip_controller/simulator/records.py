@@ -15,7 +15,10 @@ ResponseSource = Literal["auto", "client"]
 
 @dataclass
 class ResponseRecord:
-    """One model response. ``audio_stopped_at`` stays ``None`` when its audio was cut (hangup, clear)."""
+    """One model response. ``audio_stopped_at`` stays ``None`` when its audio was cut (hangup, clear).
+
+    ``session_version`` is how many ``session.update`` patches had been applied when it was created.
+    """
 
     id: str
     kind: ResponseKind
@@ -27,6 +30,7 @@ class ResponseRecord:
     audio_started_at: float | None = None
     audio_stopped_at: float | None = None
     audio_cleared: bool = False
+    session_version: int = 0
 
 
 @dataclass
@@ -56,8 +60,11 @@ class SimCall:
     reject_status: int | None = None
     session: dict[str, Any] = field(default_factory=dict)
     session_updates: list[dict[str, Any]] = field(default_factory=list)
+    session_version: int = 0
+    session_updated_at: list[float] = field(default_factory=list)
     audio_state: AudioState = "clean"
     errors_sent: list[dict[str, Any]] = field(default_factory=list)
+    first_error_at: float | None = None
     client_events: list[ClientEvent] = field(default_factory=list)
     function_outputs: list[dict[str, Any]] = field(default_factory=list)
     responses: list[ResponseRecord] = field(default_factory=list)
@@ -89,6 +96,13 @@ class SimCall:
             and self.hangup_gap_s >= 0
         )
 
+    @property
+    def hangup_after_error_s(self) -> float | None:
+        """Seconds from the first sideband ``error`` event to the agent's ``/hangup``; ``None`` if either is missing."""
+        if self.hangup_at is None or self.first_error_at is None:
+            return None
+        return round(self.hangup_at - self.first_error_at, 6)
+
     def client_event_types(self) -> list[str]:
         return [event.type for event in self.client_events]
 
@@ -103,6 +117,7 @@ class SimCall:
             else:
                 data[key] = value
         data["hangup_after_audio"] = self.hangup_after_audio
+        data["hangup_after_error_s"] = self.hangup_after_error_s
         return data
 
 
@@ -135,6 +150,20 @@ def check_expectations(call: SimCall) -> list[str]:
             f"{call.name}: hangup_after_audio: expected {expect.hangup_after_audio!r}, "
             f"got {call.hangup_after_audio!r} ({detail})"
         )
+    if expect.max_hangup_after_error_s is not None:
+        limit = expect.max_hangup_after_error_s
+        waited = call.hangup_after_error_s
+        if call.first_error_at is None:
+            problems.append(f"{call.name}: max_hangup_after_error_s: no server error event was sent")
+        elif call.hangup_at is None:
+            problems.append(
+                f"{call.name}: max_hangup_after_error_s: no agent hangup after the error at {call.first_error_at}"
+            )
+        elif waited is not None and waited > limit:
+            problems.append(
+                f"{call.name}: max_hangup_after_error_s: expected a hangup within {limit!r} s of the first error, "
+                f"got {waited!r} s"
+            )
     for wanted_text in expect.transcript_contains or []:
         needle = wanted_text.casefold()
         if not any(needle in str(t["text"]).casefold() for t in call.transcripts):

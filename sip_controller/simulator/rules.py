@@ -8,6 +8,7 @@ the codec rules users learned the hard way were kept.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -15,8 +16,10 @@ from .errors import (
     ApiError,
     invalid_type,
     invalid_value,
+    mcp_server_conflict,
     missing_parameter,
     out_of_range,
+    pattern_mismatch,
     unknown_parameter,
 )
 
@@ -72,6 +75,8 @@ MCP_TOOL_KEYS = frozenset(
         "authorization",
     }
 )
+FUNCTION_NAME_PATTERN = "^[a-zA-Z0-9_-]{1,64}$"
+_FUNCTION_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 VOICES = ["alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"]
 REASONING_EFFORTS = ["minimal", "low", "medium", "high", "xhigh"]
 
@@ -94,18 +99,40 @@ def validate_session(
     prefix: str = "",
     reject_vad_tuning: bool = False,
     allow_flat_voice: bool = False,
+    session: Mapping[str, Any] | None = None,
 ) -> ApiError | None:
     """Return the first error OpenAI would report for this session config, or ``None`` if it is accepted.
 
     ``prefix`` is prepended to every ``param`` (``"session."`` inside ``session.update``).
     ``reject_vad_tuning`` reproduces the reported 400 for VAD tuning on ``/accept`` of SIP calls.
     ``allow_flat_voice`` lets a top-level ``voice`` through (``/accept`` answers 200 and the call breaks).
+    ``session`` is the session a ``session.update`` patches: a ``tool_choice`` naming a function must name
+    one of its tools unless the patch brings its own ``tools``.
     """
     try:
         _check_session(body, prefix, reject_vad_tuning, allow_flat_voice)
+        if isinstance(body, dict):
+            _check_tool_choice_target(body, prefix, session)
     except _Invalid as exc:
         return exc.error
     return None
+
+
+def _check_tool_choice_target(body: Mapping[str, Any], prefix: str, session: Mapping[str, Any] | None) -> None:
+    choice = body.get("tool_choice")
+    if not isinstance(choice, dict) or choice.get("type") != "function":
+        return
+    tools = body["tools"] if "tools" in body else (session or {}).get("tools") or []
+    names = {tool.get("name") for tool in tools if isinstance(tool, dict) and tool.get("type") == "function"}
+    if choice["name"] not in names:
+        _fail(
+            ApiError(
+                400,
+                f"Tool choice 'function' named {choice['name']!r} not found in 'tools' parameter.",
+                code="invalid_value",
+                param=f"{prefix}tool_choice",
+            )
+        )
 
 
 def _check_session(body: object, prefix: str, reject_vad_tuning: bool, allow_flat_voice: bool) -> None:
@@ -197,6 +224,7 @@ def _check_tools(value: object, param: str) -> None:
     if not isinstance(value, list):
         _fail(invalid_type(param, "an array", value))
         return
+    seen: dict[str, int] = {}
     for i, tool in enumerate(value):
         where = f"{param}[{i}]"
         if not isinstance(tool, dict):
@@ -209,17 +237,55 @@ def _check_tools(value: object, param: str) -> None:
             _check_object(tool, where, FUNCTION_TOOL_KEYS)
             if "name" not in tool:
                 _fail(missing_parameter(f"{where}.name"))
-            _check_str(tool["name"], f"{where}.name")
+            name = tool["name"]
+            _check_str(name, f"{where}.name")
+            if not _FUNCTION_NAME.fullmatch(name):
+                _fail(pattern_mismatch(f"{where}.name", FUNCTION_NAME_PATTERN))
+            if name in seen:
+                _fail(
+                    ApiError(
+                        400,
+                        f"Invalid '{where}.name': duplicate function name {name!r} "
+                        f"(already used by '{param}[{seen[name]}]'). Tool names must be unique.",
+                        code="invalid_value",
+                        param=f"{where}.name",
+                    )
+                )
+            seen[name] = i
             if "description" in tool:
                 _check_str(tool["description"], f"{where}.description")
-            if "parameters" in tool and not isinstance(tool["parameters"], dict):
-                _fail(invalid_type(f"{where}.parameters", "an object", tool["parameters"]))
+            if "parameters" in tool:
+                _check_parameters(tool["parameters"], f"{where}.parameters", name)
         elif kind == "mcp":
             _check_object(tool, where, MCP_TOOL_KEYS)
             if "server_label" not in tool:
                 _fail(missing_parameter(f"{where}.server_label"))
+            _check_str(tool["server_label"], f"{where}.server_label")
+            servers = [key for key in ("server_url", "connector_id") if key in tool]
+            if not servers:
+                _fail(missing_parameter(f"{where}.server_url"))
+            if len(servers) > 1:
+                _fail(mcp_server_conflict(where))
+            _check_str(tool[servers[0]], f"{where}.{servers[0]}")
         else:
             _fail(invalid_value(f"{where}.type", kind, ["function", "mcp"]))
+
+
+def _check_parameters(value: object, param: str, name: str) -> None:
+    """A function's ``parameters``: a JSON Schema object (``{"type": "object", ...}``)."""
+    if not isinstance(value, dict):
+        _fail(invalid_type(param, "an object", value))
+        return
+    if "type" in value and value["type"] != "object":
+        _fail(
+            ApiError(
+                400,
+                f"Invalid schema for function {name!r}: schema must be a JSON Schema of 'type: \"object\"', "
+                f"got 'type: \"{value['type']}\"'.",
+                code="invalid_function_parameters",
+                param=param,
+            )
+        )
 
 
 def _check_tool_choice(value: object, param: str) -> None:
@@ -230,8 +296,10 @@ def _check_tool_choice(value: object, param: str) -> None:
     if "type" not in choice:
         _fail(missing_parameter(f"{param}.type"))
     _check_enum(choice["type"], f"{param}.type", ["function", "mcp"])
-    if choice["type"] == "function" and "name" not in choice:
-        _fail(missing_parameter(f"{param}.name"))
+    if choice["type"] == "function":
+        if "name" not in choice:
+            _fail(missing_parameter(f"{param}.name"))
+        _check_str(choice["name"], f"{param}.name")
 
 
 def _check_max_tokens(value: object, param: str) -> None:
@@ -283,6 +351,7 @@ def _check_prompt(value: object, param: str) -> None:
     obj = _check_object(value, param, frozenset({"id", "version", "variables"}))
     if "id" not in obj:
         _fail(missing_parameter(f"{param}.id"))
+    _check_str(obj["id"], f"{param}.id")
 
 
 def _check_audio(value: object, param: str, reject_vad_tuning: bool) -> None:
@@ -355,6 +424,7 @@ def _check_output(value: object, param: str) -> None:
             obj = _check_object(voice, f"{param}.voice", frozenset({"id"}))
             if "id" not in obj:
                 _fail(missing_parameter(f"{param}.voice.id"))
+            _check_str(obj["id"], f"{param}.voice.id")
         else:
             _check_enum(voice, f"{param}.voice", VOICES)
     if "speed" in audio_out:

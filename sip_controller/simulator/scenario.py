@@ -99,6 +99,7 @@ class Expectation(_Strict):
     hangup_after_audio: bool | None = None
     transcript_contains: list[str] | None = None
     refers: list[str] | None = None
+    max_hangup_after_error_s: float | None = Field(default=None, ge=0)
 
 
 class CallSpec(_Strict):
@@ -113,6 +114,7 @@ class CallSpec(_Strict):
     greeting_wait: float = Field(default=1.5, ge=0)
     max_call_seconds: float = Field(default=30.0, gt=0)
     refer: ReferMode = "succeed"
+    session_update_delay: float | None = Field(default=None, ge=0)
     steps: list[Step] = Field(default_factory=list)
     expect: Expectation | None = None
 
