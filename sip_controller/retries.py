@@ -46,8 +46,6 @@ def _transient(exc: Exception) -> bool | float:
 async def _within(deadline: float, clock: Callable[[], float], operation: Awaitable[None]) -> None:
     """Run one attempt, cut short by the deadline (as a TransportError, so it is final or retried alike)."""
     remaining = deadline - clock()
-    if remaining <= 0:
-        raise TransportError("accept", 0, "ring budget exhausted")
     try:
         async with asyncio.timeout(remaining):
             await operation
@@ -68,10 +66,12 @@ async def accept_within_budget(
     """Accept, retrying what may pass until ``deadline`` (a ``clock()`` value). Returns the attempts made;
     raises the last OpenAIError when the call cannot be accepted."""
     started = clock()
+    last: list[OpenAIError] = []
 
     def retry_on(exc: Exception) -> bool | float:
         if not isinstance(exc, OpenAIError):
             return False
+        last[:] = [exc]
         decision: bool | float = _transient(exc)
         if isinstance(exc, CallGone) and clock() - started < policy.gone_grace_s:
             decision = True
@@ -92,6 +92,8 @@ async def accept_within_budget(
         wait_max=policy.wait_max,
         wait_jitter=policy.wait_jitter,
     ):
+        if clock() >= deadline and last:
+            raise last[0]  # the budget ran out while waiting: report what actually failed
         with attempt:
             attempts += 1
             await _within(deadline, clock, api.accept(call_id, body))

@@ -14,6 +14,7 @@ import structlog
 from websockets.exceptions import ConnectionClosed
 
 from sip_controller import call as cm
+from sip_controller.events import InputTranscriptionCompleted, OutputTranscriptDone
 from sip_controller.openai_api import CallGone, InvalidRequest, OpenAIError, RealtimeCalls
 from sip_controller.report import CallRecord
 from sip_controller.retries import DEFAULT_POLICY, RetryPolicy, accept_within_budget, with_quick_retries
@@ -117,15 +118,17 @@ class CallSupervisor:
         for action in self.machine.handle(inp, self._clock()):
             await self._execute(action)
 
-    def _spawn(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, name: str, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``work()`` as a task owned by this call (replacing one of the same name). The coroutine is
+        made inside the task, so a task cancelled before it starts leaves nothing un-awaited."""
         old = self._tasks.pop(name, None)
         if old is not None:
             old.cancel()
-        self._tasks[name] = asyncio.create_task(self._guard(name, coro), name=f"{self.machine.call_id}:{name}")
+        self._tasks[name] = asyncio.create_task(self._guard(name, work), name=f"{self.machine.call_id}:{name}")
 
-    async def _guard(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
+    async def _guard(self, name: str, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
         try:
-            await coro
+            await work()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -135,21 +138,21 @@ class CallSupervisor:
         match action:
             case cm.Accept(body=body):
                 self._log.info("call.accepting")
-                self._spawn("accept", self._accept(body))
+                self._spawn("accept", lambda: self._accept(body))
             case cm.Attach():
-                self._spawn("sideband", self._attach(reconnect=False))
+                self._spawn("sideband", lambda: self._attach(reconnect=False))
             case cm.Reattach():
                 self._log.warning("call.sideband_reconnecting")
-                self._spawn("sideband", self._attach(reconnect=True))
+                self._spawn("sideband", lambda: self._attach(reconnect=True))
             case cm.Reject(status_code=status):
                 await self._reject(status)
             case cm.Send(event=event):
                 await self._send(event)
             case cm.Hangup():
                 self._log.info("call.hangup")
-                self._spawn("hangup", self._hangup())
+                self._spawn("hangup", self._hangup)
             case cm.StartTimer(name=name, seconds=seconds):
-                self._spawn(f"timer:{name}", self._timer(name, seconds))
+                self._spawn(f"timer:{name}", lambda: self._timer(name, seconds))
             case cm.CancelTimer(name=name):
                 task = self._tasks.pop(f"timer:{name}", None)
                 if task is not None:
@@ -219,6 +222,9 @@ class CallSupervisor:
         async for event in sideband.events():
             if event.type in ("error", "malformed"):
                 self._log.warning("call.sideband_problem", event_type=event.type, detail=_brief(event))
+            elif isinstance(event, InputTranscriptionCompleted | OutputTranscriptDone):
+                role = "caller" if isinstance(event, InputTranscriptionCompleted) else "assistant"
+                self._log.debug("call.transcript", role=role, text=event.transcript)  # never at info
             self.post(cm.SidebandEvent(event))
         self.post(cm.SidebandClosed(code=sideband.close_code))
 

@@ -15,6 +15,8 @@ from typing import Any
 import httpx
 import pytest
 import respx
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydantic import SecretStr
 from standardwebhooks import Webhook
 from starlette.applications import Starlette
@@ -245,3 +247,91 @@ def test_create_app_requires_secrets() -> None:
         create_app(Settings(), Secrets())
     assert any("OPENAI_API_KEY" in p for p in info.value.problems)
     assert any("OPENAI_WEBHOOK_SECRET" in p for p in info.value.problems)
+
+
+# ---- hostile deliveries (Hypothesis): any headers, any body, valid or forged signatures -> never a 5xx ----
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12,
+)
+events = st.fixed_dictionaries(
+    {"type": st.sampled_from(["realtime.call.incoming", "live.session.incoming", "x"]) | st.text(max_size=10)},
+    optional={
+        "id": st.text(max_size=10),
+        "data": st.fixed_dictionaries(
+            {},
+            optional={
+                "call_id": st.text(max_size=40) | st.integers() | st.none(),
+                "sip_headers": st.lists(
+                    st.fixed_dictionaries({"name": st.text(max_size=15), "value": st.text(max_size=40)})
+                    | json_values,
+                    max_size=5,
+                )
+                | json_values,
+            },
+        ),
+        "extra": json_values,
+    },
+)
+bodies = st.one_of(
+    events.map(lambda e: json.dumps(e).encode()),
+    st.binary(max_size=300),
+    json_values.map(lambda v: json.dumps(v).encode()),
+)
+signing = st.sampled_from(["valid", "forged", "missing", "garbage", "stale", "future", "bad_timestamp"])
+header_text = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=40)
+
+
+def headers_for(body: bytes, how: str, msg_id: str) -> dict[str, str]:
+    now = datetime.now(UTC)
+    stamp = {"stale": now - timedelta(seconds=301), "future": now + timedelta(seconds=400)}.get(how, now)
+    headers = {"webhook-id": msg_id, "webhook-timestamp": str(int(stamp.timestamp()))}
+    if how in ("valid", "stale", "future"):
+        try:
+            headers["webhook-signature"] = Webhook(SECRET).sign(msg_id, stamp, body.decode())
+        except UnicodeDecodeError:
+            headers["webhook-signature"] = "v1,AAAA"
+    elif how == "forged":
+        headers["webhook-signature"] = "v1,bm90IGEgcmVhbCBzaWduYXR1cmU="
+    elif how == "garbage":
+        headers["webhook-signature"] = "v1 ,,, v2,@@@"
+    elif how == "bad_timestamp":
+        headers["webhook-timestamp"] = "yesterday"
+        headers["webhook-signature"] = "v1,AAAA"
+    return headers
+
+
+def _utf8(body: bytes) -> bool:
+    try:
+        body.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    body=bodies,
+    how=signing,
+    msg_id=st.text(alphabet="abcdefghijklmnop0123456789_", min_size=1, max_size=20),
+    extra=st.dictionaries(header_text.filter(lambda h: h.strip() and ":" not in h), header_text, max_size=3),
+)
+async def test_webhook_endpoint_never_answers_5xx(
+    service: Service, body: bytes, how: str, msg_id: str, extra: dict[str, str]
+) -> None:
+    if how == "valid" and not _utf8(body):
+        how = "forged"  # Standard Webhooks signs text: a non-UTF-8 body cannot carry a valid signature
+    headers: dict[str, Any] = {**extra, **headers_for(body, how, msg_id)}
+    try:
+        response = await service.client.post("/webhooks/openai", content=body, headers=headers)
+    except httpx.LocalProtocolError:
+        return  # a header httpx itself refuses to send never reaches the server
+    assert response.status_code < 500, (response.status_code, response.text)
+    if how != "valid":
+        assert response.status_code == 401
+    else:
+        assert response.status_code in (200, 400)
+    if how == "valid" and response.status_code == 200:
+        assert response.json()["status"] in ("accepted", "duplicate", "ignored", "rejected")

@@ -1003,3 +1003,53 @@ def test_hangup_waits_for_the_goodbye_audio(before: list[Input], after: list[Inp
             assert inp.event.response_id == "r_bye"
     c.feed(audio("stopped", "r_bye"))
     assert hangups(c.log) == 1
+
+
+# ---- reliability: dropped sockets and refused bodies --------------------------------------------------------
+
+
+def test_an_abnormal_close_reconnects_and_a_restored_sideband_does_not_greet_again() -> None:
+    c = Call()
+    c.greeted()
+    assert c.feed(SidebandClosed(code=1006)) == [cm.Reattach()]
+    assert c.state() == CallState.ATTACHED
+    assert c.feed(Attached()) == []
+    assert any("sideband restored" in what for _, what in c.record.timeline)
+    assert finishes(c.feed(SidebandClosed(code=1000))) == [Finish("caller_hangup")]
+
+
+def test_reconnects_are_bounded_then_the_call_is_hung_up_through_rest() -> None:
+    c = Call()
+    c.greeted()
+    for _ in range(cm.MAX_RECONNECTS):
+        assert c.feed(SidebandClosed(code=1011)) == [cm.Reattach()]
+        c.feed(Attached())
+    assert hangups(c.feed(SidebandClosed(code=1011))) == 1
+    c.feed(HangupOk())
+    assert finishes(c.feed(TimerFired(CLOSE_WAIT_TIMER))) == [Finish("session_error")]
+
+
+def test_a_reattach_that_finds_the_call_gone_ends_it_as_a_caller_hangup() -> None:
+    c = Call()
+    c.greeted()
+    c.feed(SidebandClosed(code=1006))
+    assert finishes(c.feed(AttachFailed(gone=True, detail="404"))) == [Finish("caller_hangup")]
+    assert hangups(c.log) == 0
+
+
+def test_a_dropped_socket_during_the_goodbye_sends_the_owed_hangup_at_once() -> None:
+    c = Call()
+    c.greeted()
+    c.feed(response_done("r_tool", output=[fc("call_1")]))
+    assert hangups(c.feed(SidebandClosed(code=1006))) == 1
+    c.feed(HangupOk())
+    assert finishes(c.feed(TimerFired(CLOSE_WAIT_TIMER))) == [Finish("agent_end_call")]
+
+
+def test_a_refused_accept_body_rejects_the_call_before_finishing() -> None:
+    c = Call()
+    c.feed(Start())
+    actions = c.feed(AcceptFailed(gone=False, detail="400 unknown_parameter", invalid=True))
+    assert actions[0] == cm.Reject(603)
+    assert actions[-1] == Finish("accept_failed")
+    assert c.state() == CallState.FAILED

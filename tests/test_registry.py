@@ -113,3 +113,43 @@ async def test_finished_hooks_see_every_record_once(api: RealtimeCalls) -> None:
         connector.attached[cid].close_from_server()
         await registry.wait_ended(cid, 5)
     assert sorted(seen) == ["rtc_1:caller_hangup", "rtc_2:caller_hangup"]
+
+
+async def test_a_caller_over_the_rate_limit_is_declined_with_603(api: RealtimeCalls, router: respx.Router) -> None:
+    from sip_controller.config import Limits
+
+    connector = FakeConnector()
+    registry = CallRegistry(Settings(limits=Limits(caller_calls_per_minute=2)), api, connector)
+    refusals = [registry.start(incoming(f"rtc_r{i}")) for i in range(3)]
+    assert refusals[:2] == [None, None]
+    assert refusals[2] is not None
+    assert refusals[2].status_code == 603
+    record = await registry.wait_ended("rtc_r2", 5)
+    assert record.ended_reason == "rejected"
+    assert json.loads(router.routes["reject"].calls.last.request.content) == {"status_code": 603}
+    for cid in ("rtc_r0", "rtc_r1"):
+        await _attached(connector, cid)
+        connector.attached[cid].close_from_server()
+        await registry.wait_ended(cid, 5)
+
+
+async def test_drain_lets_calls_finish_by_themselves_first(api: RealtimeCalls) -> None:
+    connector = FakeConnector()
+    registry = CallRegistry(Settings(), api, connector)
+    registry.start(incoming("rtc_d1"))
+    await _attached(connector, "rtc_d1")
+
+    async def caller_hangs_up_soon() -> None:
+        await asyncio.sleep(0.1)
+        connector.attached["rtc_d1"].close_from_server()
+
+    hang = asyncio.create_task(caller_hangs_up_soon())
+    await registry.drain(wait_s=5, wrap_up_s=1)
+    await hang
+    record = registry.get("rtc_d1")
+    assert record is not None
+    assert record.ended_reason == "caller_hangup"  # it ended on its own, before the wrap-up
+    assert "response.create" not in connector.attached["rtc_d1"].sent_types()[1:]
+    refusal = registry.start(incoming("rtc_after"))
+    assert refusal is not None
+    assert refusal.status_code == 503
