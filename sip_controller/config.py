@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import contextvars
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -21,8 +21,20 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from sip_controller import tools
+from sip_controller.pricing import Pricing
+from sip_controller.profile import AgentProfile, Strict, Transcription, TurnDetection
 from sip_controller.validation import BETA_FIELDS
+
+__all__ = [
+    "AgentProfile",
+    "ConfigError",
+    "Limits",
+    "Secrets",
+    "Settings",
+    "Transcription",
+    "TurnDetection",
+    "load_settings",
+]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_CONFIG_PATH = Path("config/sipctl.yaml")
@@ -47,100 +59,98 @@ class ConfigError(Exception):
         super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_NUMBER_PATTERN = re.compile(r"^\+?[0-9*?]+$")
 
 
-class TurnDetection(_Strict):
-    """``audio.input.turn_detection``. Ranges are checked by ``validation`` on the built session.
+class Route(Strict):
+    """Send calls to ``profile`` when the dialled number matches one of ``dialed`` (E.164 with ``*`` and ``?``
+    wildcards, e.g. ``+1800555*``) or, with ``header``, when that allow-listed ``X-`` header's value matches
+    one of ``values``. Routes are tried in order; no match means ``default_profile``."""
 
-    threshold / prefix_padding_ms / silence_duration_ms are sent by session.update after attach (OpenAI is
-    reported to refuse them on /accept for SIP) unless the profile sets ``vad_on_accept``.
-    """
+    profile: str
+    dialed: tuple[str, ...] = ()
+    header: str | None = None
+    values: tuple[str, ...] = ()
 
-    type: Literal["server_vad", "semantic_vad"] = "server_vad"
-    threshold: float | None = None
-    prefix_padding_ms: int | None = None
-    silence_duration_ms: int | None = None
-    idle_timeout_ms: int | None = None
-    eagerness: str | None = None
-    create_response: bool = True
-    interrupt_response: bool = True
-
-
-class Transcription(_Strict):
-    """``audio.input.transcription``: transcribe the caller's side."""
-
-    model: str = "gpt-4o-mini-transcribe"
-    language: str | None = None
-    prompt: str | None = None
-
-
-ToolEntry = str | dict[str, Any]
-
-
-class AgentProfile(_Strict):
-    """One phone agent: what the model is told, how it sounds, and what it may do.
-
-    Session rules (voices, ranges, codecs, tools, models) are checked by ``preflight`` on the exact body
-    that will be sent, so one set of rules covers typed fields, the raw ``session`` block and in-call updates.
-    """
-
-    model: str = "gpt-realtime-2.1"
-    instructions: str = (
-        "You are a friendly phone assistant. Keep answers short: this is a phone call. "
-        "When the caller says goodbye or has nothing else, say a short goodbye and call end_call."
-    )
-    voice: str = "marin"
-    speed: float | None = None
-    greeting: str | None = "Hello! Thanks for calling. How can I help you today?"
-    turn_detection: TurnDetection | None = TurnDetection()
-    transcription: Transcription | None = Transcription()
-    noise_reduction: Literal["near_field", "far_field"] | None = None
-    codec: Literal["pcmu", "pcma", "pcm", "negotiated"] = "pcmu"
-    allow_pcm: bool = False
-    vad_on_accept: bool = False
-    tools: tuple[ToolEntry, ...] = ("end_call",)
-    tool_choice: str | dict[str, Any] = "auto"
-    max_output_tokens: int | str | None = None
-    reasoning_effort: str | None = None
-    parallel_tool_calls: bool | None = None
-    prompt: dict[str, Any] | None = None
-    #: extra GA session fields merged last into the accept body (advanced; checked like everything else)
-    session: dict[str, Any] = Field(default_factory=dict)
-    #: SIP headers whose (untrusted) values instruction templates may use, e.g. X-Customer-Id
-    template_headers: tuple[str, ...] = ()
-    template_value_max_chars: int = Field(default=64, ge=1, le=1024)
-    timezone: str = "UTC"
-    goodbye_timeout_s: float = Field(default=5.0, gt=0, le=60)
-    session_ack_timeout_s: float = Field(default=5.0, gt=0, le=60)
-    early_error_window_s: float = Field(default=5.0, ge=0, le=60)
-
-    @field_validator("tools")
+    @field_validator("dialed")
     @classmethod
-    def _known_tools(cls, value: tuple[ToolEntry, ...]) -> tuple[ToolEntry, ...]:
-        names = [entry for entry in value if isinstance(entry, str)]
-        unknown = [name for name in names if name not in tools.BUILTIN_TOOLS]
-        if unknown:
+    def _patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [p for p in value if not _NUMBER_PATTERN.match(p)]
+        if bad:
+            raise ValueError(f"dialled-number patterns are E.164 with * and ? wildcards, e.g. +1800555* (got {bad})")
+        return value
+
+    @field_validator("header")
+    @classmethod
+    def _custom_header(cls, value: str | None) -> str | None:
+        if value is not None and not value.lower().startswith("x-"):
+            raise ValueError("only custom X- headers can route calls (standard ones are set by the network)")
+        return value
+
+
+class Callers(Strict):
+    """Caller screening by number (from ``From``, else ``P-Asserted-Identity``), E.164 patterns with wildcards.
+    ``deny`` wins; a non-empty ``allow`` admits only matching callers. Refused calls get ``reject_status``."""
+
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+    reject_status: int = Field(default=603, ge=400, le=699)
+
+    @field_validator("allow", "deny")
+    @classmethod
+    def _patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [p for p in value if not _NUMBER_PATTERN.match(p)]
+        if bad:
+            raise ValueError(f"caller patterns are E.164 with * and ? wildcards, e.g. +1415* (got {bad})")
+        return value
+
+
+class ReportEndpoint(Strict):
+    """An operator endpoint receiving ``call.started`` / ``call.ended`` events (Standard Webhooks-signed).
+    ``secret_env`` names the environment variable holding its ``whsec_…`` signing secret (never the secret
+    itself); without it the events go out unsigned."""
+
+    url: str
+    secret_env: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("an http(s) URL is required, e.g. https://ops.example.com/hooks/calls")
+        return value
+
+    @field_validator("secret_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", value):
             raise ValueError(
-                f"unknown built-in tool(s) {unknown}; available: {', '.join(sorted(tools.BUILTIN_TOOLS))} "
-                "(other tools are objects with type: function or mcp)"
+                "the name of an environment variable (e.g. SIPCTL_REPORT_SECRET) holding the whsec_… secret, "
+                "not the secret itself"
             )
-        if len(set(names)) != len(names):
-            raise ValueError("each built-in tool may be listed once")
-        return value
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_timezone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError("unknown time zone; use an IANA name such as Europe/Paris or America/New_York") from None
         return value
 
 
-class Limits(_Strict):
+class Reports(Strict):
+    """The end-of-call report: a local JSONL call log and signed event webhooks to the operator."""
+
+    #: append one JSON line per finished call here (parent directories are created); None: no call log
+    jsonl_path: str | None = None
+    #: show callers as ``+1415***0123`` in reports and the call log
+    mask_caller: bool = True
+    endpoints: tuple[ReportEndpoint, ...] = ()
+    events: tuple[Literal["call.started", "call.ended"], ...] = ("call.started", "call.ended")
+    #: one delivery attempt (connect + send + answer)
+    timeout_s: float = Field(default=10.0, gt=0, le=120)
+    #: attempts per event and endpoint (transport errors, 429 and 5xx are retried with jittered backoff)
+    max_attempts: int = Field(default=5, ge=1, le=20)
+    #: deliveries (and call-log lines) waiting; when full the oldest is dropped with a warning
+    queue_size: int = Field(default=1000, ge=1)
+    #: on shutdown, how long queued reports may still be delivered and written
+    flush_timeout_s: float = Field(default=10.0, gt=0)
+
+
+class Limits(Strict):
     max_concurrent_calls: int = Field(default=100, ge=1)
     #: accepts running at once (each may be retrying within its ring budget)
     max_accepts_in_flight: int = Field(default=50, ge=1)
@@ -197,6 +207,10 @@ class Settings(_Sourced):
     default_profile: str = "default"
     profiles: dict[str, AgentProfile] = Field(default_factory=lambda: {"default": AgentProfile()})
     limits: Limits = Limits()
+    routes: tuple[Route, ...] = ()
+    callers: Callers = Callers()
+    pricing: Pricing = Pricing()
+    reports: Reports = Reports()
 
     @field_validator("profiles")
     @classmethod

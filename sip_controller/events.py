@@ -64,6 +64,12 @@ class OutputItem(BaseModel):
     call_id: str | None = None
     name: str | None = None
     arguments: str | None = None
+    content: list[dict[str, Any]] = Field(default_factory=list)
+
+    def text(self) -> str:
+        """The text of a message item (``output_text`` / ``text`` / audio ``transcript`` parts)."""
+        parts = [c.get("text") or c.get("transcript") or "" for c in self.content if isinstance(c, dict)]
+        return " ".join(str(p) for p in parts if p).strip()
 
 
 class Response(BaseModel):
@@ -73,6 +79,7 @@ class Response(BaseModel):
     status: str | None = None
     output: list[OutputItem] = Field(default_factory=list)
     usage: Usage | None = None
+    metadata: dict[str, Any] | None = None
 
 
 class ResponseEvent(_Event):
@@ -96,10 +103,23 @@ class OutputTranscriptDone(_Event):
     transcript: str = ""
 
 
+class TranscriptionUsage(BaseModel):
+    """Either ``{type: tokens, input_tokens, output_tokens, input_token_details}`` or ``{type: duration, seconds}``."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    type: str = "tokens"
+    input_tokens: int = 0
+    output_tokens: int = 0
+    input_token_details: TokenDetails = TokenDetails()
+    seconds: float = 0.0
+
+
 class InputTranscriptionCompleted(_Event):
     type: Literal["conversation.item.input_audio_transcription.completed"]
     item_id: str | None = None
     transcript: str = ""
+    usage: TranscriptionUsage | None = None
 
 
 class InputTranscriptionFailed(_Event):

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=3.0, read=5.0, write=5.0, pool=3.0)
+#: Requests let into the httpx pool at once (its default connection limit). More wait here, in FIFO order:
+#: httpcore rescans every queued request against every connection on each pool event, so a queue of a few
+#: hundred (a burst of rejects at capacity) made each request cost milliseconds of CPU.
+MAX_IN_FLIGHT = 100
 
 
 class OpenAIError(Exception):
@@ -102,11 +107,19 @@ def _error_for(operation: str, response: httpx.Response) -> OpenAIError:
 class RealtimeCalls:
     """Typed wrapper of ``/realtime/calls/{call_id}/…``. The client is owned by whoever made it."""
 
-    def __init__(self, client: httpx.AsyncClient, *, base_url: str, api_key: str) -> None:
+    def __init__(
+        self, client: httpx.AsyncClient, *, base_url: str, api_key: str, max_in_flight: int = MAX_IN_FLIGHT
+    ) -> None:
         self._client = client
+        self._in_flight = asyncio.Semaphore(max_in_flight)
         self.base_url = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {api_key}"}
         self._api_key = api_key
+
+    @property
+    def http_client(self) -> httpx.AsyncClient:
+        """The shared client (operator HTTP tools reuse its connection pool)."""
+        return self._client
 
     @property
     def sideband_headers(self) -> dict[str, str]:
@@ -118,11 +131,18 @@ class RealtimeCalls:
     async def _post(self, operation: str, call_id: str, body: dict[str, Any] | None) -> None:
         url = f"{self.base_url}/realtime/calls/{quote(call_id, safe='')}/{operation}"
         try:
+            async with asyncio.timeout(DEFAULT_TIMEOUT.pool):
+                await self._in_flight.acquire()
+        except TimeoutError:
+            raise TransportError(operation, 0, "timed out (PoolTimeout)") from None
+        try:
             response = await self._client.post(url, json=body, headers=self._headers, timeout=DEFAULT_TIMEOUT)
         except httpx.TimeoutException as exc:
             raise TransportError(operation, 0, f"timed out ({type(exc).__name__})") from exc
         except httpx.HTTPError as exc:
             raise TransportError(operation, 0, f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            self._in_flight.release()
         if not response.is_success:
             raise _error_for(operation, response)
 

@@ -6,13 +6,15 @@ Findings come back with the path the operator wrote (``profiles.sales.voice``,
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from sip_controller import session, templates
-from sip_controller.config import AgentProfile, Settings, load_settings
+from sip_controller import handlers, session, templates
+from sip_controller.config import AgentProfile, ConfigError, Settings, load_settings
+from sip_controller.profile import HttpTool, PythonTool
 from sip_controller.validation import Context, Finding, check_session
 
 #: where a body path comes from in a profile; structured fields keep the rest of the path
@@ -75,6 +77,7 @@ def check_profile(name: str, profile: AgentProfile, today: date) -> list[Finding
         update_ctx = Context(today=today, update=True, allow_pcm=profile.allow_pcm, model=profile.model)
         for f in check_session(session.session_patch(profile, deferred), update_ctx):
             found.append(Finding(config_path(name, profile, f.path), f.message, f.severity))
+    found.extend(_feature_findings(name, profile))
     for i, entry in enumerate(profile.tools):
         if isinstance(entry, dict) and entry.get("type") == "function":
             found.append(
@@ -86,6 +89,31 @@ def check_profile(name: str, profile: AgentProfile, today: date) -> list[Finding
                 )
             )
     return _dedupe(found)
+
+
+def _feature_findings(name: str, profile: AgentProfile) -> list[Finding]:
+    base = f"profiles.{name}"
+    found: list[Finding] = []
+    targets = profile.transfer.targets
+    if "transfer_call" in profile.tools and not targets:
+        found.append(Finding(f"{base}.transfer.targets", "transfer_call needs at least one target, e.g. "
+                             "{sales: 'tel:+14155550199'}"))
+    for digit, action in profile.dtmf.actions.items():
+        if action.action == "transfer" and action.target not in targets:
+            known = ", ".join(targets) or "none defined"
+            found.append(Finding(f"{base}.dtmf.actions.{digit}.target",
+                                 f"{action.target!r} is not a transfer target ({known})"))
+    for i, entry in enumerate(profile.tools):
+        if isinstance(entry, PythonTool):
+            try:
+                handlers.load_python_handler(entry.handler)
+            except ValueError as exc:
+                found.append(Finding(f"{base}.tools[{i}].handler", str(exc)))
+        elif isinstance(entry, HttpTool) and entry.secret_env and not os.environ.get(entry.secret_env):
+            found.append(Finding(f"{base}.tools[{i}].secret_env",
+                                 f"environment variable {entry.secret_env} is not set here; the tool's requests "
+                                 "will fail until it holds a whsec_ secret", "warning"))
+    return found
 
 
 def _dedupe(found: list[Finding]) -> list[Finding]:
@@ -103,6 +131,19 @@ def check_settings(settings: Settings, today: date) -> list[Finding]:
     found: list[Finding] = []
     for name, profile in settings.profiles.items():
         found.extend(check_profile(name, profile, today))
+    return found + check_routes(settings)
+
+
+def check_routes(settings: Settings) -> list[Finding]:
+    found: list[Finding] = []
+    for i, route in enumerate(settings.routes):
+        if route.profile not in settings.profiles:
+            found.append(Finding(f"routes[{i}].profile", f"{route.profile!r} is not a profile; use one of "
+                                 f"{', '.join(sorted(settings.profiles))}"))
+        if route.header is not None and not route.values:
+            found.append(Finding(f"routes[{i}].values", f"list the {route.header} values that select this route"))
+        if route.header is None and not route.dialed:
+            found.append(Finding(f"routes[{i}]", "a route needs dialed patterns or a header with values"))
     return found
 
 
@@ -136,4 +177,7 @@ def load_checked(path: Path | str | None = None, *, today: date | None = None) -
         return [str(f) for f in found if f.severity == "error"]
 
     settings = load_settings(path, profile_check=check)
+    route_errors = [str(f) for f in check_routes(settings)]
+    if route_errors:
+        raise ConfigError(route_errors)
     return settings, warnings

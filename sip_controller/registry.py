@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from sip_controller import call as cm
-from sip_controller import session, templates
+from sip_controller import routing, session, templates
 from sip_controller.admission import BUSY, DECLINE, UNAVAILABLE, CallerRateLimiter, Refusal
 from sip_controller.config import Settings
 from sip_controller.openai_api import OpenAIError, RealtimeCalls
@@ -55,6 +55,8 @@ class CallRegistry:
         self._rate = CallerRateLimiter(limits.caller_calls_per_minute, clock=clock)
         self._live: dict[str, _Live] = {}
         self._recent: OrderedDict[str, _Live] = OrderedDict()
+        #: called with the record when a call arrives (before accept) and when it has ended, exactly once each
+        self.on_started: list[FinishedHook] = []
         self.on_finished: list[FinishedHook] = []
         self.draining = False
 
@@ -93,15 +95,17 @@ class CallRegistry:
 
     def start(self, incoming: IncomingCall, profile_name: str | None = None) -> Refusal | None:
         """Take charge of a call: supervise it, or reject it with a SIP code (returned) when not admitted."""
-        name = profile_name or self._settings.default_profile
+        name = profile_name or routing.choose_profile(self._settings, incoming)
         record = CallRecord(
             call_id=incoming.call_id,
             profile=name,
             received_at=incoming.received_at,
             caller=incoming.caller,
             dialed=incoming.dialed,
+            twilio_call_sid=incoming.header("X-Twilio-CallSid"),
         )
-        refusal = self.admission(incoming)
+        self._notify(self.on_started, record)
+        refusal = routing.screen_caller(self._settings, incoming) or self.admission(incoming)
         if refusal is not None:
             record.errors.append(f"rejected: {refusal.reason}")
             task = asyncio.create_task(self._reject(record, refusal.status_code), name=f"{incoming.call_id}:reject")
@@ -126,6 +130,10 @@ class CallRegistry:
             close_wait_s=self._settings.limits.hangup_close_wait_s,
             accept_body=session.accept_body(profile, instructions=instructions),
             today=incoming.received_at.date(),
+            prices=self._settings.pricing.for_model(profile.model),
+            transcription_prices=(
+                self._settings.pricing.transcription.get(profile.transcription.model) if profile.transcription else None
+            ),
         )
         options = CallOptions(
             ring_budget_s=self._settings.limits.ring_budget_s,
@@ -167,11 +175,15 @@ class CallRegistry:
             while len(self._recent) > keep:
                 self._recent.popitem(last=False)
         entry.done.set()
-        for hook in self.on_finished:
+        self._notify(self.on_finished, entry.record)
+
+    @staticmethod
+    def _notify(hooks: list[FinishedHook], record: CallRecord) -> None:
+        for hook in hooks:
             try:
-                hook(entry.record)
+                hook(record)
             except Exception:
-                log.exception("registry.hook_failed", call_id=call_id)
+                log.exception("registry.hook_failed", call_id=record.call_id)
 
     async def drain(self, wait_s: float, wrap_up_s: float) -> None:
         """SIGTERM: take no new calls; let live ones end by themselves for up to ``wait_s``; then wrap up

@@ -63,10 +63,14 @@ def session_tools(profile: AgentProfile) -> list[dict[str, Any]]:
     """Built-in names become their function definitions; objects (function, mcp) pass through as written."""
     out: list[dict[str, Any]] = []
     for entry in profile.tools:
-        if isinstance(entry, str):
+        if entry == "transfer_call":
+            out.append(tools.transfer_tool(list(profile.transfer.targets)))
+        elif isinstance(entry, str):
             out.append(tools.BUILTIN_TOOLS[entry].session_tool())
-        else:
+        elif isinstance(entry, dict):
             out.append(copy.deepcopy(entry))
+        else:
+            out.append(entry.session_tool())
     return out
 
 

@@ -15,6 +15,7 @@ from websockets.exceptions import ConnectionClosed
 
 from sip_controller import call as cm
 from sip_controller.events import InputTranscriptionCompleted, OutputTranscriptDone
+from sip_controller.handlers import ToolCall, run_tool
 from sip_controller.openai_api import CallGone, InvalidRequest, OpenAIError, RealtimeCalls
 from sip_controller.report import CallRecord
 from sip_controller.retries import DEFAULT_POLICY, RetryPolicy, accept_within_budget, with_quick_retries
@@ -146,6 +147,12 @@ class CallSupervisor:
                 self._spawn("sideband", lambda: self._attach(reconnect=True))
             case cm.Reject(status_code=status):
                 await self._reject(status)
+            case cm.RunTool(call_id=tool_call_id, name=tool_name, arguments=arguments):
+                self._log.info("call.tool", tool=tool_name)
+                self._spawn(f"tool:{tool_call_id}", lambda: self._run_tool(tool_call_id, tool_name, arguments))
+            case cm.Refer(target_uri=target_uri):
+                self._log.info("call.refer")
+                self._spawn("refer", lambda: self._refer(target_uri))
             case cm.Send(event=event):
                 await self._send(event)
             case cm.Hangup():
@@ -245,6 +252,24 @@ class CallSupervisor:
         except OpenAIError as exc:
             self.record.errors.append(f"reject failed: {exc}")
             self._log.error("call.reject_failed", status=exc.status, error=exc.message)
+
+    async def _run_tool(self, call_id: str, name: str, arguments: dict[str, Any]) -> None:
+        tool = self.machine.profile.handler_tools()[name]
+        record = self.record
+        call = ToolCall(record.call_id, record.profile, record.caller, record.dialed, record.twilio_call_sid)
+        answer = await run_tool(tool, arguments, call, self._api.http_client, clock=self._clock)
+        if not answer.ok:
+            self._log.warning("call.tool_failed", tool=name, outcome=answer.outcome, error=answer.output[:200])
+        self.post(cm.ToolDone(call_id, answer.ok, answer.output, answer.duration_s, answer.outcome))
+
+    async def _refer(self, target_uri: str) -> None:
+        try:
+            await with_quick_retries(lambda: self._api.refer(self.machine.call_id, target_uri), self._options.retry)
+        except OpenAIError as exc:
+            self._log.warning("call.refer_failed", status=exc.status, error=exc.message)
+            self.post(cm.ReferFailed(str(exc)))
+        else:
+            self.post(cm.ReferOk())
 
     async def _hangup(self) -> None:
         try:

@@ -1,7 +1,8 @@
 """Tool registry: name -> pydantic argument model (its JSON Schema goes into the session) and a role.
 
-Control tools (``end_call``) are executed by the call state machine itself; their arguments are still
-validated here so the model gets a useful error when it sends garbage.
+Built-in control tools (``end_call``, ``transfer_call``, ``wait_on_hold``) are run by the call state machine
+itself; operator tools (HTTP, Python) are run by ``handlers``. Arguments are always validated, so the model gets
+a useful error when it sends garbage.
 """
 
 from __future__ import annotations
@@ -52,6 +53,19 @@ def _strip_titles(node: Any) -> Any:
     return out
 
 
+class TransferArgs(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    target: str = Field(description="Who to transfer the caller to: one of the listed names, never a number.")
+    reason: str = Field(default="", max_length=500, description="Why the caller is being transferred.")
+
+
+class WaitOnHoldArgs(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    reason: str = Field(default="", max_length=500, description="What you are waiting for.")
+
+
 END_CALL = ToolSpec(
     name="end_call",
     description=(
@@ -61,7 +75,33 @@ END_CALL = ToolSpec(
     args_model=EndCallArgs,
 )
 
-BUILTIN_TOOLS: dict[str, ToolSpec] = {END_CALL.name: END_CALL}
+TRANSFER_CALL = ToolSpec(
+    name="transfer_call",
+    description=(
+        "Transfer the caller to a person or department. Use only one of the target names listed for `target`. "
+        "The system lets you tell the caller before it transfers, so do not announce it first."
+    ),
+    args_model=TransferArgs,
+)
+
+WAIT_ON_HOLD = ToolSpec(
+    name="wait_on_hold",
+    description=(
+        "Call this when you are put on hold or asked to wait (hold music, recorded announcements). Stay silent; "
+        "you will be told when a person is back on the line."
+    ),
+    args_model=WaitOnHoldArgs,
+)
+
+BUILTIN_TOOLS: dict[str, ToolSpec] = {t.name: t for t in (END_CALL, TRANSFER_CALL, WAIT_ON_HOLD)}
+
+
+def transfer_tool(targets: list[str]) -> dict[str, Any]:
+    """transfer_call with its ``target`` limited to the profile's allow-listed names."""
+    tool = TRANSFER_CALL.session_tool()
+    tool["parameters"]["properties"]["target"]["enum"] = list(targets)
+    tool["description"] += " Targets: " + ", ".join(targets) + "."
+    return tool
 
 
 class ToolArgumentsError(ValueError):

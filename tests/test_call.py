@@ -48,7 +48,7 @@ from sip_controller.report import CallRecord
 
 RECEIVED = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 ENDED_REASONS = set(get_args(cm.EndedReason))
-FINISH_TAIL = [CancelTimer(GOODBYE_TIMER), CancelTimer(CLOSE_WAIT_TIMER), CancelTimer(cm.SESSION_ACK_TIMER)]
+FINISH_TAIL: list[Action] = []  # Finish alone: the supervisor cancels every timer of a finished call
 
 
 # ---- builders ----------------------------------------------------------------------------------------------
@@ -112,7 +112,13 @@ class Call:
     now: float = 100.0
     log: list[Action] = field(default_factory=list)
 
+    #: the silence watchdog adds timer actions to every speech edge; tests of it turn it on explicitly
+    silence_watchdog: bool = False
+
     def __post_init__(self) -> None:
+        if not self.silence_watchdog and self.profile.watchdogs.silence_timeout_s is not None:
+            quiet = self.profile.watchdogs.model_copy(update={"silence_timeout_s": None})
+            self.profile = self.profile.model_copy(update={"watchdogs": quiet})
         self.record = CallRecord(call_id="rtc_1", profile="default", received_at=RECEIVED)
         self.m = CallMachine(
             call_id="rtc_1",
@@ -198,16 +204,16 @@ def test_attached_requests_the_greeting() -> None:
     actions = c.attach()
     assert c.state() == CallState.ATTACHED
     (event,) = sends(actions)
-    assert len(actions) == 1
+    assert actions == [StartTimer(cm.MAX_WRAP_TIMER, 570.0), Send(event)]  # the max-duration watchdog, greeting
     assert event["type"] == "response.create"
     assert event["event_id"]
     assert event["response"]["instructions"].endswith('"Hi, Example Dental."')
-    assert "tool_choice" not in event["response"]
+    assert event["response"]["tool_choice"] == "none"
 
 
 def test_attached_without_greeting_waits_for_the_caller() -> None:
     c = Call(profile=AgentProfile(greeting=None))
-    assert c.attach() == []
+    assert c.attach() == [StartTimer(cm.MAX_WRAP_TIMER, 570.0)]
     assert c.state() == CallState.ATTACHED
 
 
@@ -273,11 +279,12 @@ def test_happy_path_agent_ends_the_call() -> None:
     # the model calls end_call without speaking first
     assert c.feed(response_created("r_tool")) == []
     actions = c.feed(response_done("r_tool", output=[fc("call_1")], usage=usage(text_in=200, text_out=10)))
-    assert len(actions) == 3
     out, goodbye = sends(actions)
     assert function_output(out) == ("call_1", {"status": "ending the call"})
     assert is_goodbye_request(goodbye)
-    assert actions[2] == StartTimer(GOODBYE_TIMER, AgentProfile().goodbye_timeout_s)
+    assert actions[-1] == StartTimer(GOODBYE_TIMER, AgentProfile().goodbye_timeout_s)
+    assert CancelTimer(cm.MAX_WRAP_TIMER) in actions  # ending: the watchdogs stand down
+    assert hangups(actions) == 0
     assert c.state() == CallState.ENDING
 
     # the goodbye plays; no hangup until its audio has stopped
@@ -791,7 +798,6 @@ def test_unknown_and_malformed_events_are_counted_and_ignored() -> None:
     for data in (
         {"type": "session.created", "session": {}},
         {"type": "input_audio_buffer.speech_started"},
-        {"type": "input_audio_buffer.dtmf_event_received", "event": "5"},
     ):
         assert c.feed(sb(data)) == []
     assert c.record.ignored_events == 3

@@ -77,7 +77,7 @@ def test_custom_tool_schema_has_no_titles_anywhere() -> None:
 
 def test_builtin_registry() -> None:
     assert tools.BUILTIN_TOOLS["end_call"] is END_CALL
-    assert set(tools.BUILTIN_TOOLS) == {"end_call"}
+    assert set(tools.BUILTIN_TOOLS) == {"end_call", "transfer_call", "wait_on_hold"}
 
 
 # ---- parse_arguments ---------------------------------------------------------------------------------------
