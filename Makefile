@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint serve check-config clean
+.PHONY: demo test lint serve check-config bench soak clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "sip-controller needs Python 3.11+ (found " + sys.version.split()[0] + ")")'
@@ -25,6 +25,12 @@ lint: $(STAMP)
 
 serve: $(STAMP)
 	$(BIN)/sipctl serve
+
+bench: $(STAMP)
+	$(BIN)/sipctl bench
+
+soak: $(STAMP)
+	$(BIN)/sipctl soak --calls 1000
 
 check-config: $(STAMP)
 	$(BIN)/sipctl check-config --print-accept

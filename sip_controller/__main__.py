@@ -15,7 +15,7 @@ from sip_controller.config import ConfigError, Secrets, Settings
 from sip_controller.logging import configure_logging
 
 #: allocations (net of frees) between young-generation collections in ``serve`` (Python's default is 700)
-GC_YOUNG_THRESHOLD = 20_000
+GC_YOUNG_THRESHOLD = 2_000
 DEMO_SCENARIO = Path(__file__).parent / "simulator" / "scenarios" / "demo.yaml"
 
 
@@ -51,6 +51,14 @@ def _parser() -> argparse.ArgumentParser:
     size.add_argument("--smoke", action="store_const", dest="bench_mode", const="smoke", help="seconds: harness check")
     bench.set_defaults(bench_mode="full")
     bench.add_argument("--out", type=Path, help="results directory (default bench/results; quick: …/quick)")
+
+    soak = sub.add_parser("soak", help="chaos soak: many calls with injected faults; checks every call ended once")
+    soak.add_argument("--calls", type=int, default=1000, help="number of calls (default 1000)")
+    soak.add_argument("--fault-rate", type=float, default=0.2, help="share of calls with a fault (default 0.2)")
+    soak.add_argument("--seed", type=int, default=1, help="seed of the call and fault mix (default 1)")
+    soak.add_argument("--concurrency", type=int, default=25, help="calls in progress at once (default 25)")
+    soak.add_argument("--max-wall", type=float, default=600.0, help="give up after this many seconds (default 600)")
+    soak.add_argument("--reports", type=Path, help="write every call's report to this JSONL file")
     return parser
 
 
@@ -75,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sip_controller import bench
 
         return bench.main(mode=args.bench_mode, out_dir=args.out)
+    if args.command == "soak":
+        return _soak(settings, args)
     return 2  # pragma: no cover - argparse enforces the choices
 
 
@@ -120,8 +130,11 @@ def _serve(settings: Settings, *, host: str | None, port: int | None) -> int:
     from sip_controller import serving
     from sip_controller.app import create_app
 
+    from sip_controller.notifier import resolve_endpoints
+
     try:
         secrets = Secrets.from_env()
+        resolve_endpoints(settings.reports)  # a missing report-signing secret is a one-line error, not a traceback
         app = create_app(settings, secrets)
     except ConfigError as exc:
         print(f"sipctl: {exc}", file=sys.stderr)
@@ -139,7 +152,7 @@ def _tune_gc() -> None:
     short-lived objects that reference counting frees anyway."""
     gc.collect()
     gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 100)
 
 
 def _simulate(settings: Settings, scenario_path: Path, *, time_scale: float, as_json: bool) -> int:
@@ -169,6 +182,30 @@ def _simulate(settings: Settings, scenario_path: Path, *, time_scale: float, as_
         print(f"scenario {scenario.name}: {scenario.description}".rstrip(": "))
         harness.print_report(outcomes, sys.stdout)
     return 0 if all(o.ok for o in outcomes) else 1
+
+
+def _soak(settings: Settings, args: argparse.Namespace) -> int:
+    from sip_controller import soak
+
+    configure_logging("error", settings.log_format)
+    soak.quiet_uvicorn_denials()
+    try:
+        result = asyncio.run(
+            soak.run_soak(
+                calls=args.calls,
+                fault_rate=args.fault_rate,
+                seed=args.seed,
+                concurrency=args.concurrency,
+                max_wall_s=args.max_wall,
+                settings=settings,
+                reports=args.reports,
+                out=sys.stdout,
+            )
+        )
+    except ValueError as exc:
+        print(f"sipctl: {exc}", file=sys.stderr)
+        return 2
+    return 0 if result.ok else 1
 
 
 if __name__ == "__main__":

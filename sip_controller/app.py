@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from sip_controller.config import Secrets, Settings
+from sip_controller.notifier import ReportNotifier
 from sip_controller.openai_api import RealtimeCalls
 from sip_controller.registry import CallRegistry
 from sip_controller.retries import DEFAULT_POLICY, RetryPolicy
@@ -83,6 +84,13 @@ def create_app(
                 client = await stack.enter_async_context(httpx.AsyncClient())
             api = RealtimeCalls(client, base_url=secrets.openai_base_url, api_key=api_key)
             registry = CallRegistry(settings, api, connect or connect_websocket, clock=clock, retry=retry)
+            # end-of-call reports; closed after the shutdown below (exit stack) so the calls it ends are reported
+            notifier = ReportNotifier(settings.reports)
+            notifier.start()
+            stack.push_async_callback(notifier.aclose, settings.reports.flush_timeout_s)
+            registry.on_started.append(notifier.call_started)
+            registry.on_finished.append(notifier.call_ended)
+            app.state.notifier = notifier
             app.state.runtime = Runtime(settings, registry, store or MemoryStore(clock=clock), verifier)
             log.info("app.started", base_url=secrets.openai_base_url, profiles=sorted(settings.profiles))
             try:

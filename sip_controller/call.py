@@ -25,8 +25,10 @@ from sip_controller.call_io import (
     FILLER_TIMER_PREFIX,
     GOODBYE_INSTRUCTIONS,
     GOODBYE_TIMER,
+    HANGUP_RETRY_TIMER,
     HOLD_MAX_TIMER,
     MAX_END_TIMER,
+    MAX_HANGUP_ROUNDS,
     MAX_RECONNECTS,
     MAX_WRAP_TIMER,
     SESSION_ACK_TIMER,
@@ -75,12 +77,16 @@ __all__ = [
     "CLOSE_WAIT_TIMER",
     "DTMF_FLUSH_TIMER",
     "FILLER_TIMER_PREFIX",
+    "GOODBYE_INSTRUCTIONS",
     "GOODBYE_TIMER",
+    "HANGUP_RETRY_TIMER",
     "HOLD_MAX_TIMER",
     "MAX_END_TIMER",
+    "MAX_HANGUP_ROUNDS",
     "MAX_RECONNECTS",
     "MAX_WRAP_TIMER",
     "SESSION_ACK_TIMER",
+    "SHUTDOWN_INSTRUCTIONS",
     "SILENCE_TIMER",
     "TRANSFER_ANNOUNCE_TIMER",
     "TRANSFER_VERIFY_TIMER",
@@ -172,6 +178,7 @@ class CallMachine:
     _pending_updates: deque[_PendingUpdate] = field(default_factory=deque)
     _caller_spoke_while_held: bool = False
     _reconnects: int = 0
+    _hangup_failures: int = 0
     _pending_tools: dict[str, float] = field(default_factory=dict)
     transfer: transfer.TransferState | None = None
     watch: watchdog.WatchState = field(default_factory=watchdog.WatchState)
@@ -231,13 +238,7 @@ class CallMachine:
                 self.record.mark(rel, "hangup acknowledged")
                 return [StartTimer(CLOSE_WAIT_TIMER, self.close_wait_s)]
             case HangupFailed(gone=gone, detail=detail):
-                reason = self.ending.reason if self.ending else "session_error"
-                if gone:
-                    self.record.mark(rel, "hangup: call already gone")
-                else:
-                    self.record.errors.append(f"hangup failed: {detail}")
-                    self.record.mark(rel, "hangup failed")
-                return self.finish(reason, rel)
+                return self._on_hangup_failed(gone, detail, rel)
             case Shutdown():
                 return self._on_shutdown(rel)
             case OperatorHangup(now=immediate):
@@ -392,6 +393,24 @@ class CallMachine:
         # the accept body held automatic responses; nothing is said until the tuning is in force
         return timers + self.update_session(patch, rel, what="VAD tuning", then=greeting)
 
+    def _on_hangup_failed(self, gone: bool, detail: str, rel: float) -> list[Action]:
+        """A hangup that failed is not a finished call: keep supervising and try again (bounded), unless
+        OpenAI says the call is gone already. Only the sideband closing, or the last try, ends the record."""
+        reason = self.ending.reason if self.ending else "session_error"
+        if gone:
+            self.record.mark(rel, "hangup: call already gone")
+            return self.finish(reason, rel)
+        self.record.errors.append(f"hangup failed: {detail}")
+        self._hangup_failures += 1
+        if self.ending is None or self._hangup_failures > MAX_HANGUP_ROUNDS:
+            self.record.errors.append("hangup never confirmed: the call may still be up at OpenAI")
+            self.record.mark(rel, "hangup failed for good")
+            return self.finish(reason, rel)
+        self.ending.hangup_sent = False
+        delay = min(8.0, 0.25 * 2 ** (self._hangup_failures - 1))
+        self.record.mark(rel, f"hangup failed: trying again in {delay:g}s")
+        return [StartTimer(HANGUP_RETRY_TIMER, delay)]
+
     def _on_shutdown(self, rel: float) -> list[Action]:
         if self.state == CallState.ATTACHED:
             return self.begin_ending("shutdown", rel, SHUTDOWN_INSTRUCTIONS)
@@ -418,8 +437,8 @@ class CallMachine:
     def _on_sideband_closed(self, code: int | None, rel: float) -> list[Action]:
         """1000 is how the server ends a finished call; anything else may be a dropped socket."""
         self.record.mark(rel, f"sideband closed (code {code})")
-        if self.transfer is not None and self.transfer.phase == "verifying":
-            return transfer.on_call_left(self, rel)
+        if self.transfer is not None and self.transfer.phase in ("referring", "verifying"):
+            return transfer.on_call_left(self, rel)  # a REFER that worked can close the socket before its 200
         ending = self.ending
         if code == 1000 or (ending is not None and ending.hangup_sent) or self.attached_at is None:
             return self.finish(ending.reason if ending else "caller_hangup", rel)
@@ -444,6 +463,8 @@ class CallMachine:
             return self.fail_session(rel, f"session.update for {what} never confirmed")
         if name == GOODBYE_TIMER and self.ending is not None:
             return self.hangup(rel, f"goodbye audio not finished after {self.profile.goodbye_timeout_s}s")
+        if name == HANGUP_RETRY_TIMER and self.ending is not None:
+            return self.hangup(rel, f"retry {self._hangup_failures}")
         if name == CLOSE_WAIT_TIMER and self.ending is not None:
             self.record.mark(rel, "sideband still open after hangup")
             return self.finish(self.ending.reason, rel)
@@ -518,7 +539,7 @@ class CallMachine:
             case ev.SessionEvent(type="session.updated"):
                 return self._on_session_updated(rel)
             case ev.SpeechEdge(type=kind):
-                if kind.endswith("speech_stopped") and self._pending_updates:
+                if kind.endswith("speech_stopped") and self._pending_updates and self.hold is None:
                     self._caller_spoke_while_held = True
                 return watchdog.on_caller_speech(self, started=kind.endswith("speech_started"))
             case ev.DtmfReceived(event=digit):
@@ -583,7 +604,7 @@ class CallMachine:
         actions: list[Action] = []
         classified = hold.on_response_done(self, resp, rel)
         if classified is not None:
-            return classified
+            return [*classified, *watchdog.on_cost(self, rel)]
         end = self.ending
         if end is not None and resp.id and resp.id == end.response_id:
             if not completed or (resp.id not in self.audio_started and resp.id not in self.spoken):

@@ -238,4 +238,7 @@ MAX_END_TIMER = "max_duration_end"
 SILENCE_TIMER = "silence"
 HOLD_MAX_TIMER = "hold_max"
 DTMF_FLUSH_TIMER = "dtmf_flush"
+HANGUP_RETRY_TIMER = "hangup_retry"
+#: rounds of (already retried) hangup requests before a call is given up as unconfirmed
+MAX_HANGUP_ROUNDS = 5
 FILLER_TIMER_PREFIX = "filler:"

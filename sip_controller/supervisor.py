@@ -199,9 +199,8 @@ class CallSupervisor:
             self._log.info("call.accepted")
             self.post(cm.AcceptOk())
 
-    async def _connect_once_or_retry(self, url: str, *, reconnect: bool) -> Sideband:
-        if not reconnect:
-            return await self._connect(url, self._api.sideband_headers)
+    async def _connect_with_retries(self, url: str) -> Sideband:
+        """A refused or failed handshake is retried (bounded); a 404 means the call is gone and is final."""
         policy = self._options.retry
         async for attempt in stamina.retry_context(
             on=lambda exc: isinstance(exc, AttachError) and not exc.gone,
@@ -218,7 +217,7 @@ class CallSupervisor:
     async def _attach(self, *, reconnect: bool) -> None:
         url = self._api.sideband_url(self.machine.call_id)
         try:
-            sideband = await self._connect_once_or_retry(url, reconnect=reconnect)
+            sideband = await self._connect_with_retries(url)
         except AttachError as exc:
             self._log.warning("call.attach_failed", gone=exc.gone, error=str(exc), reconnect=reconnect)
             self.post(cm.AttachFailed(gone=exc.gone, detail=str(exc)))

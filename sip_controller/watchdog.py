@@ -104,7 +104,8 @@ def on_timer(m: CallMachine, name: str, rel: float) -> list[Action]:
         return [m.say(_wrap_up_line(w.wrap_up_before_s)), StartTimer(MAX_END_TIMER, w.wrap_up_before_s)]
     if name == MAX_END_TIMER:
         return m.begin_ending("max_duration", rel, GOODBYE_INSTRUCTIONS)
-    if name == SILENCE_TIMER and not m.watch.paused:
+    watch = m.watch
+    if name == SILENCE_TIMER and watch.armed and not (watch.paused or watch.caller_speaking or watch.agent_speaking):
         if not m.watch.nudged:
             m.watch.nudged = True
             m.record.mark(rel, "silence: nudge")

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sip_controller.events import Usage
-from sip_controller.report import CallRecord, ToolCallRecord, TranscriptEntry, UsageTotals, mask_number
+from sip_controller.report import (
+    SCHEMA_VERSION,
+    CallRecord,
+    ToolCallRecord,
+    TranscriptEntry,
+    UsageTotals,
+    mask_number,
+    report_document,
+    started_document,
+)
 
 RECEIVED = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
@@ -134,6 +143,7 @@ def test_summary_is_safe_for_info_logs() -> None:
         "turns_assistant": 1,
         "tool_calls": ["end_call"],
         "responses": 1,
+        "cost_usd": 0.0,
         "errors": 1,
         "ignored_events": 2,
     }
@@ -161,6 +171,8 @@ def test_to_dict_is_complete_and_json_serialisable() -> None:
             "at_s": 5.5,
             "outcome": "ok",
             "detail": "",
+            "result": "",
+            "duration_s": None,
         }
     ]
     assert decoded["usage"]["responses"] == 1
@@ -182,3 +194,247 @@ def test_summary_without_caller() -> None:
     record = CallRecord(call_id="rtc_2", profile="p", received_at=RECEIVED)
     assert record.summary()["caller"] is None
     assert record.summary()["tool_calls"] == []
+
+
+# ---- the end-of-call report document ---------------------------------------------------------------------
+
+DOCUMENT_KEYS = [
+    "schema_version",
+    "call_id",
+    "profile",
+    "caller",
+    "caller_masked",
+    "dialed",
+    "twilio_call_sid",
+    "state",
+    "ended_reason",
+    "timestamps",
+    "timings",
+    "transfer",
+    "transcript",
+    "tool_calls",
+    "usage",
+    "cost_usd",
+    "hold_cost_usd",
+    "errors",
+    "ignored_events",
+]
+
+
+def full_record() -> CallRecord:
+    record = make_record()
+    record.twilio_call_sid = "CA0123456789abcdef"
+    record.accepted_s = 0.1234
+    record.attached_s = 0.5
+    record.duration_s = 42.25
+    record.hold_s = 10.0
+    record.hold_usage.add(usage(audio_out=5))
+    record.transcription.audio_tokens = 300
+    record.transcription.output_tokens = 40
+    record.transcription.seconds = 12.5
+    record.cost_usd = 0.0123456789
+    record.hold_cost_usd = 0.001
+    record.transfer_target = "+18005550199"
+    record.transfer_outcome = "failed"
+    record.tool_calls[0].result = '{"ok": true}'
+    record.tool_calls[0].duration_s = 0.0123
+    record.tool_calls.append(ToolCallRecord("call_2", "lookup", "{not json", 6.0, "invalid_arguments", "bad JSON"))
+    return record
+
+
+def test_report_document_shape_is_stable_and_json_ready() -> None:
+    doc = report_document(full_record())
+    assert list(doc) == DOCUMENT_KEYS
+    assert json.loads(json.dumps(doc, allow_nan=False)) == doc
+    assert doc["schema_version"] == SCHEMA_VERSION == 1
+    assert doc["call_id"] == "rtc_1"
+    assert doc["profile"] == "default"
+    assert doc["dialed"] == "+18005550100"
+    assert doc["twilio_call_sid"] == "CA0123456789abcdef"
+    assert doc["state"] == "ended"
+    assert doc["ended_reason"] == "agent_end_call"
+    assert doc["transfer"] == {"target": "+18005550199", "outcome": "failed"}
+    assert doc["errors"] == ["sideband error x: y"]
+    assert doc["ignored_events"] == 2
+    assert doc["cost_usd"] == 0.012346
+    assert doc["hold_cost_usd"] == 0.001
+
+
+def test_report_document_timestamps_and_timings() -> None:
+    doc = report_document(full_record())
+    assert doc["timestamps"] == {
+        "received_at": "2026-11-22T12:00:00.000Z",
+        "accepted_at": "2026-11-22T12:00:00.123Z",
+        "attached_at": "2026-11-22T12:00:00.500Z",
+        "ended_at": "2026-11-22T12:00:42.250Z",
+    }
+    assert doc["timings"] == {
+        "webhook_to_accept_ms": 123,
+        "accept_to_attach_ms": 377,
+        "duration_s": 42.25,
+        "talk_s": 31.75,  # attached 0.5 -> ended 42.25, minus 10 s on hold
+        "hold_s": 10.0,
+    }
+
+
+def test_report_document_timestamps_are_utc_whatever_the_zone() -> None:
+    tokyo = datetime(2026, 1, 1, 9, 0, tzinfo=timezone(timedelta(hours=9)))
+    record = CallRecord(call_id="c", profile="p", received_at=tokyo)
+    assert report_document(record)["timestamps"]["received_at"] == "2026-01-01T00:00:00.000Z"
+    naive = CallRecord(call_id="c", profile="p", received_at=datetime(2026, 1, 1, 9, 0))
+    assert report_document(naive)["timestamps"]["received_at"] == "2026-01-01T09:00:00.000Z"
+
+
+def test_report_document_masks_the_caller_by_default() -> None:
+    record = full_record()
+    masked = report_document(record)
+    assert masked["caller"] == "+1415***0123"
+    assert masked["caller_masked"] is True
+    assert "+14155550123" not in json.dumps(masked)
+    clear = report_document(record, mask_caller=False)
+    assert clear["caller"] == "+14155550123"
+    assert clear["caller_masked"] is False
+
+
+def test_report_document_transcript_is_ordered_by_time() -> None:
+    record = full_record()
+    record.transcripts.append(TranscriptEntry("assistant", "late arrival said earlier", 2.0))
+    record.transcripts.append(TranscriptEntry("caller", "same time, second", 5.0))
+    doc = report_document(record)
+    assert doc["transcript"] == [
+        {"role": "assistant", "text": "Hello, Example Dental", "at_s": 1.5},
+        {"role": "assistant", "text": "late arrival said earlier", "at_s": 2.0},
+        {"role": "caller", "text": "My secret medical question", "at_s": 3.0},
+        {"role": "caller", "text": "bye", "at_s": 5.0},
+        {"role": "caller", "text": "same time, second", "at_s": 5.0},
+    ]
+    assert [t.at_s for t in record.transcripts] == [1.5, 3.0, 5.0, 2.0, 5.0]  # the record is left as it was
+
+
+def test_report_document_tool_calls() -> None:
+    doc = report_document(full_record())
+    assert doc["tool_calls"] == [
+        {
+            "id": "call_1",
+            "name": "end_call",
+            "arguments": {"reason": "bye"},
+            "result": '{"ok": true}',
+            "at_s": 5.5,
+            "duration_s": 0.012,
+            "outcome": "ok",
+            "detail": None,
+        },
+        {
+            "id": "call_2",
+            "name": "lookup",
+            "arguments": "{not json",
+            "result": None,
+            "at_s": 6.0,
+            "duration_s": None,
+            "outcome": "invalid_arguments",
+            "detail": "bad JSON",
+        },
+    ]
+
+
+def test_report_document_usage_includes_hold_and_transcription() -> None:
+    usage_doc = report_document(full_record())["usage"]
+    assert usage_doc["responses"] == 1
+    assert usage_doc["input_text_tokens"] == 10
+    assert usage_doc["output_audio_tokens"] == 20
+    assert usage_doc["hold"] == {
+        "responses": 1,
+        "input_text_tokens": 0,
+        "input_audio_tokens": 0,
+        "cached_text_tokens": 0,
+        "cached_audio_tokens": 0,
+        "output_text_tokens": 0,
+        "output_audio_tokens": 5,
+    }
+    assert usage_doc["transcription"] == {"audio_tokens": 300, "text_tokens": 0, "output_tokens": 40, "seconds": 12.5}
+
+
+def test_report_document_of_a_bare_record_has_nulls_not_errors() -> None:
+    """A call rejected at once (or a record other code has not filled in yet): nothing raises."""
+    record = CallRecord(call_id="rtc_0", profile="p", received_at=RECEIVED)
+    doc = report_document(record)
+    assert list(doc) == DOCUMENT_KEYS
+    assert doc["caller"] is None
+    assert doc["ended_reason"] is None
+    assert doc["timestamps"] == {
+        "received_at": "2026-11-22T12:00:00.000Z",
+        "accepted_at": None,
+        "attached_at": None,
+        "ended_at": None,
+    }
+    assert doc["timings"] == {
+        "webhook_to_accept_ms": None,
+        "accept_to_attach_ms": None,
+        "duration_s": None,
+        "talk_s": None,
+        "hold_s": 0.0,
+    }
+    assert doc["transfer"] == {"target": None, "outcome": None}
+    assert doc["transcript"] == doc["tool_calls"] == doc["errors"] == []
+    assert doc["cost_usd"] == 0.0
+    json.dumps(doc, allow_nan=False)
+
+
+def test_report_document_rejected_call() -> None:
+    record = CallRecord(call_id="rtc_r", profile="p", received_at=RECEIVED, caller="+14155550123")
+    record.state = "rejected"
+    record.ended_reason = "rejected"
+    record.duration_s = 0.0
+    doc = report_document(record)
+    assert doc["timestamps"]["ended_at"] == "2026-11-22T12:00:00.000Z"
+    assert doc["timings"]["talk_s"] is None  # never attached
+    assert doc["timings"]["duration_s"] == 0.0
+
+
+def test_report_document_falls_back_to_the_timeline() -> None:
+    """While ``accepted_s`` / ``attached_s`` are not filled in, the timeline marks give the times."""
+    record = CallRecord(call_id="rtc_t", profile="p", received_at=RECEIVED)
+    record.mark(0.2, "accepted")
+    record.mark(0.7, "attached")
+    record.duration_s = 10.7
+    timings = report_document(record)["timings"]
+    assert timings["webhook_to_accept_ms"] == 200
+    assert timings["accept_to_attach_ms"] == 500
+    assert timings["talk_s"] == 10.0
+
+
+def test_talk_seconds_never_negative() -> None:
+    record = CallRecord(call_id="rtc_h", profile="p", received_at=RECEIVED, attached_s=1.0, duration_s=5.0)
+    record.hold_s = 9.0
+    assert report_document(record)["timings"]["talk_s"] == 0.0
+
+
+def test_started_document_has_no_transcript_or_outcome() -> None:
+    record = full_record()
+    doc = started_document(record)
+    assert list(doc) == [
+        "schema_version",
+        "call_id",
+        "profile",
+        "caller",
+        "caller_masked",
+        "dialed",
+        "twilio_call_sid",
+        "state",
+        "timestamps",
+    ]
+    assert doc["caller"] == "+1415***0123"
+    assert doc["timestamps"]["received_at"] == "2026-11-22T12:00:00.000Z"
+    text = json.dumps(doc)
+    assert "secret medical" not in text
+    assert "+14155550123" not in text
+    assert started_document(record, mask_caller=False)["caller"] == "+14155550123"
+
+
+def test_report_document_does_not_share_state_with_the_record() -> None:
+    record = full_record()
+    doc = report_document(record)
+    doc["errors"].append("mutated")
+    doc["transcript"].clear()
+    assert record.errors == ["sideband error x: y"]
+    assert len(record.transcripts) == 3

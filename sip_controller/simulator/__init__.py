@@ -11,6 +11,7 @@ async with Simulator(webhook_secret=secret, webhook_url=url, time_scale=0.1) as 
 from __future__ import annotations
 
 from .core import Simulator
+from .faults import EndpointFaults, Faults, Latency
 from .records import ClientEvent, ResponseRecord, SimCall, check_expectations
 from .rules import AudioState, validate_session
 from .scenario import (
@@ -29,7 +30,10 @@ __all__ = [
     "AudioState",
     "CallSpec",
     "ClientEvent",
+    "EndpointFaults",
     "Expectation",
+    "Faults",
+    "Latency",
     "ResponseRecord",
     "Scenario",
     "ScenarioError",

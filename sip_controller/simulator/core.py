@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Coroutine
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import httpx
 from standardwebhooks import Webhook
 
 from ..loopback import serve
 from .events import new_id
+from .faults import Faults
 from .model import CallRuntime, SimContext
 from .records import SimCall
 from .scenario import CallSpec, Scenario
@@ -29,6 +31,10 @@ class Simulator:
     ``session_update_delay`` (nominal seconds, times ``time_scale``; a call's ``CallSpec.session_update_delay``
     overrides it) is how long a valid ``session.update`` takes to apply: until then the old session is in
     effect and no ``session.updated`` has been sent.
+
+    ``faults`` (:class:`~sip_controller.simulator.faults.Faults`, all off by default) applies to every call;
+    a call's ``CallSpec.faults`` overrides the fields it states. Late webhook deliveries (duplicates,
+    redeliveries after the hang-up) run in the background: :meth:`settle` waits for them.
     """
 
     def __init__(
@@ -41,6 +47,7 @@ class Simulator:
         project_id: str = "proj_sim",
         reject_vad_tuning_on_accept: bool = True,
         session_update_delay: float = 0.15,
+        faults: Faults | None = None,
     ) -> None:
         if time_scale <= 0:
             raise ValueError("time_scale must be positive")
@@ -58,12 +65,23 @@ class Simulator:
             project_id=project_id,
             reject_vad_tuning=reject_vad_tuning_on_accept,
             session_update_delay=session_update_delay,
+            faults=faults or Faults(),
         )
         self._client: httpx.AsyncClient | None = None
         self._sender: WebhookSender | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._late: dict[asyncio.Task[None], SimCall | None] = {}
         self._stopped = False
+
+    @property
+    def faults(self) -> Faults:
+        """The simulator-wide faults (each call's ``CallSpec.faults`` overrides what it states)."""
+        return self._ctx.faults
+
+    @faults.setter
+    def faults(self, value: Faults) -> None:
+        self._ctx.faults = value
 
     @property
     def api_key(self) -> str:
@@ -147,7 +165,60 @@ class Simulator:
         await asyncio.wait({task})
         if not task.cancelled() and task.exception() is not None:
             raise RuntimeError("webhook delivery failed inside the simulator") from task.exception()
+        self._late_deliveries(runtime, url, body)
         return record
+
+    def _late_deliveries(self, runtime: CallRuntime, url: str, body: str) -> None:
+        """Fault injection: duplicated (and so out-of-order) deliveries, a redelivery after the hang-up."""
+        faults = runtime.faults.faults
+        record = runtime.rec
+        for n in range(faults.duplicate_webhooks):
+            delay = self._ctx.scaled(faults.webhook_delay.sample(runtime.faults.rng("webhook")))
+            webhook_id = new_id("wh_", 12) if faults.duplicate_webhook_new_id else record.webhook_id
+            fresh = webhook_id != record.webhook_id
+            runtime.faults.note(self.now(), "duplicate_webhook", delay=round(delay, 6), new_id=fresh)
+            coro = self._deliver_later(record, url, body, webhook_id, delay)
+            self._spawn(coro, f"sim:{record.call_id}:dup{n}", None)
+        if faults.redeliver_after_hangup:
+            self._spawn(self._redeliver_after_end(runtime, url, body), f"sim:{record.call_id}:redeliver", record)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str, after_end_of: SimCall | None) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        self._late[task] = after_end_of
+        task.add_done_callback(self._late_done)
+
+    def _late_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._late.pop(task, None)
+        if not task.cancelled():
+            exc = task.exception()
+            if exc is not None:
+                self._ctx.task_errors.append(exc)
+
+    async def _deliver_later(self, record: SimCall, url: str, body: str, webhook_id: str, delay: float) -> None:
+        assert self._sender is not None
+        await asyncio.sleep(delay)
+        await self._sender.deliver(url, webhook_id, body, record.delivery_statuses.append)
+
+    async def _redeliver_after_end(self, runtime: CallRuntime, url: str, body: str) -> None:
+        assert self._sender is not None
+        record = runtime.rec
+        await record.ended.wait()
+        runtime.faults.note(self.now(), "redeliver_after_hangup")
+        await self._sender.deliver(url, record.webhook_id, body, record.delivery_statuses.append)
+
+    async def settle(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) for late deliveries whose trigger has come: duplicates, and
+        redeliveries of calls that have ended. True when none is left running."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while True:
+                    due = [t for t, call in self._late.items() if call is None or call.is_ended]
+                    if not due:
+                        return True
+                    await asyncio.wait(due)
+        return False
 
     async def _deliver(self, record: SimCall, url: str, body: str) -> None:
         assert self._sender is not None

@@ -36,6 +36,7 @@ from .events import (
     new_id,
     spoken_line,
 )
+from .faults import OUT_OF_ORDER_FLUSH_S, FaultInjector, Faults
 from .records import ClientEvent, ResponseKind, ResponseRecord, ResponseSource, SimCall
 from .rules import (
     assess_audio,
@@ -71,6 +72,7 @@ class SimContext:
     project_id: str
     reject_vad_tuning: bool
     session_update_delay: float = 0.15
+    faults: Faults = field(default_factory=Faults)
     started: float = field(default_factory=time.monotonic)
     runtimes: dict[str, CallRuntime] = field(default_factory=dict)
     task_errors: list[BaseException] = field(default_factory=list)
@@ -94,6 +96,23 @@ def _event(kind: str, **fields: Any) -> dict[str, Any]:
     return {"type": kind, "event_id": new_event_id(), **fields}
 
 
+def _abort_transport(ws: WebSocket) -> bool:
+    """Cut the connection under ``ws`` without a close frame (the peer sees 1006); False if not possible."""
+    send: object = ws._send
+    for _ in range(10):  # unwrap the middleware's ``sender`` closures down to the server's bound method
+        transport = getattr(getattr(send, "__self__", None), "transport", None)
+        if isinstance(transport, asyncio.Transport):
+            transport.abort()
+            return True
+        cells = getattr(send, "__closure__", None) or ()
+        inner = [c.cell_contents for c in cells if callable(getattr(c, "cell_contents", None))]
+        named = [f for f in inner if getattr(f, "__name__", "") in ("send", "asgi_send", "sender")]
+        if not named:
+            return False
+        send = named[0]
+    return False
+
+
 async def _wait(event: asyncio.Event, timeout: float) -> bool:
     try:
         async with asyncio.timeout(timeout):
@@ -110,6 +129,13 @@ class CallRuntime:
         self.ctx = ctx
         self.rec = record
         self.spec = record.spec
+        faults = ctx.faults.merged(record.spec.faults)
+        self.faults = FaultInjector(faults, record.name, record)
+        if faults != Faults():
+            record.fault_seed = self.faults.seed
+        self._socket_up = asyncio.Event()
+        self._held: str | None = None
+        self._held_flush: asyncio.Task[None] | None = None
         self.accepted = asyncio.Event()
         self.attached = asyncio.Event()
         self._conn: _Sideband | None = None
@@ -251,8 +277,12 @@ class CallRuntime:
 
     async def attach(self, ws: WebSocket) -> None:
         """A sideband connected (already accepted at the WebSocket level)."""
-        self._conn = _Sideband(ws)
+        conn = self._conn = _Sideband(ws)
         self.rec.sideband_connects += 1
+        self._socket_up.set()
+        drop_at = self.faults.drop_delay()
+        if drop_at is not None:
+            self.spawn(self._drop_later(conn, self.ctx.scaled(drop_at)), "sideband-drop")
         await self.send(_event("session.created", session=copy.deepcopy(self.rec.session)))
         if self.rec.audio_state == "broken" and not self._broken_error_sent:
             self._broken_error_sent = True
@@ -275,19 +305,65 @@ class CallRuntime:
         if self._conn is not None and self._conn.ws is ws:
             self._conn.closed = True
             self._conn = None
+            self._socket_up.clear()
+
+    async def _drop_later(self, conn: _Sideband, delay: float) -> None:
+        """Fault: drop the sideband (no close frame, or 1011) while the call itself stays up."""
+        await asyncio.sleep(delay)
+        mode = self.faults.faults.drop_sideband_mode
+        async with conn.lock:
+            if conn.closed or self._conn is not conn or self.is_ended:
+                return
+            conn.closed = True
+            self._conn = None
+            self._socket_up.clear()
+            self.rec.sideband_drops += 1
+            self.faults.note(self.ctx.now(), "sideband_drop", mode=mode)
+            if mode == "abrupt" and _abort_transport(conn.ws):
+                return
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+                await conn.ws.close(1011)
 
     async def send(self, event: dict[str, Any]) -> None:
         conn = self._conn
         if conn is None:
             return
         text = json.dumps(event)
+        frames = [text]
+        kind = self.faults.malformed(event, self.ctx.now())
+        if kind == "out_of_order" and self._held is None:
+            self._held = text  # sent right after the next event, or shortly if none comes
+            self._held_flush = self.spawn(self._flush_held(), "out-of-order")
+            return
+        if kind == "duplicate":
+            frames.append(text)
+        elif kind is not None and kind != "out_of_order":
+            frames.insert(0, self.faults.bad_frame(kind, event))
+        if self._held is not None:
+            frames.append(self._held)
+            self._held = None
+            if self._held_flush is not None and self._held_flush is not asyncio.current_task():
+                self._held_flush.cancel()
+            self._held_flush = None
+        await self._send_frames(conn, frames)
+
+    async def _send_frames(self, conn: _Sideband, frames: list[str]) -> None:
         async with conn.lock:
-            if conn.closed:
-                return
-            try:
-                await conn.ws.send_text(text)
-            except (WebSocketDisconnect, RuntimeError, OSError):
-                conn.closed = True
+            for frame in frames:
+                if conn.closed:
+                    return
+                try:
+                    await conn.ws.send_text(frame)
+                except (WebSocketDisconnect, RuntimeError, OSError):
+                    conn.closed = True
+
+    async def _flush_held(self) -> None:
+        await asyncio.sleep(OUT_OF_ORDER_FLUSH_S)
+        held, self._held = self._held, None
+        self._held_flush = None
+        conn = self._conn
+        if held is not None and conn is not None:
+            await self._send_frames(conn, [held])
 
     async def send_error(self, error: ApiError, client_event_id: str | None) -> None:
         event = _event("error", error=error.event_error(client_event_id))
@@ -637,7 +713,13 @@ class CallRuntime:
 
     async def _run(self) -> None:
         spec, scaled = self.spec, self.ctx.scaled
-        if not await _wait(self.accepted, scaled(spec.ring_timeout)):
+        ring = spec.ring_timeout
+        gives_up = self.faults.faults.hangup_while_ringing
+        if gives_up is not None and gives_up < ring:
+            ring = gives_up
+        if not await _wait(self.accepted, scaled(ring)):
+            if gives_up is not None:
+                self.faults.note(self.ctx.now(), "hangup_while_ringing")
             await self.end("missed")
             return
         try:
@@ -646,12 +728,13 @@ class CallRuntime:
                 await self._greeting()
                 for step in spec.steps:
                     await self._audio_idle.wait()
+                    await self._socket_up.wait()  # a dropped sideband: wait for the reconnect
                     if self.is_ended:
                         return
                     await self._step(step)
                 await self.rec.ended.wait()
         except TimeoutError:
-            pass
+            self.rec.max_call_reached = not self.is_ended
         await self.end("caller")
 
     async def _greeting(self) -> None:

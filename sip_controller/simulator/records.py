@@ -80,11 +80,34 @@ class SimCall:
     last_audio_stopped_at: float | None = None
     audio_playing_at_hangup: bool = False
     hangup_gap_s: float | None = None
+    #: every /accept request that reached the call (including refused and injected failures)
+    accept_attempts: int = 0
+    #: /accept requests that arrived after the call had ended (each answered 404)
+    late_accepts: int = 0
+    #: the caller was still on the line when ``max_call_seconds`` ran out (nobody ended the call)
+    max_call_reached: bool = False
+    #: times the simulator dropped the sideband on purpose
+    sideband_drops: int = 0
+    #: faults injected into this call: ``{"t", "kind", ...}`` (the first 200) and counts by kind
+    faults_injected: list[dict[str, Any]] = field(default_factory=list)
+    fault_counts: dict[str, int] = field(default_factory=dict)
+    #: the seed the call's fault decisions were drawn from (``None``: no faults configured)
+    fault_seed: int | None = None
     ended: asyncio.Event = field(default_factory=asyncio.Event, repr=False, compare=False)
 
     @property
     def is_ended(self) -> bool:
         return self.ended_by is not None
+
+    @property
+    def fault_kinds(self) -> set[str]:
+        """The kinds of fault injected into this call (``accept_500``, ``sideband_drop``, …)."""
+        return set(self.fault_counts)
+
+    @property
+    def left_up(self) -> bool:
+        """Accepted, and then nobody ended it: still up, or up until ``max_call_seconds`` ran out."""
+        return self.accepted_at is not None and (not self.is_ended or self.max_call_reached)
 
     @property
     def hangup_after_audio(self) -> bool:
@@ -118,6 +141,7 @@ class SimCall:
                 data[key] = value
         data["hangup_after_audio"] = self.hangup_after_audio
         data["hangup_after_error_s"] = self.hangup_after_error_s
+        data["left_up"] = self.left_up
         return data
 
 

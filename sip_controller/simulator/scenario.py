@@ -9,6 +9,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .faults import Faults
+
 E164 = r"^\+[1-9][0-9]{1,14}$"
 EndedBy = Literal["caller", "agent", "refer", "reject", "missed"]
 AudioStateName = Literal["clean", "static", "broken"]
@@ -117,6 +119,8 @@ class CallSpec(_Strict):
     session_update_delay: float | None = Field(default=None, ge=0)
     steps: list[Step] = Field(default_factory=list)
     expect: Expectation | None = None
+    #: faults injected into this call (the fields stated here override the simulator's own ``faults``)
+    faults: Faults | None = None
 
     @field_validator("headers")
     @classmethod

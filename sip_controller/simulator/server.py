@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import json
 import re
@@ -24,14 +26,28 @@ from .errors import (
     out_of_range,
     unknown_parameter,
 )
+from .faults import Endpoint
 from .model import CallRuntime, SimContext
 from .rules import validate_session
 
 _TARGET_URI = re.compile(r"^(tel:\+[1-9][0-9]{1,14}|sips?:[^\s@]+@[^\s@]+|sips?:\+?[0-9]{3,15})$")
 
 
-def _error(error: ApiError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status)
+def _error(error: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+
+async def _injected(ctx: SimContext, runtime: CallRuntime, endpoint: Endpoint) -> JSONResponse | None:
+    """Fault injection for one request: the added latency, then an injected error response or ``None``."""
+    delay = runtime.faults.latency(endpoint)
+    if delay > 0:
+        runtime.faults.note(ctx.now(), f"{endpoint}_latency", seconds=round(ctx.scaled(delay), 6))
+        await asyncio.sleep(ctx.scaled(delay))
+    failure = runtime.faults.error(endpoint, ctx.now())
+    if failure is None:
+        return None
+    error, headers = failure
+    return _error(error, headers)
 
 
 def _check_key(ctx: SimContext, authorization: str | None) -> ApiError | None:
@@ -64,6 +80,9 @@ def create_app(ctx: SimContext) -> Starlette:
         call_id = request.path_params["call_id"]
         runtime = ctx.runtimes.get(call_id)
         if runtime is None or runtime.is_ended:
+            if runtime is not None and request.url.path.endswith("/accept"):
+                runtime.rec.accept_attempts += 1
+                runtime.rec.late_accepts += 1
             return None, _error(call_not_found(call_id))
         return runtime, None
 
@@ -72,6 +91,24 @@ def create_app(ctx: SimContext) -> Starlette:
         if runtime is None:
             assert failure is not None
             return failure
+        runtime.rec.accept_attempts += 1
+        gives_up = runtime.faults.faults.hangup_while_ringing
+        if gives_up is not None and not runtime.accepted.is_set():
+            # the caller hangs up while this accept is in flight: it loses the race
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(ctx.scaled(gives_up) + 1.0):
+                    await runtime.rec.ended.wait()
+            runtime.rec.late_accepts += 1
+            return _error(call_not_found(runtime.rec.call_id))
+        injected = await _injected(ctx, runtime, "accept")
+        if injected is not None:
+            return injected
+        race = runtime.faults.accept_race(runtime.rec.call_id, ctx.now())
+        if race is not None:
+            return _error(race)
+        if runtime.is_ended:
+            runtime.rec.late_accepts += 1
+            return _error(call_not_found(runtime.rec.call_id))
         body, error = await _read_json(request)
         runtime.rec.accept_bodies.append(body)
         if error is None:
@@ -89,6 +126,11 @@ def create_app(ctx: SimContext) -> Starlette:
         if runtime is None:
             assert failure is not None
             return failure
+        injected = await _injected(ctx, runtime, "reject")
+        if injected is not None:
+            return injected
+        if runtime.is_ended:
+            return _error(call_not_found(runtime.rec.call_id))
         body, error = await _read_json(request, optional=True)
         status_code = 603
         if error is None and body is not None:
@@ -114,6 +156,11 @@ def create_app(ctx: SimContext) -> Starlette:
         if runtime is None:
             assert failure is not None
             return failure
+        injected = await _injected(ctx, runtime, "refer")
+        if injected is not None:
+            return injected
+        if runtime.is_ended:
+            return _error(call_not_found(runtime.rec.call_id))
         body, error = await _read_json(request)
         if error is None:
             if not isinstance(body, dict):
@@ -136,6 +183,11 @@ def create_app(ctx: SimContext) -> Starlette:
         if runtime is None:
             assert failure is not None
             return failure
+        injected = await _injected(ctx, runtime, "hangup")
+        if injected is not None:
+            return injected
+        if runtime.is_ended:
+            return _error(call_not_found(runtime.rec.call_id))
         await runtime.agent_hangup()
         return Response(status_code=200)
 
@@ -150,6 +202,13 @@ def create_app(ctx: SimContext) -> Starlette:
             return
         runtime = ctx.runtimes.get(call_id)
         if runtime is None or runtime.is_ended or not runtime.accepted.is_set():
+            await ws.send_denial_response(_error(call_not_found(call_id)))
+            return
+        injected = await _injected(ctx, runtime, "sideband")
+        if injected is not None:
+            await ws.send_denial_response(injected)
+            return
+        if runtime.is_ended:
             await ws.send_denial_response(_error(call_not_found(call_id)))
             return
         if runtime.has_socket:

@@ -1,0 +1,28 @@
+"""``sipctl bench``: what the controller adds to a phone call, measured against a floor.
+
+The load peer (:mod:`.peer`) stands in for OpenAI in this process; the controller and the floor responder
+(:mod:`.floor`) run as child processes (:mod:`.proc`); :mod:`.runner` runs the scenarios and writes
+``bench/results/<date>-<host>.json`` (and ``latest.json``); :mod:`.stats` holds the percentile arithmetic.
+Nothing here is imported by the service itself.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+DEFAULT_OUT = Path("bench/results")
+QUICK_OUT = Path("bench/results/quick")
+
+
+def main(*, mode: str, out_dir: Path | None) -> int:
+    """Run the bench in ``mode`` (full, quick or smoke), print the table, return an exit code."""
+    from sip_controller.bench import runner
+
+    plan = runner.PLANS[mode]
+    target = out_dir if out_dir is not None else (DEFAULT_OUT if mode == "full" else QUICK_OUT)
+    path, results = runner.run(plan, target)
+    print(runner.render_table(results))
+    print(f"\nresults: {path} (and {path.parent / 'latest.json'})")
+    sys.stdout.flush()
+    return 0

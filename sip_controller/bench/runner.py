@@ -1,0 +1,586 @@
+"""The bench scenarios, the results file and the table.
+
+Layout of one run: the load peer lives in this process; the controller (``sipctl serve``) and the floor
+responder are child processes on loopback. Scenarios, each bounded in count and in time:
+
+1. ring-to-answer overhead at steady arrival rates, controller and floor back to back in each run
+   (then ratios), plus a search for the highest rate with p99 under 10 ms;
+2. CPU per new call (verify, decide, accept, attach, greeting) from the controller's CPU time;
+3. concurrency: ramp to each level of simultaneous calls, each with its sideband, transcripts and tool calls;
+   RSS per call, CPU, tool reaction, memory growth per transcript line; hangup reaction at one level;
+4. webhook intake at saturation, the calls rejected at admission (no sideband cost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import gc
+import json
+import math
+import os
+import platform
+import resource
+import secrets
+import shutil
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from sip_controller.bench import proc
+from sip_controller.bench.peer import Peer
+from sip_controller.bench.stats import json_safe, latency_summary, median, rounded, spread
+
+SCHEMA = 1
+RING_P99_LIMIT_MS = 10.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much load, for how long. Every loop in the bench is bounded by these counts and durations."""
+
+    name: str
+    runs: int
+    rates: tuple[int, ...]
+    rate_seconds: float
+    hold_s: float
+    search_rates: tuple[int, ...]
+    search_seconds: float
+    new_call_count: int
+    new_call_rate: int
+    levels: tuple[int, ...]
+    ramp_rate: int
+    window_s: float
+    transcript_interval_s: float
+    tool_interval_s: float
+    hangup_level: int
+    hangup_calls: int
+    hangup_rate: float
+    goodbye_audio_s: float
+    intake_seconds: float
+    intake_inflight: int
+    intake_max: int
+    warmup_calls: int
+
+
+FULL = Plan(
+    name="full", runs=3, rates=(20, 100, 300), rate_seconds=10, hold_s=1.0,
+    search_rates=(450, 600, 800, 1000, 1300), search_seconds=5,
+    new_call_count=300, new_call_rate=100,
+    levels=(500, 1000, 2000), ramp_rate=200, window_s=30, transcript_interval_s=2.0, tool_interval_s=30.0,
+    hangup_level=1000, hangup_calls=200, hangup_rate=20, goodbye_audio_s=0.2,
+    intake_seconds=10, intake_inflight=32, intake_max=100_000, warmup_calls=200,
+)
+QUICK = Plan(
+    name="quick", runs=2, rates=(20, 100, 300), rate_seconds=3, hold_s=1.0,
+    search_rates=(500, 800), search_seconds=3,
+    new_call_count=100, new_call_rate=100,
+    levels=(100, 250, 500), ramp_rate=200, window_s=8, transcript_interval_s=2.0, tool_interval_s=8.0,
+    hangup_level=250, hangup_calls=50, hangup_rate=10, goodbye_audio_s=0.2,
+    intake_seconds=3, intake_inflight=32, intake_max=30_000, warmup_calls=100,
+)
+SMOKE = Plan(
+    name="smoke", runs=1, rates=(20,), rate_seconds=1, hold_s=0.2,
+    search_rates=(), search_seconds=1,
+    new_call_count=10, new_call_rate=50,
+    levels=(10,), ramp_rate=100, window_s=1.5, transcript_interval_s=0.5, tool_interval_s=1.0,
+    hangup_level=10, hangup_calls=5, hangup_rate=20, goodbye_audio_s=0.05,
+    intake_seconds=1, intake_inflight=4, intake_max=2_000, warmup_calls=5,
+)
+PLANS = {p.name: p for p in (FULL, QUICK, SMOKE)}
+
+
+def _say(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def machine_info() -> dict[str, Any]:
+    cpu_model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "host": socket.gethostname(),
+        "cores": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "memory_mb": psutil.virtual_memory().total // (1024 * 1024),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in ("sip-controller", "uvicorn", "starlette", "httpx", "websockets", "pydantic", "structlog"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[name] = metadata.version(name)
+    return out
+
+
+def _raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    """Keep the peer's own collector pauses out of its timestamps during a measurement."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+class Bench:
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.webhook_secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+        self.api_key = "sk-bench-" + secrets.token_hex(16)
+        self.peer = Peer(webhook_secret=self.webhook_secret, api_key=self.api_key)
+        self.peer.transcript_interval_s = plan.transcript_interval_s
+        self.peer.tool_interval_s = plan.tool_interval_s
+        self.peer.goodbye_audio_s = plan.goodbye_audio_s
+
+    @contextlib.asynccontextmanager
+    async def controller(self, max_calls: int) -> AsyncIterator[proc.Child]:
+        async with proc.controller(
+            api_base=self.peer.base_url, api_key=self.api_key, webhook_secret=self.webhook_secret,
+            max_calls=max_calls,
+        ) as child:
+            try:
+                yield child
+            finally:
+                await self.peer.hang_up_all()
+
+    async def settle(self, child: proc.Child, timeout: float = 15.0) -> None:
+        """Wait (bounded) until the child is nearly idle, so one phase's backlog is not charged to the next."""
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline:
+            cpu0 = child.cpu_s()
+            await asyncio.sleep(0.25)
+            if child.cpu_s() - cpu0 < 0.25 * 0.05:
+                return
+
+    # ---- ring-to-answer ---------------------------------------------------------------------------------
+
+    async def ring(self, child: proc.Child, rate: int, seconds: float, *, attach: bool) -> dict[str, Any]:
+        """Calls arrive at ``rate`` for ``seconds``; each is held ``hold_s`` after its greeting, then hung up."""
+        peer = self.peer
+        await self.settle(child)
+        peer.target(child.port)
+        peer.reset()
+        count = max(1, int(rate * seconds))
+        cpu0, t0 = child.cpu_s(), time.perf_counter()
+        with _no_gc():
+            placed = await peer.place_at_rate(rate, count, seconds + 1, hold_s=self.plan.hold_s, attach=attach)
+            await peer.wait_for(lambda: peer.rec.accepts >= placed, 5)
+        elapsed = time.perf_counter() - t0
+        cpu = child.cpu_s() - cpu0
+        rec = peer.reset()
+        if attach:
+            await peer.wait_for(lambda: peer.live == 0, self.plan.hold_s + 10)
+        peer.forget_finished()
+        out: dict[str, Any] = {"rate": rate, **latency_summary(rec.ring_ns)}
+        out["lost"] = placed - rec.accepts
+        out["webhook_errors"] = rec.webhook_errors
+        out["achieved_rate"] = rounded(placed / elapsed, 1)
+        out["ack_p50_ms"] = latency_summary(rec.ack_ns)["p50_ms"]
+        out["cpu_percent"] = rounded(100 * cpu / elapsed, 1)
+        return out
+
+    async def new_call_cpu(self, child: proc.Child) -> float:
+        """CPU ms per new call: verify, decide, accept, attach, greeting (calls held, so no teardown)."""
+        peer = self.peer
+        peer.target(child.port)
+        peer.reset()
+        plan = self.plan
+        await self.settle(child)
+        idle0, t_idle = child.cpu_s(), time.perf_counter()
+        await asyncio.sleep(0.5)
+        idle_rate = (child.cpu_s() - idle0) / (time.perf_counter() - t_idle)
+        cpu0, t0 = child.cpu_s(), time.perf_counter()
+        placed = await peer.place_at_rate(plan.new_call_rate, plan.new_call_count, 60, hold_s=None)
+        await peer.wait_for(lambda: peer.rec.greetings >= placed, 15)
+        await asyncio.sleep(0.3)  # let the controller take in the greeting's events
+        cpu = child.cpu_s() - cpu0 - idle_rate * (time.perf_counter() - t0)
+        rec = peer.reset()
+        await peer.hang_up_all()
+        return 1000 * cpu / max(1, rec.greetings)
+
+    async def scenario_ring(self) -> dict[str, Any]:
+        plan = self.plan
+        ctl_runs: dict[int, list[dict[str, Any]]] = {r: [] for r in plan.rates}
+        floor_runs: dict[int, list[dict[str, Any]]] = {r: [] for r in plan.rates}
+        new_call: list[float] = []
+        async with self.controller(max_calls=1_000_000) as ctl, proc.floor(
+            api_base=self.peer.base_url, api_key=self.api_key, webhook_secret=self.webhook_secret
+        ) as flr:
+            _say(f"warm-up: {plan.warmup_calls} calls to the controller and the floor")
+            await self.ring(ctl, 100, plan.warmup_calls / 100, attach=True)
+            await self.ring(flr, 100, plan.warmup_calls / 100, attach=False)
+            for run in range(plan.runs):
+                new_call.append(await self.new_call_cpu(ctl))
+                _say(f"run {run + 1}/{plan.runs}: new-call CPU {new_call[-1]:.2f} ms")
+                for rate in plan.rates:
+                    c = await self.ring(ctl, rate, plan.rate_seconds, attach=True)
+                    f = await self.ring(flr, rate, plan.rate_seconds, attach=False)
+                    ctl_runs[rate].append(c)
+                    floor_runs[rate].append(f)
+                    _say(f"run {run + 1}/{plan.runs}: {rate}/s controller p50 {c['p50_ms']} p99 {c['p99_ms']} ms, "
+                         f"floor p50 {f['p50_ms']} p99 {f['p99_ms']} ms")
+            ring = [_merge_runs(rate, ctl_runs[rate]) for rate in plan.rates]
+            floor = []
+            for rate in plan.rates:
+                entry = _merge_runs(rate, floor_runs[rate])
+                for q in ("p50", "p99"):
+                    ratios = [
+                        c[f"{q}_ms"] / f[f"{q}_ms"]
+                        for c, f in zip(ctl_runs[rate], floor_runs[rate], strict=True)
+                        if f[f"{q}_ms"] and not math.isnan(f[f"{q}_ms"]) and not math.isnan(c[f"{q}_ms"])
+                    ]
+                    entry[f"controller_over_floor_{q}"] = spread(ratios)
+                floor.append(entry)
+            search = [
+                {"rate": e["rate"], "p99_ms": e["p99_ms"], "lost": e["lost"], "ok": _sustained(e)} for e in ring
+            ]
+            max_rate: int | None = None
+            for e in search:
+                if not e["ok"]:
+                    break
+                max_rate = e["rate"]
+            if max_rate == (plan.rates[-1] if plan.rates else None):
+                for rate in plan.search_rates:
+                    r = await self.ring(ctl, rate, plan.search_seconds, attach=True)
+                    ok = _sustained(r)
+                    search.append({"rate": rate, "p99_ms": r["p99_ms"], "p50_ms": r["p50_ms"], "lost": r["lost"],
+                                   "achieved_rate": r["achieved_rate"], "cpu_percent": r["cpu_percent"], "ok": ok})
+                    _say(f"search {rate}/s: p99 {r['p99_ms']} ms, achieved {r['achieved_rate']}/s, ok={ok}")
+                    if not ok:
+                        break
+                    max_rate = rate
+        return {
+            "ring_to_answer": ring,
+            "floor": floor,
+            "max_rate_p99_under_10ms": max_rate,
+            "max_rate_search": search,
+            "new_call_cpu_ms": rounded(median(new_call)),
+            "new_call_cpu_ms_spread": spread(new_call),
+        }
+
+    # ---- concurrency and hangup -------------------------------------------------------------------------
+
+    async def ramp(self, child: proc.Child, target: int) -> None:
+        peer = self.peer
+        missing = target - peer.live
+        if missing > 0:
+            rec = peer.rec
+            before = rec.greetings
+            await peer.place_at_rate(self.plan.ramp_rate, missing, missing / self.plan.ramp_rate + 30, talk=True)
+            await peer.wait_for(lambda: rec.greetings - before >= missing, 30)
+
+    async def scenario_concurrency(self) -> dict[str, Any]:
+        plan = self.plan
+        peer = self.peer
+        levels: list[dict[str, Any]] = []
+        hangup: dict[str, Any] = {}
+        growth: list[float] = []
+        async with self.controller(max_calls=1_000_000) as ctl:
+            peer.target(ctl.port)
+            await self.ring(ctl, 100, plan.warmup_calls / 100, attach=True)
+            await asyncio.sleep(0.5)
+            base_rss = ctl.rss()
+            for level in plan.levels:
+                peer.reset()
+                await self.ramp(ctl, level)
+                await asyncio.sleep(min(2.0, plan.window_s / 4))
+                live = peer.live
+                peer.reset()
+                rss0, cpu0, t0 = ctl.rss(), ctl.cpu_s(), time.perf_counter()
+                with _no_gc():
+                    await asyncio.sleep(plan.window_s)
+                elapsed = time.perf_counter() - t0
+                rss1, cpu1 = ctl.rss(), ctl.cpu_s()
+                rec = peer.reset()
+                tool = latency_summary(rec.tool_ns)
+                per_line = (rss1 - rss0) / rec.lines if rec.lines else math.nan
+                growth.append(per_line)
+                entry = {
+                    "calls": live,
+                    "rss_mb": rounded(rss1 / 2**20, 1),
+                    "rss_per_call_kb": rounded((rss1 - base_rss) / 1024 / max(1, live), 2),
+                    "cpu_percent": rounded(100 * (cpu1 - cpu0) / elapsed, 1),
+                    "tool_reaction_p50_ms": tool["p50_ms"],
+                    "tool_reaction_p99_ms": tool["p99_ms"],
+                    "tool_reaction_max_ms": tool["max_ms"],
+                    "tool_calls": rec.tool_calls,
+                    "tool_outputs": tool["count"],
+                    "transcript_lines": rec.lines,
+                    "rss_growth_bytes_per_line": rounded(per_line, 1),
+                }
+                levels.append(entry)
+                _say(f"{live} calls: {entry['rss_per_call_kb']} KB/call, CPU {entry['cpu_percent']}%, "
+                     f"tool p50 {tool['p50_ms']} p99 {tool['p99_ms']} ms ({tool['count']}), "
+                     f"{entry['rss_growth_bytes_per_line']} B/line")
+                if level == plan.hangup_level:
+                    hangup = await self.hangups(ctl, level)
+        top = levels[-1] if levels else {}
+        return {
+            "concurrency": levels,
+            "transcript_growth_bytes_per_line": top.get("rss_growth_bytes_per_line"),
+            "hangup_reaction": hangup,
+            "base_rss_mb": rounded(base_rss / 2**20, 1),
+        }
+
+    async def hangups(self, child: proc.Child, level: int) -> dict[str, Any]:
+        """At ``level`` live calls, callers say goodbye one after another (each replaced by a new call)."""
+        plan = self.plan
+        peer = self.peer
+        peer.reset()
+        ended = 0
+        t0 = time.perf_counter()
+        replacements: set[asyncio.Task[Any]] = set()
+        with _no_gc():
+            for i in range(plan.hangup_calls):
+                due = t0 + i / plan.hangup_rate
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                candidates = peer.talking_calls()
+                if not candidates:
+                    break
+                peer.end_call(peer.rng.choice(candidates))
+                ended += 1
+                replacements.add(asyncio.create_task(peer.place(talk=True)))
+            rec = peer.rec
+            await peer.wait_for(lambda: rec.hangups >= ended, plan.goodbye_audio_s + 10)
+            if replacements:
+                await asyncio.wait(replacements, timeout=15)
+        rec = peer.reset()
+        summary = latency_summary(rec.hangup_ns)
+        _say(f"hangup reaction at {level} calls: p50 {summary['p50_ms']} p99 {summary['p99_ms']} ms "
+             f"({summary['count']} of {ended})")
+        return {"calls": level, "p50_ms": summary["p50_ms"], "p99_ms": summary["p99_ms"],
+                "max_ms": summary["max_ms"], "count": summary["count"], "ended": ended}
+
+    # ---- intake -----------------------------------------------------------------------------------------
+
+    async def intake_once(self, child: proc.Child) -> dict[str, Any]:
+        plan = self.plan
+        peer = self.peer
+        await self.settle(child)
+        peer.target(child.port)
+        peer.reset()
+        deadline = time.perf_counter() + plan.intake_seconds
+        budget = [plan.intake_max]
+
+        async def worker() -> None:
+            while time.perf_counter() < deadline and budget[0] > 0:
+                budget[0] -= 1
+                await peer.place(attach=False)
+
+        cpu0, t0 = child.cpu_s(), time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(plan.intake_inflight)))
+        elapsed = time.perf_counter() - t0
+        rec = peer.rec
+        await peer.wait_for(lambda: rec.rejects + rec.accepts >= rec.webhooks_acked, 10)
+        cpu = child.cpu_s() - cpu0
+        rec = peer.reset()
+        peer.forget_finished()
+        return {
+            "webhooks_per_s": rec.webhooks_acked / elapsed,
+            "cpu_ms_per_webhook": 1000 * cpu / max(1, rec.webhooks_acked),
+            "acked": rec.webhooks_acked,
+            "rejected": rec.rejects,
+            "errors": rec.webhook_errors,
+            "ack_p50_ms": latency_summary(rec.ack_ns)["p50_ms"],
+        }
+
+    async def scenario_intake(self) -> dict[str, Any]:
+        runs: list[dict[str, Any]] = []
+        async with self.controller(max_calls=1) as ctl:
+            self.peer.target(ctl.port)
+            holder = await self.peer.place(hold_s=None)  # the one admitted call; every later one is rejected
+            await self.peer.wait_for(lambda: holder.greeted, 10)
+            for run in range(self.plan.runs):
+                r = await self.intake_once(ctl)
+                runs.append(r)
+                _say(f"intake run {run + 1}: {r['webhooks_per_s']:.0f} webhooks/s, "
+                     f"{r['cpu_ms_per_webhook']:.3f} ms CPU each ({r['rejected']} rejected)")
+        return {
+            "intake": {
+                "webhooks_per_s": rounded(median([r["webhooks_per_s"] for r in runs]), 1),
+                "cpu_ms_per_webhook": rounded(median([r["cpu_ms_per_webhook"] for r in runs])),
+                "webhooks_per_s_spread": spread([r["webhooks_per_s"] for r in runs]),
+                "cpu_ms_per_webhook_spread": spread([r["cpu_ms_per_webhook"] for r in runs]),
+                "inflight": self.plan.intake_inflight,
+                "runs": [{k: rounded(v) if isinstance(v, float) else v for k, v in r.items()} for r in runs],
+            }
+        }
+
+    async def run(self) -> dict[str, Any]:
+        _raise_fd_limit()
+        started = datetime.now(UTC)
+        t0 = time.perf_counter()
+        await self.peer.start()
+        try:
+            results: dict[str, Any] = {
+                "schema": SCHEMA,
+                "mode": self.plan.name,
+                "started_at": started.isoformat(timespec="seconds"),
+                "machine": machine_info(),
+                "versions": _versions(),
+                "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+            }
+            _say("ring-to-answer and the floor")
+            results.update(await self.scenario_ring())
+            _say("concurrency and hangup reaction")
+            results.update(await self.scenario_concurrency())
+            _say("webhook intake")
+            results.update(await self.scenario_intake())
+        finally:
+            await self.peer.stop()
+        results["duration_s"] = round(time.perf_counter() - t0, 1)
+        results["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        results["targets"] = evaluate_targets(results)
+        results["plan"] = dataclasses.asdict(self.plan)
+        return json_safe(results)  # type: ignore[no-any-return]
+
+
+def _merge_runs(rate: int, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median of each figure over the runs, with the spread of p50 and p99."""
+    out: dict[str, Any] = {"rate": rate}
+    for key in ("p50_ms", "p90_ms", "p99_ms", "max_ms", "achieved_rate", "cpu_percent", "ack_p50_ms"):
+        out[key] = rounded(median([r[key] for r in runs]))
+    out["lost"] = sum(r["lost"] for r in runs)
+    out["count"] = sum(r["count"] for r in runs)
+    out["runs"] = len(runs)
+    out["spread"] = {k: spread([r[k] for r in runs]) for k in ("p50_ms", "p99_ms")}
+    return out
+
+
+def _sustained(entry: dict[str, Any]) -> bool:
+    p99 = entry.get("p99_ms")
+    achieved = entry.get("achieved_rate") or 0
+    return (
+        p99 is not None and not math.isnan(p99) and p99 < RING_P99_LIMIT_MS and entry.get("lost", 1) == 0
+        and achieved >= 0.95 * entry["rate"]
+    )
+
+
+def _at(items: list[dict[str, Any]], key: str, value: int) -> dict[str, Any] | None:
+    return next((i for i in items if i.get(key) == value), None)
+
+
+def evaluate_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target of the issue with the measured value and whether it was met (None: not measured)."""
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, target: str, value: Any, ok: Callable[[float], bool]) -> None:
+        met = None if value is None or (isinstance(value, float) and math.isnan(value)) else ok(value)
+        out.append({"name": name, "target": target, "value": value, "met": met})
+
+    ring100 = _at(r.get("ring_to_answer", []), "rate", 100)
+    floor100 = _at(r.get("floor", []), "rate", 100)
+    add("ring_to_answer_p99_at_100", "<= 5 ms", ring100 and ring100["p99_ms"], lambda v: v <= 5)
+    add("ring_p50_over_floor_at_100", "<= 3x", floor100 and floor100["controller_over_floor_p50"]["median"],
+        lambda v: v <= 3)
+    add("new_call_cpu_ms", "<= 2 ms", r.get("new_call_cpu_ms"), lambda v: v <= 2)
+    levels = r.get("concurrency", [])
+    top = max(levels, key=lambda e: e["calls"]) if levels else None
+    add("concurrent_calls", ">= 2000", top and top["calls"], lambda v: v >= 2000)
+    add("rss_per_call_kb", "<= 50 KB", top and top["rss_per_call_kb"], lambda v: v <= 50)
+    add("transcript_growth_bytes_per_line", "<= 512 B", r.get("transcript_growth_bytes_per_line"),
+        lambda v: v <= 512)
+    add("tool_reaction_p99_ms", "<= 20 ms", top and top["tool_reaction_p99_ms"], lambda v: v <= 20)
+    hang = r.get("hangup_reaction") or {}
+    add("hangup_reaction_p99_ms", "<= 10 ms", hang.get("p99_ms"), lambda v: v <= 10)
+    add("intake_webhooks_per_s", ">= 2000/s", (r.get("intake") or {}).get("webhooks_per_s"), lambda v: v >= 2000)
+    return out
+
+
+def _fmt(value: Any, suffix: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2f}{suffix}" if abs(value) < 100 else f"{value:.0f}{suffix}"
+    return f"{value}{suffix}"
+
+
+def render_table(r: dict[str, Any]) -> str:
+    """The short human summary (also pasted into the README's Performance section)."""
+    lines = []
+    m = r.get("machine", {})
+    lines.append(f"sip-controller bench ({r.get('mode')}), {r.get('started_at')}, {m.get('cores')} cores, "
+                 f"{m.get('memory_mb')} MB, Python {m.get('python')}, {m.get('cpu_model') or m.get('platform')}")
+    lines.append(f"(load average at start {r.get('load_avg_at_start')}, at end {r.get('load_avg_at_end')}; "
+                 "the machine is shared)")
+    lines.append("")
+    lines.append(
+        "| ring-to-answer | p50 ms | p90 ms | p99 ms | max ms | floor p50 | floor p99 | ctl/floor p50 | ctl/floor p99 |"
+    )
+    lines.append("|---|---|---|---|---|---|---|---|---|")
+    floors = {f["rate"]: f for f in r.get("floor", [])}
+    for e in r.get("ring_to_answer", []):
+        f = floors.get(e["rate"], {})
+        lines.append(
+            f"| {e['rate']} calls/s | {_fmt(e['p50_ms'])} | {_fmt(e['p90_ms'])} | {_fmt(e['p99_ms'])} | "
+            f"{_fmt(e['max_ms'])} | {_fmt(f.get('p50_ms'))} | {_fmt(f.get('p99_ms'))} | "
+            f"{_fmt((f.get('controller_over_floor_p50') or {}).get('median'), 'x')} | "
+            f"{_fmt((f.get('controller_over_floor_p99') or {}).get('median'), 'x')} |"
+        )
+    lines.append("")
+    lines.append("| concurrent calls | RSS/call KB | CPU % | tool reaction p50 ms | tool reaction p99 ms |")
+    lines.append("|---|---|---|---|---|")
+    for e in r.get("concurrency", []):
+        lines.append(f"| {e['calls']} | {_fmt(e['rss_per_call_kb'])} | {_fmt(e['cpu_percent'])} | "
+                     f"{_fmt(e['tool_reaction_p50_ms'])} | {_fmt(e['tool_reaction_p99_ms'])} |")
+    lines.append("")
+    hang = r.get("hangup_reaction") or {}
+    intake = r.get("intake") or {}
+    lines.append("| figure | value |")
+    lines.append("|---|---|")
+    lines.append(f"| highest rate with ring p99 < 10 ms | {_fmt(r.get('max_rate_p99_under_10ms'), ' calls/s')} |")
+    lines.append(f"| CPU per new call | {_fmt(r.get('new_call_cpu_ms'), ' ms')} |")
+    lines.append(f"| memory growth per transcript line | {_fmt(r.get('transcript_growth_bytes_per_line'), ' B')} |")
+    lines.append(f"| hangup reaction at {hang.get('calls')} calls | p50 {_fmt(hang.get('p50_ms'), ' ms')}, "
+                 f"p99 {_fmt(hang.get('p99_ms'), ' ms')} |")
+    lines.append(f"| webhook intake | {_fmt(intake.get('webhooks_per_s'), '/s')}, "
+                 f"{_fmt(intake.get('cpu_ms_per_webhook'), ' ms')} CPU each |")
+    lines.append("")
+    lines.append("| target | wanted | measured | met |")
+    lines.append("|---|---|---|---|")
+    for t in r.get("targets", []):
+        met = {True: "yes", False: "**no**", None: "-"}[t["met"]]
+        lines.append(f"| {t['name']} | {t['target']} | {_fmt(t['value'])} | {met} |")
+    return "\n".join(lines)
+
+
+def write_results(results: dict[str, Any], out_dir: Path) -> Path:
+    """``<out_dir>/<date>-<host>.json`` and a copy as ``latest.json``; returns the dated path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    date = str(results.get("started_at", ""))[:10] or datetime.now(UTC).date().isoformat()
+    host = "".join(c if c.isalnum() or c in "-_" else "-" for c in str(results["machine"]["host"]))
+    path = out_dir / f"{date}-{host}.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    shutil.copyfile(path, out_dir / "latest.json")
+    return path
+
+
+def run(plan: Plan, out_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """Run every scenario of ``plan``, write the results file; returns its path and the results."""
+    results = asyncio.run(Bench(plan).run())
+    return write_results(results, out_dir), results
