@@ -129,7 +129,6 @@ def _check_config(config: Path | None, *, print_accept: bool, as_json: bool) -> 
 def _serve(settings: Settings, *, host: str | None, port: int | None) -> int:
     from sip_controller import serving
     from sip_controller.app import create_app
-
     from sip_controller.notifier import resolve_endpoints
 
     try:
