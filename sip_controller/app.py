@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import httpx
 import structlog
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from sip_controller import admin
+from sip_controller.admin import AdminAuth
 from sip_controller.config import Secrets, Settings
+from sip_controller.metrics import Metrics
 from sip_controller.notifier import ReportNotifier
 from sip_controller.openai_api import RealtimeCalls
 from sip_controller.registry import CallRegistry
@@ -54,6 +59,14 @@ async def _read_limited(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _delivery_counts(app: Starlette) -> dict[str, int]:
+    notifier = getattr(app.state, "notifier", None)
+    if notifier is None:
+        return {}
+    stats = notifier.stats
+    return {"delivered": stats.delivered, "failed": stats.failed, "dropped": stats.dropped}
+
+
 def _answer(status: int, outcome: str, detail: str | None = None) -> JSONResponse:
     body = {"status": outcome} if detail is None else {"status": outcome, "detail": detail}
     return JSONResponse(body, status_code=status)
@@ -70,11 +83,16 @@ def create_app(
     wall_clock: Callable[[], float] = time.time,
     drain_timeout_s: float | None = None,
     retry: RetryPolicy = DEFAULT_POLICY,
+    metrics: Metrics | None = None,
 ) -> Starlette:
     """Build the service. ``http_client`` (if given) stays owned by the caller; otherwise the lifespan owns one."""
     secrets.require_for_serving()
     verifier = WebhookVerifier([s.get_secret_value() for s in secrets.webhook_secrets], clock=wall_clock)
     api_key = secrets.openai_api_key.get_secret_value() if secrets.openai_api_key else ""
+    meters = metrics or Metrics()
+    auth = AdminAuth(secrets.admin_token.get_secret_value() if secrets.admin_token else None)
+
+    delivery_watched: list[bool] = []
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -82,14 +100,22 @@ def create_app(
             client = http_client
             if client is None:
                 client = await stack.enter_async_context(httpx.AsyncClient())
-            api = RealtimeCalls(client, base_url=secrets.openai_base_url, api_key=api_key)
+            api = RealtimeCalls(
+                client, base_url=secrets.openai_base_url, api_key=api_key, observer=meters.openai_request
+            )
             registry = CallRegistry(settings, api, connect or connect_websocket, clock=clock, retry=retry)
+            registry.on_finished.append(meters.call_ended)
+            registry.on_sideband = meters.sideband_event
+            meters.watch_live_calls(lambda: registry.live_count)
             # end-of-call reports; closed after the shutdown below (exit stack) so the calls it ends are reported
             notifier = ReportNotifier(settings.reports)
             notifier.start()
             stack.push_async_callback(notifier.aclose, settings.reports.flush_timeout_s)
             registry.on_started.append(notifier.call_started)
             registry.on_finished.append(notifier.call_ended)
+            if not delivery_watched:
+                meters.watch_deliveries(lambda: _delivery_counts(app))
+                delivery_watched.append(True)
             app.state.notifier = notifier
             app.state.runtime = Runtime(settings, registry, store or MemoryStore(clock=clock), verifier)
             log.info("app.started", base_url=secrets.openai_base_url, profiles=sorted(settings.profiles))
@@ -102,6 +128,11 @@ def create_app(
                 log.info("app.stopped")
 
     async def webhook(request: Request) -> Response:
+        response = await _webhook(request)
+        meters.webhook(json.loads(bytes(response.body))["status"])
+        return response
+
+    async def _webhook(request: Request) -> Response:
         rt: Runtime = request.app.state.runtime
         try:
             body = await _read_limited(request, settings.limits.webhook_max_body_bytes)
@@ -149,9 +180,14 @@ def create_app(
             return JSONResponse({"status": "at_capacity"}, status_code=503)
         return JSONResponse({"status": "ready", "live_calls": runtime.registry.live_count})
 
+    async def metrics_route(request: Request) -> Response:
+        return Response(meters.render(), media_type=CONTENT_TYPE_LATEST)
+
     routes = [
         Route("/webhooks/openai", webhook, methods=["POST"]),
         Route("/livez", livez, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_route, methods=["GET"]),
+        *admin.routes(auth, lambda request: request.app.state.runtime, mask_caller=settings.reports.mask_caller),
     ]
     return Starlette(routes=routes, lifespan=lifespan)

@@ -52,6 +52,7 @@ from sip_controller.call_io import (
     HangupOk,
     Input,
     OperatorHangup,
+    OperatorTransfer,
     Reattach,
     Refer,
     ReferFailed,
@@ -107,6 +108,7 @@ __all__ = [
     "HangupOk",
     "Input",
     "OperatorHangup",
+    "OperatorTransfer",
     "Reattach",
     "Refer",
     "ReferFailed",
@@ -243,6 +245,11 @@ class CallMachine:
                 return self._on_shutdown(rel)
             case OperatorHangup(now=immediate):
                 return self._on_operator_hangup(immediate, rel)
+            case OperatorTransfer(target=target):
+                if target not in self.profile.transfer.targets:
+                    return []
+                self.record.mark(rel, f"operator transfer to {target}")
+                return transfer.start(self, target, rel)
             case ToolDone():
                 return self._on_tool_done(inp, rel)
             case ReferOk():

@@ -135,6 +135,13 @@ class ReferFailed:
 
 
 @dataclass(frozen=True)
+class OperatorTransfer:
+    """An operator asked for the caller to be transferred to an allow-listed target."""
+
+    target: str
+
+
+@dataclass(frozen=True)
 class OperatorHangup:
     """An operator asked for the call to end: politely (goodbye first) or at once."""
 
@@ -157,6 +164,7 @@ Input = (
     | ReferOk
     | ReferFailed
     | OperatorHangup
+    | OperatorTransfer
 )
 
 # ---- actions ------------------------------------------------------------------------------------------

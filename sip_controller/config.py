@@ -232,6 +232,8 @@ class Secrets(BaseModel):
     openai_api_key: SecretStr | None = None
     webhook_secrets: tuple[SecretStr, ...] = ()
     openai_base_url: str = DEFAULT_BASE_URL
+    #: bearer token of the admin API and the live-calls page; both are off when unset
+    admin_token: SecretStr | None = None
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Secrets:
@@ -251,7 +253,14 @@ class Secrets(BaseModel):
                 )
         if problems:
             raise ConfigError(problems)
+        admin = env.get("SIPCTL_ADMIN_TOKEN", "").strip()
+        if admin and len(admin) < 16:
+            problems.append("SIPCTL_ADMIN_TOKEN: use at least 16 random characters (e.g. `openssl rand -hex 24`)")
+            admin = ""
+        if problems:
+            raise ConfigError(problems)
         return cls(
+            admin_token=SecretStr(admin) if admin else None,
             openai_api_key=SecretStr(key) if key else None,
             webhook_secrets=secrets,
             openai_base_url=base.rstrip("/"),

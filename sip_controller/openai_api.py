@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -108,8 +110,16 @@ class RealtimeCalls:
     """Typed wrapper of ``/realtime/calls/{call_id}/…``. The client is owned by whoever made it."""
 
     def __init__(
-        self, client: httpx.AsyncClient, *, base_url: str, api_key: str, max_in_flight: int = MAX_IN_FLIGHT
+        self,
+        client: httpx.AsyncClient,
+        *,
+        base_url: str,
+        api_key: str,
+        max_in_flight: int = MAX_IN_FLIGHT,
+        observer: Callable[[str, int, float], None] | None = None,
     ) -> None:
+        """``observer(operation, status, seconds)`` sees every request (status 0: no HTTP answer)."""
+        self._observer = observer
         self._client = client
         self._in_flight = asyncio.Semaphore(max_in_flight)
         self.base_url = base_url.rstrip("/")
@@ -135,14 +145,19 @@ class RealtimeCalls:
                 await self._in_flight.acquire()
         except TimeoutError:
             raise TransportError(operation, 0, "timed out (PoolTimeout)") from None
+        started = time.monotonic()
+        status = 0
         try:
             response = await self._client.post(url, json=body, headers=self._headers, timeout=DEFAULT_TIMEOUT)
+            status = response.status_code
         except httpx.TimeoutException as exc:
             raise TransportError(operation, 0, f"timed out ({type(exc).__name__})") from exc
         except httpx.HTTPError as exc:
             raise TransportError(operation, 0, f"{type(exc).__name__}: {exc}") from exc
         finally:
             self._in_flight.release()
+            if self._observer is not None:
+                self._observer(operation, status, time.monotonic() - started)
         if not response.is_success:
             raise _error_for(operation, response)
 

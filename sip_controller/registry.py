@@ -57,6 +57,8 @@ class CallRegistry:
         self._recent: OrderedDict[str, _Live] = OrderedDict()
         #: called with the record when a call arrives (before accept) and when it has ended, exactly once each
         self.on_started: list[FinishedHook] = []
+        #: sideband drops and restorations of any call ("disconnect" / "reconnect"), for metrics
+        self.on_sideband: Callable[[str], None] | None = None
         self.on_finished: list[FinishedHook] = []
         self.draining = False
 
@@ -67,6 +69,14 @@ class CallRegistry:
     @property
     def at_capacity(self) -> bool:
         return len(self._live) >= self._settings.limits.max_concurrent_calls
+
+    def supervisor(self, call_id: str) -> CallSupervisor | None:
+        """The supervisor of a live call (None once it ended, or for a rejected call)."""
+        entry = self._live.get(call_id)
+        return entry.supervisor if entry else None
+
+    def live_records(self) -> list[CallRecord]:
+        return [e.record for e in self._live.values()]
 
     def get(self, call_id: str) -> CallRecord | None:
         entry = self._live.get(call_id) or self._recent.get(call_id)
@@ -140,6 +150,7 @@ class CallRegistry:
             started_at=self._clock(),
             accept_slots=self._accept_slots,
             retry=self._retry,
+            on_sideband=self.on_sideband,
         )
         supervisor = CallSupervisor(machine, self._api, self._connect, clock=self._clock, options=options)
         task = asyncio.create_task(self._run(supervisor), name=f"{incoming.call_id}:call")

@@ -43,6 +43,8 @@ class CallOptions:
     #: shared cap on accepts in flight
     accept_slots: asyncio.Semaphore | None = None
     retry: RetryPolicy = DEFAULT_POLICY
+    #: told "disconnect" when the sideband drops and "reconnect" when it is restored (metrics)
+    on_sideband: Callable[[str], None] | None = None
 
 
 class CallSupervisor:
@@ -144,6 +146,8 @@ class CallSupervisor:
                 self._spawn("sideband", lambda: self._attach(reconnect=False))
             case cm.Reattach():
                 self._log.warning("call.sideband_reconnecting")
+                if self._options.on_sideband is not None:
+                    self._options.on_sideband("disconnect")
                 self._spawn("sideband", lambda: self._attach(reconnect=True))
             case cm.Reject(status_code=status):
                 await self._reject(status)
@@ -224,6 +228,8 @@ class CallSupervisor:
             return
         self._sideband = sideband
         self._log.info("call.attached", reconnect=reconnect)
+        if reconnect and self._options.on_sideband is not None:
+            self._options.on_sideband("reconnect")
         self.post(cm.Attached())
         async for event in sideband.events():
             if event.type in ("error", "malformed"):

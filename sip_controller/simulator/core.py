@@ -15,7 +15,7 @@ from standardwebhooks import Webhook
 from ..loopback import serve
 from .events import new_id
 from .faults import Faults
-from .model import CallRuntime, SimContext
+from .model import DEFAULT_HOLD_MARKERS, CallRuntime, SimContext
 from .records import SimCall
 from .scenario import CallSpec, Scenario
 from .server import create_app
@@ -35,6 +35,10 @@ class Simulator:
     ``faults`` (:class:`~sip_controller.simulator.faults.Faults`, all off by default) applies to every call;
     a call's ``CallSpec.faults`` overrides the fields it states. Late webhook deliveries (duplicates,
     redeliveries after the hang-up) run in the background: :meth:`settle` waits for them.
+
+    ``hold_markers``: a caller transcript containing one of these (case-insensitive) is hold music or a recorded
+    announcement; an out-of-band text check (``conversation: "none"``) of such a line is answered "no", any
+    other line "yes" (a person is speaking).
     """
 
     def __init__(
@@ -48,6 +52,7 @@ class Simulator:
         reject_vad_tuning_on_accept: bool = True,
         session_update_delay: float = 0.15,
         faults: Faults | None = None,
+        hold_markers: tuple[str, ...] = DEFAULT_HOLD_MARKERS,
     ) -> None:
         if time_scale <= 0:
             raise ValueError("time_scale must be positive")
@@ -66,6 +71,7 @@ class Simulator:
             reject_vad_tuning=reject_vad_tuning_on_accept,
             session_update_delay=session_update_delay,
             faults=faults or Faults(),
+            hold_markers=tuple(m.casefold() for m in hold_markers if m.strip()),
         )
         self._client: httpx.AsyncClient | None = None
         self._sender: WebhookSender | None = None

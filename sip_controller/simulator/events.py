@@ -56,6 +56,31 @@ def spoken_line(instructions: str) -> str:
     return trim_words(match.group(1) if match else instructions)
 
 
+def transcription_usage(session: Mapping[str, Any], text: str, seconds: float) -> dict[str, Any] | None:
+    """The ``usage`` of ``conversation.item.input_audio_transcription.completed``, as the transcription model
+    bills it: ``whisper-1`` by duration, the ``gpt-4o*-transcribe`` models by tokens. ``None`` when the session
+    transcribes nothing."""
+    audio = session.get("audio")
+    inp = audio.get("input") if isinstance(audio, Mapping) else None
+    transcription = inp.get("transcription") if isinstance(inp, Mapping) else None
+    if not isinstance(transcription, Mapping):
+        return None
+    model = transcription.get("model")
+    if model == "whisper-1":
+        return {"type": "duration", "seconds": round(seconds, 3)}
+    prompt = transcription.get("prompt")
+    prompt_tokens = text_tokens(prompt) if isinstance(prompt, str) else 0
+    audio_tokens = max(1, round(seconds * INPUT_AUDIO_TOKENS_PER_SECOND))
+    out = max(1, text_tokens(text))
+    return {
+        "type": "tokens",
+        "input_tokens": audio_tokens + prompt_tokens,
+        "output_tokens": out,
+        "total_tokens": audio_tokens + prompt_tokens + out,
+        "input_token_details": {"text_tokens": prompt_tokens, "audio_tokens": audio_tokens},
+    }
+
+
 class UsageMeter:
     """Plausible ``response.done`` usage: every response re-bills the conversation, mostly from cache."""
 
@@ -64,6 +89,7 @@ class UsageMeter:
         self._conversation_audio = 0
         self._previous_text_in = 0
         self._previous_audio_in = 0
+        self._previous_oob_text_in = 0
 
     def caller_spoke(self, text: str, seconds: float) -> None:
         self._conversation_audio += round(seconds * INPUT_AUDIO_TOKENS_PER_SECOND)
@@ -102,4 +128,25 @@ class UsageMeter:
                 "cached_tokens_details": {"text_tokens": cached_text, "audio_tokens": cached_audio},
             },
             "output_token_details": {"text_tokens": out_text_tokens, "audio_tokens": out_audio},
+        }
+
+    def bill_out_of_band(self, *, prompt: str, out_text: str) -> dict[str, Any]:
+        """A text-only out-of-band response (``conversation: "none"``): billed for its own short prompt (cached
+        like any prefix: repeated checks share most of theirs) and a few text tokens out. It adds nothing to
+        the conversation."""
+        text_in = 24 + text_tokens(prompt)
+        cached = min(text_in, self._previous_oob_text_in // CACHE_BLOCK * CACHE_BLOCK)
+        self._previous_oob_text_in = text_in
+        out = max(1, text_tokens(out_text))
+        return {
+            "total_tokens": text_in + out,
+            "input_tokens": text_in,
+            "output_tokens": out,
+            "input_token_details": {
+                "text_tokens": text_in,
+                "audio_tokens": 0,
+                "cached_tokens": cached,
+                "cached_tokens_details": {"text_tokens": cached, "audio_tokens": 0},
+            },
+            "output_token_details": {"text_tokens": out, "audio_tokens": 0},
         }

@@ -31,6 +31,8 @@ from .errors import (
 from .events import (
     UsageMeter,
     assistant_seconds,
+    text_tokens,
+    transcription_usage,
     caller_seconds,
     new_event_id,
     new_id,
@@ -47,13 +49,24 @@ from .rules import (
     validate_session,
     worse,
 )
-from .scenario import EndedBy, Step, ToolCall
+from .scenario import EndedBy, HoldMusic, Step, ToolCall
 
 log = logging.getLogger(__name__)
 
 TOOL_FOLLOWUP_WAIT = 3.0  # nominal seconds the caller waits for the controller to answer a tool call
 DTMF_GAP = 0.2
 REFER_COMPLETES_AFTER = 0.3
+#: transcripts that are hold music or a recorded announcement, not a person (case-insensitive substrings)
+DEFAULT_HOLD_MARKERS: tuple[str, ...] = (
+    "[hold music]",
+    "[music]",
+    "♪",
+    "please hold",
+    "please stay on the line",
+    "your call is important",
+    "all of our agents are",
+    "calls are answered in the order",
+)
 CLIENT_EVENT_TYPES = [
     "session.update",
     "conversation.item.create",
@@ -73,6 +86,7 @@ class SimContext:
     reject_vad_tuning: bool
     session_update_delay: float = 0.15
     faults: Faults = field(default_factory=Faults)
+    hold_markers: tuple[str, ...] = DEFAULT_HOLD_MARKERS
     started: float = field(default_factory=time.monotonic)
     runtimes: dict[str, CallRuntime] = field(default_factory=dict)
     task_errors: list[BaseException] = field(default_factory=list)
@@ -152,6 +166,7 @@ class CallRuntime:
         self._audio_idle.set()
         self._usage = UsageMeter()
         self._caller_audio_ms = 0
+        self._last_caller_text: str | None = None
         self._last_item_id: str | None = None
         self._broken_error_sent = False
         self._stored_prompt: object = None
@@ -528,22 +543,31 @@ class CallRuntime:
                 invalid_value("response.output_modalities", modalities, ["audio", "text"]), eid
             )
             return
+        metadata = options.get("metadata")
+        if metadata is not None and not isinstance(metadata, dict):
+            await self.send_error(invalid_type("response.metadata", "an object", metadata), eid)
+            return
         if self.is_ended:
+            return
+        instructions = options.get("instructions")
+        if options.get("conversation") == "none":
+            # Out of band: answers a question about the call, does not take the caller's turn or a queued line.
+            prompt = instructions if isinstance(instructions, str) else ""
+            await self._respond_out_of_band(prompt, modalities=modalities, metadata=metadata)
             return
         turn, self._pending_turn = self._pending_turn, None
         if turn is not None:
             await self._respond(
-                "client", text=turn.reply, tool=turn.tool, then=turn.then, modalities=modalities
+                "client", text=turn.reply, tool=turn.tool, then=turn.then, modalities=modalities, metadata=metadata
             )
             return
-        instructions = options.get("instructions")
         if self._then:
             text = self._then.popleft()
         elif isinstance(instructions, str) and instructions.strip():
             text = spoken_line(instructions)
         else:
             text = "Okay."
-        await self._respond("client", text=text, modalities=modalities)
+        await self._respond("client", text=text, modalities=modalities, metadata=metadata)
 
     async def _response_cancel(self, event: dict[str, Any], eid: str | None) -> None:
         # Scripted responses complete at once, so there is never one in progress to cancel.
@@ -581,6 +605,7 @@ class CallRuntime:
         tool: ToolCall | None = None,
         then: str | None = None,
         modalities: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> ResponseRecord:
         session = self.rec.session
         out_modalities = modalities or session.get("output_modalities") or ["audio"]
@@ -594,12 +619,18 @@ class CallRuntime:
             created_at=self.ctx.now(),
             tool_name=tool.name if tool else None,
             session_version=self.rec.session_version,
+            metadata=metadata,
         )
         self.rec.responses.append(response)
         if source == "client":
             self._client_responses.append(response)
             self._client_responded.set()
-        base = {"id": response.id, "object": "realtime.response", "output_modalities": out_modalities}
+        base = {
+            "id": response.id,
+            "object": "realtime.response",
+            "output_modalities": out_modalities,
+            "metadata": metadata,
+        }
         await self.send(
             _event(
                 "response.created", response={**base, "status": "in_progress", "output": [], "usage": None}
@@ -634,13 +665,66 @@ class CallRuntime:
                     "status_details": None,
                     "output": output,
                     "conversation_id": None,
-                    "metadata": None,
                     "usage": usage,
                 },
             )
         )
         if plays and not self.is_ended:
             self._playback[response.id] = self.spawn(self._finish_audio(response, ends_at), "playback")
+        return response
+
+    def hold_check_answer(self) -> str:
+        """What the scripted model answers to "is a person speaking?": "no" while the latest caller transcript
+        is hold music or an announcement (one of the hold markers), "yes" otherwise."""
+        latest = (self._last_caller_text or "").casefold()
+        on_hold = not latest.strip() or any(marker in latest for marker in self.ctx.hold_markers)
+        return "no" if on_hold else "yes"
+
+    async def _respond_out_of_band(
+        self, prompt: str, *, modalities: list[str] | None, metadata: dict[str, Any] | None
+    ) -> ResponseRecord:
+        """``conversation: "none"``: a text-only answer (the scripted model treats every out-of-band question
+        as a hold check), no audio events, nothing added to the conversation or the transcripts."""
+        text = self.hold_check_answer()
+        out_modalities = modalities or ["text"]
+        response = ResponseRecord(
+            id=new_id("resp_", 12),
+            kind="text",
+            source="client",
+            transcript=text,
+            created_at=self.ctx.now(),
+            session_version=self.rec.session_version,
+            out_of_band=True,
+            metadata=metadata,
+        )
+        self.rec.responses.append(response)
+        base = {
+            "id": response.id,
+            "object": "realtime.response",
+            "output_modalities": out_modalities,
+            "metadata": metadata,
+            "conversation_id": None,
+        }
+        await self.send(
+            _event(
+                "response.created", response={**base, "status": "in_progress", "output": [], "usage": None}
+            )
+        )
+        item = {
+            "id": new_id("item_", 12),
+            "object": "realtime.item",
+            "type": "message",
+            "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": text}],
+        }
+        usage = self._usage.bill_out_of_band(prompt=prompt, out_text=text)
+        await self.send(
+            _event(
+                "response.done",
+                response={**base, "status": "completed", "status_details": None, "output": [item], "usage": usage},
+            )
+        )
         return response
 
     async def _emit_text(self, response: ResponseRecord, text: str, *, audio: bool) -> dict[str, Any]:
@@ -754,6 +838,9 @@ class CallRuntime:
             await asyncio.sleep(self.ctx.scaled(step.wait or 0.0))
         elif kind == "hangup":
             await self.end("caller")
+        elif kind == "hold_music":
+            assert step.hold_music is not None
+            await self._hold_music(step.hold_music)
         else:
             for digit in step.dtmf or "":
                 await self.send(
@@ -765,7 +852,40 @@ class CallRuntime:
 
     async def _caller_says(self, step: Step) -> None:
         text = step.say or ""
-        seconds = caller_seconds(text)
+        await self._caller_segment(text, caller_seconds(text))
+        if step.reply is None and step.tool is None:
+            return
+        self._client_responded.clear()
+        if auto_response_enabled(self.rec.session):
+            await self._respond("auto", text=step.reply, tool=step.tool, then=step.then)
+        else:
+            self._pending_turn = step
+        if step.tool is not None or self._pending_turn is not None:
+            # Give the controller its turn (function output + response.create) before speaking again.
+            await _wait(self._client_responded, self.ctx.scaled(TOOL_FOLLOWUP_WAIT))
+
+    async def _hold_music(self, music: HoldMusic) -> None:
+        """The line plays hold music: a speech segment every ``every`` seconds for ``seconds`` in all. While the
+        session answers on its own, the model answers each segment (the money hold mode saves). The music does
+        not wait for the model: segments come on schedule, whatever is playing."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        end = start + self.ctx.scaled(music.seconds)
+        count = max(1, int(music.seconds // music.every))
+        for index in range(count):
+            due = start + self.ctx.scaled(index * music.every)
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            if self.is_ended:
+                return
+            await self._socket_up.wait()
+            await self._caller_segment(music.text, music.segment)
+            self.rec.hold_segments += 1
+            if auto_response_enabled(self.rec.session):
+                await self._respond("auto", text=music.reply)
+        await asyncio.sleep(max(0.0, end - loop.time()))
+
+    async def _caller_segment(self, text: str, seconds: float) -> None:
+        """The far side speaks (or music plays) for ``seconds``: speech edges, commit, transcription."""
         item_id = new_id("item_", 12)
         await self.send(
             _event("input_audio_buffer.speech_started", audio_start_ms=self._caller_audio_ms, item_id=item_id)
@@ -777,23 +897,12 @@ class CallRuntime:
         )
         previous, self._last_item_id = self._last_item_id, item_id
         await self.send(_event("input_audio_buffer.committed", previous_item_id=previous, item_id=item_id))
-        await self.send(
-            _event(
-                "conversation.item.input_audio_transcription.completed",
-                item_id=item_id,
-                content_index=0,
-                transcript=text,
-            )
-        )
+        # Recorded before the transcription goes out, so a check the controller sends on it sees this line.
+        self._last_caller_text = text
         self.rec.transcripts.append({"role": "caller", "text": text, "t": self.ctx.now()})
         self._usage.caller_spoke(text, seconds)
-        if step.reply is None and step.tool is None:
-            return
-        self._client_responded.clear()
-        if auto_response_enabled(self.rec.session):
-            await self._respond("auto", text=step.reply, tool=step.tool, then=step.then)
-        else:
-            self._pending_turn = step
-        if step.tool is not None or self._pending_turn is not None:
-            # Give the controller its turn (function output + response.create) before speaking again.
-            await _wait(self._client_responded, self.ctx.scaled(TOOL_FOLLOWUP_WAIT))
+        completed: dict[str, Any] = {"item_id": item_id, "content_index": 0, "transcript": text}
+        usage = transcription_usage(self.rec.session, text, seconds)
+        if usage is not None:
+            completed["usage"] = usage
+        await self.send(_event("conversation.item.input_audio_transcription.completed", **completed))

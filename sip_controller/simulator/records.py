@@ -31,6 +31,10 @@ class ResponseRecord:
     audio_stopped_at: float | None = None
     audio_cleared: bool = False
     session_version: int = 0
+    #: an out-of-band response (``conversation: "none"``): text only, not part of the conversation
+    out_of_band: bool = False
+    #: the ``response.metadata`` the client sent with its ``response.create`` (echoed on created / done)
+    metadata: dict[str, Any] | None = None
 
 
 @dataclass
@@ -70,6 +74,8 @@ class SimCall:
     responses: list[ResponseRecord] = field(default_factory=list)
     transcripts: list[dict[str, Any]] = field(default_factory=list)
     greeting_heard: bool = False
+    #: hold-music segments the far side produced (``hold_music`` steps)
+    hold_segments: int = 0
     sideband_connects: int = 0
     sideband_close_code: int | None = None
     hangup_count: int = 0

@@ -17,6 +17,8 @@ AudioStateName = Literal["clean", "static", "broken"]
 ReferMode = Literal["succeed", "ignore", "fail"]
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
 _DTMF = re.compile(r"^[0-9*#A-D]+$")
+StepKind = Literal["say", "wait", "hangup", "dtmf", "hold_music"]
+STEP_KINDS: tuple[StepKind, ...] = ("say", "wait", "hangup", "dtmf", "hold_music")
 
 
 class ScenarioError(ValueError):
@@ -34,8 +36,32 @@ class ToolCall(_Strict):
     arguments: dict[str, Any] = Field(default_factory=dict)
 
 
+DEFAULT_HOLD_REPLY = "Sorry, I didn't catch that."
+
+
+class HoldMusic(_Strict):
+    """``hold_music: {seconds: 1200, every: 20, text: "[hold music]"}``: the far side plays hold music.
+
+    Every ``every`` seconds for ``seconds`` in all, the line produces a speech segment ``segment`` seconds long
+    whose transcript is ``text`` (what server VAD and transcription make of music). While the session answers
+    on its own (``turn_detection.create_response`` true), the model answers each segment with ``reply``.
+    """
+
+    seconds: float = Field(gt=0, le=3600)
+    every: float = Field(default=20.0, gt=0)
+    segment: float = Field(default=4.0, gt=0)
+    text: str = Field(default="[hold music]", min_length=1)
+    reply: str = Field(default=DEFAULT_HOLD_REPLY, min_length=1)
+
+    @model_validator(mode="after")
+    def _segment_fits(self) -> HoldMusic:
+        if self.segment >= self.every:
+            raise ValueError("segment must be shorter than every (there is a pause between segments)")
+        return self
+
+
 class Step(_Strict):
-    """One thing the caller does. Exactly one main key: ``say``, ``wait``, ``hangup`` or ``dtmf``.
+    """One thing the caller does. Exactly one main key: ``say``, ``wait``, ``hangup``, ``dtmf`` or ``hold_music``.
 
     With ``say``: ``reply`` (what the model answers) or ``tool`` (the model calls a tool instead), and with a
     tool, ``then`` (what the model says on the controller's next ``response.create``).
@@ -48,6 +74,7 @@ class Step(_Strict):
     wait: float | None = Field(default=None, ge=0)
     hangup: bool | None = None
     dtmf: str | None = None
+    hold_music: HoldMusic | None = None
 
     @field_validator("dtmf")
     @classmethod
@@ -65,10 +92,10 @@ class Step(_Strict):
 
     @model_validator(mode="after")
     def _one_action(self) -> Step:
-        main = [k for k in ("say", "wait", "hangup", "dtmf") if getattr(self, k) is not None]
+        main = [k for k in STEP_KINDS if getattr(self, k) is not None]
         if len(main) != 1:
             found = ", ".join(main) if main else "none"
-            raise ValueError(f"a step needs exactly one of say, wait, hangup, dtmf (found: {found})")
+            raise ValueError(f"a step needs exactly one of {', '.join(STEP_KINDS)} (found: {found})")
         if self.say is None:
             extra = [k for k in ("reply", "tool", "then") if getattr(self, k) is not None]
             if extra:
@@ -80,18 +107,25 @@ class Step(_Strict):
         return self
 
     @property
-    def kind(self) -> Literal["say", "wait", "hangup", "dtmf"]:
+    def kind(self) -> StepKind:
         if self.say is not None:
             return "say"
         if self.wait is not None:
             return "wait"
         if self.hangup is not None:
             return "hangup"
+        if self.hold_music is not None:
+            return "hold_music"
         return "dtmf"
 
 
 class Expectation(_Strict):
-    """What should have happened to a call. Every field is optional; only stated ones are checked."""
+    """What should have happened to a call. Every field is optional; only stated ones are checked.
+
+    ``ended_reason``, ``tools_called``, ``transfer_target``, ``max_cost_usd``, ``min_cost_usd`` and ``profile``
+    are the controller's own record of the call: the harness (``sipctl simulate``) checks them, the simulator's
+    :func:`check_expectations` does not.
+    """
 
     ended_reason: str | None = None
     ended_by: EndedBy | None = None
@@ -102,6 +136,15 @@ class Expectation(_Strict):
     transcript_contains: list[str] | None = None
     refers: list[str] | None = None
     max_hangup_after_error_s: float | None = Field(default=None, ge=0)
+    #: names of the tools the controller ran, in call order (from its record)
+    tools_called: list[str] | None = None
+    #: the transfer target name the controller used last (from its record)
+    transfer_target: str | None = None
+    #: bounds on the controller's estimated cost of the call, USD
+    max_cost_usd: float | None = Field(default=None, ge=0)
+    min_cost_usd: float | None = Field(default=None, ge=0)
+    #: the agent profile the controller chose (routing)
+    profile: str | None = None
 
 
 class CallSpec(_Strict):
