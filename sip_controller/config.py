@@ -204,6 +204,8 @@ class Settings(_Sourced):
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
+    #: uvicorn's per-request access lines (query strings are cut), through the same log pipeline
+    access_log: bool = False
     default_profile: str = "default"
     profiles: dict[str, AgentProfile] = Field(default_factory=lambda: {"default": AgentProfile()})
     limits: Limits = Limits()

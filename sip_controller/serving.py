@@ -68,8 +68,8 @@ def serve(app: Starlette, settings: Settings, *, host: str, port: int) -> None:
         app,
         host=host,
         port=port,
-        log_config=None,
-        access_log=False,
+        log_config=None,  # uvicorn's loggers propagate to the structlog pipeline set up by configure_logging
+        access_log=settings.access_log,
         proxy_headers=True,
         timeout_graceful_shutdown=10,
     )

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from .core import Simulator
 from .faults import EndpointFaults, Faults, Latency
+from .model import DEFAULT_HOLD_MARKERS
 from .records import ClientEvent, ResponseRecord, SimCall, check_expectations
 from .rules import AudioState, validate_session
 from .scenario import (
     CallSpec,
     Expectation,
+    HoldMusic,
     Scenario,
     ScenarioError,
     Step,
@@ -27,12 +29,14 @@ from .scenario import (
 from .webhook_sender import new_webhook_secret
 
 __all__ = [
+    "DEFAULT_HOLD_MARKERS",
     "AudioState",
     "CallSpec",
     "ClientEvent",
     "EndpointFaults",
     "Expectation",
     "Faults",
+    "HoldMusic",
     "Latency",
     "ResponseRecord",
     "Scenario",

@@ -31,12 +31,11 @@ from .errors import (
 from .events import (
     UsageMeter,
     assistant_seconds,
-    text_tokens,
-    transcription_usage,
     caller_seconds,
     new_event_id,
     new_id,
     spoken_line,
+    transcription_usage,
 )
 from .faults import OUT_OF_ORDER_FLUSH_S, FaultInjector, Faults
 from .records import ClientEvent, ResponseKind, ResponseRecord, ResponseSource, SimCall
