@@ -71,3 +71,43 @@ async def test_an_unloadable_stored_prompt_ends_the_call_within_a_second() -> No
     assert outcome.record is not None
     assert any("invalid_prompt" in e for e in outcome.record.errors), outcome.record.errors
     assert outcome.sim.hangup_count == 1
+
+
+async def test_a_body_openai_refuses_is_rejected_so_the_caller_is_not_left_ringing() -> None:
+    """Preflight would refuse this profile; forced through, OpenAI's 400 still ends the call cleanly."""
+    profile = AgentProfile(session={"temperature": 0.8})
+    spec = CallSpec(name="beta-field", ring_timeout=100, steps=[])
+    async with harness.running_stack(_settings(profile), time_scale=SCALE) as st:
+        outcome = await harness.run_call(st, spec, timeout=20)
+    sim = outcome.sim
+    assert sim.accept_errors
+    assert sim.accept_errors[0]["error"]["param"] == "temperature"
+    assert sim.reject_status == 603
+    assert sim.ended_by == "reject"
+    assert outcome.record is not None
+    assert outcome.record.ended_reason == "accept_failed"
+    assert any("temperature" in e for e in outcome.record.errors)
+
+
+async def test_a_flat_voice_that_breaks_the_call_is_hung_up_within_a_second() -> None:
+    profile = AgentProfile(session={"voice": "alloy"})
+    spec = CallSpec(
+        name="flat-voice",
+        steps=[Step(say="Hello?")],
+        expect=Expectation(ended_reason="session_error", ended_by="agent", max_hangup_after_error_s=1.0),
+    )
+    async with harness.running_stack(_settings(profile), time_scale=SCALE) as st:
+        outcome = await harness.run_call(st, spec, timeout=20)
+    assert outcome.sim.audio_state == "broken"
+    assert outcome.problems == []
+
+
+def test_the_static_trap_cannot_be_configured() -> None:
+    """Tools with a negotiated codec turn calls to static; preflight refuses it before a phone rings."""
+    from datetime import date
+
+    from sip_controller.preflight import check_profile
+
+    findings = check_profile("p", AgentProfile(codec="negotiated"), date(2026, 11, 22))
+    assert [(f.path, f.severity) for f in findings] == [("profiles.p.tools", "error")]
+    assert "static" in findings[0].message
