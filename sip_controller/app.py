@@ -16,7 +16,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from sip_controller import admin
+from sip_controller import admin, console
 from sip_controller.admin import AdminAuth
 from sip_controller.config import Secrets, Settings
 from sip_controller.metrics import Metrics
@@ -189,5 +189,6 @@ def create_app(
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_route, methods=["GET"]),
         *admin.routes(auth, lambda request: request.app.state.runtime, mask_caller=settings.reports.mask_caller),
+        *console.routes(auth, lambda request: request.app.state.runtime),
     ]
     return Starlette(routes=routes, lifespan=lifespan)

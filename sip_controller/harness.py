@@ -116,8 +116,10 @@ async def running_stack(
     time_scale: float = 1.0,
     controller_secrets: tuple[str, ...] | None = None,
     scale_controller: bool = False,
+    admin_token: str | None = None,
 ) -> AsyncIterator[Stack]:
     """Start both sides. ``controller_secrets``: what the controller accepts (default: the simulator's).
+    ``admin_token`` turns on the admin API and the live-calls page (what ``SIPCTL_ADMIN_TOKEN`` does).
 
     With ``scale_controller`` the controller's policy durations are compressed by ``time_scale`` too
     (:func:`scale_settings`); without it (the default, for tests that tune those durations themselves) only
@@ -131,6 +133,7 @@ async def running_stack(
             openai_api_key=SecretStr(sim.api_key),
             webhook_secrets=tuple(SecretStr(s) for s in (controller_secrets or (secret,))),
             openai_base_url=sim.base_url,
+            admin_token=SecretStr(admin_token) if admin_token else None,
         )
         app = create_app(settings, secrets, drain_timeout_s=5.0)
         async with serve(app) as server:

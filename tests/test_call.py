@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, get_args
 
 import pytest
+from callkit import (  # the shared machine-test kit
+    Call,
+    audio,
+    fc,
+    finishes,
+    function_output,
+    hangups,
+    heard,
+    response_created,
+    response_done,
+    said,
+    sb,
+    sends,
+    usage,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,7 +38,6 @@ from sip_controller.call import (
     Attach,
     Attached,
     AttachFailed,
-    CallMachine,
     CallState,
     CancelTimer,
     Finish,
@@ -44,48 +55,12 @@ from sip_controller.call import (
 )
 from sip_controller.config import AgentProfile, TurnDetection
 from sip_controller.events import parse_server_event
-from sip_controller.report import CallRecord
 
-RECEIVED = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 ENDED_REASONS = set(get_args(cm.EndedReason))
 FINISH_TAIL: list[Action] = []  # Finish alone: the supervisor cancels every timer of a finished call
 
 
 # ---- builders ----------------------------------------------------------------------------------------------
-
-
-def sb(data: dict[str, Any]) -> SidebandEvent:
-    """A sideband input built from a wire event, parsed the way the sideband parses it."""
-    return SidebandEvent(parse_server_event(json.dumps(data)))
-
-
-def response_created(rid: str) -> SidebandEvent:
-    return sb({"type": "response.created", "response": {"id": rid, "status": "in_progress", "output": []}})
-
-
-def response_done(
-    rid: str, status: str = "completed", output: list[dict[str, Any]] | None = None, usage: dict[str, Any] | None = None
-) -> SidebandEvent:
-    response: dict[str, Any] = {"id": rid, "status": status, "output": output or []}
-    if usage is not None:
-        response["usage"] = usage
-    return sb({"type": "response.done", "response": response})
-
-
-def fc(call_id: str, name: str = "end_call", arguments: str = '{"reason": "caller said goodbye"}') -> dict[str, Any]:
-    return {"type": "function_call", "id": f"item_{call_id}", "call_id": call_id, "name": name, "arguments": arguments}
-
-
-def audio(kind: str, rid: str | None) -> SidebandEvent:
-    return sb({"type": f"output_audio_buffer.{kind}", "response_id": rid})
-
-
-def said(rid: str, text: str) -> SidebandEvent:
-    return sb({"type": "response.output_audio_transcript.done", "response_id": rid, "item_id": "i", "transcript": text})
-
-
-def heard(text: str) -> SidebandEvent:
-    return sb({"type": "conversation.item.input_audio_transcription.completed", "item_id": "i", "transcript": text})
 
 
 def error(code: str | None, *, event_id: str | None = None, message: str = "boom") -> SidebandEvent:
@@ -95,79 +70,6 @@ def error(code: str | None, *, event_id: str | None = None, message: str = "boom
     return sb({"type": "error", "error": err})
 
 
-def usage(text_in: int = 0, audio_in: int = 0, text_out: int = 0, audio_out: int = 0) -> dict[str, Any]:
-    return {
-        "total_tokens": text_in + audio_in + text_out + audio_out,
-        "input_token_details": {"text_tokens": text_in, "audio_tokens": audio_in},
-        "output_token_details": {"text_tokens": text_out, "audio_tokens": audio_out},
-    }
-
-
-@dataclass
-class Call:
-    """A machine plus a clock that advances 0.5 s per input."""
-
-    profile: AgentProfile = field(default_factory=AgentProfile)
-    close_wait_s: float = 3.0
-    now: float = 100.0
-    log: list[Action] = field(default_factory=list)
-
-    #: the silence watchdog adds timer actions to every speech edge; tests of it turn it on explicitly
-    silence_watchdog: bool = False
-
-    def __post_init__(self) -> None:
-        if not self.silence_watchdog and self.profile.watchdogs.silence_timeout_s is not None:
-            quiet = self.profile.watchdogs.model_copy(update={"silence_timeout_s": None})
-            self.profile = self.profile.model_copy(update={"watchdogs": quiet})
-        self.record = CallRecord(call_id="rtc_1", profile="default", received_at=RECEIVED)
-        self.m = CallMachine(
-            call_id="rtc_1",
-            profile_name="default",
-            profile=self.profile,
-            record=self.record,
-            close_wait_s=self.close_wait_s,
-        )
-
-    def state(self) -> CallState:
-        return self.m.state
-
-    def feed(self, inp: Input) -> list[Action]:
-        actions = self.m.handle(inp, self.now)
-        self.now += 0.5
-        self.log.extend(actions)
-        return actions
-
-    def attach(self) -> list[Action]:
-        """Start -> AcceptOk -> Attached; returns the actions of Attached."""
-        self.feed(Start())
-        self.feed(AcceptOk())
-        return self.feed(Attached())
-
-    def greeted(self) -> None:
-        """Attach and play the greeting (response r_greet) to the end."""
-        self.attach()
-        for inp in (
-            response_created("r_greet"),
-            audio("started", "r_greet"),
-            said("r_greet", "Hello! Thanks for calling."),
-            response_done("r_greet", usage=usage(text_in=100, audio_out=50)),
-            audio("stopped", "r_greet"),
-        ):
-            assert self.feed(inp) == []
-
-
-def sends(actions: list[Action]) -> list[dict[str, Any]]:
-    return [a.event for a in actions if isinstance(a, Send)]
-
-
-def finishes(actions: list[Action]) -> list[Finish]:
-    return [a for a in actions if isinstance(a, Finish)]
-
-
-def hangups(actions: list[Action]) -> int:
-    return sum(1 for a in actions if isinstance(a, Hangup))
-
-
 def is_goodbye_request(event: dict[str, Any], instructions: str = GOODBYE_INSTRUCTIONS) -> bool:
     response = event.get("response") or {}
     return bool(
@@ -175,14 +77,6 @@ def is_goodbye_request(event: dict[str, Any], instructions: str = GOODBYE_INSTRU
         and response.get("instructions") == instructions
         and response.get("tool_choice") == "none"
     )
-
-
-def function_output(event: dict[str, Any]) -> tuple[str, Any]:
-    assert event["type"] == "conversation.item.create"
-    item = event["item"]
-    assert item["type"] == "function_call_output"
-    assert isinstance(item["output"], str)
-    return item["call_id"], json.loads(item["output"])
 
 
 # ---- accept and attach -------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ model so the grace periods can never fall behind the drain they have to cover.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -79,8 +80,6 @@ def _plain_env(container: dict[str, Any]) -> dict[str, str]:
 
 
 def _clear_sipctl_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
     for name in list(os.environ):
         if name.startswith("SIPCTL_"):
             monkeypatch.delenv(name)

@@ -2,227 +2,40 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from callkit import (  # the shared machine-test kit
+    Call,
+    cancelled,
+    creates,
+    end_after_goodbye,
+    fc,
+    finishes,
+    heard,
+    outputs,
+    response_created,
+    response_done,
+    said,
+    sends,
+    session_updated,
+    speech,
+    timers,
+    usage,
+)
 
 from sip_controller import hold
 from sip_controller.call import (
     HOLD_MAX_TIMER,
     SESSION_ACK_TIMER,
     SILENCE_TIMER,
-    AcceptOk,
     Action,
-    Attached,
-    CallMachine,
     CallState,
-    CancelTimer,
     Finish,
-    Hangup,
-    HangupOk,
-    Input,
-    Refer,
-    Send,
     SidebandClosed,
-    SidebandEvent,
-    Start,
-    StartTimer,
     TimerFired,
 )
-from sip_controller.events import parse_server_event
-from sip_controller.pricing import ModelPrices
 from sip_controller.profile import AgentProfile, TurnDetection
-from sip_controller.report import CallRecord
-
-RECEIVED = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
-
-
-def sb(data: dict[str, Any]) -> SidebandEvent:
-    """A sideband input built from a wire event, parsed the way the sideband parses it."""
-    return SidebandEvent(parse_server_event(json.dumps(data)))
-
-
-def response_created(rid: str, metadata: dict[str, Any] | None = None) -> SidebandEvent:
-    response: dict[str, Any] = {"id": rid, "status": "in_progress", "output": []}
-    if metadata is not None:
-        response["metadata"] = metadata
-    return sb({"type": "response.created", "response": response})
-
-
-def response_done(
-    rid: str,
-    status: str = "completed",
-    output: list[dict[str, Any]] | None = None,
-    usage: dict[str, Any] | None = None,
-    metadata: dict[str, Any] | None = None,
-) -> SidebandEvent:
-    response: dict[str, Any] = {"id": rid, "status": status, "output": output or []}
-    if usage is not None:
-        response["usage"] = usage
-    if metadata is not None:
-        response["metadata"] = metadata
-    return sb({"type": "response.done", "response": response})
-
-
-def fc(call_id: str, name: str = "end_call", arguments: str = '{"reason": "caller said goodbye"}') -> dict[str, Any]:
-    return {"type": "function_call", "id": f"item_{call_id}", "call_id": call_id, "name": name, "arguments": arguments}
-
-
-def audio(kind: str, rid: str | None) -> SidebandEvent:
-    return sb({"type": f"output_audio_buffer.{kind}", "response_id": rid})
-
-
-def said(rid: str, text: str) -> SidebandEvent:
-    return sb({"type": "response.output_audio_transcript.done", "response_id": rid, "item_id": "i", "transcript": text})
-
-
-def heard(text: str) -> SidebandEvent:
-    return sb({"type": "conversation.item.input_audio_transcription.completed", "item_id": "i", "transcript": text})
-
-
-def speech(kind: str) -> SidebandEvent:
-    return sb({"type": f"input_audio_buffer.speech_{kind}", "audio_start_ms": 0, "item_id": "i"})
-
-
-def dtmf(digit: str) -> SidebandEvent:
-    return sb({"type": "input_audio_buffer.dtmf_event_received", "event": digit, "received_at": 1})
-
-
-def session_updated() -> SidebandEvent:
-    return sb({"type": "session.updated", "session": {"type": "realtime"}})
-
-
-def usage(
-    text_in: int = 0,
-    audio_in: int = 0,
-    text_out: int = 0,
-    audio_out: int = 0,
-    cached_text: int = 0,
-    cached_audio: int = 0,
-) -> dict[str, Any]:
-    return {
-        "total_tokens": text_in + audio_in + text_out + audio_out,
-        "input_token_details": {
-            "text_tokens": text_in,
-            "audio_tokens": audio_in,
-            "cached_tokens": cached_text + cached_audio,
-            "cached_tokens_details": {"text_tokens": cached_text, "audio_tokens": cached_audio},
-        },
-        "output_token_details": {"text_tokens": text_out, "audio_tokens": audio_out},
-    }
-
-
-@dataclass
-class Call:
-    """A machine plus a clock that advances 0.5 s per input (set ``now`` to jump)."""
-
-    profile: AgentProfile = field(default_factory=AgentProfile)
-    prices: ModelPrices | None = None
-    now: float = 100.0
-    log: list[Action] = field(default_factory=list)
-    silence_watchdog: bool = False
-
-    def __post_init__(self) -> None:
-        if not self.silence_watchdog and self.profile.watchdogs.silence_timeout_s is not None:
-            quiet = self.profile.watchdogs.model_copy(update={"silence_timeout_s": None})
-            self.profile = self.profile.model_copy(update={"watchdogs": quiet})
-        self.record = CallRecord(call_id="rtc_1", profile="default", received_at=RECEIVED)
-        self.m = CallMachine(
-            call_id="rtc_1", profile_name="default", profile=self.profile, record=self.record, prices=self.prices
-        )
-
-    def feed(self, inp: Input) -> list[Action]:
-        actions = self.m.handle(inp, self.now)
-        self.now += 0.5
-        self.log.extend(actions)
-        return actions
-
-    def attach(self) -> list[Action]:
-        self.feed(Start())
-        self.feed(AcceptOk())
-        return self.feed(Attached())
-
-    def greeted(self) -> None:
-        """Attach and play the greeting (response r_greet) to the end."""
-        self.attach()
-        for inp in (
-            response_created("r_greet"),
-            audio("started", "r_greet"),
-            said("r_greet", "Hello! Thanks for calling."),
-            response_done("r_greet", usage=usage(text_in=100, audio_out=50)),
-            audio("stopped", "r_greet"),
-        ):
-            self.feed(inp)
-
-    def play(self, rid: str, text: str = "Okay.") -> list[Action]:
-        """A response the machine asked for: created, audio, transcript, done, stopped; all actions."""
-        out: list[Action] = []
-        for inp in (
-            response_created(rid),
-            audio("started", rid),
-            said(rid, text),
-            response_done(rid),
-            audio("stopped", rid),
-        ):
-            out.extend(self.feed(inp))
-        return out
-
-
-def sends(actions: list[Action]) -> list[dict[str, Any]]:
-    return [a.event for a in actions if isinstance(a, Send)]
-
-
-def creates(actions: list[Action]) -> list[dict[str, Any]]:
-    return [e for e in sends(actions) if e["type"] == "response.create"]
-
-
-def finishes(actions: list[Action]) -> list[Finish]:
-    return [a for a in actions if isinstance(a, Finish)]
-
-
-def refers(actions: list[Action]) -> list[Refer]:
-    return [a for a in actions if isinstance(a, Refer)]
-
-
-def hangups(actions: list[Action]) -> int:
-    return sum(1 for a in actions if isinstance(a, Hangup))
-
-
-def timers(actions: list[Action]) -> dict[str, float]:
-    return {a.name: a.seconds for a in actions if isinstance(a, StartTimer)}
-
-
-def cancelled(actions: list[Action]) -> set[str]:
-    return {a.name for a in actions if isinstance(a, CancelTimer)}
-
-
-def function_output(event: dict[str, Any]) -> tuple[str, Any]:
-    assert event["type"] == "conversation.item.create"
-    item = event["item"]
-    assert item["type"] == "function_call_output"
-    assert isinstance(item["output"], str)
-    return item["call_id"], json.loads(item["output"])
-
-
-def outputs(actions: list[Action]) -> dict[str, Any]:
-    return dict(
-        function_output(e)
-        for e in sends(actions)
-        if e["type"] == "conversation.item.create" and e["item"]["type"] == "function_call_output"
-    )
-
-
-def end_after_goodbye(c: Call, rid: str = "r_bye") -> list[Action]:
-    """Play the goodbye: no hangup until its audio stopped; then hang up and close. Returns the last actions."""
-    for inp in (response_created(rid), audio("started", rid), said(rid, "Goodbye!"), response_done(rid)):
-        assert hangups(c.feed(inp)) == 0
-    assert hangups(c.feed(audio("stopped", rid))) == 1
-    c.feed(HangupOk())
-    return c.feed(SidebandClosed(1000))
-
 
 META = {"purpose": hold.PURPOSE}
 

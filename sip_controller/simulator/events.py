@@ -47,13 +47,21 @@ def trim_words(text: str, limit: int = 30) -> str:
 
 
 _QUOTED = re.compile(r'"([^"]{1,400})"')
+_FIRST_SENTENCE = re.compile(r"^(.+?[.!?])(?:\s|$)", re.DOTALL)
+#: a line the model makes up from free-form instructions ("say a short goodbye…") is about this long
+FREE_LINE_WORDS = 12
 
 
 def spoken_line(instructions: str) -> str:
     """What the scripted model says for free-form instructions: a double-quoted line in them if there is
-    one (as in 'say exactly: "Hello!"'), else the instructions themselves, trimmed."""
+    one (as in 'say exactly: "Hello!"', at most 30 words), else a stand-in as long as the short line a model
+    would say: the first sentence of the instructions, at most 12 words."""
     match = _QUOTED.search(instructions)
-    return trim_words(match.group(1) if match else instructions)
+    if match:
+        return trim_words(match.group(1))
+    text = instructions.strip()
+    sentence = _FIRST_SENTENCE.match(text)
+    return trim_words(sentence.group(1) if sentence else text, FREE_LINE_WORDS)
 
 
 def transcription_usage(session: Mapping[str, Any], text: str, seconds: float) -> dict[str, Any] | None:
