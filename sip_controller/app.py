@@ -99,7 +99,9 @@ def create_app(
         async with contextlib.AsyncExitStack() as stack:
             client = http_client
             if client is None:
-                client = await stack.enter_async_context(httpx.AsyncClient())
+                # keep-alive for as many connections as may be open: httpcore closes idle ones past its limit
+                limits = httpx.Limits(max_connections=100, max_keepalive_connections=100, keepalive_expiry=30)
+                client = await stack.enter_async_context(httpx.AsyncClient(limits=limits))
             api = RealtimeCalls(
                 client, base_url=secrets.openai_base_url, api_key=api_key, observer=meters.openai_request
             )

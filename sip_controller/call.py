@@ -132,6 +132,35 @@ FILLER_INSTRUCTIONS = (
 _MAX_TOOL_OUTPUT = 16_000
 
 
+class RecentIds:
+    """A set that keeps only the last ``size`` ids: a long call does not grow with every response. The ids it
+    is asked about (the goodbye, a handoff line, a duplicated delivery) are always recent ones."""
+
+    __slots__ = ("_order", "_seen", "_size")
+
+    def __init__(self, size: int = 64) -> None:
+        self._order: deque[str] = deque()
+        self._seen: set[str] = set()
+        self._size = size
+
+    def add(self, item: str) -> None:
+        if item in self._seen:
+            return
+        self._order.append(item)
+        self._seen.add(item)
+        if len(self._order) > self._size:
+            self._seen.discard(self._order.popleft())
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._seen
+
+    def __bool__(self) -> bool:
+        return bool(self._order)
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+
 @dataclass
 class _PendingUpdate:
     """A session.update sent and not yet acknowledged by session.updated, and what waits for it."""
@@ -168,12 +197,12 @@ class CallMachine:
     state: CallState = CallState.RECEIVED
     _t0: float | None = None
     ending: _Ending | None = None
-    _seen_tool_calls: set[str] = field(default_factory=set)
-    audio_started: set[str] = field(default_factory=set)
-    audio_stopped: set[str] = field(default_factory=set)
-    spoken: set[str] = field(default_factory=set)
-    _our_update_ids: set[str] = field(default_factory=set)
-    _responses_done: set[str] = field(default_factory=set)
+    _seen_tool_calls: RecentIds = field(default_factory=RecentIds)
+    audio_started: RecentIds = field(default_factory=RecentIds)
+    audio_stopped: RecentIds = field(default_factory=RecentIds)
+    spoken: RecentIds = field(default_factory=RecentIds)
+    _our_update_ids: RecentIds = field(default_factory=RecentIds)
+    _responses_done: RecentIds = field(default_factory=RecentIds)
     _drain_requested: bool = False
     _event_seq: int = 0
     attached_at: float | None = None

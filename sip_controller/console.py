@@ -49,6 +49,9 @@ h2{font-size:1rem;margin:.2rem 0 .6rem}
 table{border-collapse:collapse;width:100%}
 th,td{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #eceef2;white-space:nowrap}
 td.num,th.num{text-align:right}
+td:first-child{white-space:normal;word-break:break-all;min-width:10rem}
+main>div{display:grid;gap:1rem;align-content:start}
+.scroll{overflow-x:auto}
 tr.selected{background:#eef4ff}
 a{color:#1a56c4}
 .muted{color:#6b7383}
@@ -62,6 +65,7 @@ ol#transcript li{padding:.25rem 0;border-bottom:1px solid #f0f1f4}
 .role-assistant{color:#1a56c4}
 .at{color:#6b7383;font-size:.8rem;margin-right:.4rem}
 .actions{display:flex;gap:.5rem;flex-wrap:wrap;align-items:center;margin:.6rem 0}
+select{font:inherit;padding:.2rem}
 button{font:inherit;padding:.3rem .8rem;border-radius:4px;border:1px solid #9aa3b2;background:#fff;cursor:pointer}
 button.danger{border-color:#b3261e;color:#b3261e}
 button:disabled{opacity:.45;cursor:default}
@@ -293,8 +297,8 @@ def _row(summary: dict[str, Any], selected: str | None) -> str:
 def _table(table_id: str, rows: list[dict[str, Any]], selected: str | None, empty: str) -> str:
     inner = "".join(_row(r, selected) for r in rows) or f'<tr><td colspan="6" class="muted">{_e(empty)}</td></tr>'
     return (
-        '<table><thead><tr><th>Call</th><th>Profile</th><th>State</th><th class="num">Duration</th>'
-        f'<th class="num">Cost</th><th>Caller</th></tr></thead><tbody id="{table_id}">{inner}</tbody></table>'
+        '<div class="scroll"><table><thead><tr><th>Call</th><th>Profile</th><th>State</th><th class="num">Duration</th>'
+        f'<th class="num">Cost</th><th>Caller</th></tr></thead><tbody id="{table_id}">{inner}</tbody></table></div>'
     )
 
 

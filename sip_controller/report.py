@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -12,14 +12,14 @@ from sip_controller.events import Usage
 Role = Literal["caller", "assistant"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TranscriptEntry:
     role: Role
     text: str
     at_s: float
 
 
-@dataclass
+@dataclass(slots=True)
 class ToolCallRecord:
     """One tool call. ``outcome``: ok, error, timeout, invalid_arguments, unknown_tool, interrupted, pending."""
 
@@ -141,7 +141,7 @@ class CallRecord:
             "received_at": self.received_at.isoformat(),
             "timeline": [{"at_s": t, "event": e} for t, e in self.timeline],
             "transcripts": [{"role": t.role, "text": t.text, "at_s": t.at_s} for t in self.transcripts],
-            "tool_calls": [vars(t) for t in self.tool_calls],
+            "tool_calls": [asdict(t) for t in self.tool_calls],
             "usage": vars(self.usage),
             "errors": list(self.errors),
         }

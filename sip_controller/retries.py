@@ -83,11 +83,13 @@ async def accept_within_budget(
                 on_retry(exc)
         return decision
 
+    if deadline - started <= 0:
+        raise TransportError("accept", 0, "ring budget exhausted before the accept could start")
     attempts = 0
     async for attempt in stamina.retry_context(
         on=retry_on,
         attempts=None,
-        timeout=max(0.0, deadline - started),
+        timeout=deadline - started,
         wait_initial=policy.wait_initial,
         wait_max=policy.wait_max,
         wait_jitter=policy.wait_jitter,

@@ -59,7 +59,22 @@ def _voice(profile: AgentProfile) -> str | dict[str, str]:
     return {"id": profile.voice} if profile.voice.startswith("voice_") else profile.voice
 
 
+#: profiles are frozen and live as long as the process: their tool definitions are built once
+_TOOLS_CACHE: dict[int, tuple[AgentProfile, list[dict[str, Any]]]] = {}
+
+
 def session_tools(profile: AgentProfile) -> list[dict[str, Any]]:
+    """The profile's tools as the session declares them (built once per profile; treat as read-only)."""
+    cached = _TOOLS_CACHE.get(id(profile))
+    if cached is not None and cached[0] is profile:
+        return cached[1]
+    built = _build_tools(profile)
+    if len(_TOOLS_CACHE) < 1024:
+        _TOOLS_CACHE[id(profile)] = (profile, built)
+    return built
+
+
+def _build_tools(profile: AgentProfile) -> list[dict[str, Any]]:
     """Built-in names become their function definitions; objects (function, mcp) pass through as written."""
     out: list[dict[str, Any]] = []
     for entry in profile.tools:

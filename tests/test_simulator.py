@@ -942,7 +942,8 @@ async def test_hangup_while_audio_plays_is_recorded() -> None:
         async with env.sideband(call.call_id) as ws:
             await next_event(ws)
             await send(
-                ws, {"type": "response.create", "response": {"instructions": long_text + " and more words"}}
+                ws,
+                {"type": "response.create", "response": {"instructions": f'Say "{long_text} and more words"'}},
             )
             events = await events_until(ws, "response.done")
             assert (

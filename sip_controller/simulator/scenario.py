@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -158,12 +158,32 @@ class CallSpec(_Strict):
     ring_timeout: float = Field(default=20.0, gt=0)
     greeting_wait: float = Field(default=1.5, ge=0)
     max_call_seconds: float = Field(default=30.0, gt=0)
-    refer: ReferMode = "succeed"
+    #: what /refer does; a list gives one mode per /refer in order (the last one repeats)
+    refer: ReferMode | list[ReferMode] = "succeed"
     session_update_delay: float | None = Field(default=None, ge=0)
     steps: list[Step] = Field(default_factory=list)
     expect: Expectation | None = None
     #: faults injected into this call (the fields stated here override the simulator's own ``faults``)
     faults: Faults | None = None
+
+    @field_validator("refer", mode="before")
+    @classmethod
+    def _refer_modes(cls, value: object) -> object:
+        """One readable error for a bad mode (not one per member of the union)."""
+        modes = get_args(ReferMode)
+        expected = "Input should be 'succeed', 'ignore' or 'fail', or a non-empty list of them"
+        if isinstance(value, list):
+            if not value or any(mode not in modes for mode in value):
+                raise ValueError(expected)
+        elif value not in modes:
+            raise ValueError(expected)
+        return value
+
+    def refer_mode(self, attempt: int) -> ReferMode:
+        """What the ``attempt``-th /refer (0-based) does."""
+        if isinstance(self.refer, list):
+            return self.refer[min(attempt, len(self.refer) - 1)]
+        return self.refer
 
     @field_validator("headers")
     @classmethod
@@ -215,7 +235,7 @@ def format_validation_error(exc: ValidationError, data: object, source: str) -> 
         f"{source}: invalid scenario ({exc.error_count()} problem{'s' if exc.error_count() != 1 else ''})"
     ]
     for err in exc.errors(include_url=False):
-        message = err["msg"]
+        message = str(err["msg"]).removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = "unknown field"
         elif err["type"] == "missing":

@@ -1,0 +1,147 @@
+"""The live-calls page in a real headless Chromium (Debian's ``chromium`` + ``chromium-driver``, driven by Selenium):
+with the simulator running a call, the page shows it, its transcript appears as it is spoken, and the Hang up
+button ends it (``operator_hangup``).
+
+Without the browser the test skips with the reason locally; with ``CI`` set it fails instead (``.ci/run``
+installs the packages before ``make test``). Set ``SIPCTL_CONSOLE_SCREENSHOT=/tmp/console.png`` to keep a
+screenshot of the page with the call open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from sip_controller import harness
+from sip_controller.config import Settings
+from sip_controller.profile import AgentProfile, Transfer
+from sip_controller.simulator import CallSpec, Step
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+TOKEN = "console-e2e-" + secrets.token_hex(16)
+CALLER_WORDS = "Hi, I would like to check the status of my order please."
+WAIT_S = 20.0  # the longest any one thing on the page may take to show up
+
+
+def _require_browser() -> None:
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    if not missing:
+        return
+    reason = f"headless Chromium not installed ({', '.join(missing)} missing): apt-get install chromium chromium-driver"
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def _chrome(profile_dir: Path) -> webdriver.Chrome:
+    options = Options()
+    options.binary_location = str(CHROMIUM)
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        f"--user-data-dir={profile_dir}",
+        "--window-size=1400,900",
+    ):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    service = Service(executable_path=str(CHROMEDRIVER), log_output=subprocess.DEVNULL)
+    return webdriver.Chrome(service=service, options=options)
+
+
+def _text(driver: webdriver.Chrome, css: str) -> str:
+    try:
+        return "".join(e.text for e in driver.find_elements(By.CSS_SELECTOR, css))
+    except StaleElementReferenceException:  # the stream re-rendered it between find and read
+        return ""
+
+
+def _use_the_page(url: str, call_id: str, profile_dir: Path, screenshot: Path | None) -> list[str]:
+    """Everything the operator does, in the browser (blocking: runs in a thread). Returns browser console errors."""
+    driver = _chrome(profile_dir)
+    try:
+        wait = WebDriverWait(driver, WAIT_S, poll_frequency=0.1)
+        driver.set_page_load_timeout(WAIT_S)
+        driver.get(f"{url}/")
+        wait.until(lambda d: d.find_elements(By.ID, "token"))
+        driver.find_element(By.ID, "token").send_keys(TOKEN)
+        driver.find_element(By.ID, "login").click()
+
+        # the call is listed among the live calls, and the stream is connected
+        row = f'#live-calls tr[data-call-id="{call_id}"]'
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, row))
+        wait.until(lambda d: _text(d, "#status") == "live")
+        assert TOKEN not in driver.current_url
+
+        # open it: its transcript shows the caller's words as they are spoken
+        driver.find_element(By.CSS_SELECTOR, f"{row} a").click()
+        wait.until(lambda d: _text(d, "#detail-call-id") == call_id)
+        wait.until(lambda d: CALLER_WORDS in _text(d, "#transcript .line-caller .text"))
+        assert _text(driver, "#detail-state") == "attached"
+        options = [o.text for o in driver.find_elements(By.CSS_SELECTOR, "#transfer-target option")]
+        assert options == ["sales", "support"]
+        if screenshot is not None:
+            driver.save_screenshot(str(screenshot))
+
+        # hang up: the agent says goodbye, the call ends, the page shows it ended and gone from the live list
+        driver.find_element(By.ID, "hangup").click()
+        wait.until(lambda d: _text(d, "#detail-state") == "ended (operator_hangup)")
+        wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, row))
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f'#recent-calls tr[data-call-id="{call_id}"]'))
+        assert not driver.find_element(By.ID, "hangup").is_enabled()
+        return [
+            str(entry.get("message"))
+            for entry in driver.get_log("browser")  # type: ignore[no-untyped-call]  # selenium leaves it untyped
+            if entry.get("level") == "SEVERE" and "favicon.ico" not in str(entry.get("message"))
+        ]
+    finally:
+        driver.quit()
+
+
+async def test_the_live_calls_page_shows_a_call_its_transcript_and_hangs_it_up(tmp_path: Path) -> None:
+    _require_browser()
+    profile = AgentProfile(
+        tools=("end_call", "transfer_call"),
+        transfer=Transfer(targets={"sales": "tel:+14155550199", "support": "tel:+14155550100"}),
+    )
+    spec = CallSpec(
+        name="long",
+        max_call_seconds=300,
+        steps=[Step(say=CALLER_WORDS, reply="Of course, let me look that up."), Step(wait=240)],
+    )
+    wanted = os.environ.get("SIPCTL_CONSOLE_SCREENSHOT")
+    screenshot = tmp_path / "console.png"
+    async with harness.running_stack(Settings(profiles={"default": profile}), admin_token=TOKEN) as stack:
+        call = await stack.sim.place_call(spec)
+        async with asyncio.timeout(WAIT_S):
+            while stack.runtime.registry.supervisor(call.call_id) is None:
+                await asyncio.sleep(0.05)
+        errors = await asyncio.to_thread(
+            _use_the_page, stack.server.url, call.call_id, tmp_path / "chrome-profile", screenshot
+        )
+        record = await stack.runtime.registry.wait_ended(call.call_id, WAIT_S)
+        await stack.sim.wait_ended(call.call_id, WAIT_S)
+    assert record.ended_reason == "operator_hangup"
+    assert errors == []  # no script error, no Content-Security-Policy violation
+    assert screenshot.stat().st_size > 0
+    if wanted:
+        shutil.copyfile(screenshot, wanted)

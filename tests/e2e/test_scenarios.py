@@ -1,0 +1,117 @@
+"""End to end: every shipped scenario (config/scenarios/*.yaml) against the example config, as
+``sipctl --config config/sipctl.example.yaml simulate <file>`` runs it, with both sides' time compressed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sip_controller import harness, preflight
+from sip_controller.config import Settings
+from sip_controller.harness import CallOutcome
+from sip_controller.profile import AgentProfile, Watchdogs
+from sip_controller.simulator import CallSpec, Expectation, Step, load_scenario
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "config" / "sipctl.example.yaml"
+SCENARIOS = sorted((ROOT / "config" / "scenarios").glob("*.yaml"))
+#: nominal seconds -> real seconds; the hold scenario (20 simulated minutes) runs in about 12 s
+SCALE = 0.02
+HOLD_SCALE = 0.01
+_outcomes: dict[str, list[CallOutcome]] = {}
+
+
+async def outcomes_of(path: Path) -> list[CallOutcome]:
+    """Run a scenario file once per test session (the hold comparison reuses the hold run)."""
+    if path.name not in _outcomes:
+        settings, warnings = preflight.load_checked(EXAMPLE)
+        assert warnings == []
+        scale = HOLD_SCALE if path.name == "hold.yaml" else SCALE
+        _outcomes[path.name] = await harness.run_scenario(load_scenario(path), settings, time_scale=scale, timeout=40)
+    return _outcomes[path.name]
+
+
+def test_every_behaviour_has_a_scenario() -> None:
+    assert {p.stem for p in SCENARIOS} >= {
+        "goodbye", "caller-hangup", "duplicate-delivery", "transfer", "transfer-failed", "transfer-fallback",
+        "silence-timeout", "max-duration", "budget", "keypad", "routing", "denied-caller", "hold",
+    }
+    for path in SCENARIOS:
+        assert all(call.expect is not None for call in load_scenario(path).calls), path.name
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
+async def test_the_scenario_passes_with_the_example_config(path: Path) -> None:
+    outcomes = await outcomes_of(path)
+    assert {o.spec.name: o.problems for o in outcomes} == {o.spec.name: [] for o in outcomes}
+
+
+def _hold_costs(outcomes: list[CallOutcome]) -> tuple[float, float]:
+    by_name = {o.spec.name: o for o in outcomes}
+    with_hold, without = by_name["with-hold-mode"].record, by_name["without-hold-mode"].record
+    assert with_hold is not None
+    assert without is not None
+    return with_hold.cost_usd, without.cost_usd
+
+
+async def test_hold_mode_makes_20_minutes_of_hold_music_much_cheaper() -> None:
+    outcomes = await outcomes_of(ROOT / "config" / "scenarios" / "hold.yaml")
+    by_name = {o.spec.name: o for o in outcomes}
+    held = by_name["with-hold-mode"]
+    assert held.record is not None
+    assert held.sim.hold_segments == by_name["without-hold-mode"].sim.hold_segments == 60
+    # the model never answered the music: every automatic answer came before hold mode or after the person
+    assert not any(r.transcript == "Sorry, I didn't catch that." for r in held.sim.responses)
+    checks = [r for r in held.sim.responses if r.out_of_band]
+    assert len(checks) == 61  # every music segment, and Dana's line
+    assert [r.transcript for r in checks] == ["no"] * 60 + ["yes"]
+    assert held.record.hold_s > 0
+    with_hold, without = _hold_costs(outcomes)
+    assert with_hold > 0
+    assert without / with_hold >= 3.0, (with_hold, without)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="controller: the hold-time audio stays in the conversation, so the first response after the hold "
+    "re-reads all of it (uncached) and hold mode saves only about 3.5x over 20 minutes; see the report",
+)
+async def test_hold_mode_saves_at_least_five_times() -> None:
+    with_hold, without = _hold_costs(await outcomes_of(ROOT / "config" / "scenarios" / "hold.yaml"))
+    assert without / with_hold >= 5.0, (with_hold, without)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="controller (hold.py): hold checks send response.create with conversation 'none' but no 'input', so "
+    "on OpenAI each check uses the whole default conversation (all hold audio so far) as its context",
+)
+async def test_hold_checks_carry_their_own_small_input() -> None:
+    outcomes = await outcomes_of(ROOT / "config" / "scenarios" / "hold.yaml")
+    held = next(o for o in outcomes if o.spec.name == "with-hold-mode")
+    checks = [
+        e.payload["response"] for e in held.sim.client_events
+        if e.type == "response.create" and e.payload.get("response", {}).get("conversation") == "none"
+    ]
+    assert checks
+    assert all("input" in check for check in checks)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="controller: the goodbye timeout runs from the goodbye request, so an ending decided while a long "
+    "answer is still playing (budget, max duration) hangs up over the audio still queued",
+)
+async def test_an_ending_during_a_long_answer_waits_for_the_goodbye() -> None:
+    profile = AgentProfile(watchdogs=Watchdogs(budget_usd=0.015))  # the greeting costs about 0.01
+    long_reply = " ".join(["This is a long and detailed answer."] * 6)  # 42 words: 12.6 s of audio
+    spec = CallSpec(name="long-answer", max_call_seconds=300,
+                    steps=[Step(say="Tell me everything.", reply=long_reply), Step(wait=100)],
+                    expect=Expectation(ended_reason="budget_exceeded", ended_by="agent", hangup_after_audio=True))
+    settings = Settings(profiles={"default": profile})
+    async with harness.running_stack(settings, time_scale=0.05, scale_controller=True) as stack:
+        outcome = await harness.run_call(stack, spec, timeout=20)
+    assert outcome.problems == []
