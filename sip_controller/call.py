@@ -79,6 +79,7 @@ __all__ = [
     "DTMF_FLUSH_TIMER",
     "FILLER_TIMER_PREFIX",
     "GOODBYE_INSTRUCTIONS",
+    "GOODBYE_QUEUE_FACTOR",
     "GOODBYE_TIMER",
     "HANGUP_RETRY_TIMER",
     "HOLD_MAX_TIMER",
@@ -125,6 +126,8 @@ __all__ = [
     "ToolDone",
 ]
 
+#: how many goodbye timeouts a goodbye may wait behind audio still playing before it starts itself
+GOODBYE_QUEUE_FACTOR = 4
 FILLER_INSTRUCTIONS = (
     "Say only a very short filler line such as 'One moment, let me check that.' Do not say anything else and "
     "do not call any tool."
@@ -368,9 +371,12 @@ class CallMachine:
             return []
         self.ending = _Ending(reason=reason)
         self._set_state(CallState.ENDING, rel)
-        actions: list[Action] = [*watchdog.stop(self), StartTimer(GOODBYE_TIMER, self.profile.goodbye_timeout_s)]
+        timeout = self.profile.goodbye_timeout_s
         if instructions is None:
-            return actions
+            return [*watchdog.stop(self), StartTimer(GOODBYE_TIMER, timeout)]
+        # the goodbye may queue behind an answer still playing: a longer guard until its own audio starts,
+        # then goodbye_timeout_s for the goodbye itself
+        actions: list[Action] = [*watchdog.stop(self), StartTimer(GOODBYE_TIMER, timeout * GOODBYE_QUEUE_FACTOR)]
         self.ending.awaiting_created = True
         self.record.mark(rel, "goodbye requested")
         return [self.say(instructions), *actions]
@@ -545,7 +551,7 @@ class CallMachine:
                 self._count_transcription(usage)
                 if text.strip():
                     self.record.transcripts.append(TranscriptEntry("caller", text.strip(), round(rel, 3)))
-                    return hold.on_caller_transcript(self, text.strip(), rel)
+                    return hold.on_caller_transcript(self, text.strip(), event.item_id, rel)
             case ev.OutputTranscriptDone(transcript=text, response_id=rid):
                 if rid:
                     self.spoken.add(rid)
@@ -561,6 +567,9 @@ class CallMachine:
             case ev.OutputAudioBuffer(type="output_audio_buffer.started", response_id=rid):
                 if rid:
                     self.audio_started.add(rid)
+                end = self.ending
+                if end is not None and end.response_id is not None and rid == end.response_id:
+                    return [StartTimer(GOODBYE_TIMER, self.profile.goodbye_timeout_s)]  # the goodbye is playing
                 return watchdog.on_assistant_audio(self, started=True)
             case ev.OutputAudioBuffer(type=kind, response_id=rid):
                 if rid:
@@ -643,7 +652,8 @@ class CallMachine:
             return [*classified, *watchdog.on_cost(self, rel)]
         end = self.ending
         if end is not None and resp.id and resp.id == end.response_id:
-            if not completed or (resp.id not in self.audio_started and resp.id not in self.spoken):
+            heard = resp.id in self.audio_started or resp.id in self.spoken or resp.has_audio()
+            if not completed or not heard:
                 return self.hangup(rel, f"goodbye response {resp.status or 'ended'} without audio")
             if resp.id in self.audio_stopped:
                 return self.hangup(rel, "goodbye heard in full")

@@ -81,6 +81,14 @@ class Response(BaseModel):
     usage: Usage | None = None
     metadata: dict[str, Any] | None = None
 
+    def has_audio(self) -> bool:
+        """Whether the response made audio (its playback may start later, after audio still queued)."""
+        return any(
+            isinstance(part, dict) and part.get("type") in ("output_audio", "audio")
+            for item in self.output
+            for part in item.content
+        )
+
 
 class ResponseEvent(_Event):
     type: Literal["response.created", "response.done"]

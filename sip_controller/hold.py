@@ -21,9 +21,9 @@ if TYPE_CHECKING:
 
 PURPOSE = "sipctl_hold_check"
 CLASSIFIER_INSTRUCTIONS = (
-    "You are checking a phone line that is on hold. Below is the latest transcript of what was heard. Answer "
-    "with exactly one word: yes if a live person is now speaking to us directly (a greeting, a question, a "
-    "name), or no if it is hold music, silence, noise, or a recorded announcement.\n\nTranscript: {transcript}"
+    "You are checking a phone line that is on hold. The user message is the latest transcript of what was "
+    "heard. Answer with exactly one word: yes if a live person is now speaking to us directly (a greeting, a "
+    "question, a name), or no if it is hold music, silence, noise, or a recorded announcement."
 )
 HOLD_GIVE_UP = (
     "You have been on hold too long. Say in one sentence that you cannot wait any longer and will call back, "
@@ -31,11 +31,17 @@ HOLD_GIVE_UP = (
 )
 
 
+#: conversation items heard on hold that are removed when the hold ends (so later responses don't re-read them)
+MAX_HELD_ITEMS = 1000
+
+
 @dataclass
 class HoldState:
     started_at: float
     classifier_ids: set[str] = field(default_factory=set)
     pending_checks: int = 0
+    #: caller items committed while on hold (music, announcements)
+    items: list[str] = field(default_factory=list)
 
 
 def _turn_detection(m: CallMachine, *, create_response: bool) -> dict[str, Any] | None:
@@ -66,25 +72,29 @@ def on_tool(m: CallMachine, record: ToolCallRecord, rel: float) -> list[Action]:
     return actions
 
 
-def on_caller_transcript(m: CallMachine, text: str, rel: float) -> list[Action]:
+def on_caller_transcript(m: CallMachine, text: str, item_id: str | None, rel: float) -> list[Action]:
     h = m.hold
     if h is None or not m.live:
         return []
+    if item_id and len(h.items) < MAX_HELD_ITEMS:
+        h.items.append(item_id)
     if m.profile.hold.detect == "phrases":
         lowered = text.lower()
         if any(phrase in lowered for phrase in m.profile.hold.resume_phrases):
-            return _resume(m, rel, "a resume phrase was heard")
+            return _resume(m, rel, "a resume phrase was heard", keep=item_id)
         return []
     h.pending_checks += 1
+    # out of band, with its own one-message input: the check never re-reads the conversation (all that music)
     event = {
         "type": "response.create",
         "event_id": m.next_event_id("hold_check"),
         "response": {
             "conversation": "none",
+            "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": text[:1000]}]}],
             "output_modalities": ["text"],
-            "instructions": CLASSIFIER_INSTRUCTIONS.format(transcript=text[:1000]),
+            "instructions": CLASSIFIER_INSTRUCTIONS,
             "tool_choice": "none",
-            "metadata": {"purpose": PURPOSE},
+            "metadata": {"purpose": PURPOSE, "item_id": item_id or ""},
         },
     }
     return [Send(event)]
@@ -114,16 +124,24 @@ def on_response_done(m: CallMachine, resp: ev.Response, rel: float) -> list[Acti
     h.pending_checks = max(0, h.pending_checks - 1)
     answer = " ".join(item.text() for item in resp.output).strip().lower()
     if answer.startswith("yes"):
-        return _resume(m, rel, "a person is back (classifier)")
+        keep = resp.metadata.get("item_id") if resp.metadata else None
+        return _resume(m, rel, "a person is back (classifier)", keep=str(keep) if keep else None)
     return []
 
 
-def _resume(m: CallMachine, rel: float, why: str) -> list[Action]:
+def _resume(m: CallMachine, rel: float, why: str, *, keep: str | None = None) -> list[Action]:
+    """End the hold: forget what was heard on hold (but the person's first words), restore the session, and
+    let the model answer."""
     assert m.hold is not None
+    held = [item for item in m.hold.items if item != keep]
     settle(m, rel)
     m.hold = None
     m.record.mark(rel, f"hold mode off: {why}")
     actions: list[Action] = [CancelTimer(HOLD_MAX_TIMER), *watchdog.pause_silence(m, False)]
+    actions.extend(
+        Send({"type": "conversation.item.delete", "event_id": m.next_event_id("item"), "item_id": item})
+        for item in held
+    )
     td = _turn_detection(m, create_response=m.profile.turn_detection.create_response if m.profile.turn_detection
                          else True)
     if td is None:

@@ -95,7 +95,7 @@ def on_response_done(m: CallMachine, resp: ev.Response, rel: float) -> list[Acti
     t = m.transfer
     if t is None or t.phase != "announcing" or resp.id != t.response_id:
         return []
-    if resp.status != "completed" or (resp.id not in m.audio_started and resp.id not in m.spoken):
+    if resp.status != "completed" or not (resp.id in m.audio_started or resp.id in m.spoken or resp.has_audio()):
         return _refer(m, rel, "handoff line had no audio")
     if resp.id in m.audio_stopped:
         return _refer(m, rel, "handoff line heard")

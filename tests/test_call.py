@@ -176,14 +176,15 @@ def test_happy_path_agent_ends_the_call() -> None:
     out, goodbye = sends(actions)
     assert function_output(out) == ("call_1", {"status": "ending the call"})
     assert is_goodbye_request(goodbye)
-    assert actions[-1] == StartTimer(GOODBYE_TIMER, AgentProfile().goodbye_timeout_s)
+    # a guard while the goodbye may wait behind audio still playing; goodbye_timeout_s once it plays
+    assert actions[-1] == StartTimer(GOODBYE_TIMER, AgentProfile().goodbye_timeout_s * cm.GOODBYE_QUEUE_FACTOR)
     assert CancelTimer(cm.MAX_WRAP_TIMER) in actions  # ending: the watchdogs stand down
     assert hangups(actions) == 0
     assert c.state() == CallState.ENDING
 
     # the goodbye plays; no hangup until its audio has stopped
     assert c.feed(response_created("r_bye")) == []
-    assert c.feed(audio("started", "r_bye")) == []
+    assert c.feed(audio("started", "r_bye")) == [StartTimer(GOODBYE_TIMER, 5.0)]
     assert c.feed(said("r_bye", "Goodbye, have a nice day!")) == []
     assert c.feed(response_done("r_bye", usage=usage(text_in=300, audio_out=40))) == []
     assert c.feed(audio("stopped", "r_bye")) == [CancelTimer(GOODBYE_TIMER), Hangup()]
@@ -221,7 +222,7 @@ def test_no_hangup_before_the_goodbye_audio_stops() -> None:
     c.greeted()
     c.feed(response_done("r_tool", output=[fc("call_1")]))
     assert c.feed(response_created("r_bye")) == []
-    assert c.feed(audio("started", "r_bye")) == []
+    assert c.feed(audio("started", "r_bye")) == [StartTimer(GOODBYE_TIMER, 5.0)]  # now bounded by its own length
     # stopped of other responses (the greeting again, the tool response, an unknown one, none)
     assert c.feed(audio("stopped", "r_greet")) == []
     assert c.feed(audio("stopped", "r_tool")) == []
@@ -592,11 +593,11 @@ def test_shutdown_while_attached_says_goodbye_then_hangs_up() -> None:
     actions = c.feed(Shutdown())
     (goodbye,) = sends(actions)
     assert is_goodbye_request(goodbye, SHUTDOWN_INSTRUCTIONS)
-    assert actions[-1] == StartTimer(GOODBYE_TIMER, 5.0)
+    assert actions[-1] == StartTimer(GOODBYE_TIMER, 5.0 * cm.GOODBYE_QUEUE_FACTOR)
     assert c.state() == CallState.ENDING
     assert c.feed(Shutdown()) == []  # a second drain request changes nothing
     assert c.feed(response_created("r_bye")) == []
-    assert c.feed(audio("started", "r_bye")) == []
+    assert c.feed(audio("started", "r_bye")) == [StartTimer(GOODBYE_TIMER, 5.0)]
     assert c.feed(response_done("r_bye")) == []
     assert c.feed(audio("stopped", "r_bye")) == [CancelTimer(GOODBYE_TIMER), Hangup()]
     assert c.feed(HangupOk()) == [StartTimer(CLOSE_WAIT_TIMER, 3.0)]

@@ -95,13 +95,28 @@ class UsageMeter:
     def __init__(self) -> None:
         self._conversation_text = 0
         self._conversation_audio = 0
+        #: caller items still in the conversation: item_id -> (text tokens, audio tokens)
+        self._items: dict[str, tuple[int, int]] = {}
         self._previous_text_in = 0
         self._previous_audio_in = 0
         self._previous_oob_text_in = 0
 
-    def caller_spoke(self, text: str, seconds: float) -> None:
-        self._conversation_audio += round(seconds * INPUT_AUDIO_TOKENS_PER_SECOND)
-        self._conversation_text += text_tokens(text)
+    def caller_spoke(self, text: str, seconds: float, item_id: str | None = None) -> None:
+        audio = round(seconds * INPUT_AUDIO_TOKENS_PER_SECOND)
+        words = text_tokens(text)
+        self._conversation_audio += audio
+        self._conversation_text += words
+        if item_id is not None:
+            self._items[item_id] = (words, audio)
+
+    def forget(self, item_id: str) -> bool:
+        """``conversation.item.delete``: the item no longer counts in later responses."""
+        tokens = self._items.pop(item_id, None)
+        if tokens is None:
+            return False
+        self._conversation_text -= tokens[0]
+        self._conversation_audio -= tokens[1]
+        return True
 
     def tool_output(self, output: str) -> None:
         self._conversation_text += text_tokens(output) + 8

@@ -69,6 +69,7 @@ DEFAULT_HOLD_MARKERS: tuple[str, ...] = (
 CLIENT_EVENT_TYPES = [
     "session.update",
     "conversation.item.create",
+    "conversation.item.delete",
     "response.create",
     "response.cancel",
     "output_audio_buffer.clear",
@@ -419,6 +420,7 @@ class CallRuntime:
         handlers: dict[str, Callable[[dict[str, Any], str | None], Awaitable[None]]] = {
             "session.update": self._session_update,
             "conversation.item.create": self._item_create,
+            "conversation.item.delete": self._item_delete,
             "response.create": self._response_create,
             "response.cancel": self._response_cancel,
             "output_audio_buffer.clear": self._audio_clear,
@@ -428,6 +430,19 @@ class CallRuntime:
             await self.send_error(invalid_value("type", kind, CLIENT_EVENT_TYPES), client_event_id)
             return
         await handler(event, client_event_id)
+
+    async def _item_delete(self, event: dict[str, Any], eid: str | None) -> None:
+        item_id = event.get("item_id")
+        if not isinstance(item_id, str) or not item_id:
+            await self.send_error(missing_parameter("item_id"), eid)
+            return
+        if not self._usage.forget(item_id):
+            await self.send_error(
+                ApiError(400, f"Item with item_id '{item_id}' not found.", code="item_not_found", param="item_id"),
+                eid,
+            )
+            return
+        await self.send(_event("conversation.item.deleted", item_id=item_id))
 
     async def on_client_bytes(self) -> None:
         self.rec.client_events.append(ClientEvent(self.ctx.now(), "<invalid>", "<binary frame>"))
@@ -641,12 +656,17 @@ class CallRuntime:
         ends_at = 0.0
         if plays:
             now = self.ctx.now()
-            ends_at = max(now, self._playing_until) + self.ctx.scaled(seconds)
+            # one output buffer: a response made while audio still plays is heard after it
+            starts_at = max(now, self._playing_until)
+            ends_at = starts_at + self.ctx.scaled(seconds)
             self._playing_until = ends_at
             self._playing[response.id] = response
             self._audio_idle.clear()
-            response.audio_started_at = now
-            await self.send(_event("output_audio_buffer.started", response_id=response.id))
+            if starts_at <= now:
+                response.audio_started_at = now
+                await self.send(_event("output_audio_buffer.started", response_id=response.id))
+            else:
+                self.spawn(self._start_audio_later(response, starts_at), "playback-start")
         output: list[dict[str, Any]] = []
         if tool is not None:
             output.append(await self._emit_tool_call(response, tool))
@@ -781,6 +801,12 @@ class CallRuntime:
         self._last_item_id = item_id
         return item
 
+    async def _start_audio_later(self, response: ResponseRecord, starts_at: float) -> None:
+        await asyncio.sleep(max(0.0, starts_at - self.ctx.now()))
+        if response.id in self._playing and not self.is_ended:  # not cleared meanwhile
+            response.audio_started_at = self.ctx.now()
+            await self.send(_event("output_audio_buffer.started", response_id=response.id))
+
     async def _finish_audio(self, response: ResponseRecord, ends_at: float) -> None:
         await asyncio.sleep(max(0.0, ends_at - self.ctx.now()))
         now = self.ctx.now()
@@ -900,7 +926,7 @@ class CallRuntime:
         # Recorded before the transcription goes out, so a check the controller sends on it sees this line.
         self._last_caller_text = text
         self.rec.transcripts.append({"role": "caller", "text": text, "t": self.ctx.now()})
-        self._usage.caller_spoke(text, seconds)
+        self._usage.caller_spoke(text, seconds, item_id)
         completed: dict[str, Any] = {"item_id": item_id, "content_index": 0, "transcript": text}
         usage = transcription_usage(self.rec.session, text, seconds)
         if usage is not None:

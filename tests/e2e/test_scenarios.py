@@ -74,21 +74,11 @@ async def test_hold_mode_makes_20_minutes_of_hold_music_much_cheaper() -> None:
     assert without / with_hold >= 3.0, (with_hold, without)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="controller: the hold-time audio stays in the conversation, so the first response after the hold "
-    "re-reads all of it (uncached) and hold mode saves only about 3.5x over 20 minutes; see the report",
-)
 async def test_hold_mode_saves_at_least_five_times() -> None:
     with_hold, without = _hold_costs(await outcomes_of(ROOT / "config" / "scenarios" / "hold.yaml"))
     assert without / with_hold >= 5.0, (with_hold, without)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="controller (hold.py): hold checks send response.create with conversation 'none' but no 'input', so "
-    "on OpenAI each check uses the whole default conversation (all hold audio so far) as its context",
-)
 async def test_hold_checks_carry_their_own_small_input() -> None:
     outcomes = await outcomes_of(ROOT / "config" / "scenarios" / "hold.yaml")
     held = next(o for o in outcomes if o.spec.name == "with-hold-mode")
@@ -100,11 +90,6 @@ async def test_hold_checks_carry_their_own_small_input() -> None:
     assert all("input" in check for check in checks)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="controller: the goodbye timeout runs from the goodbye request, so an ending decided while a long "
-    "answer is still playing (budget, max duration) hangs up over the audio still queued",
-)
 async def test_an_ending_during_a_long_answer_waits_for_the_goodbye() -> None:
     profile = AgentProfile(watchdogs=Watchdogs(budget_usd=0.015))  # the greeting costs about 0.01
     long_reply = " ".join(["This is a long and detailed answer."] * 6)  # 42 words: 12.6 s of audio
