@@ -37,7 +37,7 @@ async def outcomes_of(path: Path) -> list[CallOutcome]:
 def test_every_behaviour_has_a_scenario() -> None:
     assert {p.stem for p in SCENARIOS} >= {
         "goodbye", "caller-hangup", "duplicate-delivery", "transfer", "transfer-failed", "transfer-fallback",
-        "silence-timeout", "max-duration", "budget", "keypad", "routing", "denied-caller", "hold",
+        "silence-timeout", "max-duration", "budget", "keypad", "routing", "denied-caller", "hold", "python-tool",
     }
     for path in SCENARIOS:
         assert all(call.expect is not None for call in load_scenario(path).calls), path.name
@@ -47,6 +47,15 @@ def test_every_behaviour_has_a_scenario() -> None:
 async def test_the_scenario_passes_with_the_example_config(path: Path) -> None:
     outcomes = await outcomes_of(path)
     assert {o.spec.name: o.problems for o in outcomes} == {o.spec.name: [] for o in outcomes}
+
+
+async def test_the_python_tool_answer_reaches_the_model() -> None:
+    (outcome,) = await outcomes_of(ROOT / "config" / "scenarios" / "python-tool.yaml")
+    assert outcome.record is not None
+    (call,) = [t for t in outcome.record.tool_calls if t.name == "opening_hours"]
+    assert call.outcome == "ok"
+    assert '"hours": "9:00-19:00"' in call.result
+    assert any('"9:00-19:00"' in o["output"] for o in outcome.sim.function_outputs)
 
 
 def _hold_costs(outcomes: list[CallOutcome]) -> tuple[float, float]:
