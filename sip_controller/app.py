@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -67,9 +66,13 @@ def _delivery_counts(app: Starlette) -> dict[str, int]:
     return {"delivered": stats.delivered, "failed": stats.failed, "dropped": stats.dropped}
 
 
-def _answer(status: int, outcome: str, detail: str | None = None) -> JSONResponse:
-    body = {"status": outcome} if detail is None else {"status": outcome, "detail": detail}
-    return JSONResponse(body, status_code=status)
+class _Answer(JSONResponse):
+    """A webhook answer that remembers its outcome label (for the metrics)."""
+
+    def __init__(self, status: int, outcome: str, detail: str | None = None) -> None:
+        body = {"status": outcome} if detail is None else {"status": outcome, "detail": detail}
+        super().__init__(body, status_code=status)
+        self.outcome = outcome
 
 
 def create_app(
@@ -131,43 +134,43 @@ def create_app(
 
     async def webhook(request: Request) -> Response:
         response = await _webhook(request)
-        meters.webhook(json.loads(bytes(response.body))["status"])
+        meters.webhook(response.outcome)
         return response
 
-    async def _webhook(request: Request) -> Response:
+    async def _webhook(request: Request) -> _Answer:
         rt: Runtime = request.app.state.runtime
         try:
             body = await _read_limited(request, settings.limits.webhook_max_body_bytes)
         except BodyTooLarge:
             log.warning("webhook.rejected", outcome="too_large")
-            return _answer(413, "too_large")
+            return _Answer(413, "too_large")
         except ClientDisconnect:
-            return _answer(400, "malformed", "client disconnected")
+            return _Answer(400, "malformed", "client disconnected")
         try:
             webhook_id = rt.verifier.verify(body, request.headers)
             event = parse_event(body, webhook_id)
         except WebhookRejected as exc:
             log.warning("webhook.rejected", outcome=exc.outcome, reason=exc.message)
-            return _answer(exc.status, exc.outcome, exc.message)
+            return _Answer(exc.status, exc.outcome, exc.message)
         if isinstance(event, OtherEvent):
             log.info("webhook.ignored", event_type=event.type, webhook_id=webhook_id)
-            return _answer(200, "ignored")
+            return _Answer(200, "ignored")
         if rt.registry.draining and settings.limits.drain_mode == "redeliver":
             log.warning("webhook.draining", call_id=event.call_id)
-            return _answer(503, "draining")
+            return _Answer(503, "draining")
         ttl = settings.limits.dedupe_ttl_s
         if not await rt.store.claim(f"webhook:{webhook_id}", ttl):
             log.info("webhook.duplicate", key="webhook_id", call_id=event.call_id, webhook_id=webhook_id)
-            return _answer(200, "duplicate")
+            return _Answer(200, "duplicate")
         if not await rt.store.claim(f"call:{event.call_id}", ttl):
             log.info("webhook.duplicate", key="call_id", call_id=event.call_id, webhook_id=webhook_id)
-            return _answer(200, "duplicate")
+            return _Answer(200, "duplicate")
         refusal = rt.registry.start(event)
         if refusal is not None:
             log.warning("webhook.refused", call_id=event.call_id, sip_status=refusal.status_code, why=refusal.reason)
-            return _answer(200, "rejected", refusal.reason)
+            return _Answer(200, "rejected", refusal.reason)
         log.info("webhook.accepted", call_id=event.call_id, webhook_id=webhook_id)
-        return _answer(200, "accepted")
+        return _Answer(200, "accepted")
 
     async def livez(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
