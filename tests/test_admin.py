@@ -4,104 +4,26 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import pytest
-import respx
 import schemathesis
 from hypothesis import HealthCheck, settings
-from pydantic import SecretStr
-from standardwebhooks import Webhook
-from starlette.applications import Starlette
+from servicekit import Service, incoming, running_service
 
 from sip_controller.admin import OPENAPI
-from sip_controller.app import Runtime, create_app
-from sip_controller.config import Limits, Secrets, Settings
-from sip_controller.loopback import serve
-from sip_controller.profile import AgentProfile, Transfer
-from sip_controller.sideband import FakeConnector
 
-BASE = "https://openai.test/v1"
 TOKEN = "test-admin-token-0123456789"
-SECRET = "whsec_" + base64.b64encode(os.urandom(24)).decode()
-PROFILE = AgentProfile(tools=("end_call", "transfer_call"), transfer=Transfer(targets={"sales": "tel:+14155550199"}))
-
-
-def _router() -> respx.Router:
-    router = respx.Router(base_url=BASE, assert_all_called=False)
-    for op in ("accept", "reject", "hangup", "refer"):
-        router.post(path__regex=rf"/realtime/calls/[^/]+/{op}", name=op).respond(200)
-    return router
-
-
-def _app(router: respx.Router, client: httpx.AsyncClient, connector: FakeConnector, token: str | None) -> Starlette:
-    secrets = Secrets(
-        openai_api_key=SecretStr("sk-test"),
-        webhook_secrets=(SecretStr(SECRET),),
-        openai_base_url=BASE,
-        admin_token=SecretStr(token) if token else None,
-    )
-    settings = Settings(profiles={"default": PROFILE}, limits=Limits(hangup_close_wait_s=0.1))
-    return create_app(settings, secrets, http_client=client, connect=connector, drain_timeout_s=0.5)
-
-
-def _incoming(call_id: str) -> tuple[bytes, dict[str, str]]:
-    body = json.dumps(
-        {
-            "object": "event",
-            "id": f"evt_{call_id}",
-            "type": "realtime.call.incoming",
-            "data": {
-                "call_id": call_id,
-                "sip_headers": [{"name": "From", "value": "<sip:+14155550123@sip.twilio.com>;tag=1"}],
-            },
-        }
-    ).encode()
-    now = datetime.now(UTC)
-    headers = {
-        "webhook-id": f"wh_{call_id}",
-        "webhook-timestamp": str(int(now.timestamp())),
-        "webhook-signature": Webhook(SECRET).sign(f"wh_{call_id}", now, body.decode()),
-    }
-    return body, headers
-
-
-@dataclass
-class Admin:
-    client: httpx.AsyncClient
-    app: Starlette
-    router: respx.Router
-    connector: FakeConnector
-
-    @property
-    def runtime(self) -> Runtime:
-        runtime: Runtime = self.app.state.runtime
-        return runtime
-
-    async def place(self, call_id: str) -> None:
-        body, headers = _incoming(call_id)
-        assert (await self.client.post("/webhooks/openai", content=body, headers=headers)).status_code == 200
-        async with asyncio.timeout(5):
-            while call_id not in self.connector.attached:
-                await asyncio.sleep(0.01)
+Admin = Service
 
 
 async def _admin(token: str | None) -> AsyncIterator[Admin]:
-    router = _router()
-    connector = FakeConnector()
-    async with httpx.AsyncClient(transport=httpx.MockTransport(router.async_handler)) as openai_client:
-        app = _app(router, openai_client, connector, token)
-        async with serve(app) as server, httpx.AsyncClient(base_url=server.url) as client:
-            yield Admin(client, app, router, connector)
+    async with running_service(token) as service:
+        yield service
 
 
 @pytest.fixture
@@ -206,7 +128,7 @@ async def test_cookie_auth_needs_the_csrf_header_for_writes(admin: Admin) -> Non
 @pytest.mark.anyio
 async def test_metrics_are_low_cardinality_prometheus_text(admin: Admin) -> None:
     await admin.place("rtc_m_1")
-    body, headers = _incoming("rtc_m_1")
+    body, headers = incoming("rtc_m_1")
     await admin.client.post("/webhooks/openai", content=body, headers=headers)  # a duplicate
     await admin.client.post("/webhooks/openai", content=b"{}", headers={"webhook-id": "x"})  # forged
     admin.connector.attached["rtc_m_1"].close_from_server(1000)

@@ -4,114 +4,32 @@ the cookie's flags), escaping of caller-controlled text, and the bounded server-
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
-import os
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
-import respx
-from pydantic import SecretStr
-from standardwebhooks import Webhook
-from starlette.applications import Starlette
-
-from sip_controller.app import Runtime, create_app
-from sip_controller.config import Limits, Secrets, Settings
-from sip_controller.loopback import serve
-from sip_controller.profile import AgentProfile, Transfer
-from sip_controller.sideband import FakeConnector
+from servicekit import Service, running_service
 
 pytestmark = pytest.mark.anyio
 
-BASE = "https://openai.test/v1"
 TOKEN = "console-test-token-0123456789"
-SECRET = "whsec_" + base64.b64encode(os.urandom(24)).decode()
-PROFILE = AgentProfile(tools=("end_call", "transfer_call"), transfer=Transfer(targets={"sales": "tel:+14155550199"}))
 HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'
-
-
-def _router() -> respx.Router:
-    router = respx.Router(base_url=BASE, assert_all_called=False)
-    for op in ("accept", "reject", "hangup", "refer"):
-        router.post(path__regex=rf"/realtime/calls/[^/]+/{op}", name=op).respond(200)
-    return router
-
-
-def _incoming(call_id: str) -> tuple[bytes, dict[str, str]]:
-    body = json.dumps(
-        {
-            "object": "event",
-            "id": f"evt_{call_id}",
-            "type": "realtime.call.incoming",
-            "data": {
-                "call_id": call_id,
-                "sip_headers": [{"name": "From", "value": "<sip:+14155550123@sip.twilio.com>;tag=1"}],
-            },
-        }
-    ).encode()
-    now = datetime.now(UTC)
-    headers = {
-        "webhook-id": f"wh_{call_id}",
-        "webhook-timestamp": str(int(now.timestamp())),
-        "webhook-signature": Webhook(SECRET).sign(f"wh_{call_id}", now, body.decode()),
-    }
-    return body, headers
-
-
-@dataclass
-class Console:
-    client: httpx.AsyncClient
-    app: Starlette
-    connector: FakeConnector
-
-    @property
-    def runtime(self) -> Runtime:
-        runtime: Runtime = self.app.state.runtime
-        return runtime
-
-    async def place(self, call_id: str) -> None:
-        body, headers = _incoming(call_id)
-        assert (await self.client.post("/webhooks/openai", content=body, headers=headers)).status_code == 200
-        async with asyncio.timeout(5):
-            while call_id not in self.connector.attached:
-                await asyncio.sleep(0.01)
-
-    async def say(self, call_id: str, text: str) -> None:
-        self.connector.attached[call_id].push(
-            {"type": "conversation.item.input_audio_transcription.completed", "item_id": "i1", "transcript": text}
-        )
-        record = self.runtime.registry.get(call_id)
-        assert record is not None
-        async with asyncio.timeout(5):
-            while not any(t.text == text for t in record.transcripts):
-                await asyncio.sleep(0.01)
+Console = Service
 
 
 @pytest.fixture
 async def console() -> AsyncIterator[Console]:
-    async for c in _console(TOKEN):
-        yield c
+    async with running_service(TOKEN) as service:
+        yield service
 
 
 async def _console(token: str | None) -> AsyncIterator[Console]:
-    secrets = Secrets(
-        openai_api_key=SecretStr("sk-test"),
-        webhook_secrets=(SecretStr(SECRET),),
-        openai_base_url=BASE,
-        admin_token=SecretStr(token) if token else None,
-    )
-    settings = Settings(profiles={"default": PROFILE}, limits=Limits(hangup_close_wait_s=0.1))
-    connector = FakeConnector()
-    async with httpx.AsyncClient(transport=httpx.MockTransport(_router().async_handler)) as openai_client:
-        app = create_app(settings, secrets, http_client=openai_client, connect=connector, drain_timeout_s=0.5)
-        async with serve(app) as server, httpx.AsyncClient(base_url=server.url, timeout=10) as client:
-            yield Console(client, app, connector)
+    async with running_service(token) as service:
+        yield service
 
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
