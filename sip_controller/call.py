@@ -180,6 +180,11 @@ class _Ending:
     response_id: str | None = None
     #: a response.create for the goodbye was sent and its response.created not yet seen
     awaiting_created: bool = False
+    #: the event_id of that response.create (an `error` naming it means no goodbye will come)
+    request_event_id: str | None = None
+    #: what the goodbye says, and whether to ask again once the response in progress is done
+    instructions: str | None = None
+    retry_when_idle: bool = False
     hangup_sent: bool = False
 
 
@@ -377,9 +382,17 @@ class CallMachine:
         # the goodbye may queue behind an answer still playing: a longer guard until its own audio starts,
         # then goodbye_timeout_s for the goodbye itself
         actions: list[Action] = [*watchdog.stop(self), StartTimer(GOODBYE_TIMER, timeout * GOODBYE_QUEUE_FACTOR)]
+        self.ending.instructions = instructions
+        return [self._request_goodbye(rel), *actions]
+
+    def _request_goodbye(self, rel: float) -> Send:
+        assert self.ending is not None
+        assert self.ending.instructions is not None
         self.ending.awaiting_created = True
         self.record.mark(rel, "goodbye requested")
-        return [self.say(instructions), *actions]
+        request = self.say(self.ending.instructions)
+        self.ending.request_event_id = request.event.get("event_id")
+        return request
 
     def update_session(self, patch: dict[str, Any], rel: float, *, what: str, then: list[Action]) -> list[Action]:
         """Send a checked session.update; ``then`` runs once OpenAI confirms it with session.updated."""
@@ -623,6 +636,12 @@ class CallMachine:
         would be left in static or silence: hang up at once and keep OpenAI's message in the report."""
         where = f" (param {err.param})" if err.param else ""
         self.record.errors.append(f"sideband error {err.code or err.type}: {err.message}{where}")
+        end = self.ending
+        if end is not None and end.request_event_id is not None and err.event_id == end.request_event_id:
+            if err.code == "conversation_already_has_active_response":
+                end.retry_when_idle = True  # ask again when the answer being made is done
+                return []
+            return self.hangup(rel, "the goodbye could not be created")
         ours = err.event_id is not None and err.event_id in self._our_update_ids
         since_attach = rel - (self.attached_at if self.attached_at is not None else rel)
         early = (
@@ -651,6 +670,9 @@ class CallMachine:
         if classified is not None:
             return [*classified, *watchdog.on_cost(self, rel)]
         end = self.ending
+        if end is not None and end.retry_when_idle and resp.id != end.response_id:
+            end.retry_when_idle = False
+            return [self._request_goodbye(rel)]
         if end is not None and resp.id and resp.id == end.response_id:
             heard = resp.id in self.audio_started or resp.id in self.spoken or resp.has_audio()
             if not completed or not heard:

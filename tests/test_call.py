@@ -977,3 +977,32 @@ def test_a_refused_accept_body_rejects_the_call_before_finishing() -> None:
     assert actions[0] == cm.Reject(603)
     assert actions[-1] == Finish("accept_failed")
     assert c.state() == CallState.FAILED
+
+
+def test_a_goodbye_that_cannot_be_created_hangs_up_at_once() -> None:
+    c = Call()
+    c.greeted()
+    c.now += 60  # past the early-error window: only the goodbye's own failure matters here
+    (_, goodbye) = sends(c.feed(response_done("r_tool", output=[fc("call_1")])))
+    error = {"type": "invalid_request_error", "code": "invalid_value", "message": "bad",
+             "event_id": goodbye["event_id"]}
+    assert hangups(c.feed(sb({"type": "error", "error": error}))) == 1
+
+
+def test_a_goodbye_refused_while_a_response_is_active_is_asked_again_when_it_is_done() -> None:
+    c = Call()
+    c.greeted()
+    c.now += 60
+    c.feed(response_created("r_answer"))  # an answer is being made when the call has to end
+    c.feed(audio("started", "r_answer"))
+    (goodbye,) = sends(c.feed(Shutdown()))
+    error = {"type": "invalid_request_error", "code": "conversation_already_has_active_response", "message": "busy",
+             "event_id": goodbye["event_id"]}
+    assert c.feed(sb({"type": "error", "error": error})) == []  # no hangup over the answer
+    (again,) = sends(c.feed(response_done("r_answer")))
+    assert again["type"] == "response.create"
+    assert again["event_id"] != goodbye["event_id"]
+    assert c.feed(response_created("r_bye")) == []
+    c.feed(audio("stopped", "r_answer"))
+    c.feed(audio("started", "r_bye"))
+    assert hangups(c.feed(audio("stopped", "r_bye"))) == 1
