@@ -95,8 +95,6 @@ def create_app(
     meters = metrics or Metrics()
     auth = AdminAuth(secrets.admin_token.get_secret_value() if secrets.admin_token else None)
 
-    delivery_watched: list[bool] = []
-
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
@@ -118,9 +116,6 @@ def create_app(
             stack.push_async_callback(notifier.aclose, settings.reports.flush_timeout_s)
             registry.on_started.append(notifier.call_started)
             registry.on_finished.append(notifier.call_ended)
-            if not delivery_watched:
-                meters.watch_deliveries(lambda: _delivery_counts(app))
-                delivery_watched.append(True)
             app.state.notifier = notifier
             app.state.runtime = Runtime(settings, registry, store or MemoryStore(clock=clock), verifier)
             log.info("app.started", base_url=secrets.openai_base_url, profiles=sorted(settings.profiles))
@@ -196,4 +191,6 @@ def create_app(
         *admin.routes(auth, lambda request: request.app.state.runtime, mask_caller=settings.reports.mask_caller),
         *console.routes(auth, lambda request: request.app.state.runtime),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan)
+    meters.watch_deliveries(lambda: _delivery_counts(app))  # read at scrape time, from the lifespan's notifier
+    return app

@@ -70,6 +70,9 @@ class Service:
         runtime: Runtime = self.app.state.runtime
         return runtime
 
+    def accepts(self) -> int:
+        return int(self.router.routes["accept"].call_count)
+
     async def place(self, call_id: str) -> None:
         """Deliver the webhook and wait until the call's (fake) sideband is attached."""
         body, headers = incoming(call_id)
@@ -91,16 +94,19 @@ class Service:
 
 
 @contextlib.asynccontextmanager
-async def running_service(admin_token: str | None) -> AsyncIterator[Service]:
+async def running_service(
+    admin_token: str | None = None, *, settings: Settings | None = None, older_secrets: tuple[str, ...] = ()
+) -> AsyncIterator[Service]:
+    """``older_secrets`` are accepted before ``SECRET`` (webhook secret rotation)."""
     router = openai_router()
     connector = FakeConnector()
     secrets = Secrets(
         openai_api_key=SecretStr("sk-test"),
-        webhook_secrets=(SecretStr(SECRET),),
+        webhook_secrets=tuple(SecretStr(s) for s in (*older_secrets, SECRET)),
         openai_base_url=BASE,
         admin_token=SecretStr(admin_token) if admin_token else None,
     )
-    settings = Settings(profiles={"default": PROFILE}, limits=Limits(hangup_close_wait_s=0.1))
+    settings = settings or Settings(profiles={"default": PROFILE}, limits=Limits(hangup_close_wait_s=0.1))
     async with httpx.AsyncClient(transport=httpx.MockTransport(router.async_handler)) as openai_client:
         app = create_app(settings, secrets, http_client=openai_client, connect=connector, drain_timeout_s=0.5)
         async with serve(app) as server, httpx.AsyncClient(base_url=server.url, timeout=10) as client:

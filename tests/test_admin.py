@@ -145,6 +145,7 @@ async def test_metrics_are_low_cardinality_prometheus_text(admin: Admin) -> None
     assert 'sipctl_openai_request_duration_seconds_count{operation="accept",status_class="2xx"} 1.0' in text
     assert "sipctl_ring_to_answer_seconds_count 1.0" in text
     assert 'sipctl_build_info{version="' in text
+    assert 'sipctl_event_webhook_deliveries_total{outcome="delivered"} 0.0' in text  # read from the notifier
     assert "rtc_m_1" not in text
     assert "4155550123" not in text
 

@@ -8,28 +8,21 @@ import json
 import os
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
-import respx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import SecretStr
+from servicekit import SECRET, Service, running_service
 from standardwebhooks import Webhook
-from starlette.applications import Starlette
 
-from sip_controller.app import Runtime, create_app
+from sip_controller.app import create_app
 from sip_controller.config import Secrets, Settings
-from sip_controller.loopback import serve
-from sip_controller.sideband import FakeConnector
 
 pytestmark = pytest.mark.anyio
 
-BASE = "https://openai.test/v1"
-SECRET = "whsec_" + base64.b64encode(os.urandom(24)).decode()
 OTHER_SECRET = "whsec_" + base64.b64encode(os.urandom(24)).decode()
 
 
@@ -59,38 +52,10 @@ def signed(body: bytes, *, msg_id: str = "wh_1", secret: str = SECRET, at: datet
     }
 
 
-@dataclass
-class Service:
-    client: httpx.AsyncClient
-    app: Starlette
-    router: respx.Router
-    connector: FakeConnector
-
-    @property
-    def runtime(self) -> Runtime:
-        runtime: Runtime = self.app.state.runtime
-        return runtime
-
-    def accepts(self) -> int:
-        return int(self.router.routes["accept"].call_count)
-
-
 @pytest.fixture
 async def service() -> AsyncIterator[Service]:
-    router = respx.Router(base_url=BASE, assert_all_called=False)
-    router.post(path__regex=r"/realtime/calls/[^/]+/accept", name="accept").respond(200)
-    router.post(path__regex=r"/realtime/calls/[^/]+/hangup", name="hangup").respond(200)
-    router.post(path__regex=r"/realtime/calls/[^/]+/reject", name="reject").respond(200)
-    connector = FakeConnector()
-    secrets = Secrets(
-        openai_api_key=SecretStr("sk-test"),
-        webhook_secrets=(SecretStr(OTHER_SECRET), SecretStr(SECRET)),
-        openai_base_url=BASE,
-    )
-    async with httpx.AsyncClient(transport=httpx.MockTransport(router.async_handler)) as openai_client:
-        app = create_app(Settings(), secrets, http_client=openai_client, connect=connector, drain_timeout_s=1.0)
-        async with serve(app) as server, httpx.AsyncClient(base_url=server.url) as client:
-            yield Service(client, app, router, connector)
+    async with running_service(settings=Settings(), older_secrets=(OTHER_SECRET,)) as svc:
+        yield svc
 
 
 async def post(svc: Service, body: bytes, headers: dict[str, str]) -> httpx.Response:

@@ -4,6 +4,7 @@ bounds, the JSONL call log, queue overflow and the flush on shutdown."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
@@ -95,6 +96,16 @@ def notifier_for(rx: Receiver, settings: Reports, **kwargs: Any) -> ReportNotifi
     return ReportNotifier(settings, environ=environ, policy=FAST, **kwargs)
 
 
+@contextlib.asynccontextmanager
+async def running(notifier: ReportNotifier) -> AsyncIterator[ReportNotifier]:
+    """Started for the block, then closed (flushing within 5 s) whatever the block did."""
+    notifier.start()
+    try:
+        yield notifier
+    finally:
+        await notifier.aclose(5)
+
+
 def ended_record(call_id: str = "rtc_1") -> CallRecord:
     record = CallRecord(call_id=call_id, profile="default", received_at=RECEIVED, caller=CALLER, dialed="+18005550100")
     record.accepted_s = 0.1
@@ -116,15 +127,12 @@ async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
 async def test_events_arrive_signed_with_the_documents(receiver: tuple[Receiver, RunningServer]) -> None:
     rx, server = receiver
     notifier = notifier_for(rx, reports(server))
-    notifier.start()
-    try:
+    async with running(notifier):
         record = CallRecord(call_id="rtc_1", profile="default", received_at=RECEIVED, caller=CALLER)
         notifier.call_started(record)
         record = ended_record()
         notifier.call_ended(record)
         await until(lambda: len(rx.events) == 2)
-    finally:
-        await notifier.aclose(5)
     assert rx.bad_signatures == 0
     by_type = {e["type"]: e for e in rx.events}
     assert set(by_type) == {"call.started", "call.ended"}
@@ -148,12 +156,9 @@ async def test_a_failing_endpoint_is_retried_then_delivered(receiver: tuple[Rece
     rx, server = receiver
     rx.fail_first = 2
     notifier = notifier_for(rx, reports(server, events=("call.ended",)))
-    notifier.start()
-    try:
+    async with running(notifier):
         notifier.call_ended(ended_record())
         await until(lambda: notifier.stats.delivered == 1)
-    finally:
-        await notifier.aclose(5)
     assert rx.hits == 3
     assert len(rx.events) == 1
     assert rx.bad_signatures == 0  # each attempt is signed afresh, with the same webhook-id
@@ -165,12 +170,9 @@ async def test_429_is_retried_honouring_a_short_retry_after(receiver: tuple[Rece
     rx, server = receiver
     rx.fail_first, rx.fail_status, rx.fail_headers = 1, 429, {"retry-after": "0"}
     notifier = notifier_for(rx, reports(server, events=("call.ended",)))
-    notifier.start()
-    try:
+    async with running(notifier):
         notifier.call_ended(ended_record())
         await until(lambda: notifier.stats.delivered == 1)
-    finally:
-        await notifier.aclose(5)
     assert rx.hits == 2
 
 
@@ -178,12 +180,9 @@ async def test_a_4xx_answer_is_final(receiver: tuple[Receiver, RunningServer]) -
     rx, server = receiver
     rx.fail_first, rx.fail_status = 10, 400
     notifier = notifier_for(rx, reports(server, events=("call.ended",), max_attempts=5))
-    notifier.start()
-    try:
+    async with running(notifier):
         notifier.call_ended(ended_record())
         await until(lambda: notifier.stats.failed == 1)
-    finally:
-        await notifier.aclose(5)
     assert rx.hits == 1
     assert notifier.stats.delivered == 0
 
@@ -192,12 +191,9 @@ async def test_persistent_5xx_gives_up_after_max_attempts(receiver: tuple[Receiv
     rx, server = receiver
     rx.fail_first = 100
     notifier = notifier_for(rx, reports(server, events=("call.ended",), max_attempts=3))
-    notifier.start()
-    try:
+    async with running(notifier):
         notifier.call_ended(ended_record())
         await until(lambda: notifier.stats.failed == 1)
-    finally:
-        await notifier.aclose(5)
     assert rx.hits == 3
     assert notifier.stats.retried == 2
 
@@ -227,26 +223,20 @@ async def test_an_unreachable_endpoint_is_retried_then_fails() -> None:
         port = sock.getsockname()[1]
     settings = Reports(endpoints=(ReportEndpoint(url=f"http://127.0.0.1:{port}/x"),), max_attempts=3)
     notifier = ReportNotifier(settings, policy=FAST)
-    notifier.start()
-    try:
+    async with running(notifier):
         notifier.call_ended(ended_record())
         await until(lambda: notifier.stats.failed == 1)
-    finally:
-        await notifier.aclose(5)
     assert notifier.stats.retried == 2
 
 
 async def test_jsonl_call_log_has_one_parseable_line_per_call(tmp_path: Path) -> None:
     path = tmp_path / "logs" / "nested" / "calls.jsonl"
     notifier = ReportNotifier(Reports(jsonl_path=str(path)), policy=FAST)
-    notifier.start()
-    try:
+    async with running(notifier):
         for i in range(3):
             notifier.call_started(ended_record(f"rtc_{i}"))  # no endpoints: nothing to send
             notifier.call_ended(ended_record(f"rtc_{i}"))
         await until(lambda: notifier.stats.written == 3)
-    finally:
-        await notifier.aclose(5)
     lines = path.read_text(encoding="utf-8").splitlines()
     assert len(lines) == 3
     docs = [json.loads(line) for line in lines]

@@ -90,6 +90,11 @@ class Simulator:
         self._ctx.faults = value
 
     @property
+    def webhook_secret(self) -> str:
+        """The secret the simulator signs its webhooks with (the controller must know it)."""
+        return self._secret
+
+    @property
     def api_key(self) -> str:
         return self._ctx.api_key
 

@@ -85,7 +85,7 @@ async def test_secret_rotation_accepts_either_secret() -> None:
     old = new_webhook_secret()
     async with harness.running_stack(Settings(), time_scale=SCALE) as st:
         # the controller knows an old secret first and the simulator's one second
-        st.runtime.verifier = type(st.runtime.verifier)([old, st.sim._secret])
+        st.runtime.verifier = type(st.runtime.verifier)([old, st.sim.webhook_secret])
         spec = goodbye_call(expect=Expectation(ended_reason="agent_end_call"))
         outcome = await harness.run_call(st, spec, timeout=20)
     assert outcome.problems == []

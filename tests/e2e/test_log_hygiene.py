@@ -32,7 +32,7 @@ def captured() -> Iterator[io.StringIO]:
 async def test_logs_never_carry_secrets_or_caller_details_above_debug(captured: io.StringIO) -> None:
     secret_seen: list[str] = []
     async with harness.running_stack(Settings(), time_scale=0.05) as stack:
-        secret = stack.sim._secret
+        secret = stack.sim.webhook_secret
         secret_seen.append(secret)
         outcomes = [await harness.run_call(stack, spec, timeout=20) for spec in load_scenario(DEMO).calls]
     assert all(o.ok for o in outcomes), [o.problems for o in outcomes]
