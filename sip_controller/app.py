@@ -18,12 +18,13 @@ from starlette.routing import Route
 from sip_controller import admin, console
 from sip_controller.admin import AdminAuth
 from sip_controller.config import Secrets, Settings
+from sip_controller.http11 import Http11Pool
 from sip_controller.metrics import Metrics
 from sip_controller.notifier import ReportNotifier
-from sip_controller.openai_api import RealtimeCalls
+from sip_controller.openai_api import MAX_IN_FLIGHT, RealtimeCalls, Transport, lean_transport_fits
 from sip_controller.registry import CallRegistry
 from sip_controller.retries import DEFAULT_POLICY, RetryPolicy
-from sip_controller.sideband import SidebandConnector, connect_websocket
+from sip_controller.sideband import LeanConnector, SidebandConnector, connect_websocket
 from sip_controller.store import MemoryStore, StateStore
 from sip_controller.webhooks import OtherEvent, WebhookRejected, WebhookVerifier, parse_event
 
@@ -99,14 +100,23 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             client = http_client
+            transport: Transport | None = None
+            sideband_connect = connect or connect_websocket
             if client is None:
-                # keep-alive for as many connections as may be open: httpcore closes idle ones past its limit
-                limits = httpx.Limits(max_connections=100, max_keepalive_connections=100, keepalive_expiry=30)
-                client = await stack.enter_async_context(httpx.AsyncClient(limits=limits))
+                # operator HTTP tools and report deliveries use httpx; OpenAI's REST calls and the sidebands
+                # the lean transports, unless a proxy is configured (only httpx and websockets honour one)
+                client = await stack.enter_async_context(httpx.AsyncClient())
+                if lean_transport_fits(secrets.openai_base_url):
+                    tls = httpx.create_ssl_context()
+                    pool = Http11Pool(secrets.openai_base_url, max_idle=MAX_IN_FLIGHT, ssl_context=tls)
+                    stack.push_async_callback(pool.aclose)
+                    transport = pool
+                    sideband_connect = connect or LeanConnector(tls)
             api = RealtimeCalls(
-                client, base_url=secrets.openai_base_url, api_key=api_key, observer=meters.openai_request
+                client, base_url=secrets.openai_base_url, api_key=api_key, transport=transport,
+                observer=meters.openai_request,
             )
-            registry = CallRegistry(settings, api, connect or connect_websocket, clock=clock, retry=retry)
+            registry = CallRegistry(settings, api, sideband_connect, clock=clock, retry=retry)
             registry.on_finished.append(meters.call_ended)
             registry.on_sideband = meters.sideband_event
             meters.watch_live_calls(lambda: registry.live_count)

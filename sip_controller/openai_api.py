@@ -1,14 +1,22 @@
-"""OpenAI's Realtime calls REST API (accept, reject, refer, hangup) over one owned httpx.AsyncClient."""
+"""OpenAI's Realtime calls REST API (accept, reject, refer, hangup).
+
+Requests go through a :class:`Transport`: the lean keep-alive :class:`~sip_controller.http11.Http11Pool` in production
+(see :func:`lean_transport_fits`), or an httpx client (behind a proxy, and in tests that mock OpenAI with respx).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections.abc import Callable
-from typing import Any
+import urllib.request
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
+
+from sip_controller.http11 import HttpFailure, Reply
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=3.0, read=5.0, write=5.0, pool=3.0)
 #: Requests let into the httpx pool at once (its default connection limit). More wait here, in FIFO order:
@@ -73,7 +81,39 @@ def sideband_url(base_url: str, call_id: str) -> str:
     return urlunsplit((scheme, parts.netloc, parts.path + "/realtime", f"call_id={quote(call_id)}", ""))
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+class Transport(Protocol):
+    """POSTs a JSON body to an absolute URL; raises :class:`~sip_controller.http11.HttpFailure` when no answer came."""
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Reply: ...
+
+
+class HttpxTransport:
+    """A :class:`Transport` over an httpx client (proxies, and respx in tests)."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self._client = client
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Reply:
+        try:
+            r = await self._client.post(url, content=body, headers=headers, timeout=DEFAULT_TIMEOUT)
+        except httpx.TimeoutException as exc:
+            raise HttpFailure(f"timed out ({type(exc).__name__})", timeout=True) from exc
+        except httpx.HTTPError as exc:
+            raise HttpFailure(f"{type(exc).__name__}: {exc}") from exc
+        return Reply(r.status_code, r.reason_phrase, dict(r.headers), r.content)
+
+
+def lean_transport_fits(base_url: str) -> bool:
+    """True unless the environment routes ``base_url`` through a proxy (``HTTPS_PROXY`` and friends), which
+    only the httpx transport honours."""
+    parts = urlsplit(base_url)
+    proxies = urllib.request.getproxies()
+    if not (proxies.get(parts.scheme) or proxies.get("all")):
+        return True
+    return bool(parts.hostname and urllib.request.proxy_bypass(parts.hostname))
+
+
+def _retry_after(response: Reply) -> float | None:
     value = response.headers.get("retry-after")
     if value is None:
         return None
@@ -83,10 +123,10 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
-def _error_for(operation: str, response: httpx.Response) -> OpenAIError:
-    message, code, param = response.reason_phrase or "error", None, None
+def _error_for(operation: str, response: Reply) -> OpenAIError:
+    message, code, param = response.reason or "error", None, None
     try:
-        payload = response.json()
+        payload = json.loads(response.body) if response.body else None
     except ValueError:
         payload = None
     if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
@@ -94,7 +134,7 @@ def _error_for(operation: str, response: httpx.Response) -> OpenAIError:
         message = str(err.get("message") or message)
         code = err.get("code") if isinstance(err.get("code"), str) else None
         param = err.get("param") if isinstance(err.get("param"), str) else None
-    status = response.status_code
+    status = response.status
     if status == 404:
         return CallGone(operation, status, message, code=code or "call_id_not_found", param=param)
     if status == 429:
@@ -115,16 +155,19 @@ class RealtimeCalls:
         *,
         base_url: str,
         api_key: str,
+        transport: Transport | None = None,
         max_in_flight: int = MAX_IN_FLIGHT,
         observer: Callable[[str, int, float], None] | None = None,
     ) -> None:
-        """``observer(operation, status, seconds)`` sees every request (status 0: no HTTP answer)."""
+        """``transport`` carries the REST calls (default: ``client``); ``client`` also serves operator HTTP tools.
+        ``observer(operation, status, seconds)`` sees every request (status 0: no HTTP answer)."""
         self._observer = observer
         self._client = client
+        self._transport = transport or HttpxTransport(client)
         self._in_flight = asyncio.Semaphore(max_in_flight)
         self.base_url = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {api_key}"}
-        self._api_key = api_key
+        self._json_headers = {**self._headers, "Content-Type": "application/json"}
 
     @property
     def http_client(self) -> httpx.AsyncClient:
@@ -145,15 +188,14 @@ class RealtimeCalls:
                 await self._in_flight.acquire()
         except TimeoutError:
             raise TransportError(operation, 0, "timed out (PoolTimeout)") from None
+        content = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
         started = time.monotonic()
         status = 0
         try:
-            response = await self._client.post(url, json=body, headers=self._headers, timeout=DEFAULT_TIMEOUT)
-            status = response.status_code
-        except httpx.TimeoutException as exc:
-            raise TransportError(operation, 0, f"timed out ({type(exc).__name__})") from exc
-        except httpx.HTTPError as exc:
-            raise TransportError(operation, 0, f"{type(exc).__name__}: {exc}") from exc
+            response = await self._transport.post(url, content, self._json_headers if content else self._headers)
+            status = response.status
+        except HttpFailure as exc:
+            raise TransportError(operation, 0, str(exc)) from exc
         finally:
             self._in_flight.release()
             if self._observer is not None:

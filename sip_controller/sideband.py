@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
@@ -11,6 +12,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from sip_controller.events import ServerEvent, parse_server_event
+from sip_controller.websocket import WebSocketClient, open_websocket
 
 MAX_FRAME_BYTES = 4 * 1024 * 1024
 
@@ -42,7 +44,7 @@ class SidebandConnector(Protocol):
 
 
 class WebSocketSideband:
-    """The real transport: a ``websockets`` client connection."""
+    """A transport over websockets' asyncio client (which honours proxy settings)."""
 
     def __init__(self, ws: ClientConnection) -> None:
         self._ws = ws
@@ -65,7 +67,50 @@ class WebSocketSideband:
         return self._ws.close_code
 
 
+class LeanSideband:
+    """The production transport: the lean client of :mod:`sip_controller.websocket`."""
+
+    def __init__(self, ws: WebSocketClient) -> None:
+        self._ws = ws
+
+    async def events(self) -> AsyncIterator[ServerEvent]:
+        while (frame := await self._ws.recv()) is not None:
+            yield parse_server_event(frame)
+
+    async def send(self, event: dict[str, Any]) -> None:
+        await self._ws.send_text(json.dumps(event, separators=(",", ":")))
+
+    async def close(self) -> None:
+        await self._ws.close()
+
+    @property
+    def close_code(self) -> int | None:
+        return self._ws.close_code
+
+
+class LeanConnector:
+    """Opens :class:`LeanSideband` connections (TLS with ``ssl_context`` for ``wss://``)."""
+
+    def __init__(self, ssl_context: ssl.SSLContext | None = None, *, open_timeout: float = 5.0) -> None:
+        self._ssl = ssl_context
+        self._open_timeout = open_timeout
+
+    async def __call__(self, url: str, headers: dict[str, str]) -> Sideband:
+        try:
+            ws = await open_websocket(
+                url, headers, open_timeout=self._open_timeout, max_size=MAX_FRAME_BYTES, ping_interval=20,
+                ping_timeout=20, close_timeout=2, ssl_context=self._ssl,
+            )
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            raise AttachError(f"sideband refused with HTTP {status}", gone=status == 404, status=status) from exc
+        except (OSError, TimeoutError, WebSocketException) as exc:
+            raise AttachError(f"sideband connect failed: {type(exc).__name__}: {exc}") from exc
+        return LeanSideband(ws)
+
+
 async def connect_websocket(url: str, headers: dict[str, str], *, open_timeout: float = 5.0) -> Sideband:
+    """websockets' own asyncio client: used when a proxy must be honoured (it reads the proxy settings)."""
     try:
         ws = await connect(
             url,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -10,6 +11,7 @@ import httpx
 import pytest
 import respx
 
+from sip_controller.http11 import Http11Pool
 from sip_controller.openai_api import (
     DEFAULT_TIMEOUT,
     AuthError,
@@ -20,6 +22,7 @@ from sip_controller.openai_api import (
     RealtimeCalls,
     ServerError,
     TransportError,
+    lean_transport_fits,
     sideband_url,
 )
 
@@ -270,7 +273,8 @@ async def test_transport_errors(router: respx.MockRouter, api: RealtimeCalls, ex
     err = info.value
     assert err.status == 0
     assert err.operation == "accept"
-    assert err.__cause__ is exc
+    assert err.__cause__ is not None
+    assert err.__cause__.__cause__ is exc  # TransportError <- HttpFailure <- the httpx error
     if isinstance(exc, httpx.TimeoutException):
         assert "timed out" in err.message
 
@@ -317,3 +321,44 @@ async def test_client_sideband_url_and_headers(api: RealtimeCalls) -> None:
     headers["Authorization"] = "changed"
     assert api.sideband_headers == {"Authorization": f"Bearer {KEY}"}
     assert "OpenAI-Beta" not in api.sideband_headers
+
+
+# ---- the lean transport --------------------------------------------------------------------------------------
+
+
+def test_the_lean_transport_steps_aside_for_a_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy",
+                 "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert lean_transport_fits("https://api.openai.com/v1")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    assert not lean_transport_fits("https://api.openai.com/v1")
+    assert lean_transport_fits("http://127.0.0.1:9000/v1")  # http is not proxied by HTTPS_PROXY
+    monkeypatch.setenv("NO_PROXY", "api.openai.com")
+    assert lean_transport_fits("https://api.openai.com/v1")
+
+
+@pytest.mark.anyio
+async def test_errors_through_the_lean_pool() -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        body = json.dumps(error_json("Call not found", code="call_id_not_found")).encode()
+        writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    base = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+    pool = Http11Pool(base)
+    seen: list[tuple[str, int]] = []
+    async with httpx.AsyncClient() as client:
+        api = RealtimeCalls(client, base_url=base, api_key=KEY, transport=pool,
+                            observer=lambda op, status, s: seen.append((op, status)))
+        with pytest.raises(CallGone) as info:
+            await api.hangup(CALL)
+    await pool.aclose()
+    server.close()
+    await server.wait_closed()
+    assert info.value.code == "call_id_not_found"
+    assert info.value.message == "Call not found"
+    assert seen == [("hangup", 404)]
