@@ -139,6 +139,8 @@ def _serve(settings: Settings, *, host: str | None, port: int | None) -> int:
     from sip_controller.app import create_app
     from sip_controller.notifier import resolve_endpoints
 
+    # before anything can log: with caching on, a logger used earlier would keep the default configuration
+    configure_logging(settings.log_level, settings.log_format, cache=True)
     try:
         secrets = Secrets.from_env()
         resolve_endpoints(settings.reports)  # a missing report-signing secret is a one-line error, not a traceback
@@ -146,7 +148,6 @@ def _serve(settings: Settings, *, host: str | None, port: int | None) -> int:
     except ConfigError as exc:
         print(f"sipctl: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_format)
     _tune_gc()
     serving.serve(app, settings, host=host or settings.host, port=port if port is not None else settings.port)
     return 0

@@ -41,7 +41,9 @@ class _Redact(logging.Filter):
         return True
 
 
-def configure_logging(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
+def configure_logging(level: str = "info", fmt: str = "auto", stream: Any = None, *, cache: bool = False) -> None:
+    """structlog and stdlib logging into one pipeline. ``cache``: each logger is built once, on first use
+    (for a server, which configures once; tests reconfigure, so they keep it off)."""
     out = stream if stream is not None else sys.stderr
     use_json = fmt == "json" or (fmt == "auto" and not getattr(out, "isatty", lambda: False)())
     renderer: Any = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
@@ -54,7 +56,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: Any = None
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(file=out),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=cache,
     )
     handler = logging.StreamHandler(out)
     handler.addFilter(_Redact())

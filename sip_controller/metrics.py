@@ -74,6 +74,8 @@ class Metrics:
         self.calls_active = Gauge("sipctl_calls_active", "Calls being supervised now", registry=r)
         self.build = Gauge("sipctl_build_info", "Build information", ["version"], registry=r)
         self.build.labels(version=__version__).set(1)
+        self._webhook_children: dict[str, Counter] = {}
+        self._request_children: dict[tuple[str, str], Histogram] = {}
 
     def watch_live_calls(self, count: Callable[[], int]) -> None:
         self.calls_active.set_function(lambda: float(count()))
@@ -82,10 +84,17 @@ class Metrics:
         self.registry.register(_DeliveryCollector(stats))
 
     def webhook(self, outcome: str) -> None:
-        self.webhooks.labels(outcome=outcome).inc()
+        child = self._webhook_children.get(outcome)
+        if child is None:  # labels() costs more than the increment; the outcomes are a handful of constants
+            child = self._webhook_children[outcome] = self.webhooks.labels(outcome=outcome)
+        child.inc()
 
     def openai_request(self, operation: str, status: int, seconds: float) -> None:
-        self.openai_requests.labels(operation=operation, status_class=status_class(status)).observe(seconds)
+        key = (operation, status_class(status))
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.openai_requests.labels(operation=key[0], status_class=key[1])
+        child.observe(seconds)
 
     def sideband_event(self, event: str) -> None:
         self.sideband.labels(event=event).inc()

@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import stamina
 
@@ -35,6 +35,7 @@ class RetryPolicy:
 
 
 DEFAULT_POLICY = RetryPolicy()
+T = TypeVar("T")
 
 
 def _transient(exc: Exception) -> bool | float:
@@ -85,32 +86,52 @@ async def accept_within_budget(
 
     if deadline - started <= 0:
         raise TransportError("accept", 0, "ring budget exhausted before the accept could start")
+
     attempts = 0
+
+    async def once() -> None:
+        nonlocal attempts
+        if clock() >= deadline and last:
+            raise last[0]  # the budget ran out while waiting: report what actually failed
+        attempts += 1
+        await _within(deadline, clock, api.accept(call_id, body))
+
+    await retrying(once, retry_on, policy, attempts=None, timeout_s=deadline - started)
+    return attempts
+
+
+async def retrying(
+    operation: Callable[[], Awaitable[T]],
+    on: Callable[[Exception], bool | float],
+    policy: RetryPolicy,
+    *,
+    attempts: int | None,
+    timeout_s: float,
+) -> T:
+    """``operation()`` until it succeeds or ``on(exc)`` says False (a float: wait that long first), within
+    ``attempts`` tries and ``timeout_s``. The first try runs bare: nearly every request passes at once, and
+    stamina's machinery costs CPU on the path of every call; only a retry enters it."""
+    started = time.monotonic()
+    try:
+        return await operation()
+    except Exception as exc:
+        decision = on(exc)
+        if decision is False or attempts == 1:
+            raise
+    await asyncio.sleep(policy.wait_initial if isinstance(decision, bool) else decision)
     async for attempt in stamina.retry_context(
-        on=retry_on,
-        attempts=None,
-        timeout=deadline - started,
+        on=on,
+        attempts=None if attempts is None else attempts - 1,
+        timeout=max(0.0, timeout_s - (time.monotonic() - started)),
         wait_initial=policy.wait_initial,
         wait_max=policy.wait_max,
         wait_jitter=policy.wait_jitter,
     ):
-        if clock() >= deadline and last:
-            raise last[0]  # the budget ran out while waiting: report what actually failed
         with attempt:
-            attempts += 1
-            await _within(deadline, clock, api.accept(call_id, body))
-    return attempts
+            return await operation()
+    raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
 
 
 async def with_quick_retries(operation: Callable[[], Awaitable[None]], policy: RetryPolicy = DEFAULT_POLICY) -> None:
     """For hangup and refer: retry transient failures a few times (never a 404 or a 400)."""
-    async for attempt in stamina.retry_context(
-        on=_transient,
-        attempts=policy.attempts,
-        timeout=policy.timeout_s,
-        wait_initial=policy.wait_initial,
-        wait_max=policy.wait_max,
-        wait_jitter=policy.wait_jitter,
-    ):
-        with attempt:
-            await operation()
+    await retrying(operation, _transient, policy, attempts=policy.attempts, timeout_s=policy.timeout_s)

@@ -9,7 +9,6 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-import stamina
 import structlog
 from websockets.exceptions import ConnectionClosed
 
@@ -18,7 +17,7 @@ from sip_controller.events import InputTranscriptionCompleted, OutputTranscriptD
 from sip_controller.handlers import ToolCall, run_tool
 from sip_controller.openai_api import CallGone, InvalidRequest, OpenAIError, RealtimeCalls
 from sip_controller.report import CallRecord
-from sip_controller.retries import DEFAULT_POLICY, RetryPolicy, accept_within_budget, with_quick_retries
+from sip_controller.retries import DEFAULT_POLICY, RetryPolicy, accept_within_budget, retrying, with_quick_retries
 from sip_controller.sideband import AttachError, Sideband, SidebandConnector
 
 log = structlog.get_logger("sip_controller.call")
@@ -205,18 +204,13 @@ class CallSupervisor:
 
     async def _connect_with_retries(self, url: str) -> Sideband:
         """A refused or failed handshake is retried (bounded); a 404 means the call is gone and is final."""
-        policy = self._options.retry
-        async for attempt in stamina.retry_context(
-            on=lambda exc: isinstance(exc, AttachError) and not exc.gone,
-            attempts=policy.attempts,
-            timeout=policy.timeout_s,
-            wait_initial=policy.wait_initial,
-            wait_max=policy.wait_max,
-            wait_jitter=policy.wait_jitter,
-        ):
-            with attempt:
-                return await self._connect(url, self._api.sideband_headers)
-        raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
+        return await retrying(
+            lambda: self._connect(url, self._api.sideband_headers),
+            lambda exc: isinstance(exc, AttachError) and not exc.gone,
+            self._options.retry,
+            attempts=self._options.retry.attempts,
+            timeout_s=self._options.retry.timeout_s,
+        )
 
     async def _attach(self, *, reconnect: bool) -> None:
         url = self._api.sideband_url(self.machine.call_id)

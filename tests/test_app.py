@@ -189,6 +189,21 @@ async def test_other_event_types_are_acknowledged_and_ignored(service: Service) 
     assert service.accepts() == 0
 
 
+async def test_other_methods_on_the_webhook_path_get_405(service: Service) -> None:
+    for method in ("GET", "PUT", "DELETE"):
+        response = await service.client.request(method, "/webhooks/openai")
+        assert response.status_code == 405, method
+        assert response.headers["allow"] == "POST"
+    assert service.accepts() == 0
+
+
+async def test_webhook_answers_are_json_with_a_length(service: Service) -> None:
+    body = json.dumps({"object": "event", "type": "live.session.incoming", "data": {"call_id": "x"}}).encode()
+    response = await post(service, body, signed(body))
+    assert response.headers["content-type"] == "application/json"
+    assert int(response.headers["content-length"]) == len(response.content)
+
+
 async def test_health_routes(service: Service) -> None:
     assert (await service.client.get("/livez")).json() == {"status": "ok"}
     ready = await service.client.get("/readyz")
