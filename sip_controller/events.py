@@ -196,7 +196,30 @@ for _model in (
         _MODELS[_name] = _model
 
 
+_TYPE_PREFIX = '{"type":"'
+
+
 def parse_server_event(raw: str | bytes) -> ServerEvent:
+    """One frame as a typed event; never raises (a bad frame is a MalformedEvent)."""
+    # Fast path: OpenAI writes ``type`` first. Then one pass of pydantic-core's JSON validator does what
+    # json.loads plus model_validate did (a third of the controller's CPU at 2,000 live calls). Anything
+    # unusual (another key order, escapes, a body the model refuses) takes the general path below.
+    text = raw if isinstance(raw, str) else None
+    if text is not None and text.startswith(_TYPE_PREFIX):
+        end = text.find('"', len(_TYPE_PREFIX))
+        name = text[len(_TYPE_PREFIX) : end]
+        if end > 0 and "\\" not in name:
+            try:
+                event = (_MODELS.get(name) or UnknownEvent).model_validate_json(text)
+            except ValueError:  # ValidationError included: the general path says why
+                pass
+            else:
+                if getattr(event, "type", None) == name:
+                    return event  # type: ignore[return-value]
+    return _parse_general(raw)
+
+
+def _parse_general(raw: str | bytes) -> ServerEvent:
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError):  # bad JSON, bad UTF-8, huge integers, absurd nesting

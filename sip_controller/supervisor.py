@@ -66,6 +66,9 @@ class CallSupervisor:
         self._started_at = self._options.started_at if self._options.started_at is not None else clock()
         self._inbox: asyncio.Queue[cm.Input | _TaskCrashed] = asyncio.Queue()
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        #: the machine's timers: loop timer handles (a task each cost far more memory, and the silence
+        #: watchdog is restarted on every turn)
+        self._timers: dict[str, asyncio.TimerHandle] = {}
         self._sideband: Sideband | None = None
         self._log = log.bind(call_id=machine.call_id, profile=machine.profile_name)
 
@@ -105,6 +108,9 @@ class CallSupervisor:
             await self._api.hangup(self.machine.call_id)
 
     async def _close(self) -> None:
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
         tasks = list(self._tasks.values())
         self._tasks.clear()
         for task in tasks:
@@ -162,11 +168,14 @@ class CallSupervisor:
                 self._log.info("call.hangup")
                 self._spawn("hangup", self._hangup)
             case cm.StartTimer(name=name, seconds=seconds):
-                self._spawn(f"timer:{name}", lambda: self._timer(name, seconds))
+                old = self._timers.pop(name, None)
+                if old is not None:
+                    old.cancel()
+                self._timers[name] = asyncio.get_running_loop().call_later(seconds, self._timer_fired, name)
             case cm.CancelTimer(name=name):
-                task = self._tasks.pop(f"timer:{name}", None)
-                if task is not None:
-                    task.cancel()
+                handle = self._timers.pop(name, None)
+                if handle is not None:
+                    handle.cancel()
             case cm.Finish():
                 pass  # the run loop sees machine.finished and closes everything
 
@@ -281,9 +290,8 @@ class CallSupervisor:
         else:
             self.post(cm.HangupOk())
 
-    async def _timer(self, name: str, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-        self._tasks.pop(f"timer:{name}", None)
+    def _timer_fired(self, name: str) -> None:
+        self._timers.pop(name, None)
         self.post(cm.TimerFired(name))
 
 

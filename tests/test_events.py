@@ -302,3 +302,33 @@ _json = st.recursive(
 def test_never_raises_for_arbitrary_event_objects(kind: str, body: dict[str, Any]) -> None:
     event = parse({**body, "type": kind})
     assert event.type == ("malformed" if isinstance(event, ev.MalformedEvent) else kind)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kind=st.sampled_from(sorted(ev._MODELS)) | st.text(max_size=20),
+    body=st.dictionaries(
+        st.sampled_from(["event_id", "error", "session", "response", "call_id", "response_id", "transcript",
+                         "item_id", "name", "arguments", "x"]),
+        _json,
+        max_size=5,
+    ),
+)
+def test_the_fast_path_agrees_with_the_general_one(kind: str, body: dict[str, Any]) -> None:
+    """OpenAI's frames start with ``type``: they take the one-pass path, which must decide exactly as the
+    general path (json.loads, then the model) does."""
+    raw = json.dumps({"type": kind, **body}, separators=(",", ":"))
+    assert parse_server_event(raw) == ev._parse_general(raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"type":"response.done","type":"error","error":{"message":"m"}}',  # a repeated key: the last one counts
+        '{"type":"resp\\u006fnse.done","response":{"id":"r"}}',  # an escape in the type
+        '{"type":"response.done","response":{"id":"r","usage":{"total_tokens":' + "9" * 5000 + "}}}",
+        '{"type":"output_audio_buffer.stopped"',  # truncated
+    ],
+)
+def test_unusual_frames_take_the_general_path(raw: str) -> None:
+    assert parse_server_event(raw) == ev._parse_general(raw)
