@@ -164,6 +164,59 @@ class RecentIds:
         return len(self._order)
 
 
+class ResponseMarks:
+    """What has been seen of each recent response (started, stopped, spoken, done) as bit flags: one bounded
+    dict for every fact, where a set per fact kept four copies of each id (most of a long call's memory)."""
+
+    __slots__ = ("_ever", "_flags", "_size")
+
+    def __init__(self, size: int = 64) -> None:
+        self._flags: dict[str, int] = {}
+        self._ever = 0
+        self._size = size
+
+    def mark(self, rid: str, flag: int) -> None:
+        flags = self._flags.get(rid)
+        if flags is None:
+            self._flags[rid] = flag
+            if len(self._flags) > self._size:
+                del self._flags[next(iter(self._flags))]  # the oldest: dicts keep insertion order
+        else:
+            self._flags[rid] = flags | flag
+        self._ever |= flag
+
+    def has(self, rid: object, flag: int) -> bool:
+        return isinstance(rid, str) and bool(self._flags.get(rid, 0) & flag)
+
+    def ever(self, flag: int) -> bool:
+        return bool(self._ever & flag)
+
+    def view(self, flag: int) -> Marked:
+        return Marked(self, flag)
+
+
+class Marked:
+    """The responses with one mark, used like a set: ``add``, ``in``, truth (any marked yet)."""
+
+    __slots__ = ("_flag", "_marks")
+
+    def __init__(self, marks: ResponseMarks, flag: int) -> None:
+        self._marks = marks
+        self._flag = flag
+
+    def add(self, rid: str) -> None:
+        self._marks.mark(rid, self._flag)
+
+    def __contains__(self, rid: object) -> bool:
+        return self._marks.has(rid, self._flag)
+
+    def __bool__(self) -> bool:
+        return self._marks.ever(self._flag)
+
+
+_STARTED, _STOPPED, _SPOKEN, _DONE = 1, 2, 4, 8
+
+
 @dataclass
 class _PendingUpdate:
     """A session.update sent and not yet acknowledged by session.updated, and what waits for it."""
@@ -206,11 +259,12 @@ class CallMachine:
     _t0: float | None = None
     ending: _Ending | None = None
     _seen_tool_calls: RecentIds = field(default_factory=RecentIds)
-    audio_started: RecentIds = field(default_factory=RecentIds)
-    audio_stopped: RecentIds = field(default_factory=RecentIds)
-    spoken: RecentIds = field(default_factory=RecentIds)
+    _responses: ResponseMarks = field(default_factory=ResponseMarks)
+    audio_started: Marked = field(init=False)
+    audio_stopped: Marked = field(init=False)
+    spoken: Marked = field(init=False)
+    _responses_done: Marked = field(init=False)
     _our_update_ids: RecentIds = field(default_factory=RecentIds)
-    _responses_done: RecentIds = field(default_factory=RecentIds)
     _drain_requested: bool = False
     _event_seq: int = 0
     attached_at: float | None = None
@@ -223,6 +277,13 @@ class CallMachine:
     watch: watchdog.WatchState = field(default_factory=watchdog.WatchState)
     hold: hold.HoldState | None = None
     keys: keypad.KeypadState = field(default_factory=keypad.KeypadState)
+
+    def __post_init__(self) -> None:
+        marks = self._responses
+        self.audio_started = marks.view(_STARTED)
+        self.audio_stopped = marks.view(_STOPPED)
+        self.spoken = marks.view(_SPOKEN)
+        self._responses_done = marks.view(_DONE)
 
     @property
     def finished(self) -> bool:
