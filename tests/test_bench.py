@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from standardwebhooks import Webhook
 
-from sip_controller.bench import runner, stats, wire
+from sip_controller.bench import noise, runner, stats, wire
 from sip_controller.webhooks import WebhookVerifier
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -112,6 +112,24 @@ def test_smoke_bench_writes_well_formed_results(tmp_path: Path) -> None:
     assert _number(results["intake"]["webhooks_per_s"])
     assert _number(results["intake"]["cpu_ms_per_webhook"])
     assert {t["name"] for t in results["targets"]} >= {"ring_to_answer_p99_at_100", "intake_webhooks_per_s"}
+    # the machine's own noise beside every latency window
+    for window in (results["ring_to_answer"][0], results["floor"][0], results["concurrency"][0], hangup):
+        quiet = window["noise"]
+        assert _number(quiet["probe_lag_p99_ms"]), window
+        assert quiet["probe_lag_p50_ms"] <= quiet["probe_lag_p99_ms"] <= quiet["probe_lag_max_ms"]
+        assert quiet["steal_percent"] is None or 0 <= quiet["steal_percent"] <= 100
     table = runner.render_table(results)
     assert "ring-to-answer" in table
     assert "| 20 calls/s |" in table
+    assert "probe p99 ms" in table
+
+
+def test_steal_share_from_proc_stat(tmp_path: Path) -> None:
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 50 800 10 0 5 35 0 0\ncpu0 1 2 3\n")
+    before = noise.read_cpu_times(stat)
+    assert before == (35, 1000)
+    stat.write_text("cpu  150 0 60 900 10 0 5 75 0 0\n")
+    assert noise.steal_percent(before, noise.read_cpu_times(stat)) == 20.0  # 40 of 200 jiffies
+    assert noise.steal_percent(before, before) is None
+    assert noise.read_cpu_times(tmp_path / "missing") is None

@@ -37,12 +37,13 @@ from typing import Any
 
 import psutil
 
-from sip_controller.bench import proc
+from sip_controller.bench import noise, proc
 from sip_controller.bench.peer import Peer
 from sip_controller.bench.stats import json_safe, latency_summary, median, rounded, spread
 
 SCHEMA = 1
 RING_P99_LIMIT_MS = 10.0
+NOISE_KEYS = ("steal_percent", "probe_lag_p50_ms", "probe_lag_p99_ms", "probe_lag_max_ms")
 
 
 @dataclass(frozen=True)
@@ -187,10 +188,12 @@ class Bench:
         peer.target(child.port)
         peer.reset()
         count = max(1, int(rate * seconds))
-        cpu0, t0 = child.cpu_s(), time.perf_counter()
-        with _no_gc():
-            placed = await peer.place_at_rate(rate, count, seconds + 1, hold_s=self.plan.hold_s, attach=attach)
-            await peer.wait_for(lambda: peer.rec.accepts >= placed, 5)
+        quiet: dict[str, Any] = {}
+        async with noise.measuring(quiet):
+            cpu0, t0 = child.cpu_s(), time.perf_counter()
+            with _no_gc():
+                placed = await peer.place_at_rate(rate, count, seconds + 1, hold_s=self.plan.hold_s, attach=attach)
+                await peer.wait_for(lambda: peer.rec.accepts >= placed, 5)
         elapsed = time.perf_counter() - t0
         cpu = child.cpu_s() - cpu0
         rec = peer.reset()
@@ -203,6 +206,7 @@ class Bench:
         out["achieved_rate"] = rounded(placed / elapsed, 1)
         out["ack_p50_ms"] = latency_summary(rec.ack_ns)["p50_ms"]
         out["cpu_percent"] = rounded(100 * cpu / elapsed, 1)
+        out["noise"] = quiet
         return out
 
     async def new_call_cpu(self, child: proc.Child) -> float:
@@ -337,9 +341,11 @@ class Bench:
                 await asyncio.sleep(min(2.0, plan.window_s / 4))
                 live = peer.live
                 peer.reset()
-                rss0, cpu0, t0 = ctl.rss(), ctl.cpu_s(), time.perf_counter()
-                with _no_gc():
-                    await asyncio.sleep(plan.window_s)
+                quiet: dict[str, Any] = {}
+                async with noise.measuring(quiet):
+                    rss0, cpu0, t0 = ctl.rss(), ctl.cpu_s(), time.perf_counter()
+                    with _no_gc():
+                        await asyncio.sleep(plan.window_s)
                 elapsed = time.perf_counter() - t0
                 rss1, cpu1 = ctl.rss(), ctl.cpu_s()
                 rec = peer.reset()
@@ -358,6 +364,7 @@ class Bench:
                     "tool_outputs": tool["count"],
                     "transcript_lines": rec.lines,
                     "rss_growth_bytes_per_line": rounded(per_line, 1),
+                    "noise": quiet,
                 }
                 levels.append(entry)
                 _say(f"{live} calls: {entry['rss_per_call_kb']} KB/call, CPU {entry['cpu_percent']}%, "
@@ -379,28 +386,37 @@ class Bench:
         peer = self.peer
         peer.reset()
         ended = 0
-        t0 = time.perf_counter()
         replacements: set[asyncio.Task[Any]] = set()
-        with _no_gc():
-            for i in range(plan.hangup_calls):
-                due = t0 + i / plan.hangup_rate
-                await asyncio.sleep(max(0.0, due - time.perf_counter()))
-                candidates = peer.talking_calls()
-                if not candidates:
-                    break
-                peer.end_call(peer.rng.choice(candidates))
-                ended += 1
-                replacements.add(asyncio.create_task(peer.place(talk=True)))
-            rec = peer.rec
-            await peer.wait_for(lambda: rec.hangups >= ended, plan.goodbye_audio_s + 10)
-            if replacements:
-                await asyncio.wait(replacements, timeout=15)
+        quiet: dict[str, Any] = {}
+        async with noise.measuring(quiet):
+            with _no_gc():
+                t0 = time.perf_counter()
+                ended = await self._say_goodbyes(t0, replacements)
+                rec = peer.rec
+                await peer.wait_for(lambda: rec.hangups >= ended, plan.goodbye_audio_s + 10)
+                if replacements:
+                    await asyncio.wait(replacements, timeout=15)
         rec = peer.reset()
         summary = latency_summary(rec.hangup_ns)
         _say(f"hangup reaction at {level} calls: p50 {summary['p50_ms']} p99 {summary['p99_ms']} ms "
              f"({summary['count']} of {ended})")
         return {"calls": level, "p50_ms": summary["p50_ms"], "p99_ms": summary["p99_ms"],
-                "max_ms": summary["max_ms"], "count": summary["count"], "ended": ended}
+                "max_ms": summary["max_ms"], "count": summary["count"], "ended": ended, "noise": quiet}
+
+    async def _say_goodbyes(self, t0: float, replacements: set[asyncio.Task[Any]]) -> int:
+        """``hangup_calls`` callers say goodbye at ``hangup_rate`` (bounded); returns how many did."""
+        plan, peer = self.plan, self.peer
+        ended = 0
+        for i in range(plan.hangup_calls):
+            due = t0 + i / plan.hangup_rate
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            candidates = peer.talking_calls()
+            if not candidates:
+                break
+            peer.end_call(peer.rng.choice(candidates))
+            ended += 1
+            replacements.add(asyncio.create_task(peer.place(talk=True)))
+        return ended
 
     # ---- intake -----------------------------------------------------------------------------------------
 
@@ -491,6 +507,10 @@ def _merge_runs(rate: int, runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"rate": rate}
     for key in ("p50_ms", "p90_ms", "p99_ms", "max_ms", "achieved_rate", "cpu_percent", "ack_p50_ms"):
         out[key] = rounded(median([r[key] for r in runs]))
+    out["noise"] = {
+        key: rounded(median([r["noise"][key] for r in runs if r["noise"].get(key) is not None]))
+        for key in NOISE_KEYS
+    }
     out["lost"] = sum(r["lost"] for r in runs)
     out["count"] = sum(r["count"] for r in runs)
     out["runs"] = len(runs)
@@ -515,13 +535,18 @@ def evaluate_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     """Each target of the issue with the measured value and whether it was met (None: not measured)."""
     out: list[dict[str, Any]] = []
 
-    def add(name: str, target: str, value: Any, ok: Callable[[float], bool]) -> None:
+    def add(name: str, target: str, value: Any, ok: Callable[[float], bool], where: dict[str, Any] | None = None
+            ) -> None:
         met = None if value is None or (isinstance(value, float) and math.isnan(value)) else ok(value)
-        out.append({"name": name, "target": target, "value": value, "met": met})
+        entry = {"name": name, "target": target, "value": value, "met": met}
+        if where is not None:  # a latency: the machine's own jitter in the same window, for comparison
+            entry["probe_lag_p99_ms"] = (where.get("noise") or {}).get("probe_lag_p99_ms")
+            entry["steal_percent"] = (where.get("noise") or {}).get("steal_percent")
+        out.append(entry)
 
     ring100 = _at(r.get("ring_to_answer", []), "rate", 100)
     floor100 = _at(r.get("floor", []), "rate", 100)
-    add("ring_to_answer_p99_at_100", "<= 5 ms", ring100 and ring100["p99_ms"], lambda v: v <= 5)
+    add("ring_to_answer_p99_at_100", "<= 5 ms", ring100 and ring100["p99_ms"], lambda v: v <= 5, ring100 or {})
     add("ring_p50_over_floor_at_100", "<= 3x", floor100 and floor100["controller_over_floor_p50"]["median"],
         lambda v: v <= 3)
     add("new_call_cpu_ms", "<= 2 ms", r.get("new_call_cpu_ms"), lambda v: v <= 2)
@@ -531,9 +556,9 @@ def evaluate_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     add("rss_per_call_kb", "<= 50 KB", top and top["rss_per_call_kb"], lambda v: v <= 50)
     add("transcript_growth_bytes_per_line", "<= 512 B", r.get("transcript_growth_bytes_per_line"),
         lambda v: v <= 512)
-    add("tool_reaction_p99_ms", "<= 20 ms", top and top["tool_reaction_p99_ms"], lambda v: v <= 20)
+    add("tool_reaction_p99_ms", "<= 20 ms", top and top["tool_reaction_p99_ms"], lambda v: v <= 20, top or {})
     hang = r.get("hangup_reaction") or {}
-    add("hangup_reaction_p99_ms", "<= 10 ms", hang.get("p99_ms"), lambda v: v <= 10)
+    add("hangup_reaction_p99_ms", "<= 10 ms", hang.get("p99_ms"), lambda v: v <= 10, hang)
     add("intake_webhooks_per_s", ">= 2000/s", (r.get("intake") or {}).get("webhooks_per_s"), lambda v: v >= 2000)
     return out
 
@@ -556,9 +581,10 @@ def render_table(r: dict[str, Any]) -> str:
                  "the machine is shared)")
     lines.append("")
     lines.append(
-        "| ring-to-answer | p50 ms | p90 ms | p99 ms | max ms | floor p50 | floor p99 | ctl/floor p50 | ctl/floor p99 |"
+        "| ring-to-answer | p50 ms | p90 ms | p99 ms | max ms | floor p50 | floor p99 | ctl/floor p50 | ctl/floor p99 "
+        "| probe p99 ms | steal % |"
     )
-    lines.append("|---|---|---|---|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
     floors = {f["rate"]: f for f in r.get("floor", [])}
     for e in r.get("ring_to_answer", []):
         f = floors.get(e["rate"], {})
@@ -566,14 +592,18 @@ def render_table(r: dict[str, Any]) -> str:
             f"| {e['rate']} calls/s | {_fmt(e['p50_ms'])} | {_fmt(e['p90_ms'])} | {_fmt(e['p99_ms'])} | "
             f"{_fmt(e['max_ms'])} | {_fmt(f.get('p50_ms'))} | {_fmt(f.get('p99_ms'))} | "
             f"{_fmt((f.get('controller_over_floor_p50') or {}).get('median'), 'x')} | "
-            f"{_fmt((f.get('controller_over_floor_p99') or {}).get('median'), 'x')} |"
+            f"{_fmt((f.get('controller_over_floor_p99') or {}).get('median'), 'x')} | "
+            f"{_fmt(e.get('noise', {}).get('probe_lag_p99_ms'))} | {_fmt(e.get('noise', {}).get('steal_percent'))} |"
         )
     lines.append("")
-    lines.append("| concurrent calls | RSS/call KB | CPU % | tool reaction p50 ms | tool reaction p99 ms |")
-    lines.append("|---|---|---|---|---|")
+    lines.append("| concurrent calls | RSS/call KB | CPU % | tool reaction p50 ms | tool reaction p99 ms "
+                 "| probe p99 ms | steal % |")
+    lines.append("|---|---|---|---|---|---|---|")
     for e in r.get("concurrency", []):
+        quiet = e.get("noise", {})
         lines.append(f"| {e['calls']} | {_fmt(e['rss_per_call_kb'])} | {_fmt(e['cpu_percent'])} | "
-                     f"{_fmt(e['tool_reaction_p50_ms'])} | {_fmt(e['tool_reaction_p99_ms'])} |")
+                     f"{_fmt(e['tool_reaction_p50_ms'])} | {_fmt(e['tool_reaction_p99_ms'])} | "
+                     f"{_fmt(quiet.get('probe_lag_p99_ms'))} | {_fmt(quiet.get('steal_percent'))} |")
     lines.append("")
     hang = r.get("hangup_reaction") or {}
     intake = r.get("intake") or {}
@@ -582,16 +612,19 @@ def render_table(r: dict[str, Any]) -> str:
     lines.append(f"| highest rate with ring p99 < 10 ms | {_fmt(r.get('max_rate_p99_under_10ms'), ' calls/s')} |")
     lines.append(f"| CPU per new call | {_fmt(r.get('new_call_cpu_ms'), ' ms')} |")
     lines.append(f"| memory growth per transcript line | {_fmt(r.get('transcript_growth_bytes_per_line'), ' B')} |")
+    hang_quiet = hang.get("noise") or {}
     lines.append(f"| hangup reaction at {hang.get('calls')} calls | p50 {_fmt(hang.get('p50_ms'), ' ms')}, "
-                 f"p99 {_fmt(hang.get('p99_ms'), ' ms')} |")
+                 f"p99 {_fmt(hang.get('p99_ms'), ' ms')} (probe p99 {_fmt(hang_quiet.get('probe_lag_p99_ms'), ' ms')}, "
+                 f"steal {_fmt(hang_quiet.get('steal_percent'), ' %')}) |")
     lines.append(f"| webhook intake | {_fmt(intake.get('webhooks_per_s'), '/s')}, "
                  f"{_fmt(intake.get('cpu_ms_per_webhook'), ' ms')} CPU each |")
     lines.append("")
-    lines.append("| target | wanted | measured | met |")
-    lines.append("|---|---|---|---|")
+    lines.append("| target | wanted | measured | met | machine probe p99 ms in that window |")
+    lines.append("|---|---|---|---|---|")
     for t in r.get("targets", []):
         met = {True: "yes", False: "**no**", None: "-"}[t["met"]]
-        lines.append(f"| {t['name']} | {t['target']} | {_fmt(t['value'])} | {met} |")
+        probe = _fmt(t.get("probe_lag_p99_ms"))
+        lines.append(f"| {t['name']} | {t['target']} | {_fmt(t['value'])} | {met} | {probe} |")
     return "\n".join(lines)
 
 
