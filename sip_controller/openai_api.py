@@ -168,6 +168,7 @@ class RealtimeCalls:
         self.base_url = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {api_key}"}
         self._json_headers = {**self._headers, "Content-Type": "application/json"}
+        self._sideband_prefix = sideband_url(self.base_url, "")  # ends with "call_id="
 
     @property
     def http_client(self) -> httpx.AsyncClient:
@@ -179,7 +180,7 @@ class RealtimeCalls:
         return dict(self._headers)
 
     def sideband_url(self, call_id: str) -> str:
-        return sideband_url(self.base_url, call_id)
+        return self._sideband_prefix + quote(call_id)
 
     async def _post(self, operation: str, call_id: str, body: dict[str, Any] | None) -> None:
         url = f"{self.base_url}/realtime/calls/{quote(call_id, safe='')}/{operation}"

@@ -89,8 +89,24 @@ def _build_tools(profile: AgentProfile) -> list[dict[str, Any]]:
     return out
 
 
+_BODY_CACHE: dict[int, tuple[AgentProfile, dict[str, Any]]] = {}
+
+
 def accept_body(profile: AgentProfile, *, instructions: str | None = None) -> dict[str, Any]:
-    """The body for ``POST /realtime/calls/{id}/accept``; ``instructions`` overrides the rendered template."""
+    """The body for ``POST /realtime/calls/{id}/accept``; ``instructions`` overrides the rendered template.
+    Built once per profile: each call gets a shallow copy (treat the nested parts as read-only)."""
+    cached = _BODY_CACHE.get(id(profile))
+    if cached is None or cached[0] is not profile:
+        cached = (profile, _build_accept_body(profile))
+        if len(_BODY_CACHE) < 1024:
+            _BODY_CACHE[id(profile)] = cached
+    body = dict(cached[1])
+    if instructions is not None:
+        body["instructions"] = instructions
+    return body
+
+
+def _build_accept_body(profile: AgentProfile) -> dict[str, Any]:
     audio_in: dict[str, Any] = {}
     audio_out: dict[str, Any] = {}
     fmt = audio_format(profile)
@@ -112,7 +128,7 @@ def accept_body(profile: AgentProfile, *, instructions: str | None = None) -> di
     body: dict[str, Any] = {
         "type": "realtime",
         "model": profile.model,
-        "instructions": profile.instructions if instructions is None else instructions,
+        "instructions": profile.instructions,
         "audio": {"input": audio_in, "output": audio_out},
     }
     if profile.tools:  # an empty `tools` list is still "tools" to the static trap: leave the key out

@@ -79,15 +79,17 @@ def render(
     now: datetime,
 ) -> str:
     """Fill the placeholders. Unknown ones were refused at load time; here they render empty."""
+    if "{{" not in template:
+        return template  # nothing to fill: the common case costs nothing per call
     local = now.astimezone(ZoneInfo(timezone))
-    plain: Mapping[str, str] = {
-        "profile": profile,
-        "local_time": local.strftime("%H:%M"),
-        "local_date": local.strftime("%Y-%m-%d"),
-        "weekday": local.strftime("%A"),
-        "time_of_day": _time_of_day(local.hour),
-        "caller_number": caller or "unknown",
-        "dialed_number": dialed or "unknown",
+    plain: Mapping[str, Callable[[], str]] = {
+        "profile": lambda: profile,
+        "local_time": lambda: local.strftime("%H:%M"),
+        "local_date": lambda: local.strftime("%Y-%m-%d"),
+        "weekday": lambda: local.strftime("%A"),
+        "time_of_day": lambda: _time_of_day(local.hour),
+        "caller_number": lambda: caller or "unknown",
+        "dialed_number": lambda: dialed or "unknown",
     }
     used_header = False
 
@@ -99,7 +101,8 @@ def render(
             header_name = sanitize(name.split(":", 1)[1].strip(), 64)
             value = sanitize(header(header_name) or "", max_chars)
             return f'<sip_header name="{header_name}">{value}</sip_header>'
-        return plain.get(name, "")
+        produce = plain.get(name)
+        return produce() if produce is not None else ""
 
     text = PLACEHOLDER.sub(fill, template)
     return f"{text}\n\n{UNTRUSTED_NOTE}" if used_header else text

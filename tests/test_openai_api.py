@@ -301,6 +301,12 @@ def test_sideband_url(base: str, expected: str) -> None:
     assert sideband_url(base, "rtc_1") == expected
 
 
+@pytest.mark.anyio
+async def test_the_client_builds_the_same_sideband_urls(api: RealtimeCalls) -> None:
+    for call_id in ("rtc_1", "a b&c=d#e?f+g", "x/y"):
+        assert api.sideband_url(call_id) == sideband_url(BASE, call_id)
+
+
 def test_sideband_url_quotes_the_call_id() -> None:
     url = sideband_url(BASE, "a b&c=d#e?f+g")
     assert url == "wss://api.openai.com/v1/realtime?call_id=a%20b%26c%3Dd%23e%3Ff%2Bg"

@@ -334,3 +334,15 @@ def test_session_update_type_cannot_be_overridden_by_the_patch() -> None:
     event = session.session_update(AgentProfile(), {"type": None, "instructions": "x"}, event_id="e")
     assert event["session"]["type"] == "realtime"
     assert event["session"]["instructions"] == "x"
+
+
+def test_accept_bodies_are_built_once_per_profile_and_copied_per_call() -> None:
+    profile = AgentProfile(instructions="Base instructions.")
+    first = session.accept_body(profile, instructions="For caller one.")
+    second = session.accept_body(profile, instructions="For caller two.")
+    plain = session.accept_body(profile)
+    assert (first["instructions"], second["instructions"], plain["instructions"]) == (
+        "For caller one.", "For caller two.", "Base instructions.")
+    assert first is not second
+    assert first["audio"] is second["audio"]  # the shared, read-only part
+    assert first["audio"]["output"]["format"] == {"type": "audio/pcmu"}
