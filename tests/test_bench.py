@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from standardwebhooks import Webhook
 
-from sip_controller.bench import noise, runner, stats, wire
+from sip_controller.bench import floor, noise, runner, stats, wire
 from sip_controller.webhooks import WebhookVerifier
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -104,6 +104,8 @@ def test_smoke_bench_writes_well_formed_results(tmp_path: Path) -> None:
         for k in ("rss_per_call_kb", "cpu_percent", "tool_reaction_p50_ms", "tool_reaction_p99_ms"):
             assert isinstance(e[k], int | float), (k, e)
     assert _number(results["new_call_cpu_ms"])
+    assert _number(results["new_call_cpu_floor_ms"])
+    assert "median" in results["new_call_cpu_over_floor"]
     assert isinstance(results["transcript_growth_bytes_per_line"], int | float)
     hangup = results["hangup_reaction"]
     assert hangup["calls"] == runner.SMOKE.hangup_level
@@ -133,3 +135,13 @@ def test_steal_share_from_proc_stat(tmp_path: Path) -> None:
     assert noise.steal_percent(before, noise.read_cpu_times(stat)) == 20.0  # 40 of 200 jiffies
     assert noise.steal_percent(before, before) is None
     assert noise.read_cpu_times(tmp_path / "missing") is None
+
+
+@pytest.mark.parametrize("size", [0, 5, 125, 126, 70_000])
+def test_the_floor_masks_its_frames_as_a_client_must(size: int) -> None:
+    payload = bytes(i % 251 for i in range(size))
+    frame = floor.masked_frame(payload)
+    assert frame[1] & 0x80  # the mask bit
+    buf = bytearray(frame)
+    assert wire.parse_ws_frames(buf) == [(wire.OP_TEXT, payload)]
+    assert buf == bytearray()

@@ -151,11 +151,12 @@ async def controller(
 
 
 @contextlib.asynccontextmanager
-async def floor(*, api_base: str, api_key: str, webhook_secret: str) -> AsyncIterator[Child]:
-    """The minimal responder (``sip_controller.bench.floor``) as a child process."""
+async def floor(*, api_base: str, api_key: str, webhook_secret: str, attach: bool = False) -> AsyncIterator[Child]:
+    """The minimal responder (``sip_controller.bench.floor``) as a child process; ``attach``: with the sideband."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "sip_controller.bench.floor", "--secret", webhook_secret, "--api-base", api_base,
-        "--api-key", api_key, env=_clean_env(), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        "--api-key", api_key, *(["--attach"] if attach else []),
+        env=_clean_env(), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
     )
     assert proc.stdout is not None
     try:

@@ -233,15 +233,20 @@ class Bench:
         ctl_runs: dict[int, list[dict[str, Any]]] = {r: [] for r in plan.rates}
         floor_runs: dict[int, list[dict[str, Any]]] = {r: [] for r in plan.rates}
         new_call: list[float] = []
+        floor_new_call: list[float] = []
+        base, key, secret = self.peer.base_url, self.api_key, self.webhook_secret
         async with self.controller(max_calls=1_000_000) as ctl, proc.floor(
-            api_base=self.peer.base_url, api_key=self.api_key, webhook_secret=self.webhook_secret
-        ) as flr:
-            _say(f"warm-up: {plan.warmup_calls} calls to the controller and the floor")
+            api_base=base, api_key=key, webhook_secret=secret
+        ) as flr, proc.floor(api_base=base, api_key=key, webhook_secret=secret, attach=True) as flr_call:
+            _say(f"warm-up: {plan.warmup_calls} calls to the controller and the floors")
             await self.ring(ctl, 100, plan.warmup_calls / 100, attach=True)
             await self.ring(flr, 100, plan.warmup_calls / 100, attach=False)
+            await self.ring(flr_call, 100, plan.warmup_calls / 100, attach=True)
             for run in range(plan.runs):
                 new_call.append(await self.new_call_cpu(ctl))
-                _say(f"run {run + 1}/{plan.runs}: new-call CPU {new_call[-1]:.2f} ms")
+                floor_new_call.append(await self.new_call_cpu(flr_call))
+                _say(f"run {run + 1}/{plan.runs}: new-call CPU {new_call[-1]:.2f} ms "
+                     f"(floor with its sideband {floor_new_call[-1]:.2f} ms)")
                 for rate in plan.rates:
                     c = await self.ring(ctl, rate, plan.rate_seconds, attach=True)
                     f = await self.ring(flr, rate, plan.rate_seconds, attach=False)
@@ -272,6 +277,10 @@ class Bench:
             "max_rate_search": search,
             "new_call_cpu_ms": rounded(median(new_call)),
             "new_call_cpu_ms_spread": spread(new_call),
+            "new_call_cpu_floor_ms": rounded(median(floor_new_call)),
+            "new_call_cpu_over_floor": spread(
+                [c / f for c, f in zip(new_call, floor_new_call, strict=True) if f > 0 and not math.isnan(c / f)]
+            ),
         }
 
     async def search_max_rate(self, ctl: proc.Child, search: list[dict[str, Any]]) -> int | None:
@@ -610,7 +619,9 @@ def render_table(r: dict[str, Any]) -> str:
     lines.append("| figure | value |")
     lines.append("|---|---|")
     lines.append(f"| highest rate with ring p99 < 10 ms | {_fmt(r.get('max_rate_p99_under_10ms'), ' calls/s')} |")
-    lines.append(f"| CPU per new call | {_fmt(r.get('new_call_cpu_ms'), ' ms')} |")
+    lines.append(f"| CPU per new call | {_fmt(r.get('new_call_cpu_ms'), ' ms')} (the floor, with its sideband: "
+                 f"{_fmt(r.get('new_call_cpu_floor_ms'), ' ms')}; ratio "
+                 f"{_fmt((r.get('new_call_cpu_over_floor') or {}).get('median'), 'x')}) |")
     lines.append(f"| memory growth per transcript line | {_fmt(r.get('transcript_growth_bytes_per_line'), ' B')} |")
     hang_quiet = hang.get("noise") or {}
     lines.append(f"| hangup reaction at {hang.get('calls')} calls | p50 {_fmt(hang.get('p50_ms'), ' ms')}, "
