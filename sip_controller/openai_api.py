@@ -168,7 +168,15 @@ class RealtimeCalls:
         self.base_url = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {api_key}"}
         self._json_headers = {**self._headers, "Content-Type": "application/json"}
-        self._sideband_prefix = sideband_url(self.base_url, "")  # ends with "call_id="
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
+    @base_url.setter
+    def base_url(self, value: str) -> None:
+        self._base_url = value.rstrip("/")
+        self._sideband_prefix = sideband_url(self._base_url, "")  # ends with "call_id="
 
     @property
     def http_client(self) -> httpx.AsyncClient:

@@ -64,7 +64,10 @@ class CallSupervisor:
         self._clock = clock
         self._options = options or CallOptions()
         self._started_at = self._options.started_at if self._options.started_at is not None else clock()
-        self._inbox: asyncio.Queue[cm.Input | _TaskCrashed] = asyncio.Queue()
+        #: inputs from the call's tasks; None only wakes the run loop (the call finished elsewhere)
+        self._inbox: asyncio.Queue[cm.Input | _TaskCrashed | None] = asyncio.Queue()
+        #: one input at a time goes through the machine and its actions, whichever task brought it
+        self._turn = asyncio.Lock()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         #: the machine's timers: loop timer handles (a task each cost far more memory, and the silence
         #: watchdog is restarted on every turn)
@@ -88,7 +91,8 @@ class CallSupervisor:
                 item = await self._inbox.get()
                 if isinstance(item, _TaskCrashed):
                     raise RuntimeError(f"task {item.name} failed") from item.exc
-                await self._dispatch(item)
+                if item is not None:
+                    await self._dispatch(item)
         except asyncio.CancelledError:
             self.machine.abort("shutdown", "cancelled", self._clock(), keep_pending=True)
             raise
@@ -123,8 +127,21 @@ class CallSupervisor:
                 await self._sideband.close()
 
     async def _dispatch(self, inp: cm.Input) -> None:
-        for action in self.machine.handle(inp, self._clock()):
-            await self._execute(action)
+        async with self._turn:
+            for action in self.machine.handle(inp, self._clock()):
+                await self._execute(action)
+
+    async def _feed(self, inp: cm.Input) -> None:
+        """A sideband input: handled right here when the call is idle, which spares every event a hop through
+        the run loop (on a busy process each hop waits for a whole turn of the event loop); queued behind
+        anything already waiting or under way otherwise, so the machine still sees inputs one at a time, in
+        order."""
+        if self._turn.locked() or not self._inbox.empty() or self.machine.finished:
+            self.post(inp)
+            return
+        await self._dispatch(inp)
+        if self.machine.finished:
+            self._inbox.put_nowait(None)  # the run loop waits on the inbox: let it see the end
 
     def _spawn(self, name: str, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run ``work()`` as a task owned by this call (replacing one of the same name). The coroutine is
@@ -240,7 +257,7 @@ class CallSupervisor:
             elif isinstance(event, InputTranscriptionCompleted | OutputTranscriptDone):
                 role = "caller" if isinstance(event, InputTranscriptionCompleted) else "assistant"
                 self._log.debug("call.transcript", role=role, text=event.transcript)  # never at info
-            self.post(cm.SidebandEvent(event))
+            await self._feed(cm.SidebandEvent(event))
         self.post(cm.SidebandClosed(code=sideband.close_code))
 
     async def _send(self, event: dict[str, Any]) -> None:

@@ -166,3 +166,27 @@ async def test_accept_is_retried_through_5xx_within_the_ring_budget(api: Realtim
     record = await asyncio.wait_for(task, 5)
     assert router.routes["accept"].call_count == 3
     assert record.ended_reason == "caller_hangup"
+
+
+async def test_sideband_events_reach_the_machine_once_each_in_order(api: RealtimeCalls, router: respx.Router) -> None:
+    """Events are handled inline when the call is idle and queued behind work under way: never reordered."""
+    connector = FakeConnector()
+    sup = supervisor(api, connector)
+    task = asyncio.create_task(sup.run())
+    async with asyncio.timeout(5):
+        while "rtc_x" not in connector.attached:
+            await asyncio.sleep(0.01)
+    sb = connector.attached["rtc_x"]
+    for i in range(60):
+        sb.push({"type": "conversation.item.input_audio_transcription.completed", "item_id": f"i{i}",
+                 "transcript": f"line {i}"})
+        if i % 7 == 0:
+            await asyncio.sleep(0)  # some arrive while the call is idle, others in bursts
+    sb.push(fc_done("r_tool", "call_1"))
+    sb.push({"type": "response.created", "response": {"id": "r_bye"}})
+    sb.push({"type": "output_audio_buffer.started", "response_id": "r_bye"})
+    sb.push({"type": "response.done", "response": {"id": "r_bye", "status": "completed"}})
+    sb.push({"type": "output_audio_buffer.stopped", "response_id": "r_bye"})
+    record = await asyncio.wait_for(task, 5)
+    assert [t.text for t in record.transcripts] == [f"line {i}" for i in range(60)]
+    assert record.ended_reason == "agent_end_call"
