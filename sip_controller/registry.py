@@ -153,6 +153,7 @@ class CallRegistry:
             on_sideband=self.on_sideband,
         )
         supervisor = CallSupervisor(machine, self._api, self._connect, clock=self._clock, options=options)
+        supervisor.begin()  # the accept request starts now, not a turn of the loop later
         task = asyncio.create_task(self._run(supervisor), name=f"{incoming.call_id}:call")
         self._track(_Live(supervisor, task, record))
         return None
@@ -178,6 +179,8 @@ class CallRegistry:
     def _finished(self, entry: _Live) -> None:
         call_id = entry.record.call_id
         self._live.pop(call_id, None)
+        if entry.supervisor is not None:
+            entry.supervisor.cancel_tasks()
         if entry.task.cancelled() and entry.record.ended_reason is None:
             entry.record.ended_reason = "shutdown"
         keep = self._settings.limits.recent_calls

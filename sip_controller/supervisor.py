@@ -68,6 +68,8 @@ class CallSupervisor:
         self._inbox: asyncio.Queue[cm.Input | _TaskCrashed | None] = asyncio.Queue()
         #: one input at a time goes through the machine and its actions, whichever task brought it
         self._turn = asyncio.Lock()
+        #: set by begin(): the actions of Start still to run (everything but the accept, which is under way)
+        self._after_begin: list[cm.Action] | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         #: the machine's timers: loop timer handles (a task each cost far more memory, and the silence
         #: watchdog is restarted on every turn)
@@ -86,7 +88,12 @@ class CallSupervisor:
     async def run(self) -> CallRecord:
         structlog.contextvars.bind_contextvars(call_id=self.machine.call_id)
         try:
-            await self._dispatch(cm.Start())
+            if self._after_begin is None:
+                await self._dispatch(cm.Start())
+            else:
+                async with self._turn:
+                    for action in self._after_begin:
+                        await self._execute(action)
             while not self.machine.finished:
                 item = await self._inbox.get()
                 if isinstance(item, _TaskCrashed):
@@ -106,6 +113,29 @@ class CallSupervisor:
             await self._close()
             self._log.info("call.ended", **self.record.summary())
         return self.record
+
+    def begin(self) -> None:
+        """Take the Start input now, in the caller's task (the webhook's): the accept request is then under way
+        one turn of the event loop sooner than from the run task, on the ring path of every call. Optional:
+        ``run()`` starts the call itself otherwise."""
+        if self._after_begin is not None:
+            return
+        self._after_begin = []
+        for action in self.machine.handle(cm.Start(), self._clock()):
+            if isinstance(action, cm.Accept):
+                self._start_accept(action.body)
+            else:
+                self._after_begin.append(action)
+
+    def cancel_tasks(self) -> None:
+        """Cancel whatever this call still runs (a backstop: a run task cancelled before its first step never
+        reaches its own cleanup)."""
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        for task in self._tasks.values():
+            task.cancel()
+        self._tasks.clear()
 
     async def _best_effort_hangup(self) -> None:
         with contextlib.suppress(OpenAIError):
@@ -162,8 +192,7 @@ class CallSupervisor:
     async def _execute(self, action: cm.Action) -> None:
         match action:
             case cm.Accept(body=body):
-                self._log.info("call.accepting")
-                self._spawn("accept", lambda: self._accept(body))
+                self._start_accept(body)
             case cm.Attach():
                 self._spawn("sideband", lambda: self._attach(reconnect=False))
             case cm.Reattach():
@@ -195,6 +224,10 @@ class CallSupervisor:
                     handle.cancel()
             case cm.Finish():
                 pass  # the run loop sees machine.finished and closes everything
+
+    def _start_accept(self, body: dict[str, Any]) -> None:
+        self._log.info("call.accepting")
+        self._spawn("accept", lambda: self._accept(body))
 
     async def _accept(self, body: dict[str, Any]) -> None:
         deadline = self._started_at + self._options.ring_budget_s

@@ -153,3 +153,19 @@ async def test_drain_lets_calls_finish_by_themselves_first(api: RealtimeCalls) -
     refusal = registry.start(incoming("rtc_after"))
     assert refusal is not None
     assert refusal.status_code == 503
+
+
+async def test_the_accept_starts_with_the_webhook_and_is_cancelled_with_a_call_cancelled_early(
+    api: RealtimeCalls, router: respx.Router
+) -> None:
+    registry = CallRegistry(Settings(), api, FakeConnector())
+    assert registry.start(incoming("rtc_a")) is None
+    supervisor = registry.supervisor("rtc_a")
+    assert supervisor is not None
+    accept = supervisor._tasks["accept"]  # under way before the call's own task has run a step
+    registry._live["rtc_a"].task.cancel()  # e.g. a shutdown in the same turn of the loop
+    record = await registry.wait_ended("rtc_a", 5)
+    await asyncio.sleep(0)
+    assert accept.cancelled() or accept.done()
+    assert supervisor._tasks == {}
+    assert record.ended_reason == "shutdown"
