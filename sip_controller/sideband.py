@@ -101,11 +101,8 @@ class LeanConnector:
                 url, headers, open_timeout=self._open_timeout, max_size=MAX_FRAME_BYTES, ping_interval=20,
                 ping_timeout=20, close_timeout=2, ssl_context=self._ssl,
             )
-        except InvalidStatus as exc:
-            status = exc.response.status_code
-            raise AttachError(f"sideband refused with HTTP {status}", gone=status == 404, status=status) from exc
         except (OSError, TimeoutError, WebSocketException) as exc:
-            raise AttachError(f"sideband connect failed: {type(exc).__name__}: {exc}") from exc
+            raise _attach_error(exc) from exc
         return LeanSideband(ws)
 
 
@@ -121,12 +118,17 @@ async def connect_websocket(url: str, headers: dict[str, str], *, open_timeout: 
             ping_timeout=20,
             close_timeout=2,
         )
-    except InvalidStatus as exc:
-        status = exc.response.status_code
-        raise AttachError(f"sideband refused with HTTP {status}", gone=status == 404, status=status) from exc
     except (OSError, TimeoutError, WebSocketException) as exc:
-        raise AttachError(f"sideband connect failed: {type(exc).__name__}: {exc}") from exc
+        raise _attach_error(exc) from exc
     return WebSocketSideband(ws)
+
+
+def _attach_error(exc: Exception) -> AttachError:
+    """A failed opening handshake as the supervisor sees it: a 404 means the call is gone."""
+    if isinstance(exc, InvalidStatus):
+        status = exc.response.status_code
+        return AttachError(f"sideband refused with HTTP {status}", gone=status == 404, status=status)
+    return AttachError(f"sideband connect failed: {type(exc).__name__}: {exc}")
 
 
 class FakeSideband:

@@ -8,20 +8,14 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import pytest
+from loops import both_loops
 
 from sip_controller.http11 import Http11Pool, HttpFailure
 
 Answer = Callable[[bytes, int], bytes | None]  # (request head + body, request number on this connection) -> bytes
 
 
-@pytest.fixture(
-    params=[
-        pytest.param(("asyncio", {"use_uvloop": False}), id="asyncio"),
-        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
-    ]
-)
-def anyio_backend(request: pytest.FixtureRequest) -> object:
-    return request.param
+anyio_backend = both_loops
 
 
 def ok(body: bytes = b"", status: str = "200 OK", extra: str = "") -> bytes:

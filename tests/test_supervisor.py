@@ -19,7 +19,7 @@ from sip_controller.config import AgentProfile
 from sip_controller.openai_api import RealtimeCalls
 from sip_controller.report import CallRecord
 from sip_controller.retries import RetryPolicy
-from sip_controller.sideband import FakeConnector, connect_websocket
+from sip_controller.sideband import FakeConnector, FakeSideband, connect_websocket
 from sip_controller.supervisor import CallOptions, CallSupervisor
 
 pytestmark = pytest.mark.anyio
@@ -48,6 +48,16 @@ def supervisor(api: RealtimeCalls, connect: Any, profile: AgentProfile | None = 
     return CallSupervisor(machine, api, connect, options=CallOptions(ring_budget_s=2, retry=FAST))
 
 
+async def attached_call(api: RealtimeCalls) -> tuple[asyncio.Task[CallRecord], FakeSideband]:
+    """A supervised call running in a task, once its (fake) sideband is attached."""
+    connector = FakeConnector()
+    task = asyncio.create_task(supervisor(api, connector).run())
+    async with asyncio.timeout(5):
+        while "rtc_x" not in connector.attached:
+            await asyncio.sleep(0.01)
+    return task, connector.attached["rtc_x"]
+
+
 def fc_done(rid: str, call_id: str) -> dict[str, Any]:
     item = {"type": "function_call", "call_id": call_id, "name": "end_call", "arguments": "{}"}
     return {"type": "response.done", "response": {"id": rid, "status": "completed", "output": [item]}}
@@ -56,13 +66,7 @@ def fc_done(rid: str, call_id: str) -> dict[str, Any]:
 async def test_hostile_sideband_input_is_ignored_and_counted_and_the_call_goes_on(
     api: RealtimeCalls, router: respx.Router
 ) -> None:
-    connector = FakeConnector()
-    sup = supervisor(api, connector)
-    task = asyncio.create_task(sup.run())
-    async with asyncio.timeout(5):
-        while "rtc_x" not in connector.attached:
-            await asyncio.sleep(0.01)
-    sb = connector.attached["rtc_x"]
+    task, sb = await attached_call(api)
     for frame in ["not json", '{"type": 5}', '{"type": "response.done"}', '{"type":"x.unknown","a":1}',
                   "[1,2,3]", '{"type":"output_audio_buffer.stopped","response_id":"never_created"}',
                   '{"type":"response.created","response":{"id":"r_late"}}', "9" * 5000]:
@@ -156,13 +160,8 @@ async def test_a_gone_call_is_not_hung_up_and_never_attached(api: RealtimeCalls,
 
 async def test_accept_is_retried_through_5xx_within_the_ring_budget(api: RealtimeCalls, router: respx.Router) -> None:
     router.routes["accept"].side_effect = [httpx.Response(502), httpx.Response(500), httpx.Response(200)]
-    connector = FakeConnector()
-    sup = supervisor(api, connector)
-    task = asyncio.create_task(sup.run())
-    async with asyncio.timeout(5):
-        while "rtc_x" not in connector.attached:
-            await asyncio.sleep(0.01)
-    connector.attached["rtc_x"].close_from_server(1000)
+    task, sb = await attached_call(api)
+    sb.close_from_server(1000)
     record = await asyncio.wait_for(task, 5)
     assert router.routes["accept"].call_count == 3
     assert record.ended_reason == "caller_hangup"
@@ -170,13 +169,7 @@ async def test_accept_is_retried_through_5xx_within_the_ring_budget(api: Realtim
 
 async def test_sideband_events_reach_the_machine_once_each_in_order(api: RealtimeCalls, router: respx.Router) -> None:
     """Events are handled inline when the call is idle and queued behind work under way: never reordered."""
-    connector = FakeConnector()
-    sup = supervisor(api, connector)
-    task = asyncio.create_task(sup.run())
-    async with asyncio.timeout(5):
-        while "rtc_x" not in connector.attached:
-            await asyncio.sleep(0.01)
-    sb = connector.attached["rtc_x"]
+    task, sb = await attached_call(api)
     for i in range(60):
         sb.push({"type": "conversation.item.input_audio_transcription.completed", "item_id": f"i{i}",
                  "transcript": f"line {i}"})

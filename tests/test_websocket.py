@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from loops import both_loops
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.http11 import Request, Response
@@ -21,14 +22,7 @@ from sip_controller.websocket import WebSocketClient, open_websocket
 Handler = Callable[[ServerConnection], Awaitable[None]]
 
 
-@pytest.fixture(
-    params=[
-        pytest.param(("asyncio", {"use_uvloop": False}), id="asyncio"),
-        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
-    ]
-)
-def anyio_backend(request: pytest.FixtureRequest) -> object:
-    return request.param
+anyio_backend = both_loops
 
 
 @contextlib.asynccontextmanager
