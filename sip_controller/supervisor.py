@@ -142,13 +142,8 @@ class CallSupervisor:
             await self._api.hangup(self.machine.call_id)
 
     async def _close(self) -> None:
-        for handle in self._timers.values():
-            handle.cancel()
-        self._timers.clear()
         tasks = list(self._tasks.values())
-        self._tasks.clear()
-        for task in tasks:
-            task.cancel()
+        self.cancel_tasks()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
