@@ -192,11 +192,14 @@ class RealtimeCalls:
 
     async def _post(self, operation: str, call_id: str, body: dict[str, Any] | None) -> None:
         url = f"{self.base_url}/realtime/calls/{quote(call_id, safe='')}/{operation}"
-        try:
-            async with asyncio.timeout(DEFAULT_TIMEOUT.pool):
-                await self._in_flight.acquire()
-        except TimeoutError:
-            raise TransportError(operation, 0, "timed out (PoolTimeout)") from None
+        if self._in_flight.locked():  # a queue: wait for a slot, bounded (a free slot costs no timer)
+            try:
+                async with asyncio.timeout(DEFAULT_TIMEOUT.pool):
+                    await self._in_flight.acquire()
+            except TimeoutError:
+                raise TransportError(operation, 0, "timed out (PoolTimeout)") from None
+        else:
+            await self._in_flight.acquire()  # returns at once
         content = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
         started = time.monotonic()
         status = 0

@@ -368,3 +368,29 @@ async def test_errors_through_the_lean_pool() -> None:
     assert info.value.code == "call_id_not_found"
     assert info.value.message == "Call not found"
     assert seen == [("hangup", 404)]
+
+
+@pytest.mark.anyio
+async def test_requests_past_the_in_flight_cap_wait_for_a_slot_then_time_out(
+    router: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sip_controller import openai_api
+
+    monkeypatch.setattr(openai_api, "DEFAULT_TIMEOUT", httpx.Timeout(5.0, pool=0.2))
+    release = asyncio.Event()
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await release.wait()
+        return httpx.Response(200)
+
+    route = router.post(f"{BASE}/realtime/calls/{CALL}/hangup").mock(side_effect=slow)
+    async with httpx.AsyncClient() as client:
+        api = RealtimeCalls(client, base_url=BASE, api_key=KEY, max_in_flight=1)
+        first = asyncio.create_task(api.hangup(CALL))
+        await asyncio.sleep(0.05)
+        with pytest.raises(TransportError, match="PoolTimeout"):
+            await api.hangup(CALL)  # the one slot is taken: waits 0.2 s, then gives up
+        release.set()
+        await first
+        await api.hangup(CALL)  # the slot was given back
+    assert route.call_count == 2
