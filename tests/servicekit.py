@@ -21,6 +21,7 @@ from starlette.applications import Starlette
 from sip_controller.app import Runtime, create_app
 from sip_controller.config import Limits, Secrets, Settings
 from sip_controller.loopback import serve
+from sip_controller.openai_api import RealtimeCalls
 from sip_controller.profile import AgentProfile, Transfer
 from sip_controller.sideband import FakeConnector
 
@@ -29,11 +30,22 @@ SECRET = "whsec_" + base64.b64encode(os.urandom(24)).decode()
 PROFILE = AgentProfile(tools=("end_call", "transfer_call"), transfer=Transfer(targets={"sales": "tel:+14155550199"}))
 
 
-def openai_router() -> respx.Router:
-    router = respx.Router(base_url=BASE, assert_all_called=False)
+def openai_router(base_url: str | None = BASE) -> respx.Router:
+    """OpenAI's four call endpoints answering 200, each route named after its operation; ``base_url=None``
+    matches any host (for tests that point the API at a local WebSocket server)."""
+    router = respx.Router(assert_all_called=False) if base_url is None else respx.Router(
+        base_url=base_url, assert_all_called=False
+    )
     for op in ("accept", "reject", "hangup", "refer"):
         router.post(path__regex=rf"/realtime/calls/[^/]+/{op}", name=op).respond(200)
     return router
+
+
+@contextlib.asynccontextmanager
+async def mocked_api(router: respx.Router) -> AsyncIterator[RealtimeCalls]:
+    """A RealtimeCalls client whose requests ``router`` answers."""
+    async with httpx.AsyncClient(transport=httpx.MockTransport(router.async_handler)) as client:
+        yield RealtimeCalls(client, base_url=BASE, api_key="sk-test")
 
 
 def incoming(call_id: str) -> tuple[bytes, dict[str, str]]:

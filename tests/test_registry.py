@@ -7,9 +7,9 @@ import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
-import httpx
 import pytest
 import respx
+from servicekit import mocked_api, openai_router
 
 from sip_controller.config import Limits, Settings
 from sip_controller.openai_api import RealtimeCalls
@@ -18,7 +18,6 @@ from sip_controller.sideband import FakeConnector, Sideband
 from sip_controller.webhooks import IncomingCall, SipHeader
 
 pytestmark = pytest.mark.anyio
-BASE = "https://openai.test/v1"
 
 
 def incoming(call_id: str) -> IncomingCall:
@@ -28,16 +27,13 @@ def incoming(call_id: str) -> IncomingCall:
 
 @pytest.fixture
 def router() -> respx.Router:
-    r = respx.Router(base_url=BASE, assert_all_called=False)
-    for op in ("accept", "reject", "hangup"):
-        r.post(path__regex=rf"/realtime/calls/[^/]+/{op}", name=op).respond(200)
-    return r
+    return openai_router()
 
 
 @pytest.fixture
 async def api(router: respx.Router) -> AsyncIterator[RealtimeCalls]:
-    async with httpx.AsyncClient(transport=httpx.MockTransport(router.async_handler)) as client:
-        yield RealtimeCalls(client, base_url=BASE, api_key="sk-test")
+    async with mocked_api(router) as client:
+        yield client
 
 
 async def _attached(connector: FakeConnector, call_id: str) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 import respx
+from servicekit import mocked_api, openai_router
 from websockets.asyncio.server import ServerConnection, serve
 
 from sip_controller import call as cm
@@ -23,22 +24,18 @@ from sip_controller.sideband import FakeConnector, FakeSideband, connect_websock
 from sip_controller.supervisor import CallOptions, CallSupervisor
 
 pytestmark = pytest.mark.anyio
-BASE = "https://openai.test/v1"
 FAST = RetryPolicy(wait_initial=0.001, wait_max=0.01, wait_jitter=0.001, gone_grace_s=0.1, attempts=4, timeout_s=2)
 
 
 @pytest.fixture
 def router() -> respx.Router:
-    r = respx.Router(assert_all_called=False)  # any host: some tests point the API at a local WebSocket server
-    for op in ("accept", "reject", "hangup"):
-        r.post(path__regex=rf"/realtime/calls/[^/]+/{op}", name=op).respond(200)
-    return r
+    return openai_router(None)  # any host: some tests point the API at a local WebSocket server
 
 
 @pytest.fixture
 async def api(router: respx.Router) -> AsyncIterator[RealtimeCalls]:
-    async with httpx.AsyncClient(transport=httpx.MockTransport(router.async_handler)) as client:
-        yield RealtimeCalls(client, base_url=BASE, api_key="sk-test")
+    async with mocked_api(router) as client:
+        yield client
 
 
 def supervisor(api: RealtimeCalls, connect: Any, profile: AgentProfile | None = None) -> CallSupervisor:
