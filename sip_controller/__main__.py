@@ -14,8 +14,10 @@ from sip_controller import __version__, preflight
 from sip_controller.config import ConfigError, Secrets, Settings
 from sip_controller.logging import configure_logging
 
-#: allocations (net of frees) between young-generation collections in ``serve`` (Python's default is 700)
-GC_YOUNG_THRESHOLD = 2_000
+#: garbage-collector thresholds in ``serve`` (Python's default is 700, 10, 10): young collections every 20,000
+#: tracked allocations net of frees, a middle-generation pass every 5 of those, a full pass at most every 20 middle
+#: ones (2M net allocations, as before). See ``_tune_gc``.
+GC_THRESHOLDS = (20_000, 5, 20)
 DEMO_SCENARIO = Path(__file__).parent / "simulator" / "scenarios" / "demo.yaml"
 
 
@@ -155,12 +157,16 @@ def _serve(settings: Settings, *, host: str | None, port: int | None) -> int:
 
 def _tune_gc() -> None:
     """Keep garbage-collector pauses off the call path. Everything loaded so far (modules, pydantic models,
-    settings) lives as long as the process: freeze it, so a full collection walks only per-call objects; and
-    collect the young generation less often, since each webhook and sideband event allocates a few thousand
-    short-lived objects that reference counting frees anyway."""
+    settings) lives as long as the process: freeze it, so a full collection walks only per-call objects. A call
+    keeps ~130 tracked objects for its lifetime and frees them by reference counting when it ends (a full
+    collection after 1,000 calls ended finds nothing to collect), so collection is nearly pure overhead: each pass
+    walks every young object still alive, and a small young generation means many passes over the same live
+    calls. With 20,000 the collector runs ~10x less often, spends about half the time in all, and at 1,000 live
+    calls the hangup reaction p99 drops from ~10 ms to ~5 ms; a young pass then takes a few ms. The controller is
+    not in the audio path, so a rare longer pass delays a reaction, never the voice."""
     gc.collect()
     gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 100)
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _simulate(settings: Settings, scenario_path: Path, *, time_scale: float, as_json: bool) -> int:
