@@ -45,7 +45,7 @@ class WebSocketClient(asyncio.Protocol):
         close_timeout: float,
     ) -> None:
         self._protocol = protocol
-        self._request = request
+        self._request: Request | None = request  # dropped once sent: a live call keeps only what it uses
         self._max_queue = max_queue
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
@@ -69,7 +69,9 @@ class WebSocketClient(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast("asyncio.Transport", transport)  # uvloop's transports are not asyncio subclasses
-        self._protocol.send_request(self._request)
+        request, self._request = self._request, None
+        if request is not None:
+            self._protocol.send_request(request)
         self._flush()
 
     def data_received(self, data: bytes) -> None:

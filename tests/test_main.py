@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 
@@ -76,3 +77,17 @@ def test_simulate_names_the_bad_field_of_a_scenario(tmp_path: Path, capsys: pyte
     scenario.write_text("name: x\ncalls:\n  - name: a\n    steps: [{say: hi, bogus: 1}]\n", encoding="utf-8")
     assert main(["--config", str(EXAMPLE), "simulate", str(scenario)]) == 2
     assert "bogus" in capsys.readouterr().err
+
+
+def test_serve_tunes_the_collector_freezing_start_up_objects() -> None:
+    from sip_controller.__main__ import GC_THRESHOLDS, _tune_gc
+
+    before = gc.get_threshold()
+    try:
+        _tune_gc()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() > 0  # modules and models loaded so far are out of every later collection
+        assert gc.isenabled()  # tuned, never switched off: cyclic garbage is still collected
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
