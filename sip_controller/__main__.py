@@ -14,9 +14,7 @@ from sip_controller import __version__, preflight
 from sip_controller.config import ConfigError, Secrets, Settings
 from sip_controller.logging import configure_logging
 
-#: garbage-collector thresholds in ``serve`` (Python's default is 700, 10, 10): young collections every 20,000
-#: tracked allocations net of frees, a middle-generation pass every 5 of those, a full pass at most every 20 middle
-#: ones (2M net allocations, as before). See ``_tune_gc``.
+#: garbage-collector thresholds in ``serve`` (Python's default is 700, 10, 10); see ``_tune_gc``
 GC_THRESHOLDS = (20_000, 5, 20)
 DEMO_SCENARIO = Path(__file__).parent / "simulator" / "scenarios" / "demo.yaml"
 
@@ -157,13 +155,10 @@ def _serve(settings: Settings, *, host: str | None, port: int | None) -> int:
 
 def _tune_gc() -> None:
     """Keep garbage-collector pauses off the call path. Everything loaded so far (modules, pydantic models,
-    settings) lives as long as the process: freeze it, so a full collection walks only per-call objects. A call
-    keeps ~130 tracked objects for its lifetime and frees them by reference counting when it ends (a full
-    collection after 1,000 calls ended finds nothing to collect), so collection is nearly pure overhead: each pass
-    walks every young object still alive, and a small young generation means many passes over the same live
-    calls. With 20,000 the collector runs ~10x less often, spends about half the time in all, and at 1,000 live
-    calls the hangup reaction p99 drops from ~10 ms to ~5 ms; a young pass then takes a few ms. The controller is
-    not in the audio path, so a rare longer pass delays a reaction, never the voice."""
+    settings) lives as long as the process: freeze it, so collections walk only per-call objects. Calls free
+    their objects by reference counting, so each collection mostly re-walks live calls: collect young objects
+    every 20,000 net allocations instead of Python's 700, a full pass at most every 2M. The measurements behind
+    these numbers are in the README's Performance section."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
