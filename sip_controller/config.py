@@ -21,9 +21,9 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from sip_controller.pricing import Pricing
-from sip_controller.profile import AgentProfile, Strict, Transcription, TurnDetection
-from sip_controller.validation import BETA_FIELDS
+from sip_controller.agent.profile import AgentProfile, Strict, Transcription, TurnDetection
+from sip_controller.agent.validation import BETA_FIELDS
+from sip_controller.calls.pricing import Pricing
 
 __all__ = [
     "AgentProfile",

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sip_controller.call import (
+from sip_controller.agent.profile import AgentProfile
+from sip_controller.calls.machine import (
     AcceptOk,
     Action,
     Attached,
@@ -28,10 +29,9 @@ from sip_controller.call import (
     Start,
     StartTimer,
 )
-from sip_controller.events import parse_server_event
-from sip_controller.pricing import ModelPrices
-from sip_controller.profile import AgentProfile
-from sip_controller.report import CallRecord
+from sip_controller.calls.pricing import ModelPrices
+from sip_controller.calls.report import CallRecord
+from sip_controller.realtime.events import parse_server_event
 
 RECEIVED = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 

@@ -18,12 +18,12 @@ from pydantic import SecretStr
 from standardwebhooks import Webhook
 from starlette.applications import Starlette
 
-from sip_controller.app import Runtime, create_app
+from sip_controller.agent.profile import AgentProfile, Transfer
 from sip_controller.config import Limits, Secrets, Settings
-from sip_controller.loopback import serve
-from sip_controller.openai_api import RealtimeCalls
-from sip_controller.profile import AgentProfile, Transfer
-from sip_controller.sideband import FakeConnector
+from sip_controller.realtime.rest import RealtimeCalls
+from sip_controller.realtime.sideband import FakeConnector
+from sip_controller.service.app import Runtime, create_app
+from sip_controller.service.loopback import serve
 
 BASE = "https://openai.test/v1"
 SECRET = "whsec_" + base64.b64encode(os.urandom(24)).decode()

@@ -8,6 +8,8 @@ from pathlib import Path
 import pydantic
 import pytest
 
+from sip_controller.agent.preflight import load_checked
+from sip_controller.agent.validation import GA_VOICES
 from sip_controller.config import (
     DEFAULT_BASE_URL,
     AgentProfile,
@@ -18,8 +20,6 @@ from sip_controller.config import (
     TurnDetection,
     load_settings,
 )
-from sip_controller.preflight import load_checked
-from sip_controller.validation import GA_VOICES
 
 
 @pytest.fixture(autouse=True)

@@ -22,10 +22,10 @@ import uvicorn
 import yaml
 from starlette.applications import Starlette
 
-from sip_controller import serving
-from sip_controller.__main__ import _parser
+from sip_controller.agent.preflight import load_checked
+from sip_controller.cli import _parser
 from sip_controller.config import Limits, Reports, Settings, load_settings
-from sip_controller.preflight import load_checked
+from sip_controller.service import serving
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

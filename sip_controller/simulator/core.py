@@ -12,7 +12,7 @@ from typing import Any, Self
 import httpx
 from standardwebhooks import Webhook
 
-from ..loopback import serve
+from ..service.loopback import serve
 from .events import new_id
 from .faults import Faults
 from .model import DEFAULT_HOLD_MARKERS, CallRuntime, SimContext

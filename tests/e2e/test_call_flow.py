@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sip_controller import harness
 from sip_controller.config import AgentProfile, Settings, TurnDetection
-from sip_controller.simulator import CallSpec, Expectation, Step, ToolCall, load_scenario, new_webhook_secret
+from sip_controller.simulator import CallSpec, Expectation, Step, ToolCall, harness, load_scenario, new_webhook_secret
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 

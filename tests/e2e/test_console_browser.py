@@ -24,10 +24,9 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from sip_controller import harness
+from sip_controller.agent.profile import AgentProfile, Transfer
 from sip_controller.config import Settings
-from sip_controller.profile import AgentProfile, Transfer
-from sip_controller.simulator import CallSpec, Step
+from sip_controller.simulator import CallSpec, Step, harness
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 

@@ -15,12 +15,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from sip_controller import harness
+from sip_controller.agent.profile import AgentProfile, Dtmf, DtmfAction, HttpTool, Transfer, Watchdogs
 from sip_controller.config import Callers, Settings
 from sip_controller.config import Route as CallRoute
-from sip_controller.loopback import RunningServer, serve
-from sip_controller.profile import AgentProfile, Dtmf, DtmfAction, HttpTool, Transfer, Watchdogs
-from sip_controller.simulator import CallSpec, Expectation, Step, ToolCall
+from sip_controller.service.loopback import RunningServer, serve
+from sip_controller.simulator import CallSpec, Expectation, Step, ToolCall, harness
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 SCALE = 0.05

@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 import structlog
 
-from sip_controller import harness
 from sip_controller.config import Settings
-from sip_controller.logging import configure_logging
-from sip_controller.simulator import load_scenario
+from sip_controller.service.logging import configure_logging
+from sip_controller.simulator import harness, load_scenario
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 DEMO = Path(__file__).parents[2] / "sip_controller" / "simulator" / "scenarios" / "demo.yaml"

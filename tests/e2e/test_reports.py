@@ -15,11 +15,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from sip_controller import harness
 from sip_controller.config import Callers, ReportEndpoint, Reports, Settings
-from sip_controller.loopback import RunningServer, serve
-from sip_controller.notifier import ReportNotifier
-from sip_controller.simulator import CallSpec, Expectation, new_webhook_secret
+from sip_controller.service.loopback import RunningServer, serve
+from sip_controller.service.notifier import ReportNotifier
+from sip_controller.simulator import CallSpec, Expectation, harness, new_webhook_secret
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 

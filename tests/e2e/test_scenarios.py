@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from sip_controller import harness, preflight
+from sip_controller.agent import preflight
+from sip_controller.agent.profile import AgentProfile, Watchdogs
 from sip_controller.config import Settings
-from sip_controller.harness import CallOutcome
-from sip_controller.profile import AgentProfile, Watchdogs
-from sip_controller.simulator import CallSpec, Expectation, Step, load_scenario
+from sip_controller.simulator import CallSpec, Expectation, Step, harness, load_scenario
+from sip_controller.simulator.harness import CallOutcome
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sip_controller import harness
 from sip_controller.config import AgentProfile, Settings, TurnDetection
-from sip_controller.simulator import CallSpec, Expectation, Step
+from sip_controller.simulator import CallSpec, Expectation, Step, harness
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -106,7 +105,7 @@ def test_the_static_trap_cannot_be_configured() -> None:
     """Tools with a negotiated codec turn calls to static; preflight refuses it before a phone rings."""
     from datetime import date
 
-    from sip_controller.preflight import check_profile
+    from sip_controller.agent.preflight import check_profile
 
     findings = check_profile("p", AgentProfile(codec="negotiated"), date(2026, 11, 22))
     assert [(f.path, f.severity) for f in findings] == [("profiles.p.tools", "error")]

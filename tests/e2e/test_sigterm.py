@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sip_controller.loopback import bind_socket
+from sip_controller.service.loopback import bind_socket
 from sip_controller.simulator import CallSpec, Simulator, Step, new_webhook_secret
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sip_controller import soak
+from sip_controller.simulator import soak
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -77,7 +77,7 @@ async def test_bounds_are_checked(kwargs: dict[str, float]) -> None:
 
 
 def test_sipctl_soak_arguments() -> None:
-    from sip_controller.__main__ import _parser
+    from sip_controller.cli import _parser
 
     args = _parser().parse_args(["soak", "--calls", "50", "--fault-rate", "0.3", "--seed", "9", "--concurrency", "5"])
     assert (args.command, args.calls, args.fault_rate, args.seed, args.concurrency) == ("soak", 50, 0.3, 9, 5)

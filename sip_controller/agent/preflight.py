@@ -1,0 +1,184 @@
+"""Preflight: check every profile's exact accept body and deferred update before the service starts.
+
+Findings come back with the path the operator wrote (``profiles.sales.voice``,
+``profiles.sales.session.temperature``), so a message points at the line to fix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from sip_controller.agent import session, templates
+from sip_controller.agent.profile import HttpTool, PythonTool
+from sip_controller.agent.validation import Context, Finding, check_session
+from sip_controller.calls import tool_runner as handlers
+from sip_controller.config import AgentProfile, ConfigError, Settings, load_settings
+
+#: where a body path comes from in a profile; structured fields keep the rest of the path
+_BODY_TO_PROFILE: tuple[tuple[str, str, bool], ...] = (
+    ("audio.input.turn_detection", "turn_detection", True),
+    ("audio.input.transcription", "transcription", True),
+    ("audio.input.noise_reduction", "noise_reduction", False),
+    ("audio.input.format", "codec", False),
+    ("audio.output.format", "codec", False),
+    ("audio.output.voice", "voice", False),
+    ("audio.output.speed", "speed", False),
+    ("reasoning", "reasoning_effort", False),
+    ("parallel_tool_calls", "parallel_tool_calls", False),
+    ("max_output_tokens", "max_output_tokens", False),
+    ("tool_choice", "tool_choice", True),
+    ("tools", "tools", True),
+    ("model", "model", False),
+    ("instructions", "instructions", False),
+    ("prompt", "prompt", True),
+)
+_SEGMENT = re.compile(r"[^.\[\]]+")
+
+
+def _in_override(override: dict[str, Any], body_path: str) -> bool:
+    node: Any = override
+    for part in _SEGMENT.findall(body_path):
+        if isinstance(node, list):
+            return True  # a list written in the override replaces the built one whole
+        if not (isinstance(node, dict) and part in node):
+            return False
+        node = node[part]
+    return True
+
+
+def config_path(name: str, profile: AgentProfile, body_path: str) -> str:
+    """Translate a path inside the built body into the profile field that produced it."""
+    base = f"profiles.{name}"
+    if profile.session and _in_override(profile.session, body_path):
+        return f"{base}.session.{body_path}"
+    for prefix, field, keep_rest in _BODY_TO_PROFILE:
+        if body_path == prefix or body_path.startswith((prefix + ".", prefix + "[")):
+            rest = body_path[len(prefix):] if keep_rest else ""
+            return f"{base}.{field}{rest}"
+    return f"{base}.session.{body_path}"
+
+
+def check_profile(name: str, profile: AgentProfile, today: date) -> list[Finding]:
+    found: list[Finding] = []
+    base = f"profiles.{name}"
+    for problem in templates.problems(profile.instructions, profile.template_headers):
+        found.append(Finding(f"{base}.instructions", problem))
+    if profile.greeting is not None and not profile.greeting.strip():
+        found.append(Finding(f"{base}.greeting", "must not be empty; use null to wait for the caller to speak first"))
+    ctx = Context(today=today, allow_pcm=profile.allow_pcm, vad_on_accept=profile.vad_on_accept)
+    body = session.accept_body(profile)
+    for f in check_session(body, ctx):
+        found.append(Finding(config_path(name, profile, f.path), f.message, f.severity))
+    deferred = session.deferred_vad_patch(profile)
+    if deferred is not None:
+        update_ctx = Context(today=today, update=True, allow_pcm=profile.allow_pcm, model=profile.model)
+        for f in check_session(session.session_patch(profile, deferred), update_ctx):
+            found.append(Finding(config_path(name, profile, f.path), f.message, f.severity))
+    found.extend(_feature_findings(name, profile))
+    for i, entry in enumerate(profile.tools):
+        if isinstance(entry, dict) and entry.get("type") == "function":
+            found.append(
+                Finding(
+                    f"{base}.tools[{i}]",
+                    f"function tool {entry.get('name')!r} has no handler in sip-controller: the model's calls get an "
+                    "error output; only built-in tools and MCP tools (run by OpenAI) do work here",
+                    "warning",
+                )
+            )
+    return _dedupe(found)
+
+
+def _feature_findings(name: str, profile: AgentProfile) -> list[Finding]:
+    base = f"profiles.{name}"
+    found: list[Finding] = []
+    targets = profile.transfer.targets
+    if "transfer_call" in profile.tools and not targets:
+        found.append(Finding(f"{base}.transfer.targets", "transfer_call needs at least one target, e.g. "
+                             "{sales: 'tel:+14155550199'}"))
+    for digit, action in profile.dtmf.actions.items():
+        if action.action == "transfer" and action.target not in targets:
+            known = ", ".join(targets) or "none defined"
+            found.append(Finding(f"{base}.dtmf.actions.{digit}.target",
+                                 f"{action.target!r} is not a transfer target ({known})"))
+    for i, entry in enumerate(profile.tools):
+        if isinstance(entry, PythonTool):
+            try:
+                handlers.load_python_handler(entry.handler)
+            except ValueError as exc:
+                found.append(Finding(f"{base}.tools[{i}].handler", str(exc)))
+        elif isinstance(entry, HttpTool) and entry.secret_env and not os.environ.get(entry.secret_env):
+            found.append(Finding(f"{base}.tools[{i}].secret_env",
+                                 f"environment variable {entry.secret_env} is not set here; the tool's requests "
+                                 "will fail until it holds a whsec_ secret", "warning"))
+    return found
+
+
+def _dedupe(found: list[Finding]) -> list[Finding]:
+    seen: set[tuple[str, str, str]] = set()
+    out = []
+    for f in found:
+        key = (f.path, f.message, f.severity)
+        if key not in seen:
+            seen.add(key)
+            out.append(f)
+    return out
+
+
+def check_settings(settings: Settings, today: date) -> list[Finding]:
+    found: list[Finding] = []
+    for name, profile in settings.profiles.items():
+        found.extend(check_profile(name, profile, today))
+    return found + check_routes(settings)
+
+
+def check_routes(settings: Settings) -> list[Finding]:
+    found: list[Finding] = []
+    for i, route in enumerate(settings.routes):
+        if route.profile not in settings.profiles:
+            found.append(Finding(f"routes[{i}].profile", f"{route.profile!r} is not a profile; use one of "
+                                 f"{', '.join(sorted(settings.profiles))}"))
+        if route.header is not None and not route.values:
+            found.append(Finding(f"routes[{i}].values", f"list the {route.header} values that select this route"))
+        if route.header is None and not route.dialed:
+            found.append(Finding(f"routes[{i}]", "a route needs dialed patterns or a header with values"))
+    return found
+
+
+def notes(settings: Settings) -> list[str]:
+    """What the operator should know that is not a problem (printed by check-config)."""
+    out = []
+    for name, profile in settings.profiles.items():
+        if session.deferred_vad_patch(profile) is not None:
+            out.append(
+                f"profiles.{name}.turn_detection: threshold/prefix_padding_ms/silence_duration_ms are left out of "
+                "the accept body (OpenAI is reported to refuse them on /accept for SIP) and sent by session.update "
+                "right after the sideband attaches; the model does not answer on its own until OpenAI confirms it"
+            )
+    return out
+
+
+def _field(path: str) -> str:
+    """``profiles.x.tools[2].name`` -> ``tools``."""
+    parts = path.split(".", 3)
+    return parts[2].split("[", 1)[0] if len(parts) > 2 else ""
+
+
+def load_checked(path: Path | str | None = None, *, today: date | None = None) -> tuple[Settings, list[Finding]]:
+    """Load and check everything. Raises ConfigError listing every error; returns the settings and warnings."""
+    day = today or datetime.now(UTC).date()
+    warnings: list[Finding] = []
+
+    def check(name: str, profile: AgentProfile, already_reported: frozenset[str]) -> list[str]:
+        found = [f for f in check_profile(name, profile, day) if _field(f.path) not in already_reported]
+        warnings.extend(f for f in found if f.severity == "warning")
+        return [str(f) for f in found if f.severity == "error"]
+
+    settings = load_settings(path, profile_check=check)
+    route_errors = [str(f) for f in check_routes(settings)]
+    if route_errors:
+        raise ConfigError(route_errors)
+    return settings, warnings

@@ -1,0 +1,264 @@
+"""Agent profiles: what one phone agent is told, how it sounds, what it may do, and its limits."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from sip_controller.agent import tools
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TurnDetection(Strict):
+    """``audio.input.turn_detection``. Ranges are checked by ``validation`` on the built session.
+
+    threshold / prefix_padding_ms / silence_duration_ms are sent by session.update after attach (OpenAI is
+    reported to refuse them on /accept for SIP) unless the profile sets ``vad_on_accept``.
+    """
+
+    type: Literal["server_vad", "semantic_vad"] = "server_vad"
+    threshold: float | None = None
+    prefix_padding_ms: int | None = None
+    silence_duration_ms: int | None = None
+    idle_timeout_ms: int | None = None
+    eagerness: str | None = None
+    create_response: bool = True
+    interrupt_response: bool = True
+
+
+class Transcription(Strict):
+    """``audio.input.transcription``: transcribe the caller's side."""
+
+    model: str = "gpt-4o-mini-transcribe"
+    language: str | None = None
+    prompt: str | None = None
+
+
+_TARGET_URI = re.compile(r"^(tel:\+[1-9][0-9]{1,14}|sips?:[^\s@]+@[^\s]+)$")
+_TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+
+
+class HandlerTool(Strict):
+    """A function tool the controller runs: its JSON Schema goes into the session, the model's arguments are
+    checked against it, and the handler's answer becomes the function output."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    timeout_s: float = Field(default=5.0, gt=0, le=60)
+    #: if the answer takes longer than this, the model says a short filler line instead of dead air
+    filler_after_s: float | None = Field(default=1.5, gt=0)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _TOOL_NAME.fullmatch(value):
+            raise ValueError("tool names must match ^[a-zA-Z0-9_-]{1,64}$")
+        return value
+
+    def session_tool(self) -> dict[str, Any]:
+        return {"type": "function", "name": self.name, "description": self.description, "parameters": self.parameters}
+
+
+class HttpTool(HandlerTool):
+    """POSTs ``{"tool", "arguments", "call"}`` to ``url``, signed with Standard Webhooks when ``secret_env`` names
+    an environment variable holding a ``whsec_`` secret; the response body (text or JSON) is the output."""
+
+    type: Literal["http"]
+    url: str
+    secret_env: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return value
+
+
+class PythonTool(HandlerTool):
+    """Calls ``handler`` (``package.module:function``, an async function taking ``(arguments: dict, call:
+    ToolCall)`` and returning text or a JSON-able value)."""
+
+    type: Literal["python"]
+    handler: str
+
+    @field_validator("handler")
+    @classmethod
+    def _handler(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value):
+            raise ValueError("must look like package.module:function")
+        return value
+
+
+ToolEntry = str | HttpTool | PythonTool | dict[str, Any]
+
+
+class Transfer(Strict):
+    """Where ``transfer_call`` may send a caller: the model only ever names a target, never a number."""
+
+    targets: dict[str, str] = Field(default_factory=dict)
+    #: a transfer counts only if OpenAI drops the call (the sideband closes) this soon after /refer
+    verify_window_s: float = Field(default=8.0, gt=0, le=60)
+    #: when a transfer fails: try the next target in `targets` order, or end the call politely
+    on_failure: Literal["next_target", "end_call"] = "end_call"
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [f"{k}: {v!r}" for k, v in value.items() if not _TARGET_URI.match(v)]
+        if bad:
+            raise ValueError(f"targets must be tel:+E164 or sip:user@host URIs ({', '.join(bad)})")
+        return value
+
+
+class Watchdogs(Strict):
+    #: the call ends by itself after this long (a spoken wrap-up first); OpenAI's own cap is 60 minutes
+    max_duration_s: float = Field(default=600.0, ge=60, lt=3600)
+    #: how long before max_duration_s the wrap-up is said
+    wrap_up_before_s: float = Field(default=30.0, ge=0, le=300)
+    #: no caller speech for this long: one nudge, then goodbye; null turns it off
+    silence_timeout_s: float | None = Field(default=30.0, ge=5)
+    #: cost of the call (USD) past which it is wrapped up; null: no budget
+    budget_usd: float | None = Field(default=None, gt=0)
+
+
+class Hold(Strict):
+    """``wait_on_hold``: the model stops answering (music, recordings) until a person is back."""
+
+    #: how a person is recognised: a cheap out-of-band yes/no classification, or a phrase list
+    detect: Literal["classifier", "phrases"] = "classifier"
+    resume_phrases: tuple[str, ...] = (
+        "thank you for holding",
+        "thanks for holding",
+        "thank you for waiting",
+        "sorry for the wait",
+        "how can i help",
+        "are you there",
+    )
+    max_hold_s: float = Field(default=2400.0, gt=0, le=3500)
+
+
+class DtmfAction(Strict):
+    action: Literal["transfer", "end_call"]
+    target: str | None = None
+
+
+class Dtmf(Strict):
+    #: keypad digits (not mapped below) are passed to the model as a user message
+    forward: bool = True
+    #: digits are gathered until `#` or this long without a new one
+    flush_after_s: float = Field(default=1.5, gt=0, le=10)
+    #: digit -> action, e.g. {"0": {action: transfer, target: operator}}
+    actions: dict[str, DtmfAction] = Field(default_factory=dict)
+
+    @field_validator("actions")
+    @classmethod
+    def _digits(cls, value: dict[str, DtmfAction]) -> dict[str, DtmfAction]:
+        bad = [k for k in value if k not in "0123456789*#ABCD" or len(k) != 1]
+        if bad:
+            raise ValueError(f"keys must be single keypad digits 0-9 * # A-D (got {bad})")
+        return value
+
+
+class AgentProfile(Strict):
+    """One phone agent: what the model is told, how it sounds, and what it may do.
+
+    Session rules (voices, ranges, codecs, tools, models) are checked by ``preflight`` on the exact body
+    that will be sent, so one set of rules covers typed fields, the raw ``session`` block and in-call updates.
+    """
+
+    model: str = "gpt-realtime-2.1"
+    instructions: str = (
+        "You are a friendly phone assistant. Keep answers short: this is a phone call. "
+        "When the caller says goodbye or has nothing else, say a short goodbye and call end_call."
+    )
+    voice: str = "marin"
+    speed: float | None = None
+    greeting: str | None = "Hello! Thanks for calling. How can I help you today?"
+    turn_detection: TurnDetection | None = TurnDetection()
+    transcription: Transcription | None = Transcription()
+    noise_reduction: Literal["near_field", "far_field"] | None = None
+    codec: Literal["pcmu", "pcma", "pcm", "negotiated"] = "pcmu"
+    allow_pcm: bool = False
+    vad_on_accept: bool = False
+    tools: tuple[ToolEntry, ...] = ("end_call",)
+    tool_choice: str | dict[str, Any] = "auto"
+    max_output_tokens: int | str | None = None
+    reasoning_effort: str | None = None
+    parallel_tool_calls: bool | None = None
+    prompt: dict[str, Any] | None = None
+    #: extra GA session fields merged last into the accept body (advanced; checked like everything else)
+    session: dict[str, Any] = Field(default_factory=dict)
+    #: SIP headers whose (untrusted) values instruction templates may use, e.g. X-Customer-Id
+    template_headers: tuple[str, ...] = ()
+    template_value_max_chars: int = Field(default=64, ge=1, le=1024)
+    timezone: str = "UTC"
+    goodbye_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    session_ack_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    early_error_window_s: float = Field(default=5.0, ge=0, le=60)
+    transfer: Transfer = Transfer()
+    watchdogs: Watchdogs = Watchdogs()
+    hold: Hold = Hold()
+    dtmf: Dtmf = Dtmf()
+
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _typed_tools(cls, value: Any) -> Any:
+        """Objects with type http/python become HttpTool/PythonTool (so their errors are precise)."""
+        if not isinstance(value, list | tuple):
+            return value
+        out: list[Any] = []
+        for entry in value:
+            if isinstance(entry, dict) and entry.get("type") == "http":
+                out.append(HttpTool.model_validate(entry))
+            elif isinstance(entry, dict) and entry.get("type") == "python":
+                out.append(PythonTool.model_validate(entry))
+            else:
+                out.append(entry)
+        return out
+
+    def handler_tools(self) -> dict[str, HttpTool | PythonTool]:
+        return {t.name: t for t in self.tools if isinstance(t, HttpTool | PythonTool)}
+
+    def tool_names(self) -> list[str]:
+        names = []
+        for entry in self.tools:
+            if isinstance(entry, str):
+                names.append(entry)
+            elif isinstance(entry, HttpTool | PythonTool):
+                names.append(entry.name)
+            elif entry.get("type") == "function":
+                names.append(str(entry.get("name", "")))
+        return names
+
+    @field_validator("tools")
+    @classmethod
+    def _known_tools(cls, value: tuple[ToolEntry, ...]) -> tuple[ToolEntry, ...]:
+        names = [entry for entry in value if isinstance(entry, str)]
+        unknown = [name for name in names if name not in tools.BUILTIN_TOOLS]
+        if unknown:
+            raise ValueError(
+                f"unknown built-in tool(s) {unknown}; available: {', '.join(sorted(tools.BUILTIN_TOOLS))} "
+                "(other tools are objects with type: function or mcp)"
+            )
+        if len(set(names)) != len(names):
+            raise ValueError("each built-in tool may be listed once")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("unknown time zone; use an IANA name such as Europe/Paris or America/New_York") from None
+        return value
+
+

@@ -1,0 +1,851 @@
+"""The per-call state machine: inputs in, actions out. Pure: no I/O, no clock, no asyncio.
+
+The supervisor feeds it inputs (accept results, sideband events, timers, tool and REST results) with the
+current monotonic time and executes the actions it returns. Every call ends exactly once with one
+``ended_reason``. The core lives here; transfers, watchdogs, hold mode and the keypad live in their own modules
+(``transfer``, ``watchdog``, ``hold``, ``keypad``) as functions of the machine.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+from sip_controller.agent import session, tools
+from sip_controller.agent.profile import AgentProfile, HttpTool, PythonTool
+from sip_controller.agent.validation import Context, check_session, errors
+from sip_controller.calls.features import hold, keypad, transfer, watchdog
+from sip_controller.calls.io import (
+    BENIGN_ERROR_CODES,
+    CLOSE_WAIT_TIMER,
+    DTMF_FLUSH_TIMER,
+    FILLER_TIMER_PREFIX,
+    GOODBYE_INSTRUCTIONS,
+    GOODBYE_TIMER,
+    HANGUP_RETRY_TIMER,
+    HOLD_MAX_TIMER,
+    MAX_END_TIMER,
+    MAX_HANGUP_ROUNDS,
+    MAX_RECONNECTS,
+    MAX_WRAP_TIMER,
+    SESSION_ACK_TIMER,
+    SHUTDOWN_INSTRUCTIONS,
+    SILENCE_TIMER,
+    TRANSFER_ANNOUNCE_TIMER,
+    TRANSFER_VERIFY_TIMER,
+    Accept,
+    AcceptFailed,
+    AcceptOk,
+    Action,
+    Attach,
+    Attached,
+    AttachFailed,
+    CallState,
+    CancelTimer,
+    EndedReason,
+    Finish,
+    Hangup,
+    HangupFailed,
+    HangupOk,
+    Input,
+    OperatorHangup,
+    OperatorTransfer,
+    Reattach,
+    Refer,
+    ReferFailed,
+    ReferOk,
+    Reject,
+    RunTool,
+    Send,
+    Shutdown,
+    SidebandClosed,
+    SidebandEvent,
+    Start,
+    StartTimer,
+    TimerFired,
+    ToolDone,
+)
+from sip_controller.calls.pricing import ModelPrices, TranscriptionPrices, response_cost, transcription_cost
+from sip_controller.calls.report import CallRecord, ToolCallRecord, TranscriptEntry
+from sip_controller.realtime import events as ev
+
+__all__ = [
+    "BENIGN_ERROR_CODES",
+    "CLOSE_WAIT_TIMER",
+    "DTMF_FLUSH_TIMER",
+    "FILLER_TIMER_PREFIX",
+    "GOODBYE_INSTRUCTIONS",
+    "GOODBYE_QUEUE_FACTOR",
+    "GOODBYE_TIMER",
+    "HANGUP_RETRY_TIMER",
+    "HOLD_MAX_TIMER",
+    "MAX_END_TIMER",
+    "MAX_HANGUP_ROUNDS",
+    "MAX_RECONNECTS",
+    "MAX_WRAP_TIMER",
+    "SESSION_ACK_TIMER",
+    "SHUTDOWN_INSTRUCTIONS",
+    "SILENCE_TIMER",
+    "TRANSFER_ANNOUNCE_TIMER",
+    "TRANSFER_VERIFY_TIMER",
+    "Accept",
+    "AcceptFailed",
+    "AcceptOk",
+    "Action",
+    "Attach",
+    "AttachFailed",
+    "Attached",
+    "CallMachine",
+    "CallState",
+    "CancelTimer",
+    "EndedReason",
+    "Finish",
+    "Hangup",
+    "HangupFailed",
+    "HangupOk",
+    "Input",
+    "OperatorHangup",
+    "OperatorTransfer",
+    "Reattach",
+    "Refer",
+    "ReferFailed",
+    "ReferOk",
+    "Reject",
+    "RunTool",
+    "Send",
+    "Shutdown",
+    "SidebandClosed",
+    "SidebandEvent",
+    "Start",
+    "StartTimer",
+    "TimerFired",
+    "ToolDone",
+]
+
+#: how many goodbye timeouts a goodbye may wait behind audio still playing before it starts itself
+GOODBYE_QUEUE_FACTOR = 4
+FILLER_INSTRUCTIONS = (
+    "Say only a very short filler line such as 'One moment, let me check that.' Do not say anything else and "
+    "do not call any tool."
+)
+_MAX_TOOL_OUTPUT = 16_000
+
+
+class RecentIds:
+    """A set that keeps only the last ``size`` ids: a long call does not grow with every response. The ids it
+    is asked about (the goodbye, a handoff line, a duplicated delivery) are always recent ones."""
+
+    __slots__ = ("_order", "_seen", "_size")
+
+    def __init__(self, size: int = 64) -> None:
+        self._order: deque[str] = deque()
+        self._seen: set[str] = set()
+        self._size = size
+
+    def add(self, item: str) -> None:
+        if item in self._seen:
+            return
+        self._order.append(item)
+        self._seen.add(item)
+        if len(self._order) > self._size:
+            self._seen.discard(self._order.popleft())
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._seen
+
+    def __bool__(self) -> bool:
+        return bool(self._order)
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+
+class ResponseMarks:
+    """What has been seen of each recent response (started, stopped, spoken, done) as bit flags: one bounded
+    dict for every fact, where a set per fact kept four copies of each id (most of a long call's memory)."""
+
+    __slots__ = ("_ever", "_flags", "_size")
+
+    def __init__(self, size: int = 64) -> None:
+        self._flags: dict[str, int] = {}
+        self._ever = 0
+        self._size = size
+
+    def mark(self, rid: str, flag: int) -> None:
+        flags = self._flags.get(rid)
+        if flags is None:
+            self._flags[rid] = flag
+            if len(self._flags) > self._size:
+                del self._flags[next(iter(self._flags))]  # the oldest: dicts keep insertion order
+        else:
+            self._flags[rid] = flags | flag
+        self._ever |= flag
+
+    def has(self, rid: object, flag: int) -> bool:
+        return isinstance(rid, str) and bool(self._flags.get(rid, 0) & flag)
+
+    def ever(self, flag: int) -> bool:
+        return bool(self._ever & flag)
+
+    def view(self, flag: int) -> Marked:
+        return Marked(self, flag)
+
+
+class Marked:
+    """The responses with one mark, used like a set: ``add``, ``in``, truth (any marked yet)."""
+
+    __slots__ = ("_flag", "_marks")
+
+    def __init__(self, marks: ResponseMarks, flag: int) -> None:
+        self._marks = marks
+        self._flag = flag
+
+    def add(self, rid: str) -> None:
+        self._marks.mark(rid, self._flag)
+
+    def __contains__(self, rid: object) -> bool:
+        return self._marks.has(rid, self._flag)
+
+    def __bool__(self) -> bool:
+        return self._marks.ever(self._flag)
+
+
+_STARTED, _STOPPED, _SPOKEN, _DONE = 1, 2, 4, 8
+
+
+@dataclass
+class _PendingUpdate:
+    """A session.update sent and not yet acknowledged by session.updated, and what waits for it."""
+
+    event_id: str
+    then: list[Action]
+    what: str
+
+
+@dataclass
+class _Ending:
+    reason: EndedReason
+    #: the response whose audio must finish before hanging up (None: not known yet / none)
+    response_id: str | None = None
+    #: a response.create for the goodbye was sent and its response.created not yet seen
+    awaiting_created: bool = False
+    #: the event_id of that response.create (an `error` naming it means no goodbye will come)
+    request_event_id: str | None = None
+    #: what the goodbye says, and whether to ask again once the response in progress is done
+    instructions: str | None = None
+    retry_when_idle: bool = False
+    hangup_sent: bool = False
+
+
+@dataclass
+class CallMachine:
+    """One call's logic. ``handle(input, now)`` returns the actions to execute, in order."""
+
+    call_id: str
+    profile_name: str
+    profile: AgentProfile
+    record: CallRecord
+    close_wait_s: float = 3.0
+    #: the exact accept body (instructions rendered for this call); built from the profile when None
+    accept_body: dict[str, Any] | None = None
+    today: date = field(default_factory=lambda: datetime.now(UTC).date())
+    prices: ModelPrices | None = None
+    transcription_prices: TranscriptionPrices | None = None
+    state: CallState = CallState.RECEIVED
+    _t0: float | None = None
+    ending: _Ending | None = None
+    _seen_tool_calls: RecentIds = field(default_factory=RecentIds)
+    _responses: ResponseMarks = field(default_factory=ResponseMarks)
+    audio_started: Marked = field(init=False)
+    audio_stopped: Marked = field(init=False)
+    spoken: Marked = field(init=False)
+    _responses_done: Marked = field(init=False)
+    _our_update_ids: RecentIds = field(default_factory=RecentIds)
+    _drain_requested: bool = False
+    _event_seq: int = 0
+    attached_at: float | None = None
+    _pending_updates: deque[_PendingUpdate] = field(default_factory=deque)
+    _caller_spoke_while_held: bool = False
+    _reconnects: int = 0
+    _hangup_failures: int = 0
+    _pending_tools: dict[str, float] = field(default_factory=dict)
+    transfer: transfer.TransferState | None = None
+    watch: watchdog.WatchState = field(default_factory=watchdog.WatchState)
+    hold: hold.HoldState | None = None
+    keys: keypad.KeypadState = field(default_factory=keypad.KeypadState)
+
+    def __post_init__(self) -> None:
+        marks = self._responses
+        self.audio_started = marks.view(_STARTED)
+        self.audio_stopped = marks.view(_STOPPED)
+        self.spoken = marks.view(_SPOKEN)
+        self._responses_done = marks.view(_DONE)
+
+    @property
+    def finished(self) -> bool:
+        return self.record.ended_reason is not None
+
+    @property
+    def ended_reason(self) -> str | None:
+        return self.record.ended_reason
+
+    def handle(self, inp: Input, now: float) -> list[Action]:
+        if self._t0 is None:
+            self._t0 = now
+        if self.finished:
+            return []
+        rel = now - self._t0
+        match inp:
+            case Start():
+                self._set_state(CallState.ACCEPTING, rel)
+                body = self.accept_body if self.accept_body is not None else session.accept_body(self.profile)
+                return [Accept(body)]
+            case AcceptOk():
+                self._set_state(CallState.ACCEPTED, rel)
+                self.record.accepted_s = round(rel, 3)
+                return [Attach()]
+            case AcceptFailed(gone=gone, detail=detail, invalid=invalid):
+                self.record.errors.append(f"accept failed: {detail}")
+                self.record.mark(rel, "accept failed" + (" (call gone)" if gone else ""))
+                if invalid:
+                    self.record.mark(rel, "accept body refused: rejecting the call so it does not ring on")
+                    return [Reject(603), *self.finish("accept_failed", rel, CallState.FAILED)]
+                return self.finish("accept_failed", rel, CallState.FAILED)
+            case Attached():
+                if self.attached_at is not None:
+                    self.record.mark(rel, "sideband restored")
+                    return []
+                return self._on_attached(rel)
+            case AttachFailed(gone=gone, detail=detail):
+                self.record.errors.append(f"sideband attach failed: {detail}")
+                if gone:
+                    self.record.mark(rel, "sideband attach: call already gone")
+                    return self.finish(self.ending.reason if self.ending else "caller_hangup", rel)
+                self.ending = self.ending or _Ending(reason="session_error")
+                self._set_state(CallState.ENDING, rel)
+                return self.hangup(rel, "no sideband: hanging up rather than leave the call unsupervised")
+            case SidebandEvent(event=event):
+                return self._on_event(event, rel)
+            case SidebandClosed(code=code):
+                return self._on_sideband_closed(code, rel)
+            case TimerFired(name=name):
+                return self._on_timer(name, rel)
+            case HangupOk():
+                self.record.mark(rel, "hangup acknowledged")
+                return [StartTimer(CLOSE_WAIT_TIMER, self.close_wait_s)]
+            case HangupFailed(gone=gone, detail=detail):
+                return self._on_hangup_failed(gone, detail, rel)
+            case Shutdown():
+                return self._on_shutdown(rel)
+            case OperatorHangup(now=immediate):
+                return self._on_operator_hangup(immediate, rel)
+            case OperatorTransfer(target=target):
+                if target not in self.profile.transfer.targets:
+                    return []
+                self.record.mark(rel, f"operator transfer to {target}")
+                return transfer.start(self, target, rel)
+            case ToolDone():
+                return self._on_tool_done(inp, rel)
+            case ReferOk():
+                return transfer.on_refer_ok(self, rel)
+            case ReferFailed(detail=detail):
+                return transfer.on_refer_failed(self, detail, rel)
+        return []  # pragma: no cover - exhaustive match
+
+    def abort(self, reason: EndedReason, why: str, now: float, *, keep_pending: bool = False) -> None:
+        """End the call from outside the normal flow (cancelled, crashed). With ``keep_pending``, a reason
+        already decided (e.g. ``shutdown`` while its wrap-up was playing) wins over ``reason``."""
+        if self.finished:
+            return
+        if keep_pending and self.ending is not None:
+            reason = self.ending.reason
+        self.record.errors.append(why)
+        state = CallState.ENDED if reason == "shutdown" else CallState.FAILED
+        self.finish(reason, now - (self._t0 if self._t0 is not None else now), state)
+
+    # ---- shared helpers (used by the feature modules too) -------------------------------------------
+
+    @property
+    def live(self) -> bool:
+        """Attached and not ending: the conversation is going on."""
+        return self.state == CallState.ATTACHED and self.ending is None
+
+    def next_event_id(self, kind: str) -> str:
+        self._event_seq += 1
+        return f"ctl_{kind}_{self._event_seq}"
+
+    def say(self, instructions: str, *, tool_choice: str | None = "none") -> Send:
+        """A response.create that makes the model say something specific (no tools by default)."""
+        response: dict[str, Any] = {"instructions": instructions}
+        if tool_choice is not None:
+            response["tool_choice"] = tool_choice
+        return Send({"type": "response.create", "event_id": self.next_event_id("response"), "response": response})
+
+    def respond(self) -> Send:
+        """A plain response.create: the model answers the conversation as it stands."""
+        return Send({"type": "response.create", "event_id": self.next_event_id("response")})
+
+    def tool_output(self, call_id: str, output: dict[str, Any] | str) -> Send:
+        text = output if isinstance(output, str) else json.dumps(output)
+        return Send(
+            {
+                "type": "conversation.item.create",
+                "event_id": self.next_event_id("item"),
+                "item": {"type": "function_call_output", "call_id": call_id, "output": text[:_MAX_TOOL_OUTPUT]},
+            }
+        )
+
+    def user_text(self, text: str) -> Send:
+        return Send(
+            {
+                "type": "conversation.item.create",
+                "event_id": self.next_event_id("item"),
+                "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]},
+            }
+        )
+
+    def _set_state(self, state: CallState, rel: float) -> None:
+        self.state = state
+        self.record.state = state.value
+        self.record.mark(rel, state.value)
+
+    def finish(self, reason: EndedReason, rel: float, state: CallState = CallState.ENDED) -> list[Action]:
+        self.state = state
+        self.record.state = state.value
+        self.record.ended_reason = reason
+        self.record.duration_s = round(rel, 3)
+        hold.settle(self, rel)
+        self.record.mark(rel, f"ended: {reason}")
+        return [Finish(reason)]
+
+    def hangup(self, rel: float, why: str) -> list[Action]:
+        assert self.ending is not None
+        if self.ending.hangup_sent:
+            return []
+        self.ending.hangup_sent = True
+        self.record.mark(rel, f"hangup: {why}")
+        return [CancelTimer(GOODBYE_TIMER), Hangup()]
+
+    def begin_ending(self, reason: EndedReason, rel: float, instructions: str | None) -> list[Action]:
+        """Every way a call ends goes through here: say goodbye (unless the caller already hears one), wait for
+        that audio to finish (``output_audio_buffer.stopped``, with a timeout), then hang up."""
+        if self.ending is not None or self.state not in (CallState.ATTACHED, CallState.ACCEPTED):
+            return []
+        self.ending = _Ending(reason=reason)
+        self._set_state(CallState.ENDING, rel)
+        timeout = self.profile.goodbye_timeout_s
+        if instructions is None:
+            return [*watchdog.stop(self), StartTimer(GOODBYE_TIMER, timeout)]
+        # the goodbye may queue behind an answer still playing: a longer guard until its own audio starts,
+        # then goodbye_timeout_s for the goodbye itself
+        actions: list[Action] = [*watchdog.stop(self), StartTimer(GOODBYE_TIMER, timeout * GOODBYE_QUEUE_FACTOR)]
+        self.ending.instructions = instructions
+        return [self._request_goodbye(rel), *actions]
+
+    def _request_goodbye(self, rel: float) -> Send:
+        assert self.ending is not None
+        assert self.ending.instructions is not None
+        self.ending.awaiting_created = True
+        self.record.mark(rel, "goodbye requested")
+        request = self.say(self.ending.instructions)
+        self.ending.request_event_id = request.event.get("event_id")
+        return request
+
+    def update_session(self, patch: dict[str, Any], rel: float, *, what: str, then: list[Action]) -> list[Action]:
+        """Send a checked session.update; ``then`` runs once OpenAI confirms it with session.updated."""
+        event_id = self.next_event_id("session")
+        event = session.session_update(self.profile, patch, event_id=event_id)
+        ctx = Context(
+            today=self.today,
+            update=True,
+            allow_pcm=self.profile.allow_pcm,
+            model=self.profile.model,
+            audio_started=bool(self.audio_started),
+        )
+        problems = errors(check_session(event["session"], ctx))
+        if problems:
+            for problem in problems:
+                self.record.errors.append(f"session.update refused before sending ({what}): {problem}")
+            self.record.mark(rel, f"session.update for {what} refused by validation")
+            return then
+        self._our_update_ids.add(event_id)
+        self._pending_updates.append(_PendingUpdate(event_id, then, what))
+        self.record.mark(rel, f"session.update sent: {what}")
+        actions: list[Action] = [Send(event)]
+        if len(self._pending_updates) == 1:
+            actions.append(StartTimer(SESSION_ACK_TIMER, self.profile.session_ack_timeout_s))
+        return actions
+
+    def fail_session(self, rel: float, why: str) -> list[Action]:
+        self.record.mark(rel, why)
+        if self.ending is None:
+            self.ending = _Ending(reason="session_error")
+            self._set_state(CallState.ENDING, rel)
+        return self.hangup(rel, "session error")
+
+    # ---- lifecycle ----------------------------------------------------------------------------------
+
+    def _on_attached(self, rel: float) -> list[Action]:
+        self._set_state(CallState.ATTACHED, rel)
+        self.attached_at = rel
+        self.record.attached_s = round(rel, 3)
+        if self._drain_requested:
+            return self.begin_ending("shutdown", rel, SHUTDOWN_INSTRUCTIONS)
+        timers = watchdog.start(self)
+        greeting: list[Action] = []
+        if self.profile.greeting:
+            greeting.append(
+                self.say(f'Start the call now: greet the caller by saying exactly "{self.profile.greeting}"')
+            )
+        patch = session.deferred_vad_patch(self.profile)
+        if patch is None:
+            if greeting:
+                self.record.mark(rel, "greeting requested")
+            return timers + greeting
+        # the accept body held automatic responses; nothing is said until the tuning is in force
+        return timers + self.update_session(patch, rel, what="VAD tuning", then=greeting)
+
+    def _on_hangup_failed(self, gone: bool, detail: str, rel: float) -> list[Action]:
+        """A hangup that failed is not a finished call: keep supervising and try again (bounded), unless
+        OpenAI says the call is gone already. Only the sideband closing, or the last try, ends the record."""
+        reason = self.ending.reason if self.ending else "session_error"
+        if gone:
+            self.record.mark(rel, "hangup: call already gone")
+            return self.finish(reason, rel)
+        self.record.errors.append(f"hangup failed: {detail}")
+        self._hangup_failures += 1
+        if self.ending is None or self._hangup_failures > MAX_HANGUP_ROUNDS:
+            self.record.errors.append("hangup never confirmed: the call may still be up at OpenAI")
+            self.record.mark(rel, "hangup failed for good")
+            return self.finish(reason, rel)
+        self.ending.hangup_sent = False
+        delay = min(8.0, 0.25 * 2 ** (self._hangup_failures - 1))
+        self.record.mark(rel, f"hangup failed: trying again in {delay:g}s")
+        return [StartTimer(HANGUP_RETRY_TIMER, delay)]
+
+    def _on_shutdown(self, rel: float) -> list[Action]:
+        if self.state == CallState.ATTACHED:
+            return self.begin_ending("shutdown", rel, SHUTDOWN_INSTRUCTIONS)
+        if self.state == CallState.RECEIVED:
+            return self.finish("shutdown", rel)
+        if self.state in (CallState.ACCEPTING, CallState.ACCEPTED):
+            # the accept may already have answered the call: finish it properly once attached
+            self._drain_requested = True
+            self.record.mark(rel, "drain requested")
+        return []
+
+    def _on_operator_hangup(self, immediate: bool, rel: float) -> list[Action]:
+        self.record.mark(rel, "operator hangup" + (" (now)" if immediate else ""))
+        if self.ending is not None:
+            return self.hangup(rel, "operator") if immediate else []
+        if self.state != CallState.ATTACHED:
+            return []
+        if immediate:
+            self.ending = _Ending(reason="operator_hangup")
+            self._set_state(CallState.ENDING, rel)
+            return [*watchdog.stop(self), *self.hangup(rel, "operator, immediately")]
+        return self.begin_ending("operator_hangup", rel, GOODBYE_INSTRUCTIONS)
+
+    def _on_sideband_closed(self, code: int | None, rel: float) -> list[Action]:
+        """1000 is how the server ends a finished call; anything else may be a dropped socket."""
+        self.record.mark(rel, f"sideband closed (code {code})")
+        if self.transfer is not None and self.transfer.phase in ("referring", "verifying"):
+            return transfer.on_call_left(self, rel)  # a REFER that worked can close the socket before its 200
+        ending = self.ending
+        if code == 1000 or (ending is not None and ending.hangup_sent) or self.attached_at is None:
+            return self.finish(ending.reason if ending else "caller_hangup", rel)
+        if ending is not None:
+            # we owed a hangup after the goodbye, and can no longer hear it end: hang up now
+            return self.hangup(rel, "sideband lost while ending")
+        if self._reconnects < MAX_RECONNECTS:
+            self._reconnects += 1
+            self.record.mark(rel, f"reconnecting the sideband (try {self._reconnects} of {MAX_RECONNECTS})")
+            return [Reattach()]
+        self.ending = _Ending(reason="session_error")
+        self._set_state(CallState.ENDING, rel)
+        self.record.errors.append(f"sideband dropped {self._reconnects + 1} times")
+        return self.hangup(rel, "sideband keeps dropping: hanging up rather than leave the call unsupervised")
+
+    def _on_timer(self, name: str, rel: float) -> list[Action]:
+        if name == SESSION_ACK_TIMER and self._pending_updates:
+            what = self._pending_updates[0].what
+            self.record.errors.append(
+                f"session.update ({what}) not confirmed within {self.profile.session_ack_timeout_s}s"
+            )
+            return self.fail_session(rel, f"session.update for {what} never confirmed")
+        if name == GOODBYE_TIMER and self.ending is not None:
+            return self.hangup(rel, f"goodbye audio not finished after {self.profile.goodbye_timeout_s}s")
+        if name == HANGUP_RETRY_TIMER and self.ending is not None:
+            return self.hangup(rel, f"retry {self._hangup_failures}")
+        if name == CLOSE_WAIT_TIMER and self.ending is not None:
+            self.record.mark(rel, "sideband still open after hangup")
+            return self.finish(self.ending.reason, rel)
+        if name.startswith(FILLER_TIMER_PREFIX):
+            call_id = name.removeprefix(FILLER_TIMER_PREFIX)
+            if call_id in self._pending_tools and self.live:
+                self.record.mark(rel, "tool is slow: filler line")
+                return [self.say(FILLER_INSTRUCTIONS)]
+            return []
+        return [
+            *transfer.on_timer(self, name, rel),
+            *watchdog.on_timer(self, name, rel),
+            *hold.on_timer(self, name, rel),
+            *keypad.on_timer(self, name, rel),
+        ]
+
+    def _on_session_updated(self, rel: float) -> list[Action]:
+        if not self._pending_updates:
+            return []
+        done = self._pending_updates.popleft()
+        self.record.mark(rel, f"session.updated: {done.what} in force")
+        actions: list[Action] = [CancelTimer(SESSION_ACK_TIMER)]
+        if self._pending_updates:
+            actions.append(StartTimer(SESSION_ACK_TIMER, self.profile.session_ack_timeout_s))
+        if self.ending is not None:
+            return actions
+        then = list(done.then)
+        if then:
+            self.record.mark(rel, f"after {done.what}: continuing")
+        elif self._caller_spoke_while_held and not self._pending_updates:
+            then.append(self.respond())  # answer the turn that was held
+            self.record.mark(rel, "answering the caller's held turn")
+        if not self._pending_updates:
+            self._caller_spoke_while_held = False
+        return actions + then
+
+    # ---- sideband events ----------------------------------------------------------------------------
+
+    def _on_event(self, event: ev.ServerEvent, rel: float) -> list[Action]:
+        match event:
+            case ev.InputTranscriptionCompleted(transcript=text, usage=usage):
+                self._count_transcription(usage)
+                if text.strip():
+                    self.record.transcripts.append(TranscriptEntry("caller", text.strip(), round(rel, 3)))
+                    return hold.on_caller_transcript(self, text.strip(), event.item_id, rel)
+            case ev.OutputTranscriptDone(transcript=text, response_id=rid):
+                if rid:
+                    self.spoken.add(rid)
+                if text.strip() and not hold.is_classifier_response(self, rid):
+                    self.record.transcripts.append(TranscriptEntry("assistant", text.strip(), round(rel, 3)))
+            case ev.ResponseEvent(type="response.created", response=resp):
+                if self.ending is not None and self.ending.awaiting_created:
+                    self.ending.awaiting_created = False
+                    self.ending.response_id = resp.id
+                return [*transfer.on_response_created(self, resp), *hold.on_response_created(self, resp)]
+            case ev.ResponseEvent(type="response.done", response=resp):
+                return self._on_response_done(resp, rel)
+            case ev.OutputAudioBuffer(type="output_audio_buffer.started", response_id=rid):
+                if rid:
+                    self.audio_started.add(rid)
+                end = self.ending
+                if end is not None and end.response_id is not None and rid == end.response_id:
+                    return [StartTimer(GOODBYE_TIMER, self.profile.goodbye_timeout_s)]  # the goodbye is playing
+                return watchdog.on_assistant_audio(self, started=True)
+            case ev.OutputAudioBuffer(type=kind, response_id=rid):
+                if rid:
+                    self.audio_stopped.add(rid)
+                end = self.ending
+                if end is not None and end.response_id is not None and rid == end.response_id:
+                    what = "goodbye heard in full" if kind.endswith("stopped") else "goodbye audio cleared"
+                    return self.hangup(rel, what)
+                return [*transfer.on_audio_done(self, rid, rel), *watchdog.on_assistant_audio(self, started=False)]
+            case ev.ErrorEvent(error=err):
+                return self._on_error(err, rel)
+            case ev.SessionEvent(type="session.updated"):
+                return self._on_session_updated(rel)
+            case ev.SpeechEdge(type=kind):
+                if kind.endswith("speech_stopped") and self._pending_updates and self.hold is None:
+                    self._caller_spoke_while_held = True
+                return watchdog.on_caller_speech(self, started=kind.endswith("speech_started"))
+            case ev.DtmfReceived(event=digit):
+                return keypad.on_digit(self, digit, rel)
+            case ev.InputTranscriptionFailed():
+                self.record.mark(rel, "caller transcription failed")
+            case ev.UnknownEvent() | ev.MalformedEvent():
+                self.record.ignored_events += 1
+            case ev.FunctionCallArgumentsDone() | ev.SessionEvent():
+                pass  # tool calls run from response.done, once its status says the response completed
+        return []
+
+    def _count_transcription(self, usage: ev.TranscriptionUsage | None) -> None:
+        if usage is None:
+            return
+        t = self.record.transcription
+        t.audio_tokens += usage.input_token_details.audio_tokens
+        t.text_tokens += usage.input_token_details.text_tokens
+        t.output_tokens += usage.output_tokens
+        t.seconds += usage.seconds
+        self._update_cost()
+
+    def _update_cost(self) -> None:
+        cost = response_cost(self.record.usage, self.prices) if self.prices else 0.0
+        if self.transcription_prices is not None:
+            t = self.record.transcription
+            cost += transcription_cost(
+                t.audio_tokens, t.text_tokens, t.output_tokens, t.seconds, self.transcription_prices
+            )
+        self.record.cost_usd = cost
+        if self.prices is not None:
+            self.record.hold_cost_usd = response_cost(self.record.hold_usage, self.prices)
+
+    def _on_error(self, err: ev.ErrorDetail, rel: float) -> list[Action]:
+        """An error about one of our session updates, or an early one about the session, means the caller
+        would be left in static or silence: hang up at once and keep OpenAI's message in the report."""
+        where = f" (param {err.param})" if err.param else ""
+        self.record.errors.append(f"sideband error {err.code or err.type}: {err.message}{where}")
+        end = self.ending
+        if end is not None and end.request_event_id is not None and err.event_id == end.request_event_id:
+            if err.code == "conversation_already_has_active_response":
+                end.retry_when_idle = True  # ask again when the answer being made is done
+                return []
+            return self.hangup(rel, "the goodbye could not be created")
+        ours = err.event_id is not None and err.event_id in self._our_update_ids
+        since_attach = rel - (self.attached_at if self.attached_at is not None else rel)
+        early = (
+            since_attach <= self.profile.early_error_window_s
+            and err.type in (None, "invalid_request_error", "server_error")
+            and (err.code or "") not in BENIGN_ERROR_CODES
+        )
+        if not (ours or early or err.code == "session_expired"):
+            return []
+        return self.fail_session(rel, "session error: the call cannot continue")
+
+    def _on_response_done(self, resp: ev.Response, rel: float) -> list[Action]:
+        if resp.id:
+            if resp.id in self._responses_done:
+                self.record.ignored_events += 1  # a duplicated delivery: count usage and tools once
+                return []
+            self._responses_done.add(resp.id)
+        if resp.usage is not None:
+            self.record.usage.add(resp.usage)
+            if self.hold is not None:
+                self.record.hold_usage.add(resp.usage)
+            self._update_cost()
+        completed = resp.status == "completed"
+        actions: list[Action] = []
+        classified = hold.on_response_done(self, resp, rel)
+        if classified is not None:
+            return [*classified, *watchdog.on_cost(self, rel)]
+        end = self.ending
+        if end is not None and end.retry_when_idle and resp.id != end.response_id:
+            end.retry_when_idle = False
+            return [self._request_goodbye(rel)]
+        if end is not None and resp.id and resp.id == end.response_id:
+            heard = resp.id in self.audio_started or resp.id in self.spoken or resp.has_audio()
+            if not completed or not heard:
+                return self.hangup(rel, f"goodbye response {resp.status or 'ended'} without audio")
+            if resp.id in self.audio_stopped:
+                return self.hangup(rel, "goodbye heard in full")
+            return []
+        actions.extend(transfer.on_response_done(self, resp, rel))
+        for item in resp.output:
+            if item.type != "function_call" or not item.call_id or item.call_id in self._seen_tool_calls:
+                continue
+            self._seen_tool_calls.add(item.call_id)
+            if not completed:
+                self.record.tool_calls.append(
+                    ToolCallRecord(item.call_id, item.name or "", item.arguments or "", round(rel, 3),
+                                   "interrupted", f"response {resp.status}")
+                )
+                continue
+            actions.extend(self._run_tool(item, resp.id, rel))
+        actions.extend(watchdog.on_cost(self, rel))
+        return actions
+
+    # ---- tools ---------------------------------------------------------------------------------------
+
+    def _run_tool(self, item: ev.OutputItem, response_id: str, rel: float) -> list[Action]:
+        assert item.call_id is not None
+        name = item.name or ""
+        raw = item.arguments or ""
+        record = ToolCallRecord(item.call_id, name, raw, round(rel, 3), "ok")
+        self.record.tool_calls.append(record)
+        if not self.live:
+            record.outcome, record.detail = "ignored", "the call is ending"
+            return [self.tool_output(item.call_id, {"error": "the call is ending"})]
+        handler_tool = self.profile.handler_tools().get(name)
+        if handler_tool is not None:
+            return self._run_handler_tool(handler_tool, item.call_id, raw, record)
+        spec = tools.BUILTIN_TOOLS.get(name) if name in self.profile.tools else None
+        if spec is None:
+            record.outcome = "unknown_tool"
+            available = ", ".join(self.profile.tool_names()) or "none"
+            error = {"error": f"tool {name!r} cannot be run here; available: {available}"}
+            return [self.tool_output(item.call_id, error), self.respond()]
+        try:
+            args = tools.parse_arguments(spec, raw)
+        except tools.ToolArgumentsError as exc:
+            if name != "end_call":  # end_call still ends the call: the intent is unambiguous
+                record.outcome, record.detail = "invalid_arguments", str(exc)
+                return [self.tool_output(item.call_id, {"error": str(exc)}), self.respond()]
+            record.detail = str(exc)
+            args = tools.EndCallArgs()
+        self.record.mark(rel, f"tool {name}")
+        if name == "transfer_call":
+            assert isinstance(args, tools.TransferArgs)
+            return transfer.on_tool(self, record, args, rel)
+        if name == "wait_on_hold":
+            return hold.on_tool(self, record, rel)
+        return self._end_call(item.call_id, response_id, record, rel)
+
+    def _end_call(self, call_id: str, response_id: str, record: ToolCallRecord, rel: float) -> list[Action]:
+        record.result = "ending the call"
+        actions: list[Action] = [self.tool_output(call_id, {"status": "ending the call"})]
+        # If the model already spoke in the same response, that was its goodbye: wait for it, don't ask again.
+        if response_id in self.spoken or response_id in self.audio_started:
+            actions.extend(self.begin_ending("agent_end_call", rel, None))
+            assert self.ending is not None
+            self.ending.response_id = response_id
+            if response_id in self.audio_stopped:
+                actions.extend(self.hangup(rel, "goodbye heard in full"))
+            return actions
+        actions.extend(self.begin_ending("agent_end_call", rel, GOODBYE_INSTRUCTIONS))
+        return actions
+
+    def _run_handler_tool(
+        self, tool: HttpTool | PythonTool, call_id: str, raw: str, record: ToolCallRecord
+    ) -> list[Action]:
+        problem: str | None
+        try:
+            args = json.loads(raw) if raw.strip() else {}
+        except (ValueError, RecursionError):
+            args, problem = None, "arguments are not valid JSON; send a JSON object"
+        else:
+            problem = _schema_problem(tool.parameters, args)
+        if problem is not None or not isinstance(args, dict):
+            record.outcome, record.detail = "invalid_arguments", problem or "arguments must be a JSON object"
+            return [self.tool_output(call_id, {"error": record.detail}), self.respond()]
+        record.outcome = "pending"
+        self._pending_tools[call_id] = record.at_s
+        actions: list[Action] = [RunTool(call_id, tool.name, args)]
+        if tool.filler_after_s is not None:
+            actions.append(StartTimer(FILLER_TIMER_PREFIX + call_id, tool.filler_after_s))
+        return actions
+
+    def _on_tool_done(self, done: ToolDone, rel: float) -> list[Action]:
+        if done.call_id not in self._pending_tools:
+            return []
+        self._pending_tools.pop(done.call_id)
+        for record in self.record.tool_calls:
+            if record.call_id == done.call_id:
+                record.outcome = done.outcome if not done.ok else "ok"
+                record.result = done.output[:2000]
+                record.duration_s = round(done.duration_s, 3)
+        actions: list[Action] = [CancelTimer(FILLER_TIMER_PREFIX + done.call_id)]
+        if self.ending is not None or self.state != CallState.ATTACHED:
+            return actions
+        output = done.output if done.ok else json.dumps({"error": done.output})
+        return [*actions, self.tool_output(done.call_id, output), self.respond()]
+
+
+def _schema_problem(schema: dict[str, Any], args: Any) -> str | None:
+    error = next(iter(Draft202012Validator(schema).iter_errors(args)), None)
+    if error is None:
+        return None
+    where = "/".join(str(p) for p in error.absolute_path) or "arguments"
+    return f"invalid arguments at {where}: {error.message}"

@@ -1,0 +1,88 @@
+"""What a call costs: per-model token prices (USD per 1M tokens) kept in config, and the arithmetic.
+
+Defaults follow OpenAI's 2026 price list; prices change, so operators override them under ``pricing`` in the
+config rather than waiting for a release.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sip_controller.calls.report import UsageTotals
+
+
+class ModelPrices(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    text_in: float = Field(ge=0)
+    text_cached: float = Field(ge=0)
+    text_out: float = Field(ge=0)
+    audio_in: float = Field(ge=0)
+    audio_cached: float = Field(ge=0)
+    audio_out: float = Field(ge=0)
+
+
+class TranscriptionPrices(BaseModel):
+    """Input transcription is billed on its own: per token (gpt-4o*-transcribe) or per minute (whisper-1)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    audio_in: float = Field(default=0.0, ge=0)
+    text_in: float = Field(default=0.0, ge=0)
+    text_out: float = Field(default=0.0, ge=0)
+    per_minute: float = Field(default=0.0, ge=0)
+
+
+_FULL = ModelPrices(text_in=4.0, text_cached=0.4, text_out=24.0, audio_in=32.0, audio_cached=0.4, audio_out=64.0)
+_V1 = ModelPrices(text_in=4.0, text_cached=0.4, text_out=16.0, audio_in=32.0, audio_cached=0.4, audio_out=64.0)
+_MINI = ModelPrices(text_in=0.6, text_cached=0.06, text_out=2.4, audio_in=10.0, audio_cached=0.3, audio_out=20.0)
+
+DEFAULT_MODEL_PRICES: dict[str, ModelPrices] = {
+    "gpt-realtime-2.1": _FULL,
+    "gpt-realtime-2": _FULL,
+    "gpt-realtime-1.5": _V1,
+    "gpt-realtime": _V1,
+    "gpt-realtime-2025-08-28": _V1,
+    "gpt-realtime-2.1-mini": _MINI,
+    "gpt-realtime-mini": _MINI,
+    "gpt-realtime-mini-2025-12-15": _MINI,
+}
+DEFAULT_TRANSCRIPTION_PRICES: dict[str, TranscriptionPrices] = {
+    "gpt-4o-transcribe": TranscriptionPrices(audio_in=6.0, text_in=2.5, text_out=10.0),
+    "gpt-4o-mini-transcribe": TranscriptionPrices(audio_in=3.0, text_in=1.25, text_out=5.0),
+    "whisper-1": TranscriptionPrices(per_minute=0.006),
+}
+
+
+class Pricing(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    models: dict[str, ModelPrices] = Field(default_factory=lambda: dict(DEFAULT_MODEL_PRICES))
+    transcription: dict[str, TranscriptionPrices] = Field(
+        default_factory=lambda: dict(DEFAULT_TRANSCRIPTION_PRICES)
+    )
+
+    def for_model(self, model: str) -> ModelPrices | None:
+        return self.models.get(model)
+
+
+def response_cost(usage: UsageTotals, prices: ModelPrices) -> float:
+    """USD for summed ``response.done`` usage (cached tokens are part of the input counts)."""
+    text_uncached = max(0, usage.input_text_tokens - usage.cached_text_tokens)
+    audio_uncached = max(0, usage.input_audio_tokens - usage.cached_audio_tokens)
+    total = (
+        text_uncached * prices.text_in
+        + usage.cached_text_tokens * prices.text_cached
+        + audio_uncached * prices.audio_in
+        + usage.cached_audio_tokens * prices.audio_cached
+        + usage.output_text_tokens * prices.text_out
+        + usage.output_audio_tokens * prices.audio_out
+    )
+    return total / 1_000_000
+
+
+def transcription_cost(
+    audio_tokens: int, text_tokens: int, output_tokens: int, seconds: float, prices: TranscriptionPrices
+) -> float:
+    per_token = audio_tokens * prices.audio_in + text_tokens * prices.text_in + output_tokens * prices.text_out
+    return per_token / 1_000_000 + seconds / 60 * prices.per_minute

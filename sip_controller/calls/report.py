@@ -1,0 +1,280 @@
+"""What is kept about a call as it happens: timeline, transcripts, tool calls, usage; and its summary."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from sip_controller.realtime.events import Usage
+
+Role = Literal["caller", "assistant"]
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptEntry:
+    role: Role
+    text: str
+    at_s: float
+
+
+@dataclass(slots=True)
+class ToolCallRecord:
+    """One tool call. ``outcome``: ok, error, timeout, invalid_arguments, unknown_tool, interrupted, pending."""
+
+    call_id: str
+    name: str
+    arguments: str
+    at_s: float
+    outcome: str
+    detail: str = ""
+    result: str = ""
+    duration_s: float | None = None
+
+
+@dataclass
+class UsageTotals:
+    responses: int = 0
+    input_text_tokens: int = 0
+    input_audio_tokens: int = 0
+    cached_text_tokens: int = 0
+    cached_audio_tokens: int = 0
+    output_text_tokens: int = 0
+    output_audio_tokens: int = 0
+
+    def add_totals(self, other: UsageTotals) -> None:
+        for key, value in vars(other).items():
+            setattr(self, key, getattr(self, key) + value)
+
+    def add(self, usage: Usage) -> None:
+        i = usage.input_token_details
+        o = usage.output_token_details
+        self.responses += 1
+        self.input_text_tokens += i.text_tokens
+        self.input_audio_tokens += i.audio_tokens
+        self.cached_text_tokens += i.cached_tokens_details.text_tokens
+        self.cached_audio_tokens += i.cached_tokens_details.audio_tokens
+        self.output_text_tokens += o.text_tokens
+        self.output_audio_tokens += o.audio_tokens
+
+
+def mask_number(number: str | None) -> str | None:
+    """Keep a caller number useful for support without exposing it: ``+1415***0123``."""
+    if not number:
+        return number
+    if len(number) <= 6:
+        return "*" * len(number)
+    shown = len(number) - 3  # never reveal more than all but three characters
+    tail = min(4, shown // 2)
+    head = min(5, shown - tail)
+    return f"{number[:head]}***{number[len(number) - tail:]}"
+
+
+@dataclass
+class TranscriptionUsage:
+    audio_tokens: int = 0
+    text_tokens: int = 0
+    output_tokens: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class CallRecord:
+    """Everything recorded about one call, appended as events arrive so an abrupt end loses nothing.
+
+    Times ending in ``_s`` are seconds since the webhook arrived (``received_at``)."""
+
+    call_id: str
+    profile: str
+    received_at: datetime
+    caller: str | None = None
+    dialed: str | None = None
+    twilio_call_sid: str | None = None
+    state: str = "received"
+    ended_reason: str | None = None
+    duration_s: float | None = None
+    accepted_s: float | None = None
+    attached_s: float | None = None
+    #: seconds on hold (wait_on_hold) and the model usage spent while on hold (also counted in `usage`)
+    hold_s: float = 0.0
+    hold_usage: UsageTotals = field(default_factory=UsageTotals)
+    transcription: TranscriptionUsage = field(default_factory=TranscriptionUsage)
+    cost_usd: float = 0.0
+    hold_cost_usd: float = 0.0
+    transfer_target: str | None = None
+    transfer_outcome: str | None = None
+    timeline: list[tuple[float, str]] = field(default_factory=list)
+    transcripts: list[TranscriptEntry] = field(default_factory=list)
+    tool_calls: list[ToolCallRecord] = field(default_factory=list)
+    usage: UsageTotals = field(default_factory=UsageTotals)
+    errors: list[str] = field(default_factory=list)
+    ignored_events: int = 0
+
+    def mark(self, at_s: float, what: str) -> None:
+        self.timeline.append((round(at_s, 3), what))
+
+    def summary(self) -> dict[str, Any]:
+        """The per-call summary (no transcript text, caller masked): safe for an info-level log line."""
+        return {
+            "call_id": self.call_id,
+            "profile": self.profile,
+            "caller": mask_number(self.caller),
+            "state": self.state,
+            "ended_reason": self.ended_reason,
+            "duration_s": self.duration_s,
+            "turns_caller": sum(1 for t in self.transcripts if t.role == "caller"),
+            "turns_assistant": sum(1 for t in self.transcripts if t.role == "assistant"),
+            "tool_calls": [t.name for t in self.tool_calls],
+            "responses": self.usage.responses,
+            "cost_usd": round(self.cost_usd, 6),
+            "errors": len(self.errors),
+            "ignored_events": self.ignored_events,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """The full record, transcripts included (for operators, not for info logs)."""
+        return {
+            **self.summary(),
+            "caller": self.caller,
+            "dialed": self.dialed,
+            "received_at": self.received_at.isoformat(),
+            "timeline": [{"at_s": t, "event": e} for t, e in self.timeline],
+            "transcripts": [{"role": t.role, "text": t.text, "at_s": t.at_s} for t in self.transcripts],
+            "tool_calls": [asdict(t) for t in self.tool_calls],
+            "usage": vars(self.usage),
+            "errors": list(self.errors),
+        }
+
+
+# ---- the end-of-call report ---------------------------------------------------------------------------------
+
+#: bumped on any incompatible change of the documents below (fields removed, renamed or retyped)
+SCHEMA_VERSION = 1
+
+
+def _iso(received_at: datetime, offset_s: float | None) -> str | None:
+    """Wall-clock ISO-8601 UTC (millisecond precision, ``Z``) of ``received_at + offset_s``."""
+    if offset_s is None:
+        return None
+    base = received_at if received_at.tzinfo is not None else received_at.replace(tzinfo=UTC)
+    moment = (base + timedelta(seconds=offset_s)).astimezone(UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _mark_s(record: CallRecord, what: str) -> float | None:
+    """When the timeline first shows ``what`` (a fallback while an ``*_s`` field is not filled in)."""
+    for at_s, event in record.timeline:
+        if event == what:
+            return at_s
+    return None
+
+
+def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else round(seconds * 1000)
+
+
+def _decoded(arguments: str) -> Any:
+    """Tool arguments as JSON when they are valid JSON, else the raw string the model sent."""
+    try:
+        return json.loads(arguments)
+    except ValueError:
+        return arguments
+
+
+def _usage_dict(totals: UsageTotals) -> dict[str, int]:
+    return {
+        "responses": totals.responses,
+        "input_text_tokens": totals.input_text_tokens,
+        "input_audio_tokens": totals.input_audio_tokens,
+        "cached_text_tokens": totals.cached_text_tokens,
+        "cached_audio_tokens": totals.cached_audio_tokens,
+        "output_text_tokens": totals.output_text_tokens,
+        "output_audio_tokens": totals.output_audio_tokens,
+    }
+
+
+def _timestamps(record: CallRecord, accepted_s: float | None, attached_s: float | None) -> dict[str, str | None]:
+    return {
+        "received_at": _iso(record.received_at, 0.0),
+        "accepted_at": _iso(record.received_at, accepted_s),
+        "attached_at": _iso(record.received_at, attached_s),
+        "ended_at": _iso(record.received_at, record.duration_s),
+    }
+
+
+def _head(record: CallRecord, mask_caller: bool) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "call_id": record.call_id,
+        "profile": record.profile,
+        "caller": mask_number(record.caller) if mask_caller else record.caller,
+        "caller_masked": mask_caller,
+        "dialed": record.dialed,
+        "twilio_call_sid": record.twilio_call_sid,
+        "state": record.state,
+    }
+
+
+def started_document(record: CallRecord, *, mask_caller: bool = True) -> dict[str, Any]:
+    """The ``call.started`` document: who called whom and when (no transcript, usage or outcome yet)."""
+    accepted_s = record.accepted_s if record.accepted_s is not None else _mark_s(record, "accepted")
+    attached_s = record.attached_s if record.attached_s is not None else _mark_s(record, "attached")
+    return {**_head(record, mask_caller), "timestamps": _timestamps(record, accepted_s, attached_s)}
+
+
+def report_document(record: CallRecord, *, mask_caller: bool = True) -> dict[str, Any]:
+    """The end-of-call report (``call.ended`` and the JSONL call log): a stable, JSON-ready document.
+
+    Pure: reads the record, never changes it. Fields not filled in (a call that was never accepted or
+    attached, a record still being written) come out as ``null``, never as an error. The schema is
+    documented in the README (``## End-of-call report``); ``schema_version`` changes with it."""
+    accepted_s = record.accepted_s if record.accepted_s is not None else _mark_s(record, "accepted")
+    attached_s = record.attached_s if record.attached_s is not None else _mark_s(record, "attached")
+    ended_s = record.duration_s
+    accept_to_attach = attached_s - accepted_s if attached_s is not None and accepted_s is not None else None
+    talk_s: float | None = None
+    if attached_s is not None and ended_s is not None:
+        talk_s = round(max(0.0, ended_s - attached_s - record.hold_s), 3)
+    transcript = sorted(record.transcripts, key=lambda t: t.at_s)  # stable: equal times keep arrival order
+    return {
+        **_head(record, mask_caller),
+        "ended_reason": record.ended_reason,
+        "timestamps": _timestamps(record, accepted_s, attached_s),
+        "timings": {
+            "webhook_to_accept_ms": _ms(accepted_s),
+            "accept_to_attach_ms": _ms(accept_to_attach),
+            "duration_s": None if ended_s is None else round(ended_s, 3),
+            "talk_s": talk_s,
+            "hold_s": round(record.hold_s, 3),
+        },
+        "transfer": {"target": record.transfer_target, "outcome": record.transfer_outcome},
+        "transcript": [{"role": t.role, "text": t.text, "at_s": round(t.at_s, 3)} for t in transcript],
+        "tool_calls": [
+            {
+                "id": t.call_id,
+                "name": t.name,
+                "arguments": _decoded(t.arguments),
+                "result": t.result or None,
+                "at_s": round(t.at_s, 3),
+                "duration_s": None if t.duration_s is None else round(t.duration_s, 3),
+                "outcome": t.outcome,
+                "detail": t.detail or None,
+            }
+            for t in record.tool_calls
+        ],
+        "usage": {
+            **_usage_dict(record.usage),
+            "hold": _usage_dict(record.hold_usage),
+            "transcription": {
+                "audio_tokens": record.transcription.audio_tokens,
+                "text_tokens": record.transcription.text_tokens,
+                "output_tokens": record.transcription.output_tokens,
+                "seconds": round(record.transcription.seconds, 3),
+            },
+        },
+        "cost_usd": round(record.cost_usd, 6),
+        "hold_cost_usd": round(record.hold_cost_usd, 6),
+        "errors": list(record.errors),
+        "ignored_events": record.ignored_events,
+    }

@@ -1,0 +1,353 @@
+"""Runs one call: feeds inputs to the pure CallMachine and executes its actions. Owns the call's tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from websockets.exceptions import ConnectionClosed
+
+from sip_controller.calls import machine as cm
+from sip_controller.calls.report import CallRecord
+from sip_controller.calls.tool_runner import ToolCall, run_tool
+from sip_controller.realtime.events import InputTranscriptionCompleted, OutputTranscriptDone
+from sip_controller.realtime.rest import CallGone, InvalidRequest, OpenAIError, RealtimeCalls
+from sip_controller.realtime.retries import (
+    DEFAULT_POLICY,
+    RetryPolicy,
+    accept_within_budget,
+    retrying,
+    with_quick_retries,
+)
+from sip_controller.realtime.sideband import AttachError, Sideband, SidebandConnector
+
+log = structlog.get_logger("sip_controller.calls.supervisor")
+
+
+class _TaskCrashed:
+    """Posted when one of the call's own tasks raised: the call ends as a session_error."""
+
+    def __init__(self, name: str, exc: BaseException) -> None:
+        self.name = name
+        self.exc = exc
+
+
+@dataclass(frozen=True)
+class CallOptions:
+    """Per-call I/O policy from the settings (the state machine never sees these)."""
+
+    #: the accept must succeed this long after ``started_at`` (the webhook's arrival), or the caller is lost
+    ring_budget_s: float = 8.0
+    #: ``clock()`` when the webhook arrived; None: when the supervisor starts
+    started_at: float | None = None
+    #: shared cap on accepts in flight
+    accept_slots: asyncio.Semaphore | None = None
+    retry: RetryPolicy = DEFAULT_POLICY
+    #: told "disconnect" when the sideband drops and "reconnect" when it is restored (metrics)
+    on_sideband: Callable[[str], None] | None = None
+
+
+class CallSupervisor:
+    """The I/O edge of one call. ``run()`` returns the finished record; it never raises for call errors."""
+
+    def __init__(
+        self,
+        machine: cm.CallMachine,
+        api: RealtimeCalls,
+        connect: SidebandConnector,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        options: CallOptions | None = None,
+    ) -> None:
+        self.machine = machine
+        self._api = api
+        self._connect = connect
+        self._clock = clock
+        self._options = options or CallOptions()
+        self._started_at = self._options.started_at if self._options.started_at is not None else clock()
+        #: inputs from the call's tasks; None only wakes the run loop (the call finished elsewhere)
+        self._inbox: asyncio.Queue[cm.Input | _TaskCrashed | None] = asyncio.Queue()
+        #: one input at a time goes through the machine and its actions, whichever task brought it
+        self._turn = asyncio.Lock()
+        #: set by begin(): the actions of Start still to run (everything but the accept, which is under way)
+        self._after_begin: list[cm.Action] | None = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        #: the machine's timers: loop timer handles (a task each cost far more memory, and the silence
+        #: watchdog is restarted on every turn)
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._sideband: Sideband | None = None
+        self._log = log.bind(call_id=machine.call_id, profile=machine.profile_name)
+
+    @property
+    def record(self) -> CallRecord:
+        return self.machine.record
+
+    def post(self, inp: cm.Input) -> None:
+        """Feed an input from outside the call (e.g. Shutdown); safe from any task on this loop."""
+        self._inbox.put_nowait(inp)
+
+    async def run(self) -> CallRecord:
+        structlog.contextvars.bind_contextvars(call_id=self.machine.call_id)
+        try:
+            if self._after_begin is None:
+                await self._dispatch(cm.Start())
+            else:
+                async with self._turn:
+                    for action in self._after_begin:
+                        await self._execute(action)
+            while not self.machine.finished:
+                item = await self._inbox.get()
+                if isinstance(item, _TaskCrashed):
+                    raise RuntimeError(f"task {item.name} failed") from item.exc
+                if item is not None:
+                    await self._dispatch(item)
+        except asyncio.CancelledError:
+            self.machine.abort("shutdown", "cancelled", self._clock(), keep_pending=True)
+            raise
+        except Exception:
+            self._log.exception("call.crashed")
+            live = self.machine.state in (cm.CallState.ACCEPTED, cm.CallState.ATTACHED, cm.CallState.ENDING)
+            self.machine.abort("session_error", "internal error", self._clock())
+            if live:
+                await self._best_effort_hangup()
+        finally:
+            await self._close()
+            self._log.info("call.ended", **self.record.summary())
+        return self.record
+
+    def begin(self) -> None:
+        """Take the Start input now, in the caller's task (the webhook's): the accept request is then under way
+        one turn of the event loop sooner than from the run task, on the ring path of every call. Optional:
+        ``run()`` starts the call itself otherwise."""
+        if self._after_begin is not None:
+            return
+        self._after_begin = []
+        for action in self.machine.handle(cm.Start(), self._clock()):
+            if isinstance(action, cm.Accept):
+                self._start_accept(action.body)
+            else:
+                self._after_begin.append(action)
+
+    def cancel_tasks(self) -> None:
+        """Cancel whatever this call still runs (a backstop: a run task cancelled before its first step never
+        reaches its own cleanup)."""
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        for task in self._tasks.values():
+            task.cancel()
+        self._tasks.clear()
+
+    async def _best_effort_hangup(self) -> None:
+        with contextlib.suppress(OpenAIError):
+            await self._api.hangup(self.machine.call_id)
+
+    async def _close(self) -> None:
+        tasks = list(self._tasks.values())
+        self.cancel_tasks()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._sideband is not None:
+            with contextlib.suppress(Exception):
+                await self._sideband.close()
+
+    async def _dispatch(self, inp: cm.Input) -> None:
+        async with self._turn:
+            for action in self.machine.handle(inp, self._clock()):
+                await self._execute(action)
+
+    async def _feed(self, inp: cm.Input) -> None:
+        """A sideband input: handled right here when the call is idle, which spares every event a hop through
+        the run loop (on a busy process each hop waits for a whole turn of the event loop); queued behind
+        anything already waiting or under way otherwise, so the machine still sees inputs one at a time, in
+        order."""
+        if self._turn.locked() or not self._inbox.empty() or self.machine.finished:
+            self.post(inp)
+            return
+        await self._dispatch(inp)
+        if self.machine.finished:
+            self._inbox.put_nowait(None)  # the run loop waits on the inbox: let it see the end
+
+    def _spawn(self, name: str, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``work()`` as a task owned by this call (replacing one of the same name). The coroutine is
+        made inside the task, so a task cancelled before it starts leaves nothing un-awaited."""
+        old = self._tasks.pop(name, None)
+        if old is not None:
+            old.cancel()
+        self._tasks[name] = asyncio.create_task(self._guard(name, work), name=f"{self.machine.call_id}:{name}")
+
+    async def _guard(self, name: str, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        try:
+            await work()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._inbox.put_nowait(_TaskCrashed(name, exc))
+
+    async def _execute(self, action: cm.Action) -> None:
+        match action:
+            case cm.Accept(body=body):
+                self._start_accept(body)
+            case cm.Attach():
+                self._spawn("sideband", lambda: self._attach(reconnect=False))
+            case cm.Reattach():
+                self._log.warning("call.sideband_reconnecting")
+                if self._options.on_sideband is not None:
+                    self._options.on_sideband("disconnect")
+                self._spawn("sideband", lambda: self._attach(reconnect=True))
+            case cm.Reject(status_code=status):
+                await self._reject(status)
+            case cm.RunTool(call_id=tool_call_id, name=tool_name, arguments=arguments):
+                self._log.info("call.tool", tool=tool_name)
+                self._spawn(f"tool:{tool_call_id}", lambda: self._run_tool(tool_call_id, tool_name, arguments))
+            case cm.Refer(target_uri=target_uri):
+                self._log.info("call.refer")
+                self._spawn("refer", lambda: self._refer(target_uri))
+            case cm.Send(event=event):
+                await self._send(event)
+            case cm.Hangup():
+                self._log.info("call.hangup")
+                self._spawn("hangup", self._hangup)
+            case cm.StartTimer(name=name, seconds=seconds):
+                old = self._timers.pop(name, None)
+                if old is not None:
+                    old.cancel()
+                self._timers[name] = asyncio.get_running_loop().call_later(seconds, self._timer_fired, name)
+            case cm.CancelTimer(name=name):
+                handle = self._timers.pop(name, None)
+                if handle is not None:
+                    handle.cancel()
+            case cm.Finish():
+                pass  # the run loop sees machine.finished and closes everything
+
+    def _start_accept(self, body: dict[str, Any]) -> None:
+        self._log.info("call.accepting")
+        self._spawn("accept", lambda: self._accept(body))
+
+    async def _accept(self, body: dict[str, Any]) -> None:
+        deadline = self._started_at + self._options.ring_budget_s
+        slots = self._options.accept_slots
+
+        def on_retry(exc: OpenAIError) -> None:
+            self._log.info("call.accept_retry", status=exc.status, code=exc.code)
+
+        try:
+            async with slots if slots is not None else contextlib.nullcontext():
+                await accept_within_budget(
+                    self._api,
+                    self.machine.call_id,
+                    body,
+                    deadline=deadline,
+                    clock=self._clock,
+                    policy=self._options.retry,
+                    on_retry=on_retry,
+                )
+        except CallGone as exc:
+            self._log.info("call.accept_gone")
+            self.post(cm.AcceptFailed(gone=True, detail=str(exc)))
+        except InvalidRequest as exc:
+            # should have been caught by preflight: say so loudly, with OpenAI's own words
+            self._log.error("call.accept_refused", status=exc.status, message=exc.message, param=exc.param)
+            self.post(cm.AcceptFailed(gone=False, detail=str(exc), invalid=True))
+        except OpenAIError as exc:
+            self._log.warning("call.accept_failed", status=exc.status, error=exc.message)
+            self.post(cm.AcceptFailed(gone=False, detail=str(exc)))
+        else:
+            self._log.info("call.accepted")
+            self.post(cm.AcceptOk())
+
+    async def _connect_with_retries(self, url: str) -> Sideband:
+        """A refused or failed handshake is retried (bounded); a 404 means the call is gone and is final."""
+        return await retrying(
+            lambda: self._connect(url, self._api.sideband_headers),
+            lambda exc: isinstance(exc, AttachError) and not exc.gone,
+            self._options.retry,
+            attempts=self._options.retry.attempts,
+            timeout_s=self._options.retry.timeout_s,
+        )
+
+    async def _attach(self, *, reconnect: bool) -> None:
+        url = self._api.sideband_url(self.machine.call_id)
+        try:
+            sideband = await self._connect_with_retries(url)
+        except AttachError as exc:
+            self._log.warning("call.attach_failed", gone=exc.gone, error=str(exc), reconnect=reconnect)
+            self.post(cm.AttachFailed(gone=exc.gone, detail=str(exc)))
+            return
+        self._sideband = sideband
+        self._log.info("call.attached", reconnect=reconnect)
+        if reconnect and self._options.on_sideband is not None:
+            self._options.on_sideband("reconnect")
+        self.post(cm.Attached())
+        async for event in sideband.events():
+            if event.type in ("error", "malformed"):
+                self._log.warning("call.sideband_problem", event_type=event.type, detail=_brief(event))
+            elif isinstance(event, InputTranscriptionCompleted | OutputTranscriptDone):
+                role = "caller" if isinstance(event, InputTranscriptionCompleted) else "assistant"
+                self._log.debug("call.transcript", role=role, text=event.transcript)  # never at info
+            await self._feed(cm.SidebandEvent(event))
+        self.post(cm.SidebandClosed(code=sideband.close_code))
+
+    async def _send(self, event: dict[str, Any]) -> None:
+        if self._sideband is None:
+            self._log.warning("call.send_without_sideband", event_type=event.get("type"))
+            return
+        try:
+            await self._sideband.send(event)
+        except ConnectionClosed:
+            self._log.info("call.send_after_close", event_type=event.get("type"))
+
+    async def _reject(self, status_code: int) -> None:
+        try:
+            await with_quick_retries(lambda: self._api.reject(self.machine.call_id, status_code), self._options.retry)
+        except CallGone:
+            pass  # the caller already gave up
+        except OpenAIError as exc:
+            self.record.errors.append(f"reject failed: {exc}")
+            self._log.error("call.reject_failed", status=exc.status, error=exc.message)
+
+    async def _run_tool(self, call_id: str, name: str, arguments: dict[str, Any]) -> None:
+        tool = self.machine.profile.handler_tools()[name]
+        record = self.record
+        call = ToolCall(record.call_id, record.profile, record.caller, record.dialed, record.twilio_call_sid)
+        answer = await run_tool(tool, arguments, call, self._api.http_client, clock=self._clock)
+        if not answer.ok:
+            self._log.warning("call.tool_failed", tool=name, outcome=answer.outcome, error=answer.output[:200])
+        self.post(cm.ToolDone(call_id, answer.ok, answer.output, answer.duration_s, answer.outcome))
+
+    async def _refer(self, target_uri: str) -> None:
+        try:
+            await with_quick_retries(lambda: self._api.refer(self.machine.call_id, target_uri), self._options.retry)
+        except OpenAIError as exc:
+            self._log.warning("call.refer_failed", status=exc.status, error=exc.message)
+            self.post(cm.ReferFailed(str(exc)))
+        else:
+            self.post(cm.ReferOk())
+
+    async def _hangup(self) -> None:
+        try:
+            await with_quick_retries(lambda: self._api.hangup(self.machine.call_id), self._options.retry)
+        except CallGone as exc:
+            self.post(cm.HangupFailed(gone=True, detail=str(exc)))
+        except OpenAIError as exc:
+            self._log.warning("call.hangup_failed", status=exc.status, error=exc.message)
+            self.post(cm.HangupFailed(gone=False, detail=str(exc)))
+        else:
+            self.post(cm.HangupOk())
+
+    def _timer_fired(self, name: str) -> None:
+        self._timers.pop(name, None)
+        self.post(cm.TimerFired(name))
+
+
+def _brief(event: Any) -> str:
+    error = getattr(event, "error", None)
+    if error is not None:
+        return f"{error.code or error.type}: {error.message}"[:300]
+    return str(getattr(event, "reason", ""))[:300]

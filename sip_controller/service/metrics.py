@@ -1,0 +1,118 @@
+"""Prometheus metrics: low-cardinality names with the ``sipctl_`` prefix and base units.
+
+Never a call id or a phone number as a label: labels are outcomes, reasons, operations, profiles and tool names
+(all bounded by the config). Each app owns its own ``CollectorRegistry`` (no global state, several apps per
+process in tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from sip_controller import __version__
+from sip_controller.calls.report import CallRecord
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+CALL_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+
+
+def status_class(status: int) -> str:
+    return "error" if status == 0 else f"{status // 100}xx"
+
+
+class _DeliveryCollector(Collector):
+    """Reads the report notifier's counters at scrape time."""
+
+    def __init__(self, stats: Callable[[], dict[str, int]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(
+            "sipctl_event_webhook_deliveries", "Call report deliveries by outcome", labels=["outcome"]
+        )
+        for outcome, value in self._stats().items():
+            family.add_metric([outcome], value)
+        yield family
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.webhooks = Counter(
+            "sipctl_webhooks_received", "Webhook deliveries by outcome", ["outcome"], registry=r
+        )
+        self.calls_ended = Counter("sipctl_calls_ended", "Calls ended, by ended_reason", ["ended_reason"], registry=r)
+        self.call_duration = Histogram(
+            "sipctl_call_duration_seconds", "Call duration from webhook to end", buckets=CALL_BUCKETS, registry=r
+        )
+        self.ring_to_answer = Histogram(
+            "sipctl_ring_to_answer_seconds", "Webhook received to call accepted", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.openai_requests = Histogram(
+            "sipctl_openai_request_duration_seconds",
+            "OpenAI REST requests by operation and status class",
+            ["operation", "status_class"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.sideband = Counter(
+            "sipctl_sideband_events", "Sideband disconnects and reconnects", ["event"], registry=r
+        )
+        self.tool_calls = Counter(
+            "sipctl_tool_calls", "Tool calls by tool and outcome", ["tool", "outcome"], registry=r
+        )
+        self.tool_duration = Histogram(
+            "sipctl_tool_duration_seconds", "Operator tool latency", ["tool"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.cost = Counter("sipctl_call_cost_usd", "Model and transcription cost of ended calls", ["profile"],
+                            registry=r)
+        self.calls_active = Gauge("sipctl_calls_active", "Calls being supervised now", registry=r)
+        self.build = Gauge("sipctl_build_info", "Build information", ["version"], registry=r)
+        self.build.labels(version=__version__).set(1)
+        self._webhook_children: dict[str, Counter] = {}
+        self._request_children: dict[tuple[str, str], Histogram] = {}
+
+    def watch_live_calls(self, count: Callable[[], int]) -> None:
+        self.calls_active.set_function(lambda: float(count()))
+
+    def watch_deliveries(self, stats: Callable[[], dict[str, int]]) -> None:
+        self.registry.register(_DeliveryCollector(stats))
+
+    def webhook(self, outcome: str) -> None:
+        child = self._webhook_children.get(outcome)
+        if child is None:  # labels() costs more than the increment; the outcomes are a handful of constants
+            child = self._webhook_children[outcome] = self.webhooks.labels(outcome=outcome)
+        child.inc()
+
+    def openai_request(self, operation: str, status: int, seconds: float) -> None:
+        key = (operation, status_class(status))
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.openai_requests.labels(operation=key[0], status_class=key[1])
+        child.observe(seconds)
+
+    def sideband_event(self, event: str) -> None:
+        self.sideband.labels(event=event).inc()
+
+    def call_ended(self, record: CallRecord) -> None:
+        self.calls_ended.labels(ended_reason=record.ended_reason or "unknown").inc()
+        if record.duration_s is not None:
+            self.call_duration.observe(record.duration_s)
+        if record.accepted_s is not None:
+            self.ring_to_answer.observe(record.accepted_s)
+        for tool in record.tool_calls:
+            # a name the model made up is not a label value: cardinality stays bounded by the config
+            name = "unknown" if tool.outcome == "unknown_tool" or not tool.name else tool.name
+            self.tool_calls.labels(tool=name, outcome=tool.outcome).inc()
+            if tool.duration_s is not None:
+                self.tool_duration.labels(tool=name).observe(tool.duration_s)
+        if record.cost_usd:
+            self.cost.labels(profile=record.profile).inc(record.cost_usd)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

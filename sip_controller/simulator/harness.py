@@ -1,0 +1,254 @@
+"""Run scripted calls against the real controller (uvicorn on loopback) and the simulator; check outcomes.
+
+Used by ``sipctl demo``, ``sipctl simulate`` and the end-to-end tests.
+
+Time compression: the simulator multiplies the caller's durations by ``time_scale``; :func:`run_scenario` also
+multiplies the controller's per-profile policy durations by the same factor (:func:`scale_settings`), so a
+20-minute hold or a 10-minute maximum call runs in seconds with both sides keeping the same proportions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from pydantic import SecretStr
+from starlette.applications import Starlette
+
+from sip_controller.agent.profile import AgentProfile, HttpTool, PythonTool, ToolEntry
+from sip_controller.calls.report import CallRecord
+from sip_controller.config import Secrets, Settings
+from sip_controller.service.app import Runtime, create_app
+from sip_controller.service.loopback import RunningServer, serve
+from sip_controller.simulator import (
+    CallSpec,
+    Expectation,
+    Scenario,
+    SimCall,
+    Simulator,
+    check_expectations,
+    new_webhook_secret,
+)
+
+
+@dataclass
+class CallOutcome:
+    spec: CallSpec
+    sim: SimCall
+    record: CallRecord | None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass
+class Stack:
+    """A simulator and a controller wired to each other on loopback."""
+
+    sim: Simulator
+    app: Starlette
+    server: RunningServer
+
+    @property
+    def runtime(self) -> Runtime:
+        runtime: Runtime = self.app.state.runtime
+        return runtime
+
+
+def _scaled(value: float | None, factor: float) -> float | None:
+    return None if value is None else value * factor
+
+
+def _scale_tool(entry: ToolEntry, factor: float) -> ToolEntry:
+    if isinstance(entry, HttpTool | PythonTool) and entry.filler_after_s is not None:
+        return entry.model_copy(update={"filler_after_s": entry.filler_after_s * factor})
+    return entry  # timeout_s is a network timeout: not scaled
+
+
+def scale_profile(profile: AgentProfile, factor: float) -> AgentProfile:
+    """``profile`` with every policy duration multiplied by ``factor`` (see :func:`scale_settings`)."""
+    w, h, t, d = profile.watchdogs, profile.hold, profile.transfer, profile.dtmf
+    return profile.model_copy(
+        update={
+            "goodbye_timeout_s": profile.goodbye_timeout_s * factor,
+            "watchdogs": w.model_copy(
+                update={
+                    "max_duration_s": w.max_duration_s * factor,
+                    "wrap_up_before_s": w.wrap_up_before_s * factor,
+                    "silence_timeout_s": _scaled(w.silence_timeout_s, factor),
+                }
+            ),
+            "hold": h.model_copy(update={"max_hold_s": h.max_hold_s * factor}),
+            "transfer": t.model_copy(update={"verify_window_s": t.verify_window_s * factor}),
+            "dtmf": d.model_copy(update={"flush_after_s": d.flush_after_s * factor}),
+            "tools": tuple(_scale_tool(entry, factor) for entry in profile.tools),
+        }
+    )
+
+
+def scale_settings(settings: Settings, factor: float) -> Settings:
+    """A copy of ``settings`` whose per-profile policy durations are multiplied by ``factor``: the watchdogs
+    (maximum duration, wrap-up, silence), the maximum hold, the transfer verify window, the goodbye timeout,
+    the keypad flush and the tool filler delay. It compresses the controller's time the way the simulator's
+    ``time_scale`` compresses the caller's, for tests and ``sipctl simulate``; it is not a config (the copies
+    skip validation, so ``max_duration_s: 600`` may become 6).
+
+    Not scaled, because they guard against real I/O: network and tool timeouts, the ring budget, the
+    ``session.update`` acknowledgement timeout, the early-error window and every ``limits`` value.
+    """
+    if factor <= 0:
+        raise ValueError("factor must be positive")
+    if factor == 1:
+        return settings
+    profiles = {name: scale_profile(profile, factor) for name, profile in settings.profiles.items()}
+    return settings.model_copy(update={"profiles": profiles})
+
+
+@contextlib.asynccontextmanager
+async def running_stack(
+    settings: Settings,
+    *,
+    time_scale: float = 1.0,
+    controller_secrets: tuple[str, ...] | None = None,
+    scale_controller: bool = False,
+    admin_token: str | None = None,
+) -> AsyncIterator[Stack]:
+    """Start both sides. ``controller_secrets``: what the controller accepts (default: the simulator's).
+    ``admin_token`` turns on the admin API and the live-calls page (what ``SIPCTL_ADMIN_TOKEN`` does).
+
+    With ``scale_controller`` the controller's policy durations are compressed by ``time_scale`` too
+    (:func:`scale_settings`); without it (the default, for tests that tune those durations themselves) only
+    the simulator's time is compressed.
+    """
+    if scale_controller:
+        settings = scale_settings(settings, time_scale)
+    secret = new_webhook_secret()
+    async with Simulator(webhook_secret=secret, time_scale=time_scale) as sim:
+        secrets = Secrets(
+            openai_api_key=SecretStr(sim.api_key),
+            webhook_secrets=tuple(SecretStr(s) for s in (controller_secrets or (secret,))),
+            openai_base_url=sim.base_url,
+            admin_token=SecretStr(admin_token) if admin_token else None,
+        )
+        app = create_app(settings, secrets, drain_timeout_s=5.0)
+        async with serve(app) as server:
+            sim.webhook_url = f"{server.url}/webhooks/openai"
+            yield Stack(sim=sim, app=app, server=server)
+
+
+async def run_call(stack: Stack, spec: CallSpec, *, timeout: float) -> CallOutcome:
+    sim_call = await stack.sim.place_call(spec)
+    problems: list[str] = []
+    try:
+        sim_call = await stack.sim.wait_ended(sim_call.call_id, timeout)
+    except TimeoutError:
+        problems.append(f"the call did not end within {timeout:.0f}s")
+    record = stack.runtime.registry.get(sim_call.call_id)
+    if record is not None and record.ended_reason is None:
+        with contextlib.suppress(TimeoutError):
+            record = await stack.runtime.registry.wait_ended(sim_call.call_id, 10.0)
+    problems.extend(check_expectations(sim_call))
+    if spec.expect is not None:
+        problems.extend(check_controller_expectations(spec.expect, record))
+    return CallOutcome(spec=spec, sim=sim_call, record=record, problems=problems)
+
+
+def check_controller_expectations(expect: Expectation, record: CallRecord | None) -> list[str]:
+    """Mismatches between the controller-side fields of ``expect`` and the controller's record of the call
+    (``ended_reason``, ``tools_called``, ``transfer_target``, ``max_cost_usd``, ``min_cost_usd``, ``profile``)."""
+    problems: list[str] = []
+
+    def compare(name: str, wanted: object, got: object) -> None:
+        if wanted is not None and wanted != got:
+            problems.append(f"{name}: expected {wanted}, got {got}")
+
+    wants_record = any(
+        value is not None
+        for value in (
+            expect.ended_reason,
+            expect.tools_called,
+            expect.transfer_target,
+            expect.max_cost_usd,
+            expect.min_cost_usd,
+            expect.profile,
+        )
+    )
+    if record is None:
+        if wants_record:
+            problems.append("the controller has no record of the call")
+        return problems
+    compare("ended_reason", expect.ended_reason, record.ended_reason)
+    compare("tools_called", expect.tools_called, [call.name for call in record.tool_calls])
+    compare("transfer_target", expect.transfer_target, record.transfer_target)
+    compare("profile", expect.profile, record.profile)
+    if expect.max_cost_usd is not None and record.cost_usd > expect.max_cost_usd:
+        problems.append(f"max_cost_usd: expected at most {expect.max_cost_usd}, got {record.cost_usd:.6f}")
+    if expect.min_cost_usd is not None and record.cost_usd < expect.min_cost_usd:
+        problems.append(f"min_cost_usd: expected at least {expect.min_cost_usd}, got {record.cost_usd:.6f}")
+    return problems
+
+
+async def run_scenario(
+    scenario: Scenario, settings: Settings, *, time_scale: float = 1.0, timeout: float = 60.0
+) -> list[CallOutcome]:
+    """Place every call of ``scenario`` at once and check each. ``time_scale`` compresses both sides: the
+    simulator's script and the controller's policy durations (:func:`scale_settings`)."""
+    async with running_stack(settings, time_scale=time_scale, scale_controller=True) as stack:
+        return list(await asyncio.gather(*(run_call(stack, spec, timeout=timeout) for spec in scenario.calls)))
+
+
+def print_report(outcomes: list[CallOutcome], out: TextIO) -> None:
+    for outcome in outcomes:
+        rec, sim = outcome.record, outcome.sim
+        print(f"\n── {outcome.spec.name}  ({sim.call_id})", file=out)
+        lines: list[tuple[float, str]] = []
+        if rec is not None:
+            lines.extend((t, f"controller  {what}") for t, what in rec.timeline)
+            lines.extend((t.at_s, f"{t.role:<11} “{t.text}”") for t in rec.transcripts)
+        for t, text in sorted(lines, key=lambda x: x[0]):
+            print(f"  {t:7.2f}s  {text}", file=out)
+        if rec is not None:
+            hold = f", on hold {rec.hold_s:.2f}s costing {rec.hold_cost_usd:.4f}" if rec.hold_s else ""
+            print(f"  controller: profile={rec.profile} cost={rec.cost_usd:.4f} USD{hold}", file=out)
+        gap = f"{sim.hangup_gap_s:.2f}s" if sim.hangup_gap_s is not None else "n/a"
+        print(
+            f"  simulator: accepts={sim.accept_count} deliveries={sim.delivery_statuses} audio={sim.audio_state} "
+            f"ended_by={sim.ended_by} hangup_after_goodbye_audio={gap}",
+            file=out,
+        )
+        for problem in outcome.problems:
+            print(f"  ✗ {problem}", file=out)
+    print("\n" + _table(outcomes), file=out)
+
+
+def _table(outcomes: list[CallOutcome]) -> str:
+    header = ("call", "profile", "ended_reason", "ended_by", "accepts", "audio", "turns", "cost (USD)", "result")
+    rows = [header]
+    for o in outcomes:
+        rec = o.record
+        turns = str(len(rec.transcripts)) if rec else "-"
+        rows.append(
+            (
+                o.spec.name,
+                (rec.profile if rec else None) or "-",
+                (rec.ended_reason if rec else None) or "-",
+                o.sim.ended_by or "-",
+                str(o.sim.accept_count),
+                o.sim.audio_state,
+                turns,
+                f"{rec.cost_usd:.4f}" if rec else "-",
+                "ok" if o.ok else "FAILED",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*r) for r in rows]
+    lines.insert(1, "  ".join("─" * w for w in widths))
+    passed = sum(o.ok for o in outcomes)
+    lines.append(f"\n{passed} passed, {len(outcomes) - passed} failed")
+    return "\n".join(lines)

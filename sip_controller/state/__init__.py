@@ -1,0 +1,1 @@
+"""State shared beyond one call: the store protocol and its backends."""

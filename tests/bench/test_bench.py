@@ -1,0 +1,147 @@
+"""The bench harness: its wire codec and arithmetic, and a smoke run that checks only the results' shape."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from standardwebhooks import Webhook
+
+from sip_controller.bench import floor, noise, runner, stats, wire
+from sip_controller.service.intake import WebhookVerifier
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def test_signature_matches_standard_webhooks_and_the_controller_verifier() -> None:
+    now = int(datetime.now(UTC).timestamp())
+    body = b'{"type":"realtime.call.incoming","data":{"call_id":"rtc_1"}}'
+    ours = wire.sign(wire.secret_key(SECRET), "wh_1", now, body)
+    theirs = Webhook(SECRET).sign("wh_1", datetime.fromtimestamp(now, UTC), body.decode())
+    assert ours == theirs
+    headers = {"webhook-id": "wh_1", "webhook-timestamp": str(now), "webhook-signature": ours}
+    assert WebhookVerifier([SECRET]).verify(body, headers) == "wh_1"
+    assert wire.verify([wire.secret_key(SECRET)], headers, body)
+    assert not wire.verify([wire.secret_key(SECRET)], headers, body + b" ")
+    stale = {**headers, "webhook-timestamp": str(now - 301)}
+    assert not wire.verify([wire.secret_key(SECRET)], stale, body)
+
+
+def _client_frame(payload: bytes, opcode: int = wire.OP_TEXT, mask: bytes = b"\x01\x02\x03\x04") -> bytes:
+    n = len(payload)
+    short = n < 126
+    head = struct.pack("!BB", 0x80 | opcode, 0x80 | n) if short else struct.pack("!BBH", 0x80 | opcode, 0xFE, n)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def test_ws_frames_round_trip_masked_client_frames_in_pieces() -> None:
+    small, large = b'{"type":"response.create"}', json.dumps({"x": "y" * 500}).encode()
+    data = _client_frame(small) + _client_frame(large) + _client_frame(b"hi", wire.OP_PING)
+    buf = bytearray(data[:7])
+    assert wire.parse_ws_frames(buf) == []
+    buf += data[7:]
+    assert wire.parse_ws_frames(buf) == [(wire.OP_TEXT, small), (wire.OP_TEXT, large), (wire.OP_PING, b"hi")]
+    assert buf == b""
+    assert wire.ws_frame(b"abc")[:2] == b"\x81\x03"
+    assert wire.ws_accept_value("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+def test_http_messages_are_taken_off_the_buffer_one_at_a_time() -> None:
+    req = wire.request_bytes("POST", "h:1", "/x", {"a": "b"}, b"{}")
+    buf = bytearray(req + req[:10])
+    msg = wire.parse_message(buf, response=False)
+    assert msg is not None
+    assert (msg.method, msg.target, msg.headers["a"], msg.body) == ("POST", "/x", "b", b"{}")
+    assert wire.parse_message(buf, response=False) is None
+    resp = bytearray(wire.response_bytes(404, b"nope"))
+    parsed = wire.parse_message(resp, response=True)
+    assert parsed is not None
+    assert (parsed.status, parsed.body) == (404, b"nope")
+
+
+def test_percentiles_and_spread() -> None:
+    assert stats.percentile([], 50) != stats.percentile([], 50)  # NaN
+    assert stats.percentile([5.0], 99) == 5.0
+    assert stats.percentile(list(range(101)), 99) == pytest.approx(99.0)
+    summary = stats.latency_summary([1_000_000, 2_000_000, 3_000_000])
+    assert summary["p50_ms"] == 2.0
+    assert summary["max_ms"] == 3.0
+    assert stats.spread([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0, "runs": [3.0, 1.0, 2.0]}
+    assert stats.json_safe({"a": [math.nan, 1.0]}) == {"a": [None, 1.0]}
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+
+
+@pytest.mark.e2e
+def test_smoke_bench_writes_well_formed_results(tmp_path: Path) -> None:
+    """Runs every scenario at a tiny size (seconds). Asserts the results' shape, never a speed."""
+    path, results = runner.run(runner.SMOKE, tmp_path)
+    on_disk = json.loads(path.read_text())
+    assert on_disk == json.loads((tmp_path / "latest.json").read_text())
+    assert on_disk == results
+    assert path.name.endswith(".json")
+
+    machine = results["machine"]
+    assert machine["cores"] >= 1
+    assert _number(machine["memory_mb"])
+    assert machine["python"].startswith("3.")
+    for key, rows in (("ring_to_answer", runner.SMOKE.rates), ("floor", runner.SMOKE.rates)):
+        assert [e["rate"] for e in results[key]] == list(rows)
+        for e in results[key]:
+            assert all(_number(e[k]) for k in ("p50_ms", "p99_ms")), e
+            assert e["p50_ms"] <= e["p99_ms"]
+    assert all(_number(results["ring_to_answer"][0][k]) for k in ("p90_ms", "max_ms"))
+    assert "max_rate_p99_under_10ms" in results
+    assert [e["calls"] for e in results["concurrency"]] == list(runner.SMOKE.levels)
+    for e in results["concurrency"]:
+        for k in ("rss_per_call_kb", "cpu_percent", "tool_reaction_p50_ms", "tool_reaction_p99_ms"):
+            assert isinstance(e[k], int | float), (k, e)
+    assert _number(results["new_call_cpu_ms"])
+    assert _number(results["new_call_cpu_floor_ms"])
+    assert "median" in results["new_call_cpu_over_floor"]
+    assert isinstance(results["transcript_growth_bytes_per_line"], int | float)
+    hangup = results["hangup_reaction"]
+    assert hangup["calls"] == runner.SMOKE.hangup_level
+    assert _number(hangup["p50_ms"])
+    assert _number(hangup["p99_ms"])
+    assert _number(results["intake"]["webhooks_per_s"])
+    assert _number(results["intake"]["cpu_ms_per_webhook"])
+    assert {t["name"] for t in results["targets"]} >= {"ring_to_answer_p99_at_100", "intake_webhooks_per_s"}
+    # the machine's own noise beside every latency window
+    for window in (results["ring_to_answer"][0], results["floor"][0], results["concurrency"][0], hangup):
+        quiet = window["noise"]
+        assert _number(quiet["probe_lag_p99_ms"]), window
+        assert quiet["probe_lag_p50_ms"] <= quiet["probe_lag_p99_ms"] <= quiet["probe_lag_max_ms"]
+        assert quiet["steal_percent"] is None or 0 <= quiet["steal_percent"] <= 100
+    table = runner.render_table(results)
+    assert "ring-to-answer" in table
+    assert "| 20 calls/s |" in table
+    assert "probe p99 ms" in table
+
+
+def test_steal_share_from_proc_stat(tmp_path: Path) -> None:
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 50 800 10 0 5 35 0 0\ncpu0 1 2 3\n")
+    before = noise.read_cpu_times(stat)
+    assert before == (35, 1000)
+    stat.write_text("cpu  150 0 60 900 10 0 5 75 0 0\n")
+    assert noise.steal_percent(before, noise.read_cpu_times(stat)) == 20.0  # 40 of 200 jiffies
+    assert noise.steal_percent(before, before) is None
+    assert noise.read_cpu_times(tmp_path / "missing") is None
+
+
+@pytest.mark.parametrize("size", [0, 5, 125, 126, 70_000])
+def test_the_floor_masks_its_frames_as_a_client_must(size: int) -> None:
+    payload = bytes(i % 251 for i in range(size))
+    frame = floor.masked_frame(payload)
+    assert frame[1] & 0x80  # the mask bit
+    buf = bytearray(frame)
+    assert wire.parse_ws_frames(buf) == [(wire.OP_TEXT, payload)]
+    assert buf == bytearray()

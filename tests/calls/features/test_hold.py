@@ -1,0 +1,229 @@
+"""Tests for sip_controller.calls.features.hold: hold mode for wait_on_hold, through the call machine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from sip_controller.agent.profile import AgentProfile, TurnDetection
+from sip_controller.calls.features import hold
+from sip_controller.calls.machine import (
+    HOLD_MAX_TIMER,
+    SESSION_ACK_TIMER,
+    SILENCE_TIMER,
+    Action,
+    CallState,
+    Finish,
+    SidebandClosed,
+    TimerFired,
+)
+from tests.callkit import (  # the shared machine-test kit
+    Call,
+    cancelled,
+    creates,
+    end_after_goodbye,
+    fc,
+    finishes,
+    heard,
+    outputs,
+    response_created,
+    response_done,
+    said,
+    sends,
+    session_updated,
+    speech,
+    timers,
+    usage,
+)
+
+META = {"purpose": hold.PURPOSE}
+
+
+def hold_profile(**hold_cfg: Any) -> AgentProfile:
+    return AgentProfile.model_validate({"tools": ["end_call", "wait_on_hold"], "hold": hold_cfg})
+
+
+def answer(text: str) -> list[dict[str, Any]]:
+    return [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": text}]}]
+
+
+def go_on_hold(c: Call) -> list[Action]:
+    c.greeted()
+    actions = c.feed(response_done("r1", output=[fc("c1", "wait_on_hold", '{"reason": "music"}')]))
+    c.feed(session_updated())
+    return actions
+
+
+def check(c: Call, rid: str, text: str, verdict: str, u: dict[str, Any] | None = None) -> list[Action]:
+    """A caller transcript on hold, its out-of-band check, and the classifier's verdict; all actions."""
+    out = c.feed(heard(text))
+    out += c.feed(response_created(rid, metadata=META))
+    out += c.feed(response_done(rid, output=answer(verdict), usage=u, metadata=META))
+    return out
+
+
+def test_wait_on_hold_turns_off_automatic_responses() -> None:
+    c = Call(profile=hold_profile(max_hold_s=900), silence_watchdog=True)
+    c.greeted()
+    actions = c.feed(response_done("r1", output=[fc("c1", "wait_on_hold", "{}")]))
+    assert "on hold" in outputs(actions)["c1"]["status"]
+    assert timers(actions)[HOLD_MAX_TIMER] == 900.0
+    assert SESSION_ACK_TIMER in timers(actions)
+    assert SILENCE_TIMER in cancelled(actions)
+    [update] = [e for e in sends(actions) if e["type"] == "session.update"]
+    s = update["session"]
+    assert s["type"] == "realtime"
+    assert s["audio"]["input"]["turn_detection"]["create_response"] is False
+    assert s["audio"]["input"]["turn_detection"]["type"] == "server_vad"
+    assert s["audio"]["input"]["format"] == {"type": "audio/pcmu"}
+    assert s["audio"]["output"]["format"] == {"type": "audio/pcmu"}
+    assert creates(actions) == []
+    assert c.m.hold is not None
+    assert c.m.watch.paused
+    assert cancelled(c.feed(session_updated())) == {SESSION_ACK_TIMER}
+
+
+def test_classifier_check_is_out_of_band_text() -> None:
+    c = Call(profile=hold_profile())
+    go_on_hold(c)
+    [event] = sends(c.feed(heard("Your call is important to us. Please stay on the line.")))
+    r = event["response"]
+    assert event["type"] == "response.create"
+    assert r["conversation"] == "none"
+    assert r["output_modalities"] == ["text"]
+    assert r["metadata"]["purpose"] == META["purpose"]
+    assert r["metadata"]["item_id"] == "i"  # the transcript's item: kept if this is the person coming back
+    assert r["input"] == [
+        {"type": "message", "role": "user",
+         "content": [{"type": "input_text", "text": "Your call is important to us. Please stay on the line."}]}
+    ]  # its own small input: a check never re-reads the conversation
+    assert r["tool_choice"] == "none"
+    assert "Your call is important to us" not in r["instructions"]  # the transcript travels in `input` only
+
+
+def test_classifier_no_keeps_holding_and_its_text_is_not_recorded() -> None:
+    c = Call(profile=hold_profile())
+    go_on_hold(c)
+    lines_before = [t.text for t in c.record.transcripts if t.role == "assistant"]
+    actions = check(c, "r_chk", "la la la music", "no")
+    assert [e["type"] for e in sends(actions)] == ["response.create"]  # only the check itself
+    c.feed(said("r_chk", "no"))
+    assert c.m.hold is not None
+    assert [t.text for t in c.record.transcripts if t.role == "assistant"] == lines_before
+    assert [t.text for t in c.record.transcripts if t.role == "caller"] == ["la la la music"]
+
+
+def test_classifier_yes_restores_responses_and_answers_after_session_updated() -> None:
+    c = Call(profile=hold_profile())
+    go_on_hold(c)
+    actions = check(c, "r_chk", "Hi, this is Dana, are you still there?", "Yes.")
+    assert HOLD_MAX_TIMER in cancelled(actions)
+    [update] = [e for e in sends(actions) if e["type"] == "session.update"]
+    assert update["session"]["type"] == "realtime"
+    assert update["session"]["audio"]["input"]["turn_detection"]["create_response"] is True
+    assert update["session"]["audio"]["output"]["format"] == {"type": "audio/pcmu"}
+    assert creates(actions)[-1]["response"]["metadata"]["purpose"] == META["purpose"]  # no plain response.create yet
+    assert c.m.hold is None
+    assert not c.m.watch.paused
+    after = c.feed(session_updated())
+    assert [e.get("response") for e in creates(after)] == [None]
+    assert c.m.live
+
+
+def test_resume_keeps_the_profile_turn_detection_settings() -> None:
+    profile = hold_profile().model_copy(
+        update={"turn_detection": TurnDetection(type="semantic_vad", eagerness="low", create_response=True)}
+    )
+    c = Call(profile=profile)
+    on = go_on_hold(c)
+    td_on = next(e for e in sends(on) if e["type"] == "session.update")["session"]["audio"]["input"]
+    assert td_on["turn_detection"] == {
+        "type": "semantic_vad",
+        "eagerness": "low",
+        "create_response": False,
+        "interrupt_response": True,
+    }
+    off = check(c, "r_chk", "hello?", "yes")
+    td_off = next(e for e in sends(off) if e["type"] == "session.update")["session"]["audio"]["input"]
+    assert td_off["turn_detection"]["create_response"] is True
+    assert td_off["turn_detection"]["eagerness"] == "low"
+
+
+def test_phrase_mode_resumes_on_a_configured_phrase() -> None:
+    c = Call(profile=hold_profile(detect="phrases", resume_phrases=["back with you"]))
+    go_on_hold(c)
+    assert c.feed(heard("Thank you for holding, how can I help?")) == []  # not this profile's phrase
+    assert c.m.hold is not None
+    actions = c.feed(heard("OK, I'm BACK WITH YOU now."))
+    assert c.m.hold is None
+    assert [e["type"] for e in sends(actions)] == ["session.update"]
+    assert [e.get("response") for e in creates(c.feed(session_updated()))] == [None]
+
+
+def test_hold_time_and_hold_usage_are_recorded() -> None:
+    c = Call(profile=hold_profile(), prices=None)
+    c.greeted()
+    before = c.record.usage.responses
+    c.now = 200.0
+    c.feed(response_done("r1", output=[fc("c1", "wait_on_hold", "{}")], usage=usage(text_in=10)))
+    c.feed(session_updated())
+    c.now = 500.0
+    check(c, "r_chk1", "music", "no", usage(text_in=300, text_out=1))
+    c.now = 800.0
+    c.feed(heard("hello, anyone there?"))
+    c.feed(response_created("r_chk2", metadata=META))
+    c.now = 1100.0
+    c.feed(response_done("r_chk2", output=answer("yes"), usage=usage(text_in=400, text_out=1), metadata=META))
+    assert c.record.hold_s == pytest.approx(900.0)
+    assert c.record.hold_usage.responses == 2
+    assert c.record.hold_usage.input_text_tokens == 700
+    assert c.record.hold_usage.output_text_tokens == 2
+    assert c.record.usage.responses == before + 3
+    c.feed(session_updated())
+    c.play("r_after")
+    assert c.record.hold_usage.responses == 2
+
+
+def test_hold_time_is_settled_when_the_call_ends_on_hold() -> None:
+    c = Call(profile=hold_profile())
+    c.greeted()
+    c.now = 300.0
+    c.feed(response_done("r1", output=[fc("c1", "wait_on_hold", "{}")]))
+    c.now = 420.0
+    c.feed(SidebandClosed(1000))
+    assert c.record.ended_reason == "caller_hangup"
+    assert c.record.hold_s == pytest.approx(120.0)
+
+
+def test_hold_max_ends_the_call_with_a_goodbye() -> None:
+    c = Call(profile=hold_profile(max_hold_s=60))
+    go_on_hold(c)
+    actions = c.feed(TimerFired(HOLD_MAX_TIMER))
+    [bye] = creates(actions)
+    assert bye["response"]["instructions"] == hold.HOLD_GIVE_UP
+    assert c.m.state == CallState.ENDING
+    assert finishes(end_after_goodbye(c)) == [Finish("max_duration")]
+
+
+def test_second_wait_on_hold_is_acknowledged_only() -> None:
+    c = Call(profile=hold_profile())
+    go_on_hold(c)
+    actions = c.feed(response_done("r2", output=[fc("c2", "wait_on_hold", "{}")]))
+    assert "already on hold" in outputs(actions)["c2"]["status"]
+    assert [e["type"] for e in sends(actions)] == ["conversation.item.create"]
+
+
+def test_transcripts_off_hold_send_no_check() -> None:
+    c = Call(profile=hold_profile())
+    c.greeted()
+    assert c.feed(heard("I need help with my bill")) == []
+
+
+def test_speech_while_hold_update_is_pending_is_not_answered() -> None:
+    c = Call(profile=hold_profile())
+    c.greeted()
+    c.feed(response_done("r1", output=[fc("c1", "wait_on_hold", "{}")]))
+    c.feed(speech("started"))
+    c.feed(speech("stopped"))  # hold music, before session.updated
+    assert creates(c.feed(session_updated())) == []

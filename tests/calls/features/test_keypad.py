@@ -1,0 +1,135 @@
+"""Tests for sip_controller.calls.features.keypad: DTMF digits through the call machine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sip_controller.agent.profile import AgentProfile
+from sip_controller.calls.io import GOODBYE_INSTRUCTIONS
+from sip_controller.calls.machine import (
+    DTMF_FLUSH_TIMER,
+    AcceptOk,
+    CallState,
+    Finish,
+    Refer,
+    ReferOk,
+    SidebandClosed,
+    Start,
+    StartTimer,
+    TimerFired,
+)
+from tests.callkit import (  # the shared machine-test kit
+    Call,
+    cancelled,
+    creates,
+    dtmf,
+    end_after_goodbye,
+    fc,
+    finishes,
+    refers,
+    response_done,
+    sends,
+)
+
+
+def keypad_profile(forward: bool = True, actions: dict[str, Any] | None = None) -> AgentProfile:
+    return AgentProfile.model_validate(
+        {
+            "tools": ["end_call", "transfer_call"],
+            "transfer": {"targets": {"operator": "sip:operator@pbx.example.com"}},
+            "dtmf": {"forward": forward, "flush_after_s": 2.0, "actions": actions or {}},
+        }
+    )
+
+
+def keypad_message(event: dict[str, Any]) -> str:
+    assert event["type"] == "conversation.item.create"
+    item = event["item"]
+    assert (item["type"], item["role"]) == ("message", "user")
+    [part] = item["content"]
+    assert part["type"] == "input_text"
+    text = part["text"]
+    assert isinstance(text, str)
+    return text
+
+
+def test_digits_gathered_until_hash() -> None:
+    c = Call(profile=keypad_profile())
+    c.greeted()
+    for d in "123":
+        assert c.feed(dtmf(d)) == [StartTimer(DTMF_FLUSH_TIMER, 2.0)]
+    actions = c.feed(dtmf("#"))
+    assert DTMF_FLUSH_TIMER in cancelled(actions)
+    message, create = sends(actions)
+    assert keypad_message(message).startswith("[keypad] The caller pressed: 123")
+    assert create == {"type": "response.create", "event_id": create["event_id"]}
+    assert c.m.keys.digits == ""
+
+
+def test_digits_flushed_by_the_timer() -> None:
+    c = Call(profile=keypad_profile())
+    c.greeted()
+    c.feed(dtmf("4"))
+    c.feed(dtmf("2"))
+    actions = c.feed(TimerFired(DTMF_FLUSH_TIMER))
+    message, create = sends(actions)
+    assert keypad_message(message) == "[keypad] The caller pressed: 42"
+    assert create["type"] == "response.create"
+    assert c.feed(TimerFired(DTMF_FLUSH_TIMER)) == []  # nothing left to send
+
+
+def test_mapped_digit_transfers_to_its_target() -> None:
+    c = Call(profile=keypad_profile(actions={"0": {"action": "transfer", "target": "operator"}}))
+    c.greeted()
+    c.feed(dtmf("5"))
+    actions = c.feed(dtmf("0"))
+    assert DTMF_FLUSH_TIMER in cancelled(actions)
+    [line] = creates(actions)
+    assert "operator" in line["response"]["instructions"]
+    assert c.m.keys.digits == ""  # the pending digit is dropped
+    assert refers(c.play("r_ann")) == [Refer("sip:operator@pbx.example.com")]
+    c.feed(ReferOk())
+    assert finishes(c.feed(SidebandClosed(1000))) == [Finish("transferred")]
+
+
+def test_mapped_digit_ends_the_call() -> None:
+    c = Call(profile=keypad_profile(actions={"9": {"action": "end_call"}}))
+    c.greeted()
+    actions = c.feed(dtmf("9"))
+    [bye] = creates(actions)
+    assert bye["response"]["instructions"] == GOODBYE_INSTRUCTIONS
+    assert c.m.state == CallState.ENDING
+    assert finishes(end_after_goodbye(c)) == [Finish("agent_end_call")]
+
+
+def test_forward_false_ignores_unmapped_digits() -> None:
+    c = Call(profile=keypad_profile(forward=False, actions={"9": {"action": "end_call"}}))
+    c.greeted()
+    for d in "12#":
+        assert c.feed(dtmf(d)) == []
+    assert c.feed(TimerFired(DTMF_FLUSH_TIMER)) == []
+    assert c.m.live
+    assert c.m.state == CallState.ATTACHED
+    assert c.feed(dtmf("9")) != []  # mapped digits still act
+
+
+def test_nothing_before_attach() -> None:
+    c = Call(profile=keypad_profile(actions={"9": {"action": "end_call"}}))
+    c.feed(Start())
+    c.feed(AcceptOk())
+    assert c.feed(dtmf("9")) == []
+    assert c.feed(dtmf("1")) == []
+    assert c.m.keys.digits == ""
+
+
+def test_nothing_while_ending() -> None:
+    c = Call(profile=keypad_profile(actions={"0": {"action": "transfer", "target": "operator"}}))
+    c.greeted()
+    c.feed(dtmf("1"))
+    c.feed(response_done("r1", output=[fc("c_end")]))  # end_call: the goodbye is on its way
+    assert c.m.state == CallState.ENDING
+    for d in "20#":
+        assert c.feed(dtmf(d)) == []
+    assert c.feed(TimerFired(DTMF_FLUSH_TIMER)) == []
+    assert c.m.transfer is None
+    assert not any(e["type"] == "conversation.item.create" and e["item"]["type"] == "message" for e in sends(c.log))

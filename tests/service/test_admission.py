@@ -1,0 +1,50 @@
+"""Admission: the per-caller rate limit."""
+
+from __future__ import annotations
+
+from sip_controller.service.admission import CallerRateLimiter
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_caller_rate_limit_is_a_sliding_minute() -> None:
+    clock = Clock()
+    limiter = CallerRateLimiter(3, clock=clock)
+    assert [limiter.allow("+14155550123") for _ in range(4)] == [True, True, True, False]
+    assert limiter.allow("+14155550999")  # another caller is not affected
+    clock.now += 59.9
+    assert not limiter.allow("+14155550123")
+    clock.now += 0.2
+    assert limiter.allow("+14155550123")
+
+
+def test_refused_attempts_do_not_extend_the_window() -> None:
+    clock = Clock()
+    limiter = CallerRateLimiter(1, clock=clock)
+    assert limiter.allow("+1")
+    for _ in range(10):
+        clock.now += 5
+        assert not limiter.allow("+1")
+    clock.now += 10.1
+    assert limiter.allow("+1")
+
+
+def test_off_and_anonymous_callers_are_always_allowed() -> None:
+    assert all(CallerRateLimiter(0).allow("+1") for _ in range(100))
+    limiter = CallerRateLimiter(1)
+    assert all(limiter.allow(None) for _ in range(10))
+    assert all(limiter.allow("") for _ in range(10))
+
+
+def test_memory_is_bounded() -> None:
+    clock = Clock()
+    limiter = CallerRateLimiter(1, clock=clock, max_callers=100)
+    for i in range(1000):
+        limiter.allow(f"+1{i:010d}")
+    assert len(limiter._seen) == 100
