@@ -13,15 +13,15 @@ import structlog
 
 from sip_controller.agent import session, templates
 from sip_controller.calls import machine as cm
+from sip_controller.calls import routing
+from sip_controller.calls.admission import BUSY, DECLINE, UNAVAILABLE, CallerRateLimiter, Refusal
+from sip_controller.calls.incoming import IncomingCall
 from sip_controller.calls.report import CallRecord
 from sip_controller.calls.supervisor import CallOptions, CallSupervisor
 from sip_controller.config import Settings
 from sip_controller.realtime.rest import OpenAIError, RealtimeCalls
 from sip_controller.realtime.retries import DEFAULT_POLICY, RetryPolicy, with_quick_retries
 from sip_controller.realtime.sideband import SidebandConnector
-from sip_controller.service import routing
-from sip_controller.service.admission import BUSY, DECLINE, UNAVAILABLE, CallerRateLimiter, Refusal
-from sip_controller.service.intake import IncomingCall
 
 log = structlog.get_logger("sip_controller.calls.registry")
 

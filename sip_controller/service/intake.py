@@ -7,7 +7,6 @@ Nothing is parsed before the signature is verified. Every verification failure i
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from standardwebhooks import Webhook
+
+from sip_controller.calls.incoming import IncomingCall, SipHeader
 
 TOLERANCE_S = 300
 INCOMING = "realtime.call.incoming"
@@ -73,13 +74,6 @@ class WebhookVerifier:
 # ---- payload models -------------------------------------------------------------------------------------
 
 
-class SipHeader(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    name: str
-    value: str
-
-
 class IncomingCallData(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -102,56 +96,6 @@ class OtherEvent:
     """A verified event of a type this service does not handle (acknowledged and ignored)."""
 
     type: str
-
-
-_SIP_USER = re.compile(r"(?:sips?|tel):([^@;>\s]+)", re.IGNORECASE)
-_E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
-_VISUAL_SEPARATORS = re.compile(r"[-.() ]")
-
-
-def number_from_header(value: str) -> str | None:
-    """The E.164 number in ``<sip:+14155550123@host>;tag=…`` or ``tel:+1…``; None if there is none."""
-    match = _SIP_USER.search(value)
-    if match is None:
-        return None
-    number = _VISUAL_SEPARATORS.sub("", match.group(1))
-    return number if _E164.fullmatch(number) else None
-
-
-@dataclass(frozen=True)
-class IncomingCall:
-    """An incoming call as the rest of the service sees it. Header values are untrusted."""
-
-    call_id: str
-    webhook_id: str
-    headers: tuple[SipHeader, ...]
-    received_at: datetime
-    sip_media_security: str | None = None
-
-    def header(self, name: str) -> str | None:
-        wanted = name.lower()
-        for h in self.headers:
-            if h.name.lower() == wanted:
-                return h.value
-        return None
-
-    @property
-    def caller(self) -> str | None:
-        for name in ("From", "P-Asserted-Identity"):
-            value = self.header(name)
-            number = number_from_header(value) if value else None
-            if number:
-                return number
-        return None
-
-    @property
-    def dialed(self) -> str | None:
-        for name in ("Diversion", "P-Called-Party-ID", "To"):
-            value = self.header(name)
-            number = number_from_header(value) if value else None
-            if number:
-                return number
-        return None
 
 
 def parse_event(body: bytes, webhook_id: str) -> IncomingCall | OtherEvent:

@@ -10,11 +10,11 @@ from datetime import UTC, datetime
 import pytest
 import respx
 
+from sip_controller.calls.incoming import IncomingCall, SipHeader
 from sip_controller.calls.registry import CallRegistry
 from sip_controller.config import Limits, Settings
 from sip_controller.realtime.rest import RealtimeCalls
 from sip_controller.realtime.sideband import FakeConnector, Sideband
-from sip_controller.service.intake import IncomingCall, SipHeader
 from tests.servicekit import mocked_api, openai_router
 
 pytestmark = pytest.mark.anyio

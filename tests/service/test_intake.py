@@ -1,4 +1,4 @@
-"""Tests for sip_controller.service.intake: Standard Webhooks verification and incoming-call parsing."""
+"""Tests for sip_controller.service.intake: Standard Webhooks verification and parsing of the delivery."""
 
 from __future__ import annotations
 
@@ -15,15 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from standardwebhooks import Webhook
 
-from sip_controller.service.intake import (
-    IncomingCall,
-    OtherEvent,
-    SipHeader,
-    WebhookRejected,
-    WebhookVerifier,
-    number_from_header,
-    parse_event,
-)
+from sip_controller.calls.incoming import IncomingCall, SipHeader
+from sip_controller.service.intake import OtherEvent, WebhookRejected, WebhookVerifier, parse_event
 
 NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
 NOW_S = NOW.timestamp()
@@ -302,100 +295,3 @@ def test_unparseable_but_signed_body_is_400_not_a_crash() -> None:
     with pytest.raises(WebhookRejected) as info:
         parse_event(body, "wh")
     assert (info.value.status, info.value.outcome) == (400, "malformed")
-
-
-# ---- IncomingCall headers ----------------------------------------------------------------------------------
-
-
-def make_call(*headers: tuple[str, str]) -> IncomingCall:
-    return IncomingCall(
-        call_id="rtc_1",
-        webhook_id="wh",
-        headers=tuple(SipHeader(name=n, value=v) for n, v in headers),
-        received_at=NOW,
-    )
-
-
-def test_header_lookup_is_case_insensitive_and_first_wins() -> None:
-    call = make_call(("x-call-ref", "abc"), ("X-CALL-REF", "def"), ("from", "<sip:+14155550123@h>"))
-    assert call.header("X-Call-Ref") == "abc"
-    assert call.header("FROM") == "<sip:+14155550123@h>"
-    assert call.header("To") is None
-    assert call.caller == "+14155550123"
-
-
-def test_caller_falls_back_to_p_asserted_identity() -> None:
-    call = make_call(
-        ("From", '"Anonymous" <sip:anonymous@anonymous.invalid>;tag=1'),
-        ("P-Asserted-Identity", "<sip:+442071838750@sip.twilio.com>"),
-    )
-    assert call.caller == "+442071838750"
-
-
-def test_caller_none_without_a_number() -> None:
-    assert make_call(("From", "<sip:anonymous@anonymous.invalid>")).caller is None
-
-
-def test_dialed_prefers_diversion_then_p_called_party_id_then_to() -> None:
-    to = ("To", "<sip:+18005550300@sip.twilio.com>")
-    pcp = ("p-called-party-id", "<tel:+18005550200>")
-    div = ("Diversion", "<sip:+18005550100@sip.twilio.com>;reason=unconditional")
-    assert make_call(to, pcp, div).dialed == "+18005550100"
-    assert make_call(to, pcp).dialed == "+18005550200"
-    assert make_call(to).dialed == "+18005550300"
-
-
-def test_dialed_skips_the_project_uri_in_to() -> None:
-    call = make_call(("To", "<sip:proj_abc123@sip.api.openai.com;transport=tls>"))
-    assert call.dialed is None
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        ("<sip:+14155550123@sip.twilio.com>;tag=53892637_c3356d0b", "+14155550123"),
-        ('"Alice Smith" <sip:+14155550123@sip.twilio.com>', "+14155550123"),
-        ("sip:+14155550123@sip.twilio.com", "+14155550123"),
-        ("<sips:+14155550123@sip.twilio.com>", "+14155550123"),
-        ("<SIP:+14155550123@host>", "+14155550123"),
-        ("<tel:+14155550123>", "+14155550123"),
-        ("tel:+1-415-555-0123;phone-context=+1", "+14155550123"),
-        ("<sip:+1.415.555.0123@host>", "+14155550123"),
-        ("<sip:+1(415)555-0123@host>", "+14155550123"),
-        ("<sip:+14155550123;user=phone@host>", "+14155550123"),
-        ("<sip:anonymous@anonymous.invalid>", None),
-        ("<sip:proj_abc123@sip.api.openai.com;transport=tls>", None),
-        ("<sip:+0123456@host>", None),
-        ("<sip:+1234567890123456@host>", None),  # 16 digits: longer than E.164 allows
-        ("<sip:+@host>", None),
-        ("<sip:+1@host>", None),
-        ("", None),
-        ("+14155550123", None),  # no URI scheme
-        ("<http://+14155550123@host>", None),
-        ("<sip:+1-800-FLOWERS@host>", None),  # letters: not a number, not a truncated '+1800'
-    ],
-)
-def test_number_from_header(value: str, expected: str | None) -> None:
-    assert number_from_header(value) == expected
-
-
-@pytest.mark.parametrize(
-    "value",
-    ["<sip:+1\u0664\u0661\u0665\u0665\u0665\u0665\u0660\u0661\u0662\u0663@h>", "<tel:+1\u0967\u0968\u0969>"],
-)
-def test_number_from_header_never_returns_non_ascii_digits(value: str) -> None:
-    """Caller-controlled headers may carry non-ASCII digits (Arabic-Indic, Devanagari): not an E.164 number."""
-    number = number_from_header(value)
-    assert number is None or (number.isascii() and number[1:].isdigit()), number
-
-
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(value=st.text(max_size=60))
-def test_number_from_header_is_e164_or_none(value: str) -> None:
-    number = number_from_header(value)
-    if number is not None:
-        assert number.startswith("+")
-        assert number[1:].isdigit()
-        assert number[1:].isascii()
-        assert 2 <= len(number[1:]) <= 15
-        assert number[1] != "0"

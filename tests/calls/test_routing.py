@@ -1,4 +1,4 @@
-"""Tests for sip_controller.service.routing: which profile answers a call, and caller allow/deny screening."""
+"""Tests for sip_controller.calls.routing: which profile answers a call, and caller allow/deny screening."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 import pytest
 
 from sip_controller.agent.profile import AgentProfile
+from sip_controller.calls.admission import Refusal
+from sip_controller.calls.incoming import IncomingCall, SipHeader
+from sip_controller.calls.routing import choose_profile, screen_caller
 from sip_controller.config import Callers, Route, Settings
-from sip_controller.service.admission import Refusal
-from sip_controller.service.intake import IncomingCall, SipHeader
-from sip_controller.service.routing import choose_profile, screen_caller
 
 PROFILES = {name: AgentProfile() for name in ("default", "sales", "support", "vip", "fr")}
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from fnmatch import fnmatchcase
 
+from sip_controller.calls.admission import Refusal
+from sip_controller.calls.incoming import IncomingCall
 from sip_controller.config import Settings
-from sip_controller.service.admission import Refusal
-from sip_controller.service.intake import IncomingCall
 
 
 def _matches(number: str | None, patterns: tuple[str, ...]) -> bool:

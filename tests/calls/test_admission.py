@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sip_controller.service.admission import CallerRateLimiter
+from sip_controller.calls.admission import CallerRateLimiter
 
 
 class Clock:
