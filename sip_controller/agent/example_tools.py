@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sip_controller.calls.tool_runner import ToolCall
+from sip_controller.agent.operator_tools import ToolCall
 
 _HOURS = {
     "monday": "9:00-17:00",

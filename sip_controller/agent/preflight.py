@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from sip_controller.agent import session, templates
+from sip_controller.agent.operator_tools import load_python_handler
 from sip_controller.agent.profile import HttpTool, PythonTool
 from sip_controller.agent.validation import Context, Finding, check_session
-from sip_controller.calls import tool_runner as handlers
 from sip_controller.config import AgentProfile, ConfigError, Settings, load_settings
 
 #: where a body path comes from in a profile; structured fields keep the rest of the path
@@ -107,7 +107,7 @@ def _feature_findings(name: str, profile: AgentProfile) -> list[Finding]:
     for i, entry in enumerate(profile.tools):
         if isinstance(entry, PythonTool):
             try:
-                handlers.load_python_handler(entry.handler)
+                load_python_handler(entry.handler)
             except ValueError as exc:
                 found.append(Finding(f"{base}.tools[{i}].handler", str(exc)))
         elif isinstance(entry, HttpTool) and entry.secret_env and not os.environ.get(entry.secret_env):

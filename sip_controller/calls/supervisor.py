@@ -12,9 +12,10 @@ from typing import Any
 import structlog
 from websockets.exceptions import ConnectionClosed
 
+from sip_controller.agent.operator_tools import ToolCall
 from sip_controller.calls import machine as cm
 from sip_controller.calls.report import CallRecord
-from sip_controller.calls.tool_runner import ToolCall, run_tool
+from sip_controller.calls.tool_runner import run_tool
 from sip_controller.realtime.events import InputTranscriptionCompleted, OutputTranscriptDone
 from sip_controller.realtime.rest import CallGone, InvalidRequest, OpenAIError, RealtimeCalls
 from sip_controller.realtime.retries import (

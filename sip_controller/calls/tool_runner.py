@@ -7,12 +7,11 @@ output the model can talk about, never a crash.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,20 +19,10 @@ from typing import Any
 import httpx
 from standardwebhooks import Webhook
 
+from sip_controller.agent.operator_tools import ToolCall, load_python_handler
 from sip_controller.agent.profile import HttpTool, PythonTool
 
 MAX_OUTPUT_CHARS = 16_000
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    """What a Python tool handler learns about the call it serves."""
-
-    call_id: str
-    profile: str
-    caller: str | None
-    dialed: str | None
-    twilio_call_sid: str | None
 
 
 @dataclass(frozen=True)
@@ -42,26 +31,6 @@ class ToolAnswer:
     output: str
     duration_s: float
     outcome: str  # ok | error | timeout
-
-
-PythonHandler = Callable[[dict[str, Any], ToolCall], Awaitable[Any]]
-_loaded: dict[str, PythonHandler] = {}
-
-
-def load_python_handler(path: str) -> PythonHandler:
-    """``package.module:function`` -> the function (cached). Raises ValueError with a readable message."""
-    if path in _loaded:
-        return _loaded[path]
-    module_name, _, attr = path.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"cannot import {module_name!r}: {exc}") from None
-    handler = getattr(module, attr, None)
-    if handler is None or not callable(handler):
-        raise ValueError(f"{module_name!r} has no function {attr!r}")
-    _loaded[path] = handler
-    return handler  # type: ignore[no-any-return]
 
 
 def _as_text(value: Any) -> str:

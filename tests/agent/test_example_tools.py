@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sip_controller.agent.example_tools import opening_hours
-from sip_controller.calls.tool_runner import ToolCall
+from sip_controller.agent.operator_tools import ToolCall
 
 pytestmark = pytest.mark.anyio
 CALL = ToolCall(call_id="rtc_1", profile="default", caller=None, dialed=None, twilio_call_sid=None)

@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from sip_controller.agent.operator_tools import ToolCall, load_python_handler
 from sip_controller.agent.profile import AgentProfile, HttpTool, PythonTool
 from sip_controller.calls import tool_runner as handlers
 from sip_controller.calls.machine import (
@@ -29,7 +30,7 @@ from sip_controller.calls.machine import (
     TimerFired,
     ToolDone,
 )
-from sip_controller.calls.tool_runner import ToolCall, load_python_handler, run_tool
+from sip_controller.calls.tool_runner import run_tool
 from sip_controller.service.loopback import serve
 from tests.callkit import (  # the shared machine-test kit
     Call,
