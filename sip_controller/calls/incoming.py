@@ -4,6 +4,7 @@ read from them."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -15,6 +16,43 @@ class SipHeader(BaseModel):
 
     name: str
     value: str
+
+
+#: a SIP header value kept on a call is cut to this many characters (real ones are far shorter: a From with a
+#: tag, a CallSid) and ends with CUT_MARK when cut; at most MAX_HEADERS headers are kept, in their order
+MAX_HEADER_VALUE_CHARS = 1024
+MAX_HEADER_NAME_CHARS = 128
+MAX_HEADERS = 64
+CUT_MARK = "…[cut]"
+
+
+@dataclass(frozen=True, slots=True)
+class CappedHeaders:
+    headers: tuple[SipHeader, ...]
+    #: headers past MAX_HEADERS, not kept
+    dropped: int
+    #: values (or names) that were cut to their limit
+    cut: int
+
+
+def _cap(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - len(CUT_MARK)] + CUT_MARK
+
+
+def cap_headers(headers: Sequence[SipHeader]) -> CappedHeaders:
+    """The headers a call keeps: each name and value bounded (cut ones end with ``CUT_MARK``), at most
+    ``MAX_HEADERS`` of them. Values are caller-controlled, so nothing unbounded reaches a record or a report."""
+    kept: list[SipHeader] = []
+    cut = 0
+    for header in headers[:MAX_HEADERS]:
+        name = _cap(header.name, MAX_HEADER_NAME_CHARS)
+        value = _cap(header.value, MAX_HEADER_VALUE_CHARS)
+        if name is header.name and value is header.value:
+            kept.append(header)
+        else:
+            cut += 1
+            kept.append(SipHeader(name=name, value=value))
+    return CappedHeaders(tuple(kept), max(0, len(headers) - MAX_HEADERS), cut)
 
 
 _SIP_USER = re.compile(r"(?:sips?|tel):([^@;>\s]+)", re.IGNORECASE)

@@ -13,10 +13,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from standardwebhooks import Webhook
 
-from sip_controller.calls.incoming import IncomingCall, SipHeader
+from sip_controller.calls.incoming import IncomingCall, SipHeader, cap_headers
+
+log = structlog.get_logger("sip_controller.service.intake")
 
 TOLERANCE_S = 300
 INCOMING = "realtime.call.incoming"
@@ -115,10 +118,14 @@ def parse_event(body: bytes, webhook_id: str) -> IncomingCall | OtherEvent:
     except ValidationError as exc:
         fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in exc.errors())
         raise WebhookRejected(400, "malformed", f"realtime.call.incoming is missing or has bad: {fields}") from None
+    capped = cap_headers(event.data.sip_headers)
+    if capped.dropped or capped.cut:
+        log.warning("webhook.headers_capped", call_id=event.data.call_id, dropped=capped.dropped, cut=capped.cut)
+    security = event.data.sip_media_security
     return IncomingCall(
         call_id=event.data.call_id,
         webhook_id=webhook_id,
-        headers=tuple(event.data.sip_headers),
+        headers=capped.headers,
         received_at=datetime.now(UTC),
-        sip_media_security=event.data.sip_media_security,
+        sip_media_security=security[:32] if security is not None else None,
     )

@@ -9,7 +9,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sip_controller.calls.incoming import IncomingCall, SipHeader, number_from_header
+from sip_controller.calls.incoming import (
+    CUT_MARK,
+    MAX_HEADER_NAME_CHARS,
+    MAX_HEADER_VALUE_CHARS,
+    MAX_HEADERS,
+    IncomingCall,
+    SipHeader,
+    cap_headers,
+    number_from_header,
+)
 
 NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
 
@@ -106,3 +115,57 @@ def test_number_from_header_is_e164_or_none(value: str) -> None:
         assert number[1:].isascii()
         assert 2 <= len(number[1:]) <= 15
         assert number[1] != "0"
+
+
+# ---- bounds on what a call keeps (hostile headers) ------------------------------------------------------------
+
+
+def test_a_huge_header_value_is_cut_with_a_marker() -> None:
+    capped = cap_headers([SipHeader(name="X-Twilio-CallSid", value="C" * 200_000)])
+    (kept,) = capped.headers
+    assert len(kept.value) == MAX_HEADER_VALUE_CHARS
+    assert kept.value.endswith(CUT_MARK)
+    assert kept.value.startswith("C" * 100)
+    assert (capped.dropped, capped.cut) == (0, 1)
+
+
+def test_a_huge_header_name_is_cut_too() -> None:
+    capped = cap_headers([SipHeader(name="X-" + "n" * 5000, value="v")])
+    assert len(capped.headers[0].name) == MAX_HEADER_NAME_CHARS
+    assert capped.cut == 1
+
+
+def test_ordinary_headers_are_kept_as_they_are() -> None:
+    headers = [SipHeader(name="From", value="<sip:+14155550123@sip.twilio.com>;tag=1"), SipHeader(name="To", value="x")]
+    capped = cap_headers(headers)
+    assert capped.headers == tuple(headers)
+    assert capped.headers[0] is headers[0]
+    assert (capped.dropped, capped.cut) == (0, 0)
+
+
+def test_a_value_of_exactly_the_limit_is_not_cut() -> None:
+    capped = cap_headers([SipHeader(name="X-A", value="a" * MAX_HEADER_VALUE_CHARS)])
+    assert capped.headers[0].value == "a" * MAX_HEADER_VALUE_CHARS
+    assert capped.cut == 0
+
+
+def test_only_the_first_headers_are_kept_in_order() -> None:
+    headers = [SipHeader(name=f"X-H{i}", value=str(i)) for i in range(MAX_HEADERS + 436)]
+    capped = cap_headers(headers)
+    assert [h.name for h in capped.headers] == [f"X-H{i}" for i in range(MAX_HEADERS)]
+    assert capped.dropped == 436
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    pairs=st.lists(st.tuples(st.text(max_size=300), st.text(max_size=3000)), max_size=MAX_HEADERS + 20),
+)
+def test_whatever_arrives_what_is_kept_is_bounded(pairs: list[tuple[str, str]]) -> None:
+    capped = cap_headers([SipHeader(name=n, value=v) for n, v in pairs])
+    assert len(capped.headers) == min(len(pairs), MAX_HEADERS)
+    assert capped.dropped == max(0, len(pairs) - MAX_HEADERS)
+    for (name, value), kept in zip(pairs, capped.headers, strict=False):
+        assert len(kept.name) <= MAX_HEADER_NAME_CHARS
+        assert len(kept.value) <= MAX_HEADER_VALUE_CHARS
+        assert kept.value == value or kept.value.endswith(CUT_MARK)
+        assert kept.name == name or kept.name.endswith(CUT_MARK)

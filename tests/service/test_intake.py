@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from standardwebhooks import Webhook
 
-from sip_controller.calls.incoming import IncomingCall, SipHeader
+from sip_controller.calls.incoming import CUT_MARK, MAX_HEADER_VALUE_CHARS, MAX_HEADERS, IncomingCall, SipHeader
 from sip_controller.service.intake import OtherEvent, WebhookRejected, WebhookVerifier, parse_event
 
 NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
@@ -251,6 +251,24 @@ def test_parse_incoming_call_minimal() -> None:
     assert call.sip_media_security is None
     assert call.caller is None
     assert call.dialed is None
+
+
+def test_parsed_headers_are_bounded_whatever_the_caller_sends() -> None:
+    """A 200 KB X-Twilio-CallSid and 500 headers: the call keeps 64 headers, each value cut with a marker."""
+    headers = [{"name": "X-Twilio-CallSid", "value": "C" * 200_000}]
+    headers += [{"name": f"X-Filler-{i}", "value": "v"} for i in range(499)]
+    body = json.dumps(
+        {"type": "realtime.call.incoming", "data": {"call_id": "rtc_1", "sip_headers": headers,
+                                                    "sip_media_security": "s" * 5000}}
+    ).encode()
+    call = parse_event(body, "wh")
+    assert isinstance(call, IncomingCall)
+    assert len(call.headers) == MAX_HEADERS
+    sid = call.header("X-Twilio-CallSid")
+    assert sid is not None
+    assert len(sid) == MAX_HEADER_VALUE_CHARS
+    assert sid.endswith(CUT_MARK)
+    assert call.sip_media_security == "s" * 32
 
 
 @pytest.mark.parametrize("kind", ["live.call.incoming", "realtime.call.ended", "x" * 300])
