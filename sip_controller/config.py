@@ -95,6 +95,9 @@ class Callers(Strict):
     allow: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
     reject_status: int = Field(default=603, ge=400, le=699)
+    #: calls whose caller ID is withheld or unreadable: "allow" (rate-limited together by
+    #: limits.anonymous_calls_per_minute) or "reject" with reject_status
+    anonymous: Literal["allow", "reject"] = "allow"
 
     @field_validator("allow", "deny")
     @classmethod
@@ -156,6 +159,8 @@ class Limits(Strict):
     max_accepts_in_flight: int = Field(default=50, ge=1)
     #: calls per minute from one caller number before SIP 603; 0 turns the limit off
     caller_calls_per_minute: int = Field(default=10, ge=0)
+    #: calls per minute from ALL callers without a number (withheld caller ID), one shared bucket; 0 = off
+    anonymous_calls_per_minute: int = Field(default=10, ge=0)
     #: how long after the webhook an accept may still be retried (the caller hears ringing meanwhile)
     ring_budget_s: float = Field(default=8.0, gt=0, le=60)
     #: on SIGTERM: how long live calls may go on before their spoken wrap-up and hangup

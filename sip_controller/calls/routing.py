@@ -28,6 +28,8 @@ def choose_profile(settings: Settings, incoming: IncomingCall) -> str:
 def screen_caller(settings: Settings, incoming: IncomingCall) -> Refusal | None:
     callers = settings.callers
     number = incoming.caller
+    if number is None and callers.anonymous == "reject":
+        return Refusal(callers.reject_status, "caller ID withheld and anonymous calls are refused")
     if _matches(number, callers.deny):
         return Refusal(callers.reject_status, "caller is on the deny list")
     if callers.allow and not _matches(number, callers.allow):

@@ -35,11 +35,28 @@ def test_refused_attempts_do_not_extend_the_window() -> None:
     assert limiter.allow("+1")
 
 
-def test_off_and_anonymous_callers_are_always_allowed() -> None:
+def test_off_means_always_allowed() -> None:
     assert all(CallerRateLimiter(0).allow("+1") for _ in range(100))
-    limiter = CallerRateLimiter(1)
+    limiter = CallerRateLimiter(1, anonymous_per_minute=0)
     assert all(limiter.allow(None) for _ in range(10))
-    assert all(limiter.allow("") for _ in range(10))
+
+
+def test_callers_without_a_number_share_one_bucket() -> None:
+    """Withholding the caller ID is no way around the limit: 8 anonymous calls with a limit of 3 -> 3 taken."""
+    clock = Clock()
+    limiter = CallerRateLimiter(3, anonymous_per_minute=3, clock=clock)
+    assert [limiter.allow(None if i % 2 else "") for i in range(8)] == [True] * 3 + [False] * 5
+    assert limiter.allow("+14155550123")  # a caller with a number has their own bucket
+    clock.now += 60.1
+    assert limiter.allow(None)
+
+
+def test_the_anonymous_limit_is_its_own_number() -> None:
+    limiter = CallerRateLimiter(1, anonymous_per_minute=5)
+    assert limiter.limit_for(None) == 5
+    assert limiter.limit_for("+1") == 1
+    assert sum(limiter.allow(None) for _ in range(10)) == 5
+    assert sum(limiter.allow("+1") for _ in range(10)) == 1
 
 
 def test_memory_is_bounded() -> None:

@@ -140,3 +140,13 @@ def test_configured_reject_status(status: int) -> None:
 def test_reject_status_must_be_a_sip_failure_code() -> None:
     with pytest.raises(ValueError, match="reject_status"):
         Callers(reject_status=200)
+
+
+def test_anonymous_callers_can_be_refused_outright() -> None:
+    refuse = settings(callers=Callers(anonymous="reject", reject_status=433))
+    withheld = incoming(From='"Anonymous" <sip:anonymous@anonymous.invalid>;tag=1')
+    refusal = screen_caller(refuse, withheld)
+    assert refusal == Refusal(433, "caller ID withheld and anonymous calls are refused")
+    assert screen_caller(refuse, incoming(From="<sip:+14155550123@x>")) is None
+    assert screen_caller(settings(), withheld) is None  # allowed by default (and rate-limited together)
+
