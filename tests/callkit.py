@@ -11,26 +11,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sip_controller.agent.profile import AgentProfile
-from sip_controller.calls.machine import (
-    AcceptOk,
-    Action,
-    Attached,
-    CallMachine,
-    CallState,
-    CancelTimer,
-    Finish,
-    Hangup,
-    HangupOk,
-    Input,
-    Refer,
-    Send,
-    SidebandClosed,
-    SidebandEvent,
-    Start,
-    StartTimer,
-)
+from sip_controller.calls.actions import Action, CancelTimer, Finish, Hangup, Refer, Send, StartTimer
+from sip_controller.calls.inputs import AcceptOk, Attached, HangupOk, Input, SidebandClosed, SidebandEvent, Start
+from sip_controller.calls.machine import CallMachine
 from sip_controller.calls.pricing import ModelPrices
 from sip_controller.calls.report import CallRecord
+from sip_controller.calls.states import CallState
 from sip_controller.realtime.events import parse_server_event
 
 RECEIVED = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)

@@ -2,8 +2,9 @@
 
 The supervisor feeds it inputs (accept results, sideband events, timers, tool and REST results) with the
 current monotonic time and executes the actions it returns. Every call ends exactly once with one
-``ended_reason``. The core lives here; transfers, watchdogs, hold mode and the keypad live in their own modules
-(``transfer``, ``watchdog``, ``hold``, ``keypad``) as functions of the machine.
+``ended_reason``. The core lives here; transfers, watchdogs, hold mode and the keypad are parts of the call
+(``features/``) with their own state, composed here: the machine hands each one its slice of the profile and
+serves as their ``CallPort``.
 """
 
 from __future__ import annotations
@@ -19,113 +20,59 @@ from jsonschema import Draft202012Validator
 from sip_controller.agent import session, tools
 from sip_controller.agent.profile import AgentProfile, HttpTool, PythonTool
 from sip_controller.agent.validation import Context, check_session, errors
-from sip_controller.calls.features import hold, keypad, transfer, watchdog
-from sip_controller.calls.io import (
-    BENIGN_ERROR_CODES,
-    CLOSE_WAIT_TIMER,
-    DTMF_FLUSH_TIMER,
-    FILLER_TIMER_PREFIX,
-    GOODBYE_INSTRUCTIONS,
-    GOODBYE_TIMER,
-    HANGUP_RETRY_TIMER,
-    HOLD_MAX_TIMER,
-    MAX_END_TIMER,
-    MAX_HANGUP_ROUNDS,
-    MAX_RECONNECTS,
-    MAX_WRAP_TIMER,
-    SESSION_ACK_TIMER,
-    SHUTDOWN_INSTRUCTIONS,
-    SILENCE_TIMER,
-    TRANSFER_ANNOUNCE_TIMER,
-    TRANSFER_VERIFY_TIMER,
+from sip_controller.calls.actions import (
     Accept,
-    AcceptFailed,
-    AcceptOk,
     Action,
     Attach,
-    Attached,
-    AttachFailed,
-    CallState,
     CancelTimer,
-    EndedReason,
     Finish,
     Hangup,
+    Reattach,
+    Reject,
+    RunTool,
+    Send,
+    StartTimer,
+)
+from sip_controller.calls.features.hold import Hold
+from sip_controller.calls.features.keypad import Keypad
+from sip_controller.calls.features.transfer import Transfer
+from sip_controller.calls.features.watchdog import Watchdog
+from sip_controller.calls.inputs import (
+    AcceptFailed,
+    AcceptOk,
+    Attached,
+    AttachFailed,
     HangupFailed,
     HangupOk,
     Input,
     OperatorHangup,
     OperatorTransfer,
-    Reattach,
-    Refer,
     ReferFailed,
     ReferOk,
-    Reject,
-    RunTool,
-    Send,
     Shutdown,
     SidebandClosed,
     SidebandEvent,
     Start,
-    StartTimer,
     TimerFired,
     ToolDone,
 )
 from sip_controller.calls.pricing import ModelPrices, TranscriptionPrices, response_cost, transcription_cost
 from sip_controller.calls.report import CallRecord, ToolCallRecord, TranscriptEntry
+from sip_controller.calls.states import (
+    BENIGN_ERROR_CODES,
+    CLOSE_WAIT_TIMER,
+    FILLER_TIMER_PREFIX,
+    GOODBYE_INSTRUCTIONS,
+    GOODBYE_TIMER,
+    HANGUP_RETRY_TIMER,
+    MAX_HANGUP_ROUNDS,
+    MAX_RECONNECTS,
+    SESSION_ACK_TIMER,
+    SHUTDOWN_INSTRUCTIONS,
+    CallState,
+    EndedReason,
+)
 from sip_controller.realtime import events as ev
-
-__all__ = [
-    "BENIGN_ERROR_CODES",
-    "CLOSE_WAIT_TIMER",
-    "DTMF_FLUSH_TIMER",
-    "FILLER_TIMER_PREFIX",
-    "GOODBYE_INSTRUCTIONS",
-    "GOODBYE_QUEUE_FACTOR",
-    "GOODBYE_TIMER",
-    "HANGUP_RETRY_TIMER",
-    "HOLD_MAX_TIMER",
-    "MAX_END_TIMER",
-    "MAX_HANGUP_ROUNDS",
-    "MAX_RECONNECTS",
-    "MAX_WRAP_TIMER",
-    "SESSION_ACK_TIMER",
-    "SHUTDOWN_INSTRUCTIONS",
-    "SILENCE_TIMER",
-    "TRANSFER_ANNOUNCE_TIMER",
-    "TRANSFER_VERIFY_TIMER",
-    "Accept",
-    "AcceptFailed",
-    "AcceptOk",
-    "Action",
-    "Attach",
-    "AttachFailed",
-    "Attached",
-    "CallMachine",
-    "CallState",
-    "CancelTimer",
-    "EndedReason",
-    "Finish",
-    "Hangup",
-    "HangupFailed",
-    "HangupOk",
-    "Input",
-    "OperatorHangup",
-    "OperatorTransfer",
-    "Reattach",
-    "Refer",
-    "ReferFailed",
-    "ReferOk",
-    "Reject",
-    "RunTool",
-    "Send",
-    "Shutdown",
-    "SidebandClosed",
-    "SidebandEvent",
-    "Start",
-    "StartTimer",
-    "TimerFired",
-    "ToolDone",
-]
 
 #: how many goodbye timeouts a goodbye may wait behind audio still playing before it starts itself
 GOODBYE_QUEUE_FACTOR = 4
@@ -218,7 +165,7 @@ class Marked:
 _STARTED, _STOPPED, _SPOKEN, _DONE = 1, 2, 4, 8
 
 
-@dataclass
+@dataclass(slots=True)
 class _PendingUpdate:
     """A session.update sent and not yet acknowledged by session.updated, and what waits for it."""
 
@@ -227,7 +174,7 @@ class _PendingUpdate:
     what: str
 
 
-@dataclass
+@dataclass(slots=True)
 class _Ending:
     reason: EndedReason
     #: the response whose audio must finish before hanging up (None: not known yet / none)
@@ -242,7 +189,7 @@ class _Ending:
     hangup_sent: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class CallMachine:
     """One call's logic. ``handle(input, now)`` returns the actions to execute, in order."""
 
@@ -274,10 +221,12 @@ class CallMachine:
     _reconnects: int = 0
     _hangup_failures: int = 0
     _pending_tools: dict[str, float] = field(default_factory=dict)
-    transfer: transfer.TransferState | None = None
-    watch: watchdog.WatchState = field(default_factory=watchdog.WatchState)
-    hold: hold.HoldState | None = None
-    keys: keypad.KeypadState = field(default_factory=keypad.KeypadState)
+    #: the features: each holds its own state and its slice of the profile; they reach the call through
+    #: this machine as their ``CallPort`` (passed to each call, never kept)
+    transfer: Transfer = field(init=False)
+    watchdog: Watchdog = field(init=False)
+    hold: Hold = field(init=False)
+    keypad: Keypad = field(init=False)
 
     def __post_init__(self) -> None:
         marks = self._responses
@@ -285,6 +234,11 @@ class CallMachine:
         self.audio_stopped = marks.view(_STOPPED)
         self.spoken = marks.view(_SPOKEN)
         self._responses_done = marks.view(_DONE)
+        p = self.profile
+        self.transfer = Transfer(p.transfer, p.goodbye_timeout_s)
+        self.watchdog = Watchdog(p.watchdogs)
+        self.hold = Hold(p.hold, p.turn_detection)
+        self.keypad = Keypad(p.dtmf)
 
     @property
     def finished(self) -> bool:
@@ -345,16 +299,13 @@ class CallMachine:
             case OperatorHangup(now=immediate):
                 return self._on_operator_hangup(immediate, rel)
             case OperatorTransfer(target=target):
-                if target not in self.profile.transfer.targets:
-                    return []
-                self.record.mark(rel, f"operator transfer to {target}")
-                return transfer.start(self, target, rel)
+                return self.transfer.on_operator(self, target, rel)
             case ToolDone():
                 return self._on_tool_done(inp, rel)
             case ReferOk():
-                return transfer.on_refer_ok(self, rel)
+                return self.transfer.on_refer_ok(self, rel)
             case ReferFailed(detail=detail):
-                return transfer.on_refer_failed(self, detail, rel)
+                return self.transfer.on_refer_failed(self, detail, rel)
         return []  # pragma: no cover - exhaustive match
 
     def abort(self, reason: EndedReason, why: str, now: float, *, keep_pending: bool = False) -> None:
@@ -368,7 +319,7 @@ class CallMachine:
         state = CallState.ENDED if reason == "shutdown" else CallState.FAILED
         self.finish(reason, now - (self._t0 if self._t0 is not None else now), state)
 
-    # ---- shared helpers (used by the feature modules too) -------------------------------------------
+    # ---- the CallPort the features see, and shared helpers ------------------------------------------
 
     @property
     def live(self) -> bool:
@@ -419,7 +370,7 @@ class CallMachine:
         self.record.state = state.value
         self.record.ended_reason = reason
         self.record.duration_s = round(rel, 3)
-        hold.settle(self, rel)
+        self.hold.settle(self, rel)
         self.record.mark(rel, f"ended: {reason}")
         return [Finish(reason)]
 
@@ -440,10 +391,10 @@ class CallMachine:
         self._set_state(CallState.ENDING, rel)
         timeout = self.profile.goodbye_timeout_s
         if instructions is None:
-            return [*watchdog.stop(self), StartTimer(GOODBYE_TIMER, timeout)]
+            return [*self.watchdog.stop(), StartTimer(GOODBYE_TIMER, timeout)]
         # the goodbye may queue behind an answer still playing: a longer guard until its own audio starts,
         # then goodbye_timeout_s for the goodbye itself
-        actions: list[Action] = [*watchdog.stop(self), StartTimer(GOODBYE_TIMER, timeout * GOODBYE_QUEUE_FACTOR)]
+        actions: list[Action] = [*self.watchdog.stop(), StartTimer(GOODBYE_TIMER, timeout * GOODBYE_QUEUE_FACTOR)]
         self.ending.instructions = instructions
         return [self._request_goodbye(rel), *actions]
 
@@ -481,6 +432,12 @@ class CallMachine:
             actions.append(StartTimer(SESSION_ACK_TIMER, self.profile.session_ack_timeout_s))
         return actions
 
+    def start_transfer(self, target: str, rel: float) -> list[Action]:
+        return self.transfer.start(self, target, rel)
+
+    def pause_silence(self, paused: bool) -> list[Action]:
+        return self.watchdog.pause_silence(self, paused)
+
     def fail_session(self, rel: float, why: str) -> list[Action]:
         self.record.mark(rel, why)
         if self.ending is None:
@@ -496,7 +453,7 @@ class CallMachine:
         self.record.attached_s = round(rel, 3)
         if self._drain_requested:
             return self.begin_ending("shutdown", rel, SHUTDOWN_INSTRUCTIONS)
-        timers = watchdog.start(self)
+        timers = self.watchdog.start()
         greeting: list[Action] = []
         if self.profile.greeting:
             greeting.append(
@@ -548,14 +505,14 @@ class CallMachine:
         if immediate:
             self.ending = _Ending(reason="operator_hangup")
             self._set_state(CallState.ENDING, rel)
-            return [*watchdog.stop(self), *self.hangup(rel, "operator, immediately")]
+            return [*self.watchdog.stop(), *self.hangup(rel, "operator, immediately")]
         return self.begin_ending("operator_hangup", rel, GOODBYE_INSTRUCTIONS)
 
     def _on_sideband_closed(self, code: int | None, rel: float) -> list[Action]:
         """1000 is how the server ends a finished call; anything else may be a dropped socket."""
         self.record.mark(rel, f"sideband closed (code {code})")
-        if self.transfer is not None and self.transfer.phase in ("referring", "verifying"):
-            return transfer.on_call_left(self, rel)  # a REFER that worked can close the socket before its 200
+        if self.transfer.leaving:  # a REFER that worked can close the socket before its 200
+            return [*self.transfer.on_call_left(self, rel), *self.finish("transferred", rel)]
         ending = self.ending
         if code == 1000 or (ending is not None and ending.hangup_sent) or self.attached_at is None:
             return self.finish(ending.reason if ending else "caller_hangup", rel)
@@ -592,10 +549,10 @@ class CallMachine:
                 return [self.say(FILLER_INSTRUCTIONS)]
             return []
         return [
-            *transfer.on_timer(self, name, rel),
-            *watchdog.on_timer(self, name, rel),
-            *hold.on_timer(self, name, rel),
-            *keypad.on_timer(self, name, rel),
+            *self.transfer.on_timer(self, name, rel),
+            *self.watchdog.on_timer(self, name, rel),
+            *self.hold.on_timer(self, name, rel),
+            *self.keypad.on_timer(self, name, rel),
         ]
 
     def _on_session_updated(self, rel: float) -> list[Action]:
@@ -626,17 +583,18 @@ class CallMachine:
                 self._count_transcription(usage)
                 if text.strip():
                     self.record.transcripts.append(TranscriptEntry("caller", text.strip(), round(rel, 3)))
-                    return hold.on_caller_transcript(self, text.strip(), event.item_id, rel)
+                    return self.hold.on_caller_transcript(self, text.strip(), event.item_id, rel)
             case ev.OutputTranscriptDone(transcript=text, response_id=rid):
                 if rid:
                     self.spoken.add(rid)
-                if text.strip() and not hold.is_classifier_response(self, rid):
+                if text.strip() and not self.hold.is_classifier_response(rid):
                     self.record.transcripts.append(TranscriptEntry("assistant", text.strip(), round(rel, 3)))
             case ev.ResponseEvent(type="response.created", response=resp):
                 if self.ending is not None and self.ending.awaiting_created:
                     self.ending.awaiting_created = False
                     self.ending.response_id = resp.id
-                return [*transfer.on_response_created(self, resp), *hold.on_response_created(self, resp)]
+                self.transfer.on_response_created(resp)
+                self.hold.on_response_created(resp)
             case ev.ResponseEvent(type="response.done", response=resp):
                 return self._on_response_done(resp, rel)
             case ev.OutputAudioBuffer(type="output_audio_buffer.started", response_id=rid):
@@ -645,7 +603,7 @@ class CallMachine:
                 end = self.ending
                 if end is not None and end.response_id is not None and rid == end.response_id:
                     return [StartTimer(GOODBYE_TIMER, self.profile.goodbye_timeout_s)]  # the goodbye is playing
-                return watchdog.on_assistant_audio(self, started=True)
+                return self.watchdog.on_assistant_audio(self, started=True)
             case ev.OutputAudioBuffer(type=kind, response_id=rid):
                 if rid:
                     self.audio_stopped.add(rid)
@@ -653,17 +611,20 @@ class CallMachine:
                 if end is not None and end.response_id is not None and rid == end.response_id:
                     what = "goodbye heard in full" if kind.endswith("stopped") else "goodbye audio cleared"
                     return self.hangup(rel, what)
-                return [*transfer.on_audio_done(self, rid, rel), *watchdog.on_assistant_audio(self, started=False)]
+                return [
+                    *self.transfer.on_audio_done(self, rid, rel),
+                    *self.watchdog.on_assistant_audio(self, started=False),
+                ]
             case ev.ErrorEvent(error=err):
                 return self._on_error(err, rel)
             case ev.SessionEvent(type="session.updated"):
                 return self._on_session_updated(rel)
             case ev.SpeechEdge(type=kind):
-                if kind.endswith("speech_stopped") and self._pending_updates and self.hold is None:
+                if kind.endswith("speech_stopped") and self._pending_updates and not self.hold.active:
                     self._caller_spoke_while_held = True
-                return watchdog.on_caller_speech(self, started=kind.endswith("speech_started"))
+                return self.watchdog.on_caller_speech(self, started=kind.endswith("speech_started"))
             case ev.DtmfReceived(event=digit):
-                return keypad.on_digit(self, digit, rel)
+                return self.keypad.on_digit(self, digit, rel)
             case ev.InputTranscriptionFailed():
                 self.record.mark(rel, "caller transcription failed")
             case ev.UnknownEvent() | ev.MalformedEvent():
@@ -723,14 +684,14 @@ class CallMachine:
             self._responses_done.add(resp.id)
         if resp.usage is not None:
             self.record.usage.add(resp.usage)
-            if self.hold is not None:
+            if self.hold.active:
                 self.record.hold_usage.add(resp.usage)
             self._update_cost()
         completed = resp.status == "completed"
         actions: list[Action] = []
-        classified = hold.on_response_done(self, resp, rel)
+        classified = self.hold.on_response_done(self, resp, rel)
         if classified is not None:
-            return [*classified, *watchdog.on_cost(self, rel)]
+            return [*classified, *self.watchdog.on_cost(self, rel)]
         end = self.ending
         if end is not None and end.retry_when_idle and resp.id != end.response_id:
             end.retry_when_idle = False
@@ -742,7 +703,7 @@ class CallMachine:
             if resp.id in self.audio_stopped:
                 return self.hangup(rel, "goodbye heard in full")
             return []
-        actions.extend(transfer.on_response_done(self, resp, rel))
+        actions.extend(self.transfer.on_response_done(self, resp, rel))
         for item in resp.output:
             if item.type != "function_call" or not item.call_id or item.call_id in self._seen_tool_calls:
                 continue
@@ -754,7 +715,7 @@ class CallMachine:
                 )
                 continue
             actions.extend(self._run_tool(item, resp.id, rel))
-        actions.extend(watchdog.on_cost(self, rel))
+        actions.extend(self.watchdog.on_cost(self, rel))
         return actions
 
     # ---- tools ---------------------------------------------------------------------------------------
@@ -788,9 +749,9 @@ class CallMachine:
         self.record.mark(rel, f"tool {name}")
         if name == "transfer_call":
             assert isinstance(args, tools.TransferArgs)
-            return transfer.on_tool(self, record, args, rel)
+            return self.transfer.on_tool(self, record, args, rel)
         if name == "wait_on_hold":
-            return hold.on_tool(self, record, rel)
+            return self.hold.on_tool(self, record, rel)
         return self._end_call(item.call_id, response_id, record, rel)
 
     def _end_call(self, call_id: str, response_id: str, record: ToolCallRecord, rel: float) -> list[Action]:

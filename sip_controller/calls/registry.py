@@ -12,11 +12,13 @@ from dataclasses import dataclass, field
 import structlog
 
 from sip_controller.agent import session, templates
-from sip_controller.calls import machine as cm
 from sip_controller.calls import routing
 from sip_controller.calls.admission import BUSY, DECLINE, UNAVAILABLE, CallerRateLimiter, Refusal
 from sip_controller.calls.incoming import IncomingCall
+from sip_controller.calls.inputs import Shutdown
+from sip_controller.calls.machine import CallMachine
 from sip_controller.calls.report import CallRecord
+from sip_controller.calls.states import CallState
 from sip_controller.calls.supervisor import CallOptions, CallSupervisor
 from sip_controller.config import Settings
 from sip_controller.realtime.rest import OpenAIError, RealtimeCalls
@@ -133,7 +135,7 @@ class CallRegistry:
             max_chars=profile.template_value_max_chars,
             now=incoming.received_at,
         )
-        machine = cm.CallMachine(
+        machine = CallMachine(
             call_id=incoming.call_id,
             profile_name=name,
             profile=profile,
@@ -172,7 +174,7 @@ class CallRegistry:
             await with_quick_retries(lambda: self._api.reject(record.call_id, status_code), self._retry)
         except OpenAIError as exc:
             record.errors.append(f"reject failed: {exc}")
-        record.state = cm.CallState.REJECTED.value
+        record.state = CallState.REJECTED.value
         record.ended_reason = "rejected"
         record.duration_s = 0.0
         log.info("call.ended", **record.summary())
@@ -217,7 +219,7 @@ class CallRegistry:
         entries = list(self._live.values())
         for entry in entries:
             if entry.supervisor is not None:
-                entry.supervisor.post(cm.Shutdown())
+                entry.supervisor.post(Shutdown())
         if not entries:
             return
         _done, pending = await asyncio.wait([e.task for e in entries], timeout=timeout)

@@ -13,8 +13,39 @@ import structlog
 from websockets.exceptions import ConnectionClosed
 
 from sip_controller.agent.operator_tools import ToolCall
-from sip_controller.calls import machine as cm
+from sip_controller.calls.actions import (
+    Accept,
+    Action,
+    Attach,
+    CancelTimer,
+    Finish,
+    Hangup,
+    Reattach,
+    Refer,
+    Reject,
+    RunTool,
+    Send,
+    StartTimer,
+)
+from sip_controller.calls.inputs import (
+    AcceptFailed,
+    AcceptOk,
+    Attached,
+    AttachFailed,
+    HangupFailed,
+    HangupOk,
+    Input,
+    ReferFailed,
+    ReferOk,
+    SidebandClosed,
+    SidebandEvent,
+    Start,
+    TimerFired,
+    ToolDone,
+)
+from sip_controller.calls.machine import CallMachine
 from sip_controller.calls.report import CallRecord
+from sip_controller.calls.states import CallState
 from sip_controller.calls.tool_runner import run_tool
 from sip_controller.realtime.events import InputTranscriptionCompleted, OutputTranscriptDone
 from sip_controller.realtime.rest import CallGone, InvalidRequest, OpenAIError, RealtimeCalls
@@ -58,7 +89,7 @@ class CallSupervisor:
 
     def __init__(
         self,
-        machine: cm.CallMachine,
+        machine: CallMachine,
         api: RealtimeCalls,
         connect: SidebandConnector,
         *,
@@ -72,11 +103,11 @@ class CallSupervisor:
         self._options = options or CallOptions()
         self._started_at = self._options.started_at if self._options.started_at is not None else clock()
         #: inputs from the call's tasks; None only wakes the run loop (the call finished elsewhere)
-        self._inbox: asyncio.Queue[cm.Input | _TaskCrashed | None] = asyncio.Queue()
+        self._inbox: asyncio.Queue[Input | _TaskCrashed | None] = asyncio.Queue()
         #: one input at a time goes through the machine and its actions, whichever task brought it
         self._turn = asyncio.Lock()
         #: set by begin(): the actions of Start still to run (everything but the accept, which is under way)
-        self._after_begin: list[cm.Action] | None = None
+        self._after_begin: list[Action] | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         #: the machine's timers: loop timer handles (a task each cost far more memory, and the silence
         #: watchdog is restarted on every turn)
@@ -88,7 +119,7 @@ class CallSupervisor:
     def record(self) -> CallRecord:
         return self.machine.record
 
-    def post(self, inp: cm.Input) -> None:
+    def post(self, inp: Input) -> None:
         """Feed an input from outside the call (e.g. Shutdown); safe from any task on this loop."""
         self._inbox.put_nowait(inp)
 
@@ -96,7 +127,7 @@ class CallSupervisor:
         structlog.contextvars.bind_contextvars(call_id=self.machine.call_id)
         try:
             if self._after_begin is None:
-                await self._dispatch(cm.Start())
+                await self._dispatch(Start())
             else:
                 async with self._turn:
                     for action in self._after_begin:
@@ -112,7 +143,7 @@ class CallSupervisor:
             raise
         except Exception:
             self._log.exception("call.crashed")
-            live = self.machine.state in (cm.CallState.ACCEPTED, cm.CallState.ATTACHED, cm.CallState.ENDING)
+            live = self.machine.state in (CallState.ACCEPTED, CallState.ATTACHED, CallState.ENDING)
             self.machine.abort("session_error", "internal error", self._clock())
             if live:
                 await self._best_effort_hangup()
@@ -128,8 +159,8 @@ class CallSupervisor:
         if self._after_begin is not None:
             return
         self._after_begin = []
-        for action in self.machine.handle(cm.Start(), self._clock()):
-            if isinstance(action, cm.Accept):
+        for action in self.machine.handle(Start(), self._clock()):
+            if isinstance(action, Accept):
                 self._start_accept(action.body)
             else:
                 self._after_begin.append(action)
@@ -158,12 +189,12 @@ class CallSupervisor:
             with contextlib.suppress(Exception):
                 await self._sideband.close()
 
-    async def _dispatch(self, inp: cm.Input) -> None:
+    async def _dispatch(self, inp: Input) -> None:
         async with self._turn:
             for action in self.machine.handle(inp, self._clock()):
                 await self._execute(action)
 
-    async def _feed(self, inp: cm.Input) -> None:
+    async def _feed(self, inp: Input) -> None:
         """A sideband input: handled right here when the call is idle, which spares every event a hop through
         the run loop (on a busy process each hop waits for a whole turn of the event loop); queued behind
         anything already waiting or under way otherwise, so the machine still sees inputs one at a time, in
@@ -191,40 +222,40 @@ class CallSupervisor:
         except Exception as exc:
             self._inbox.put_nowait(_TaskCrashed(name, exc))
 
-    async def _execute(self, action: cm.Action) -> None:
+    async def _execute(self, action: Action) -> None:
         match action:
-            case cm.Accept(body=body):
+            case Accept(body=body):
                 self._start_accept(body)
-            case cm.Attach():
+            case Attach():
                 self._spawn("sideband", lambda: self._attach(reconnect=False))
-            case cm.Reattach():
+            case Reattach():
                 self._log.warning("call.sideband_reconnecting")
                 if self._options.on_sideband is not None:
                     self._options.on_sideband("disconnect")
                 self._spawn("sideband", lambda: self._attach(reconnect=True))
-            case cm.Reject(status_code=status):
+            case Reject(status_code=status):
                 await self._reject(status)
-            case cm.RunTool(call_id=tool_call_id, name=tool_name, arguments=arguments):
+            case RunTool(call_id=tool_call_id, name=tool_name, arguments=arguments):
                 self._log.info("call.tool", tool=tool_name)
                 self._spawn(f"tool:{tool_call_id}", lambda: self._run_tool(tool_call_id, tool_name, arguments))
-            case cm.Refer(target_uri=target_uri):
+            case Refer(target_uri=target_uri):
                 self._log.info("call.refer")
                 self._spawn("refer", lambda: self._refer(target_uri))
-            case cm.Send(event=event):
+            case Send(event=event):
                 await self._send(event)
-            case cm.Hangup():
+            case Hangup():
                 self._log.info("call.hangup")
                 self._spawn("hangup", self._hangup)
-            case cm.StartTimer(name=name, seconds=seconds):
+            case StartTimer(name=name, seconds=seconds):
                 old = self._timers.pop(name, None)
                 if old is not None:
                     old.cancel()
                 self._timers[name] = asyncio.get_running_loop().call_later(seconds, self._timer_fired, name)
-            case cm.CancelTimer(name=name):
+            case CancelTimer(name=name):
                 handle = self._timers.pop(name, None)
                 if handle is not None:
                     handle.cancel()
-            case cm.Finish():
+            case Finish():
                 pass  # the run loop sees machine.finished and closes everything
 
     def _start_accept(self, body: dict[str, Any]) -> None:
@@ -251,17 +282,17 @@ class CallSupervisor:
                 )
         except CallGone as exc:
             self._log.info("call.accept_gone")
-            self.post(cm.AcceptFailed(gone=True, detail=str(exc)))
+            self.post(AcceptFailed(gone=True, detail=str(exc)))
         except InvalidRequest as exc:
             # should have been caught by preflight: say so loudly, with OpenAI's own words
             self._log.error("call.accept_refused", status=exc.status, message=exc.message, param=exc.param)
-            self.post(cm.AcceptFailed(gone=False, detail=str(exc), invalid=True))
+            self.post(AcceptFailed(gone=False, detail=str(exc), invalid=True))
         except OpenAIError as exc:
             self._log.warning("call.accept_failed", status=exc.status, error=exc.message)
-            self.post(cm.AcceptFailed(gone=False, detail=str(exc)))
+            self.post(AcceptFailed(gone=False, detail=str(exc)))
         else:
             self._log.info("call.accepted")
-            self.post(cm.AcceptOk())
+            self.post(AcceptOk())
 
     async def _connect_with_retries(self, url: str) -> Sideband:
         """A refused or failed handshake is retried (bounded); a 404 means the call is gone and is final."""
@@ -279,21 +310,21 @@ class CallSupervisor:
             sideband = await self._connect_with_retries(url)
         except AttachError as exc:
             self._log.warning("call.attach_failed", gone=exc.gone, error=str(exc), reconnect=reconnect)
-            self.post(cm.AttachFailed(gone=exc.gone, detail=str(exc)))
+            self.post(AttachFailed(gone=exc.gone, detail=str(exc)))
             return
         self._sideband = sideband
         self._log.info("call.attached", reconnect=reconnect)
         if reconnect and self._options.on_sideband is not None:
             self._options.on_sideband("reconnect")
-        self.post(cm.Attached())
+        self.post(Attached())
         async for event in sideband.events():
             if event.type in ("error", "malformed"):
                 self._log.warning("call.sideband_problem", event_type=event.type, detail=_brief(event))
             elif isinstance(event, InputTranscriptionCompleted | OutputTranscriptDone):
                 role = "caller" if isinstance(event, InputTranscriptionCompleted) else "assistant"
                 self._log.debug("call.transcript", role=role, text=event.transcript)  # never at info
-            await self._feed(cm.SidebandEvent(event))
-        self.post(cm.SidebandClosed(code=sideband.close_code))
+            await self._feed(SidebandEvent(event))
+        self.post(SidebandClosed(code=sideband.close_code))
 
     async def _send(self, event: dict[str, Any]) -> None:
         if self._sideband is None:
@@ -320,31 +351,31 @@ class CallSupervisor:
         answer = await run_tool(tool, arguments, call, self._api.http_client, clock=self._clock)
         if not answer.ok:
             self._log.warning("call.tool_failed", tool=name, outcome=answer.outcome, error=answer.output[:200])
-        self.post(cm.ToolDone(call_id, answer.ok, answer.output, answer.duration_s, answer.outcome))
+        self.post(ToolDone(call_id, answer.ok, answer.output, answer.duration_s, answer.outcome))
 
     async def _refer(self, target_uri: str) -> None:
         try:
             await with_quick_retries(lambda: self._api.refer(self.machine.call_id, target_uri), self._options.retry)
         except OpenAIError as exc:
             self._log.warning("call.refer_failed", status=exc.status, error=exc.message)
-            self.post(cm.ReferFailed(str(exc)))
+            self.post(ReferFailed(str(exc)))
         else:
-            self.post(cm.ReferOk())
+            self.post(ReferOk())
 
     async def _hangup(self) -> None:
         try:
             await with_quick_retries(lambda: self._api.hangup(self.machine.call_id), self._options.retry)
         except CallGone as exc:
-            self.post(cm.HangupFailed(gone=True, detail=str(exc)))
+            self.post(HangupFailed(gone=True, detail=str(exc)))
         except OpenAIError as exc:
             self._log.warning("call.hangup_failed", status=exc.status, error=exc.message)
-            self.post(cm.HangupFailed(gone=False, detail=str(exc)))
+            self.post(HangupFailed(gone=False, detail=str(exc)))
         else:
-            self.post(cm.HangupOk())
+            self.post(HangupOk())
 
     def _timer_fired(self, name: str) -> None:
         self._timers.pop(name, None)
-        self.post(cm.TimerFired(name))
+        self.post(TimerFired(name))
 
 
 def _brief(event: Any) -> str:

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from sip_controller.calls import io as call_io
+from sip_controller.calls.inputs import OperatorHangup, OperatorTransfer
 from sip_controller.calls.report import CallRecord, mask_number, report_document
 
 ADMIN_COOKIE = "sipctl_admin"
@@ -110,7 +110,7 @@ def routes(auth: AdminAuth, runtime: Callable[[Request], Any], *, mask_caller: b
         supervisor = registry.supervisor(call_id)
         if supervisor is None:
             return _error(404 if registry.get(call_id) is None else 409, "no live call with that id")
-        supervisor.post(call_io.OperatorHangup(now=now_flag in ("true", "1")))
+        supervisor.post(OperatorHangup(now=now_flag in ("true", "1")))
         return JSONResponse({"status": "hanging_up", "call_id": call_id}, status_code=202)
 
     async def transfer(request: Request) -> Response:
@@ -130,7 +130,7 @@ def routes(auth: AdminAuth, runtime: Callable[[Request], Any], *, mask_caller: b
         targets = supervisor.machine.profile.transfer.targets
         if body["target"] not in targets:
             return _error(422, f"unknown target; use one of: {', '.join(targets) or 'none configured'}")
-        supervisor.post(call_io.OperatorTransfer(body["target"]))
+        supervisor.post(OperatorTransfer(body["target"]))
         return JSONResponse({"status": "transferring", "call_id": call_id, "target": body["target"]}, status_code=202)
 
     async def openapi(request: Request) -> Response:

@@ -9,33 +9,46 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sip_controller.agent import session
-from sip_controller.calls import machine as cm
-from sip_controller.calls.machine import (
-    CLOSE_WAIT_TIMER,
-    GOODBYE_INSTRUCTIONS,
-    GOODBYE_TIMER,
-    SHUTDOWN_INSTRUCTIONS,
+from sip_controller.calls.actions import (
     Accept,
-    AcceptFailed,
-    AcceptOk,
     Action,
     Attach,
-    Attached,
-    AttachFailed,
-    CallState,
     CancelTimer,
     Finish,
     Hangup,
+    Reattach,
+    Reject,
+    Send,
+    StartTimer,
+)
+from sip_controller.calls.features.watchdog import MAX_WRAP_TIMER
+from sip_controller.calls.inputs import (
+    AcceptFailed,
+    AcceptOk,
+    Attached,
+    AttachFailed,
     HangupFailed,
     HangupOk,
     Input,
-    Send,
     Shutdown,
     SidebandClosed,
     SidebandEvent,
     Start,
-    StartTimer,
     TimerFired,
+)
+from sip_controller.calls.machine import GOODBYE_QUEUE_FACTOR
+from sip_controller.calls.states import (
+    BENIGN_ERROR_CODES,
+    CLOSE_WAIT_TIMER,
+    GOODBYE_INSTRUCTIONS,
+    GOODBYE_TIMER,
+    HANGUP_RETRY_TIMER,
+    MAX_HANGUP_ROUNDS,
+    MAX_RECONNECTS,
+    SESSION_ACK_TIMER,
+    SHUTDOWN_INSTRUCTIONS,
+    CallState,
+    EndedReason,
 )
 from sip_controller.config import AgentProfile, TurnDetection
 from sip_controller.realtime import events as ev
@@ -56,7 +69,7 @@ from tests.callkit import (  # the shared machine-test kit
     usage,
 )
 
-ENDED_REASONS = set(get_args(cm.EndedReason))
+ENDED_REASONS = set(get_args(EndedReason))
 FINISH_TAIL: list[Action] = []  # Finish alone: the supervisor cancels every timer of a finished call
 
 
@@ -98,7 +111,7 @@ def test_attached_requests_the_greeting() -> None:
     actions = c.attach()
     assert c.state() == CallState.ATTACHED
     (event,) = sends(actions)
-    assert actions == [StartTimer(cm.MAX_WRAP_TIMER, 570.0), Send(event)]  # the max-duration watchdog, greeting
+    assert actions == [StartTimer(MAX_WRAP_TIMER, 570.0), Send(event)]  # the max-duration watchdog, greeting
     assert event["type"] == "response.create"
     assert event["event_id"]
     assert event["response"]["instructions"].endswith('"Hi, Example Dental."')
@@ -107,7 +120,7 @@ def test_attached_requests_the_greeting() -> None:
 
 def test_attached_without_greeting_waits_for_the_caller() -> None:
     c = Call(profile=AgentProfile(greeting=None))
-    assert c.attach() == [StartTimer(cm.MAX_WRAP_TIMER, 570.0)]
+    assert c.attach() == [StartTimer(MAX_WRAP_TIMER, 570.0)]
     assert c.state() == CallState.ATTACHED
 
 
@@ -116,7 +129,7 @@ def test_attached_sends_deferred_vad_tuning_and_greets_only_once_it_is_confirmed
     c = Call(profile=profile)
     actions = c.attach()
     (update,) = sends(actions)
-    assert StartTimer(cm.SESSION_ACK_TIMER, profile.session_ack_timeout_s) in actions
+    assert StartTimer(SESSION_ACK_TIMER, profile.session_ack_timeout_s) in actions
     assert update["type"] == "session.update"
     assert update["session"]["type"] == "realtime"
     td = update["session"]["audio"]["input"]["turn_detection"]
@@ -126,7 +139,7 @@ def test_attached_sends_deferred_vad_tuning_and_greets_only_once_it_is_confirmed
     assert update["session"]["audio"]["output"]["format"] == {"type": "audio/pcmu"}
     assert c.feed(sb({"type": "session.created", "session": {}})) == []
     after = c.feed(sb({"type": "session.updated", "session": {}}))
-    assert after[0] == CancelTimer(cm.SESSION_ACK_TIMER)
+    assert after[0] == CancelTimer(SESSION_ACK_TIMER)
     (greeting,) = sends(after)
     assert greeting["type"] == "response.create"
     assert update["event_id"] != greeting["event_id"]
@@ -146,7 +159,7 @@ def test_caller_turn_held_during_the_update_is_answered_once_it_applies() -> Non
 def test_unconfirmed_update_ends_the_call_as_a_session_error() -> None:
     c = Call(profile=AgentProfile(turn_detection=TurnDetection(threshold=0.7)))
     c.attach()
-    assert hangups(c.feed(TimerFired(cm.SESSION_ACK_TIMER))) == 1
+    assert hangups(c.feed(TimerFired(SESSION_ACK_TIMER))) == 1
     assert any("not confirmed" in e for e in c.record.errors)
     c.feed(HangupOk())
     assert c.feed(SidebandClosed(code=1000))[-1] == Finish("session_error")
@@ -177,8 +190,8 @@ def test_happy_path_agent_ends_the_call() -> None:
     assert function_output(out) == ("call_1", {"status": "ending the call"})
     assert is_goodbye_request(goodbye)
     # a guard while the goodbye may wait behind audio still playing; goodbye_timeout_s once it plays
-    assert actions[-1] == StartTimer(GOODBYE_TIMER, AgentProfile().goodbye_timeout_s * cm.GOODBYE_QUEUE_FACTOR)
-    assert CancelTimer(cm.MAX_WRAP_TIMER) in actions  # ending: the watchdogs stand down
+    assert actions[-1] == StartTimer(GOODBYE_TIMER, AgentProfile().goodbye_timeout_s * GOODBYE_QUEUE_FACTOR)
+    assert CancelTimer(MAX_WRAP_TIMER) in actions  # ending: the watchdogs stand down
     assert hangups(actions) == 0
     assert c.state() == CallState.ENDING
 
@@ -513,7 +526,7 @@ def test_session_expired_is_fatal() -> None:
     assert hangups(c.feed(error("session_expired"))) == 1
 
 
-@pytest.mark.parametrize("code", sorted(cm.BENIGN_ERROR_CODES))
+@pytest.mark.parametrize("code", sorted(BENIGN_ERROR_CODES))
 def test_benign_error_codes_never_end_the_call(code: str) -> None:
     c = Call()
     c.attach()
@@ -547,9 +560,9 @@ def test_a_failed_hangup_is_tried_again_until_the_call_really_ends() -> None:
     c.greeted()
     c.feed(response_done("r_tool", output=[fc("call_1")]))
     c.feed(TimerFired(GOODBYE_TIMER))
-    assert c.feed(HangupFailed(gone=False, detail="hangup: HTTP 500")) == [StartTimer(cm.HANGUP_RETRY_TIMER, 0.25)]
+    assert c.feed(HangupFailed(gone=False, detail="hangup: HTTP 500")) == [StartTimer(HANGUP_RETRY_TIMER, 0.25)]
     assert not c.m.finished  # still supervising: the call may well be up
-    assert hangups(c.feed(TimerFired(cm.HANGUP_RETRY_TIMER))) == 1
+    assert hangups(c.feed(TimerFired(HANGUP_RETRY_TIMER))) == 1
     assert c.feed(HangupOk()) == [StartTimer(CLOSE_WAIT_TIMER, 3.0)]
     assert finishes(c.feed(SidebandClosed(code=1000))) == [Finish("agent_end_call")]
 
@@ -559,9 +572,9 @@ def test_hangup_retries_are_bounded() -> None:
     c.greeted()
     c.feed(response_done("r_tool", output=[fc("call_1")]))
     c.feed(TimerFired(GOODBYE_TIMER))
-    for _ in range(cm.MAX_HANGUP_ROUNDS):
+    for _ in range(MAX_HANGUP_ROUNDS):
         c.feed(HangupFailed(gone=False, detail="HTTP 500"))
-        assert hangups(c.feed(TimerFired(cm.HANGUP_RETRY_TIMER))) == 1
+        assert hangups(c.feed(TimerFired(HANGUP_RETRY_TIMER))) == 1
     assert finishes(c.feed(HangupFailed(gone=False, detail="HTTP 500"))) == [Finish("agent_end_call")]
     assert any("never confirmed" in e for e in c.record.errors)
 
@@ -593,7 +606,7 @@ def test_shutdown_while_attached_says_goodbye_then_hangs_up() -> None:
     actions = c.feed(Shutdown())
     (goodbye,) = sends(actions)
     assert is_goodbye_request(goodbye, SHUTDOWN_INSTRUCTIONS)
-    assert actions[-1] == StartTimer(GOODBYE_TIMER, 5.0 * cm.GOODBYE_QUEUE_FACTOR)
+    assert actions[-1] == StartTimer(GOODBYE_TIMER, 5.0 * GOODBYE_QUEUE_FACTOR)
     assert c.state() == CallState.ENDING
     assert c.feed(Shutdown()) == []  # a second drain request changes nothing
     assert c.feed(response_created("r_bye")) == []
@@ -779,7 +792,7 @@ _sideband = st.one_of(
     st.sampled_from(["", "hello", "bye"]).map(heard),
     st.builds(
         error,
-        st.sampled_from([None, "invalid_value", "session_expired", *sorted(cm.BENIGN_ERROR_CODES)]),
+        st.sampled_from([None, "invalid_value", "session_expired", *sorted(BENIGN_ERROR_CODES)]),
         event_id=st.none() | st.sampled_from(["ctl_session_1", "ctl_response_2", "x"]),
     ),
     st.sampled_from(
@@ -935,7 +948,7 @@ def test_hangup_waits_for_the_goodbye_audio(before: list[Input], after: list[Inp
 def test_an_abnormal_close_reconnects_and_a_restored_sideband_does_not_greet_again() -> None:
     c = Call()
     c.greeted()
-    assert c.feed(SidebandClosed(code=1006)) == [cm.Reattach()]
+    assert c.feed(SidebandClosed(code=1006)) == [Reattach()]
     assert c.state() == CallState.ATTACHED
     assert c.feed(Attached()) == []
     assert any("sideband restored" in what for _, what in c.record.timeline)
@@ -945,8 +958,8 @@ def test_an_abnormal_close_reconnects_and_a_restored_sideband_does_not_greet_aga
 def test_reconnects_are_bounded_then_the_call_is_hung_up_through_rest() -> None:
     c = Call()
     c.greeted()
-    for _ in range(cm.MAX_RECONNECTS):
-        assert c.feed(SidebandClosed(code=1011)) == [cm.Reattach()]
+    for _ in range(MAX_RECONNECTS):
+        assert c.feed(SidebandClosed(code=1011)) == [Reattach()]
         c.feed(Attached())
     assert hangups(c.feed(SidebandClosed(code=1011))) == 1
     c.feed(HangupOk())
@@ -974,7 +987,7 @@ def test_a_refused_accept_body_rejects_the_call_before_finishing() -> None:
     c = Call()
     c.feed(Start())
     actions = c.feed(AcceptFailed(gone=False, detail="400 unknown_parameter", invalid=True))
-    assert actions[0] == cm.Reject(603)
+    assert actions[0] == Reject(603)
     assert actions[-1] == Finish("accept_failed")
     assert c.state() == CallState.FAILED
 

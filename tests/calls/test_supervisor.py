@@ -14,7 +14,7 @@ import pytest
 import respx
 from websockets.asyncio.server import ServerConnection, serve
 
-from sip_controller.calls import machine as cm
+from sip_controller.calls.machine import CallMachine
 from sip_controller.calls.report import CallRecord
 from sip_controller.calls.supervisor import CallOptions, CallSupervisor
 from sip_controller.config import AgentProfile
@@ -40,7 +40,7 @@ async def api(router: respx.Router) -> AsyncIterator[RealtimeCalls]:
 
 def supervisor(api: RealtimeCalls, connect: Any, profile: AgentProfile | None = None) -> CallSupervisor:
     record = CallRecord(call_id="rtc_x", profile="default", received_at=datetime.now(UTC))
-    machine = cm.CallMachine(call_id="rtc_x", profile_name="default", profile=profile or AgentProfile(greeting=None),
+    machine = CallMachine(call_id="rtc_x", profile_name="default", profile=profile or AgentProfile(greeting=None),
                              record=record, close_wait_s=0.5)
     return CallSupervisor(machine, api, connect, options=CallOptions(ring_budget_s=2, retry=FAST))
 

@@ -20,16 +20,10 @@ from starlette.routing import Route
 from sip_controller.agent.operator_tools import ToolCall, load_python_handler
 from sip_controller.agent.profile import AgentProfile, HttpTool, PythonTool
 from sip_controller.calls import tool_runner as handlers
-from sip_controller.calls.machine import (
-    FILLER_INSTRUCTIONS,
-    FILLER_TIMER_PREFIX,
-    Action,
-    CallState,
-    RunTool,
-    StartTimer,
-    TimerFired,
-    ToolDone,
-)
+from sip_controller.calls.actions import Action, RunTool, StartTimer
+from sip_controller.calls.inputs import TimerFired, ToolDone
+from sip_controller.calls.machine import FILLER_INSTRUCTIONS
+from sip_controller.calls.states import FILLER_TIMER_PREFIX, CallState
 from sip_controller.calls.tool_runner import run_tool
 from sip_controller.service.loopback import serve
 from tests.callkit import (  # the shared machine-test kit

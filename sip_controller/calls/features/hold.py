@@ -9,15 +9,16 @@ answers. Hold time and the usage spent on hold are recorded separately; a maximu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sip_controller.calls.features import watchdog
-from sip_controller.calls.io import HOLD_MAX_TIMER, Action, CancelTimer, Send, StartTimer
+from sip_controller.agent.profile import Hold as HoldConfig
+from sip_controller.agent.profile import TurnDetection
+from sip_controller.calls.actions import Action, CancelTimer, Send, StartTimer
+from sip_controller.calls.features.port import CallPort
 from sip_controller.calls.report import ToolCallRecord
 from sip_controller.realtime import events as ev
 
-if TYPE_CHECKING:
-    from sip_controller.calls.machine import CallMachine
+HOLD_MAX_TIMER = "hold_max"
 
 PURPOSE = "sipctl_hold_check"
 CLASSIFIER_INSTRUCTIONS = (
@@ -30,13 +31,15 @@ HOLD_GIVE_UP = (
     "then goodbye. Do not call any tool."
 )
 
-
 #: conversation items heard on hold that are removed when the hold ends (so later responses don't re-read them)
 MAX_HELD_ITEMS = 1000
 
 
-@dataclass
-class HoldState:
+@dataclass(slots=True)
+class OnHold:
+    """One spell on hold."""
+
+    #: since when the hold time is not yet in the record
     started_at: float
     classifier_ids: set[str] = field(default_factory=set)
     pending_checks: int = 0
@@ -44,121 +47,132 @@ class HoldState:
     items: list[str] = field(default_factory=list)
 
 
-def _turn_detection(m: CallMachine, *, create_response: bool) -> dict[str, Any] | None:
-    td = m.profile.turn_detection
-    if td is None:
-        return None
-    body = td.model_dump(exclude_none=True)
-    body.pop("eagerness" if td.type == "server_vad" else "idle_timeout_ms", None)
-    body["create_response"] = create_response
-    return body
-
-
-def on_tool(m: CallMachine, record: ToolCallRecord, rel: float) -> list[Action]:
-    if m.hold is not None:
-        record.result = "already on hold"
-        return [m.tool_output(record.call_id, {"status": "already on hold; stay silent"})]
-    m.hold = HoldState(started_at=rel)
-    record.result = "on hold"
-    m.record.mark(rel, f"hold mode on (detect: {m.profile.hold.detect})")
-    actions: list[Action] = [
-        m.tool_output(record.call_id, {"status": "on hold: stay silent until a person is back on the line"}),
-        StartTimer(HOLD_MAX_TIMER, m.profile.hold.max_hold_s),
-        *watchdog.pause_silence(m, True),
-    ]
-    td = _turn_detection(m, create_response=False)
-    if td is not None:
-        actions.extend(m.update_session({"audio": {"input": {"turn_detection": td}}}, rel, what="hold mode", then=[]))
-    return actions
-
-
-def on_caller_transcript(m: CallMachine, text: str, item_id: str | None, rel: float) -> list[Action]:
-    h = m.hold
-    if h is None or not m.live:
-        return []
-    if item_id and len(h.items) < MAX_HELD_ITEMS:
-        h.items.append(item_id)
-    if m.profile.hold.detect == "phrases":
-        lowered = text.lower()
-        if any(phrase in lowered for phrase in m.profile.hold.resume_phrases):
-            return _resume(m, rel, "a resume phrase was heard", keep=item_id)
-        return []
-    h.pending_checks += 1
-    # out of band, with its own one-message input: the check never re-reads the conversation (all that music)
-    event = {
-        "type": "response.create",
-        "event_id": m.next_event_id("hold_check"),
-        "response": {
-            "conversation": "none",
-            "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": text[:1000]}]}],
-            "output_modalities": ["text"],
-            "instructions": CLASSIFIER_INSTRUCTIONS,
-            "tool_choice": "none",
-            "metadata": {"purpose": PURPOSE, "item_id": item_id or ""},
-        },
-    }
-    return [Send(event)]
-
-
 def _is_check(resp: ev.Response) -> bool:
     return bool(resp.metadata) and resp.metadata.get("purpose") == PURPOSE  # type: ignore[union-attr]
 
 
-def on_response_created(m: CallMachine, resp: ev.Response) -> list[Action]:
-    if m.hold is not None and _is_check(resp) and resp.id:
-        m.hold.classifier_ids.add(resp.id)
-    return []
+@dataclass(slots=True)
+class Hold:
+    """A call's hold mode. ``waiting`` is None while the call is not on hold."""
 
+    config: HoldConfig
+    #: the profile's turn detection, patched while on hold (None: the session has none to patch)
+    turn_detection: TurnDetection | None
+    waiting: OnHold | None = None
 
-def is_classifier_response(m: CallMachine, response_id: str | None) -> bool:
-    return m.hold is not None and response_id is not None and response_id in m.hold.classifier_ids
+    @property
+    def active(self) -> bool:
+        return self.waiting is not None
 
+    def on_tool(self, port: CallPort, record: ToolCallRecord, rel: float) -> list[Action]:
+        if self.waiting is not None:
+            record.result = "already on hold"
+            return [port.tool_output(record.call_id, {"status": "already on hold; stay silent"})]
+        self.waiting = OnHold(started_at=rel)
+        record.result = "on hold"
+        port.record.mark(rel, f"hold mode on (detect: {self.config.detect})")
+        actions: list[Action] = [
+            port.tool_output(record.call_id, {"status": "on hold: stay silent until a person is back on the line"}),
+            StartTimer(HOLD_MAX_TIMER, self.config.max_hold_s),
+            *port.pause_silence(True),
+        ]
+        td = self._turn_detection(create_response=False)
+        if td is not None:
+            patch = {"audio": {"input": {"turn_detection": td}}}
+            actions.extend(port.update_session(patch, rel, what="hold mode", then=[]))
+        return actions
 
-def on_response_done(m: CallMachine, resp: ev.Response, rel: float) -> list[Action] | None:
-    """The answer of a hold check (None when ``resp`` is not one)."""
-    h = m.hold
-    if not _is_check(resp) and not (h is not None and resp.id in h.classifier_ids):
-        return None
-    if h is None or not m.live:
+    def on_caller_transcript(self, port: CallPort, text: str, item_id: str | None, rel: float) -> list[Action]:
+        h = self.waiting
+        if h is None or not port.live:
+            return []
+        if item_id and len(h.items) < MAX_HELD_ITEMS:
+            h.items.append(item_id)
+        if self.config.detect == "phrases":
+            lowered = text.lower()
+            if any(phrase in lowered for phrase in self.config.resume_phrases):
+                return self._resume(port, rel, "a resume phrase was heard", keep=item_id)
+            return []
+        h.pending_checks += 1
+        # out of band, with its own one-message input: the check never re-reads the conversation (all that music)
+        event = {
+            "type": "response.create",
+            "event_id": port.next_event_id("hold_check"),
+            "response": {
+                "conversation": "none",
+                "input": [
+                    {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text[:1000]}]}
+                ],
+                "output_modalities": ["text"],
+                "instructions": CLASSIFIER_INSTRUCTIONS,
+                "tool_choice": "none",
+                "metadata": {"purpose": PURPOSE, "item_id": item_id or ""},
+            },
+        }
+        return [Send(event)]
+
+    def on_response_created(self, resp: ev.Response) -> None:
+        if self.waiting is not None and _is_check(resp) and resp.id:
+            self.waiting.classifier_ids.add(resp.id)
+
+    def is_classifier_response(self, response_id: str | None) -> bool:
+        h = self.waiting
+        return h is not None and response_id is not None and response_id in h.classifier_ids
+
+    def on_response_done(self, port: CallPort, resp: ev.Response, rel: float) -> list[Action] | None:
+        """The answer of a hold check (None when ``resp`` is not one)."""
+        h = self.waiting
+        if not _is_check(resp) and not (h is not None and resp.id in h.classifier_ids):
+            return None
+        if h is None or not port.live:
+            return []
+        h.pending_checks = max(0, h.pending_checks - 1)
+        answer = " ".join(item.text() for item in resp.output).strip().lower()
+        if answer.startswith("yes"):
+            keep = resp.metadata.get("item_id") if resp.metadata else None
+            return self._resume(port, rel, "a person is back (classifier)", keep=str(keep) if keep else None)
         return []
-    h.pending_checks = max(0, h.pending_checks - 1)
-    answer = " ".join(item.text() for item in resp.output).strip().lower()
-    if answer.startswith("yes"):
-        keep = resp.metadata.get("item_id") if resp.metadata else None
-        return _resume(m, rel, "a person is back (classifier)", keep=str(keep) if keep else None)
-    return []
 
+    def on_timer(self, port: CallPort, name: str, rel: float) -> list[Action]:
+        if name == HOLD_MAX_TIMER and self.waiting is not None and port.live:
+            port.record.mark(rel, "hold too long")
+            return port.begin_ending("max_duration", rel, HOLD_GIVE_UP)
+        return []
 
-def _resume(m: CallMachine, rel: float, why: str, *, keep: str | None = None) -> list[Action]:
-    """End the hold: forget what was heard on hold (but the person's first words), restore the session, and
-    let the model answer."""
-    assert m.hold is not None
-    held = [item for item in m.hold.items if item != keep]
-    settle(m, rel)
-    m.hold = None
-    m.record.mark(rel, f"hold mode off: {why}")
-    actions: list[Action] = [CancelTimer(HOLD_MAX_TIMER), *watchdog.pause_silence(m, False)]
-    actions.extend(
-        Send({"type": "conversation.item.delete", "event_id": m.next_event_id("item"), "item_id": item})
-        for item in held
-    )
-    td = _turn_detection(m, create_response=m.profile.turn_detection.create_response if m.profile.turn_detection
-                         else True)
-    if td is None:
-        return [*actions, m.respond()]
-    patch = {"audio": {"input": {"turn_detection": td}}}
-    return [*actions, *m.update_session(patch, rel, what="end of hold", then=[m.respond()])]
+    def settle(self, port: CallPort, rel: float) -> None:
+        """Add the hold time so far to the record (when hold ends, or the call does)."""
+        h = self.waiting
+        if h is not None:
+            record = port.record
+            record.hold_s = round(record.hold_s + max(0.0, rel - h.started_at), 3)
+            h.started_at = rel
 
+    def _resume(self, port: CallPort, rel: float, why: str, *, keep: str | None = None) -> list[Action]:
+        """End the hold: forget what was heard on hold (but the person's first words), restore the session, and
+        let the model answer."""
+        assert self.waiting is not None
+        held = [item for item in self.waiting.items if item != keep]
+        self.settle(port, rel)
+        self.waiting = None
+        port.record.mark(rel, f"hold mode off: {why}")
+        actions: list[Action] = [CancelTimer(HOLD_MAX_TIMER), *port.pause_silence(False)]
+        actions.extend(
+            Send({"type": "conversation.item.delete", "event_id": port.next_event_id("item"), "item_id": item})
+            for item in held
+        )
+        restore = self.turn_detection.create_response if self.turn_detection is not None else True
+        td = self._turn_detection(create_response=restore)
+        if td is None:
+            return [*actions, port.respond()]
+        patch = {"audio": {"input": {"turn_detection": td}}}
+        return [*actions, *port.update_session(patch, rel, what="end of hold", then=[port.respond()])]
 
-def settle(m: CallMachine, rel: float) -> None:
-    """Add the hold time so far to the record (when hold ends, or the call does)."""
-    if m.hold is not None:
-        m.record.hold_s = round(m.record.hold_s + max(0.0, rel - m.hold.started_at), 3)
-        m.hold.started_at = rel
-
-
-def on_timer(m: CallMachine, name: str, rel: float) -> list[Action]:
-    if name == HOLD_MAX_TIMER and m.hold is not None and m.live:
-        m.record.mark(rel, "hold too long")
-        return m.begin_ending("max_duration", rel, HOLD_GIVE_UP)
-    return []
+    def _turn_detection(self, *, create_response: bool) -> dict[str, Any] | None:
+        """The profile's turn detection as a session patch, with ``create_response`` set."""
+        td = self.turn_detection
+        if td is None:
+            return None
+        body = td.model_dump(exclude_none=True)
+        body.pop("eagerness" if td.type == "server_vad" else "idle_timeout_ms", None)
+        body["create_response"] = create_response
+        return body

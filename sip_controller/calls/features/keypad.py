@@ -4,44 +4,46 @@ passed to the model as a user message, since the model does not see digits on it
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from sip_controller.calls.features import transfer
-from sip_controller.calls.io import DTMF_FLUSH_TIMER, GOODBYE_INSTRUCTIONS, Action, CancelTimer, StartTimer
+from sip_controller.agent.profile import Dtmf
+from sip_controller.calls.actions import Action, CancelTimer, StartTimer
+from sip_controller.calls.features.port import CallPort
+from sip_controller.calls.states import GOODBYE_INSTRUCTIONS
 
-if TYPE_CHECKING:
-    from sip_controller.calls.machine import CallMachine
+DTMF_FLUSH_TIMER = "dtmf_flush"
+#: digits kept while gathering (the latest ones)
+MAX_DIGITS = 64
 
 
-@dataclass
-class KeypadState:
+@dataclass(slots=True)
+class Keypad:
+    """A call's keypad: the digits gathered and not yet passed to the model."""
+
+    config: Dtmf
     digits: str = ""
 
+    def on_digit(self, port: CallPort, digit: str, rel: float) -> list[Action]:
+        if not port.live or not digit:
+            return []
+        port.record.mark(rel, "keypad digit")
+        action = self.config.actions.get(digit)
+        if action is not None:
+            self.digits = ""
+            if action.action == "transfer" and action.target is not None:
+                return [CancelTimer(DTMF_FLUSH_TIMER), *port.start_transfer(action.target, rel)]
+            return [CancelTimer(DTMF_FLUSH_TIMER), *port.begin_ending("agent_end_call", rel, GOODBYE_INSTRUCTIONS)]
+        if not self.config.forward:
+            return []
+        self.digits = (self.digits + digit)[-MAX_DIGITS:]
+        if digit == "#":
+            return [CancelTimer(DTMF_FLUSH_TIMER), *self._flush(port)]
+        return [StartTimer(DTMF_FLUSH_TIMER, self.config.flush_after_s)]
 
-def on_digit(m: CallMachine, digit: str, rel: float) -> list[Action]:
-    if not m.live or not digit:
-        return []
-    m.record.mark(rel, "keypad digit")
-    action = m.profile.dtmf.actions.get(digit)
-    if action is not None:
-        m.keys.digits = ""
-        if action.action == "transfer" and action.target is not None:
-            return [CancelTimer(DTMF_FLUSH_TIMER), *transfer.start(m, action.target, rel)]
-        return [CancelTimer(DTMF_FLUSH_TIMER), *m.begin_ending("agent_end_call", rel, GOODBYE_INSTRUCTIONS)]
-    if not m.profile.dtmf.forward:
-        return []
-    m.keys.digits = (m.keys.digits + digit)[-64:]
-    if digit == "#":
-        return [CancelTimer(DTMF_FLUSH_TIMER), *_flush(m)]
-    return [StartTimer(DTMF_FLUSH_TIMER, m.profile.dtmf.flush_after_s)]
+    def on_timer(self, port: CallPort, name: str, rel: float) -> list[Action]:
+        return self._flush(port) if name == DTMF_FLUSH_TIMER else []
 
-
-def _flush(m: CallMachine) -> list[Action]:
-    digits, m.keys.digits = m.keys.digits, ""
-    if not digits or not m.live:
-        return []
-    return [m.user_text(f"[keypad] The caller pressed: {digits}"), m.respond()]
-
-
-def on_timer(m: CallMachine, name: str, rel: float) -> list[Action]:
-    return _flush(m) if name == DTMF_FLUSH_TIMER else []
+    def _flush(self, port: CallPort) -> list[Action]:
+        digits, self.digits = self.digits, ""
+        if not digits or not port.live:
+            return []
+        return [port.user_text(f"[keypad] The caller pressed: {digits}"), port.respond()]

@@ -4,20 +4,15 @@ cost budget. Each ends the call through ``begin_ending``: the same goodbye-then-
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from sip_controller.calls.io import (
-    GOODBYE_INSTRUCTIONS,
-    MAX_END_TIMER,
-    MAX_WRAP_TIMER,
-    SILENCE_TIMER,
-    Action,
-    CancelTimer,
-    StartTimer,
-)
+from sip_controller.agent.profile import Watchdogs
+from sip_controller.calls.actions import Action, CancelTimer, StartTimer
+from sip_controller.calls.features.port import CallPort
+from sip_controller.calls.states import GOODBYE_INSTRUCTIONS
 
-if TYPE_CHECKING:
-    from sip_controller.calls.machine import CallMachine
+MAX_WRAP_TIMER = "max_duration_wrap_up"
+MAX_END_TIMER = "max_duration_end"
+SILENCE_TIMER = "silence"
 
 NUDGE_INSTRUCTIONS = "Ask the caller briefly whether they are still there. One short sentence; do not call any tool."
 SILENCE_GOODBYE = (
@@ -37,86 +32,88 @@ def _wrap_up_line(seconds: float) -> str:
     )
 
 
-@dataclass
-class WatchState:
+@dataclass(slots=True)
+class Watchdog:
+    """A call's watchdogs and what they have seen."""
+
+    config: Watchdogs
+    #: the caller was asked whether they are still there (reset when they speak)
     nudged: bool = False
     #: the caller or the agent is speaking: silence is not counted
     caller_speaking: bool = False
     agent_speaking: bool = False
+    #: silence is not counted at all (hold mode)
     paused: bool = False
+    #: the silence timer is running
     armed: bool = False
 
+    def start(self) -> list[Action]:
+        """The call is attached: start the duration countdown and, when configured, the silence one."""
+        w = self.config
+        actions: list[Action] = [StartTimer(MAX_WRAP_TIMER, max(0.0, w.max_duration_s - w.wrap_up_before_s))]
+        if w.silence_timeout_s is not None:
+            self.armed = True
+            actions.append(StartTimer(SILENCE_TIMER, w.silence_timeout_s))
+        return actions
 
-def start(m: CallMachine) -> list[Action]:
-    w = m.profile.watchdogs
-    actions: list[Action] = [StartTimer(MAX_WRAP_TIMER, max(0.0, w.max_duration_s - w.wrap_up_before_s))]
-    if w.silence_timeout_s is not None:
-        m.watch.armed = True
-        actions.append(StartTimer(SILENCE_TIMER, w.silence_timeout_s))
-    return actions
+    def stop(self) -> list[Action]:
+        """The call is ending: the watchdogs have done their part (the goodbye timer bounds the rest)."""
+        self.armed = False
+        return [CancelTimer(MAX_WRAP_TIMER), CancelTimer(MAX_END_TIMER), CancelTimer(SILENCE_TIMER)]
 
+    def pause_silence(self, port: CallPort, paused: bool) -> list[Action]:
+        """Hold mode is not silence."""
+        self.paused = paused
+        return self._restart_silence(port)
 
-def stop(m: CallMachine) -> list[Action]:
-    """The call is ending: the watchdogs have done their part (the goodbye timer bounds the rest)."""
-    m.watch.armed = False
-    return [CancelTimer(MAX_WRAP_TIMER), CancelTimer(MAX_END_TIMER), CancelTimer(SILENCE_TIMER)]
+    def on_caller_speech(self, port: CallPort, *, started: bool) -> list[Action]:
+        self.caller_speaking = started
+        if started:
+            self.nudged = False
+        return self._restart_silence(port)
 
+    def on_assistant_audio(self, port: CallPort, *, started: bool) -> list[Action]:
+        self.agent_speaking = started
+        return self._restart_silence(port)
 
-def pause_silence(m: CallMachine, paused: bool) -> list[Action]:
-    """Hold mode is not silence."""
-    m.watch.paused = paused
-    return _restart_silence(m)
-
-
-def _restart_silence(m: CallMachine) -> list[Action]:
-    """(Re)start the silence countdown when nobody speaks; stop it while someone does."""
-    timeout = m.profile.watchdogs.silence_timeout_s
-    w = m.watch
-    if timeout is None:
-        return []
-    if not m.live or w.paused or w.caller_speaking or w.agent_speaking:
-        if not w.armed:
+    def on_timer(self, port: CallPort, name: str, rel: float) -> list[Action]:
+        if not port.live:
             return []
-        w.armed = False
-        return [CancelTimer(SILENCE_TIMER)]
-    w.armed = True
-    return [StartTimer(SILENCE_TIMER, timeout)]
-
-
-def on_caller_speech(m: CallMachine, *, started: bool) -> list[Action]:
-    m.watch.caller_speaking = started
-    if started:
-        m.watch.nudged = False
-    return _restart_silence(m)
-
-
-def on_assistant_audio(m: CallMachine, *, started: bool) -> list[Action]:
-    m.watch.agent_speaking = started
-    return _restart_silence(m)
-
-
-def on_timer(m: CallMachine, name: str, rel: float) -> list[Action]:
-    if not m.live:
+        w = self.config
+        if name == MAX_WRAP_TIMER:
+            port.record.mark(rel, "max duration: wrap-up")
+            return [port.say(_wrap_up_line(w.wrap_up_before_s)), StartTimer(MAX_END_TIMER, w.wrap_up_before_s)]
+        if name == MAX_END_TIMER:
+            return port.begin_ending("max_duration", rel, GOODBYE_INSTRUCTIONS)
+        if name == SILENCE_TIMER and self.armed and not self._someone_speaks_or_paused():
+            if not self.nudged:
+                self.nudged = True
+                port.record.mark(rel, "silence: nudge")
+                return [port.say(NUDGE_INSTRUCTIONS), *self._restart_silence(port)]
+            return port.begin_ending("silence_timeout", rel, SILENCE_GOODBYE)
         return []
-    w = m.profile.watchdogs
-    if name == MAX_WRAP_TIMER:
-        m.record.mark(rel, "max duration: wrap-up")
-        return [m.say(_wrap_up_line(w.wrap_up_before_s)), StartTimer(MAX_END_TIMER, w.wrap_up_before_s)]
-    if name == MAX_END_TIMER:
-        return m.begin_ending("max_duration", rel, GOODBYE_INSTRUCTIONS)
-    watch = m.watch
-    if name == SILENCE_TIMER and watch.armed and not (watch.paused or watch.caller_speaking or watch.agent_speaking):
-        if not m.watch.nudged:
-            m.watch.nudged = True
-            m.record.mark(rel, "silence: nudge")
-            return [m.say(NUDGE_INSTRUCTIONS), *_restart_silence(m)]
-        return m.begin_ending("silence_timeout", rel, SILENCE_GOODBYE)
-    return []
 
+    def on_cost(self, port: CallPort, rel: float) -> list[Action]:
+        """The call's cost changed: past the budget, the call is wrapped up."""
+        budget = self.config.budget_usd
+        cost = port.record.cost_usd
+        if budget is None or not port.live or cost <= budget:
+            return []
+        port.record.mark(rel, f"cost budget exceeded ({cost:.4f} > {budget} USD)")
+        return port.begin_ending("budget_exceeded", rel, BUDGET_GOODBYE)
 
-def on_cost(m: CallMachine, rel: float) -> list[Action]:
-    budget = m.profile.watchdogs.budget_usd
-    if budget is None or not m.live or m.record.cost_usd <= budget:
-        return []
-    m.record.mark(rel, f"cost budget exceeded ({m.record.cost_usd:.4f} > {budget} USD)")
-    return m.begin_ending("budget_exceeded", rel, BUDGET_GOODBYE)
+    def _someone_speaks_or_paused(self) -> bool:
+        return self.paused or self.caller_speaking or self.agent_speaking
+
+    def _restart_silence(self, port: CallPort) -> list[Action]:
+        """(Re)start the silence countdown when nobody speaks; stop it while someone does."""
+        timeout = self.config.silence_timeout_s
+        if timeout is None:
+            return []
+        if not port.live or self._someone_speaks_or_paused():
+            if not self.armed:
+                return []
+            self.armed = False
+            return [CancelTimer(SILENCE_TIMER)]
+        self.armed = True
+        return [StartTimer(SILENCE_TIMER, timeout)]

@@ -7,17 +7,12 @@ from typing import Any
 import pytest
 
 from sip_controller.agent.profile import AgentProfile, TurnDetection
+from sip_controller.calls.actions import Action, Finish
 from sip_controller.calls.features import hold
-from sip_controller.calls.machine import (
-    HOLD_MAX_TIMER,
-    SESSION_ACK_TIMER,
-    SILENCE_TIMER,
-    Action,
-    CallState,
-    Finish,
-    SidebandClosed,
-    TimerFired,
-)
+from sip_controller.calls.features.hold import HOLD_MAX_TIMER
+from sip_controller.calls.features.watchdog import SILENCE_TIMER
+from sip_controller.calls.inputs import SidebandClosed, TimerFired
+from sip_controller.calls.states import SESSION_ACK_TIMER, CallState
 from tests.callkit import (  # the shared machine-test kit
     Call,
     cancelled,
@@ -79,8 +74,8 @@ def test_wait_on_hold_turns_off_automatic_responses() -> None:
     assert s["audio"]["input"]["format"] == {"type": "audio/pcmu"}
     assert s["audio"]["output"]["format"] == {"type": "audio/pcmu"}
     assert creates(actions) == []
-    assert c.m.hold is not None
-    assert c.m.watch.paused
+    assert c.m.hold.active
+    assert c.m.watchdog.paused
     assert cancelled(c.feed(session_updated())) == {SESSION_ACK_TIMER}
 
 
@@ -109,7 +104,7 @@ def test_classifier_no_keeps_holding_and_its_text_is_not_recorded() -> None:
     actions = check(c, "r_chk", "la la la music", "no")
     assert [e["type"] for e in sends(actions)] == ["response.create"]  # only the check itself
     c.feed(said("r_chk", "no"))
-    assert c.m.hold is not None
+    assert c.m.hold.active
     assert [t.text for t in c.record.transcripts if t.role == "assistant"] == lines_before
     assert [t.text for t in c.record.transcripts if t.role == "caller"] == ["la la la music"]
 
@@ -124,8 +119,8 @@ def test_classifier_yes_restores_responses_and_answers_after_session_updated() -
     assert update["session"]["audio"]["input"]["turn_detection"]["create_response"] is True
     assert update["session"]["audio"]["output"]["format"] == {"type": "audio/pcmu"}
     assert creates(actions)[-1]["response"]["metadata"]["purpose"] == META["purpose"]  # no plain response.create yet
-    assert c.m.hold is None
-    assert not c.m.watch.paused
+    assert not c.m.hold.active
+    assert not c.m.watchdog.paused
     after = c.feed(session_updated())
     assert [e.get("response") for e in creates(after)] == [None]
     assert c.m.live
@@ -154,9 +149,9 @@ def test_phrase_mode_resumes_on_a_configured_phrase() -> None:
     c = Call(profile=hold_profile(detect="phrases", resume_phrases=["back with you"]))
     go_on_hold(c)
     assert c.feed(heard("Thank you for holding, how can I help?")) == []  # not this profile's phrase
-    assert c.m.hold is not None
+    assert c.m.hold.active
     actions = c.feed(heard("OK, I'm BACK WITH YOU now."))
-    assert c.m.hold is None
+    assert not c.m.hold.active
     assert [e["type"] for e in sends(actions)] == ["session.update"]
     assert [e.get("response") for e in creates(c.feed(session_updated()))] == [None]
 

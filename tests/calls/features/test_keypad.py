@@ -5,19 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from sip_controller.agent.profile import AgentProfile
-from sip_controller.calls.io import GOODBYE_INSTRUCTIONS
-from sip_controller.calls.machine import (
-    DTMF_FLUSH_TIMER,
-    AcceptOk,
-    CallState,
-    Finish,
-    Refer,
-    ReferOk,
-    SidebandClosed,
-    Start,
-    StartTimer,
-    TimerFired,
-)
+from sip_controller.calls.actions import Finish, Refer, StartTimer
+from sip_controller.calls.features.keypad import DTMF_FLUSH_TIMER
+from sip_controller.calls.inputs import AcceptOk, ReferOk, SidebandClosed, Start, TimerFired
+from sip_controller.calls.states import GOODBYE_INSTRUCTIONS, CallState
 from tests.callkit import (  # the shared machine-test kit
     Call,
     cancelled,
@@ -63,7 +54,7 @@ def test_digits_gathered_until_hash() -> None:
     message, create = sends(actions)
     assert keypad_message(message).startswith("[keypad] The caller pressed: 123")
     assert create == {"type": "response.create", "event_id": create["event_id"]}
-    assert c.m.keys.digits == ""
+    assert c.m.keypad.digits == ""
 
 
 def test_digits_flushed_by_the_timer() -> None:
@@ -86,7 +77,7 @@ def test_mapped_digit_transfers_to_its_target() -> None:
     assert DTMF_FLUSH_TIMER in cancelled(actions)
     [line] = creates(actions)
     assert "operator" in line["response"]["instructions"]
-    assert c.m.keys.digits == ""  # the pending digit is dropped
+    assert c.m.keypad.digits == ""  # the pending digit is dropped
     assert refers(c.play("r_ann")) == [Refer("sip:operator@pbx.example.com")]
     c.feed(ReferOk())
     assert finishes(c.feed(SidebandClosed(1000))) == [Finish("transferred")]
@@ -119,7 +110,7 @@ def test_nothing_before_attach() -> None:
     c.feed(AcceptOk())
     assert c.feed(dtmf("9")) == []
     assert c.feed(dtmf("1")) == []
-    assert c.m.keys.digits == ""
+    assert c.m.keypad.digits == ""
 
 
 def test_nothing_while_ending() -> None:
@@ -131,5 +122,5 @@ def test_nothing_while_ending() -> None:
     for d in "20#":
         assert c.feed(dtmf(d)) == []
     assert c.feed(TimerFired(DTMF_FLUSH_TIMER)) == []
-    assert c.m.transfer is None
+    assert c.m.transfer.attempt is None
     assert not any(e["type"] == "conversation.item.create" and e["item"]["type"] == "message" for e in sends(c.log))

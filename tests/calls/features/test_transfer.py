@@ -7,19 +7,10 @@ import json
 import pytest
 
 from sip_controller.agent.profile import AgentProfile
-from sip_controller.calls.machine import (
-    GOODBYE_TIMER,
-    TRANSFER_ANNOUNCE_TIMER,
-    TRANSFER_VERIFY_TIMER,
-    Action,
-    CallState,
-    Finish,
-    Refer,
-    ReferFailed,
-    ReferOk,
-    SidebandClosed,
-    TimerFired,
-)
+from sip_controller.calls.actions import Action, Finish, Refer
+from sip_controller.calls.features.transfer import TRANSFER_ANNOUNCE_TIMER, TRANSFER_VERIFY_TIMER
+from sip_controller.calls.inputs import ReferFailed, ReferOk, SidebandClosed, TimerFired
+from sip_controller.calls.states import GOODBYE_TIMER, CallState
 from tests.callkit import (  # the shared machine-test kit
     Call,
     audio,
@@ -169,7 +160,7 @@ def test_unknown_or_made_up_target_is_never_referred(target: str) -> None:
     assert "not a transfer target" in out["error"]
     assert "sales" in out["error"]
     assert [e.get("response") for e in creates(actions)] == [None]  # a plain response.create
-    assert c.m.transfer is None
+    assert c.m.transfer.attempt is None
     assert c.record.tool_calls[-1].outcome == "invalid_arguments"
     c.play("r2")
     assert refers(c.log) == []
@@ -185,8 +176,8 @@ def test_second_transfer_while_one_is_in_progress_is_refused() -> None:
     assert creates(actions) == []
     assert c.record.tool_calls[-1].outcome == "ignored"
     assert refers(c.play("r_ann")) == [Refer(TARGETS["sales"])]
-    assert c.m.transfer is not None
-    assert c.m.transfer.target == "sales"
+    assert c.m.transfer.attempt is not None
+    assert c.m.transfer.attempt.target == "sales"
 
 
 def test_announce_timer_refers_even_if_the_audio_never_stops() -> None:

@@ -8,18 +8,13 @@ from typing import Any
 import pytest
 
 from sip_controller.agent.profile import AgentProfile
+from sip_controller.calls.actions import Finish
 from sip_controller.calls.features import watchdog
-from sip_controller.calls.io import GOODBYE_INSTRUCTIONS
-from sip_controller.calls.machine import (
-    MAX_END_TIMER,
-    MAX_WRAP_TIMER,
-    SILENCE_TIMER,
-    CallState,
-    Finish,
-    TimerFired,
-)
+from sip_controller.calls.features.watchdog import MAX_END_TIMER, MAX_WRAP_TIMER, SILENCE_TIMER
+from sip_controller.calls.inputs import TimerFired
 from sip_controller.calls.pricing import DEFAULT_MODEL_PRICES, response_cost
 from sip_controller.calls.report import UsageTotals
+from sip_controller.calls.states import GOODBYE_INSTRUCTIONS, CallState
 from tests.callkit import (  # the shared machine-test kit
     Call,
     audio,
@@ -107,7 +102,7 @@ def test_no_silence_countdown_during_hold() -> None:
         assert SILENCE_TIMER not in timers(c.feed(inp))
     assert c.feed(TimerFired(SILENCE_TIMER)) == []
     assert c.m.live
-    assert c.m.hold is not None
+    assert c.m.hold.active
 
 
 def test_budget_exceeded_ends_the_call_politely() -> None:

@@ -1,0 +1,72 @@
+"""What the call machine gives out: one dataclass per kind of action, and their union ``Action``. The
+supervisor executes them in order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sip_controller.calls.states import EndedReason
+
+
+@dataclass(frozen=True)
+class Accept:
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Attach:
+    pass
+
+
+@dataclass(frozen=True)
+class Send:
+    event: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Hangup:
+    pass
+
+
+@dataclass(frozen=True)
+class StartTimer:
+    name: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class CancelTimer:
+    name: str
+
+
+@dataclass(frozen=True)
+class Finish:
+    reason: EndedReason
+
+
+@dataclass(frozen=True)
+class Reattach:
+    """The sideband dropped while the call may still be up: open it again (bounded retries)."""
+
+
+@dataclass(frozen=True)
+class Reject:
+    status_code: int
+
+
+@dataclass(frozen=True)
+class RunTool:
+    """Run an operator tool; the answer comes back as ToolDone."""
+
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Refer:
+    target_uri: str
+
+
+Action = Accept | Attach | Reattach | Send | Hangup | Reject | RunTool | Refer | StartTimer | CancelTimer | Finish

@@ -1,0 +1,123 @@
+"""What the call machine takes in: one dataclass per kind of input, and their union ``Input``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sip_controller.realtime import events as ev
+
+
+@dataclass(frozen=True)
+class Start:
+    pass
+
+
+@dataclass(frozen=True)
+class AcceptOk:
+    pass
+
+
+@dataclass(frozen=True)
+class AcceptFailed:
+    gone: bool
+    detail: str
+    #: OpenAI refused the body (400): the config is wrong, and the caller must not be left ringing
+    invalid: bool = False
+
+
+@dataclass(frozen=True)
+class Attached:
+    pass
+
+
+@dataclass(frozen=True)
+class AttachFailed:
+    gone: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class SidebandEvent:
+    event: ev.ServerEvent
+
+
+@dataclass(frozen=True)
+class SidebandClosed:
+    code: int | None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class TimerFired:
+    name: str
+
+
+@dataclass(frozen=True)
+class HangupOk:
+    pass
+
+
+@dataclass(frozen=True)
+class HangupFailed:
+    gone: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    """The process is draining: wrap up politely and hang up."""
+
+
+@dataclass(frozen=True)
+class ToolDone:
+    """An operator tool (HTTP, Python) answered; ``output`` goes to the model as the function output."""
+
+    call_id: str
+    ok: bool
+    output: str
+    duration_s: float
+    outcome: str = "ok"
+
+
+@dataclass(frozen=True)
+class ReferOk:
+    pass
+
+
+@dataclass(frozen=True)
+class ReferFailed:
+    detail: str
+
+
+@dataclass(frozen=True)
+class OperatorTransfer:
+    """An operator asked for the caller to be transferred to an allow-listed target."""
+
+    target: str
+
+
+@dataclass(frozen=True)
+class OperatorHangup:
+    """An operator asked for the call to end: politely (goodbye first) or at once."""
+
+    now: bool = False
+
+
+Input = (
+    Start
+    | AcceptOk
+    | AcceptFailed
+    | Attached
+    | AttachFailed
+    | SidebandEvent
+    | SidebandClosed
+    | TimerFired
+    | HangupOk
+    | HangupFailed
+    | Shutdown
+    | ToolDone
+    | ReferOk
+    | ReferFailed
+    | OperatorHangup
+    | OperatorTransfer
+)

@@ -1,0 +1,59 @@
+"""Call-wide names: the states of a call, the reasons it ends, and the constants of the machine's own core
+(its timers, retry bounds, the goodbye it asks for). A feature's own timers and lines live in its module."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+EndedReason = Literal[
+    "caller_hangup",
+    "agent_end_call",
+    "transferred",
+    "transfer_failed",
+    "max_duration",
+    "silence_timeout",
+    "budget_exceeded",
+    "session_error",
+    "accept_failed",
+    "rejected",
+    "shutdown",
+    "operator_hangup",
+]
+
+
+class CallState(StrEnum):
+    RECEIVED = "received"
+    ACCEPTING = "accepting"
+    ACCEPTED = "accepted"
+    ATTACHED = "attached"
+    ENDING = "ending"
+    ENDED = "ended"
+    REJECTED = "rejected"
+    FAILED = "failed"
+
+
+#: Sideband error codes that say something about one request, not about the session being broken.
+BENIGN_ERROR_CODES = frozenset(
+    {"response_cancel_not_active", "conversation_already_has_active_response", "rate_limit_exceeded"}
+)
+
+GOODBYE_INSTRUCTIONS = (
+    "Say a short, warm goodbye to the caller in one sentence, in the language of the conversation. "
+    "Do not ask anything and do not call any tool."
+)
+SHUTDOWN_INSTRUCTIONS = (
+    "The line has to close now for maintenance. Apologise briefly, invite the caller to call back, and say "
+    "goodbye in one or two sentences. Do not call any tool."
+)
+
+#: sideband reconnects allowed per call before giving up and hanging up through REST
+MAX_RECONNECTS = 3
+#: rounds of (already retried) hangup requests before a call is given up as unconfirmed
+MAX_HANGUP_ROUNDS = 5
+
+GOODBYE_TIMER = "goodbye"
+CLOSE_WAIT_TIMER = "close_wait"
+SESSION_ACK_TIMER = "session_ack"
+HANGUP_RETRY_TIMER = "hangup_retry"
+FILLER_TIMER_PREFIX = "filler:"
