@@ -1,0 +1,108 @@
+"""A ``CallPort`` with no machine behind it, for testing a feature on its own: it answers the feature's
+questions from plain fields and records what the feature asked the call to do."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sip_controller.calls.actions import Action, Send
+from sip_controller.calls.report import CallRecord, ToolCallRecord
+from sip_controller.calls.states import EndedReason
+from sip_controller.realtime import events as ev
+
+
+@dataclass
+class Update:
+    patch: dict[str, Any]
+    what: str
+    then: list[Action]
+
+
+@dataclass
+class FakePort:
+    live: bool = True
+    record: CallRecord = field(default_factory=lambda: CallRecord("rtc_unit", "unit", datetime(2026, 1, 1, tzinfo=UTC)))
+    audio_started: set[str] = field(default_factory=set)
+    audio_stopped: set[str] = field(default_factory=set)
+    spoken: set[str] = field(default_factory=set)
+    #: what the feature asked of the call
+    endings: list[tuple[EndedReason, str | None]] = field(default_factory=list)
+    transfers: list[str] = field(default_factory=list)
+    pauses: list[bool] = field(default_factory=list)
+    updates: list[Update] = field(default_factory=list)
+    seq: int = 0
+
+    def next_event_id(self, kind: str) -> str:
+        self.seq += 1
+        return f"unit_{kind}_{self.seq}"
+
+    def say(self, instructions: str) -> Send:
+        response = {"instructions": instructions, "tool_choice": "none"}
+        return Send({"type": "response.create", "event_id": self.next_event_id("response"), "response": response})
+
+    def respond(self) -> Send:
+        return Send({"type": "response.create", "event_id": self.next_event_id("response")})
+
+    def tool_output(self, call_id: str, output: dict[str, Any] | str) -> Send:
+        text = output if isinstance(output, str) else json.dumps(output)
+        item = {"type": "function_call_output", "call_id": call_id, "output": text}
+        return Send({"type": "conversation.item.create", "event_id": self.next_event_id("item"), "item": item})
+
+    def user_text(self, text: str) -> Send:
+        item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+        return Send({"type": "conversation.item.create", "event_id": self.next_event_id("item"), "item": item})
+
+    def update_session(self, patch: dict[str, Any], rel: float, *, what: str, then: list[Action]) -> list[Action]:
+        self.updates.append(Update(patch, what, then))
+        return [Send({"type": "session.update", "event_id": self.next_event_id("session"), "session": patch})]
+
+    def begin_ending(self, reason: EndedReason, rel: float, instructions: str | None) -> list[Action]:
+        """Like the machine: the call stops being live, and the goodbye (if any) is asked for."""
+        self.endings.append((reason, instructions))
+        self.live = False
+        return [self.say(instructions)] if instructions is not None else []
+
+    def start_transfer(self, target: str, rel: float) -> list[Action]:
+        self.transfers.append(target)
+        return [Send({"type": "fake.transfer", "target": target})]
+
+    def pause_silence(self, paused: bool) -> list[Action]:
+        self.pauses.append(paused)
+        return [Send({"type": "fake.pause_silence", "paused": paused})]
+
+
+def sent(actions: list[Action]) -> list[dict[str, Any]]:
+    return [a.event for a in actions if isinstance(a, Send)]
+
+
+def instructions(actions: list[Action]) -> list[str]:
+    return [e["response"]["instructions"] for e in sent(actions) if e["type"] == "response.create" and "response" in e]
+
+
+def tool_call(name: str, call_id: str = "call_1") -> ToolCallRecord:
+    return ToolCallRecord(call_id, name, "{}", 1.0, "ok")
+
+
+def response(
+    rid: str,
+    *,
+    status: str = "completed",
+    text: str | None = None,
+    audio: bool = False,
+    metadata: dict[str, Any] | None = None,
+) -> ev.Response:
+    content: list[dict[str, Any]] = []
+    if text is not None:
+        content.append({"type": "output_text", "text": text})
+    if audio:
+        content.append({"type": "output_audio", "transcript": ""})
+    output = [ev.OutputItem(type="message", content=content)] if content else []
+    return ev.Response(id=rid, status=status, output=output, metadata=metadata)
+
+
+def marks(port: FakePort) -> list[str]:
+    """The call's timeline, without the times."""
+    return [what for _, what in port.record.timeline]

@@ -1,0 +1,112 @@
+"""The watchdogs on their own: a ``Watchdog`` driven through a fake port, without the call machine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sip_controller.agent.profile import Watchdogs
+from sip_controller.calls.actions import CancelTimer, StartTimer
+from sip_controller.calls.features.watchdog import (
+    BUDGET_GOODBYE,
+    MAX_END_TIMER,
+    MAX_WRAP_TIMER,
+    NUDGE_INSTRUCTIONS,
+    SILENCE_GOODBYE,
+    SILENCE_TIMER,
+    Watchdog,
+)
+from sip_controller.calls.states import GOODBYE_INSTRUCTIONS
+from tests.calls.features.fake_port import FakePort, instructions, marks
+
+
+def make(**config: Any) -> Watchdog:
+    return Watchdog(Watchdogs.model_validate(config))
+
+
+def test_start_arms_the_duration_and_silence_countdowns_and_stop_cancels_them() -> None:
+    w = make(max_duration_s=300, wrap_up_before_s=45, silence_timeout_s=20)
+    assert w.start() == [StartTimer(MAX_WRAP_TIMER, 255.0), StartTimer(SILENCE_TIMER, 20.0)]
+    assert w.armed
+    assert w.stop() == [CancelTimer(MAX_WRAP_TIMER), CancelTimer(MAX_END_TIMER), CancelTimer(SILENCE_TIMER)]
+    assert not w.armed
+
+    quiet = make(silence_timeout_s=None)
+    assert quiet.start() == [StartTimer(MAX_WRAP_TIMER, 570.0)]
+    assert not quiet.armed
+    assert quiet.on_caller_speech(FakePort(), started=False) == []  # no silence watchdog to restart
+
+
+def test_max_duration_says_the_wrap_up_then_ends_with_a_goodbye() -> None:
+    w, port = make(max_duration_s=300, wrap_up_before_s=45), FakePort()
+    actions = w.on_timer(port, MAX_WRAP_TIMER, 255.0)
+    [wrap] = instructions(actions)
+    assert "about 45 seconds" in wrap
+    assert actions[-1] == StartTimer(MAX_END_TIMER, 45.0)
+    assert marks(port) == ["max duration: wrap-up"]
+    assert port.endings == []
+    actions = w.on_timer(port, MAX_END_TIMER, 300.0)
+    assert port.endings == [("max_duration", GOODBYE_INSTRUCTIONS)]
+    assert instructions(actions) == [GOODBYE_INSTRUCTIONS]
+    assert w.on_timer(port, MAX_END_TIMER, 301.0) == []  # the call is no longer live
+
+
+def test_silence_nudges_once_then_says_goodbye() -> None:
+    w, port = make(silence_timeout_s=20), FakePort()
+    w.start()
+    actions = w.on_timer(port, SILENCE_TIMER, 20.0)
+    assert instructions(actions) == [NUDGE_INSTRUCTIONS]
+    assert actions[-1] == StartTimer(SILENCE_TIMER, 20.0)  # counting again
+    assert w.nudged
+    actions = w.on_timer(port, SILENCE_TIMER, 40.0)
+    assert port.endings == [("silence_timeout", SILENCE_GOODBYE)]
+    assert instructions(actions) == [SILENCE_GOODBYE]
+
+
+def test_speech_stops_the_silence_countdown_and_the_caller_speaking_forgives_the_nudge() -> None:
+    w, port = make(silence_timeout_s=20), FakePort()
+    w.start()
+    w.on_timer(port, SILENCE_TIMER, 20.0)
+    assert w.nudged
+    assert w.on_caller_speech(port, started=True) == [CancelTimer(SILENCE_TIMER)]
+    assert not w.nudged
+    assert not w.armed
+    assert w.on_timer(port, SILENCE_TIMER, 41.0) == []  # a stale timer while someone speaks
+    assert w.on_assistant_audio(port, started=True) == []  # already stopped: nothing more to cancel
+    assert w.on_caller_speech(port, started=False) == []  # the agent still speaks
+    assert w.on_assistant_audio(port, started=False) == [StartTimer(SILENCE_TIMER, 20.0)]
+    assert w.armed
+    actions = w.on_timer(port, SILENCE_TIMER, 70.0)
+    assert instructions(actions) == [NUDGE_INSTRUCTIONS]  # a nudge again, not the goodbye
+
+
+def test_paused_silence_is_not_counted() -> None:
+    w, port = make(silence_timeout_s=20), FakePort()
+    w.start()
+    assert w.pause_silence(port, True) == [CancelTimer(SILENCE_TIMER)]
+    assert w.paused
+    assert w.on_timer(port, SILENCE_TIMER, 20.0) == []
+    assert w.on_caller_speech(port, started=False) == []
+    assert w.pause_silence(port, False) == [StartTimer(SILENCE_TIMER, 20.0)]
+    assert not w.paused
+
+
+def test_silence_is_not_restarted_on_a_call_that_is_not_live() -> None:
+    w, port = make(silence_timeout_s=20), FakePort()
+    w.start()
+    port.live = False
+    assert w.on_assistant_audio(port, started=False) == [CancelTimer(SILENCE_TIMER)]
+    assert w.on_timer(port, SILENCE_TIMER, 20.0) == []
+    assert port.endings == []
+
+
+def test_the_cost_budget_ends_the_call_once_exceeded() -> None:
+    w, port = make(budget_usd=0.5), FakePort()
+    port.record.cost_usd = 0.5
+    assert w.on_cost(port, 10.0) == []  # at the budget is still within it
+    port.record.cost_usd = 0.51
+    actions = w.on_cost(port, 11.0)
+    assert port.endings == [("budget_exceeded", BUDGET_GOODBYE)]
+    assert instructions(actions) == [BUDGET_GOODBYE]
+    assert marks(port) == ["cost budget exceeded (0.5100 > 0.5 USD)"]
+    assert w.on_cost(port, 12.0) == []  # ending already
+    assert make().on_cost(FakePort(), 1.0) == []  # no budget
