@@ -433,9 +433,11 @@ class CallMachine:
         return actions
 
     def start_transfer(self, target: str, rel: float) -> list[Action]:
+        """For the keypad: a feature asks another one only through the call."""
         return self.transfer.start(self, target, rel)
 
     def pause_silence(self, paused: bool) -> list[Action]:
+        """For hold mode: waiting on hold is not silence."""
         return self.watchdog.pause_silence(self, paused)
 
     def fail_session(self, rel: float, why: str) -> list[Action]:
