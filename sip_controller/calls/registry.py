@@ -55,7 +55,9 @@ class CallRegistry:
         self._retry = retry
         limits = settings.limits
         self._accept_slots = asyncio.Semaphore(limits.max_accepts_in_flight)
-        self._rate = CallerRateLimiter(limits.caller_calls_per_minute, clock=clock)
+        self._rate = CallerRateLimiter(
+            limits.caller_calls_per_minute, anonymous_per_minute=limits.anonymous_calls_per_minute, clock=clock
+        )
         self._live: dict[str, _Live] = {}
         self._recent: OrderedDict[str, _Live] = OrderedDict()
         #: called with the record when a call arrives (before accept) and when it has ended, exactly once each
@@ -103,7 +105,8 @@ class CallRegistry:
         if self.at_capacity:
             return Refusal(BUSY, f"at capacity ({self._settings.limits.max_concurrent_calls} live calls)")
         if not self._rate.allow(incoming.caller):
-            return Refusal(DECLINE, f"caller over {self._rate.per_minute} calls per minute")
+            who = "caller" if incoming.caller else "callers without a number (one shared limit)"
+            return Refusal(DECLINE, f"{who} over {self._rate.limit_for(incoming.caller)} calls per minute")
         return None
 
     def start(self, incoming: IncomingCall, profile_name: str | None = None) -> Refusal | None:

@@ -129,6 +129,28 @@ async def test_a_caller_over_the_rate_limit_is_declined_with_603(api: RealtimeCa
         await registry.wait_ended(cid, 5)
 
 
+async def test_withheld_caller_ids_share_the_anonymous_limit(api: RealtimeCalls, router: respx.Router) -> None:
+    """The reproduction: 8 calls without a caller number and a limit of 3 were all accepted."""
+    connector = FakeConnector()
+    limits = Limits(caller_calls_per_minute=3, anonymous_calls_per_minute=3)
+    registry = CallRegistry(Settings(limits=limits), api, connector)
+    anonymous = (SipHeader(name="From", value='"Anonymous" <sip:anonymous@anonymous.invalid>;tag=1'),)
+    calls = [
+        IncomingCall(call_id=f"rtc_a{i}", webhook_id=f"wh_a{i}", headers=anonymous, received_at=datetime.now(UTC))
+        for i in range(8)
+    ]
+    refusals = [registry.start(call) for call in calls]
+    assert [r is None for r in refusals] == [True] * 3 + [False] * 5
+    assert {r.status_code for r in refusals if r is not None} == {603}
+    assert "without a number" in (refusals[3].reason if refusals[3] else "")
+    record = await registry.wait_ended("rtc_a7", 5)
+    assert record.ended_reason == "rejected"
+    for i in range(3):
+        await _attached(connector, f"rtc_a{i}")
+        connector.attached[f"rtc_a{i}"].close_from_server()
+        await registry.wait_ended(f"rtc_a{i}", 5)
+
+
 async def test_drain_lets_calls_finish_by_themselves_first(api: RealtimeCalls) -> None:
     connector = FakeConnector()
     registry = CallRegistry(Settings(), api, connector)
