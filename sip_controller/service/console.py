@@ -1,7 +1,11 @@
 """The live-calls page: a small server-rendered console for operators, no front-end build step.
 
-``GET /`` shows a login form until the browser holds the admin cookie (``POST /login`` with the token, or
-``GET /?token=…`` once, which redirects to ``/`` so the token does not stay in the address bar or history).
+``GET /`` shows a login form until the browser holds a session cookie (``POST /login`` with the token, or
+``GET /?token=…`` once, which redirects to ``/`` so the token does not stay in the address bar or history). The
+cookie holds an opaque session id, never the token; ``POST /logout`` revokes the session on the server. Wrong
+tokens are throttled per client (429 with ``Retry-After``); sign-in and sign-out accept only requests from our own
+origin, and sign-out and the page's buttons also need the session's CSRF token (see
+:mod:`sip_controller.service.sessions`).
 The page lists live and recently ended calls and, with ``?call=<call_id>``, one call's transcript and the
 operator's buttons (hang up, transfer to an allow-listed target). ``/console.js`` keeps it current from
 ``GET /v1/events`` (server-sent events): a snapshot of the calls every second and, with ``?call_id=…``, that
@@ -31,7 +35,8 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from sip_controller.calls.report import CallRecord
-from sip_controller.service.admin import ADMIN_COOKIE, AdminAuth, call_summary
+from sip_controller.service.admin import CSRF_HEADER, AdminAuth, call_summary
+from sip_controller.service.sessions import Session, retry_after_header, same_origin
 
 #: recently ended calls shown under the live ones
 RECENT_SHOWN = 20
@@ -86,7 +91,8 @@ _CSP = (
 _PAGE_HEADERS = {
     "content-security-policy": _CSP,
     "cache-control": "no-store",
-    "referrer-policy": "no-referrer",
+    # never a Referer to another site; our own POSTs keep their Origin (with no-referrer browsers send "null")
+    "referrer-policy": "same-origin",
     "x-content-type-options": "nosniff",
     "x-frame-options": "DENY",
 }
@@ -97,6 +103,7 @@ _SCRIPT = r"""
   var root = document.getElementById("console");
   if (!root) { return; }
   var selected = root.getAttribute("data-call-id") || "";
+  var csrf = root.getAttribute("data-csrf") || "";
   var statusEl = document.getElementById("status");
   var liveBody = document.getElementById("live-calls");
   var recentBody = document.getElementById("recent-calls");
@@ -212,7 +219,7 @@ _SCRIPT = r"""
   window.addEventListener("pagehide", function () { source.close(); });
 
   function post(path, body) {
-    var init = {method: "POST", credentials: "same-origin", headers: {"x-sipctl-request": "1"}};
+    var init = {method: "POST", credentials: "same-origin", headers: {"__CSRF_HEADER__": csrf}};
     if (body !== undefined) {
       init.headers["content-type"] = "application/json";
       init.body = JSON.stringify(body);
@@ -236,7 +243,7 @@ _SCRIPT = r"""
     });
   });
 })();
-""".replace("__RECENT__", str(RECENT_SHOWN)).lstrip()
+""".replace("__RECENT__", str(RECENT_SHOWN)).replace("__CSRF_HEADER__", CSRF_HEADER).lstrip()
 
 
 def _e(value: object) -> str:
@@ -266,7 +273,7 @@ def _page(title: str, body: str, status: int = 200, headers: dict[str, str] | No
     return HTMLResponse(_document(title, body), status_code=status, headers={**_PAGE_HEADERS, **(headers or {})})
 
 
-def login_page(*, error: str | None = None, status: int = 200) -> HTMLResponse:
+def login_page(*, error: str | None = None, status: int = 200, headers: dict[str, str] | None = None) -> HTMLResponse:
     message = f'<p class="error" id="login-error">{_e(error)}</p>' if error else ""
     body = (
         '<section class="login"><h2>sip-controller &middot; live calls</h2>'
@@ -277,7 +284,21 @@ def login_page(*, error: str | None = None, status: int = 200) -> HTMLResponse:
         '<input id="token" name="token" type="password" autocomplete="current-password" required autofocus>'
         '<button type="submit" id="login">Sign in</button></form></section>'
     )
-    return _page("sip-controller · sign in", body, status)
+    return _page("sip-controller · sign in", body, status, headers)
+
+
+def _throttled(wait_s: float) -> HTMLResponse:
+    after = retry_after_header(wait_s)
+    return login_page(
+        error=f"Too many wrong tokens from this address; try again in {after} s.",
+        status=429,
+        headers={"retry-after": after},
+    )
+
+
+def _forbidden(message: str) -> HTMLResponse:
+    return _page("sip-controller · refused", f'<section class="login"><p class="error">{_e(message)}</p>'
+                 '<p><a href="/">Back to the live calls</a></p></section>', 403)
 
 
 def _row(summary: dict[str, Any], selected: str | None) -> str:
@@ -398,15 +419,14 @@ def routes(
         except AttributeError:
             return None
 
-    def _set_cookie(response: Response, request: Request, token: str) -> None:
-        response.set_cookie(
-            ADMIN_COOKIE,
-            token,
-            httponly=True,
-            samesite="strict",
-            secure=request.url.scheme == "https",
-            path="/",
-        )
+    async def _form(request: Request) -> dict[str, str] | None:
+        """A small url-encoded form body (None when it is too large)."""
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > LOGIN_MAX_BODY:
+                return None
+        return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
 
     def _snapshot(registry: Any) -> list[dict[str, Any]]:
         live_ids = {r.call_id for r in registry.live_records()}
@@ -421,15 +441,18 @@ def routes(
             return _page("not found", "<p>Not found.</p>", 404)
         token = request.query_params.get("token")
         if token is not None:
-            if not auth.check(token):
-                return login_page(error="That token is not valid.", status=401)
+            ok, wait = auth.try_token(request, token)
+            if not ok:
+                return _throttled(wait) if wait > 0 else login_page(error="That token is not valid.", status=401)
             rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
             response = RedirectResponse("/" + ("?" + urlencode(rest) if rest else ""), status_code=303)
             response.headers.update({"cache-control": "no-store", "referrer-policy": "no-referrer"})
-            _set_cookie(response, request, token)
+            await auth.start_session(request, response)
             return response
-        if auth.authorize(request) is not None:
+        if await auth.authorize(request) is not None:
             return login_page()
+        session: Session | None = request.state.session
+        csrf = session.csrf if session is not None else ""
         rt = _runtime(request)
         if rt is None:
             return _page("starting", "<p>The service is starting; reload in a moment.</p>", 503)
@@ -451,9 +474,12 @@ def routes(
             '<header><h1>sip-controller &middot; live calls '
             f'(<span id="live-count">{len(live)}</span>)</h1>'
             '<span id="status" class="muted">connecting&hellip;</span>'
-            '<form method="post" action="/logout"><button type="submit" id="logout">Sign out</button></form>'
+            '<form method="post" action="/logout">'
+            f'<input type="hidden" name="csrf" value="{_e(csrf)}">'
+            '<button type="submit" id="logout">Sign out</button></form>'
             "</header>"
-            f'<main id="console" class="{"" if selected else "narrow"}" data-call-id="{_e(selected or "")}">'
+            f'<main id="console" class="{"" if selected else "narrow"}" data-call-id="{_e(selected or "")}"'
+            f' data-csrf="{_e(csrf)}">'
             '<div><section><h2>Live calls</h2>'
             f'{_table("live-calls", live, selected, "No live calls.")}</section>'
             '<section><h2>Recently ended</h2>'
@@ -466,23 +492,35 @@ def routes(
     async def login(request: Request) -> Response:
         if not auth.enabled:
             return _page("not found", "<p>Not found.</p>", 404)
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > LOGIN_MAX_BODY:
-                return login_page(error="The request is too large.", status=413)
-        fields = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
-        token = fields.get("token", "").strip()
-        if not auth.check(token):
-            return login_page(error="That token is not valid.", status=401)
+        if not same_origin(request):
+            return _forbidden("Sign in from this service's own page.")
+        if (wait := auth.throttle_wait(request)) > 0:
+            return _throttled(wait)
+        fields = await _form(request)
+        if fields is None:
+            return login_page(error="The request is too large.", status=413)
+        ok, wait = auth.try_token(request, fields.get("token", "").strip())
+        if not ok:
+            return _throttled(wait) if wait > 0 else login_page(error="That token is not valid.", status=401)
         response = RedirectResponse("/", status_code=303)
         response.headers["cache-control"] = "no-store"
-        _set_cookie(response, request, token)
+        await auth.start_session(request, response)
         return response
 
     async def logout(request: Request) -> Response:
+        if not auth.enabled:
+            return _page("not found", "<p>Not found.</p>", 404)
+        if not same_origin(request):
+            return _forbidden("Sign out from this service's own page.")
+        session = await auth.session(request)
+        if session is not None:
+            fields = await _form(request)
+            presented = request.headers.get(CSRF_HEADER) or (fields or {}).get("csrf")
+            if not session.csrf_matches(presented):
+                return _forbidden("This sign-out form is out of date: reload the page and sign out again.")
         response = RedirectResponse("/", status_code=303)
-        response.delete_cookie(ADMIN_COOKIE, path="/", httponly=True, samesite="strict")
+        response.headers["cache-control"] = "no-store"
+        await auth.end_session(request, response)
         return response
 
     async def script(request: Request) -> Response:
@@ -495,8 +533,9 @@ def routes(
         )
 
     async def events(request: Request) -> Response:
-        if (denied := auth.authorize(request)) is not None:
+        if (denied := await auth.authorize(request)) is not None:
             return denied
+        session: Session | None = request.state.session
         rt = _runtime(request)
         if rt is None:
             return JSONResponse({"error": "starting"}, status_code=503, headers={"retry-after": "1"})
@@ -511,7 +550,7 @@ def routes(
                 headers={"retry-after": "5"},
             )
         try:
-            generator = _stream(request, registry, call_id)
+            generator = _stream(request, registry, call_id, session)
             return _EventStream(
                 generator,
                 streams.release,
@@ -521,7 +560,9 @@ def routes(
             streams.release()
             raise
 
-    async def _stream(request: Request, registry: Any, call_id: str | None) -> AsyncIterator[str]:
+    async def _stream(
+        request: Request, registry: Any, call_id: str | None, session: Session | None
+    ) -> AsyncIterator[str]:
         started = time.monotonic()
         last_snapshot = float("-inf")
         sent: int | None = None  # transcript lines sent so far; None until the first (resetting) event
@@ -533,6 +574,8 @@ def routes(
                 return  # shutting down: do not hold uvicorn's graceful shutdown open
             now = time.monotonic()
             if now - last_snapshot >= snapshot_interval_s:
+                if session is not None and not await auth.sessions.alive(session):
+                    return  # signed out (or expired): the reconnect is answered 401
                 last_snapshot = now
                 yield _sse("calls", {"calls": _snapshot(registry)})
             if call_id is not None:

@@ -1,6 +1,7 @@
 """The live-calls page in a real headless Chromium (Debian's ``chromium`` + ``chromium-driver``, driven by Selenium):
-with the simulator running a call, the page shows it, its transcript appears as it is spoken, and the Hang up
-button ends it (``operator_hangup``).
+with the simulator running a call, the page shows it, its transcript appears as it is spoken, the Hang up
+button ends it (``operator_hangup``: the page's write carries the session's CSRF token), and Sign out ends the
+session on the server.
 
 Without the browser the test skips with the reason locally; with ``CI`` set it fails instead (``.ci/run``
 installs the packages before ``make test``). Set ``SIPCTL_CONSOLE_SCREENSHOT=/tmp/console.png`` to keep a
@@ -16,6 +17,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
@@ -74,8 +76,9 @@ def _text(driver: webdriver.Chrome, css: str) -> str:
         return ""
 
 
-def _use_the_page(url: str, call_id: str, profile_dir: Path, screenshot: Path | None) -> list[str]:
-    """Everything the operator does, in the browser (blocking: runs in a thread). Returns browser console errors."""
+def _use_the_page(url: str, call_id: str, profile_dir: Path, screenshot: Path | None) -> tuple[list[str], str]:
+    """Everything the operator does, in the browser (blocking: runs in a thread). Returns browser console errors
+    and the session cookie the browser held before signing out."""
     driver = _chrome(profile_dir)
     try:
         wait = WebDriverWait(driver, WAIT_S, poll_frequency=0.1)
@@ -107,11 +110,21 @@ def _use_the_page(url: str, call_id: str, profile_dir: Path, screenshot: Path | 
         wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, row))
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f'#recent-calls tr[data-call-id="{call_id}"]'))
         assert not driver.find_element(By.ID, "hangup").is_enabled()
-        return [
+        errors = [
             str(entry.get("message"))
             for entry in driver.get_log("browser")  # type: ignore[no-untyped-call]  # selenium leaves it untyped
             if entry.get("level") == "SEVERE" and "favicon.ico" not in str(entry.get("message"))
         ]
+
+        # sign out: the login form again, and the cookie the browser had is no longer a session
+        cookie = driver.get_cookie("sipctl_session")
+        assert cookie is not None
+        assert cookie["secure"] is True
+        assert TOKEN not in str(cookie["value"])
+        driver.find_element(By.ID, "logout").click()
+        wait.until(lambda d: d.find_elements(By.ID, "token"))
+        assert driver.get_cookie("sipctl_session") is None
+        return errors, str(cookie["value"])
     finally:
         driver.quit()
 
@@ -129,14 +142,18 @@ async def test_the_live_calls_page_shows_a_call_its_transcript_and_hangs_it_up(t
     )
     wanted = os.environ.get("SIPCTL_CONSOLE_SCREENSHOT")
     screenshot = tmp_path / "console.png"
+    # the default (Secure) cookie: browsers count http://127.0.0.1 as a secure context and keep it
     async with harness.running_stack(Settings(profiles={"default": profile}), admin_token=TOKEN) as stack:
         call = await stack.sim.place_call(spec)
         async with asyncio.timeout(WAIT_S):
             while stack.runtime.registry.supervisor(call.call_id) is None:
                 await asyncio.sleep(0.05)
-        errors = await asyncio.to_thread(
+        errors, session_id = await asyncio.to_thread(
             _use_the_page, stack.server.url, call.call_id, tmp_path / "chrome-profile", screenshot
         )
+        async with httpx.AsyncClient(base_url=stack.server.url) as client:
+            replayed = await client.get("/v1/calls", headers={"cookie": f"sipctl_session={session_id}"})
+        assert replayed.status_code == 401
         record = await stack.runtime.registry.wait_ended(call.call_id, WAIT_S)
         await stack.sim.wait_ended(call.call_id, WAIT_S)
     assert record.ended_reason == "operator_hangup"
