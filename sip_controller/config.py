@@ -1,25 +1,35 @@
 """Settings: a YAML file under ``SIPCTL_*`` env overrides; secrets only from the environment.
 
-Every failure is a :class:`ConfigError` whose lines name the field path, the bad value and the fix.
+Every failure is a :class:`ConfigError` whose lines name where the value came from (the field path, and the
+environment variable when one set it), the bad value and the fix. List positions are written in brackets
+(``routes[0].profile``), mapping keys after dots (``profiles.sales.voice``), everywhere.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextvars
+import json
+import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    YamlConfigSettingsSource,
+    SettingsError,
 )
+from standardwebhooks import Webhook
 
 from sip_controller.agent.profile import AgentProfile, Strict, Transcription, TurnDetection
 from sip_controller.agent.validation import BETA_FIELDS
@@ -29,15 +39,21 @@ __all__ = [
     "AgentProfile",
     "ConfigError",
     "Limits",
+    "Loaded",
     "Secrets",
     "Settings",
     "Transcription",
     "TurnDetection",
+    "load",
     "load_settings",
+    "webhook_secret_problem",
 ]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_CONFIG_PATH = Path("config/sipctl.yaml")
+ENV_PREFIX = "SIPCTL_"
+#: how old a signed webhook may be (Standard Webhooks' tolerance, the one the intake applies)
+WEBHOOK_TOLERANCE_S = 300
 
 #: Keys that do not belong in the config, and what to write instead (beta-era session fields, secrets).
 MIGRATION_HINTS: dict[str, str] = {
@@ -50,16 +66,104 @@ MIGRATION_HINTS: dict[str, str] = {
 }
 
 
-
 class ConfigError(Exception):
-    """An invalid configuration; ``problems`` holds one readable line per problem."""
+    """An invalid configuration; ``problems`` holds one readable line per problem. One problem reads as that
+    one line; several as a list under ``invalid configuration:``."""
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
-        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+        if len(problems) == 1:
+            super().__init__(problems[0])
+        else:
+            super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
+def webhook_secret_problem(secret: str) -> str | None:
+    """Why ``secret`` is not a Standard Webhooks signing secret (``whsec_`` + base64 of the key), or None.
+    The answer never repeats the secret."""
+    if not secret.startswith("whsec_"):
+        return "does not start with 'whsec_'"
+    body = secret.removeprefix("whsec_")
+    if not body:
+        return "has nothing after 'whsec_' (a signing secret is 'whsec_' followed by base64)"
+    try:
+        key = base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+        Webhook(secret)  # what the intake and the notifier will build from it
+    except (binascii.Error, ValueError, RuntimeError):
+        return "is not 'whsec_' followed by base64"
+    if not key:
+        return "has no key after 'whsec_' (a signing secret is 'whsec_' followed by base64)"
+    return None
+
+
+#: how the messages about a weak SIPCTL_ADMIN_TOKEN say to make a good one
+ADMIN_TOKEN_FIX = (
+    "generate one with `openssl rand -hex 32` (or `python3 -c 'import secrets; print(secrets.token_hex(32))'`)"
+)
+_PLACEHOLDER_WORDS = ("password", "changeme", "change-me", "change_me", "secret", "example", "letmein", "qwerty")
+
+
+def admin_token_problem(token: str) -> str | None:
+    """Why ``token`` is too weak for ``SIPCTL_ADMIN_TOKEN``, or None; never repeats the token. Beyond its length:
+    at least two kinds of character (lower case, upper case, digits, others), enough entropy in its characters
+    (a random 16-character hex token has about 50 bits by this estimate; 36 are required), not mostly runs of
+    neighbouring characters (``abcd``, ``1234``, ``aaaa``), and no placeholder word."""
+    if len(token) < 16:
+        return "shorter than 16 characters"
+    kinds = sum(
+        any(test(c) for c in token)
+        for test in (str.islower, str.isupper, str.isdigit, lambda c: not c.isalnum())
+    )
+    if kinds < 2:
+        return "one kind of character only"
+    counts = [token.count(c) for c in set(token)]
+    bits = -sum(n * math.log2(n / len(token)) for n in counts)
+    if bits < 36:
+        return "too few different characters"
+    neighbours = sum(abs(ord(token[i + 1]) - ord(token[i])) <= 1 for i in range(len(token) - 1))
+    if neighbours > 0.6 * (len(token) - 1):
+        return "mostly runs of neighbouring characters, like abcd or 1234"
+    lowered = token.lower()
+    if any(word in lowered for word in _PLACEHOLDER_WORDS):
+        return "a placeholder word, like password or secret"
+    return None
+
+
+#: the value is named in the message already: no "(got …)" after it
+VALUE_NAMED = "value_named"
 _NUMBER_PATTERN = re.compile(r"^\+?[0-9*?]+$")
+_E164_MAX_DIGITS = 15
+
+
+def _number_pattern_problem(pattern: str) -> str | None:
+    """Why ``pattern`` can never match a number as the controller sees it (E.164: ``+``, 1-15 digits)."""
+    if not _NUMBER_PATTERN.match(pattern):
+        return f"{pattern!r} is not a number pattern"
+    if pattern[0] in "*?":
+        return None  # a leading wildcard matches the +
+    if not pattern.startswith("+"):
+        if pattern.startswith("0"):
+            return (
+                f"{pattern!r} can never match: numbers are compared in E.164 form; write '+', the country code "
+                "and the number without its leading 0"
+            )
+        return f"{pattern!r} can never match: numbers are compared in E.164 form; write {'+' + pattern!r}"
+    if pattern[1:2] == "0":
+        return f"{pattern!r} can never match: E.164 country codes do not start with 0"
+    if "*" not in pattern and len(pattern) - 1 > _E164_MAX_DIGITS:
+        return f"{pattern!r} can never match: E.164 numbers have at most {_E164_MAX_DIGITS} digits"
+    return None
+
+
+def _check_number_patterns(value: tuple[str, ...], example: str) -> tuple[str, ...]:
+    bad = [problem for p in value if (problem := _number_pattern_problem(p))]
+    if bad:
+        raise PydanticCustomError(
+            VALUE_NAMED,
+            "{problems} (patterns are E.164 numbers with * and ? wildcards, e.g. {example})",
+            {"problems": "; ".join(bad), "example": example},
+        )
+    return value
 
 
 class Route(Strict):
@@ -75,10 +179,7 @@ class Route(Strict):
     @field_validator("dialed")
     @classmethod
     def _patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        bad = [p for p in value if not _NUMBER_PATTERN.match(p)]
-        if bad:
-            raise ValueError(f"dialled-number patterns are E.164 with * and ? wildcards, e.g. +1800555* (got {bad})")
-        return value
+        return _check_number_patterns(value, "+1800555*")
 
     @field_validator("header")
     @classmethod
@@ -102,10 +203,7 @@ class Callers(Strict):
     @field_validator("allow", "deny")
     @classmethod
     def _patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        bad = [p for p in value if not _NUMBER_PATTERN.match(p)]
-        if bad:
-            raise ValueError(f"caller patterns are E.164 with * and ? wildcards, e.g. +1415* (got {bad})")
-        return value
+        return _check_number_patterns(value, "+1415*")
 
 
 class ReportEndpoint(Strict):
@@ -163,6 +261,9 @@ class Limits(Strict):
     anonymous_calls_per_minute: int = Field(default=10, ge=0)
     #: how long after the webhook an accept may still be retried (the caller hears ringing meanwhile)
     ring_budget_s: float = Field(default=8.0, gt=0, le=60)
+    #: the SIP status a call is rejected with when its accept is given up (5xx/429 through the ring budget, a
+    #: Retry-After past it): 503 Service Unavailable or 480 Temporarily Unavailable, not endless ringing
+    accept_give_up_status: Literal[480, 503] = 503
     #: on SIGTERM: how long live calls may go on before their spoken wrap-up and hangup
     drain_timeout_s: float = Field(default=300.0, ge=0)
     #: after drain_timeout_s: time for the wrap-up line and the hangup before tasks are cancelled
@@ -170,13 +271,62 @@ class Limits(Strict):
     #: webhooks while draining: "redeliver" answers 503 (OpenAI retries, another replica takes it);
     #: "reject" refuses the call with SIP 503
     drain_mode: Literal["redeliver", "reject"] = "redeliver"
-    dedupe_ttl_s: float = Field(default=3600.0, gt=0)
+    #: how long a webhook-id / call_id is remembered; at least the signature tolerance, or replays get through
+    dedupe_ttl_s: float = 3600.0
     recent_calls: int = Field(default=200, ge=0)
     webhook_max_body_bytes: int = Field(default=256 * 1024, ge=1024)
     hangup_close_wait_s: float = Field(default=3.0, gt=0)
 
+    @field_validator("accept_give_up_status", mode="before")
+    @classmethod
+    def _status_from_text(cls, value: object) -> object:
+        """``SIPCTL_LIMITS__ACCEPT_GIVE_UP_STATUS=480`` arrives as text."""
+        return int(value) if isinstance(value, str) and value.strip().isdigit() else value
 
-_yaml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("sipctl_yaml_path", default=None)
+    @field_validator("dedupe_ttl_s")
+    @classmethod
+    def _outlasts_the_signature(cls, value: float) -> float:
+        if not value >= WEBHOOK_TOLERANCE_S:
+            raise ValueError(
+                f"must be at least {WEBHOOK_TOLERANCE_S} (the webhook signature tolerance, in seconds): a webhook-id "
+                "forgotten sooner can be replayed with a signature that is still valid and answered twice; use "
+                f"{WEBHOOK_TOLERANCE_S} or more (default 3600)"
+            )
+        return value
+
+
+class Console(Strict):
+    """Sign-in sessions of the live-calls page (``SIPCTL_ADMIN_TOKEN`` turns it on)."""
+
+    #: the session cookie's ``Secure`` flag. ``false`` only for a client served plain HTTP on loopback that does
+    #: not count it as secure (browsers do for 127.0.0.1 and localhost); honoured only on a loopback connection
+    secure_cookie: bool = True
+    #: a session ends this long after sign-in (or at sign-out, which revokes it on the server)
+    session_ttl_s: float = Field(default=12 * 3600.0, gt=0, le=7 * 24 * 3600.0)
+    #: sessions kept at once; when full, the oldest ends
+    max_sessions: int = Field(default=1000, ge=1, le=100_000)
+    #: wrong tokens one client may try (console sign-in or the API's bearer) before it must wait: 1 s, then
+    #: doubling per further wrong token up to ``login_backoff_max_s``; forgotten after 15 quiet minutes
+    login_free_failures: int = Field(default=5, ge=1, le=100)
+    login_backoff_max_s: float = Field(default=300.0, ge=1, le=3600)
+
+
+#: the YAML file being loaded, as parsed (read once, by :func:`load`)
+_yaml_data: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar("sipctl_yaml", default=None)
+
+
+class _YamlData(PydanticBaseSettingsSource):
+    """The YAML file's settings, parsed once by :func:`load` (so that its problems are reported once)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: Mapping[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
 
 
 class _Sourced(BaseSettings):
@@ -191,10 +341,10 @@ class _Sourced(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        path = _yaml_path.get()
+        data = _yaml_data.get()
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if path is not None:
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        if data:
+            sources.append(_YamlData(settings_cls, data))
         return tuple(sources)
 
 
@@ -202,7 +352,7 @@ class Settings(_Sourced):
     """Non-secret settings. Priority: explicit arguments > ``SIPCTL_*`` env > YAML file > defaults."""
 
     model_config = SettingsConfigDict(
-        env_prefix="SIPCTL_", env_nested_delimiter="__", extra="forbid", frozen=True
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
     )
 
     host: str = "127.0.0.1"
@@ -218,6 +368,7 @@ class Settings(_Sourced):
     callers: Callers = Callers()
     pricing: Pricing = Pricing()
     reports: Reports = Reports()
+    console: Console = Console()
 
     @field_validator("profiles")
     @classmethod
@@ -243,91 +394,243 @@ class Secrets(BaseModel):
     admin_token: SecretStr | None = None
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> Secrets:
-        env = dict(os.environ if environ is None else environ)
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, required: bool = False) -> Secrets:
+        """Read and check every variable; one :class:`ConfigError` lists every problem (``required``: also
+        the credentials ``sipctl serve`` cannot run without). Secret values never appear in a message."""
+        env = os.environ if environ is None else environ
         key = env.get("OPENAI_API_KEY", "").strip()
         raw_secrets = env.get("OPENAI_WEBHOOK_SECRET", "")
-        secrets = tuple(SecretStr(s.strip()) for s in raw_secrets.split(",") if s.strip())
+        secrets = tuple(s.strip() for s in raw_secrets.split(",") if s.strip())
         base = env.get("OPENAI_BASE_URL", "").strip() or DEFAULT_BASE_URL
         problems = []
         if not base.startswith(("http://", "https://")):
             problems.append(f"OPENAI_BASE_URL: {base!r} is not an http(s) URL; e.g. {DEFAULT_BASE_URL}")
-        for i, s in enumerate(secrets):
-            if not s.get_secret_value().startswith("whsec_"):
+        for i, secret in enumerate(secrets):
+            why = webhook_secret_problem(secret)
+            if why is not None:
+                which = f"secret #{i + 1}" if len(secrets) > 1 else "the secret"
                 problems.append(
-                    f"OPENAI_WEBHOOK_SECRET: secret #{i + 1} does not start with 'whsec_'; copy the "
-                    "signing secret shown when the webhook was created"
+                    f"OPENAI_WEBHOOK_SECRET: {which} {why}; copy the whole signing secret shown when the webhook "
+                    "was created (platform.openai.com → Settings → Project → Webhooks), several separated by "
+                    "commas while rotating"
                 )
-        if problems:
-            raise ConfigError(problems)
         admin = env.get("SIPCTL_ADMIN_TOKEN", "").strip()
-        if admin and len(admin) < 16:
-            problems.append("SIPCTL_ADMIN_TOKEN: use at least 16 random characters (e.g. `openssl rand -hex 24`)")
+        if admin and (weak := admin_token_problem(admin)) is not None:
+            problems.append(f"SIPCTL_ADMIN_TOKEN: too weak ({weak}); {ADMIN_TOKEN_FIX}")
             admin = ""
+        if required:
+            problems.extend(_missing_credentials(api_key=bool(key), webhook_secret=bool(secrets)))
         if problems:
             raise ConfigError(problems)
         return cls(
             admin_token=SecretStr(admin) if admin else None,
             openai_api_key=SecretStr(key) if key else None,
-            webhook_secrets=secrets,
+            webhook_secrets=tuple(SecretStr(s) for s in secrets),
             openai_base_url=base.rstrip("/"),
         )
 
     def require_for_serving(self) -> None:
-        problems = []
-        if self.openai_api_key is None:
-            problems.append("OPENAI_API_KEY is not set; export your project's API key")
-        if not self.webhook_secrets:
-            problems.append(
-                "OPENAI_WEBHOOK_SECRET is not set; export the webhook's signing secret (whsec_…), "
-                "several separated by commas while rotating"
-            )
+        problems = _missing_credentials(
+            api_key=self.openai_api_key is not None, webhook_secret=bool(self.webhook_secrets)
+        )
         if problems:
             raise ConfigError(problems)
 
 
-def _format_loc(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(p) for p in loc) or "(top level)"
+def _missing_credentials(*, api_key: bool, webhook_secret: bool) -> list[str]:
+    problems = []
+    if not api_key:
+        problems.append("OPENAI_API_KEY is not set; export your project's API key")
+    if not webhook_secret:
+        problems.append(
+            "OPENAI_WEBHOOK_SECRET is not set; export the webhook's signing secret (whsec_…), "
+            "several separated by commas while rotating"
+        )
+    return problems
 
 
-def _describe(error: Any) -> str:
+# ---- where a value came from, and one readable line per problem ----------------------------------------------
+
+
+def format_loc(loc: Sequence[int | str]) -> str:
+    """``("routes", 0, "profile")`` -> ``routes[0].profile``: list positions in brackets, keys after dots."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def env_variable(loc: Sequence[int | str], environ: Mapping[str, str] | None = None) -> str | None:
+    """The ``SIPCTL_*`` variable that set the value at ``loc``, if one did: the variable of that very field
+    (``SIPCTL_LIMITS__MAX_CONCURRENT_CALLS``), or of a parent whose JSON value holds it (``SIPCTL_ROUTES``)."""
+    env = os.environ if environ is None else environ
+    names = {name.upper(): value for name, value in env.items() if name.upper().startswith(ENV_PREFIX)}
+    parts = [str(p).upper() for p in loc]
+    for n in range(len(parts), 0, -1):
+        name = ENV_PREFIX + "__".join(parts[:n])
+        if name not in names:
+            continue
+        if n == len(parts):
+            return name
+        try:
+            node: Any = json.loads(names[name])
+        except ValueError:
+            return name
+        for part in loc[n:]:
+            in_dict = isinstance(node, dict) and isinstance(part, str) and part in node
+            in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+            if in_dict or in_list:
+                node = node[part]
+            else:
+                return None  # the parent's JSON does not hold this value: it came from the file
+        return name
+    return None
+
+
+def _describe(error: Any, environ: Mapping[str, str] | None = None) -> str:
     loc: tuple[int | str, ...] = tuple(error.get("loc", ()))
-    path = _format_loc(loc)
+    path = format_loc(loc)
+    variable = env_variable(loc, environ)
+    where = f"{variable} ({path})" if variable else path
     last = str(loc[-1]) if loc else ""
     if error.get("type") == "extra_forbidden":
         hint = MIGRATION_HINTS.get(last)
         if hint:
-            return f"{path}: {hint}"
-        return f"{path}: unknown field (value {error.get('input')!r}); check the spelling or delete it"
-    msg = str(error.get("msg", "invalid"))
-    msg = msg.removeprefix("Value error, ")
-    return f"{path}: {msg} (got {error.get('input')!r})"
+            return f"{where}: {hint}"
+        fix = "unset the variable" if variable else "delete it"
+        return f"{where}: unknown field (value {error.get('input')!r}); check the spelling or {fix}"
+    msg = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    if error.get("type") == VALUE_NAMED or "(got " in msg:
+        return f"{where}: {msg}"
+    return f"{where}: {msg} (got {error.get('input')!r})"
 
 
 def problems_from(exc: ValidationError) -> list[str]:
     return [_describe(e) for e in exc.errors()]
 
 
+def _env_parse_problem(exc: SettingsError) -> str:
+    """pydantic-settings could not decode a ``SIPCTL_*`` value (a list or mapping written as non-JSON)."""
+    match = re.search(r'field "([^"]+)"', str(exc))
+    field_name = match.group(1) if match else ""
+    prefix = (ENV_PREFIX + field_name).upper()
+    names = sorted(n for n in os.environ if n.upper() == prefix or n.upper().startswith(prefix + "__"))
+    where = ", ".join(names) or f"the {ENV_PREFIX}* environment"
+    return (
+        f"{where}: not valid JSON for {field_name or 'a setting'}; a list or mapping in an environment variable "
+        f"is written as JSON (e.g. {ENV_PREFIX}ROUTES='[{{\"dialed\": [\"+1800*\"], \"profile\": \"sales\"}}]'); "
+        "fix or unset it"
+    )
+
+
+# ---- the YAML file -----------------------------------------------------------------------------------------
+
+
+def yaml_problem(path: Path | str, exc: yaml.YAMLError) -> str:
+    """A YAML syntax error as one line, ``file:line:column: not valid YAML: what``. When the parser ran off
+    the end of the file, the place to fix is where the unclosed construct began, so that is the position."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        problem = " ".join((exc.problem or "syntax error").split())
+        context = " ".join(exc.context.split()) if exc.context else None
+        mark = exc.problem_mark
+        at_end = "<stream end>" in problem or "end of stream" in problem
+        if at_end and context and exc.context_mark is not None:
+            mark = exc.context_mark
+            problem = f"{context}: {problem}"
+        elif context and exc.context_mark is not None:
+            problem = f"{problem} ({context} at line {exc.context_mark.line + 1})"
+        return f"{path}:{mark.line + 1}:{mark.column + 1}: not valid YAML: {problem}"
+    return f"{path}: not valid YAML: {' '.join(str(exc).split())}"
+
+
+def read_config_file(path: Path, origin: str) -> tuple[dict[str, Any], list[str]]:
+    """The YAML file as a mapping, or the problems that keep it from being one (each one line, naming ``origin``
+    (``--config``, ``SIPCTL_CONFIG``) when the path itself is wrong, the file otherwise)."""
+    if path.is_dir():
+        return {}, [f"{origin}: {str(path)!r} is a directory; point it at a YAML config file"]
+    if not path.exists():
+        return {}, [f"{origin}: {str(path)!r} does not exist; point it at a YAML config file"]
+    try:
+        with path.open("rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        return {}, [
+            f"{path}: cannot read the config file ({exc.strerror or exc}); make it readable by the user sipctl "
+            "runs as (e.g. chmod 0640 and group sipctl)"
+        ]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return {}, [f"{path}: not UTF-8 text (byte {exc.start}); save the file as UTF-8"]
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        return {}, [yaml_problem(path, exc)]
+    if data is None:
+        return {}, []
+    if not isinstance(data, dict):
+        return {}, [f"{path}: the top level must be a mapping of settings, got {type(data).__name__}"]
+    return data, []
+
+
+# ---- loading: every problem of the file and the environment in one run -----------------------------------------
+
 #: checks a profile beyond its types: (name, profile, fields already reported as invalid) -> problems
 ProfileCheck = Callable[[str, AgentProfile, frozenset[str]], list[str]]
 
 
-def load_settings(path: Path | str | None = None, *, profile_check: ProfileCheck | None = None) -> Settings:
-    """Load settings from ``path`` (or ``SIPCTL_CONFIG``, or ``config/sipctl.yaml`` if present) under env.
+@dataclass(frozen=True)
+class Loaded:
+    """The outcome of :func:`load`: the settings (None when they do not validate), every problem found, and
+    where the settings came from."""
 
-    Every problem is reported at once: type errors, a bad ``default_profile``, and what ``profile_check``
-    finds, which also runs on the valid part of a profile whose other fields have type errors.
+    settings: Settings | None
+    problems: list[str]
+    #: the YAML file read (None: built-in defaults and the environment only)
+    path: Path | None = None
+    #: how the operator named that file: ``--config``, ``SIPCTL_CONFIG``, ``<scenario>: config``, or None (default)
+    origin: str | None = None
+    #: the YAML file as parsed
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    def source_of(self, name: str) -> str | None:
+        """Who set the top-level setting ``name``: its ``SIPCTL_*`` variable, ``name: value in <file>``, or None
+        (the default)."""
+        variable = env_variable((name,))
+        if variable is not None:
+            return variable
+        if name in self.data and self.path is not None:
+            return f"{name} in {self.path}"
+        return None
+
+
+def load(
+    path: Path | str | None = None, *, origin: str | None = None, profile_check: ProfileCheck | None = None
+) -> Loaded:
+    """Load settings from ``path`` (or ``SIPCTL_CONFIG``, or ``config/sipctl.yaml`` if present) under env, and
+    find every problem at once: the file, type errors (named by the environment variable that set the value
+    when one did), a bad ``default_profile``, routes naming unknown profiles, report endpoints whose signing
+    secret is missing from the environment, and what ``profile_check`` finds, which also runs on the valid part
+    of a profile whose other fields have type errors.
     """
     if path is None:
         env_path = os.environ.get("SIPCTL_CONFIG", "").strip()
         if env_path:
-            path = env_path
+            path, origin = env_path, "SIPCTL_CONFIG"
         elif DEFAULT_CONFIG_PATH.is_file():
-            path = DEFAULT_CONFIG_PATH
+            path, origin = DEFAULT_CONFIG_PATH, None
+    elif origin is None:
+        origin = "--config"
     yaml_path = Path(path) if path is not None else None
+    data: dict[str, Any] = {}
     if yaml_path is not None:
-        _check_yaml_file(yaml_path)
-    token = _yaml_path.set(yaml_path)
+        data, file_problems = read_config_file(yaml_path, origin or str(yaml_path))
+        if file_problems:
+            return Loaded(None, file_problems, yaml_path, origin, data)
+    token = _yaml_data.set(data)
     try:
         problems: list[str] = []
         settings: Settings | None = None
@@ -335,39 +638,54 @@ def load_settings(path: Path | str | None = None, *, profile_check: ProfileCheck
             settings = Settings()
         except ValidationError as exc:
             problems.extend(problems_from(exc))
-        raw = _raw_profiles()
+        except SettingsError as exc:
+            return Loaded(None, [_env_parse_problem(exc)], yaml_path, origin, data)
+        raw = _raw_settings()
         problems.extend(_profile_name_problems(raw))
         if profile_check is not None:
             if settings is not None:
                 for name, profile in settings.profiles.items():
                     problems.extend(profile_check(name, profile, frozenset()))
             elif raw is not None and isinstance(raw.profiles, dict):
-                for name, data in raw.profiles.items():
-                    partial = _best_effort_profile(data)
+                for name, profile_data in raw.profiles.items():
+                    partial = _best_effort_profile(profile_data)
                     if partial is not None:
                         problems.extend(profile_check(str(name), *partial))
-        if problems:
-            raise ConfigError(problems)
-        assert settings is not None
-        return settings
+        problems.extend(_cross_reference_problems(settings, raw))
+        return Loaded(settings if not problems else None, problems, yaml_path, origin, data)
     finally:
-        _yaml_path.reset(token)
+        _yaml_data.reset(token)
 
 
-class _RawProfiles(_Sourced):
-    """The profiles as written, read from the same sources, so that problems are still found and reported
-    together when the full Settings does not validate."""
+def load_settings(
+    path: Path | str | None = None, *, origin: str | None = None, profile_check: ProfileCheck | None = None
+) -> Settings:
+    """:func:`load`, raising :class:`ConfigError` listing every problem."""
+    loaded = load(path, origin=origin, profile_check=profile_check)
+    if loaded.problems or loaded.settings is None:
+        raise ConfigError(loaded.problems)
+    return loaded.settings
 
-    model_config = SettingsConfigDict(env_prefix="SIPCTL_", env_nested_delimiter="__", extra="ignore")
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+class _RawSettings(_Sourced):
+    """The cross-referenced settings as written, read from the same sources, so that problems are still found
+    and reported together when the full Settings does not validate."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore")
 
     default_profile: Any = "default"
     profiles: Any = None
+    routes: Any = None
+    reports: Any = None
 
 
-def _raw_profiles() -> _RawProfiles | None:
+def _raw_settings() -> _RawSettings | None:
     try:
-        return _RawProfiles()
-    except ValidationError:
+        return _RawSettings()
+    except (ValidationError, SettingsError):
         return None
 
 
@@ -389,7 +707,7 @@ def _best_effort_profile(data: Any) -> tuple[AgentProfile, frozenset[str]] | Non
             dropped |= bad
 
 
-def _profile_name_problems(names: _RawProfiles | None) -> list[str]:
+def _profile_name_problems(names: _RawSettings | None) -> list[str]:
     if names is None or not isinstance(names.profiles, dict) or not isinstance(names.default_profile, str):
         return []  # absent (built-in default profile) or mistyped (reported by Settings itself)
     if names.default_profile in names.profiles:
@@ -400,12 +718,74 @@ def _profile_name_problems(names: _RawProfiles | None) -> list[str]:
     ]
 
 
-def _check_yaml_file(path: Path) -> None:
-    if not path.is_file():
-        raise ConfigError([f"SIPCTL_CONFIG: {str(path)!r} does not exist; point it at a YAML config file"])
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
-    if data is not None and not isinstance(data, dict):
-        raise ConfigError([f"{path}: the top level must be a mapping of settings, got {type(data).__name__}"])
+def _valid_items(model: type[_Model], items: Any) -> list[tuple[int, _Model]]:
+    """The entries of a list as written that validate on their own (the others are reported already)."""
+    if not isinstance(items, list):
+        return []
+    out = []
+    for i, item in enumerate(items):
+        try:
+            out.append((i, model.model_validate(item)))
+        except ValidationError:
+            continue
+    return out
+
+
+def _cross_reference_problems(settings: Settings | None, raw: _RawSettings | None) -> list[str]:
+    """What refers to something else: routes to profiles, report endpoints to environment variables. Checked on
+    whatever validates, so these problems come with the type errors, not after they are fixed."""
+    if settings is not None:
+        profiles: Collection[str] | None = settings.profiles
+        routes = list(enumerate(settings.routes))
+        endpoints = list(enumerate(settings.reports.endpoints))
+    elif raw is not None:
+        profiles = list(map(str, raw.profiles)) if isinstance(raw.profiles, dict) else None
+        if raw.profiles is None:
+            profiles = ["default"]
+        routes = _valid_items(Route, raw.routes)
+        reports = raw.reports if isinstance(raw.reports, dict) else {}
+        endpoints = _valid_items(ReportEndpoint, reports.get("endpoints"))
+    else:
+        return []
+    return route_problems(routes, profiles) + endpoint_problems(endpoints)
+
+
+def route_problems(routes: Sequence[tuple[int, Route]], profiles: Collection[str] | None) -> list[str]:
+    problems = []
+    for i, route in routes:
+        if profiles is not None and route.profile not in profiles:
+            problems.append(
+                f"routes[{i}].profile: {route.profile!r} is not a profile; use one of "
+                f"{', '.join(sorted(profiles)) or '(none defined)'}"
+            )
+        if route.header is not None and not route.values:
+            problems.append(f"routes[{i}].values: list the {route.header} values that select this route")
+        if route.header is None and not route.dialed:
+            problems.append(f"routes[{i}]: a route needs dialed patterns or a header with values")
+    return problems
+
+
+def endpoint_problems(
+    endpoints: Sequence[tuple[int, ReportEndpoint]], environ: Mapping[str, str] | None = None
+) -> list[str]:
+    """Each report endpoint's signing secret, from the environment variable its ``secret_env`` names."""
+    env = os.environ if environ is None else environ
+    problems = []
+    for i, endpoint in endpoints:
+        if endpoint.secret_env is None:
+            continue
+        where = f"reports.endpoints[{i}].secret_env"
+        secret = env.get(endpoint.secret_env, "").strip()
+        if not secret:
+            problems.append(
+                f"{where}: the environment variable {endpoint.secret_env} is not set; export the endpoint's "
+                "whsec_… signing secret there (or delete secret_env to send the events unsigned)"
+            )
+            continue
+        why = webhook_secret_problem(secret)
+        if why is not None:
+            problems.append(
+                f"{where}: the secret in the environment variable {endpoint.secret_env} {why}; put the "
+                "endpoint's whole whsec_… signing secret there"
+            )
+    return problems

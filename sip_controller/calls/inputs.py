@@ -23,6 +23,8 @@ class AcceptFailed:
     detail: str
     #: OpenAI refused the body (400): the config is wrong, and the caller must not be left ringing
     invalid: bool = False
+    #: why retrying stopped (the ring budget ran out, a Retry-After past it, an error not worth retrying)
+    why: str = ""
 
 
 @dataclass(frozen=True)

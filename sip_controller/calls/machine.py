@@ -203,6 +203,8 @@ class CallMachine:
     today: date = field(default_factory=lambda: datetime.now(UTC).date())
     prices: ModelPrices | None = None
     transcription_prices: TranscriptionPrices | None = None
+    #: the SIP status a call is rejected with when its accept is given up (``limits.accept_give_up_status``)
+    accept_give_up_status: int = 503
     state: CallState = CallState.RECEIVED
     _t0: float | None = None
     ending: _Ending | None = None
@@ -220,6 +222,8 @@ class CallMachine:
     _caller_spoke_while_held: bool = False
     _reconnects: int = 0
     _hangup_failures: int = 0
+    #: a sideband is open now (attached and not closed since): after a hangup, its close is worth waiting for
+    _sideband_open: bool = False
     _pending_tools: dict[str, float] = field(default_factory=dict)
     #: the features: each holds its own state and its slice of the profile; they reach the call through
     #: this machine as their ``CallPort`` (passed to each call, never kept)
@@ -263,14 +267,20 @@ class CallMachine:
                 self._set_state(CallState.ACCEPTED, rel)
                 self.record.accepted_s = round(rel, 3)
                 return [Attach()]
-            case AcceptFailed(gone=gone, detail=detail, invalid=invalid):
-                self.record.errors.append(f"accept failed: {detail}")
+            case AcceptFailed(gone=gone, detail=detail, invalid=invalid, why=why):
+                self.record.errors.append(f"accept failed: {detail}" + (f"; {why}" if why else ""))
                 self.record.mark(rel, "accept failed" + (" (call gone)" if gone else ""))
                 if invalid:
                     self.record.mark(rel, "accept body refused: rejecting the call so it does not ring on")
                     return [Reject(603), *self.finish("accept_failed", rel, CallState.FAILED)]
-                return self.finish("accept_failed", rel, CallState.FAILED)
+                if gone:  # the caller hung up, or the call expired: nothing is left to reject
+                    return self.finish("accept_failed", rel, CallState.FAILED)
+                # given up: a clear SIP status instead of ringing until the caller's carrier times out
+                status = self.accept_give_up_status
+                self.record.mark(rel, f"accept given up: {why or detail}; rejecting the call with SIP {status}")
+                return [Reject(status), *self.finish("accept_failed", rel, CallState.FAILED)]
             case Attached():
+                self._sideband_open = True
                 if self.attached_at is not None:
                     self.record.mark(rel, "sideband restored")
                     return []
@@ -291,6 +301,9 @@ class CallMachine:
                 return self._on_timer(name, rel)
             case HangupOk():
                 self.record.mark(rel, "hangup acknowledged")
+                if not self._sideband_open:  # no close is coming: the report need not wait for one
+                    self.record.mark(rel, "no sideband open: finishing at once")
+                    return self.finish(self.ending.reason if self.ending else "session_error", rel)
                 return [StartTimer(CLOSE_WAIT_TIMER, self.close_wait_s)]
             case HangupFailed(gone=gone, detail=detail):
                 return self._on_hangup_failed(gone, detail, rel)
@@ -512,6 +525,7 @@ class CallMachine:
 
     def _on_sideband_closed(self, code: int | None, rel: float) -> list[Action]:
         """1000 is how the server ends a finished call; anything else may be a dropped socket."""
+        self._sideband_open = False
         self.record.mark(rel, f"sideband closed (code {code})")
         if self.transfer.leaving:  # a REFER that worked can close the socket before its 200
             return [*self.transfer.on_call_left(self, rel), *self.finish("transferred", rel)]
@@ -743,10 +757,11 @@ class CallMachine:
         try:
             args = tools.parse_arguments(spec, raw)
         except tools.ToolArgumentsError as exc:
-            if name != "end_call":  # end_call still ends the call: the intent is unambiguous
-                record.outcome, record.detail = "invalid_arguments", str(exc)
+            record.outcome, record.detail = "invalid_arguments", str(exc)
+            if name != "end_call":
                 return [self.tool_output(item.call_id, {"error": str(exc)}), self.respond()]
-            record.detail = str(exc)
+            # end_call still ends the call (its intent is unambiguous): recorded as invalid_arguments, and its
+            # result says the call was ended anyway
             args = tools.EndCallArgs()
         self.record.mark(rel, f"tool {name}")
         if name == "transfer_call":
@@ -775,9 +790,9 @@ class CallMachine:
     ) -> list[Action]:
         problem: str | None
         try:
-            args = json.loads(raw) if raw.strip() else {}
-        except (ValueError, RecursionError):
-            args, problem = None, "arguments are not valid JSON; send a JSON object"
+            args = tools.decode_arguments(raw)
+        except tools.ToolArgumentsError as exc:
+            args, problem = None, str(exc)
         else:
             problem = _schema_problem(tool.parameters, args)
         if problem is not None or not isinstance(args, dict):

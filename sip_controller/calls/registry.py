@@ -150,6 +150,7 @@ class CallRegistry:
             transcription_prices=(
                 self._settings.pricing.transcription.get(profile.transcription.model) if profile.transcription else None
             ),
+            accept_give_up_status=self._settings.limits.accept_give_up_status,
         )
         options = CallOptions(
             ring_budget_s=self._settings.limits.ring_budget_s,

@@ -48,7 +48,15 @@ from sip_controller.calls.report import CallRecord
 from sip_controller.calls.states import CallState
 from sip_controller.calls.tool_runner import run_tool
 from sip_controller.realtime.events import InputTranscriptionCompleted, OutputTranscriptDone
-from sip_controller.realtime.rest import CallGone, InvalidRequest, OpenAIError, RealtimeCalls
+from sip_controller.realtime.rest import (
+    CallGone,
+    InvalidRequest,
+    OpenAIError,
+    RateLimited,
+    RealtimeCalls,
+    ServerError,
+    TransportError,
+)
 from sip_controller.realtime.retries import (
     DEFAULT_POLICY,
     RetryPolicy,
@@ -288,11 +296,22 @@ class CallSupervisor:
             self._log.error("call.accept_refused", status=exc.status, message=exc.message, param=exc.param)
             self.post(AcceptFailed(gone=False, detail=str(exc), invalid=True))
         except OpenAIError as exc:
-            self._log.warning("call.accept_failed", status=exc.status, error=exc.message)
-            self.post(AcceptFailed(gone=False, detail=str(exc)))
+            why = self._why_accept_given_up(exc, deadline)
+            self._log.warning("call.accept_failed", status=exc.status, error=exc.message, why=why)
+            self.post(AcceptFailed(gone=False, detail=str(exc), why=why))
         else:
             self._log.info("call.accepted")
             self.post(AcceptOk())
+
+    def _why_accept_given_up(self, exc: OpenAIError, deadline: float) -> str:
+        """Why the accept is not tried again, in the words of the report."""
+        now = self._clock()
+        if isinstance(exc, RateLimited) and exc.retry_after is not None and now + exc.retry_after >= deadline:
+            left = max(0.0, deadline - now)
+            return f"Retry-After {exc.retry_after:g}s is past the {left:.1f}s left of the ring budget: given up at once"
+        if isinstance(exc, RateLimited | ServerError | TransportError):
+            return f"the ring budget ({self._options.ring_budget_s:g}s) ran out while retrying"
+        return f"HTTP {exc.status} is not retried"
 
     async def _connect_with_retries(self, url: str) -> Sideband:
         """A refused or failed handshake is retried (bounded); a 404 means the call is gone and is final."""

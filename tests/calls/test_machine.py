@@ -467,17 +467,37 @@ def test_caller_hangup_before_attach() -> None:
     assert finishes(c.feed(SidebandClosed(code=None))) == [Finish("caller_hangup")]
 
 
-@pytest.mark.parametrize("gone", [True, False])
-def test_accept_failed(gone: bool) -> None:
+def test_accept_failed_because_the_call_is_gone() -> None:
     c = Call()
     c.feed(Start())
-    actions = c.feed(AcceptFailed(gone=gone, detail="accept: HTTP 404 call_id_not_found"))
-    assert actions == [*FINISH_TAIL, Finish("accept_failed")]
+    actions = c.feed(AcceptFailed(gone=True, detail="accept: HTTP 404 call_id_not_found"))
+    assert actions == [*FINISH_TAIL, Finish("accept_failed")]  # nothing left to reject
     assert c.state() == CallState.FAILED
     assert c.record.state == "failed"
     assert c.record.ended_reason == "accept_failed"
     assert any("call_id_not_found" in e for e in c.record.errors)
     assert hangups(c.log) == 0
+
+
+@pytest.mark.parametrize("status", [503, 480])
+def test_an_accept_given_up_rejects_the_call_with_the_configured_status(status: int) -> None:
+    c = Call()
+    c.m.accept_give_up_status = status
+    c.feed(Start())
+    why = "the ring budget (8s) ran out while retrying"
+    actions = c.feed(AcceptFailed(gone=False, detail="accept: HTTP 500 server_error", why=why))
+    assert actions == [Reject(status), *FINISH_TAIL, Finish("accept_failed")]  # the caller stops ringing
+    assert c.state() == CallState.FAILED
+    assert c.record.ended_reason == "accept_failed"
+    assert hangups(c.log) == 0
+    assert any("HTTP 500" in e and why in e for e in c.record.errors)
+    assert (0.5, f"accept given up: {why}; rejecting the call with SIP {status}") in c.record.timeline
+
+
+def test_the_accept_give_up_status_defaults_to_503() -> None:
+    c = Call()
+    c.feed(Start())
+    assert c.feed(AcceptFailed(gone=False, detail="accept: HTTP 401"))[0] == Reject(503)
 
 
 def test_attach_failed_call_gone_is_caller_hangup() -> None:
@@ -496,9 +516,8 @@ def test_attach_failed_otherwise_hangs_up_then_session_error() -> None:
     c.feed(AcceptOk())
     assert c.feed(AttachFailed(gone=False, detail="handshake timed out")) == [CancelTimer(GOODBYE_TIMER), Hangup()]
     assert c.state() == CallState.ENDING
-    assert c.feed(HangupOk()) == [StartTimer(CLOSE_WAIT_TIMER, 3.0)]
-    # no sideband to close: the close-wait timer ends the call
-    assert c.feed(TimerFired(CLOSE_WAIT_TIMER)) == [*FINISH_TAIL, Finish("session_error")]
+    # no sideband to close: the call ends with the hangup's answer, without waiting for a close
+    assert c.feed(HangupOk()) == [*FINISH_TAIL, Finish("session_error")]
     assert c.record.ended_reason == "session_error"
 
 
@@ -962,8 +981,7 @@ def test_reconnects_are_bounded_then_the_call_is_hung_up_through_rest() -> None:
         assert c.feed(SidebandClosed(code=1011)) == [Reattach()]
         c.feed(Attached())
     assert hangups(c.feed(SidebandClosed(code=1011))) == 1
-    c.feed(HangupOk())
-    assert finishes(c.feed(TimerFired(CLOSE_WAIT_TIMER))) == [Finish("session_error")]
+    assert finishes(c.feed(HangupOk())) == [Finish("session_error")]
 
 
 def test_a_reattach_that_finds_the_call_gone_ends_it_as_a_caller_hangup() -> None:
@@ -979,8 +997,7 @@ def test_a_dropped_socket_during_the_goodbye_sends_the_owed_hangup_at_once() -> 
     c.greeted()
     c.feed(response_done("r_tool", output=[fc("call_1")]))
     assert hangups(c.feed(SidebandClosed(code=1006))) == 1
-    c.feed(HangupOk())
-    assert finishes(c.feed(TimerFired(CLOSE_WAIT_TIMER))) == [Finish("agent_end_call")]
+    assert finishes(c.feed(HangupOk())) == [Finish("agent_end_call")]
 
 
 def test_a_refused_accept_body_rejects_the_call_before_finishing() -> None:

@@ -57,6 +57,18 @@ async def test_over_capacity_calls_are_rejected_with_486(api: RealtimeCalls, rou
     assert registry.live_count == 0
 
 
+async def test_an_accept_given_up_is_rejected_with_limits_accept_give_up_status(
+    api: RealtimeCalls, router: respx.Router
+) -> None:
+    router.routes["accept"].respond(503)
+    settings = Settings(limits=Limits(ring_budget_s=0.2, accept_give_up_status=480))
+    registry = CallRegistry(settings, api, FakeConnector())
+    registry.start(incoming("rtc_a"))
+    record = await registry.wait_ended("rtc_a", 5)
+    assert record.ended_reason == "accept_failed"
+    assert json.loads(router.routes["reject"].calls.last.request.content) == {"status_code": 480}
+
+
 async def test_a_crashing_call_does_not_touch_another(api: RealtimeCalls, router: respx.Router) -> None:
     good = FakeConnector()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -38,11 +39,13 @@ async def api(router: respx.Router) -> AsyncIterator[RealtimeCalls]:
         yield client
 
 
-def supervisor(api: RealtimeCalls, connect: Any, profile: AgentProfile | None = None) -> CallSupervisor:
+def supervisor(
+    api: RealtimeCalls, connect: Any, profile: AgentProfile | None = None, *, ring_budget_s: float = 2
+) -> CallSupervisor:
     record = CallRecord(call_id="rtc_x", profile="default", received_at=datetime.now(UTC))
     machine = CallMachine(call_id="rtc_x", profile_name="default", profile=profile or AgentProfile(greeting=None),
                              record=record, close_wait_s=0.5)
-    return CallSupervisor(machine, api, connect, options=CallOptions(ring_budget_s=2, retry=FAST))
+    return CallSupervisor(machine, api, connect, options=CallOptions(ring_budget_s=ring_budget_s, retry=FAST))
 
 
 async def attached_call(api: RealtimeCalls) -> tuple[asyncio.Task[CallRecord], FakeSideband]:
@@ -153,6 +156,42 @@ async def test_a_gone_call_is_not_hung_up_and_never_attached(api: RealtimeCalls,
     assert router.routes["hangup"].call_count == 0
     assert router.routes["reject"].call_count == 0
     assert connector.requests == []
+
+
+async def test_5xx_until_the_ring_budget_ends_rejects_the_call_instead_of_leaving_it_ringing(
+    api: RealtimeCalls, router: respx.Router
+) -> None:
+    router.routes["accept"].return_value = httpx.Response(500)
+    connector = FakeConnector()
+    started = time.monotonic()
+    record = await asyncio.wait_for(supervisor(api, connector, ring_budget_s=0.4).run(), 5)
+    assert record.ended_reason == "accept_failed"
+    assert time.monotonic() - started >= 0.35  # retried for the whole ring budget first
+    assert router.routes["accept"].call_count > 2
+    assert json.loads(router.routes["reject"].calls.last.request.content) == {"status_code": 503}
+    assert connector.requests == []
+    [error] = [e for e in record.errors if e.startswith("accept failed")]
+    assert "HTTP 500" in error
+    assert "ring budget (0.4s) ran out while retrying" in error
+    assert any(event.startswith("accept given up: the ring budget") for _, event in record.timeline)
+
+
+async def test_a_retry_after_beyond_the_ring_budget_gives_up_at_once_and_rejects(
+    api: RealtimeCalls, router: respx.Router
+) -> None:
+    err = {"error": {"message": "Rate limit reached", "type": "rate_limit_error", "code": "rate_limit_exceeded"}}
+    router.routes["accept"].return_value = httpx.Response(429, json=err, headers={"retry-after": "30"})
+    connector = FakeConnector()
+    started = time.monotonic()
+    record = await asyncio.wait_for(supervisor(api, connector, ring_budget_s=2).run(), 5)
+    assert time.monotonic() - started < 1.0  # no waiting out a budget that cannot be enough
+    assert router.routes["accept"].call_count == 1
+    assert record.ended_reason == "accept_failed"
+    assert json.loads(router.routes["reject"].calls.last.request.content) == {"status_code": 503}
+    [error] = [e for e in record.errors if e.startswith("accept failed")]
+    assert "Retry-After 30s" in error
+    assert "ring budget" in error
+    assert any(event.startswith("accept given up: Retry-After 30s") for _, event in record.timeline)
 
 
 async def test_accept_is_retried_through_5xx_within_the_ring_budget(api: RealtimeCalls, router: respx.Router) -> None:

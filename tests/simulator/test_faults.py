@@ -505,6 +505,21 @@ async def test_e2e_hangup_while_ringing_is_accept_failed_without_hangup_or_sideb
 
 
 @pytest.mark.e2e
+async def test_e2e_a_retry_after_beyond_the_ring_budget_rejects_the_call_at_once() -> None:
+    faults = {"accept": {"error_rate": 1, "status": 429, "retry_after": 30, "max_errors": 100}}
+    started = time.monotonic()
+    outcome = await run(goodbye(faults=faults))
+    assert time.monotonic() - started < 5  # the 8 s ring budget was not waited out
+    assert outcome.sim.accept_attempts == 1
+    assert outcome.sim.accept_count == 0
+    assert outcome.sim.ended_by == "reject"
+    assert outcome.sim.reject_status == 503  # limits.accept_give_up_status
+    assert reason(outcome) == "accept_failed"
+    assert outcome.record is not None
+    assert any("Retry-After 30s" in e for e in outcome.record.errors)
+
+
+@pytest.mark.e2e
 async def test_e2e_hangup_500_once_is_retried() -> None:
     outcome = await run(goodbye(faults={"hangup": {"error_rate": 1, "status": 500, "max_errors": 1}}))
     assert outcome.sim.fault_counts == {"hangup_500": 1}
