@@ -108,11 +108,57 @@ class ToolArgumentsError(ValueError):
     """The model's arguments did not validate; the message is written for the model to recover."""
 
 
-def parse_arguments(spec: ToolSpec, raw: str) -> BaseModel:
+#: tool arguments longer than this (characters of the JSON string) are refused before they are decoded
+MAX_ARGUMENT_CHARS = 64_000
+#: tool arguments nested deeper than this (arrays and objects) are refused before they are decoded: decoding
+#: (and every later copy, check or dump) of ``[[[[…]]]]`` thousands of levels deep would recurse without bound
+MAX_ARGUMENT_DEPTH = 32
+
+
+def argument_problem(raw: str) -> str | None:
+    """Why ``raw`` is past the size or depth limit (a message for the model), or None. Never decodes ``raw``:
+    the nesting is counted in one pass over the characters, outside string literals."""
+    if len(raw) > MAX_ARGUMENT_CHARS:
+        return f"arguments are too long ({len(raw)} characters, at most {MAX_ARGUMENT_CHARS}); send less"
+    if raw.count("[") + raw.count("{") <= MAX_ARGUMENT_DEPTH:
+        return None  # cannot be nested deeper than it has brackets
+    depth = 0
+    in_string = escaped = False
+    for char in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > MAX_ARGUMENT_DEPTH:
+                return f"arguments are nested too deeply (at most {MAX_ARGUMENT_DEPTH} levels); send a flat JSON object"
+        elif char in "]}":
+            depth -= 1
+    return None
+
+
+def decode_arguments(raw: str) -> Any:
+    """Decode the model's arguments within the limits: ToolArgumentsError for anything past them or not JSON
+    (an empty string is an empty object)."""
+    problem = argument_problem(raw)
+    if problem is not None:
+        raise ToolArgumentsError(problem)
     try:
-        data = json.loads(raw) if raw.strip() else {}
+        return json.loads(raw) if raw.strip() else {}
     except json.JSONDecodeError as exc:
         raise ToolArgumentsError(f"arguments are not valid JSON ({exc.msg}); send a JSON object") from None
+    except (ValueError, RecursionError):
+        raise ToolArgumentsError("arguments are not valid JSON; send a JSON object") from None
+
+
+def parse_arguments(spec: ToolSpec, raw: str) -> BaseModel:
+    data = decode_arguments(raw)
     if not isinstance(data, dict):
         raise ToolArgumentsError("arguments must be a JSON object")
     try:

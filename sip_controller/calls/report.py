@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from sip_controller.agent.tools import ToolArgumentsError, decode_arguments
 from sip_controller.realtime.events import Usage
 
-Role = Literal["caller", "assistant"]
+#: ``keypad``: one digit the caller pressed (DTMF), whatever became of it
+Role = Literal["caller", "assistant", "keypad"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,10 +176,13 @@ def _ms(seconds: float | None) -> int | None:
 
 
 def _decoded(arguments: str) -> Any:
-    """Tool arguments as JSON when they are valid JSON, else the raw string the model sent."""
+    """Tool arguments as JSON when they are valid JSON within the tool-argument limits (size, nesting), else the
+    raw string the model sent. Never raises: nothing the model sends may cost a call its report."""
+    if not arguments.strip():
+        return arguments
     try:
-        return json.loads(arguments)
-    except ValueError:
+        return decode_arguments(arguments)
+    except ToolArgumentsError:
         return arguments
 
 

@@ -150,3 +150,25 @@ def test_parse_arguments_only_raises_tool_arguments_error(raw: str) -> None:
         assert isinstance(result, EndCallArgs)
         return
     assert message.startswith(("arguments ", "invalid arguments for end_call: "))
+
+
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        ("[" * 5000 + "]" * 5000, "nested too deeply"),
+        ('{"reason": ' + "{" * (tools.MAX_ARGUMENT_DEPTH + 1) + "}" * (tools.MAX_ARGUMENT_DEPTH + 1) + "}", "nested"),
+        ('{"reason": "' + "x" * tools.MAX_ARGUMENT_CHARS + '"}', "too long"),
+    ],
+)
+def test_arguments_past_the_limits_are_refused_without_decoding(raw: str, words: str) -> None:
+    with pytest.raises(ToolArgumentsError, match=words):
+        parse_arguments(END_CALL, raw)
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
+    reason = "[{" * 100 + '\\" ]}'
+    assert tools.argument_problem(json.dumps({"reason": reason})) is None
+    depth = tools.MAX_ARGUMENT_DEPTH - 1
+    nested = '{"reason": "x", "extra": ' + "[" * depth + "]" * depth + "}"
+    assert tools.argument_problem(nested) is None  # exactly at the limit
+    assert parse_arguments(END_CALL, nested) == EndCallArgs(reason="x")

@@ -420,7 +420,9 @@ def test_end_call_with_bad_arguments_still_ends_the_call() -> None:
     c.greeted()
     actions = c.feed(response_done("r_tool", output=[fc("call_1", arguments="{not json")]))
     assert any(is_goodbye_request(e) for e in sends(actions))
-    assert c.record.tool_calls[0].outcome == "ok"
+    # recorded as what happened: the arguments were invalid, and the call was ended anyway
+    assert c.record.tool_calls[0].outcome == "invalid_arguments"
+    assert c.record.tool_calls[0].result == "ending the call"
     assert "not valid JSON" in c.record.tool_calls[0].detail
 
 
