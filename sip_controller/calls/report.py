@@ -101,6 +101,8 @@ class CallRecord:
     hold_s: float = 0.0
     hold_usage: UsageTotals = field(default_factory=UsageTotals)
     transcription: TranscriptionUsage = field(default_factory=TranscriptionUsage)
+    #: the caller transcription that arrived while on hold (hold music, announcements; also in `transcription`)
+    hold_transcription: TranscriptionUsage = field(default_factory=TranscriptionUsage)
     cost_usd: float = 0.0
     hold_cost_usd: float = 0.0
     transfer_target: str | None = None
@@ -186,6 +188,15 @@ def _decoded(arguments: str) -> Any:
         return arguments
 
 
+def _transcription_dict(t: TranscriptionUsage) -> dict[str, float]:
+    return {
+        "audio_tokens": t.audio_tokens,
+        "text_tokens": t.text_tokens,
+        "output_tokens": t.output_tokens,
+        "seconds": round(t.seconds, 3),
+    }
+
+
 def _usage_dict(totals: UsageTotals) -> dict[str, int]:
     return {
         "responses": totals.responses,
@@ -269,13 +280,8 @@ def report_document(record: CallRecord, *, mask_caller: bool = True) -> dict[str
         ],
         "usage": {
             **_usage_dict(record.usage),
-            "hold": _usage_dict(record.hold_usage),
-            "transcription": {
-                "audio_tokens": record.transcription.audio_tokens,
-                "text_tokens": record.transcription.text_tokens,
-                "output_tokens": record.transcription.output_tokens,
-                "seconds": round(record.transcription.seconds, 3),
-            },
+            "hold": {**_usage_dict(record.hold_usage), "transcription": _transcription_dict(record.hold_transcription)},
+            "transcription": _transcription_dict(record.transcription),
         },
         "cost_usd": round(record.cost_usd, 6),
         "hold_cost_usd": round(record.hold_cost_usd, 6),

@@ -232,6 +232,8 @@ def full_record() -> CallRecord:
     record.transcription.audio_tokens = 300
     record.transcription.output_tokens = 40
     record.transcription.seconds = 12.5
+    record.hold_transcription.audio_tokens = 250
+    record.hold_transcription.output_tokens = 30
     record.cost_usd = 0.0123456789
     record.hold_cost_usd = 0.001
     record.transfer_target = "+18005550199"
@@ -350,6 +352,7 @@ def test_report_document_usage_includes_hold_and_transcription() -> None:
         "cached_audio_tokens": 0,
         "output_text_tokens": 0,
         "output_audio_tokens": 5,
+        "transcription": {"audio_tokens": 250, "text_tokens": 0, "output_tokens": 30, "seconds": 0.0},
     }
     assert usage_doc["transcription"] == {"audio_tokens": 300, "text_tokens": 0, "output_tokens": 40, "seconds": 12.5}
 

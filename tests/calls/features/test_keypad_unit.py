@@ -78,3 +78,50 @@ def test_unmapped_digits_are_dropped_when_forwarding_is_off_and_nothing_happens_
     k.digits = "12"
     assert k.on_timer(port, DTMF_FLUSH_TIMER, 2.0) == []
     assert k.digits == ""
+
+
+def keypad_lines(port: FakePort) -> list[tuple[str, str, float]]:
+    return [(t.role, t.text, t.at_s) for t in port.record.transcripts]
+
+
+def test_every_digit_is_a_keypad_line_of_the_transcript_live_or_not() -> None:
+    k, port = make(actions={"0": {"action": "end_call"}}), FakePort()
+    k.on_digit(port, "1", 1.0)
+    k.on_digit(port, "0", 1.25)
+    k.on_digit(port, "2", 1.5)  # the call is ending now: nothing happens, but the digit is on record
+    assert keypad_lines(port) == [("keypad", "1", 1.0), ("keypad", "0", 1.25), ("keypad", "2", 1.5)]
+    k, port = make(forward=False), FakePort()
+    k.on_digit(port, "3", 2.0)
+    assert keypad_lines(port) == [("keypad", "3", 2.0)]
+
+
+def test_pending_digits_dropped_by_an_action_digit_are_marked_and_never_typed() -> None:
+    k, port = make(actions={"0": {"action": "transfer", "target": "operator"}}), FakePort()
+    k.on_digit(port, "1", 1.0)
+    k.on_digit(port, "2", 1.1)
+    actions = k.on_digit(port, "0", 1.5)
+    assert typed(actions) == []
+    dropped = "keypad: 2 digits gathered before action digit 0 (transfer) dropped, not passed to the model"
+    assert marks(port)[-1] == dropped
+    k, port = make(actions={"9": {"action": "end_call"}}), FakePort()
+    k.on_digit(port, "9", 1.0)
+    assert marks(port) == ["keypad digit"]  # nothing was pending: nothing dropped
+
+
+def test_digits_left_when_the_call_stops_being_live_are_marked_dropped() -> None:
+    k, port = make(), FakePort()
+    k.on_digit(port, "5", 1.0)
+    port.live = False
+    assert k.on_timer(port, DTMF_FLUSH_TIMER, 3.0) == []
+    assert marks(port)[-1] == "keypad: 1 digit dropped, not passed to the model (the call is ending)"
+    assert k.digits == ""
+
+
+def test_settle_drops_what_is_left_on_record_once() -> None:
+    k, port = make(), FakePort()
+    k.settle(port, 1.0)
+    assert marks(port) == []  # nothing gathered: nothing to say
+    k.on_digit(port, "4", 2.0)
+    k.settle(port, 3.0)
+    k.settle(port, 3.5)
+    assert marks(port) == ["keypad digit", "keypad: 1 digit dropped, not passed to the model (the call ended)"]
