@@ -152,14 +152,25 @@ class Call:
             if not self.silence_watchdog:  # with it on, speech edges (re)start its timer
                 assert actions == []
 
+    def tag(self, purpose: str | None = None) -> dict[str, Any]:
+        """The metadata of the latest response.create the machine sent (for ``purpose``, when given): what
+        OpenAI echoes on that response's response.created and response.done."""
+        for event in reversed(creates(self.log)):
+            metadata = (event.get("response") or {}).get("metadata")
+            if isinstance(metadata, dict) and (purpose is None or metadata.get("sipctl") == purpose):
+                return metadata
+        raise AssertionError(f"no response.create for {purpose or 'anything'} was sent")
+
     def play(self, rid: str, text: str = "Okay.") -> list[Action]:
-        """A response the machine asked for: created, audio, transcript, done, stopped; all actions."""
+        """A response the machine asked for (its latest request): created, audio, transcript, done, stopped;
+        all actions."""
+        meta = self.tag()
         out: list[Action] = []
         for inp in (
-            response_created(rid),
+            response_created(rid, meta),
             audio("started", rid),
             said(rid, text),
-            response_done(rid),
+            response_done(rid, metadata=meta),
             audio("stopped", rid),
         ):
             out.extend(self.feed(inp))
@@ -212,7 +223,9 @@ def outputs(actions: list[Action]) -> dict[str, Any]:
 
 def end_after_goodbye(c: Call, rid: str = "r_bye") -> list[Action]:
     """Play the goodbye: no hangup until its audio stopped; then hang up and close. Returns the last actions."""
-    for inp in (response_created(rid), audio("started", rid), said(rid, "Goodbye!"), response_done(rid)):
+    meta = c.tag("goodbye")
+    created, done = response_created(rid, meta), response_done(rid, metadata=meta)
+    for inp in (created, audio("started", rid), said(rid, "Goodbye!"), done):
         assert hangups(c.feed(inp)) == 0
     assert hangups(c.feed(audio("stopped", rid))) == 1
     c.feed(HangupOk())

@@ -57,12 +57,13 @@ from sip_controller.calls.inputs import (
     ToolDone,
 )
 from sip_controller.calls.pricing import ModelPrices, TranscriptionPrices, response_cost, transcription_cost
-from sip_controller.calls.report import CallRecord, ToolCallRecord, TranscriptEntry
+from sip_controller.calls.report import CallRecord, ToolCallRecord, TranscriptEntry, TranscriptionUsage
 from sip_controller.calls.states import (
     BENIGN_ERROR_CODES,
     CLOSE_WAIT_TIMER,
     FILLER_TIMER_PREFIX,
     GOODBYE_INSTRUCTIONS,
+    GOODBYE_QUEUE_MAX_S,
     GOODBYE_TIMER,
     HANGUP_RETRY_TIMER,
     MAX_HANGUP_ROUNDS,
@@ -72,10 +73,9 @@ from sip_controller.calls.states import (
     CallState,
     EndedReason,
 )
+from sip_controller.calls.tags import answers, make_tag
 from sip_controller.realtime import events as ev
 
-#: how many goodbye timeouts a goodbye may wait behind audio still playing before it starts itself
-GOODBYE_QUEUE_FACTOR = 4
 FILLER_INSTRUCTIONS = (
     "Say only a very short filler line such as 'One moment, let me check that.' Do not say anything else and "
     "do not call any tool."
@@ -179,8 +179,10 @@ class _Ending:
     reason: EndedReason
     #: the response whose audio must finish before hanging up (None: not known yet / none)
     response_id: str | None = None
-    #: a response.create for the goodbye was sent and its response.created not yet seen
-    awaiting_created: bool = False
+    #: the metadata tag of the goodbye asked for: its response is the one that echoes it
+    tag: dict[str, str] | None = None
+    #: the goodbye was asked for while earlier audio played: its timeout starts when that audio stops
+    queued: bool = False
     #: the event_id of that response.create (an `error` naming it means no goodbye will come)
     request_event_id: str | None = None
     #: what the goodbye says, and whether to ask again once the response in progress is done
@@ -224,6 +226,8 @@ class CallMachine:
     _hangup_failures: int = 0
     #: a sideband is open now (attached and not closed since): after a hangup, its close is worth waiting for
     _sideband_open: bool = False
+    #: the response whose audio the caller hears now (started, not yet stopped or cleared)
+    _playing: str | None = None
     _pending_tools: dict[str, float] = field(default_factory=dict)
     #: the features: each holds its own state and its slice of the profile; they reach the call through
     #: this machine as their ``CallPort`` (passed to each call, never kept)
@@ -343,15 +347,18 @@ class CallMachine:
         self._event_seq += 1
         return f"ctl_{kind}_{self._event_seq}"
 
-    def say(self, instructions: str, *, tool_choice: str | None = "none") -> Send:
-        """A response.create that makes the model say something specific (no tools by default)."""
-        response: dict[str, Any] = {"instructions": instructions}
+    def say(self, instructions: str, *, purpose: str = "say", tool_choice: str | None = "none") -> Send:
+        """A response.create that makes the model say something specific (no tools by default), tagged with
+        ``purpose`` (``calls/tags.py``)."""
+        event_id = self.next_event_id("response")
+        response: dict[str, Any] = {"instructions": instructions, "metadata": make_tag(purpose, self._event_seq)}
         if tool_choice is not None:
             response["tool_choice"] = tool_choice
-        return Send({"type": "response.create", "event_id": self.next_event_id("response"), "response": response})
+        return Send({"type": "response.create", "event_id": event_id, "response": response})
 
     def respond(self) -> Send:
-        """A plain response.create: the model answers the conversation as it stands."""
+        """A plain response.create: the model answers the conversation as it stands. Untagged: nothing waits
+        for this response's audio, so nothing needs to recognise it."""
         return Send({"type": "response.create", "event_id": self.next_event_id("response")})
 
     def tool_output(self, call_id: str, output: dict[str, Any] | str) -> Send:
@@ -384,6 +391,7 @@ class CallMachine:
         self.record.ended_reason = reason
         self.record.duration_s = round(rel, 3)
         self.hold.settle(self, rel)
+        self.keypad.settle(self, rel)
         self.record.mark(rel, f"ended: {reason}")
         return [Finish(reason)]
 
@@ -405,20 +413,27 @@ class CallMachine:
         timeout = self.profile.goodbye_timeout_s
         if instructions is None:
             return [*self.watchdog.stop(), StartTimer(GOODBYE_TIMER, timeout)]
-        # the goodbye may queue behind an answer still playing: a longer guard until its own audio starts,
-        # then goodbye_timeout_s for the goodbye itself
-        actions: list[Action] = [*self.watchdog.stop(), StartTimer(GOODBYE_TIMER, timeout * GOODBYE_QUEUE_FACTOR)]
         self.ending.instructions = instructions
-        return [self._request_goodbye(rel), *actions]
+        return [self._request_goodbye(rel), *self.watchdog.stop(), *self._goodbye_clock()]
 
     def _request_goodbye(self, rel: float) -> Send:
         assert self.ending is not None
         assert self.ending.instructions is not None
-        self.ending.awaiting_created = True
         self.record.mark(rel, "goodbye requested")
-        request = self.say(self.ending.instructions)
+        request = self.say(self.ending.instructions, purpose="goodbye")
+        self.ending.response_id = None  # a goodbye asked for again is a new response
+        self.ending.tag = request.event["response"]["metadata"]
         self.ending.request_event_id = request.event.get("event_id")
         return request
+
+    def _goodbye_clock(self) -> list[Action]:
+        """The goodbye fallback (``GOODBYE_QUEUE_MAX_S`` in ``states.py``): ``goodbye_timeout_s`` from when the
+        goodbye could start playing; while earlier audio still plays, only a bound until that audio stops."""
+        assert self.ending is not None
+        self.ending.queued = self._playing is not None
+        if self.ending.queued:
+            return [StartTimer(GOODBYE_TIMER, GOODBYE_QUEUE_MAX_S)]
+        return [StartTimer(GOODBYE_TIMER, self.profile.goodbye_timeout_s)]
 
     def update_session(self, patch: dict[str, Any], rel: float, *, what: str, then: list[Action]) -> list[Action]:
         """Send a checked session.update; ``then`` runs once OpenAI confirms it with session.updated."""
@@ -472,7 +487,10 @@ class CallMachine:
         greeting: list[Action] = []
         if self.profile.greeting:
             greeting.append(
-                self.say(f'Start the call now: greet the caller by saying exactly "{self.profile.greeting}"')
+                self.say(
+                    f'Start the call now: greet the caller by saying exactly "{self.profile.greeting}"',
+                    purpose="greeting",
+                )
             )
         patch = session.deferred_vad_patch(self.profile)
         if patch is None:
@@ -552,6 +570,8 @@ class CallMachine:
             )
             return self.fail_session(rel, f"session.update for {what} never confirmed")
         if name == GOODBYE_TIMER and self.ending is not None:
+            if self.ending.queued:
+                return self.hangup(rel, f"audio ahead of the goodbye not ended after {GOODBYE_QUEUE_MAX_S:g}s")
             return self.hangup(rel, f"goodbye audio not finished after {self.profile.goodbye_timeout_s}s")
         if name == HANGUP_RETRY_TIMER and self.ending is not None:
             return self.hangup(rel, f"retry {self._hangup_failures}")
@@ -562,7 +582,7 @@ class CallMachine:
             call_id = name.removeprefix(FILLER_TIMER_PREFIX)
             if call_id in self._pending_tools and self.live:
                 self.record.mark(rel, "tool is slow: filler line")
-                return [self.say(FILLER_INSTRUCTIONS)]
+                return [self.say(FILLER_INSTRUCTIONS, purpose="filler")]
             return []
         return [
             *self.transfer.on_timer(self, name, rel),
@@ -606,9 +626,9 @@ class CallMachine:
                 if text.strip() and not self.hold.is_classifier_response(rid):
                     self.record.transcripts.append(TranscriptEntry("assistant", text.strip(), round(rel, 3)))
             case ev.ResponseEvent(type="response.created", response=resp):
-                if self.ending is not None and self.ending.awaiting_created:
-                    self.ending.awaiting_created = False
-                    self.ending.response_id = resp.id
+                end = self.ending
+                if end is not None and end.response_id is None and answers(resp, end.tag):
+                    end.response_id = resp.id  # the goodbye: matched on its tag, never on order
                 self.transfer.on_response_created(resp)
                 self.hold.on_response_created(resp)
             case ev.ResponseEvent(type="response.done", response=resp):
@@ -616,17 +636,25 @@ class CallMachine:
             case ev.OutputAudioBuffer(type="output_audio_buffer.started", response_id=rid):
                 if rid:
                     self.audio_started.add(rid)
+                self._playing = rid
                 end = self.ending
                 if end is not None and end.response_id is not None and rid == end.response_id:
+                    end.queued = False
                     return [StartTimer(GOODBYE_TIMER, self.profile.goodbye_timeout_s)]  # the goodbye is playing
                 return self.watchdog.on_assistant_audio(self, started=True)
             case ev.OutputAudioBuffer(type=kind, response_id=rid):
                 if rid:
                     self.audio_stopped.add(rid)
+                if rid is None or rid == self._playing:
+                    self._playing = None
                 end = self.ending
                 if end is not None and end.response_id is not None and rid == end.response_id:
                     what = "goodbye heard in full" if kind.endswith("stopped") else "goodbye audio cleared"
                     return self.hangup(rel, what)
+                if end is not None and end.queued and self._playing is None and not end.hangup_sent:
+                    end.queued = False  # the audio ahead of the goodbye is over: the goodbye can start now
+                    self.record.mark(rel, "audio ahead of the goodbye ended")
+                    return [StartTimer(GOODBYE_TIMER, self.profile.goodbye_timeout_s)]
                 return [
                     *self.transfer.on_audio_done(self, rid, rel),
                     *self.watchdog.on_assistant_audio(self, started=False),
@@ -652,23 +680,29 @@ class CallMachine:
     def _count_transcription(self, usage: ev.TranscriptionUsage | None) -> None:
         if usage is None:
             return
-        t = self.record.transcription
-        t.audio_tokens += usage.input_token_details.audio_tokens
-        t.text_tokens += usage.input_token_details.text_tokens
-        t.output_tokens += usage.output_tokens
-        t.seconds += usage.seconds
+        totals = [self.record.transcription]
+        if self.hold.active:  # hold music and announcements transcribed: part of what the hold cost
+            totals.append(self.record.hold_transcription)
+        for t in totals:
+            t.audio_tokens += usage.input_token_details.audio_tokens
+            t.text_tokens += usage.input_token_details.text_tokens
+            t.output_tokens += usage.output_tokens
+            t.seconds += usage.seconds
         self._update_cost()
 
     def _update_cost(self) -> None:
-        cost = response_cost(self.record.usage, self.prices) if self.prices else 0.0
+        record = self.record
+        cost = response_cost(record.usage, self.prices) if self.prices else 0.0
+        hold_cost = response_cost(record.hold_usage, self.prices) if self.prices else 0.0
         if self.transcription_prices is not None:
-            t = self.record.transcription
-            cost += transcription_cost(
-                t.audio_tokens, t.text_tokens, t.output_tokens, t.seconds, self.transcription_prices
-            )
-        self.record.cost_usd = cost
-        if self.prices is not None:
-            self.record.hold_cost_usd = response_cost(self.record.hold_usage, self.prices)
+            cost += self._transcription_cost(record.transcription, self.transcription_prices)
+            hold_cost += self._transcription_cost(record.hold_transcription, self.transcription_prices)
+        record.cost_usd = cost
+        record.hold_cost_usd = hold_cost
+
+    @staticmethod
+    def _transcription_cost(t: TranscriptionUsage, prices: TranscriptionPrices) -> float:
+        return transcription_cost(t.audio_tokens, t.text_tokens, t.output_tokens, t.seconds, prices)
 
     def _on_error(self, err: ev.ErrorDetail, rel: float) -> list[Action]:
         """An error about one of our session updates, or an early one about the session, means the caller
@@ -711,7 +745,9 @@ class CallMachine:
         end = self.ending
         if end is not None and end.retry_when_idle and resp.id != end.response_id:
             end.retry_when_idle = False
-            return [self._request_goodbye(rel)]
+            return [self._request_goodbye(rel), *self._goodbye_clock()]
+        if end is not None and end.response_id is None and resp.id and answers(resp, end.tag):
+            end.response_id = resp.id  # its response.created was missed
         if end is not None and resp.id and resp.id == end.response_id:
             heard = resp.id in self.audio_started or resp.id in self.spoken or resp.has_audio()
             if not completed or not heard:

@@ -53,6 +53,12 @@ MAX_RECONNECTS = 3
 MAX_HANGUP_ROUNDS = 5
 
 GOODBYE_TIMER = "goodbye"
+#: The goodbye fallback, one rule: the hangup comes when the goodbye's own audio stops, else
+#: ``goodbye_timeout_s`` after the goodbye could start playing (its request, or, when the caller is still
+#: hearing earlier audio then, that audio's ``output_audio_buffer.stopped``/``cleared``), and again
+#: ``goodbye_timeout_s`` after its own audio started. While earlier audio plays, this bounds the wait in case
+#: its end is never reported.
+GOODBYE_QUEUE_MAX_S = 60.0
 CLOSE_WAIT_TIMER = "close_wait"
 SESSION_ACK_TIMER = "session_ack"
 HANGUP_RETRY_TIMER = "hangup_retry"

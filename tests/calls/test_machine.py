@@ -36,7 +36,6 @@ from sip_controller.calls.inputs import (
     Start,
     TimerFired,
 )
-from sip_controller.calls.machine import GOODBYE_QUEUE_FACTOR
 from sip_controller.calls.states import (
     BENIGN_ERROR_CODES,
     CLOSE_WAIT_TIMER,
@@ -189,14 +188,14 @@ def test_happy_path_agent_ends_the_call() -> None:
     out, goodbye = sends(actions)
     assert function_output(out) == ("call_1", {"status": "ending the call"})
     assert is_goodbye_request(goodbye)
-    # a guard while the goodbye may wait behind audio still playing; goodbye_timeout_s once it plays
-    assert actions[-1] == StartTimer(GOODBYE_TIMER, AgentProfile().goodbye_timeout_s * GOODBYE_QUEUE_FACTOR)
+    # nothing plays: the goodbye could start now, so goodbye_timeout_s counts from here (and again once it plays)
+    assert actions[-1] == StartTimer(GOODBYE_TIMER, AgentProfile().goodbye_timeout_s)
     assert CancelTimer(MAX_WRAP_TIMER) in actions  # ending: the watchdogs stand down
     assert hangups(actions) == 0
     assert c.state() == CallState.ENDING
 
     # the goodbye plays; no hangup until its audio has stopped
-    assert c.feed(response_created("r_bye")) == []
+    assert c.feed(response_created("r_bye", c.tag("goodbye"))) == []
     assert c.feed(audio("started", "r_bye")) == [StartTimer(GOODBYE_TIMER, 5.0)]
     assert c.feed(said("r_bye", "Goodbye, have a nice day!")) == []
     assert c.feed(response_done("r_bye", usage=usage(text_in=300, audio_out=40))) == []
@@ -234,7 +233,7 @@ def test_no_hangup_before_the_goodbye_audio_stops() -> None:
     c = Call()
     c.greeted()
     c.feed(response_done("r_tool", output=[fc("call_1")]))
-    assert c.feed(response_created("r_bye")) == []
+    assert c.feed(response_created("r_bye", c.tag("goodbye"))) == []
     assert c.feed(audio("started", "r_bye")) == [StartTimer(GOODBYE_TIMER, 5.0)]  # now bounded by its own length
     # stopped of other responses (the greeting again, the tool response, an unknown one, none)
     assert c.feed(audio("stopped", "r_greet")) == []
@@ -252,7 +251,7 @@ def test_stopped_before_response_done_hangs_up_once() -> None:
     c = Call()
     c.greeted()
     c.feed(response_done("r_tool", output=[fc("call_1")]))
-    c.feed(response_created("r_bye"))
+    c.feed(response_created("r_bye", c.tag("goodbye")))
     c.feed(audio("started", "r_bye"))
     assert c.feed(audio("stopped", "r_bye")) == [CancelTimer(GOODBYE_TIMER), Hangup()]
     assert c.feed(response_done("r_bye")) == []
@@ -264,7 +263,7 @@ def test_goodbye_cleared_by_barge_in_hangs_up() -> None:
     c = Call()
     c.greeted()
     c.feed(response_done("r_tool", output=[fc("call_1")]))
-    c.feed(response_created("r_bye"))
+    c.feed(response_created("r_bye", c.tag("goodbye")))
     c.feed(audio("started", "r_bye"))
     assert c.feed(audio("cleared", "r_bye")) == [CancelTimer(GOODBYE_TIMER), Hangup()]
 
@@ -273,7 +272,7 @@ def test_goodbye_timer_fallback_hangs_up() -> None:
     c = Call()
     c.greeted()
     c.feed(response_done("r_tool", output=[fc("call_1")]))
-    c.feed(response_created("r_bye"))
+    c.feed(response_created("r_bye", c.tag("goodbye")))
     c.feed(audio("started", "r_bye"))
     # output_audio_buffer.stopped never arrives
     assert c.feed(TimerFired(GOODBYE_TIMER)) == [CancelTimer(GOODBYE_TIMER), Hangup()]
@@ -295,7 +294,7 @@ def test_goodbye_response_that_did_not_complete_hangs_up(status: str) -> None:
     c = Call()
     c.greeted()
     c.feed(response_done("r_tool", output=[fc("call_1")]))
-    c.feed(response_created("r_bye"))
+    c.feed(response_created("r_bye", c.tag("goodbye")))
     assert c.feed(response_done("r_bye", status=status)) == [CancelTimer(GOODBYE_TIMER), Hangup()]
 
 
@@ -303,7 +302,7 @@ def test_goodbye_response_without_any_audio_hangs_up() -> None:
     c = Call()
     c.greeted()
     c.feed(response_done("r_tool", output=[fc("call_1")]))
-    c.feed(response_created("r_bye"))
+    c.feed(response_created("r_bye", c.tag("goodbye")))
     assert c.feed(response_done("r_bye")) == [CancelTimer(GOODBYE_TIMER), Hangup()]
 
 
@@ -627,10 +626,10 @@ def test_shutdown_while_attached_says_goodbye_then_hangs_up() -> None:
     actions = c.feed(Shutdown())
     (goodbye,) = sends(actions)
     assert is_goodbye_request(goodbye, SHUTDOWN_INSTRUCTIONS)
-    assert actions[-1] == StartTimer(GOODBYE_TIMER, 5.0 * GOODBYE_QUEUE_FACTOR)
+    assert actions[-1] == StartTimer(GOODBYE_TIMER, 5.0)  # nothing else plays: the goodbye could start now
     assert c.state() == CallState.ENDING
     assert c.feed(Shutdown()) == []  # a second drain request changes nothing
-    assert c.feed(response_created("r_bye")) == []
+    assert c.feed(response_created("r_bye", c.tag("goodbye"))) == []
     assert c.feed(audio("started", "r_bye")) == [StartTimer(GOODBYE_TIMER, 5.0)]
     assert c.feed(response_done("r_bye")) == []
     assert c.feed(audio("stopped", "r_bye")) == [CancelTimer(GOODBYE_TIMER), Hangup()]
@@ -950,7 +949,7 @@ def test_hangup_waits_for_the_goodbye_audio(before: list[Input], after: list[Inp
     c = Call()
     c.greeted()
     c.feed(response_done("r_tool", output=[fc("call_1")]))
-    c.feed(response_created("r_bye"))
+    c.feed(response_created("r_bye", c.tag("goodbye")))
     c.feed(audio("started", "r_bye"))
     for inp in [*before, said("r_bye", "Goodbye!"), response_done("r_bye"), *after]:
         actions = c.feed(inp)
@@ -1034,7 +1033,7 @@ def test_a_goodbye_refused_while_a_response_is_active_is_asked_again_when_it_is_
     (again,) = sends(c.feed(response_done("r_answer")))
     assert again["type"] == "response.create"
     assert again["event_id"] != goodbye["event_id"]
-    assert c.feed(response_created("r_bye")) == []
+    assert c.feed(response_created("r_bye", c.tag("goodbye"))) == []
     c.feed(audio("stopped", "r_answer"))
     c.feed(audio("started", "r_bye"))
     assert hangups(c.feed(audio("stopped", "r_bye"))) == 1

@@ -4,15 +4,37 @@ report right after a hangup when the sideband is already gone, and hostile tool 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
 from sip_controller.agent.profile import AgentProfile, HttpTool, Transfer
-from sip_controller.calls.actions import Finish, RunTool, StartTimer
+from sip_controller.calls.actions import Finish, Refer, RunTool, StartTimer
+from sip_controller.calls.features.watchdog import MAX_END_TIMER, MAX_WRAP_TIMER
 from sip_controller.calls.inputs import AcceptOk, Attached, AttachFailed, HangupOk, SidebandClosed, Start, TimerFired
 from sip_controller.calls.report import CallRecord, ToolCallRecord, TranscriptEntry, report_document
-from sip_controller.calls.states import CLOSE_WAIT_TIMER, MAX_RECONNECTS, CallState
-from tests.callkit import RECEIVED, Call, fc, finishes, hangups, outputs, response_done, sends
+from sip_controller.calls.states import (
+    CLOSE_WAIT_TIMER,
+    GOODBYE_QUEUE_MAX_S,
+    GOODBYE_TIMER,
+    MAX_RECONNECTS,
+    CallState,
+)
+from tests.callkit import (
+    RECEIVED,
+    Call,
+    audio,
+    creates,
+    fc,
+    finishes,
+    hangups,
+    outputs,
+    response_created,
+    response_done,
+    said,
+    sends,
+    timers,
+)
 
 # ---- item 8: the report follows the hangup at once when the sideband is already gone ------------------------
 
@@ -108,3 +130,91 @@ def test_report_building_never_raises_on_a_hostile_record() -> None:
     assert [t["arguments"] for t in document["tool_calls"]][:3] == [DEEP, DEEP_OBJECT, "{not json"]
     json.dumps(record.to_dict())
     json.dumps(record.summary())
+
+
+# ---- item 1: the goodbye is matched on its tag, never on order ------------------------------------------------
+
+
+def tag_of(event: dict[str, Any]) -> dict[str, Any]:
+    metadata = event["response"]["metadata"]
+    assert isinstance(metadata, dict)
+    return metadata
+
+
+def test_a_response_created_in_between_is_not_taken_for_the_goodbye() -> None:
+    c = Call()
+    c.greeted()
+    actions = c.feed(response_done("r_tool", output=[fc("call_1")]))
+    (goodbye,) = creates(actions)
+    meta = tag_of(goodbye)
+    assert meta["sipctl"] == "goodbye"
+    # server VAD (or a second end_call) makes a response before the goodbye's: no tag, so not the goodbye
+    assert hangups(c.feed(response_created("r_vad"))) == 0
+    assert hangups(c.feed(response_done("r_vad"))) == 0  # no audio, yet not the goodbye: no hangup
+    assert hangups(c.feed(response_created("r_other", metadata={"sipctl": "goodbye", "n": "999"}))) == 0
+    assert hangups(c.feed(response_done("r_other", metadata={"sipctl": "goodbye", "n": "999"}))) == 0
+    # the goodbye itself: hang up only once its own audio has stopped
+    for inp in (response_created("r_bye", meta), audio("started", "r_bye"), said("r_bye", "Bye!"),
+                response_done("r_bye", metadata=meta)):
+        assert hangups(c.feed(inp)) == 0
+    assert hangups(c.feed(audio("stopped", "r_bye"))) == 1
+
+
+def test_every_response_the_controller_asks_for_is_tagged_uniquely() -> None:
+    tool = HttpTool(type="http", name="lookup", description="d", url="https://tools.example/lookup", filler_after_s=1)
+    profile = AgentProfile(greeting="Hi.", tools=("end_call", "transfer_call", tool),
+                           transfer=Transfer(targets={"sales": "sip:s@x"}))
+    c = Call(profile=profile)
+    c.attach()
+    c.feed(response_done("r_1", output=[fc("c_nope", name="nope")]))  # unknown tool: an error, then an answer
+    c.feed(response_done("r_2", output=[fc("c_look", name="lookup", arguments="{}")]))
+    c.feed(TimerFired("filler:c_look"))
+    c.feed(TimerFired(MAX_WRAP_TIMER))
+    c.feed(response_done("r_3", output=[fc("c_tr", name="transfer_call", arguments='{"target": "sales"}')]))
+    requests = [e for e in creates(c.log) if "response" in e]  # a plain answer to the conversation is untagged
+    purposes = [tag_of(e)["sipctl"] for e in requests]
+    assert purposes == ["greeting", "filler", "wrap_up", "transfer"]
+    for event in requests:
+        assert all(isinstance(value, str) for value in tag_of(event).values())  # metadata values are strings
+    assert len({tag_of(e)["n"] for e in requests}) == len(requests)
+
+
+def test_the_handoff_line_is_matched_on_its_tag() -> None:
+    c = Call(profile=AgentProfile(tools=("end_call", "transfer_call"), transfer=Transfer(targets={"sales": "sip:s@x"})))
+    c.greeted()
+    actions = c.feed(response_done("r_t", output=[fc("c_tr", name="transfer_call", arguments='{"target": "sales"}')]))
+    (line,) = creates(actions)
+    c.feed(response_created("r_vad"))
+    c.feed(audio("started", "r_vad"))
+    assert c.feed(audio("stopped", "r_vad")) == []  # not the handoff line: no refer yet
+    c.feed(response_created("r_line", tag_of(line)))
+    c.feed(audio("started", "r_line"))
+    assert any(isinstance(a, Refer) for a in c.feed(audio("stopped", "r_line")))
+
+
+# ---- item 10: one rule for the goodbye fallback ---------------------------------------------------------------
+
+
+def test_goodbye_whose_audio_never_starts_hangs_up_after_goodbye_timeout_s() -> None:
+    c = Call()
+    c.greeted()
+    actions = c.feed(response_done("r_tool", output=[fc("call_1")]))
+    assert timers(actions)[GOODBYE_TIMER] == c.profile.goodbye_timeout_s  # nothing plays: it could start now
+    c.feed(response_created("r_bye", tag_of(creates(actions)[0])))
+    assert hangups(c.feed(TimerFired(GOODBYE_TIMER))) == 1
+
+
+def test_goodbye_queued_behind_audio_is_timed_from_when_that_audio_stops() -> None:
+    c = Call()
+    c.greeted()
+    c.feed(TimerFired(MAX_WRAP_TIMER))
+    c.feed(response_created("r_wrap"))
+    c.feed(audio("started", "r_wrap"))  # the wrap-up line is still playing when the call has to end
+    actions = c.feed(TimerFired(MAX_END_TIMER))
+    (goodbye,) = creates(actions)
+    assert timers(actions) == {GOODBYE_TIMER: GOODBYE_QUEUE_MAX_S}  # only a bound while the audio ahead plays
+    c.feed(response_created("r_bye", tag_of(goodbye)))
+    assert timers(c.feed(audio("stopped", "r_wrap"))) == {GOODBYE_TIMER: c.profile.goodbye_timeout_s}
+    assert timers(c.feed(audio("started", "r_bye"))) == {GOODBYE_TIMER: c.profile.goodbye_timeout_s}
+    assert hangups(c.feed(audio("stopped", "r_bye"))) == 1
+    assert finishes(c.feed(SidebandClosed(1000))) == [Finish("max_duration")]

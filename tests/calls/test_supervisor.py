@@ -63,6 +63,17 @@ def fc_done(rid: str, call_id: str) -> dict[str, Any]:
     return {"type": "response.done", "response": {"id": rid, "status": "completed", "output": [item]}}
 
 
+async def goodbye_tag(sb: Any) -> dict[str, Any]:
+    """The metadata of the goodbye the call asked for, once it has been sent."""
+    for _ in range(1000):
+        for event in sb.sent:
+            metadata = (event.get("response") or {}).get("metadata") or {}
+            if event["type"] == "response.create" and metadata.get("sipctl") == "goodbye":
+                return dict(metadata)
+        await asyncio.sleep(0.001)
+    raise AssertionError("no goodbye was asked for")
+
+
 async def test_hostile_sideband_input_is_ignored_and_counted_and_the_call_goes_on(
     api: RealtimeCalls, router: respx.Router
 ) -> None:
@@ -74,9 +85,10 @@ async def test_hostile_sideband_input_is_ignored_and_counted_and_the_call_goes_o
     sb.push({"type": "conversation.item.input_audio_transcription.completed", "item_id": "i", "transcript": "bye"})
     sb.push(fc_done("r_tool", "call_1"))
     sb.push(fc_done("r_tool", "call_1"))  # duplicated delivery
-    sb.push({"type": "response.created", "response": {"id": "r_bye"}})
+    meta = await goodbye_tag(sb)  # OpenAI echoes the request's metadata: that is how the goodbye is known
+    sb.push({"type": "response.created", "response": {"id": "r_bye", "metadata": meta}})
     sb.push({"type": "output_audio_buffer.started", "response_id": "r_bye"})
-    sb.push({"type": "response.done", "response": {"id": "r_bye", "status": "completed"}})
+    sb.push({"type": "response.done", "response": {"id": "r_bye", "status": "completed", "metadata": meta}})
     sb.push({"type": "output_audio_buffer.stopped", "response_id": "r_bye"})
     record = await asyncio.wait_for(task, 5)
     assert record.ended_reason == "agent_end_call"
@@ -212,9 +224,10 @@ async def test_sideband_events_reach_the_machine_once_each_in_order(api: Realtim
         if i % 7 == 0:
             await asyncio.sleep(0)  # some arrive while the call is idle, others in bursts
     sb.push(fc_done("r_tool", "call_1"))
-    sb.push({"type": "response.created", "response": {"id": "r_bye"}})
+    meta = await goodbye_tag(sb)  # OpenAI echoes the request's metadata: that is how the goodbye is known
+    sb.push({"type": "response.created", "response": {"id": "r_bye", "metadata": meta}})
     sb.push({"type": "output_audio_buffer.started", "response_id": "r_bye"})
-    sb.push({"type": "response.done", "response": {"id": "r_bye", "status": "completed"}})
+    sb.push({"type": "response.done", "response": {"id": "r_bye", "status": "completed", "metadata": meta}})
     sb.push({"type": "output_audio_buffer.stopped", "response_id": "r_bye"})
     record = await asyncio.wait_for(task, 5)
     assert [t.text for t in record.transcripts] == [f"line {i}" for i in range(60)]

@@ -48,12 +48,13 @@ class CallPort(Protocol):
         """A fresh client event id, unique within the call."""
         ...
 
-    def say(self, instructions: str) -> Send:
-        """A response.create that makes the model say something specific, without tools."""
+    def say(self, instructions: str, *, purpose: str = "say") -> Send:
+        """A response.create that makes the model say something specific, without tools, tagged with
+        ``purpose`` in its metadata (``calls/tags.py``: its response is recognised by that tag)."""
         ...
 
     def respond(self) -> Send:
-        """A plain response.create: the model answers the conversation as it stands."""
+        """A plain response.create: the model answers the conversation as it stands (untagged)."""
         ...
 
     def tool_output(self, call_id: str, output: dict[str, Any] | str) -> Send:

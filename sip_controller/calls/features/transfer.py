@@ -12,6 +12,7 @@ from sip_controller.agent.tools import TransferArgs
 from sip_controller.calls.actions import Action, CancelTimer, Refer, StartTimer
 from sip_controller.calls.features.port import CallPort
 from sip_controller.calls.report import ToolCallRecord
+from sip_controller.calls.tags import Tag, answers, request_tag
 from sip_controller.realtime import events as ev
 
 TRANSFER_ANNOUNCE_TIMER = "transfer_announce"
@@ -31,7 +32,8 @@ class Attempt:
     phase: Phase = "announcing"
     #: the response that says the handoff line (None until its response.created)
     response_id: str | None = None
-    awaiting_created: bool = True
+    #: the metadata tag of the request for the handoff line: its response echoes it
+    tag: Tag | None = None
 
 
 @dataclass(slots=True)
@@ -76,8 +78,7 @@ class Transfer:
 
     def on_response_created(self, resp: ev.Response) -> None:
         a = self.attempt
-        if a is not None and a.phase == "announcing" and a.awaiting_created:
-            a.awaiting_created = False
+        if a is not None and a.phase == "announcing" and a.response_id is None and answers(resp, a.tag):
             a.response_id = resp.id
 
     def on_audio_done(self, port: CallPort, response_id: str | None, rel: float) -> list[Action]:
@@ -88,6 +89,8 @@ class Transfer:
 
     def on_response_done(self, port: CallPort, resp: ev.Response, rel: float) -> list[Action]:
         a = self.attempt
+        if a is not None and a.phase == "announcing" and a.response_id is None and answers(resp, a.tag):
+            a.response_id = resp.id  # its response.created was missed
         if a is None or a.phase != "announcing" or resp.id != a.response_id:
             return []
         heard = resp.id in port.audio_started or resp.id in port.spoken or resp.has_audio()
@@ -136,7 +139,9 @@ class Transfer:
         port.record.transfer_target = target
         port.record.mark(rel, f"transfer to {target}: announcing")
         line = f"{preface}Tell the caller in one short sentence that you are transferring them to {target} now."
-        return [port.say(line), StartTimer(TRANSFER_ANNOUNCE_TIMER, self.announce_timeout_s)]
+        request = port.say(line, purpose="transfer")
+        self.attempt.tag = request_tag(request)
+        return [request, StartTimer(TRANSFER_ANNOUNCE_TIMER, self.announce_timeout_s)]
 
     def _refer(self, port: CallPort, rel: float, why: str) -> list[Action]:
         a = self.attempt

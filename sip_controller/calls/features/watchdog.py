@@ -82,14 +82,15 @@ class Watchdog:
         w = self.config
         if name == MAX_WRAP_TIMER:
             port.record.mark(rel, "max duration: wrap-up")
-            return [port.say(_wrap_up_line(w.wrap_up_before_s)), StartTimer(MAX_END_TIMER, w.wrap_up_before_s)]
+            wrap_up = port.say(_wrap_up_line(w.wrap_up_before_s), purpose="wrap_up")
+            return [wrap_up, StartTimer(MAX_END_TIMER, w.wrap_up_before_s)]
         if name == MAX_END_TIMER:
             return port.begin_ending("max_duration", rel, GOODBYE_INSTRUCTIONS)
         if name == SILENCE_TIMER and self.armed and not self._someone_speaks_or_paused():
             if not self.nudged:
                 self.nudged = True
                 port.record.mark(rel, "silence: nudge")
-                return [port.say(NUDGE_INSTRUCTIONS), *self._restart_silence(port)]
+                return [port.say(NUDGE_INSTRUCTIONS, purpose="nudge"), *self._restart_silence(port)]
             return port.begin_ending("silence_timeout", rel, SILENCE_GOODBYE)
         return []
 

@@ -39,9 +39,11 @@ class FakePort:
         self.seq += 1
         return f"unit_{kind}_{self.seq}"
 
-    def say(self, instructions: str) -> Send:
-        response = {"instructions": instructions, "tool_choice": "none"}
-        return Send({"type": "response.create", "event_id": self.next_event_id("response"), "response": response})
+    def say(self, instructions: str, *, purpose: str = "say") -> Send:
+        event_id = self.next_event_id("response")
+        metadata = {"sipctl": purpose, "n": str(self.seq)}
+        response = {"instructions": instructions, "tool_choice": "none", "metadata": metadata}
+        return Send({"type": "response.create", "event_id": event_id, "response": response})
 
     def respond(self) -> Send:
         return Send({"type": "response.create", "event_id": self.next_event_id("response")})

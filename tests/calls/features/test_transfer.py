@@ -65,7 +65,7 @@ def test_transfer_announces_then_refers_after_the_line_is_heard() -> None:
     assert refers(actions) == []
     # never before the caller heard the whole line
     for inp in (
-        response_created("r_ann"),
+        response_created("r_ann", c.tag("transfer")),
         audio("started", "r_ann"),
         said("r_ann", "Transferring you now."),
         response_done("r_ann"),
@@ -184,7 +184,7 @@ def test_announce_timer_refers_even_if_the_audio_never_stops() -> None:
     c = Call(profile=transfer_profile())
     c.greeted()
     ask_transfer(c)
-    c.feed(response_created("r_ann"))
+    c.feed(response_created("r_ann", c.tag("transfer")))
     c.feed(audio("started", "r_ann"))
     c.feed(response_done("r_ann"))
     actions = c.feed(TimerFired(TRANSFER_ANNOUNCE_TIMER))
@@ -199,7 +199,7 @@ def test_handoff_line_cancelled_without_audio_refers_at_once() -> None:
     c = Call(profile=transfer_profile())
     c.greeted()
     ask_transfer(c)
-    c.feed(response_created("r_ann"))
+    c.feed(response_created("r_ann", c.tag("transfer")))
     assert refers(c.feed(response_done("r_ann", status="cancelled"))) == [Refer(TARGETS["sales"])]
 
 

@@ -17,6 +17,13 @@ def make(**config: Any) -> Transfer:
     return Transfer(TransferConfig.model_validate({"targets": TARGETS, **config}), announce_timeout_s=5.0)
 
 
+def line_tag(t: Transfer) -> dict[str, Any]:
+    """The metadata OpenAI echoes on the handoff line's response: the tag of its request."""
+    assert t.attempt is not None
+    assert t.attempt.tag is not None
+    return dict(t.attempt.tag)
+
+
 def test_announce_then_refer_when_the_handoff_line_was_heard_then_verified_when_the_call_leaves() -> None:
     t, port = make(verify_window_s=6), FakePort()
     assert t.attempt is None
@@ -29,9 +36,9 @@ def test_announce_then_refer_when_the_handoff_line_was_heard_then_verified_when_
     assert t.attempt.phase == "announcing"
     assert port.record.transfer_target == "sales"
 
-    t.on_response_created(response("r_hand"))
+    t.on_response_created(response("r_hand", metadata=line_tag(t)))
     assert t.attempt.response_id == "r_hand"
-    t.on_response_created(response("r_other"))  # only the first response after the request is the line
+    t.on_response_created(response("r_other"))  # without the line's tag, a response is not the line
     assert t.attempt.response_id == "r_hand"
     assert t.on_audio_done(port, "r_other", 2.0) == []
 
@@ -68,7 +75,7 @@ def test_not_verified_in_time_tries_the_next_target_then_ends_when_none_is_left(
     assert (t.attempt.target, t.attempt.phase, t.attempt.tried) == ("support", "announcing", ["sales", "support"])
     assert port.record.transfer_target == "support"
 
-    t.on_response_created(response("r_hand2"))
+    t.on_response_created(response("r_hand2", metadata=line_tag(t)))
     t.on_audio_done(port, "r_hand2", 15.0)
     t.on_refer_ok(port, 15.5)
     actions = t.on_timer(port, TRANSFER_VERIFY_TIMER, 23.5)
@@ -82,10 +89,10 @@ def test_not_verified_in_time_tries_the_next_target_then_ends_when_none_is_left(
 def test_a_refused_refer_ends_the_call_when_the_profile_says_end_call() -> None:
     t, port = make(), FakePort()
     t.start(port, "support", 1.0)
-    t.on_response_created(response("r_hand"))
+    t.on_response_created(response("r_hand", metadata=line_tag(t)))
     port.audio_started.add("r_hand")
     port.audio_stopped.add("r_hand")  # heard in full before its response.done
-    assert t.on_response_done(port, response("r_hand"), 2.0) == [
+    assert t.on_response_done(port, response("r_hand", metadata=line_tag(t)), 2.0) == [
         CancelTimer(TRANSFER_ANNOUNCE_TIMER),
         Refer(TARGETS["support"]),
     ]
@@ -103,9 +110,9 @@ def test_a_refused_refer_ends_the_call_when_the_profile_says_end_call() -> None:
 def test_a_handoff_line_without_audio_does_not_hold_up_the_refer() -> None:
     t, port = make(), FakePort()
     t.start(port, "sales", 1.0)
-    t.on_response_created(response("r_hand"))
+    t.on_response_created(response("r_hand", metadata=line_tag(t)))
     assert t.on_response_done(port, response("r_other"), 1.5) == []  # not the handoff line
-    actions = t.on_response_done(port, response("r_hand", status="cancelled"), 2.0)
+    actions = t.on_response_done(port, response("r_hand", status="cancelled", metadata=line_tag(t)), 2.0)
     assert actions == [CancelTimer(TRANSFER_ANNOUNCE_TIMER), Refer(TARGETS["sales"])]
     assert marks(port)[-1] == "transfer to sales: refer (handoff line had no audio)"
 
@@ -113,8 +120,8 @@ def test_a_handoff_line_without_audio_does_not_hold_up_the_refer() -> None:
 def test_a_handoff_line_still_playing_waits_for_its_audio() -> None:
     t, port = make(), FakePort()
     t.start(port, "sales", 1.0)
-    t.on_response_created(response("r_hand"))
-    assert t.on_response_done(port, response("r_hand", audio=True), 2.0) == []
+    t.on_response_created(response("r_hand", metadata=line_tag(t)))
+    assert t.on_response_done(port, response("r_hand", audio=True, metadata=line_tag(t)), 2.0) == []
     assert t.attempt is not None
     assert t.attempt.phase == "announcing"
     assert [type(a) for a in t.on_audio_done(port, "r_hand", 4.0)] == [CancelTimer, Refer]
