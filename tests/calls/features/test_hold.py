@@ -12,6 +12,14 @@ from sip_controller.calls.features import hold
 from sip_controller.calls.features.hold import HOLD_MAX_TIMER
 from sip_controller.calls.features.watchdog import SILENCE_TIMER
 from sip_controller.calls.inputs import SidebandClosed, TimerFired
+from sip_controller.calls.pricing import (
+    DEFAULT_MODEL_PRICES,
+    DEFAULT_TRANSCRIPTION_PRICES,
+    TranscriptionPrices,
+    response_cost,
+    transcription_cost,
+)
+from sip_controller.calls.report import report_document
 from sip_controller.calls.states import SESSION_ACK_TIMER, CallState
 from tests.callkit import (  # the shared machine-test kit
     Call,
@@ -25,6 +33,7 @@ from tests.callkit import (  # the shared machine-test kit
     response_created,
     response_done,
     said,
+    sb,
     sends,
     session_updated,
     speech,
@@ -33,6 +42,8 @@ from tests.callkit import (  # the shared machine-test kit
 )
 
 META = {"purpose": hold.PURPOSE}
+PRICES = DEFAULT_MODEL_PRICES["gpt-realtime-2.1"]
+MINI_TRANSCRIBE = DEFAULT_TRANSCRIPTION_PRICES["gpt-4o-mini-transcribe"]
 
 
 def hold_profile(**hold_cfg: Any) -> AgentProfile:
@@ -222,3 +233,63 @@ def test_speech_while_hold_update_is_pending_is_not_answered() -> None:
     c.feed(speech("started"))
     c.feed(speech("stopped"))  # hold music, before session.updated
     assert creates(c.feed(session_updated())) == []
+
+
+def heard_with_usage(text: str, audio_tokens: int, text_tokens: int = 0, output_tokens: int = 0) -> Any:
+    return sb(
+        {
+            "type": "conversation.item.input_audio_transcription.completed",
+            "item_id": "i",
+            "transcript": text,
+            "usage": {
+                "type": "tokens",
+                "input_tokens": audio_tokens + text_tokens,
+                "output_tokens": output_tokens,
+                "input_token_details": {"audio_tokens": audio_tokens, "text_tokens": text_tokens},
+            },
+        }
+    )
+
+
+def test_transcription_spent_on_hold_is_part_of_the_hold_cost() -> None:
+    # the report's case: phrase detection, 1,500 of 1,560 transcription tokens spent on hold music
+    c = Call(profile=hold_profile(detect="phrases", resume_phrases=["hello"]), prices=PRICES)
+    c.m.transcription_prices = MINI_TRANSCRIBE
+    c.greeted()
+    c.feed(heard_with_usage("I'll hold, thanks", audio_tokens=30, output_tokens=5))
+    go = c.feed(response_done("r1", output=[fc("c1", "wait_on_hold", "{}")]))
+    assert c.m.hold.active, go
+    c.feed(session_updated())
+    for _ in range(3):
+        c.feed(heard_with_usage("[music]", audio_tokens=480, output_tokens=10))
+    c.feed(heard_with_usage("hello, this is Dana", audio_tokens=20, output_tokens=5))  # still on hold when it came
+    assert not c.m.hold.active
+    c.feed(session_updated())
+    c.feed(heard_with_usage("great, thanks", audio_tokens=5, output_tokens=0))  # after the hold: not its cost
+    t = c.record.hold_transcription
+    assert (t.audio_tokens, t.output_tokens) == (1460, 35)
+    expected = transcription_cost(1460, 0, 35, 0.0, MINI_TRANSCRIBE)
+    assert c.record.hold_usage.responses == 0  # phrase detection: no response spent on hold
+    assert c.record.hold_cost_usd == pytest.approx(expected)
+    assert expected > 0
+    all_transcription = transcription_cost(1495, 0, 40, 0.0, MINI_TRANSCRIBE)  # before, on and after the hold
+    assert c.record.cost_usd == pytest.approx(response_cost(c.record.usage, PRICES) + all_transcription)
+    document = report_document(c.record)
+    assert document["hold_cost_usd"] == round(expected, 6)
+    assert document["usage"]["hold"]["transcription"] == {
+        "audio_tokens": 1460, "text_tokens": 0, "output_tokens": 35, "seconds": 0.0
+    }
+
+
+def test_hold_cost_adds_both_parts_and_needs_no_model_prices_for_the_transcription_part() -> None:
+    c = Call(profile=hold_profile(), prices=None)
+    c.m.transcription_prices = TranscriptionPrices(per_minute=0.006)  # whisper-1: billed by duration
+    go_on_hold(c)
+    c.feed(sb({"type": "conversation.item.input_audio_transcription.completed", "item_id": "i",
+               "transcript": "[music]", "usage": {"type": "duration", "seconds": 120}}))
+    assert c.record.hold_cost_usd == pytest.approx(0.012)
+    c.m.prices = PRICES
+    check(c, "r_chk", "[music]", "no", usage(text_in=1000, text_out=1))
+    model_part = response_cost(c.record.hold_usage, PRICES)
+    assert model_part > 0
+    assert c.record.hold_cost_usd == pytest.approx(model_part + 0.012)  # the check's transcript carried no usage
