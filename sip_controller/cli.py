@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import gc
 import json
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from sip_controller import __version__
 from sip_controller.agent import preflight
-from sip_controller.config import ConfigError, Secrets, Settings
+from sip_controller.config import ENV_PREFIX, ConfigError, Loaded, Settings
 from sip_controller.service.logging import configure_logging
+from sip_controller.simulator.scenario import Scenario, load_scenario
 
 #: garbage-collector thresholds in ``serve`` (Python's default is 700, 10, 10); see ``_tune_gc``
 GC_THRESHOLDS = (20_000, 5, 20)
@@ -75,40 +78,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check-config":
         return _check_config(args.config, print_accept=args.print_accept, as_json=args.json)
-    try:
-        settings, warnings = preflight.load_checked(args.config)
-    except ConfigError as exc:
-        print(f"sipctl: {exc}", file=sys.stderr)
-        return 2
-    for warning in warnings:
-        print(f"sipctl: warning: {warning}", file=sys.stderr)
     if args.command == "serve":
-        return _serve(settings, host=args.host, port=args.port)
-    if args.command == "demo":
-        return _simulate(settings, DEMO_SCENARIO, time_scale=args.time_scale, as_json=False)
+        return _serve(args.config, host=args.host, port=args.port)
     if args.command == "simulate":
-        return _simulate(settings, args.scenario, time_scale=args.time_scale, as_json=args.json)
+        return _simulate(args.config, args.scenario, time_scale=args.time_scale, as_json=args.json)
+    result = preflight.validate(args.config)
+    if _refused(result):
+        return 2
+    assert result.settings is not None
+    if args.command == "demo":
+        return _run_scenario(result.settings, load_scenario(DEMO_SCENARIO), time_scale=args.time_scale, as_json=False)
     if args.command == "bench":
         from sip_controller import bench
 
         return bench.main(mode=args.bench_mode, out_dir=args.out)
     if args.command == "soak":
-        return _soak(settings, args)
+        return _soak(result.settings, args)
     return 2  # pragma: no cover - argparse enforces the choices
 
 
+def _refused(result: preflight.Validation) -> bool:
+    """Print the warnings, and the errors if any (one line for one, a list for several): True when refused."""
+    for warning in result.warnings:
+        print(f"sipctl: warning: {warning}", file=sys.stderr)
+    if result.errors:
+        print(f"sipctl: {ConfigError(result.errors)}", file=sys.stderr)
+        return True
+    return False
+
+
 def _check_config(config: Path | None, *, print_accept: bool, as_json: bool) -> int:
-    """Validate offline; every problem is printed, and any error makes the exit status non-zero."""
+    """The start-up check of ``sipctl serve``, offline: every problem is printed, and any error makes the exit
+    status 2."""
     from sip_controller.agent import session
 
-    try:
-        settings, warnings = preflight.load_checked(config)
-    except ConfigError as exc:
+    result = preflight.validate(config, serve=True)
+    warnings = [str(w) for w in result.warnings]
+    if result.errors or result.settings is None:
         if as_json:
-            print(json.dumps({"ok": False, "errors": exc.problems, "warnings": [], "notes": []}, indent=2))
+            print(json.dumps({"ok": False, "errors": result.errors, "warnings": warnings, "notes": []}, indent=2))
         else:
-            print(f"sipctl: {exc}", file=sys.stderr)
+            _refused(result)
         return 2
+    settings = result.settings
     notes = preflight.notes(settings)
     bodies = {name: session.accept_body(profile) for name, profile in settings.profiles.items()}
     deferred = {}
@@ -118,7 +130,7 @@ def _check_config(config: Path | None, *, print_accept: bool, as_json: bool) -> 
             deferred[name] = session.session_update(profile, patch, event_id="ctl_session_1")
     if as_json:
         profiles = {name: {"accept": bodies[name], "deferred_session_update": deferred.get(name)} for name in bodies}
-        report = {"ok": True, "errors": [], "warnings": [str(w) for w in warnings], "notes": notes}
+        report = {"ok": True, "errors": [], "warnings": warnings, "notes": notes}
         print(json.dumps({**report, "profiles": profiles}, indent=2))
         return 0
     for warning in warnings:
@@ -135,23 +147,75 @@ def _check_config(config: Path | None, *, print_accept: bool, as_json: bool) -> 
     return 0
 
 
-def _serve(settings: Settings, *, host: str | None, port: int | None) -> int:
+def _serve(config: Path | None, *, host: str | None, port: int | None) -> int:
     from sip_controller.service import serving
     from sip_controller.service.app import create_app
-    from sip_controller.service.notifier import resolve_endpoints
 
+    result = preflight.validate(config, serve=True)
+    if _refused(result):
+        return 2
+    settings, secrets = result.settings, result.secrets
+    assert settings is not None
+    assert secrets is not None
+    bind_host = host or settings.host
+    bind_port = port if port is not None else settings.port
+    try:
+        sockets = serving.listen(bind_host, bind_port)
+    except OSError as exc:  # before anything starts or logs
+        problem = _listen_problem(exc, bind_host, bind_port, result.loaded, host_given=bool(host), port_given=port)
+        print(f"sipctl: {problem}", file=sys.stderr)
+        return 2
     # before anything can log: with caching on, a logger used earlier would keep the default configuration
     configure_logging(settings.log_level, settings.log_format, cache=True)
     try:
-        secrets = Secrets.from_env()
-        resolve_endpoints(settings.reports)  # a missing report-signing secret is a one-line error, not a traceback
         app = create_app(settings, secrets)
     except ConfigError as exc:
+        for sock in sockets:
+            sock.close()
         print(f"sipctl: {exc}", file=sys.stderr)
         return 2
     _tune_gc()
-    serving.serve(app, settings, host=host or settings.host, port=port if port is not None else settings.port)
+    serving.serve(app, settings, host=bind_host, port=bind_port, sockets=sockets)
     return 0
+
+
+def _source(flag: str, name: str, value: object, explicit: bool, loaded: Loaded) -> str:
+    """How the operator set ``name``: ``--port 8000``, ``SIPCTL_PORT=8000``, ``port 8000 in <file>``, or the
+    default."""
+    if explicit:
+        return f"{flag} {value}"
+    source = loaded.source_of(name)
+    if source is None:
+        return f"{name} {value} (the default)"
+    if source.startswith(ENV_PREFIX):
+        return f"{source}={value}"
+    return f"{name} {value} ({source.removeprefix(name + ' ')})"
+
+
+def _listen_problem(
+    exc: OSError, host: str, port: int, loaded: Loaded, *, host_given: bool, port_given: int | None
+) -> str:
+    """One line naming the setting to change (as the operator set it) and how."""
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    port_set = _source("--port", "port", port, port_given is not None, loaded)
+    host_set = _source("--host", "host", host, host_given, loaded)
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"{port_set}: {address} is already in use by another process; stop it, or choose a free port with "
+            "--port or SIPCTL_PORT"
+        )
+    if exc.errno == errno.EACCES:
+        return (
+            f"{port_set}: no permission to listen on {address} (ports below 1024 need privileges); use a port of "
+            "1024 or above (--port or SIPCTL_PORT) behind your proxy"
+        )
+    if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+        return (
+            f"{host_set}: cannot listen on {host!r} ({reason}); use an address of this machine, 127.0.0.1, or "
+            "0.0.0.0 for every interface (--host or SIPCTL_HOST)"
+        )
+    return f"{host_set}, {port_set}: cannot listen on {address} ({reason}); check --host and --port"
 
 
 def _tune_gc() -> None:
@@ -165,16 +229,33 @@ def _tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def _simulate(settings: Settings, scenario_path: Path, *, time_scale: float, as_json: bool) -> int:
-    from sip_controller.simulator import ScenarioError, harness, load_scenario
+def _simulate(config: Path | None, scenario_path: Path, *, time_scale: float, as_json: bool) -> int:
+    """``sipctl simulate``: the config the scenario names unless ``--config`` is given, checked like every
+    start-up and against the scenario's expectations before any call is placed."""
+    from sip_controller.simulator import ScenarioError, harness
+
+    try:
+        prepared = harness.prepare(scenario_path, config)
+    except (ConfigError, ScenarioError) as exc:
+        print(f"sipctl: {exc}", file=sys.stderr)
+        return 2
+    for warning in prepared.warnings:
+        print(f"sipctl: warning: {warning}", file=sys.stderr)
+    used = f"config: {prepared.describe_config()}"
+    if as_json:
+        print(used, file=sys.stderr)
+    return _run_scenario(
+        prepared.settings, prepared.scenario, time_scale=time_scale, as_json=as_json, config_line=used
+    )
+
+
+def _run_scenario(
+    settings: Settings, scenario: Scenario, *, time_scale: float, as_json: bool, config_line: str | None = None
+) -> int:
+    from sip_controller.simulator import harness
 
     if not time_scale > 0:
         print("sipctl: --time-scale must be positive", file=sys.stderr)
-        return 2
-    try:
-        scenario = load_scenario(scenario_path)
-    except ScenarioError as exc:
-        print(f"sipctl: {exc}", file=sys.stderr)
         return 2
     configure_logging("error", settings.log_format)
     outcomes = asyncio.run(harness.run_scenario(scenario, settings, time_scale=time_scale))
@@ -192,6 +273,8 @@ def _simulate(settings: Settings, scenario_path: Path, *, time_scale: float, as_
         print(json.dumps(payload, indent=2, default=str))
     else:
         print(f"scenario {scenario.name}: {scenario.description}".rstrip(": "))
+        if config_line is not None:
+            print(config_line)
         harness.print_report(outcomes, sys.stdout)
     return 0 if all(o.ok for o in outcomes) else 1
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pydantic
@@ -432,3 +433,98 @@ def test_require_for_serving_passes_with_key_and_secret() -> None:
     secrets = Secrets.from_env({"OPENAI_API_KEY": "sk-x", "OPENAI_WEBHOOK_SECRET": SECRET_A})
     secrets.require_for_serving()
     assert secrets.openai_api_key is not None
+
+
+# ---- one validation, one path style (issue 14, item 13) ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "field", "fix"),
+    [
+        ("routes:\n  - {profile: default, dialed: ['18005550100']}\n", "routes[0].dialed", "'+18005550100'"),
+        ("routes:\n  - {profile: default, dialed: ['0800*']}\n", "routes[0].dialed", "country code"),
+        ("callers:\n  deny: ['1900*']\n", "callers.deny", "'+1900*'"),
+    ],
+)
+def test_a_number_pattern_without_plus_can_never_match_and_is_refused(
+    tmp_path: Path, yaml_text: str, field: str, fix: str
+) -> None:
+    line = the_problem(problems_of(write_yaml(tmp_path, yaml_text)), field)
+    assert line.startswith(f"{field}: ")
+    assert "never match" in line
+    assert fix in line
+
+
+def test_wildcard_patterns_still_match_everything(tmp_path: Path) -> None:
+    settings, _ = load_checked(write_yaml(tmp_path, "callers:\n  deny: ['*']\n  allow: ['?1415*']\n"))
+    assert settings.callers.deny == ("*",)
+
+
+def test_dedupe_ttl_below_the_signature_tolerance_is_refused(tmp_path: Path) -> None:
+    from sip_controller.service.intake import TOLERANCE_S
+
+    line = the_problem(problems_of(write_yaml(tmp_path, "limits:\n  dedupe_ttl_s: 299\n")), "dedupe_ttl_s")
+    assert line.startswith("limits.dedupe_ttl_s: ")
+    assert f"at least {TOLERANCE_S}" in line
+    assert "replay" in line
+    assert "(got 299)" in line
+    assert load_settings(write_yaml(tmp_path, f"limits:\n  dedupe_ttl_s: {TOLERANCE_S}\n")).limits.dedupe_ttl_s == 300
+
+
+def test_list_positions_are_written_in_brackets_everywhere(tmp_path: Path) -> None:
+    path = write_yaml(
+        tmp_path,
+        "routes:\n  - {profile: nope, dialed: ['+1800*']}\n  - {profile: default, header: Foo, values: [a]}\n"
+        "profiles:\n  default:\n    tools: [end_call, {type: web_search}]\n",
+    )
+    found = problems_of(path)
+    assert found
+    for problem in found:
+        where = problem.split(": ", 1)[0]
+        assert not re.search(r"\.\d", where), problem
+
+
+def test_a_validator_message_that_names_the_value_is_not_followed_by_it_again(tmp_path: Path) -> None:
+    line = the_problem(problems_of(write_yaml(tmp_path, "routes:\n  - {profile: default, dialed: [abc]}\n")), "abc")
+    assert line.count("abc") == 1, line
+
+
+# ---- where a value came from (issue 14, item 15) ---------------------------------------------------------------
+
+
+def test_an_environment_override_is_named_by_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIPCTL_LIMITS__MAX_CONCURRENT_CALLS", "abc")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    (line,) = info.value.problems
+    assert line.startswith("SIPCTL_LIMITS__MAX_CONCURRENT_CALLS (limits.max_concurrent_calls): ")
+
+
+def test_a_json_environment_override_is_named_by_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIPCTL_ROUTES", '[{"profile": "default", "dialed": ["+1800*"], "extra": 1}]')
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    (line,) = info.value.problems
+    assert line.startswith("SIPCTL_ROUTES (routes[0].extra): unknown field")
+
+
+def test_a_yaml_value_beside_a_json_environment_override_is_named_by_its_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SIPCTL_LIMITS", '{"recent_calls": 5}')
+    with pytest.raises(ConfigError) as info:
+        load_settings(write_yaml(tmp_path, "limits:\n  max_concurrent_calls: abc\n"))
+    (line,) = info.value.problems
+    assert line.startswith("limits.max_concurrent_calls: ")
+
+
+def test_a_yaml_syntax_error_is_one_line_with_line_and_column(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, "port: 1\nprofiles:\n  default:\n    voice: [marin\n")
+    (line,) = problems_of(path)
+    assert "\n" not in line
+    assert re.match(rf"^{re.escape(str(path))}:4:\d+: ", line), line
+
+
+def test_an_explicit_missing_path_is_named_as_the_config_option(tmp_path: Path) -> None:
+    (line,) = problems_of(tmp_path / "nope.yaml")
+    assert line.startswith("--config: ")

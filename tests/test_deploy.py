@@ -580,3 +580,14 @@ def test_readme_links_the_setup_guide() -> None:
     assert "deploy/SETUP.md" in readme
     assert "## Deploy" in readme
     assert readme.index("## Deploy") < readme.index("## Layout")
+
+
+def test_the_systemd_install_steps_say_how_to_build_the_wheel() -> None:
+    """The unit's install steps install a wheel, so they also say how to build it (issue 14, item 15)."""
+    setup = SETUP.read_text(encoding="utf-8")
+    option_c = setup[setup.index("**C. systemd on a VM**"):setup.index("## 4.")]
+    unit_steps = UNIT.read_text(encoding="utf-8").split("[Unit]", 1)[0]
+    for where, text in (("SETUP.md, option C", option_c), ("sipctl.service", unit_steps)):
+        build = re.search(r"pip wheel --no-deps (?:-w|--wheel-dir) (\S+) \.", text)
+        assert build, f"{where} does not say how to build the wheel"
+        assert f"{build.group(1).rstrip('/')}/sip_controller-" in text, f"{where} installs another wheel than it built"

@@ -1,13 +1,17 @@
-"""Preflight: check every profile's exact accept body and deferred update before the service starts.
+"""Preflight: the one validation behind ``sipctl check-config`` and every command's start-up.
 
-Findings come back with the path the operator wrote (``profiles.sales.voice``,
-``profiles.sales.session.temperature``), so a message points at the line to fix.
+:func:`validate` loads the config under the environment and finds every problem in one run: the file, type
+errors, cross-references (routes, default profile, report endpoints' secrets), every profile's exact accept body
+and deferred update, and, for ``serve``, the credentials in the environment. Findings come back with the path
+the operator wrote (``profiles.sales.voice``, ``profiles.sales.session.temperature``, ``routes[0].profile``), so a
+message points at the line to fix.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -16,7 +20,7 @@ from sip_controller.agent import session, templates
 from sip_controller.agent.operator_tools import load_python_handler
 from sip_controller.agent.profile import HttpTool, PythonTool
 from sip_controller.agent.validation import Context, Finding, check_session
-from sip_controller.config import AgentProfile, ConfigError, Settings, load_settings
+from sip_controller.config import AgentProfile, ConfigError, Loaded, Secrets, Settings, load
 
 #: where a body path comes from in a profile; structured fields keep the rest of the path
 _BODY_TO_PROFILE: tuple[tuple[str, str, bool], ...] = (
@@ -128,26 +132,6 @@ def _dedupe(found: list[Finding]) -> list[Finding]:
     return out
 
 
-def check_settings(settings: Settings, today: date) -> list[Finding]:
-    found: list[Finding] = []
-    for name, profile in settings.profiles.items():
-        found.extend(check_profile(name, profile, today))
-    return found + check_routes(settings)
-
-
-def check_routes(settings: Settings) -> list[Finding]:
-    found: list[Finding] = []
-    for i, route in enumerate(settings.routes):
-        if route.profile not in settings.profiles:
-            found.append(Finding(f"routes[{i}].profile", f"{route.profile!r} is not a profile; use one of "
-                                 f"{', '.join(sorted(settings.profiles))}"))
-        if route.header is not None and not route.values:
-            found.append(Finding(f"routes[{i}].values", f"list the {route.header} values that select this route"))
-        if route.header is None and not route.dialed:
-            found.append(Finding(f"routes[{i}]", "a route needs dialed patterns or a header with values"))
-    return found
-
-
 def notes(settings: Settings) -> list[str]:
     """What the operator should know that is not a problem (printed by check-config)."""
     out = []
@@ -167,8 +151,28 @@ def _field(path: str) -> str:
     return parts[2].split("[", 1)[0] if len(parts) > 2 else ""
 
 
-def load_checked(path: Path | str | None = None, *, today: date | None = None) -> tuple[Settings, list[Finding]]:
-    """Load and check everything. Raises ConfigError listing every error; returns the settings and warnings."""
+@dataclass(frozen=True)
+class Validation:
+    """Everything one validation run found. ``settings`` (and, for serve, ``secrets``) are set only when there
+    is no error."""
+
+    settings: Settings | None
+    secrets: Secrets | None
+    errors: list[str]
+    warnings: list[Finding]
+    loaded: Loaded
+
+
+def validate(
+    path: Path | str | None = None,
+    *,
+    today: date | None = None,
+    serve: bool = False,
+    origin: str | None = None,
+) -> Validation:
+    """Load and check everything, collecting every error: what ``sipctl check-config`` prints and what every
+    command refuses to start with. ``serve``: also the OpenAI credentials in the environment (the simulator
+    brings its own). ``origin``: how the operator named ``path`` (default ``--config``)."""
     day = today or datetime.now(UTC).date()
     warnings: list[Finding] = []
 
@@ -177,8 +181,23 @@ def load_checked(path: Path | str | None = None, *, today: date | None = None) -
         warnings.extend(f for f in found if f.severity == "warning")
         return [str(f) for f in found if f.severity == "error"]
 
-    settings = load_settings(path, profile_check=check)
-    route_errors = [str(f) for f in check_routes(settings)]
-    if route_errors:
-        raise ConfigError(route_errors)
-    return settings, warnings
+    loaded = load(path, origin=origin, profile_check=check)
+    errors = list(loaded.problems)
+    secrets: Secrets | None = None
+    if serve:
+        try:
+            secrets = Secrets.from_env(required=True)
+        except ConfigError as exc:
+            errors.extend(exc.problems)
+    ok = not errors
+    return Validation(loaded.settings if ok else None, secrets if ok else None, errors, warnings, loaded)
+
+
+def load_checked(
+    path: Path | str | None = None, *, today: date | None = None, serve: bool = False, origin: str | None = None
+) -> tuple[Settings, list[Finding]]:
+    """:func:`validate`, raising :class:`ConfigError` listing every error; returns the settings and warnings."""
+    result = validate(path, today=today, serve=serve, origin=origin)
+    if result.errors or result.settings is None:
+        raise ConfigError(result.errors)
+    return result.settings, result.warnings

@@ -4,6 +4,9 @@ First SIGTERM (or SIGINT): ``/readyz`` turns 503 and new webhooks are refused (5
 another replica, or SIP 503 with ``limits.drain_mode: reject``); live calls go on until they end or until
 ``limits.drain_timeout_s``; the rest get a spoken wrap-up and a hangup (``shutdown``); then the server exits.
 A second signal exits at once (uvicorn's own handling; the lifespan still hangs up what is left).
+
+The listening sockets are bound first (:func:`listen`), before the app starts: a port in use is refused before
+anything logs that it started.
 """
 
 from __future__ import annotations
@@ -42,6 +45,11 @@ class DrainingServer(uvicorn.Server):
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._drain
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and sockets:  # uvicorn says where it listens only for sockets it bound itself
+            log.info("serve.listening", urls=[_url(sock) for sock in sockets])
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._drain is None and self._loop is not None and not self.should_exit:
             log.warning("serve.signal", signal=signal.Signals(sig).name, action="drain")
@@ -63,7 +71,42 @@ class DrainingServer(uvicorn.Server):
             self.should_exit = True
 
 
-def serve(app: Starlette, settings: Settings, *, host: str, port: int) -> None:
+def listen(host: str, port: int) -> list[socket.socket]:
+    """Bind the listening sockets before anything starts, the way asyncio's ``create_server`` would (every
+    address ``host`` resolves to), so that a port in use or a foreign address is an ``OSError`` here, before the
+    app's start-up runs or logs. The caller hands the sockets to :func:`serve`."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    seen: set[tuple[int, object]] = set()
+    try:
+        for family, kind, proto, _name, address in infos:
+            if (family, address) in seen:
+                continue
+            seen.add((family, address))
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.set_inheritable(True)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"http://{host}:{port}"
+
+
+def serve(
+    app: Starlette, settings: Settings, *, host: str, port: int, sockets: list[socket.socket] | None = None
+) -> None:
+    """Run until drained: on ``sockets`` from :func:`listen` (what ``sipctl serve`` does), else uvicorn binds
+    ``host``:``port`` itself, after the app's start-up."""
     config = uvicorn.Config(
         app,
         host=host,
@@ -73,4 +116,4 @@ def serve(app: Starlette, settings: Settings, *, host: str, port: int) -> None:
         proxy_headers=True,
         timeout_graceful_shutdown=10,
     )
-    DrainingServer(config, app, settings).run()
+    DrainingServer(config, app, settings).run(sockets=sockets)

@@ -1,6 +1,8 @@
 """Run scripted calls against the real controller (uvicorn on loopback) and the simulator; check outcomes.
 
-Used by ``sipctl demo``, ``sipctl simulate`` and the end-to-end tests.
+Used by ``sipctl demo``, ``sipctl simulate`` and the end-to-end tests. :func:`prepare` is what ``sipctl simulate``
+does before any call: the scenario, the config it names (or ``--config``), the start-up validation, and a check
+that the config can serve the scenario at all.
 
 Time compression: the simulator multiplies the caller's durations by ``time_scale``; :func:`run_scenario` also
 multiplies the controller's per-profile policy durations by the same factor (:func:`scale_settings`), so a
@@ -13,25 +15,34 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import TextIO
 
 from pydantic import SecretStr
 from starlette.applications import Starlette
 
+from sip_controller.agent import preflight, session
 from sip_controller.agent.profile import AgentProfile, HttpTool, PythonTool, ToolEntry
+from sip_controller.agent.validation import Finding
+from sip_controller.calls.incoming import IncomingCall, SipHeader
 from sip_controller.calls.report import CallRecord
-from sip_controller.config import Secrets, Settings
+from sip_controller.calls.routing import choose_profile, screen_caller
+from sip_controller.config import ConfigError, Secrets, Settings
 from sip_controller.service.app import Runtime, create_app
 from sip_controller.service.loopback import RunningServer, serve
 from sip_controller.simulator import (
     CallSpec,
     Expectation,
     Scenario,
+    ScenarioError,
     SimCall,
     Simulator,
     check_expectations,
+    load_scenario,
     new_webhook_secret,
 )
+from sip_controller.simulator.webhook_sender import sip_headers
 
 
 @dataclass
@@ -58,6 +69,131 @@ class Stack:
     def runtime(self) -> Runtime:
         runtime: Runtime = self.app.state.runtime
         return runtime
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A scenario and the checked settings to run it with, and where those settings came from."""
+
+    scenario: Scenario
+    settings: Settings
+    warnings: list[Finding]
+    #: the config file read (None: built-in defaults and the environment)
+    config_path: Path | None
+    #: how it was chosen: ``--config``, ``<scenario file>: config``, ``SIPCTL_CONFIG``, or None (the default)
+    config_origin: str | None
+
+    def describe_config(self) -> str:
+        """``config/sipctl.example.yaml (named by the scenario)``, for the top of a simulate report."""
+        return _describe_config(self.config_path, self.config_origin, self.scenario)
+
+
+def _describe_config(path: Path | None, origin: str | None, scenario: Scenario) -> str:
+    if path is None:
+        return "built-in defaults (no config file)"
+    if origin is None:
+        return f"{path} (the default)"
+    if origin.endswith(": config") and scenario.config_path == path:
+        return f"{path} (named by the scenario)"
+    return f"{path} ({origin})"
+
+
+def prepare(scenario_path: Path | str, config: Path | str | None = None) -> Prepared:
+    """What ``sipctl simulate SCENARIO [--config FILE]`` runs: the scenario, then the config (``config`` if
+    given, else the one the scenario names, else ``SIPCTL_CONFIG`` or ``config/sipctl.yaml``) through the same
+    validation as every start-up, then :func:`serving_problems`. Raises :class:`ScenarioError` or
+    :class:`ConfigError` naming what to fix."""
+    scenario = load_scenario(scenario_path)
+    if config is not None:
+        path: Path | None = Path(config)
+        origin: str | None = "--config"
+    elif scenario.config_path is not None:
+        path, origin = scenario.config_path, f"{scenario_path}: config"
+    else:
+        path, origin = None, None
+    result = preflight.validate(path, origin=origin)
+    if result.errors or result.settings is None:
+        raise ConfigError(result.errors)
+    loaded = result.loaded
+    problems = serving_problems(scenario, result.settings)
+    if problems:
+        used = _describe_config(loaded.path, loaded.origin, scenario)
+        if loaded.path is not None:
+            used = f"the config {used}"
+        lines = [f"{scenario_path}: {used} cannot serve this scenario:", *(f"  - {p}" for p in problems)]
+        if scenario.config_path is not None and scenario.config_path != loaded.path:
+            lines.append(f"the scenario was written for {scenario.config_path}: run it without --config to use that")
+        raise ScenarioError("\n".join(lines))
+    return Prepared(scenario, result.settings, result.warnings, loaded.path, loaded.origin)
+
+
+def _incoming(spec: CallSpec) -> IncomingCall:
+    headers = tuple(SipHeader(**h) for h in sip_headers(spec, "proj_scenario"))
+    return IncomingCall(call_id="scenario", webhook_id="scenario", headers=headers, received_at=datetime.now(UTC))
+
+
+def _offered_tools(profile: AgentProfile) -> list[str]:
+    tools = session.accept_body(profile).get("tools", [])
+    return [t["name"] for t in tools if isinstance(t, dict) and t.get("type") == "function" and "name" in t]
+
+
+def serving_problems(scenario: Scenario, settings: Settings) -> list[str]:
+    """Why ``settings`` cannot give the calls of ``scenario`` the outcomes they expect, as far as the config alone
+    tells: each call is routed and screened as the controller would, then its ``expect`` is held against the
+    profile it reaches (a profile the config does not define or routes elsewhere, a transfer target or a tool
+    that profile lacks, an ending it has no watchdog for, a caller it refuses). Empty: nothing in the config
+    contradicts the scenario (the run decides the rest)."""
+    problems: list[str] = []
+    for i, spec in enumerate(scenario.calls):
+        expect = spec.expect
+        if expect is None:
+            continue
+        call = f"calls[{i}] ({spec.name})"
+        incoming = _incoming(spec)
+        refused = screen_caller(settings, incoming) is not None
+        if refused:
+            if expect.ended_reason not in (None, "rejected") or expect.ended_by not in (None, "reject"):
+                problems.append(
+                    f"{call}: this config refuses the caller {spec.caller} (callers), but the call expects "
+                    f"ended_reason {expect.ended_reason or '-'}, ended_by {expect.ended_by or '-'}"
+                )
+            continue
+        name = choose_profile(settings, incoming)
+        if expect.profile is not None and expect.profile != name:
+            if expect.profile not in settings.profiles:
+                known = ", ".join(sorted(settings.profiles))
+                problems.append(
+                    f"{call}: expects profile {expect.profile}, which this config does not define ({known})"
+                )
+            else:
+                problems.append(
+                    f"{call}: expects profile {expect.profile}, but this config routes the call (dialled "
+                    f"{spec.dialed}) to {name}"
+                )
+            continue
+        profile = settings.profiles[name]
+        targets = profile.transfer.targets
+        if expect.transfer_target is not None and expect.transfer_target not in targets:
+            known = ", ".join(targets) or "none defined"
+            problems.append(
+                f"{call}: expects transfer_target {expect.transfer_target}, but {expect.transfer_target} is not a "
+                f"transfer target of profile {name} ({known})"
+            )
+        offered = _offered_tools(profile)
+        for tool in expect.tools_called or ():
+            if tool not in offered:
+                problems.append(
+                    f"{call}: expects the tool {tool}, which profile {name} does not offer "
+                    f"({', '.join(offered) or 'no tools'})"
+                )
+        watchdogs = profile.watchdogs
+        if expect.ended_reason == "budget_exceeded" and watchdogs.budget_usd is None:
+            problems.append(f"{call}: expects budget_exceeded, but profile {name} has no watchdogs.budget_usd")
+        if expect.ended_reason == "silence_timeout" and watchdogs.silence_timeout_s is None:
+            problems.append(f"{call}: expects silence_timeout, but profile {name} has watchdogs.silence_timeout_s off")
+        if expect.ended_reason in ("transferred", "transfer_failed") and not targets:
+            problems.append(f"{call}: expects {expect.ended_reason}, but profile {name} has no transfer targets")
+    return problems
 
 
 def _scaled(value: float | None, factor: float) -> float | None:

@@ -9,6 +9,8 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from sip_controller.config import yaml_problem
+
 from .faults import Faults
 
 E164 = r"^\+[1-9][0-9]{1,14}$"
@@ -197,11 +199,20 @@ class CallSpec(_Strict):
 
 
 class Scenario(_Strict):
-    """A named set of calls: ``{name, description, calls: [CallSpec, ...]}``."""
+    """A named set of calls: ``{name, description, config, calls: [CallSpec, ...]}``.
+
+    ``config`` names the controller config the scenario was written for (a path relative to the scenario file;
+    :func:`load_scenario` makes it absolute). ``sipctl simulate`` uses it unless ``--config`` is given.
+    """
 
     name: str = Field(min_length=1)
     description: str = ""
+    config: str | None = Field(default=None, min_length=1)
     calls: list[CallSpec] = Field(min_length=1)
+
+    @property
+    def config_path(self) -> Path | None:
+        return Path(self.config) if self.config is not None else None
 
     @model_validator(mode="after")
     def _unique_names(self) -> Scenario:
@@ -255,7 +266,8 @@ def parse_scenario(data: object, source: str = "<scenario>") -> Scenario:
 
 
 def load_scenario(path: str | Path) -> Scenario:
-    """Read and validate a scenario YAML file; raises :class:`ScenarioError` naming the bad fields."""
+    """Read and validate a scenario YAML file; raises :class:`ScenarioError` naming the bad fields. A relative
+    ``config`` is resolved against the scenario file's folder."""
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
@@ -264,5 +276,9 @@ def load_scenario(path: str | Path) -> Scenario:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ScenarioError(f"{file}: not valid YAML: {exc}") from None
-    return parse_scenario(data, str(file))
+        raise ScenarioError(yaml_problem(file, exc)) from None
+    scenario = parse_scenario(data, str(file))
+    if scenario.config is not None:
+        config = (file.parent / scenario.config).resolve()
+        scenario = scenario.model_copy(update={"config": str(config)})
+    return scenario

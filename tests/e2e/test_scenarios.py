@@ -1,5 +1,5 @@
-"""End to end: every shipped scenario (config/scenarios/*.yaml) against the example config, as
-``sipctl --config config/sipctl.example.yaml simulate <file>`` runs it, with both sides' time compressed."""
+"""End to end: every shipped scenario (config/scenarios/*.yaml) as ``sipctl simulate <file>`` runs it (the config
+the scenario names, loaded and checked by ``harness.prepare``), with both sides' time compressed."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from sip_controller.agent import preflight
 from sip_controller.agent.profile import AgentProfile, Watchdogs
 from sip_controller.config import Settings
 from sip_controller.simulator import CallSpec, Expectation, Step, harness, load_scenario
@@ -25,12 +24,16 @@ _outcomes: dict[str, list[CallOutcome]] = {}
 
 
 async def outcomes_of(path: Path) -> list[CallOutcome]:
-    """Run a scenario file once per test session (the hold comparison reuses the hold run)."""
+    """Run a scenario file once per test session (the hold comparison reuses the hold run), the way
+    ``sipctl simulate <file>`` does: no --config, so the config the scenario names."""
     if path.name not in _outcomes:
-        settings, warnings = preflight.load_checked(EXAMPLE)
-        assert warnings == []
+        prepared = harness.prepare(path)
+        assert prepared.config_path == EXAMPLE
+        assert prepared.warnings == []
         scale = HOLD_SCALE if path.name == "hold.yaml" else SCALE
-        _outcomes[path.name] = await harness.run_scenario(load_scenario(path), settings, time_scale=scale, timeout=40)
+        _outcomes[path.name] = await harness.run_scenario(
+            prepared.scenario, prepared.settings, time_scale=scale, timeout=40
+        )
     return _outcomes[path.name]
 
 
@@ -44,7 +47,7 @@ def test_every_behaviour_has_a_scenario() -> None:
 
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
-async def test_the_scenario_passes_with_the_example_config(path: Path) -> None:
+async def test_the_scenario_passes_as_sipctl_simulate_runs_it(path: Path) -> None:
     outcomes = await outcomes_of(path)
     assert {o.spec.name: o.problems for o in outcomes} == {o.spec.name: [] for o in outcomes}
 

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from sip_controller.simulator import CallSpec, ScenarioError, Step, load_scenario, parse_scenario
+from sip_controller.config import ConfigError
+from sip_controller.simulator import CallSpec, ScenarioError, Step, harness, load_scenario, parse_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "sip_controller" / "simulator" / "scenarios" / "demo.yaml"
+EXAMPLE = ROOT / "config" / "sipctl.example.yaml"
+SHIPPED = sorted((ROOT / "config" / "scenarios").glob("*.yaml"))
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No stray SIPCTL_*/OPENAI_* variables, and a working directory other than the repository."""
+    for name in list(os.environ):
+        if name.upper().startswith(("SIPCTL_", "OPENAI_")):
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
 
 
 def test_demo_scenario_loads_with_its_three_calls() -> None:
@@ -157,3 +170,81 @@ def test_update_delay_and_hangup_limit_load_from_yaml(tmp_path: Path) -> None:
     assert call.session_update_delay == 0.5
     assert call.expect is not None
     assert call.expect.max_hangup_after_error_s == 2.0
+
+
+# ---- a scenario names the config it needs (issue 14, item 14) ---------------------------------------------------
+
+
+@pytest.mark.usefixtures("clean_env")
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_every_shipped_scenario_names_a_config_that_can_serve_it(path: Path) -> None:
+    """What `sipctl simulate config/scenarios/<name>.yaml` loads, from any working directory, without --config."""
+    assert load_scenario(path).config_path == EXAMPLE
+    prepared = harness.prepare(path)
+    assert prepared.config_path == EXAMPLE
+    assert prepared.config_origin == f"{path}: config"
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_the_scenario_config_is_relative_to_the_scenario_file(tmp_path: Path) -> None:
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "sales.yaml").write_text(
+        "default_profile: sales\nprofiles:\n  sales: {voice: cedar}\n", encoding="utf-8"
+    )
+    (tmp_path / "scenarios").mkdir()
+    scenario = tmp_path / "scenarios" / "s.yaml"
+    scenario.write_text(
+        "name: s\nconfig: ../configs/sales.yaml\ncalls: [{name: a, expect: {profile: sales}}]\n", encoding="utf-8"
+    )
+    (tmp_path / "elsewhere").mkdir()
+    os.chdir(tmp_path / "elsewhere")
+    prepared = harness.prepare(scenario)
+    assert prepared.settings.default_profile == "sales"
+    assert prepared.config_path == tmp_path / "configs" / "sales.yaml"
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_a_missing_scenario_config_is_named_by_the_scenario_key(tmp_path: Path) -> None:
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text("name: s\nconfig: nope.yaml\ncalls: [{name: a}]\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        harness.prepare(scenario)
+    (line,) = info.value.problems
+    assert line.startswith(f"{scenario}: config: '{tmp_path / 'nope.yaml'}' does not exist")
+
+
+@pytest.mark.usefixtures("clean_env")
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("transfer", "front_desk is not a transfer target of profile default"),
+        ("keypad", "front_desk is not a transfer target of profile default"),
+        ("hold", "expects profile claims_line, which this config does not define"),
+        ("budget", "expects profile hotline, which this config does not define"),
+        ("python-tool", "opening_hours, which profile default does not offer"),
+        ("denied-caller", None),
+    ],
+)
+def test_a_config_that_cannot_serve_the_scenario_is_refused_before_any_call(
+    tmp_path: Path, name: str, reason: str | None
+) -> None:
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("profiles:\n  default: {voice: marin}\n", encoding="utf-8")
+    path = ROOT / "config" / "scenarios" / f"{name}.yaml"
+    if reason is None:  # nothing in the config contradicts the scenario: it runs, and its outcome will tell
+        assert harness.prepare(path, config=plain).config_path == plain
+        return
+    with pytest.raises(ScenarioError) as info:
+        harness.prepare(path, config=plain)
+    message = str(info.value)
+    assert message.startswith(f"{path}: the config {plain} (--config) cannot serve this scenario")
+    assert reason in message
+    assert f"written for {EXAMPLE}" in message  # the fix: the config the scenario names
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_a_config_that_refuses_the_caller_cannot_serve_a_call_expected_to_be_answered(tmp_path: Path) -> None:
+    strict = tmp_path / "strict.yaml"
+    strict.write_text("callers:\n  allow: ['+44*']\n", encoding="utf-8")
+    with pytest.raises(ScenarioError, match=r"calls\[0\] \(goodbye\): this config refuses the caller"):
+        harness.prepare(ROOT / "config" / "scenarios" / "goodbye.yaml", config=strict)
