@@ -73,6 +73,8 @@ class HttpTool(HandlerTool):
     type: Literal["http"]
     url: str
     secret_env: str | None = None
+    #: the answer is read as it streams and cut here: an endpoint that answers too much can't fill memory
+    max_response_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
 
     @field_validator("url")
     @classmethod

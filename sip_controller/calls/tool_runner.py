@@ -23,6 +23,9 @@ from sip_controller.agent.operator_tools import ToolCall, load_python_handler
 from sip_controller.agent.profile import HttpTool, PythonTool
 
 MAX_OUTPUT_CHARS = 16_000
+#: of an error answer, only the start is read (its first 200 characters go into the error)
+ERROR_BODY_BYTES = 4096
+CUT_MARK = "…[cut]"
 
 
 @dataclass(frozen=True)
@@ -87,9 +90,32 @@ async def _run_http(tool: HttpTool, arguments: dict[str, Any], call: ToolCall, c
             "webhook-timestamp": str(int(now.timestamp())),
             "webhook-signature": Webhook(secret).sign(msg_id, now, body),
         }
-    response = await client.post(tool.url, content=body, headers=headers, timeout=tool.timeout_s)
-    if not response.is_success:
-        raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
-    if "json" in response.headers.get("content-type", ""):
-        return _as_text(response.json())
-    return response.text[:MAX_OUTPUT_CHARS]
+    async with client.stream("POST", tool.url, content=body, headers=headers, timeout=tool.timeout_s) as response:
+        if not response.is_success:
+            head, _ = await _read_capped(response, ERROR_BODY_BYTES)
+            raise RuntimeError(f"HTTP {response.status_code}: {_decode(head)[:200]}")
+        data, cut = await _read_capped(response, tool.max_response_bytes)
+        is_json = "json" in response.headers.get("content-type", "")
+    if cut:  # the rest was never read: say so to the model, and keep what came
+        marker = f"{CUT_MARK} (the tool's answer was longer than {tool.max_response_bytes} bytes)"
+        return _decode(data)[: MAX_OUTPUT_CHARS - len(marker)] + marker
+    if is_json:
+        return _as_text(json.loads(data))
+    return _decode(data)[:MAX_OUTPUT_CHARS]
+
+
+async def _read_capped(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    """At most ``limit`` bytes of the body, and whether there was more. Reading stops there: leaving the
+    ``stream`` block closes the connection instead of draining it."""
+    buffer = bytearray()
+    async for chunk in response.aiter_bytes():
+        room = limit - len(buffer)
+        if len(chunk) > room:
+            buffer += chunk[:room]
+            return bytes(buffer), True
+        buffer += chunk
+    return bytes(buffer), False
+
+
+def _decode(data: bytes) -> str:
+    return data.decode(errors="replace")  # a cut may split a character

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import sys
 import textwrap
+import tracemalloc
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ import pytest
 from standardwebhooks import Webhook
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from sip_controller.agent.operator_tools import ToolCall, load_python_handler
@@ -333,3 +335,68 @@ async def test_http_tool_secret_that_is_not_whsec_is_an_error(monkeypatch: pytes
     assert (answer.ok, answer.outcome) == (False, "error")
     assert "ORDERS_TOOL_SECRET" in answer.output
     assert "hunter2" not in answer.output
+
+
+# ---- an endpoint that answers far too much (300 MB) ----------------------------------------------------------
+
+HUGE_BYTES = 300 * 1024 * 1024
+CHUNK = b"x" * (64 * 1024)
+
+
+def flood(sent: list[int], *, status: int = 200, media_type: str = "text/plain") -> Starlette:
+    """An endpoint streaming up to 300 MB, made lazily in 64 KB chunks; ``sent`` counts what it made."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        while sent[0] < HUGE_BYTES:
+            sent[0] += len(CHUNK)
+            yield CHUNK
+
+    async def answer(request: Request) -> Response:
+        await request.body()
+        return StreamingResponse(chunks(), status_code=status, media_type=media_type)
+
+    return Starlette(routes=[Route("/flood", answer, methods=["POST"])])
+
+
+@pytest.mark.anyio
+async def test_an_oversized_answer_is_cut_at_the_byte_limit_and_memory_stays_flat() -> None:
+    sent = [0]
+    async with serve(flood(sent)) as server, httpx.AsyncClient() as client:
+        tool = http_tool(server.url + "/flood", secret_env=None)
+        tracemalloc.start()
+        try:
+            answer = await run_tool(tool, {"order": "A1"}, CALL, client)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert (answer.ok, answer.outcome) == (True, "ok")
+    assert answer.output.startswith("xxxx")
+    assert answer.output.endswith(f"(the tool's answer was longer than {tool.max_response_bytes} bytes)")
+    assert "…[cut]" in answer.output
+    assert len(answer.output) <= handlers.MAX_OUTPUT_CHARS
+    assert peak < 24 * 1024 * 1024, f"peak {peak / 1e6:.1f} MB while reading a 300 MB answer"
+
+
+@pytest.mark.anyio
+async def test_the_byte_limit_is_configurable_and_an_answer_within_it_is_whole() -> None:
+    sent = [0]
+    async with serve(flood(sent)) as server, httpx.AsyncClient() as client:
+        small = HttpTool(type="http", name="lookup", description="Look up.", url=server.url + "/flood",
+                         max_response_bytes=4096)
+        answer = await run_tool(small, {}, CALL, client)
+    assert answer.output.startswith("x" * 100)
+    assert answer.output.endswith("(the tool's answer was longer than 4096 bytes)")
+    assert answer.output.count("x") == 4096
+    with pytest.raises(ValueError, match="max_response_bytes"):
+        HttpTool(type="http", name="t", description="d", url="https://x", max_response_bytes=10)
+
+
+@pytest.mark.anyio
+async def test_an_oversized_error_answer_reads_only_its_start() -> None:
+    sent = [0]
+    async with serve(flood(sent, status=502)) as server, httpx.AsyncClient() as client:
+        tool = http_tool(server.url + "/flood", secret_env=None)
+        answer = await run_tool(tool, {}, CALL, client)
+    assert (answer.ok, answer.outcome) == (False, "error")
+    assert answer.output.startswith("the tool failed: RuntimeError: HTTP 502: xxx")
+    assert len(answer.output) <= 500
