@@ -72,11 +72,36 @@ class OutputItem(BaseModel):
         return " ".join(str(p) for p in parts if p).strip()
 
 
+class StatusError(BaseModel):
+    """Why a response failed (``status_details.error``): e.g. ``{type: server_error}`` or
+    ``{type: invalid_request_error, code: insufficient_quota}``."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    type: str | None = None
+    code: str | None = None
+    message: str | None = None
+
+
+class StatusDetails(BaseModel):
+    """``response.status_details``: ``type`` mirrors the status; ``reason`` says why a response did not complete
+    (``turn_detected`` or ``client_cancelled`` for a cancelled one, ``max_output_tokens`` or ``content_filter``
+    for an incomplete one); ``error`` is set on a failed one."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    type: str | None = None
+    reason: str | None = None
+    error: StatusError | None = None
+
+
 class Response(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     id: str = ""
+    #: ``in_progress`` (created), then ``completed``, ``cancelled``, ``failed`` or ``incomplete``
     status: str | None = None
+    status_details: StatusDetails | None = None
     output: list[OutputItem] = Field(default_factory=list)
     usage: Usage | None = None
     metadata: dict[str, Any] | None = None
@@ -149,6 +174,34 @@ class DtmfReceived(_Event):
     event: str = ""
 
 
+class InputAudioTimeout(_Event):
+    """Server VAD's ``idle_timeout_ms`` fired: no caller speech that long after the last response's audio.
+    OpenAI commits the silence and makes a response (a re-prompt) by itself; it never hangs up."""
+
+    type: Literal["input_audio_buffer.timeout_triggered"]
+    audio_start_ms: int = 0
+    audio_end_ms: int = 0
+    item_id: str | None = None
+
+
+class RateLimit(BaseModel):
+    """One rate limit as OpenAI reports it (``requests`` or ``tokens``); every field may be missing."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    name: str | None = None
+    limit: int | None = None
+    remaining: int | None = None
+    reset_seconds: float | None = None
+
+
+class RateLimitsUpdated(_Event):
+    """Sent as a response starts (its output tokens reserved): the project's limits as they stand."""
+
+    type: Literal["rate_limits.updated"]
+    rate_limits: list[RateLimit] = Field(default_factory=list)
+
+
 class UnknownEvent(_Event):
     """A well-formed event of a type we do not handle (counted and ignored)."""
 
@@ -175,6 +228,8 @@ ServerEvent = (
     | SpeechEdge
     | OutputAudioBuffer
     | DtmfReceived
+    | InputAudioTimeout
+    | RateLimitsUpdated
     | UnknownEvent
     | MalformedEvent
 )
@@ -191,6 +246,8 @@ for _model in (
     SpeechEdge,
     OutputAudioBuffer,
     DtmfReceived,
+    InputAudioTimeout,
+    RateLimitsUpdated,
 ):
     for _name in _model.model_fields["type"].annotation.__args__:  # type: ignore[union-attr]
         _MODELS[_name] = _model

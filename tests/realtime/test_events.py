@@ -198,8 +198,6 @@ def test_dtmf() -> None:
 @pytest.mark.parametrize(
     "kind",
     [
-        "rate_limits.updated",
-        "input_audio_buffer.timeout_triggered",
         "response.output_audio.delta",
         "response.audio.delta",
         "conversation.item.added",
@@ -216,6 +214,127 @@ def test_unknown_types_are_kept(kind: str) -> None:
 def test_bytes_input_is_accepted() -> None:
     event = parse_server_event(b'{"type": "output_audio_buffer.stopped", "response_id": "r"}')
     assert isinstance(event, ev.OutputAudioBuffer)
+
+
+# ---- what OpenAI really sends (issue 15): failed/incomplete/cancelled responses, rate limits, idle timeouts -----
+
+FAILED_DONE: dict[str, Any] = {
+    "type": "response.done",
+    "event_id": "event_9",
+    "response": {
+        "object": "realtime.response",
+        "id": "resp_1",
+        "status": "failed",
+        "status_details": {
+            "type": "failed",
+            "error": {
+                "type": "insufficient_quota",
+                "code": "insufficient_quota",
+                "message": "You exceeded your quota.",
+            },
+        },
+        "output": [],
+        "conversation_id": "conv_1",
+        "output_modalities": ["audio"],
+        "max_output_tokens": "inf",
+        "metadata": {"sipctl": "greeting", "n": "1"},
+        "usage": None,
+    },
+}
+BARGE_IN_DONE: dict[str, Any] = {
+    "type": "response.done",
+    "event_id": "event_10",
+    "response": {
+        "id": "resp_2",
+        "status": "cancelled",
+        "status_details": {"type": "cancelled", "reason": "turn_detected"},
+        "output": [],
+    },
+}
+INCOMPLETE_DONE: dict[str, Any] = {
+    "type": "response.done",
+    "event_id": "event_11",
+    "response": {
+        "id": "resp_3",
+        "status": "incomplete",
+        "status_details": {"type": "incomplete", "reason": "max_output_tokens"},
+        "output": [],
+    },
+}
+RATE_LIMITS: dict[str, Any] = {
+    "type": "rate_limits.updated",
+    "event_id": "event_12",
+    "rate_limits": [
+        {"name": "requests", "limit": 1000, "remaining": 999, "reset_seconds": 0.06},
+        {"name": "tokens", "limit": 40000, "remaining": 38211, "reset_seconds": 2.68},
+    ],
+}
+IDLE_TIMEOUT: dict[str, Any] = {
+    "type": "input_audio_buffer.timeout_triggered",
+    "event_id": "event_13",
+    "audio_start_ms": 13216,
+    "audio_end_ms": 19232,
+    "item_id": "item_7",
+}
+
+
+def test_a_failed_response_carries_its_status_details() -> None:
+    event = parse(FAILED_DONE)
+    assert isinstance(event, ev.ResponseEvent)
+    details = event.response.status_details
+    assert event.response.status == "failed"
+    assert details is not None
+    assert details.type == "failed"
+    assert details.reason is None
+    assert details.error == ev.StatusError(
+        type="insufficient_quota", code="insufficient_quota", message="You exceeded your quota."
+    )
+    assert event.response.usage is None
+
+
+@pytest.mark.parametrize(
+    ("frame", "status", "reason"),
+    [(BARGE_IN_DONE, "cancelled", "turn_detected"), (INCOMPLETE_DONE, "incomplete", "max_output_tokens")],
+)
+def test_cancelled_and_incomplete_responses_say_why(frame: dict[str, Any], status: str, reason: str) -> None:
+    event = parse(frame)
+    assert isinstance(event, ev.ResponseEvent)
+    assert event.response.status == status
+    assert event.response.status_details == ev.StatusDetails(type=status, reason=reason)
+
+
+def test_a_completed_response_may_have_null_status_details() -> None:
+    event = parse({"type": "response.done", "response": {"id": "r", "status": "completed", "status_details": None}})
+    assert isinstance(event, ev.ResponseEvent)
+    assert event.response.status_details is None
+
+
+def test_rate_limits_updated() -> None:
+    event = parse(RATE_LIMITS)
+    assert isinstance(event, ev.RateLimitsUpdated)
+    assert event.rate_limits == [
+        ev.RateLimit(name="requests", limit=1000, remaining=999, reset_seconds=0.06),
+        ev.RateLimit(name="tokens", limit=40000, remaining=38211, reset_seconds=2.68),
+    ]
+    bare = parse({"type": "rate_limits.updated", "rate_limits": [{}]})
+    assert isinstance(bare, ev.RateLimitsUpdated)
+    assert bare.rate_limits == [ev.RateLimit()]
+
+
+def test_idle_timeout_triggered() -> None:
+    event = parse(IDLE_TIMEOUT)
+    assert isinstance(event, ev.InputAudioTimeout)
+    assert (event.audio_start_ms, event.audio_end_ms, event.item_id) == (13216, 19232, "item_7")
+
+
+@pytest.mark.parametrize("frame", [FAILED_DONE, BARGE_IN_DONE, INCOMPLETE_DONE, RATE_LIMITS, IDLE_TIMEOUT])
+def test_the_sample_frames_are_what_the_openai_sdk_parses(frame: dict[str, Any]) -> None:
+    """The frames above are OpenAI's shapes: the SDK's own server-event union takes them as they are."""
+    realtime = pytest.importorskip("openai.types.realtime")
+    pydantic = pytest.importorskip("pydantic")
+    parsed = pydantic.TypeAdapter(realtime.RealtimeServerEvent).validate_python(frame)
+    assert parsed.type == frame["type"]
+    assert parse(frame).type == frame["type"]
 
 
 @pytest.mark.parametrize(
