@@ -40,8 +40,11 @@ def response_done(
     output: list[dict[str, Any]] | None = None,
     usage: dict[str, Any] | None = None,
     metadata: dict[str, Any] | None = None,
+    details: dict[str, Any] | None = None,
 ) -> SidebandEvent:
     response: dict[str, Any] = {"id": rid, "status": status, "output": output or []}
+    if details is not None:
+        response["status_details"] = {"type": status, **details}
     if usage is not None:
         response["usage"] = usage
     if metadata is not None:
@@ -51,6 +54,18 @@ def response_done(
 
 def fc(call_id: str, name: str = "end_call", arguments: str = '{"reason": "caller said goodbye"}') -> dict[str, Any]:
     return {"type": "function_call", "id": f"item_{call_id}", "call_id": call_id, "name": name, "arguments": arguments}
+
+
+def failed(rid: str, metadata: dict[str, Any] | None = None, code: str = "server_error") -> SidebandEvent:
+    """A response that ended ``failed`` with OpenAI's error in ``status_details``."""
+    error = {"type": "server_error" if code == "server_error" else "invalid_request_error", "code": code,
+             "message": f"The model failed ({code})."}
+    return response_done(rid, "failed", metadata=metadata, details={"error": error})
+
+
+def barged(rid: str, metadata: dict[str, Any] | None = None) -> SidebandEvent:
+    """A response cancelled because the caller started speaking (server VAD's barge-in)."""
+    return response_done(rid, "cancelled", metadata=metadata, details={"reason": "turn_detected"})
 
 
 def audio(kind: str, rid: str | None) -> SidebandEvent:

@@ -20,6 +20,7 @@ from jsonschema import Draft202012Validator
 from sip_controller.agent import session, tools
 from sip_controller.agent.profile import AgentProfile, HttpTool, PythonTool
 from sip_controller.agent.validation import Context, check_session, errors
+from sip_controller.calls import lines
 from sip_controller.calls.actions import (
     Accept,
     Action,
@@ -57,7 +58,13 @@ from sip_controller.calls.inputs import (
     ToolDone,
 )
 from sip_controller.calls.pricing import ModelPrices, TranscriptionPrices, response_cost, transcription_cost
-from sip_controller.calls.report import CallRecord, ToolCallRecord, TranscriptEntry, TranscriptionUsage
+from sip_controller.calls.report import (
+    CallRecord,
+    FailedResponse,
+    ToolCallRecord,
+    TranscriptEntry,
+    TranscriptionUsage,
+)
 from sip_controller.calls.states import (
     BENIGN_ERROR_CODES,
     CLOSE_WAIT_TIMER,
@@ -73,7 +80,7 @@ from sip_controller.calls.states import (
     CallState,
     EndedReason,
 )
-from sip_controller.calls.tags import answers, make_tag
+from sip_controller.calls.tags import PURPOSE_KEY, Tag, answers, make_tag, request_tag
 from sip_controller.realtime import events as ev
 
 FILLER_INSTRUCTIONS = (
@@ -175,6 +182,16 @@ class _PendingUpdate:
 
 
 @dataclass(slots=True)
+class _Line:
+    """A line the machine asked for and still watches (the greeting): what it says and how often it failed."""
+
+    instructions: str
+    purpose: str
+    tag: Tag | None
+    failures: int = 0
+
+
+@dataclass(slots=True)
 class _Ending:
     reason: EndedReason
     #: the response whose audio must finish before hanging up (None: not known yet / none)
@@ -189,6 +206,8 @@ class _Ending:
     instructions: str | None = None
     retry_when_idle: bool = False
     hangup_sent: bool = False
+    #: how often the goodbye's response failed (it is asked for again ``lines.LINE_RETRIES`` times)
+    failures: int = 0
 
 
 @dataclass(slots=True)
@@ -229,6 +248,10 @@ class CallMachine:
     #: the response whose audio the caller hears now (started, not yet stopped or cleared)
     _playing: str | None = None
     _pending_tools: dict[str, float] = field(default_factory=dict)
+    #: the greeting, until its response is over (a failed one is asked for again)
+    _greeting: _Line | None = None
+    #: the model's responses that failed since the last one that completed
+    _failed_in_a_row: int = 0
     #: the features: each holds its own state and its slice of the profile; they reach the call through
     #: this machine as their ``CallPort`` (passed to each call, never kept)
     transfer: Transfer = field(init=False)
@@ -468,6 +491,22 @@ class CallMachine:
         """For hold mode: waiting on hold is not silence."""
         return self.watchdog.pause_silence(self, paused)
 
+    def model_failed(self, rel: float, why: str) -> list[Action]:
+        """The model cannot say what the call needs (a line failed again, or answer after answer fails): hang up
+        at once as ``model_error`` rather than leave the caller in silence. An ending under way ends so too."""
+        self.record.errors.append(f"model error: {why}")
+        self.record.mark(rel, f"model error: {why}")
+        if self.ending is None:
+            if self.state not in (CallState.ATTACHED, CallState.ACCEPTED):
+                return []
+            self.ending = _Ending(reason="model_error")
+            self._set_state(CallState.ENDING, rel)
+            return [*self.watchdog.stop(), *self.hangup(rel, "the model keeps failing")]
+        if self.ending.reason != "model_error":
+            self.record.mark(rel, f"ending for {self.ending.reason}: now model_error")
+            self.ending.reason = "model_error"
+        return self.hangup(rel, "the model keeps failing")
+
     def fail_session(self, rel: float, why: str) -> list[Action]:
         self.record.mark(rel, why)
         if self.ending is None:
@@ -486,12 +525,10 @@ class CallMachine:
         timers = self.watchdog.start()
         greeting: list[Action] = []
         if self.profile.greeting:
-            greeting.append(
-                self.say(
-                    f'Start the call now: greet the caller by saying exactly "{self.profile.greeting}"',
-                    purpose="greeting",
-                )
-            )
+            line = f'Start the call now: greet the caller by saying exactly "{self.profile.greeting}"'
+            request = self.say(line, purpose="greeting")
+            self._greeting = _Line(line, "greeting", request_tag(request))
+            greeting.append(request)
         patch = session.deferred_vad_patch(self.profile)
         if patch is None:
             if greeting:
@@ -737,11 +774,12 @@ class CallMachine:
             if self.hold.active:
                 self.record.hold_usage.add(resp.usage)
             self._update_cost()
+        self._note_status(resp, rel)
         completed = resp.status == "completed"
         actions: list[Action] = []
         classified = self.hold.on_response_done(self, resp, rel)
         if classified is not None:
-            return [*classified, *self.watchdog.on_cost(self, rel)]
+            return [*classified, *self.watchdog.on_cost(self, rel), *self._keeps_failing(rel)]
         end = self.ending
         if end is not None and end.retry_when_idle and resp.id != end.response_id:
             end.retry_when_idle = False
@@ -749,12 +787,10 @@ class CallMachine:
         if end is not None and end.response_id is None and resp.id and answers(resp, end.tag):
             end.response_id = resp.id  # its response.created was missed
         if end is not None and resp.id and resp.id == end.response_id:
-            heard = resp.id in self.audio_started or resp.id in self.spoken or resp.has_audio()
-            if not completed or not heard:
-                return self.hangup(rel, f"goodbye response {resp.status or 'ended'} without audio")
-            if resp.id in self.audio_stopped:
-                return self.hangup(rel, "goodbye heard in full")
-            return []
+            return self._goodbye_done(resp, rel)
+        greeting = self._greeting
+        if greeting is not None and answers(resp, greeting.tag):
+            actions.extend(self._greeting_done(greeting, resp, rel))
         actions.extend(self.transfer.on_response_done(self, resp, rel))
         for item in resp.output:
             if item.type != "function_call" or not item.call_id or item.call_id in self._seen_tool_calls:
@@ -768,7 +804,85 @@ class CallMachine:
                 continue
             actions.extend(self._run_tool(item, resp.id, rel))
         actions.extend(self.watchdog.on_cost(self, rel))
+        actions.extend(self._keeps_failing(rel))
         return actions
+
+    def _heard(self, resp: ev.Response) -> bool:
+        """The caller heard (some of) the response: its audio started, it has a transcript, or audio output."""
+        return resp.id in self.audio_started or resp.id in self.spoken or resp.has_audio()
+
+    def _note_status(self, resp: ev.Response, rel: float) -> None:
+        """A failed or incomplete response goes on the report with OpenAI's status_details; failures in a row
+        are counted (a completed response resets the count)."""
+        status = resp.status
+        if status == "completed":
+            self._failed_in_a_row = 0
+            return
+        if status not in ("failed", "incomplete"):
+            return
+        if status == "failed":
+            self._failed_in_a_row += 1
+        details = resp.status_details
+        err = details.error if details is not None else None
+        reason = lines.reason(resp)
+        metadata = resp.metadata if isinstance(resp.metadata, dict) else {}
+        purpose = metadata.get(PURPOSE_KEY) or metadata.get("purpose")
+        self.record.add_failed_response(
+            FailedResponse(
+                response_id=resp.id,
+                status=status,
+                reason=reason,
+                error_type=err.type if err else None,
+                error_code=err.code if err else None,
+                error_message=err.message if err else None,
+                purpose=purpose[:64] if isinstance(purpose, str) else None,
+                at_s=round(rel, 3),
+            )
+        )
+        why = (err.code or err.type if err else None) or reason
+        self.record.mark(rel, f"response {status}" + (f": {why}" if why else ""))
+        if status == "failed":
+            message = f": {err.message}" if err is not None and err.message else ""
+            self.record.errors.append(f"response failed ({why or 'no reason given'}){message}")
+
+    def _keeps_failing(self, rel: float) -> list[Action]:
+        if self._failed_in_a_row < lines.MAX_FAILED_IN_A_ROW or not self.live:
+            return []
+        return self.model_failed(rel, f"{self._failed_in_a_row} responses in a row failed")
+
+    def _greeting_done(self, greeting: _Line, resp: ev.Response, rel: float) -> list[Action]:
+        """The greeting's response is over: asked for once more if it failed, a second failure is a model
+        error; heard, talked over or silent, it is done with."""
+        if lines.outcome(resp, heard=self._heard(resp)) != "failed":
+            self._greeting = None
+            return []
+        if greeting.failures >= lines.LINE_RETRIES or not self.live:
+            self._greeting = None
+            return self.model_failed(rel, f"the greeting failed {greeting.failures + 1} times")
+        greeting.failures += 1
+        self.record.mark(rel, "greeting failed: asking for it once more")
+        request = self.say(greeting.instructions, purpose=greeting.purpose)
+        greeting.tag = request_tag(request)
+        return [request]
+
+    def _goodbye_done(self, resp: ev.Response, rel: float) -> list[Action]:
+        """The goodbye's response is over: wait for its audio to stop, or ask again if it failed (once), or hang
+        up."""
+        end = self.ending
+        assert end is not None
+        result = lines.outcome(resp, heard=self._heard(resp))
+        if result == "failed":
+            if end.instructions is not None and end.failures < lines.LINE_RETRIES and not end.hangup_sent:
+                end.failures += 1
+                self.record.mark(rel, "goodbye failed: asking for it once more")
+                return [self._request_goodbye(rel), *self._goodbye_clock()]
+            self.record.mark(rel, f"goodbye failed (the call was ending for {end.reason})")
+            return self.model_failed(rel, f"the goodbye failed {end.failures + 1} times")
+        if result != "heard":
+            return self.hangup(rel, f"goodbye response {resp.status or 'ended'} without audio")
+        if resp.id in self.audio_stopped:
+            return self.hangup(rel, "goodbye heard in full")
+        return []
 
     # ---- tools ---------------------------------------------------------------------------------------
 

@@ -34,6 +34,64 @@ class ToolCallRecord:
     duration_s: float | None = None
 
 
+#: failed and incomplete responses kept on a call's record (the first ones; all are counted)
+MAX_FAILED_RESPONSES_KEPT = 50
+#: barge-ins kept on a call's record (each line bounds its own, so a call has only a few)
+MAX_BARGE_INS_KEPT = 20
+
+
+@dataclass(frozen=True, slots=True)
+class FailedResponse:
+    """A response that ended ``failed`` or ``incomplete``, with OpenAI's ``status_details``. ``purpose``: the
+    controller's line it was (``greeting``, ``goodbye``, ``transfer``, ``wrap_up``, …) or None for the model's
+    own answer."""
+
+    response_id: str
+    status: str
+    reason: str | None
+    error_type: str | None
+    error_code: str | None
+    error_message: str | None
+    purpose: str | None
+    at_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        error = None
+        if self.error_type is not None or self.error_code is not None or self.error_message is not None:
+            error = {"type": self.error_type, "code": self.error_code, "message": self.error_message}
+        return {
+            "id": self.response_id,
+            "status": self.status,
+            "reason": self.reason,
+            "error": error,
+            "purpose": self.purpose,
+            "at_s": round(self.at_s, 3),
+        }
+
+
+#: what became of a line the caller talked over
+BargeInThen = Literal["resumed", "answered", "noted", "hung_up", "referred"]
+
+
+@dataclass(frozen=True, slots=True)
+class BargeIn:
+    """The caller spoke over one of the controller's lines (``goodbye``, ``transfer``, ``wrap_up``)."""
+
+    line: str
+    at_s: float
+    then: BargeInThen
+
+
+@dataclass(slots=True)
+class RateLimitState:
+    """The latest values of one of the project's rate limits, as ``rate_limits.updated`` said."""
+
+    limit: int | None
+    remaining: int | None
+    reset_seconds: float | None
+    at_s: float
+
+
 @dataclass
 class UsageTotals:
     responses: int = 0
@@ -113,9 +171,25 @@ class CallRecord:
     usage: UsageTotals = field(default_factory=UsageTotals)
     errors: list[str] = field(default_factory=list)
     ignored_events: int = 0
+    #: responses that ended failed or incomplete (the first ``MAX_FAILED_RESPONSES_KEPT``), and how many in all
+    failed_responses: list[FailedResponse] = field(default_factory=list)
+    failed_responses_total: int = 0
+    #: the caller talking over the controller's lines, and what the controller did about it
+    barge_ins: list[BargeIn] = field(default_factory=list)
+    #: the latest value of each rate limit OpenAI reported during the call, by name (``requests``, ``tokens``)
+    rate_limits: dict[str, RateLimitState] = field(default_factory=dict)
 
     def mark(self, at_s: float, what: str) -> None:
         self.timeline.append((round(at_s, 3), what))
+
+    def add_failed_response(self, entry: FailedResponse) -> None:
+        self.failed_responses_total += 1
+        if len(self.failed_responses) < MAX_FAILED_RESPONSES_KEPT:
+            self.failed_responses.append(entry)
+
+    def add_barge_in(self, entry: BargeIn) -> None:
+        if len(self.barge_ins) < MAX_BARGE_INS_KEPT:
+            self.barge_ins.append(entry)
 
     def summary(self) -> dict[str, Any]:
         """The per-call summary (no transcript text, caller masked): safe for an info-level log line."""
@@ -287,4 +361,16 @@ def report_document(record: CallRecord, *, mask_caller: bool = True) -> dict[str
         "hold_cost_usd": round(record.hold_cost_usd, 6),
         "errors": list(record.errors),
         "ignored_events": record.ignored_events,
+        "failed_responses": [f.to_dict() for f in record.failed_responses],
+        "failed_responses_total": record.failed_responses_total,
+        "barge_ins": [{"line": b.line, "at_s": round(b.at_s, 3), "then": b.then} for b in record.barge_ins],
+        "rate_limits": {
+            name: {
+                "limit": r.limit,
+                "remaining": r.remaining,
+                "reset_seconds": r.reset_seconds,
+                "at_s": round(r.at_s, 3),
+            }
+            for name, r in record.rate_limits.items()
+        },
     }

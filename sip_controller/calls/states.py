@@ -15,6 +15,8 @@ EndedReason = Literal[
     "silence_timeout",
     "budget_exceeded",
     "session_error",
+    "model_error",
+    "session_limit",
     "accept_failed",
     "rejected",
     "shutdown",

@@ -11,7 +11,10 @@ from hypothesis import strategies as st
 
 from sip_controller.calls.report import (
     SCHEMA_VERSION,
+    BargeIn,
     CallRecord,
+    FailedResponse,
+    RateLimitState,
     ToolCallRecord,
     TranscriptEntry,
     UsageTotals,
@@ -218,6 +221,10 @@ DOCUMENT_KEYS = [
     "hold_cost_usd",
     "errors",
     "ignored_events",
+    "failed_responses",
+    "failed_responses_total",
+    "barge_ins",
+    "rate_limits",
 ]
 
 
@@ -260,6 +267,33 @@ def test_report_document_shape_is_stable_and_json_ready() -> None:
     assert doc["ignored_events"] == 2
     assert doc["cost_usd"] == 0.012346
     assert doc["hold_cost_usd"] == 0.001
+
+
+def test_report_document_failed_responses_barge_ins_and_rate_limits() -> None:
+    record = full_record()
+    record.add_failed_response(
+        FailedResponse("resp_1", "failed", None, "server_error", "server_error", "boom", "goodbye", 3.14159)
+    )
+    record.add_failed_response(FailedResponse("resp_2", "incomplete", "max_output_tokens", None, None, None, None, 4.0))
+    record.add_barge_in(BargeIn("goodbye", 5.5, "resumed"))
+    record.rate_limits["tokens"] = RateLimitState(limit=40000, remaining=38211, reset_seconds=2.68, at_s=1.23456)
+    doc = report_document(record)
+    assert json.loads(json.dumps(doc, allow_nan=False)) == doc
+    assert doc["failed_responses"] == [
+        {
+            "id": "resp_1",
+            "status": "failed",
+            "reason": None,
+            "error": {"type": "server_error", "code": "server_error", "message": "boom"},
+            "purpose": "goodbye",
+            "at_s": 3.142,
+        },
+        {"id": "resp_2", "status": "incomplete", "reason": "max_output_tokens", "error": None, "purpose": None,
+         "at_s": 4.0},
+    ]
+    assert doc["failed_responses_total"] == 2
+    assert doc["barge_ins"] == [{"line": "goodbye", "at_s": 5.5, "then": "resumed"}]
+    assert doc["rate_limits"] == {"tokens": {"limit": 40000, "remaining": 38211, "reset_seconds": 2.68, "at_s": 1.235}}
 
 
 def test_report_document_timestamps_and_timings() -> None:
@@ -378,6 +412,12 @@ def test_report_document_of_a_bare_record_has_nulls_not_errors() -> None:
         "hold_s": 0.0,
     }
     assert doc["transfer"] == {"target": None, "outcome": None}
+    assert (doc["failed_responses"], doc["failed_responses_total"], doc["barge_ins"], doc["rate_limits"]) == (
+        [],
+        0,
+        [],
+        {},
+    )
     assert doc["transcript"] == doc["tool_calls"] == doc["errors"] == []
     assert doc["cost_usd"] == 0.0
     json.dumps(doc, allow_nan=False)
