@@ -142,7 +142,12 @@ def create_app(
     verifier = WebhookVerifier([s.get_secret_value() for s in secrets.webhook_secrets], clock=wall_clock)
     api_key = secrets.openai_api_key.get_secret_value() if secrets.openai_api_key else ""
     meters = metrics or Metrics()
-    auth = AdminAuth(secrets.admin_token.get_secret_value() if secrets.admin_token else None)
+    auth = AdminAuth(
+        secrets.admin_token.get_secret_value() if secrets.admin_token else None,
+        settings.console,
+        clock=clock,
+        wall_clock=wall_clock,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
