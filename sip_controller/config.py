@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 from pydantic_settings import (
@@ -42,6 +42,7 @@ __all__ = [
     "Loaded",
     "Secrets",
     "Settings",
+    "StoreSettings",
     "Transcription",
     "TurnDetection",
     "load",
@@ -311,6 +312,34 @@ class Console(Strict):
     login_backoff_max_s: float = Field(default=300.0, ge=1, le=3600)
 
 
+class StoreSettings(Strict):
+    """The store (``sip_controller/state/``): what must outlive a process. ``SIPCTL_DATABASE_URL`` (an environment
+    secret) selects PostgreSQL for several replicas; without it, the SQLite file at ``path`` (one process)."""
+
+    #: the embedded SQLite file (WAL mode; parent folders are created); unused with SIPCTL_DATABASE_URL
+    path: str = "sipctl-state.db"
+    #: how long a process's lease lasts after each heartbeat. Its calls are taken over once it lapses: the
+    #: worst case from a death to a takeover is lease_s + heartbeat_s (the survivor's next check) plus the
+    #: re-attach, 6 + 2 + ~1 s by default, inside the 10 s target; three heartbeats per lease, so two lost or
+    #: late heartbeats (a GC pause, a slow database) do not hand live calls over
+    lease_s: float = Field(default=6.0, gt=0, le=300)
+    #: how often a process renews its lease, and checks for orphaned calls to take over
+    heartbeat_s: float = Field(default=2.0, gt=0, le=100)
+    #: PostgreSQL connections per process
+    pool_size: int = Field(default=10, ge=1, le=200)
+
+    @model_validator(mode="after")
+    def _lease_outlasts_heartbeats(self) -> StoreSettings:
+        if self.lease_s < 2 * self.heartbeat_s:
+            raise PydanticCustomError(
+                VALUE_NAMED,
+                "lease_s ({lease}) must be at least twice heartbeat_s ({beat}): with less, one late heartbeat hands "
+                "a live process's calls to another; e.g. lease_s 6 and heartbeat_s 2 (the defaults)",
+                {"lease": f"{self.lease_s:g}", "beat": f"{self.heartbeat_s:g}"},
+            )
+        return self
+
+
 #: the YAML file being loaded, as parsed (read once, by :func:`load`)
 _yaml_data: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar("sipctl_yaml", default=None)
 
@@ -369,6 +398,7 @@ class Settings(_Sourced):
     pricing: Pricing = Pricing()
     reports: Reports = Reports()
     console: Console = Console()
+    state: StoreSettings = StoreSettings()
 
     @field_validator("profiles")
     @classmethod
@@ -392,6 +422,8 @@ class Secrets(BaseModel):
     openai_base_url: str = DEFAULT_BASE_URL
     #: bearer token of the admin API and the live-calls page; both are off when unset
     admin_token: SecretStr | None = None
+    #: SIPCTL_DATABASE_URL: PostgreSQL shared by replicas (``postgresql://…``); None: the embedded SQLite file
+    database_url: SecretStr | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, required: bool = False) -> Secrets:
@@ -418,6 +450,13 @@ class Secrets(BaseModel):
         if admin and (weak := admin_token_problem(admin)) is not None:
             problems.append(f"SIPCTL_ADMIN_TOKEN: too weak ({weak}); {ADMIN_TOKEN_FIX}")
             admin = ""
+        database_url = env.get("SIPCTL_DATABASE_URL", "").strip()
+        if database_url and not database_url.startswith(("postgresql://", "postgres://")):
+            problems.append(
+                "SIPCTL_DATABASE_URL: not a PostgreSQL URL (it must start with postgresql://); e.g. "
+                "postgresql://sipctl:PASSWORD@db.internal:5432/sipctl, or unset it to use the SQLite file state.path"
+            )
+            database_url = ""
         if required:
             problems.extend(_missing_credentials(api_key=bool(key), webhook_secret=bool(secrets)))
         if problems:
@@ -427,6 +466,7 @@ class Secrets(BaseModel):
             openai_api_key=SecretStr(key) if key else None,
             webhook_secrets=tuple(SecretStr(s) for s in secrets),
             openai_base_url=base.rstrip("/"),
+            database_url=SecretStr(database_url) if database_url else None,
         )
 
     def require_for_serving(self) -> None:

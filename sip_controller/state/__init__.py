@@ -1,1 +1,3 @@
-"""State shared beyond one call: the store protocol and its backends."""
+"""State that must outlive a process: the store protocol (:mod:`.store`), its two backends (:mod:`.sqlite`,
+:mod:`.postgres`), their versioned migrations (:mod:`.migrations`), the plain data in and out (:mod:`.records`),
+and :func:`~.factory.open_store`, which picks the backend from the settings."""

@@ -1,10 +1,55 @@
-"""Shared keyed state with TTLs (dedupe keys, later call records). MemoryStore now; Redis drops in later."""
+"""The store protocol: state that must outlive a process (design principle 6).
+
+:class:`StateStore` is the claim part the webhook intake uses today (``claim``/``release``); :class:`Store` is the
+whole protocol, which both real backends implement: :class:`~sip_controller.state.sqlite.SQLiteStore` (the
+embedded default, one process) and :class:`~sip_controller.state.postgres.PostgresStore` (several replicas).
+:func:`~sip_controller.state.factory.open_store` picks one from the settings. :class:`MemoryStore` is the
+process-local claim store the app falls back to when it is given no store.
+
+Every method is async, and every write is one transaction: it happened entirely or not at all, and once the
+call returns it is durable (SQLite in WAL mode survives the process being killed; PostgreSQL is PostgreSQL).
+A cancelled call may still have committed. Values in and out are plain data (:mod:`.records`).
+
+The rules the wiring relies on:
+
+- **Claims** (``claim``/``release``/``sweep``): one winner per key across every process sharing the store, until
+  the TTL passes. The webhook intake claims ``webhook:<webhook-id>`` and ``call:<call_id>`` with
+  ``limits.dedupe_ttl_s`` (config refuses less than the 300 s signature tolerance).
+- **Processes** (``heartbeat``/``end_lease``/``lapsed_processes``): a process renews its lease every
+  ``state.heartbeat_s`` for ``state.lease_s``. Its live calls are orphans once the lease lapses.
+- **Calls** (``create_call`` … ``take_over``): each live call has one owner and an ``epoch``; the pair is the
+  call's :class:`~.records.Fence`. Every write about a live call carries the fence, and a write whose fence is
+  stale raises :class:`~.records.Fenced`: its writer must stop acting for that call. ``take_over`` moves an
+  orphan to a new owner with ``epoch + 1``, so the old owner, if it wakes up, is fenced out.
+- **Entries** (``append``/``read_entries``): a call's transcript lines, tool calls, usage and timeline marks,
+  appended in batches (one transaction per batch), read back in order by a taker.
+- **Finish** (``finish_call``): the final state, reason, report and the outbox rows for its deliveries, in one
+  transaction. Deliveries are driven from the outbox (``claim_outbox``/``mark_delivered``/``mark_failed``).
+- **History and counts** (``list_finished``, ``get_call``, ``get_report``, ``count_live``, ``allow_caller``):
+  cluster-wide, whichever replica asks.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any, Protocol
+
+from sip_controller.state.records import (
+    CallRow,
+    Entry,
+    Fence,
+    HistoryQuery,
+    NewCall,
+    OutboxItem,
+    OutboxRow,
+    OutboxStats,
+    Page,
+    ProcessRow,
+    StoredEntry,
+    SweepCounts,
+)
 
 
 class StateStore(Protocol):
@@ -14,6 +59,232 @@ class StateStore(Protocol):
 
     async def release(self, key: str) -> None:
         """Forget ``key`` (e.g. a claim whose work could not start)."""
+        ...
+
+
+class _Unset:
+    """The type of :data:`UNSET`: "leave this column as it is"."""
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+#: the default of ``update_call``'s and ``append``'s optional changes
+UNSET = _Unset()
+
+
+def call_changes(
+    encode_json: Callable[[dict[str, float]], Any],
+    state: str | _Unset,
+    cost_usd: float | _Unset,
+    accepted_at: float | _Unset | None,
+    deadlines: dict[str, float] | _Unset,
+    wake_at: float | _Unset | None,
+) -> dict[str, Any]:
+    """The columns an update sets, by name (a fixed set: column names never come from input), for the backends."""
+    out: dict[str, Any] = {}
+    if not isinstance(state, _Unset):
+        out["state"] = state
+    if not isinstance(cost_usd, _Unset):
+        out["cost_usd"] = cost_usd
+    if not isinstance(accepted_at, _Unset):
+        out["accepted_at"] = accepted_at
+    if not isinstance(deadlines, _Unset):
+        out["deadlines"] = encode_json(deadlines)
+    if not isinstance(wake_at, _Unset):
+        out["wake_at"] = wake_at
+    return out
+
+
+class Store(StateStore, Protocol):
+    """The whole store. Both backends pass ``tests/state/test_contract.py``; read it for the exact behaviour."""
+
+    #: ``sqlite`` or ``postgresql``
+    backend: str
+
+    async def aclose(self) -> None:
+        """Close the connections (after the calls in progress return). The store cannot be used again."""
+        ...
+
+    async def __aenter__(self) -> Store: ...
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+    async def schema_version(self) -> int:
+        """The highest migration applied (0 for an empty database)."""
+        ...
+
+    # ---- claims ---------------------------------------------------------------------------------------------
+
+    async def sweep(self, *, limit: int = 1000, keep_delivered_s: float = 86_400.0) -> SweepCounts:
+        """Delete at most ``limit`` rows of each kind that nobody needs any more: expired claims, caller hits out
+        of their window, outbox rows delivered (or given up) more than ``keep_delivered_s`` ago, and processes
+        whose lease lapsed over a day ago and that own no live call. Call it every few seconds from one task on
+        each replica: it is bounded, so it never holds the store for long; when a count equals ``limit`` there
+        is more to do, so call it again soon."""
+        ...
+
+    # ---- processes --------------------------------------------------------------------------------------------
+
+    async def heartbeat(self, process_id: str, lease_s: float, info: dict[str, object] | None = None) -> bool:
+        """Register or renew ``process_id``'s lease until now + ``lease_s`` (``info``: JSON-able details such as
+        the host name and version, kept from the first heartbeat unless given again). False when the process's
+        previous lease had already lapsed: some of its calls may have been taken over meanwhile, so it must treat
+        every :class:`~.records.Fenced` as final (it is)."""
+        ...
+
+    async def end_lease(self, process_id: str) -> None:
+        """Let the lease lapse now (a clean exit that leaves live calls behind): survivors take them over at once
+        instead of after ``lease_s``."""
+        ...
+
+    async def lapsed_processes(self) -> list[ProcessRow]:
+        """Processes whose lease has lapsed, oldest heartbeat first."""
+        ...
+
+    # ---- calls ------------------------------------------------------------------------------------------------
+
+    async def create_call(
+        self, call: NewCall, *, max_live: int | None = None, outbox: Sequence[OutboxItem] = ()
+    ) -> CallRow | None:
+        """Write a new live call owned by ``call.owner`` at epoch 1, with ``outbox`` rows (e.g. ``call.started``)
+        in the same transaction. With ``max_live``, only while fewer than ``max_live`` calls are live across the
+        cluster (checked and written atomically): None when at capacity. Raises :class:`~.records.CallExists`
+        for a ``call_id`` already written."""
+        ...
+
+    async def get_call(self, call_id: str) -> CallRow | None:
+        """The call, live or finished, or None."""
+        ...
+
+    async def verify(self, fence: Fence) -> None:
+        """Raise :class:`~.records.Fenced` unless ``fence`` still holds (the call is live, owned by
+        ``fence.owner`` at ``fence.epoch``). Ask before a REST action whose effect outlives this process (a
+        hangup, a refer) when the lease may have lapsed."""
+        ...
+
+    async def update_call(
+        self,
+        fence: Fence,
+        *,
+        state: str | _Unset = UNSET,
+        cost_usd: float | _Unset = UNSET,
+        accepted_at: float | _Unset | None = UNSET,
+        deadlines: dict[str, float] | _Unset = UNSET,
+        wake_at: float | _Unset | None = UNSET,
+    ) -> None:
+        """Change the given columns of a live call under ``fence`` (:class:`~.records.Fenced` when it no longer
+        holds). ``deadlines`` replaces the whole mapping."""
+        ...
+
+    async def append(
+        self,
+        fence: Fence,
+        entries: Sequence[Entry],
+        *,
+        state: str | _Unset = UNSET,
+        cost_usd: float | _Unset = UNSET,
+        accepted_at: float | _Unset | None = UNSET,
+        deadlines: dict[str, float] | _Unset = UNSET,
+        wake_at: float | _Unset | None = UNSET,
+    ) -> int:
+        """Append ``entries`` (in order) and apply the given changes, in one transaction under ``fence``. Returns
+        the call's entry count after it. Batch: a busy call writes once per batch, not once per event."""
+        ...
+
+    async def read_entries(self, call_id: str, *, after_seq: int = 0) -> list[StoredEntry]:
+        """The call's entries after ``after_seq``, in the order they were appended."""
+        ...
+
+    async def finish_call(
+        self,
+        fence: Fence,
+        *,
+        state: str,
+        ended_reason: str,
+        report: dict[str, object],
+        outbox: Sequence[OutboxItem] = (),
+        entries: Sequence[Entry] = (),
+        cost_usd: float | None = None,
+        ended_at: float | None = None,
+    ) -> None:
+        """End the call once: its last ``entries``, final ``state``, ``ended_reason``, ``ended_at`` (default now),
+        cost, the ``report`` document, and the ``outbox`` rows that deliver it, all in one transaction.
+        :class:`~.records.Fenced` (``finished``) when it was already finished: nothing is written twice."""
+        ...
+
+    async def get_report(self, call_id: str) -> dict[str, object] | None:
+        """The finished call's report document, or None (unknown or still live)."""
+        ...
+
+    async def list_live(self, *, owner: str | None = None, limit: int = 10_000) -> list[CallRow]:
+        """Live calls across the cluster (or of one ``owner``), oldest first."""
+        ...
+
+    async def count_live(self, *, state: str | None = None) -> int:
+        """How many calls are live across the cluster (in ``state``, e.g. ``hanging_up``, when given)."""
+        ...
+
+    async def orphaned_calls(self, *, limit: int = 100) -> list[CallRow]:
+        """Live calls whose owner's lease has lapsed (or whose owner never heartbeat), oldest first: the ones to
+        ``take_over``."""
+        ...
+
+    async def take_over(self, call_id: str, new_owner: str, *, expected_epoch: int) -> CallRow | None:
+        """Make ``new_owner`` the owner of an orphaned call, atomically: epoch + 1, ``takeovers`` + 1 and the gap
+        since the lost owner's last heartbeat. None (nothing changed) when the call is not at ``expected_epoch``
+        any more, finished, or its owner's lease is alive: another replica won, or the owner came back."""
+        ...
+
+    async def hanging_up_calls(self, *, limit: int = 100) -> list[CallRow]:
+        """Live calls in ``hanging_up`` whose ``wake_at`` has come (or is unset), across the cluster, most overdue
+        first: hangups to retry. Act through the owner (or ``take_over`` an orphan) so the fence holds."""
+        ...
+
+    async def list_finished(self, query: HistoryQuery) -> Page:
+        """Finished calls matching ``query``, newest ``ended_at`` first, ``query.limit`` at a time (keyset paging:
+        pass ``next_cursor`` back as ``query.cursor``). ValueError for a bad cursor or limit."""
+        ...
+
+    # ---- outbox -------------------------------------------------------------------------------------------
+
+    async def enqueue(self, items: Sequence[OutboxItem]) -> int:
+        """Add outbox rows outside a call's transaction; keys already present are skipped. Returns how many were
+        added."""
+        ...
+
+    async def claim_outbox(
+        self, worker: str, *, limit: int = 50, lease_s: float = 30.0, destination: str | None = None
+    ) -> list[OutboxRow]:
+        """Lease up to ``limit`` due rows (to ``destination`` only, when given) to ``worker`` for ``lease_s``,
+        counting an attempt on each: no other worker gets them until the lease passes. Oldest due first."""
+        ...
+
+    async def mark_delivered(self, ids: Sequence[int]) -> int:
+        """Record rows as delivered (whoever delivered them). Returns how many were still undelivered."""
+        ...
+
+    async def mark_failed(self, worker: str, row_id: int, *, next_attempt_at: float | None, error: str) -> bool:
+        """Give back a row ``worker`` holds: due again at ``next_attempt_at``, or given up for good when None.
+        False when ``worker`` no longer holds the row (its lease passed and another worker took it)."""
+        ...
+
+    async def outbox_stats(self) -> OutboxStats:
+        """The backlog for ``/metrics``."""
+        ...
+
+    # ---- cluster counts --------------------------------------------------------------------------------------
+
+    async def allow_caller(self, key: str, limit: int, *, window_s: float = 60.0) -> bool:
+        """The cluster-wide sliding-window rate limit: True, and counted, while fewer than ``limit`` calls from
+        ``key`` (a caller number, or the anonymous bucket) were allowed in the last ``window_s``; False (not
+        counted) otherwise. ``limit`` 0 or less: always True, nothing counted."""
+        ...
+
+    async def caller_count(self, key: str, *, window_s: float = 60.0) -> int:
+        """How many calls from ``key`` were allowed in the last ``window_s``."""
         ...
 
 

@@ -1,0 +1,655 @@
+"""The shared store for several replicas: PostgreSQL at ``SIPCTL_DATABASE_URL`` (``postgresql://…``).
+
+**Driver: asyncpg.** Both asyncpg and psycopg 3 were measured on the ring path (claim the webhook-id, claim the
+call_id, create the call row; three statements on one pooled connection, prepared, PostgreSQL 15 on loopback,
+3,000 rings after 200 of warm-up, this 2-core machine):
+
+    ==================================  ============  ============
+    ring path                           median        p99
+    ==================================  ============  ============
+    asyncpg 0.32 (pool)                 0.78-0.89 ms  1.6-2.6 ms
+    psycopg 3.3 + psycopg_pool (binary) 0.94-1.03 ms  1.7-3.6 ms
+    ==================================  ============  ============
+
+asyncpg is 15 to 20 % faster at the median and steadier at p99 (it speaks the protocol itself, binary, with a
+statement cache per connection; psycopg goes through libpq), and its pool is part of it. psycopg's inline types are
+the one thing it lacks; ``asyncpg-stubs`` (a dev dependency) fills that gap for mypy. Behind PgBouncer in transaction
+mode, asyncpg's prepared statements need ``statement_cache_size=0``: not supported here yet; point sipctl at
+PostgreSQL itself or at session pooling.
+
+The ring path through this store (two ``claim`` and a ``create_call``, each its own transaction) is measured by
+``python -m sip_controller.bench.store``; numbers are in the README's Performance section and the CHANGELOG.
+
+Concurrency: every statement that decides between racers is a single conditional ``UPDATE``/``INSERT … ON
+CONFLICT`` (claims, fencing, takeover: PostgreSQL re-checks the condition on the row it waited for), a ``FOR UPDATE
+SKIP LOCKED`` pick (the outbox), or runs under a transaction-scoped advisory lock (capacity and the per-caller
+window: count then insert; migrations). Advisory lock keys include ``current_schema()``, so stores in different
+schemas of one database never block each other.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Any, Literal
+
+import asyncpg
+
+from sip_controller.state import migrations
+from sip_controller.state.records import (
+    HANGING_UP,
+    CallExists,
+    CallRow,
+    Entry,
+    Fence,
+    Fenced,
+    HistoryQuery,
+    NewCall,
+    OutboxItem,
+    OutboxRow,
+    OutboxStats,
+    Page,
+    ProcessRow,
+    SchemaError,
+    StoredEntry,
+    StoreError,
+    SweepCounts,
+    check_query,
+    decode_cursor,
+    dumps,
+    encode_cursor,
+)
+from sip_controller.state.store import UNSET, _Unset, call_changes
+
+Conn = Any  # an asyncpg connection (or the pool's proxy for one)
+
+CALL_COLUMNS = (
+    "call_id, owner, epoch, state, profile, inputs, caller, dialed, received_at, accepted_at, deadlines, cost_usd, "
+    "wake_at, takeovers, takeover_gap_s, entry_count, updated_at, ended_at, ended_reason"
+)
+OUTBOX_COLUMNS = "id, key, destination, event, payload, call_id, created_at, due_at, attempts, last_error"
+FORGET_PROCESS_S = 86_400.0
+
+
+def _lock_key(what: str) -> str:
+    """An advisory-lock key (bigint) for ``what`` in the current schema, as SQL."""
+    return f"hashtextextended('sipctl:{what}:' || current_schema(), 0)"
+
+
+def _call_row(row: Any) -> CallRow:
+    return CallRow(
+        call_id=row["call_id"],
+        owner=row["owner"],
+        epoch=row["epoch"],
+        state=row["state"],
+        profile=row["profile"],
+        inputs=row["inputs"],
+        caller=row["caller"],
+        dialed=row["dialed"],
+        received_at=row["received_at"],
+        accepted_at=row["accepted_at"],
+        deadlines=row["deadlines"],
+        cost_usd=row["cost_usd"],
+        wake_at=row["wake_at"],
+        takeovers=row["takeovers"],
+        takeover_gap_s=row["takeover_gap_s"],
+        entry_count=row["entry_count"],
+        updated_at=row["updated_at"],
+        ended_at=row["ended_at"],
+        ended_reason=row["ended_reason"],
+    )
+
+
+def _outbox_row(row: Any) -> OutboxRow:
+    return OutboxRow(
+        id=row["id"],
+        key=row["key"],
+        destination=row["destination"],
+        event=row["event"],
+        payload=row["payload"],
+        call_id=row["call_id"],
+        created_at=row["created_at"],
+        due_at=row["due_at"],
+        attempts=row["attempts"],
+        last_error=row["last_error"],
+    )
+
+
+def _count(status: str) -> int:
+    """The row count of a command status (``UPDATE 3``, ``INSERT 0 1``, ``DELETE 0``)."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def _init_connection(conn: Conn) -> None:
+    """jsonb in and out as Python values (text format: json.dumps/json.loads)."""
+    await conn.set_type_codec("jsonb", encoder=dumps, decoder=json.loads, schema="pg_catalog", format="text")
+
+
+async def _fenced_reason(conn: Conn, fence: Fence) -> Literal["stale_owner", "finished", "unknown_call"] | None:
+    row = await conn.fetchrow("SELECT owner, epoch, ended_at FROM calls WHERE call_id = $1", fence.call_id)
+    if row is None:
+        return "unknown_call"
+    if (row["owner"], row["epoch"]) != (fence.owner, fence.epoch):
+        return "stale_owner"
+    if row["ended_at"] is not None:
+        return "finished"
+    return None
+
+
+async def _enqueue(conn: Conn, items: Sequence[OutboxItem], now: float) -> int:
+    added = 0
+    for item in items:
+        status = await conn.execute(
+            "INSERT INTO outbox (key, call_id, destination, event, payload, created_at, due_at) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (key) DO NOTHING",
+            item.key, item.call_id, item.destination, item.event, dict(item.payload), now,
+            now if item.due_at is None else item.due_at,
+        )  # fmt: skip
+        added += _count(status)
+    return added
+
+
+class PostgresStore:
+    """The :class:`~sip_controller.state.store.Store` on PostgreSQL. Build it with :meth:`open`."""
+
+    backend = "postgresql"
+
+    def __init__(self, pool: Any, *, clock: Callable[[], float] = time.time) -> None:
+        self._pool = pool
+        self._clock = clock
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        *,
+        migrate: bool = True,
+        clock: Callable[[], float] = time.time,
+        pool_size: int = 10,
+        schema: str | None = None,
+        connect_timeout_s: float = 10.0,
+    ) -> PostgresStore:
+        """Connect a pool of up to ``pool_size`` connections to ``url`` (``schema``: put it first on the search
+        path, for tests and for sharing one database between deployments) and apply pending migrations; with
+        ``migrate=False`` refuse a schema that is not exactly this code's (:class:`SchemaError`). Connection errors
+        are :class:`StoreError` naming the server but never the URL (it may hold a password)."""
+        settings = {"application_name": "sipctl"}
+        if schema is not None:
+            settings["search_path"] = schema
+        try:
+            pool = await asyncpg.create_pool(
+                url,
+                min_size=1,
+                max_size=pool_size,
+                init=_init_connection,
+                server_settings=settings,
+                timeout=connect_timeout_s,
+            )
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreError(f"cannot connect to PostgreSQL: {type(exc).__name__}: {_safe(exc, url)}") from None
+        store = cls(pool, clock=clock)
+        try:
+            if migrate:
+                await store.migrate()
+            else:
+                await store.check_schema()
+        except BaseException:
+            await store.aclose()
+            raise
+        return store
+
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[Conn]:
+        if self._closed:
+            raise StoreError("the store is closed")
+        async with self._pool.acquire() as conn, conn.transaction():
+            yield conn
+
+    @asynccontextmanager
+    async def _conn(self) -> AsyncIterator[Conn]:
+        if self._closed:
+            raise StoreError("the store is closed")
+        async with self._pool.acquire() as conn:
+            yield conn
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._pool.close()
+
+    async def __aenter__(self) -> PostgresStore:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    # ---- migrations -----------------------------------------------------------------------------------------
+
+    async def migrate(self) -> list[int]:
+        known = migrations.available("postgresql")
+        applied: list[int] = []
+        while True:
+            async with self._tx() as conn:
+                await conn.execute(f"SELECT pg_advisory_xact_lock({_lock_key('migrate')})")
+                await conn.execute(migrations.BOOTSTRAP["postgresql"])
+                todo = migrations.pending(await self._applied(conn), known)
+                if not todo:
+                    return applied
+                migration = todo[0]
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES ($1, $2, $3, $4)",
+                    migration.version, migration.name, migration.checksum, self._clock(),
+                )  # fmt: skip
+                applied.append(migration.version)
+
+    @staticmethod
+    async def _applied(conn: Conn) -> list[migrations.Applied]:
+        if await conn.fetchval("SELECT to_regclass('schema_migrations')") is None:
+            return []
+        rows = await conn.fetch("SELECT version, name, checksum FROM schema_migrations")
+        return [migrations.Applied(r["version"], r["name"], r["checksum"]) for r in rows]
+
+    async def check_schema(self) -> None:
+        async with self._conn() as conn:
+            todo = migrations.pending(await self._applied(conn), migrations.available("postgresql"))
+        if todo:
+            raise SchemaError(
+                f"PostgreSQL: {len(todo)} schema migration(s) not applied (up to {todo[-1].version:04d}); run "
+                "`sipctl migrate`"
+            )
+
+    async def schema_version(self) -> int:
+        async with self._conn() as conn:
+            return max((a.version for a in await self._applied(conn)), default=0)
+
+    # ---- claims -------------------------------------------------------------------------------------------
+
+    async def claim(self, key: str, ttl_s: float) -> bool:
+        now = self._clock()
+        async with self._conn() as conn:
+            won = await conn.fetchval(
+                "INSERT INTO claims (key, expires_at) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE "
+                "SET expires_at = excluded.expires_at WHERE claims.expires_at <= $3 RETURNING true",
+                key, now + ttl_s, now,
+            )  # fmt: skip
+        return bool(won)
+
+    async def release(self, key: str) -> None:
+        async with self._conn() as conn:
+            await conn.execute("DELETE FROM claims WHERE key = $1", key)
+
+    async def sweep(self, *, limit: int = 1000, keep_delivered_s: float = 86_400.0) -> SweepCounts:
+        now = self._clock()
+        async with self._conn() as conn:
+
+            async def delete(sql: str, *args: object) -> int:
+                return _count(await conn.execute(sql, *args, limit))
+
+            return SweepCounts(
+                claims=await delete(
+                    "DELETE FROM claims WHERE key IN (SELECT key FROM claims WHERE expires_at <= $1 LIMIT $2)", now
+                ),
+                caller_hits=await delete(
+                    "DELETE FROM caller_hits WHERE ctid IN "
+                    "(SELECT ctid FROM caller_hits WHERE expires_at <= $1 LIMIT $2)",
+                    now,
+                ),
+                outbox=await delete(
+                    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox "
+                    "WHERE coalesce(delivered_at, gave_up_at) <= $1 LIMIT $2)",
+                    now - keep_delivered_s,
+                ),
+                processes=await delete(
+                    "DELETE FROM processes WHERE process_id IN (SELECT p.process_id FROM processes p "
+                    "WHERE p.lease_until <= $1 AND NOT EXISTS (SELECT 1 FROM calls c "
+                    "WHERE c.owner = p.process_id AND c.ended_at IS NULL) LIMIT $2)",
+                    now - FORGET_PROCESS_S,
+                ),
+            )
+
+    # ---- processes ------------------------------------------------------------------------------------------
+
+    async def heartbeat(self, process_id: str, lease_s: float, info: dict[str, object] | None = None) -> bool:
+        now = self._clock()
+        async with self._conn() as conn:
+            previous = await conn.fetchrow(
+                "WITH old AS (SELECT lease_until FROM processes WHERE process_id = $1) "
+                "INSERT INTO processes (process_id, started_at, heartbeat_at, lease_until, info) "
+                "VALUES ($1, $2, $2, $3, coalesce($4, '{}'::jsonb)) ON CONFLICT (process_id) DO UPDATE "
+                "SET heartbeat_at = $2, lease_until = $3, info = coalesce($4, processes.info) "
+                "RETURNING (SELECT lease_until FROM old) AS lease_until",
+                process_id, now, now + lease_s, info,
+            )  # fmt: skip
+        old = previous["lease_until"] if previous is not None else None
+        return old is None or bool(old > now)
+
+    async def end_lease(self, process_id: str) -> None:
+        now = self._clock()
+        async with self._conn() as conn:
+            await conn.execute(
+                "UPDATE processes SET lease_until = least(lease_until, $1) WHERE process_id = $2", now, process_id
+            )
+
+    async def lapsed_processes(self) -> list[ProcessRow]:
+        now = self._clock()
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                "SELECT * FROM processes WHERE lease_until <= $1 ORDER BY heartbeat_at, process_id", now
+            )
+        return [
+            ProcessRow(r["process_id"], r["started_at"], r["heartbeat_at"], r["lease_until"], r["info"]) for r in rows
+        ]
+
+    # ---- calls ----------------------------------------------------------------------------------------------
+
+    async def create_call(
+        self, call: NewCall, *, max_live: int | None = None, outbox: Sequence[OutboxItem] = ()
+    ) -> CallRow | None:
+        now = self._clock()
+        values = (
+            call.call_id, call.owner, call.state, call.profile, dict(call.inputs), call.caller, call.dialed,
+            call.received_at, call.accepted_at, dict(call.deadlines), call.cost_usd, now,
+        )  # fmt: skip
+        insert = (
+            "INSERT INTO calls (call_id, owner, state, profile, inputs, caller, dialed, received_at, accepted_at, "
+            "deadlines, cost_usd, updated_at) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 {where} "
+            f"ON CONFLICT (call_id) DO NOTHING RETURNING {CALL_COLUMNS}"
+        )
+        async with self._tx() as conn:
+            if max_live is None:
+                row = await conn.fetchrow(insert.format(where=""), *values)
+            else:
+                # the lock first, in its own statement: the count below must see every call committed before it
+                await conn.execute(f"SELECT pg_advisory_xact_lock({_lock_key('live_calls')})")
+                where = "WHERE (SELECT count(*) FROM calls WHERE ended_at IS NULL) < $13"
+                row = await conn.fetchrow(insert.format(where=where), *values, max_live)
+            if row is None:
+                if await conn.fetchval("SELECT 1 FROM calls WHERE call_id = $1", call.call_id):
+                    raise CallExists(f"call {call.call_id} already exists")
+                return None  # at capacity
+            await _enqueue(conn, outbox, now)
+        return _call_row(row)
+
+    async def get_call(self, call_id: str) -> CallRow | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(f"SELECT {CALL_COLUMNS} FROM calls WHERE call_id = $1", call_id)
+        return None if row is None else _call_row(row)
+
+    async def verify(self, fence: Fence) -> None:
+        async with self._conn() as conn:
+            reason = await _fenced_reason(conn, fence)
+        if reason is not None:
+            raise Fenced(fence, reason)
+
+    async def update_call(
+        self,
+        fence: Fence,
+        *,
+        state: str | _Unset = UNSET,
+        cost_usd: float | _Unset = UNSET,
+        accepted_at: float | _Unset | None = UNSET,
+        deadlines: dict[str, float] | _Unset = UNSET,
+        wake_at: float | _Unset | None = UNSET,
+    ) -> None:
+        await self.append(
+            fence, (), state=state, cost_usd=cost_usd, accepted_at=accepted_at, deadlines=deadlines, wake_at=wake_at
+        )
+
+    async def append(
+        self,
+        fence: Fence,
+        entries: Sequence[Entry],
+        *,
+        state: str | _Unset = UNSET,
+        cost_usd: float | _Unset = UNSET,
+        accepted_at: float | _Unset | None = UNSET,
+        deadlines: dict[str, float] | _Unset = UNSET,
+        wake_at: float | _Unset | None = UNSET,
+    ) -> int:
+        changes = call_changes(dict, state, cost_usd, accepted_at, deadlines, wake_at)
+        now = self._clock()
+        async with self._tx() as conn:
+            return await self._record(conn, fence, entries, changes, now)
+
+    @staticmethod
+    async def _record(conn: Conn, fence: Fence, entries: Sequence[Entry], changes: dict[str, Any], now: float) -> int:
+        """The fenced update of the call row (which also numbers the entries), then the entries in one insert."""
+        sets = "".join(f", {column} = ${i}" for i, column in enumerate(changes, start=6))
+        count = await conn.fetchval(
+            f"UPDATE calls SET entry_count = entry_count + $1, updated_at = $2{sets} "
+            "WHERE call_id = $3 AND owner = $4 AND epoch = $5 AND ended_at IS NULL RETURNING entry_count",
+            len(entries), now, fence.call_id, fence.owner, fence.epoch, *changes.values(),
+        )  # fmt: skip
+        if count is None:
+            raise Fenced(fence, await _fenced_reason(conn, fence) or "stale_owner")
+        if entries:
+            await conn.execute(
+                "INSERT INTO call_entries (call_id, seq, kind, at, data) "
+                "SELECT $1, $2 + e.n - 1, e.kind, e.at, e.data::jsonb "
+                "FROM unnest($3::text[], $4::float8[], $5::text[]) WITH ORDINALITY AS e(kind, at, data, n)",
+                fence.call_id, count - len(entries) + 1, [e.kind for e in entries], [e.at for e in entries],
+                [dumps(e.data) for e in entries],
+            )  # fmt: skip
+        return int(count)
+
+    async def read_entries(self, call_id: str, *, after_seq: int = 0) -> list[StoredEntry]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                "SELECT seq, kind, at, data FROM call_entries WHERE call_id = $1 AND seq > $2 ORDER BY seq",
+                call_id, after_seq,
+            )  # fmt: skip
+        return [StoredEntry(r["seq"], r["kind"], r["at"], r["data"]) for r in rows]
+
+    async def finish_call(
+        self,
+        fence: Fence,
+        *,
+        state: str,
+        ended_reason: str,
+        report: dict[str, object],
+        outbox: Sequence[OutboxItem] = (),
+        entries: Sequence[Entry] = (),
+        cost_usd: float | None = None,
+        ended_at: float | None = None,
+    ) -> None:
+        now = self._clock()
+        changes: dict[str, Any] = {
+            "state": state,
+            "ended_reason": ended_reason,
+            "ended_at": now if ended_at is None else ended_at,
+            "report": report,
+            "wake_at": None,
+        }
+        if cost_usd is not None:
+            changes["cost_usd"] = cost_usd
+        async with self._tx() as conn:
+            await self._record(conn, fence, entries, changes, now)
+            await _enqueue(conn, outbox, now)
+
+    async def get_report(self, call_id: str) -> dict[str, object] | None:
+        async with self._conn() as conn:
+            report = await conn.fetchval(
+                "SELECT report FROM calls WHERE call_id = $1 AND ended_at IS NOT NULL", call_id
+            )
+        return report if isinstance(report, dict) else None
+
+    async def list_live(self, *, owner: str | None = None, limit: int = 10_000) -> list[CallRow]:
+        where, args = ("AND owner = $2", (owner,)) if owner is not None else ("", ())
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                f"SELECT {CALL_COLUMNS} FROM calls WHERE ended_at IS NULL {where} "
+                "ORDER BY received_at, call_id LIMIT $1",
+                limit, *args,
+            )  # fmt: skip
+        return [_call_row(r) for r in rows]
+
+    async def count_live(self, *, state: str | None = None) -> int:
+        where, args = ("AND state = $1", (state,)) if state is not None else ("", ())
+        async with self._conn() as conn:
+            return int(await conn.fetchval(f"SELECT count(*) FROM calls WHERE ended_at IS NULL {where}", *args))
+
+    async def orphaned_calls(self, *, limit: int = 100) -> list[CallRow]:
+        now = self._clock()
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                f"SELECT {CALL_COLUMNS} FROM calls c WHERE c.ended_at IS NULL AND NOT EXISTS "
+                "(SELECT 1 FROM processes p WHERE p.process_id = c.owner AND p.lease_until > $1) "
+                "ORDER BY c.received_at, c.call_id LIMIT $2",
+                now, limit,
+            )  # fmt: skip
+        return [_call_row(r) for r in rows]
+
+    async def take_over(self, call_id: str, new_owner: str, *, expected_epoch: int) -> CallRow | None:
+        now = self._clock()
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                "UPDATE calls SET owner = $1, epoch = epoch + 1, takeovers = takeovers + 1, "
+                "takeover_gap_s = greatest(0.0, $2 - coalesce((SELECT p.heartbeat_at FROM processes p "
+                "WHERE p.process_id = calls.owner), calls.updated_at)), updated_at = $2 "
+                "WHERE call_id = $3 AND epoch = $4 AND ended_at IS NULL AND NOT EXISTS (SELECT 1 FROM processes p "
+                f"WHERE p.process_id = calls.owner AND p.lease_until > $2) RETURNING {CALL_COLUMNS}",
+                new_owner, now, call_id, expected_epoch,
+            )  # fmt: skip
+        return None if row is None else _call_row(row)
+
+    async def hanging_up_calls(self, *, limit: int = 100) -> list[CallRow]:
+        now = self._clock()
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                f"SELECT {CALL_COLUMNS} FROM calls WHERE ended_at IS NULL AND state = $1 "
+                "AND (wake_at IS NULL OR wake_at <= $2) ORDER BY coalesce(wake_at, updated_at), call_id LIMIT $3",
+                HANGING_UP, now, limit,
+            )  # fmt: skip
+        return [_call_row(r) for r in rows]
+
+    async def list_finished(self, query: HistoryQuery) -> Page:
+        check_query(query)
+        where = ["ended_at IS NOT NULL"]
+        args: list[object] = []
+        for column, op, value in (
+            ("ended_at", ">=", query.since),
+            ("ended_at", "<", query.until),
+            ("ended_reason", "=", query.ended_reason),
+            ("profile", "=", query.profile),
+            ("caller", "=", query.caller),
+        ):
+            if value is not None:
+                args.append(value)
+                where.append(f"{column} {op} ${len(args)}")
+        if query.cursor is not None:
+            ended_at, call_id = decode_cursor(query.cursor)
+            args += [ended_at, call_id]
+            where.append(f"(ended_at, call_id) < (${len(args) - 1}, ${len(args)})")
+        args.append(query.limit + 1)
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                f"SELECT {CALL_COLUMNS} FROM calls WHERE {' AND '.join(where)} "
+                f"ORDER BY ended_at DESC, call_id DESC LIMIT ${len(args)}",
+                *args,
+            )
+        calls = [_call_row(r) for r in rows[: query.limit]]
+        last = calls[-1] if calls else None
+        more = len(rows) > query.limit
+        cursor = encode_cursor(last.ended_at, last.call_id) if more and last and last.ended_at is not None else None
+        return Page(calls, cursor)
+
+    # ---- outbox ---------------------------------------------------------------------------------------------
+
+    async def enqueue(self, items: Sequence[OutboxItem]) -> int:
+        now = self._clock()
+        async with self._tx() as conn:
+            return await _enqueue(conn, items, now)
+
+    async def claim_outbox(
+        self, worker: str, *, limit: int = 50, lease_s: float = 30.0, destination: str | None = None
+    ) -> list[OutboxRow]:
+        now = self._clock()
+        where, args = ("AND destination = $5", (destination,)) if destination is not None else ("", ())
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                "WITH picked AS (SELECT id FROM outbox WHERE delivered_at IS NULL AND gave_up_at IS NULL "
+                f"AND due_at <= $3 AND (lease_until IS NULL OR lease_until <= $3) {where} "
+                "ORDER BY due_at, id LIMIT $4 FOR UPDATE SKIP LOCKED) "
+                "UPDATE outbox o SET lease_owner = $1, lease_until = $2, attempts = o.attempts + 1 FROM picked "
+                f"WHERE o.id = picked.id RETURNING {', '.join('o.' + c for c in OUTBOX_COLUMNS.split(', '))}",
+                worker, now + lease_s, now, limit, *args,
+            )  # fmt: skip
+        return sorted((_outbox_row(r) for r in rows), key=lambda r: (r.due_at, r.id))
+
+    async def mark_delivered(self, ids: Sequence[int]) -> int:
+        if not ids:
+            return 0
+        now = self._clock()
+        async with self._conn() as conn:
+            status = await conn.execute(
+                "UPDATE outbox SET delivered_at = $1, lease_owner = NULL, lease_until = NULL "
+                "WHERE id = ANY($2::bigint[]) AND delivered_at IS NULL",
+                now, list(ids),
+            )  # fmt: skip
+        return _count(status)
+
+    async def mark_failed(self, worker: str, row_id: int, *, next_attempt_at: float | None, error: str) -> bool:
+        now = self._clock()
+        column, value = ("gave_up_at", now) if next_attempt_at is None else ("due_at", next_attempt_at)
+        async with self._conn() as conn:
+            status = await conn.execute(
+                f"UPDATE outbox SET lease_owner = NULL, lease_until = NULL, last_error = $1, {column} = $2 "
+                "WHERE id = $3 AND lease_owner = $4 AND delivered_at IS NULL AND gave_up_at IS NULL",
+                error[:1000], value, row_id, worker,
+            )  # fmt: skip
+        return _count(status) > 0
+
+    async def outbox_stats(self) -> OutboxStats:
+        now = self._clock()
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                "SELECT count(*) FILTER (WHERE gave_up_at IS NULL) AS pending, "
+                "min(created_at) FILTER (WHERE gave_up_at IS NULL) AS oldest, "
+                "count(*) FILTER (WHERE gave_up_at IS NOT NULL) AS gave_up FROM outbox WHERE delivered_at IS NULL"
+            )
+        oldest = row["oldest"]
+        return OutboxStats(row["pending"], row["gave_up"], None if oldest is None else max(0.0, now - oldest))
+
+    # ---- cluster counts -------------------------------------------------------------------------------------
+
+    async def allow_caller(self, key: str, limit: int, *, window_s: float = 60.0) -> bool:
+        if limit <= 0:
+            return True
+        now = self._clock()
+        async with self._tx() as conn:
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended('sipctl:caller:' || current_schema() || ':' || $1, 0))",
+                key,
+            )
+            seen = await conn.fetchval(
+                "SELECT count(*) FROM caller_hits WHERE key = $1 AND at > $2", key, now - window_s
+            )
+            if seen >= limit:
+                return False
+            await conn.execute(
+                "INSERT INTO caller_hits (key, at, expires_at) VALUES ($1, $2, $3)", key, now, now + window_s
+            )
+        return True
+
+    async def caller_count(self, key: str, *, window_s: float = 60.0) -> int:
+        now = self._clock()
+        async with self._conn() as conn:
+            return int(
+                await conn.fetchval("SELECT count(*) FROM caller_hits WHERE key = $1 AND at > $2", key, now - window_s)
+            )
+
+
+def _safe(exc: BaseException, url: str) -> str:
+    """The exception's message with the URL (and its password) cut out."""
+    text = str(exc)
+    if url:
+        text = text.replace(url, "<SIPCTL_DATABASE_URL>")
+    return text[:300]

@@ -1,0 +1,248 @@
+"""What goes into the store and what comes out of it: plain frozen dataclasses of JSON-able values.
+
+Times are wall-clock seconds since the epoch (floats), taken from the store's ``clock`` (``time.time`` by default)
+so that every replica compares them on one scale. JSON columns (``inputs``, ``deadlines``, entry data, reports,
+outbox payloads) are ``dict[str, Any]`` that ``json.dumps`` accepts; the store never looks inside them except
+where a column says so.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+class StoreError(Exception):
+    """Anything the store refuses (its subclasses say what)."""
+
+
+class Fenced(StoreError):
+    """A write under a :class:`Fence` that no longer holds: another process took the call over (``stale_owner``),
+    the call is finished (``finished``), or there is no such call (``unknown_call``). The writer must stop acting
+    for this call at once: no REST request, no sideband event, no report."""
+
+    def __init__(self, fence: Fence, reason: Literal["stale_owner", "finished", "unknown_call"]) -> None:
+        super().__init__(f"call {fence.call_id}: refused for {fence.owner} (epoch {fence.epoch}): {reason}")
+        self.fence = fence
+        self.reason = reason
+
+
+class CallExists(StoreError):
+    """``create_call`` for a ``call_id`` that already has a row."""
+
+
+class SchemaError(StoreError):
+    """The database's schema does not fit this code: newer than the code knows, a migration changed after it was
+    applied, or migrations not yet applied where the caller asked not to apply them."""
+
+
+@dataclass(frozen=True)
+class Fence:
+    """The right to act for one call: its id, the owning process, and the owner epoch. Every write about a live
+    call carries it; the store refuses the write (:class:`Fenced`) once the epoch has moved on (a takeover)."""
+
+    call_id: str
+    owner: str
+    epoch: int
+
+
+@dataclass(frozen=True)
+class NewCall:
+    """A call row as it is first written (``create_call``), before the accept is sent."""
+
+    call_id: str
+    owner: str
+    profile: str
+    #: everything that built the call's session (the incoming call, the rendered instructions, the profile's
+    #: settings as used): what a taker needs to resume supervision without the webhook
+    inputs: Mapping[str, Any]
+    received_at: float
+    state: str = "received"
+    caller: str | None = None
+    dialed: str | None = None
+    accepted_at: float | None = None
+    #: named deadlines in wall-clock seconds (e.g. ``{"max_duration": 1700000600.0}``), measured from the
+    #: original start so that a takeover keeps them
+    deadlines: Mapping[str, float] = field(default_factory=dict)
+    cost_usd: float = 0.0
+
+
+@dataclass(frozen=True)
+class CallRow:
+    """A call as the store holds it (``report`` is read separately: ``get_report``)."""
+
+    call_id: str
+    owner: str
+    epoch: int
+    state: str
+    profile: str
+    inputs: dict[str, Any]
+    caller: str | None
+    dialed: str | None
+    received_at: float
+    accepted_at: float | None
+    deadlines: dict[str, float]
+    cost_usd: float
+    #: when the call next needs attention from whoever holds it (e.g. the next hangup retry), or None
+    wake_at: float | None
+    #: how many times the call was taken over, and the last gap (from the lost owner's last heartbeat)
+    takeovers: int
+    takeover_gap_s: float | None
+    #: how many entries (transcript lines, tool calls, usage, marks) it has recorded
+    entry_count: int
+    updated_at: float
+    ended_at: float | None
+    ended_reason: str | None
+
+    @property
+    def fence(self) -> Fence:
+        return Fence(self.call_id, self.owner, self.epoch)
+
+    @property
+    def live(self) -> bool:
+        return self.ended_at is None
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One thing a call recorded as it happened. ``kind`` is the caller's word (``transcript``, ``tool_call``,
+    ``usage``, ``mark``, …); ``data`` its JSON-able content."""
+
+    kind: str
+    at: float
+    data: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class StoredEntry:
+    """An :class:`Entry` read back, with its position in the call (1, 2, 3, … in the order appended)."""
+
+    seq: int
+    kind: str
+    at: float
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ProcessRow:
+    process_id: str
+    started_at: float
+    heartbeat_at: float
+    lease_until: float
+    info: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    """A delivery to make once the transaction that wrote it commits. ``key`` is unique across the outbox (e.g.
+    ``call.ended:<call_id>:<destination>``): enqueuing the same key again is a no-op, so a retried or taken-over
+    finish never delivers twice. ``destination`` names the sink (an endpoint URL, or ``jsonl``); ``payload`` is
+    the unsigned body: sign at delivery time (a signature carries its own timestamp)."""
+
+    key: str
+    destination: str
+    event: str
+    payload: Mapping[str, Any]
+    call_id: str | None = None
+    #: not before this time (None: at once)
+    due_at: float | None = None
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """An outbox row claimed for delivery. ``attempts`` counts this attempt too."""
+
+    id: int
+    key: str
+    destination: str
+    event: str
+    payload: dict[str, Any]
+    call_id: str | None
+    created_at: float
+    due_at: float
+    attempts: int
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class OutboxStats:
+    """For ``/metrics``: rows waiting (due or not), rows given up, and the oldest waiting row's age."""
+
+    pending: int
+    gave_up: int
+    oldest_age_s: float | None
+
+
+@dataclass(frozen=True)
+class HistoryQuery:
+    """Filters of ``list_finished``; all optional. ``since``/``until`` bound ``ended_at`` (``since`` inclusive,
+    ``until`` exclusive); ``caller`` matches the stored number exactly."""
+
+    since: float | None = None
+    until: float | None = None
+    ended_reason: str | None = None
+    profile: str | None = None
+    caller: str | None = None
+    limit: int = 50
+    #: ``Page.next_cursor`` of the previous page
+    cursor: str | None = None
+
+
+@dataclass(frozen=True)
+class Page:
+    """Finished calls, newest ``ended_at`` first; ``next_cursor`` is None on the last page."""
+
+    calls: list[CallRow]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class SweepCounts:
+    """What one bounded ``sweep`` deleted."""
+
+    claims: int = 0
+    caller_hits: int = 0
+    outbox: int = 0
+    processes: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.claims + self.caller_hits + self.outbox + self.processes
+
+
+#: the call states the store itself looks for (the rest are the caller's words)
+HANGING_UP = "hanging_up"
+
+
+# ---- helpers shared by the backends -----------------------------------------------------------------------
+
+
+def encode_cursor(ended_at: float, call_id: str) -> str:
+    raw = json.dumps([ended_at, call_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    """The position a cursor stands for; ValueError for anything that is not one of ours."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        ended_at, call_id = json.loads(raw)
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise ValueError("not a history cursor") from exc
+    if not isinstance(ended_at, int | float) or not isinstance(call_id, str):
+        raise ValueError("not a history cursor")
+    return float(ended_at), call_id
+
+
+def dumps(value: Mapping[str, Any]) -> str:
+    """Compact JSON for a JSON column (``allow_nan=False``: PostgreSQL's jsonb refuses NaN, so both backends do)."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def check_query(query: HistoryQuery) -> None:
+    if not 1 <= query.limit <= 1000:
+        raise ValueError("limit must be between 1 and 1000")
