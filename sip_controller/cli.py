@@ -1,4 +1,4 @@
-"""``sipctl``: serve, demo, check-config, simulate, bench."""
+"""``sipctl``: serve, demo, check-config, simulate, bench, soak, migrate."""
 
 from __future__ import annotations
 
@@ -71,6 +71,13 @@ def _parser() -> argparse.ArgumentParser:
     soak.add_argument("--concurrency", type=int, default=25, help="calls in progress at once (default 25)")
     soak.add_argument("--max-wall", type=float, default=600.0, help="give up after this many seconds (default 600)")
     soak.add_argument("--reports", type=Path, help="write every call's report to this JSONL file")
+
+    migrate = sub.add_parser(
+        "migrate", help="apply the store's schema migrations (the SQLite file state.path, or SIPCTL_DATABASE_URL)"
+    )
+    migrate.add_argument(
+        "--check", action="store_true", help="apply nothing; exit 1 when migrations are pending or the schema is newer"
+    )
     return parser
 
 
@@ -80,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_config(args.config, print_accept=args.print_accept, as_json=args.json)
     if args.command == "serve":
         return _serve(args.config, host=args.host, port=args.port)
+    if args.command == "migrate":
+        return _migrate(args.config, check=args.check)
     if args.command == "simulate":
         return _simulate(args.config, args.scenario, time_scale=args.time_scale, as_json=args.json)
     result = preflight.validate(args.config)
@@ -176,6 +185,50 @@ def _serve(config: Path | None, *, host: str | None, port: int | None) -> int:
         return 2
     _tune_gc()
     serving.serve(app, settings, host=bind_host, port=bind_port, sockets=sockets)
+    return 0
+
+
+def _migrate(config: Path | None, *, check: bool) -> int:
+    """``sipctl migrate``: bring the store's schema to this version (``--check``: only say whether it is). The
+    database URL is a secret: the store is named by :func:`~sip_controller.state.factory.describe` only."""
+    import sqlite3
+
+    import asyncpg
+
+    from sip_controller.config import Secrets
+    from sip_controller.state.factory import describe, open_store
+    from sip_controller.state.records import StoreError
+
+    result = preflight.validate(config)
+    if _refused(result):
+        return 2
+    assert result.settings is not None
+    settings = result.settings
+    try:
+        secrets = Secrets.from_env()
+    except ConfigError as exc:
+        print(f"sipctl: {exc}", file=sys.stderr)
+        return 2
+    where = describe(settings, secrets)
+
+    async def run() -> tuple[list[int], int]:
+        async with await open_store(settings, secrets, migrate=None) as store:
+            if check:
+                await store.check_schema()
+                return [], await store.schema_version()
+            return await store.migrate(), await store.schema_version()
+
+    try:
+        applied, version = asyncio.run(run())
+    except (StoreError, asyncpg.PostgresError, sqlite3.Error) as exc:
+        print(f"sipctl: {where}: {exc}", file=sys.stderr)
+        return 1
+    if check:
+        print(f"{where}: schema version {version}, up to date")
+    elif applied:
+        print(f"{where}: applied {', '.join(f'{v:04d}' for v in applied)}; schema version {version}")
+    else:
+        print(f"{where}: schema version {version}, nothing to apply")
     return 0
 
 

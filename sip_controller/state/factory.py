@@ -22,9 +22,10 @@ from sip_controller.state.store import Store
 
 
 async def open_store(
-    settings: Settings, secrets: Secrets, *, migrate: bool = True, clock: Callable[[], float] = time.time
+    settings: Settings, secrets: Secrets, *, migrate: bool | None = True, clock: Callable[[], float] = time.time
 ) -> Store:
-    """The store for these settings, open and (with ``migrate``) at this code's schema. Raises
+    """The store for these settings, open and at this code's schema: ``migrate`` True applies what is pending,
+    False refuses a database that is behind, None leaves the schema alone (``sipctl migrate``). Raises
     :class:`~sip_controller.state.records.StoreError` (its subclass ``SchemaError`` for a schema this code cannot
     use) with a message that is safe to print. Close it with ``aclose()`` (or ``async with``)."""
     if secrets.database_url is not None:

@@ -167,7 +167,7 @@ class PostgresStore:
         cls,
         url: str,
         *,
-        migrate: bool = True,
+        migrate: bool | None = True,
         clock: Callable[[], float] = time.time,
         pool_size: int = 10,
         schema: str | None = None,
@@ -175,7 +175,8 @@ class PostgresStore:
     ) -> PostgresStore:
         """Connect a pool of up to ``pool_size`` connections to ``url`` (``schema``: put it first on the search
         path, for tests and for sharing one database between deployments) and apply pending migrations; with
-        ``migrate=False`` refuse a schema that is not exactly this code's (:class:`SchemaError`). Connection errors
+        ``migrate=False`` refuse a schema that is not exactly this code's (:class:`SchemaError`); with None, neither
+        (for ``sipctl migrate``). Connection errors
         are :class:`StoreError` naming the server but never the URL (it may hold a password)."""
         settings = {"application_name": "sipctl"}
         if schema is not None:
@@ -195,8 +196,11 @@ class PostgresStore:
         try:
             if migrate:
                 await store.migrate()
-            else:
+            elif migrate is not None:
                 await store.check_schema()
+        except asyncpg.PostgresError as exc:
+            await store.aclose()
+            raise StoreError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
         except BaseException:
             await store.aclose()
             raise
@@ -243,7 +247,10 @@ class PostgresStore:
                 if not todo:
                     return applied
                 migration = todo[0]
-                await conn.execute(migration.sql)
+                try:
+                    await conn.execute(migration.sql)
+                except asyncpg.PostgresError as exc:
+                    raise SchemaError(migrations.failed(migration, exc)) from exc
                 await conn.execute(
                     "INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES ($1, $2, $3, $4)",
                     migration.version, migration.name, migration.checksum, self._clock(),
@@ -262,7 +269,7 @@ class PostgresStore:
             todo = migrations.pending(await self._applied(conn), migrations.available("postgresql"))
         if todo:
             raise SchemaError(
-                f"PostgreSQL: {len(todo)} schema migration(s) not applied (up to {todo[-1].version:04d}); run "
+                f"{len(todo)} schema migration(s) not applied (up to {todo[-1].version:04d}); run "
                 "`sipctl migrate`"
             )
 

@@ -151,19 +151,27 @@ class SQLiteStore:
         cls,
         path: str | Path,
         *,
-        migrate: bool = True,
+        migrate: bool | None = True,
         clock: Callable[[], float] = time.time,
         busy_timeout_s: float = 5.0,
     ) -> SQLiteStore:
         """Open (creating the file and its parent folder if needed) and apply pending migrations; with
-        ``migrate=False`` refuse a schema that is not exactly this code's (:class:`SchemaError`)."""
+        ``migrate=False`` refuse a schema that is not exactly this code's (:class:`SchemaError`); with None, neither
+        (for ``sipctl migrate``, which then calls :meth:`migrate` or :meth:`check_schema` itself)."""
         store = cls(path, clock=clock, busy_timeout_s=busy_timeout_s)
         try:
             await store._run(store._connect)
             if migrate:
                 await store.migrate()
-            else:
+            elif migrate is not None:
                 await store.check_schema()
+        except (sqlite3.Error, OSError) as exc:
+            await store.aclose()
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise StoreError(
+                f"cannot use the state file {str(store.path)!r} ({why}); set state.path (SIPCTL_STATE__PATH) to a "
+                "file in a writable folder"
+            ) from exc
         except BaseException:
             await store.aclose()
             raise
@@ -264,8 +272,11 @@ class SQLiteStore:
         if not todo:
             return None
         migration = todo[0]
-        for statement in migrations.sqlite_statements(migration.sql):
-            conn.execute(statement)
+        try:
+            for statement in migrations.sqlite_statements(migration.sql):
+                conn.execute(statement)
+        except sqlite3.Error as exc:
+            raise SchemaError(migrations.failed(migration, exc)) from exc
         conn.execute(
             "INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES (?, ?, ?, ?)",
             (migration.version, migration.name, migration.checksum, self._clock()),
@@ -284,7 +295,7 @@ class SQLiteStore:
         todo = await self._read(lambda conn: migrations.pending(self._applied(conn), migrations.available("sqlite")))
         if todo:
             raise SchemaError(
-                f"{self.path}: {len(todo)} schema migration(s) not applied (up to {todo[-1].version:04d}); run "
+                f"{len(todo)} schema migration(s) not applied (up to {todo[-1].version:04d}); run "
                 "`sipctl migrate`"
             )
 

@@ -116,6 +116,16 @@ class Store(StateStore, Protocol):
         """The highest migration applied (0 for an empty database)."""
         ...
 
+    async def migrate(self) -> list[int]:
+        """Apply the pending migrations (:mod:`.migrations`), each in its own transaction, under a lock that makes
+        replicas starting together take turns; the versions applied (empty: nothing to do). SchemaError for a
+        database newer than this code or with an applied migration that differs from its file."""
+        ...
+
+    async def check_schema(self) -> None:
+        """SchemaError unless the database is exactly at this code's schema."""
+        ...
+
     # ---- claims ---------------------------------------------------------------------------------------------
 
     async def sweep(self, *, limit: int = 1000, keep_delivered_s: float = 86_400.0) -> SweepCounts:

@@ -78,7 +78,7 @@ class Cluster:
     schema: str | None = None
     opened: list[Store] = field(default_factory=list)
 
-    async def open(self, *, migrate: bool = True) -> Store:
+    async def open(self, *, migrate: bool | None = True) -> Store:
         store: Store
         if self.backend == "sqlite":
             assert self.path is not None

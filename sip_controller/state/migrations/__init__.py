@@ -110,6 +110,14 @@ def pending(applied: Iterable[Applied], known: tuple[Migration, ...]) -> list[Mi
     return [m for m in known if m.version not in done]
 
 
+def failed(migration: Migration, exc: BaseException) -> str:
+    """What to say when ``migration`` failed (it was rolled back)."""
+    return (
+        f"schema migration {migration.version:04d}_{migration.name} failed and was rolled back (the database stays "
+        f"at version {migration.version - 1}): {type(exc).__name__}: {exc}"
+    )
+
+
 def sqlite_statements(sql: str) -> list[str]:
     """A script cut into its statements (``sqlite3.complete_statement`` decides where one ends), so that each can
     run inside one transaction (``executescript`` would commit first)."""
