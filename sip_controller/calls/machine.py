@@ -59,6 +59,8 @@ from sip_controller.calls.inputs import (
 )
 from sip_controller.calls.pricing import ModelPrices, TranscriptionPrices, response_cost, transcription_cost
 from sip_controller.calls.report import (
+    BargeIn,
+    BargeInThen,
     CallRecord,
     FailedResponse,
     ToolCallRecord,
@@ -69,12 +71,16 @@ from sip_controller.calls.states import (
     BENIGN_ERROR_CODES,
     CLOSE_WAIT_TIMER,
     FILLER_TIMER_PREFIX,
+    GOODBYE_AGAIN_TIMER,
+    GOODBYE_BARGE_IN_NOTE,
     GOODBYE_INSTRUCTIONS,
     GOODBYE_QUEUE_MAX_S,
     GOODBYE_TIMER,
     HANGUP_RETRY_TIMER,
     MAX_HANGUP_ROUNDS,
     MAX_RECONNECTS,
+    RESUMABLE_REASONS,
+    RESUME_NOTE,
     SESSION_ACK_TIMER,
     SHUTDOWN_INSTRUCTIONS,
     CallState,
@@ -171,6 +177,9 @@ class Marked:
 
 _STARTED, _STOPPED, _SPOKEN, _DONE = 1, 2, 4, 8
 
+#: events after which the caller's turn and the model's answer may be over (``CallMachine._turn_over``)
+_TURN_EVENTS = frozenset({"response.done", "output_audio_buffer.stopped", "output_audio_buffer.cleared"})
+
 
 @dataclass(slots=True)
 class _PendingUpdate:
@@ -208,6 +217,18 @@ class _Ending:
     hangup_sent: bool = False
     #: how often the goodbye's response failed (it is asked for again ``lines.LINE_RETRIES`` times)
     failures: int = 0
+    #: the caller talked over the goodbye: it is asked for again once the model has answered them
+    awaiting_answer: bool = False
+
+
+@dataclass(slots=True)
+class _AfterTurn:
+    """A line the caller talked over, to ask for again (``name``: a timer name, dispatched like a timer) once
+    their turn and the model's answer to it are over."""
+
+    name: str
+    #: a response was created since the caller last started speaking: the model is answering them
+    answered: bool = False
 
 
 @dataclass(slots=True)
@@ -252,6 +273,15 @@ class CallMachine:
     _greeting: _Line | None = None
     #: the model's responses that failed since the last one that completed
     _failed_in_a_row: int = 0
+    #: times the caller talked over a goodbye in this call (``lines.MAX_BARGE_INS``)
+    _goodbye_barge_ins: int = 0
+    #: lines waiting for the caller's turn and the model's answer to be over (``after_caller_turn``)
+    _after_turn: list[_AfterTurn] = field(default_factory=list)
+    #: responses created and not yet done (the oldest are forgotten past a few: only "any?" matters)
+    _in_progress: dict[str, None] = field(default_factory=dict)
+    _caller_speaking: bool = False
+    #: a shutdown or an operator's hangup came while the call was already ending: it may not give way
+    _end_requested: bool = False
     #: the features: each holds its own state and its slice of the profile; they reach the call through
     #: this machine as their ``CallPort`` (passed to each call, never kept)
     transfer: Transfer = field(init=False)
@@ -403,6 +433,37 @@ class CallMachine:
             }
         )
 
+    def note(self, text: str) -> Send:
+        """A system message added to the conversation: what the model should know before it answers next."""
+        return Send(
+            {
+                "type": "conversation.item.create",
+                "event_id": self.next_event_id("item"),
+                "item": {"type": "message", "role": "system", "content": [{"type": "input_text", "text": text}]},
+            }
+        )
+
+    def after_caller_turn(self, name: str, rel: float) -> list[Action]:
+        """Once the caller has finished speaking and the model's answer to them has been heard, ``name`` is
+        dispatched as if it were a timer; a real timer of that name bounds the wait (``lines.ANSWER_WAIT_MAX_S``)."""
+        self._after_turn = [w for w in self._after_turn if w.name != name]
+        self._after_turn.append(_AfterTurn(name))
+        return [StartTimer(name, lines.ANSWER_WAIT_MAX_S)]
+
+    def _turn_over(self, rel: float) -> list[Action]:
+        """The caller is not speaking, no response is being made or heard, and the model answered them since
+        they last started: the lines waiting for that are asked for again."""
+        if self._caller_speaking or self._playing is not None or self._in_progress:
+            return []
+        ready = [w for w in self._after_turn if w.answered]
+        if not ready:
+            return []
+        actions: list[Action] = []
+        for waiter in ready:
+            actions.append(CancelTimer(waiter.name))
+            actions.extend(self._on_timer(waiter.name, rel))
+        return actions
+
     def _set_state(self, state: CallState, rel: float) -> None:
         self.state = state
         self.record.state = state.value
@@ -522,7 +583,7 @@ class CallMachine:
         self.record.attached_s = round(rel, 3)
         if self._drain_requested:
             return self.begin_ending("shutdown", rel, SHUTDOWN_INSTRUCTIONS)
-        timers = self.watchdog.start()
+        timers = self.watchdog.start(rel)
         greeting: list[Action] = []
         if self.profile.greeting:
             line = f'Start the call now: greet the caller by saying exactly "{self.profile.greeting}"'
@@ -556,6 +617,8 @@ class CallMachine:
         return [StartTimer(HANGUP_RETRY_TIMER, delay)]
 
     def _on_shutdown(self, rel: float) -> list[Action]:
+        if self.state == CallState.ENDING:
+            self._end_requested = True
         if self.state == CallState.ATTACHED:
             return self.begin_ending("shutdown", rel, SHUTDOWN_INSTRUCTIONS)
         if self.state == CallState.RECEIVED:
@@ -569,6 +632,7 @@ class CallMachine:
     def _on_operator_hangup(self, immediate: bool, rel: float) -> list[Action]:
         self.record.mark(rel, "operator hangup" + (" (now)" if immediate else ""))
         if self.ending is not None:
+            self._end_requested = True
             return self.hangup(rel, "operator") if immediate else []
         if self.state != CallState.ATTACHED:
             return []
@@ -600,6 +664,15 @@ class CallMachine:
         return self.hangup(rel, "sideband keeps dropping: hanging up rather than leave the call unsupervised")
 
     def _on_timer(self, name: str, rel: float) -> list[Action]:
+        if self._after_turn:
+            self._after_turn = [w for w in self._after_turn if w.name != name]
+        if name == GOODBYE_AGAIN_TIMER:
+            end = self.ending
+            if end is None or not end.awaiting_answer or end.hangup_sent:
+                return []
+            end.awaiting_answer = False
+            self.record.mark(rel, "after the caller's turn: the goodbye again")
+            return [self._request_goodbye(rel), *self._goodbye_clock()]
         if name == SESSION_ACK_TIMER and self._pending_updates:
             what = self._pending_updates[0].what
             self.record.errors.append(
@@ -607,6 +680,8 @@ class CallMachine:
             )
             return self.fail_session(rel, f"session.update for {what} never confirmed")
         if name == GOODBYE_TIMER and self.ending is not None:
+            if self.ending.awaiting_answer:
+                return []  # a goodbye fallback of the goodbye the caller talked over
             if self.ending.queued:
                 return self.hangup(rel, f"audio ahead of the goodbye not ended after {GOODBYE_QUEUE_MAX_S:g}s")
             return self.hangup(rel, f"goodbye audio not finished after {self.profile.goodbye_timeout_s}s")
@@ -651,6 +726,12 @@ class CallMachine:
     # ---- sideband events ----------------------------------------------------------------------------
 
     def _on_event(self, event: ev.ServerEvent, rel: float) -> list[Action]:
+        actions = self._on_event_core(event, rel)
+        if self._after_turn and not self.finished and event.type in _TURN_EVENTS:
+            actions.extend(self._turn_over(rel))
+        return actions
+
+    def _on_event_core(self, event: ev.ServerEvent, rel: float) -> list[Action]:
         match event:
             case ev.InputTranscriptionCompleted(transcript=text, usage=usage):
                 self._count_transcription(usage)
@@ -663,10 +744,17 @@ class CallMachine:
                 if text.strip() and not self.hold.is_classifier_response(rid):
                     self.record.transcripts.append(TranscriptEntry("assistant", text.strip(), round(rel, 3)))
             case ev.ResponseEvent(type="response.created", response=resp):
+                if resp.id:
+                    self._in_progress[resp.id] = None
+                    if len(self._in_progress) > 16:
+                        del self._in_progress[next(iter(self._in_progress))]
+                for waiter in self._after_turn:
+                    waiter.answered = True
                 end = self.ending
                 if end is not None and end.response_id is None and answers(resp, end.tag):
                     end.response_id = resp.id  # the goodbye: matched on its tag, never on order
                 self.transfer.on_response_created(resp)
+                self.watchdog.on_response_created(resp)
                 self.hold.on_response_created(resp)
             case ev.ResponseEvent(type="response.done", response=resp):
                 return self._on_response_done(resp, rel)
@@ -685,22 +773,29 @@ class CallMachine:
                 if rid is None or rid == self._playing:
                     self._playing = None
                 end = self.ending
+                cleared = kind.endswith("cleared")
                 if end is not None and end.response_id is not None and rid == end.response_id:
-                    what = "goodbye heard in full" if kind.endswith("stopped") else "goodbye audio cleared"
-                    return self.hangup(rel, what)
+                    if cleared:
+                        return self._goodbye_interrupted(rel)
+                    return self.hangup(rel, "goodbye heard in full")
                 if end is not None and end.queued and self._playing is None and not end.hangup_sent:
                     end.queued = False  # the audio ahead of the goodbye is over: the goodbye can start now
                     self.record.mark(rel, "audio ahead of the goodbye ended")
                     return [StartTimer(GOODBYE_TIMER, self.profile.goodbye_timeout_s)]
                 return [
-                    *self.transfer.on_audio_done(self, rid, rel),
+                    *self.transfer.on_audio_done(self, rid, rel, cleared=cleared),
                     *self.watchdog.on_assistant_audio(self, started=False),
+                    *(self.watchdog.on_audio_cleared(self, rid, rel) if cleared else []),
                 ]
             case ev.ErrorEvent(error=err):
                 return self._on_error(err, rel)
             case ev.SessionEvent(type="session.updated"):
                 return self._on_session_updated(rel)
             case ev.SpeechEdge(type=kind):
+                self._caller_speaking = kind.endswith("speech_started")
+                if self._caller_speaking:
+                    for waiter in self._after_turn:
+                        waiter.answered = False  # an answer they talk over is not the answer
                 if kind.endswith("speech_stopped") and self._pending_updates and not self.hold.active:
                     self._caller_spoke_while_held = True
                 return self.watchdog.on_caller_speech(self, started=kind.endswith("speech_started"))
@@ -764,6 +859,7 @@ class CallMachine:
         return self.fail_session(rel, "session error: the call cannot continue")
 
     def _on_response_done(self, resp: ev.Response, rel: float) -> list[Action]:
+        self._in_progress.pop(resp.id, None)
         if resp.id:
             if resp.id in self._responses_done:
                 self.record.ignored_events += 1  # a duplicated delivery: count usage and tools once
@@ -792,6 +888,7 @@ class CallMachine:
         if greeting is not None and answers(resp, greeting.tag):
             actions.extend(self._greeting_done(greeting, resp, rel))
         actions.extend(self.transfer.on_response_done(self, resp, rel))
+        actions.extend(self.watchdog.on_response_done(self, resp, rel))
         for item in resp.output:
             if item.type != "function_call" or not item.call_id or item.call_id in self._seen_tool_calls:
                 continue
@@ -865,12 +962,45 @@ class CallMachine:
         greeting.tag = request_tag(request)
         return [request]
 
+    def _goodbye_interrupted(self, rel: float) -> list[Action]:
+        """The caller talked over the goodbye (its audio cleared, or its response cancelled by their turn)."""
+        end = self.ending
+        assert end is not None
+        if end.hangup_sent:
+            return []
+        self._goodbye_barge_ins += 1
+        end.response_id, end.tag, end.queued, end.retry_when_idle = None, None, False, False
+
+        def barge_in(then: BargeInThen) -> None:
+            self.record.add_barge_in(BargeIn("goodbye", round(rel, 3), then))
+
+        # a shutdown or an operator's hangup that came during this goodbye must still end the call
+        resumable = end.reason in RESUMABLE_REASONS and not self._end_requested
+        nothing_to_ask = end.instructions is None and not resumable
+        if self.hold.active or self._goodbye_barge_ins > lines.MAX_BARGE_INS or nothing_to_ask:
+            barge_in("hung_up")
+            why = "on hold" if self.hold.active else f"{self._goodbye_barge_ins} times"
+            return self.hangup(rel, f"the caller talked over the goodbye ({why}): hanging up")
+        if resumable:
+            barge_in("resumed")
+            self.ending = None
+            self._set_state(CallState.ATTACHED, rel)
+            self.record.mark(rel, f"the caller talked over the goodbye ({end.reason}): the call goes on")
+            return [CancelTimer(GOODBYE_TIMER), self.note(RESUME_NOTE), *self.watchdog.resume(self, rel)]
+        barge_in("answered")
+        end.awaiting_answer = True
+        self.record.mark(rel, "the caller talked over the goodbye: answering them, then the goodbye again")
+        again = self.after_caller_turn(GOODBYE_AGAIN_TIMER, rel)
+        return [CancelTimer(GOODBYE_TIMER), self.note(GOODBYE_BARGE_IN_NOTE), *again]
+
     def _goodbye_done(self, resp: ev.Response, rel: float) -> list[Action]:
         """The goodbye's response is over: wait for its audio to stop, or ask again if it failed (once), or hang
         up."""
         end = self.ending
         assert end is not None
         result = lines.outcome(resp, heard=self._heard(resp))
+        if result == "interrupted":
+            return self._goodbye_interrupted(rel)
         if result == "failed":
             if end.instructions is not None and end.failures < lines.LINE_RETRIES and not end.hangup_sent:
                 end.failures += 1

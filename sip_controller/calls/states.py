@@ -49,12 +49,28 @@ SHUTDOWN_INSTRUCTIONS = (
     "goodbye in one or two sentences. Do not call any tool."
 )
 
+#: endings the agent chose: when the caller talks over their goodbye, the call is not over after all and the
+#: conversation goes on (``calls/lines.py`` bounds how often). Every other ending lets the model answer the
+#: caller, then asks for the goodbye again.
+RESUMABLE_REASONS: frozenset[EndedReason] = frozenset({"agent_end_call", "silence_timeout"})
+RESUME_NOTE = (
+    "The caller spoke while you were saying goodbye, so the call is not over. Answer what they said. When they "
+    "have nothing else, say goodbye and end the call as before."
+)
+GOODBYE_BARGE_IN_NOTE = (
+    "The caller spoke while you were saying goodbye. Answer what they said in one or two short sentences. Do not "
+    "say goodbye yet and do not call any tool: you will be asked to say goodbye right after, and then the call ends."
+)
+
 #: sideband reconnects allowed per call before giving up and hanging up through REST
 MAX_RECONNECTS = 3
 #: rounds of (already retried) hangup requests before a call is given up as unconfirmed
 MAX_HANGUP_ROUNDS = 5
 
 GOODBYE_TIMER = "goodbye"
+#: the caller talked over a goodbye that must still be said: it is asked for again once the model has answered
+#: them, or when this timer (``lines.ANSWER_WAIT_MAX_S``) fires first
+GOODBYE_AGAIN_TIMER = "goodbye_again"
 #: The goodbye fallback, one rule: the hangup comes when the goodbye's own audio stops, else
 #: ``goodbye_timeout_s`` after the goodbye could start playing (its request, or, when the caller is still
 #: hearing earlier audio then, that audio's ``output_audio_buffer.stopped``/``cleared``), and again

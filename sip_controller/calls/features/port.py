@@ -65,6 +65,19 @@ class CallPort(Protocol):
         """A user message added to the conversation."""
         ...
 
+    def note(self, text: str) -> Send:
+        """A system message added to the conversation: what the model should know before it answers next."""
+        ...
+
+    def after_caller_turn(self, name: str, rel: float) -> list[Action]:
+        """The caller talked over a line: once they have finished and the model's answer to them has been
+        heard, ``name`` comes back to the feature's ``on_timer`` (a timer of that name bounds the wait)."""
+        ...
+
+    def model_failed(self, rel: float, why: str) -> list[Action]:
+        """The model cannot say what the call needs: hang up at once, ``model_error``."""
+        ...
+
     def update_session(self, patch: dict[str, Any], rel: float, *, what: str, then: list[Action]) -> list[Action]:
         """A checked session.update; ``then`` runs once OpenAI confirms it (at once if it is refused)."""
         ...

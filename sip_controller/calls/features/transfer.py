@@ -1,6 +1,13 @@
 """Verified transfers: say the handoff line, wait until the caller heard it, ``/refer``, and count it only if
 the call then leaves OpenAI (the sideband closes) within the profile's window — a 200 from ``/refer`` proves
-nothing. Otherwise tell the caller and fall back (the next target, or a polite end)."""
+nothing. Otherwise tell the caller and fall back (the next target, or a polite end).
+
+The handoff line is one of the controller's lines (``calls/lines.py``). When the caller talks over it, the model
+answers them first (told that the transfer goes ahead), then the line is asked for again and the refer follows
+it; past ``lines.MAX_BARGE_INS`` the refer goes out at once. A handoff line that fails is asked for once more;
+failing again, the refer goes out without it: a model that cannot speak is the best reason to hand the caller to
+a person.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +16,29 @@ from typing import Literal
 
 from sip_controller.agent.profile import Transfer as TransferConfig
 from sip_controller.agent.tools import TransferArgs
+from sip_controller.calls import lines
 from sip_controller.calls.actions import Action, CancelTimer, Refer, StartTimer
 from sip_controller.calls.features.port import CallPort
-from sip_controller.calls.report import ToolCallRecord
+from sip_controller.calls.report import BargeIn, ToolCallRecord
 from sip_controller.calls.tags import Tag, answers, request_tag
 from sip_controller.realtime import events as ev
 
 TRANSFER_ANNOUNCE_TIMER = "transfer_announce"
 TRANSFER_VERIFY_TIMER = "transfer_verify"
+#: the caller talked over the handoff line: it is said again once the model has answered them (or when this
+#: timer, ``lines.ANSWER_WAIT_MAX_S``, fires first)
+TRANSFER_AGAIN_TIMER = "transfer_again"
 
-Phase = Literal["announcing", "referring", "verifying"]
+#: ``answering``: the caller talked over the handoff line; the model answers them before it is said again
+Phase = Literal["announcing", "answering", "referring", "verifying"]
+
+
+def _barge_in_note(target: str) -> str:
+    return (
+        f"The caller spoke while you were telling them about the transfer to {target}. Answer what they said in "
+        "one or two short sentences. Do not announce the transfer again and do not call any tool: you will be "
+        "asked to announce it right after, and then the transfer goes ahead."
+    )
 
 
 @dataclass(slots=True)
@@ -34,6 +54,9 @@ class Attempt:
     response_id: str | None = None
     #: the metadata tag of the request for the handoff line: its response echoes it
     tag: Tag | None = None
+    #: the handoff line, and how often its response failed (asked for again ``lines.LINE_RETRIES`` times)
+    line: str = ""
+    failures: int = 0
 
 
 @dataclass(slots=True)
@@ -44,6 +67,8 @@ class Transfer:
     #: how long the handoff line may take before the refer goes out anyway
     announce_timeout_s: float
     attempt: Attempt | None = None
+    #: times the caller talked over a handoff line in this call (``lines.MAX_BARGE_INS``)
+    barge_ins: int = 0
 
     @property
     def leaving(self) -> bool:
@@ -81,9 +106,14 @@ class Transfer:
         if a is not None and a.phase == "announcing" and a.response_id is None and answers(resp, a.tag):
             a.response_id = resp.id
 
-    def on_audio_done(self, port: CallPort, response_id: str | None, rel: float) -> list[Action]:
+    def on_audio_done(self, port: CallPort, response_id: str | None, rel: float, *, cleared: bool = False) -> list[
+        Action
+    ]:
+        """A response's audio stopped (heard in full) or was cleared (the caller talked over it)."""
         a = self.attempt
         if a is not None and a.phase == "announcing" and a.response_id is not None and response_id == a.response_id:
+            if cleared:
+                return self._interrupted(port, rel)
             return self._refer(port, rel, "handoff line heard")
         return []
 
@@ -94,7 +124,16 @@ class Transfer:
         if a is None or a.phase != "announcing" or resp.id != a.response_id:
             return []
         heard = resp.id in port.audio_started or resp.id in port.spoken or resp.has_audio()
-        if resp.status != "completed" or not heard:
+        result = lines.outcome(resp, heard=heard)
+        if result == "interrupted":
+            return self._interrupted(port, rel)
+        if result == "failed":
+            if a.failures < lines.LINE_RETRIES and port.live:
+                a.failures += 1
+                port.record.mark(rel, f"transfer to {a.target}: handoff line failed, asking for it once more")
+                return [CancelTimer(TRANSFER_ANNOUNCE_TIMER), *self._say_line(port)]
+            return self._refer(port, rel, f"handoff line failed {a.failures + 1} times: transferring without it")
+        if result == "silent":
             return self._refer(port, rel, "handoff line had no audio")
         if resp.id in port.audio_stopped:
             return self._refer(port, rel, "handoff line heard")
@@ -128,6 +167,10 @@ class Transfer:
             return []
         if name == TRANSFER_ANNOUNCE_TIMER and a.phase == "announcing":
             return self._refer(port, rel, "handoff line did not finish in time")
+        if name == TRANSFER_AGAIN_TIMER and a.phase == "answering" and port.live:
+            a.phase = "announcing"
+            port.record.mark(rel, f"transfer to {a.target}: after the caller's turn, the handoff line again")
+            return self._say_line(port)
         if name == TRANSFER_VERIFY_TIMER and a.phase == "verifying":
             port.record.errors.append(f"transfer to {a.target}: the call did not leave within the verify window")
             return self._failed(port, rel, "not verified")
@@ -138,10 +181,35 @@ class Transfer:
         self.attempt = Attempt(target=target, uri=self.config.targets[target], tried=[*tried, target])
         port.record.transfer_target = target
         port.record.mark(rel, f"transfer to {target}: announcing")
-        line = f"{preface}Tell the caller in one short sentence that you are transferring them to {target} now."
-        request = port.say(line, purpose="transfer")
-        self.attempt.tag = request_tag(request)
+        line = f"Tell the caller in one short sentence that you are transferring them to {target} now."
+        self.attempt.line = preface + line
+        return self._say_line(port)
+
+    def _say_line(self, port: CallPort) -> list[Action]:
+        """Ask for the handoff line (again): a new request, recognised by its own tag."""
+        a = self.attempt
+        assert a is not None
+        request = port.say(a.line, purpose="transfer")
+        a.tag, a.response_id = request_tag(request), None
         return [request, StartTimer(TRANSFER_ANNOUNCE_TIMER, self.announce_timeout_s)]
+
+    def _interrupted(self, port: CallPort, rel: float) -> list[Action]:
+        """The caller talked over the handoff line: the model answers them, then the line is said again; past
+        ``lines.MAX_BARGE_INS`` (or when the call is no longer live) the refer goes out at once."""
+        a = self.attempt
+        assert a is not None
+        self.barge_ins += 1
+        if self.barge_ins > lines.MAX_BARGE_INS or not port.live:
+            port.record.add_barge_in(BargeIn("transfer", round(rel, 3), "referred"))
+            return self._refer(port, rel, f"the caller talked over the handoff line ({self.barge_ins} times)")
+        a.phase, a.response_id, a.tag = "answering", None, None
+        port.record.add_barge_in(BargeIn("transfer", round(rel, 3), "answered"))
+        port.record.mark(rel, f"transfer to {a.target}: the caller talked over the handoff line, answering them")
+        return [
+            CancelTimer(TRANSFER_ANNOUNCE_TIMER),
+            port.note(_barge_in_note(a.target)),
+            *port.after_caller_turn(TRANSFER_AGAIN_TIMER, rel),
+        ]
 
     def _refer(self, port: CallPort, rel: float, why: str) -> list[Action]:
         a = self.attempt

@@ -1,14 +1,23 @@
 """Watchdogs: a maximum call duration (spoken wrap-up first), caller silence (one nudge, then goodbye) and a
-cost budget. Each ends the call through ``begin_ending``: the same goodbye-then-hangup path as ``end_call``."""
+cost budget. Each ends the call through ``begin_ending``: the same goodbye-then-hangup path as ``end_call``.
+
+The wrap-up line is one of the controller's lines (``calls/lines.py``): a failed one is asked for once more (a
+second failure ends the call as ``model_error``); when the caller talks over it, the model is told what the caller
+missed (the call ends in about N seconds) so that its answer says it. The maximum duration itself never moves.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from sip_controller.agent.profile import Watchdogs
-from sip_controller.calls.actions import Action, CancelTimer, StartTimer
+from sip_controller.calls import lines
+from sip_controller.calls.actions import Action, CancelTimer, Send, StartTimer
 from sip_controller.calls.features.port import CallPort
+from sip_controller.calls.report import BargeIn
 from sip_controller.calls.states import GOODBYE_INSTRUCTIONS
+from sip_controller.calls.tags import Tag, answers, request_tag
+from sip_controller.realtime import events as ev
 
 MAX_WRAP_TIMER = "max_duration_wrap_up"
 MAX_END_TIMER = "max_duration_end"
@@ -32,6 +41,14 @@ def _wrap_up_line(seconds: float) -> str:
     )
 
 
+def _wrap_up_note(seconds: float) -> str:
+    return (
+        f"The caller spoke while you were telling them that the call has to end in about {int(seconds)} seconds. "
+        "Answer what they said briefly, and in the same answer tell them politely that the call has to end in "
+        f"about {int(seconds)} seconds."
+    )
+
+
 @dataclass(slots=True)
 class Watchdog:
     """A call's watchdogs and what they have seen."""
@@ -46,15 +63,34 @@ class Watchdog:
     paused: bool = False
     #: the silence timer is running
     armed: bool = False
+    #: when (call time) the wrap-up is due, and, once it was said, when the call ends
+    wrap_at: float | None = None
+    end_at: float | None = None
+    #: the wrap-up line asked for (its tag; its response once created), and how often it failed
+    wrap_tag: Tag | None = None
+    wrap_id: str | None = None
+    wrap_failures: int = 0
 
-    def start(self) -> list[Action]:
+    def start(self, rel: float = 0.0) -> list[Action]:
         """The call is attached: start the duration countdown and, when configured, the silence one."""
         w = self.config
-        actions: list[Action] = [StartTimer(MAX_WRAP_TIMER, max(0.0, w.max_duration_s - w.wrap_up_before_s))]
+        delay = max(0.0, w.max_duration_s - w.wrap_up_before_s)
+        self.wrap_at = rel + delay
+        actions: list[Action] = [StartTimer(MAX_WRAP_TIMER, delay)]
         if w.silence_timeout_s is not None:
             self.armed = True
             actions.append(StartTimer(SILENCE_TIMER, w.silence_timeout_s))
         return actions
+
+    def resume(self, port: CallPort, rel: float) -> list[Action]:
+        """An ending gave way (the caller talked over its goodbye): the duration countdown goes on with the time
+        that was left, and silence is counted again."""
+        actions: list[Action] = []
+        if self.end_at is not None:
+            actions.append(StartTimer(MAX_END_TIMER, max(0.0, self.end_at - rel)))
+        elif self.wrap_at is not None:
+            actions.append(StartTimer(MAX_WRAP_TIMER, max(0.0, self.wrap_at - rel)))
+        return actions + self._restart_silence(port)
 
     def stop(self) -> list[Action]:
         """The call is ending: the watchdogs have done their part (the goodbye timer bounds the rest)."""
@@ -82,8 +118,8 @@ class Watchdog:
         w = self.config
         if name == MAX_WRAP_TIMER:
             port.record.mark(rel, "max duration: wrap-up")
-            wrap_up = port.say(_wrap_up_line(w.wrap_up_before_s), purpose="wrap_up")
-            return [wrap_up, StartTimer(MAX_END_TIMER, w.wrap_up_before_s)]
+            self.end_at = rel + w.wrap_up_before_s
+            return [self._wrap_up(port, rel), StartTimer(MAX_END_TIMER, w.wrap_up_before_s)]
         if name == MAX_END_TIMER:
             return port.begin_ending("max_duration", rel, GOODBYE_INSTRUCTIONS)
         if name == SILENCE_TIMER and self.armed and not self._someone_speaks_or_paused():
@@ -102,6 +138,55 @@ class Watchdog:
             return []
         port.record.mark(rel, f"cost budget exceeded ({cost:.4f} > {budget} USD)")
         return port.begin_ending("budget_exceeded", rel, BUDGET_GOODBYE)
+
+    def on_response_created(self, resp: ev.Response) -> None:
+        if self.wrap_id is None and answers(resp, self.wrap_tag):
+            self.wrap_id = resp.id
+
+    def on_response_done(self, port: CallPort, resp: ev.Response, rel: float) -> list[Action]:
+        """The wrap-up's response is over: asked for once more if it failed; talked over, the model is told."""
+        if self.wrap_id is None and answers(resp, self.wrap_tag):
+            self.wrap_id = resp.id  # its response.created was missed
+        if self.wrap_id is None or resp.id != self.wrap_id:
+            return []
+        heard = resp.id in port.audio_started or resp.id in port.spoken or resp.has_audio()
+        result = lines.outcome(resp, heard=heard)
+        if result == "interrupted":
+            return self._wrap_up_interrupted(port, rel)
+        if result != "failed" or not port.live:
+            if result != "heard" or resp.id in port.audio_stopped:
+                self.wrap_tag = self.wrap_id = None
+            return []
+        if self.wrap_failures >= lines.LINE_RETRIES:
+            self.wrap_tag = self.wrap_id = None
+            return port.model_failed(rel, f"the wrap-up failed {self.wrap_failures + 1} times")
+        self.wrap_failures += 1
+        port.record.mark(rel, "wrap-up failed: asking for it once more")
+        return [self._wrap_up(port, rel)]
+
+    def on_audio_cleared(self, port: CallPort, response_id: str | None, rel: float) -> list[Action]:
+        """A response's audio was cleared: the caller talked over it."""
+        if self.wrap_id is None or response_id != self.wrap_id:
+            return []
+        return self._wrap_up_interrupted(port, rel)
+
+    def _wrap_up(self, port: CallPort, rel: float) -> Send:
+        """The wrap-up line, saying how long is left."""
+        left = self.end_at - rel if self.end_at is not None else self.config.wrap_up_before_s
+        request = port.say(_wrap_up_line(max(1.0, left)), purpose="wrap_up")
+        self.wrap_tag, self.wrap_id = request_tag(request), None
+        return request
+
+    def _wrap_up_interrupted(self, port: CallPort, rel: float) -> list[Action]:
+        """The caller talked over the wrap-up: the model's answer to them says how long is left. (Once per
+        wrap-up line: its cancelled response and its cleared audio are one barge-in.)"""
+        self.wrap_tag = self.wrap_id = None
+        if not port.live:
+            return []
+        left = self.end_at - rel if self.end_at is not None else self.config.wrap_up_before_s
+        port.record.add_barge_in(BargeIn("wrap_up", round(rel, 3), "noted"))
+        port.record.mark(rel, "the caller talked over the wrap-up: the model is told to say it in its answer")
+        return [port.note(_wrap_up_note(max(1.0, left)))]
 
     def _someone_speaks_or_paused(self) -> bool:
         return self.paused or self.caller_speaking or self.agent_speaking

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sip_controller.calls.actions import Action, Send
+from sip_controller.calls.actions import Action, Send, StartTimer
 from sip_controller.calls.report import CallRecord, ToolCallRecord
 from sip_controller.calls.states import EndedReason
 from sip_controller.realtime import events as ev
@@ -33,6 +33,9 @@ class FakePort:
     transfers: list[str] = field(default_factory=list)
     pauses: list[bool] = field(default_factory=list)
     updates: list[Update] = field(default_factory=list)
+    #: names waiting for the caller's turn to be over (``after_caller_turn``), and why the model failed
+    waiting: list[str] = field(default_factory=list)
+    model_failures: list[str] = field(default_factory=list)
     seq: int = 0
 
     def next_event_id(self, kind: str) -> str:
@@ -56,6 +59,20 @@ class FakePort:
     def user_text(self, text: str) -> Send:
         item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
         return Send({"type": "conversation.item.create", "event_id": self.next_event_id("item"), "item": item})
+
+    def note(self, text: str) -> Send:
+        item = {"type": "message", "role": "system", "content": [{"type": "input_text", "text": text}]}
+        return Send({"type": "conversation.item.create", "event_id": self.next_event_id("item"), "item": item})
+
+    def after_caller_turn(self, name: str, rel: float) -> list[Action]:
+        self.waiting.append(name)
+        return [StartTimer(name, 30.0)]
+
+    def model_failed(self, rel: float, why: str) -> list[Action]:
+        """Like the machine: the call stops being live (it hangs up)."""
+        self.model_failures.append(why)
+        self.live = False
+        return [Send({"type": "fake.hangup", "why": why})]
 
     def update_session(self, patch: dict[str, Any], rel: float, *, what: str, then: list[Action]) -> list[Action]:
         self.updates.append(Update(patch, what, then))
@@ -95,6 +112,8 @@ def response(
     text: str | None = None,
     audio: bool = False,
     metadata: dict[str, Any] | None = None,
+    reason: str | None = None,
+    error_code: str | None = None,
 ) -> ev.Response:
     content: list[dict[str, Any]] = []
     if text is not None:
@@ -102,7 +121,19 @@ def response(
     if audio:
         content.append({"type": "output_audio", "transcript": ""})
     output = [ev.OutputItem(type="message", content=content)] if content else []
-    return ev.Response(id=rid, status=status, output=output, metadata=metadata)
+    details = None
+    if reason is not None or error_code is not None:
+        error = ev.StatusError(type="server_error", code=error_code) if error_code is not None else None
+        details = ev.StatusDetails(type=status, reason=reason, error=error)
+    return ev.Response(id=rid, status=status, status_details=details, output=output, metadata=metadata)
+
+
+def system_notes(actions: list[Action]) -> list[str]:
+    return [
+        e["item"]["content"][0]["text"]
+        for e in sent(actions)
+        if e["type"] == "conversation.item.create" and e["item"].get("role") == "system"
+    ]
 
 
 def marks(port: FakePort) -> list[str]:

@@ -8,7 +8,11 @@ import pytest
 
 from sip_controller.agent.profile import AgentProfile
 from sip_controller.calls.actions import Action, Finish, Refer
-from sip_controller.calls.features.transfer import TRANSFER_ANNOUNCE_TIMER, TRANSFER_VERIFY_TIMER
+from sip_controller.calls.features.transfer import (
+    TRANSFER_AGAIN_TIMER,
+    TRANSFER_ANNOUNCE_TIMER,
+    TRANSFER_VERIFY_TIMER,
+)
 from sip_controller.calls.inputs import ReferFailed, ReferOk, SidebandClosed, TimerFired
 from sip_controller.calls.states import GOODBYE_TIMER, CallState
 from tests.callkit import (  # the shared machine-test kit
@@ -17,6 +21,7 @@ from tests.callkit import (  # the shared machine-test kit
     cancelled,
     creates,
     end_after_goodbye,
+    failed,
     fc,
     finishes,
     hangups,
@@ -25,6 +30,7 @@ from tests.callkit import (  # the shared machine-test kit
     response_created,
     response_done,
     said,
+    speech,
     timers,
 )
 
@@ -219,3 +225,45 @@ def test_sideband_closing_while_the_refer_is_in_flight_counts_as_transferred() -
     actions = c.feed(SidebandClosed(1000))  # OpenAI dropped the call before /refer answered
     assert finishes(actions) == [Finish("transferred")]
     assert c.record.transfer_outcome == "transferred"
+
+
+# ---- the caller talking over the handoff line, and a failing one (issue 15) ----------------------------------
+
+
+def test_talking_over_the_handoff_line_is_answered_then_the_line_is_heard_then_the_refer() -> None:
+    c = Call(profile=transfer_profile())
+    c.greeted()
+    ask_transfer(c)
+    tag = c.tag("transfer")
+    c.feed(response_created("r_ann", tag))
+    c.feed(audio("started", "r_ann"))
+    c.feed(response_done("r_ann", metadata=tag))
+    c.feed(speech("started"))
+    actions = c.feed(audio("cleared", "r_ann"))
+    assert refers(actions) == []
+    assert TRANSFER_AGAIN_TIMER in timers(actions)
+    # the model answers the caller (server VAD); the line again only once that answer was heard
+    out = c.feed(speech("stopped"))
+    for inp in (response_created("r_ans"), audio("started", "r_ans"), said("r_ans", "Sure."), response_done("r_ans")):
+        out += c.feed(inp)
+    assert creates(out) == []
+    actions = c.feed(audio("stopped", "r_ans"))
+    [line] = creates(actions)
+    assert line["response"]["metadata"]["sipctl"] == "transfer"
+    assert TRANSFER_AGAIN_TIMER in cancelled(actions)
+    assert refers(c.play("r_ann2", "Transferring you to sales now.")) == [Refer(TARGETS["sales"])]
+    c.feed(ReferOk())
+    assert finishes(c.feed(SidebandClosed(1000))) == [Finish("transferred")]
+    assert [b.then for b in c.record.barge_ins] == ["answered"]
+
+
+def test_a_handoff_line_that_fails_twice_still_transfers_the_caller() -> None:
+    c = Call(profile=transfer_profile())
+    c.greeted()
+    ask_transfer(c)
+    c.feed(failed("r_ann", c.tag("transfer")))
+    actions = c.feed(failed("r_ann2", c.tag("transfer")))
+    assert refers(actions) == [Refer(TARGETS["sales"])]
+    assert [f.purpose for f in c.record.failed_responses] == ["transfer", "transfer"]
+    c.feed(ReferOk())
+    assert finishes(c.feed(SidebandClosed(1000))) == [Finish("transferred")]

@@ -7,8 +7,22 @@ from typing import Any
 from sip_controller.agent.profile import Transfer as TransferConfig
 from sip_controller.agent.tools import TransferArgs
 from sip_controller.calls.actions import CancelTimer, Refer, StartTimer
-from sip_controller.calls.features.transfer import TRANSFER_ANNOUNCE_TIMER, TRANSFER_VERIFY_TIMER, Transfer
-from tests.calls.features.fake_port import FakePort, instructions, marks, response, sent, tool_call
+from sip_controller.calls.features.transfer import (
+    TRANSFER_AGAIN_TIMER,
+    TRANSFER_ANNOUNCE_TIMER,
+    TRANSFER_VERIFY_TIMER,
+    Transfer,
+)
+from sip_controller.calls.lines import MAX_BARGE_INS
+from tests.calls.features.fake_port import (
+    FakePort,
+    instructions,
+    marks,
+    response,
+    sent,
+    system_notes,
+    tool_call,
+)
 
 TARGETS = {"sales": "tel:+15551230001", "support": "sip:support@pbx.example.com"}
 
@@ -165,3 +179,85 @@ def test_nothing_starts_on_a_call_that_is_not_live_or_for_a_target_not_allowed()
         "operator transfer to support",
         "transfer to support: announcing",
     ]
+
+
+# ---- what OpenAI really does to a handoff line (issue 15) ----------------------------------------------------
+
+
+def phase(t: Transfer) -> str:
+    assert t.attempt is not None
+    return t.attempt.phase
+
+
+def test_the_caller_talking_over_the_handoff_line_is_answered_then_the_line_is_said_again() -> None:
+    t, port = make(), FakePort()
+    t.start(port, "sales", 1.0)
+    t.on_response_created(response("r_hand", metadata=line_tag(t)))
+    actions = t.on_audio_done(port, "r_hand", 2.0, cleared=True)
+    assert Refer(TARGETS["sales"]) not in actions
+    assert CancelTimer(TRANSFER_ANNOUNCE_TIMER) in actions
+    [note] = system_notes(actions)
+    assert "transfer to sales" in note
+    assert "transfer goes ahead" in note
+    assert actions[-1] == StartTimer(TRANSFER_AGAIN_TIMER, 30.0)
+    assert port.waiting == [TRANSFER_AGAIN_TIMER]
+    assert phase(t) == "answering"
+    assert [(b.line, b.then) for b in port.record.barge_ins] == [("transfer", "answered")]
+    # its cancelled response.done is the same barge-in, not another one
+    assert t.on_response_done(port, response("r_hand", status="cancelled", reason="turn_detected"), 2.1) == []
+    # the model has answered: the line again, then the refer once it is heard
+    again = t.on_timer(port, TRANSFER_AGAIN_TIMER, 6.0)
+    [line] = instructions(again)
+    assert "transferring them to sales" in line
+    assert phase(t) == "announcing"
+    t.on_response_created(response("r_hand2", metadata=line_tag(t)))
+    assert t.on_audio_done(port, "r_hand2", 8.0) == [CancelTimer(TRANSFER_ANNOUNCE_TIMER), Refer(TARGETS["sales"])]
+    assert t.on_timer(port, TRANSFER_AGAIN_TIMER, 9.0) == []  # a late bound does nothing
+
+
+def test_a_handoff_line_cancelled_for_the_caller_before_its_audio_is_also_a_barge_in() -> None:
+    t, port = make(), FakePort()
+    t.start(port, "sales", 1.0)
+    t.on_response_created(response("r_hand", metadata=line_tag(t)))
+    actions = t.on_response_done(port, response("r_hand", status="cancelled", reason="turn_detected"), 2.0)
+    assert port.waiting == [TRANSFER_AGAIN_TIMER]
+    assert not [a for a in actions if isinstance(a, Refer)]
+
+
+def test_the_caller_talking_over_the_handoff_line_is_bounded_then_the_refer_goes_out() -> None:
+    t, port = make(), FakePort()
+    t.start(port, "sales", 1.0)
+    for n in range(MAX_BARGE_INS):
+        t.on_response_created(response(f"r_hand{n}", metadata=line_tag(t)))
+        t.on_audio_done(port, f"r_hand{n}", 2.0 + n, cleared=True)
+        t.on_timer(port, TRANSFER_AGAIN_TIMER, 2.5 + n)
+    t.on_response_created(response("r_last", metadata=line_tag(t)))
+    actions = t.on_audio_done(port, "r_last", 9.0, cleared=True)
+    assert actions == [CancelTimer(TRANSFER_ANNOUNCE_TIMER), Refer(TARGETS["sales"])]
+    assert [b.then for b in port.record.barge_ins] == ["answered"] * MAX_BARGE_INS + ["referred"]
+
+
+def test_a_failed_handoff_line_is_asked_once_more_then_the_refer_goes_out_without_it() -> None:
+    t, port = make(), FakePort()
+    t.start(port, "sales", 1.0)
+    first = line_tag(t)
+    t.on_response_created(response("r_hand", metadata=first))
+    again = t.on_response_done(port, response("r_hand", status="failed", error_code="server_error"), 2.0)
+    [line] = instructions(again)
+    assert "transferring them to sales" in line
+    assert line_tag(t) != first
+    assert again[-1] == StartTimer(TRANSFER_ANNOUNCE_TIMER, 5.0)
+    t.on_response_created(response("r_hand2", metadata=line_tag(t)))
+    actions = t.on_response_done(port, response("r_hand2", status="failed", error_code="server_error"), 3.0)
+    assert actions == [CancelTimer(TRANSFER_ANNOUNCE_TIMER), Refer(TARGETS["sales"])]
+    assert any("transferring without it" in m for m in marks(port))
+    assert port.model_failures == []  # the caller is handed to a person: the transfer is still the outcome
+
+
+def test_after_the_callers_turn_nothing_is_said_if_the_call_is_ending() -> None:
+    t, port = make(), FakePort()
+    t.start(port, "sales", 1.0)
+    t.on_response_created(response("r_hand", metadata=line_tag(t)))
+    t.on_audio_done(port, "r_hand", 2.0, cleared=True)
+    port.live = False
+    assert t.on_timer(port, TRANSFER_AGAIN_TIMER, 3.0) == []

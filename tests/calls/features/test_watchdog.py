@@ -27,6 +27,7 @@ from tests.callkit import (  # the shared machine-test kit
     heard,
     response_created,
     response_done,
+    sends,
     session_updated,
     speech,
     timers,
@@ -163,3 +164,23 @@ def test_a_stale_silence_timer_while_someone_speaks_does_nothing(edge: str) -> N
     c.attach()
     c.feed(speech("started") if edge == "caller" else audio("started", "r_greet"))
     assert c.feed(TimerFired(SILENCE_TIMER)) == []
+
+
+def test_the_caller_talking_over_the_wrap_up_leaves_the_end_where_it_was() -> None:
+    c = Call(profile=wd_profile(max_duration_s=300, wrap_up_before_s=45))
+    c.attach()
+    c.feed(TimerFired(MAX_WRAP_TIMER))
+    tag = c.tag("wrap_up")
+    c.feed(response_created("r_wrap", tag))
+    c.feed(audio("started", "r_wrap"))
+    c.feed(speech("started"))
+    actions = c.feed(audio("cleared", "r_wrap"))
+    [note] = [e["item"]["content"][0]["text"] for e in sends(actions) if e["type"] == "conversation.item.create"]
+    assert "has to end in about" in note
+    assert creates(actions) == []
+    assert c.m.live
+    assert [b.then for b in c.record.barge_ins] == ["noted"]
+    actions = c.feed(TimerFired(MAX_END_TIMER))
+    [bye] = creates(actions)
+    assert bye["response"]["instructions"] == GOODBYE_INSTRUCTIONS
+    assert finishes(end_after_goodbye(c)) == [Finish("max_duration")]

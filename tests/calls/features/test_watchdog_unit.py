@@ -16,7 +16,7 @@ from sip_controller.calls.features.watchdog import (
     Watchdog,
 )
 from sip_controller.calls.states import GOODBYE_INSTRUCTIONS
-from tests.calls.features.fake_port import FakePort, instructions, marks
+from tests.calls.features.fake_port import FakePort, instructions, marks, response, sent, system_notes
 
 
 def make(**config: Any) -> Watchdog:
@@ -110,3 +110,63 @@ def test_the_cost_budget_ends_the_call_once_exceeded() -> None:
     assert marks(port) == ["cost budget exceeded (0.5100 > 0.5 USD)"]
     assert w.on_cost(port, 12.0) == []  # ending already
     assert make().on_cost(FakePort(), 1.0) == []  # no budget
+
+
+# ---- the wrap-up line as OpenAI really treats it, and an ending that gave way (issue 15) ----------------------
+
+
+def _wrap_tag(w: Watchdog) -> dict[str, str]:
+    assert w.wrap_tag is not None
+    return dict(w.wrap_tag)
+
+
+def test_the_caller_talking_over_the_wrap_up_tells_the_model_to_say_it_in_its_answer() -> None:
+    w, port = make(max_duration_s=300, wrap_up_before_s=45), FakePort()
+    w.start(0.0)
+    w.on_timer(port, MAX_WRAP_TIMER, 255.0)
+    w.on_response_created(response("r_wrap", metadata=_wrap_tag(w)))
+    actions = w.on_audio_cleared(port, "r_wrap", 260.0)
+    [note] = system_notes(actions)
+    assert "about 40 seconds" in note  # what is left, not what was
+    assert instructions(actions) == []  # the model's answer says it; nothing else is asked
+    assert [(b.line, b.then) for b in port.record.barge_ins] == [("wrap_up", "noted")]
+    # the cancelled response of the same line is the same barge-in
+    assert w.on_response_done(port, response("r_wrap", status="cancelled", reason="turn_detected"), 260.1) == []
+    assert w.on_audio_cleared(port, "r_other", 261.0) == []
+    # the end does not move
+    w.on_timer(port, MAX_END_TIMER, 300.0)
+    assert port.endings == [("max_duration", GOODBYE_INSTRUCTIONS)]
+
+
+def test_a_failed_wrap_up_is_asked_once_more_then_the_call_ends_as_a_model_error() -> None:
+    w, port = make(max_duration_s=300, wrap_up_before_s=45), FakePort()
+    w.start(0.0)
+    w.on_timer(port, MAX_WRAP_TIMER, 255.0)
+    w.on_response_created(response("r_wrap", metadata=_wrap_tag(w)))
+    again = w.on_response_done(port, response("r_wrap", status="failed", error_code="server_error"), 256.0)
+    [line] = instructions(again)
+    assert "about 44 seconds" in line
+    actions = w.on_response_done(port, response("r_wrap2", status="failed", metadata=_wrap_tag(w)), 257.0)
+    assert port.model_failures == ["the wrap-up failed 2 times"]
+    assert sent(actions) == [{"type": "fake.hangup", "why": "the wrap-up failed 2 times"}]
+
+
+def test_a_wrap_up_heard_is_done_with() -> None:
+    w, port = make(max_duration_s=300, wrap_up_before_s=45), FakePort()
+    w.start(0.0)
+    w.on_timer(port, MAX_WRAP_TIMER, 255.0)
+    port.audio_started.add("r_wrap")
+    port.audio_stopped.add("r_wrap")
+    assert w.on_response_done(port, response("r_wrap", metadata=_wrap_tag(w)), 258.0) == []
+    assert w.wrap_tag is None
+    assert port.model_failures == []
+
+
+def test_resume_goes_on_with_the_time_that_was_left() -> None:
+    w, port = make(max_duration_s=300, wrap_up_before_s=45, silence_timeout_s=20), FakePort()
+    w.start(10.0)
+    w.stop()
+    assert w.resume(port, 100.0) == [StartTimer(MAX_WRAP_TIMER, 165.0), StartTimer(SILENCE_TIMER, 20.0)]
+    w.on_timer(port, MAX_WRAP_TIMER, 265.0)
+    w.stop()
+    assert w.resume(port, 290.0)[0] == StartTimer(MAX_END_TIMER, 20.0)
