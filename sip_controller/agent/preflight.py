@@ -108,6 +108,12 @@ def _feature_findings(name: str, profile: AgentProfile) -> list[Finding]:
             known = ", ".join(targets) or "none defined"
             found.append(Finding(f"{base}.dtmf.actions.{digit}.target",
                                  f"{action.target!r} is not a transfer target ({known})"))
+    if "wait_on_hold" in profile.tools and not _transcribes_the_caller(profile):
+        found.append(Finding(
+            config_path(name, profile, "audio.input.transcription"),
+            "wait_on_hold needs caller transcription: hold mode notices that a person is back from what the caller's "
+            "side says; set transcription (e.g. {model: gpt-4o-mini-transcribe}) or remove wait_on_hold from tools",
+        ))
     for i, entry in enumerate(profile.tools):
         if isinstance(entry, PythonTool):
             try:
@@ -119,6 +125,13 @@ def _feature_findings(name: str, profile: AgentProfile) -> list[Finding]:
                                  f"environment variable {entry.secret_env} is not set here; the tool's requests "
                                  "will fail until it holds a whsec_ secret", "warning"))
     return found
+
+
+def _transcribes_the_caller(profile: AgentProfile) -> bool:
+    """The exact accept body turns caller transcription on (the ``session`` block may turn it off)."""
+    audio = session.accept_body(profile).get("audio")
+    source = audio.get("input") if isinstance(audio, dict) else None
+    return isinstance(source, dict) and bool(source.get("transcription"))
 
 
 def _dedupe(found: list[Finding]) -> list[Finding]:

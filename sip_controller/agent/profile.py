@@ -120,15 +120,32 @@ class Transfer(Strict):
         return value
 
 
+#: OpenAI ends every Realtime session this long after it began (the call with it)
+OPENAI_SESSION_LIMIT_S = 3600.0
+#: the longest ``watchdogs.max_duration_s``: the wrap-up, the goodbye (even talked over) and the hangup must all
+#: land before OpenAI's limit
+MAX_CALL_DURATION_S = 3480.0
+
+
 class Watchdogs(Strict):
     #: the call ends by itself after this long (a spoken wrap-up first); OpenAI's own cap is 60 minutes
-    max_duration_s: float = Field(default=600.0, ge=60, lt=3600)
+    max_duration_s: float = Field(default=600.0, ge=60)
     #: how long before max_duration_s the wrap-up is said
     wrap_up_before_s: float = Field(default=30.0, ge=0, le=300)
     #: no caller speech for this long: one nudge, then goodbye; null turns it off
     silence_timeout_s: float | None = Field(default=30.0, ge=5)
     #: cost of the call (USD) past which it is wrapped up; null: no budget
     budget_usd: float | None = Field(default=None, gt=0)
+
+    @field_validator("max_duration_s")
+    @classmethod
+    def _within_openais_session_limit(cls, value: float) -> float:
+        if value > MAX_CALL_DURATION_S:
+            raise ValueError(
+                "too long: OpenAI ends every Realtime session after 60 minutes, and the wrap-up and goodbye must land "
+                f"before that; set at most {MAX_CALL_DURATION_S:g} (58 minutes) (got {value!r})"
+            )
+        return value
 
 
 class Hold(Strict):

@@ -18,7 +18,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 
 from sip_controller.agent import session, tools
-from sip_controller.agent.profile import AgentProfile, HttpTool, PythonTool
+from sip_controller.agent.profile import OPENAI_SESSION_LIMIT_S, AgentProfile, HttpTool, PythonTool
 from sip_controller.agent.validation import Context, check_session, errors
 from sip_controller.calls import lines
 from sip_controller.calls.actions import (
@@ -82,6 +82,9 @@ from sip_controller.calls.states import (
     RESUMABLE_REASONS,
     RESUME_NOTE,
     SESSION_ACK_TIMER,
+    SESSION_LIMIT_MARGIN_S,
+    SESSION_LIMIT_SLACK_S,
+    SESSION_LIMIT_TIMER,
     SHUTDOWN_INSTRUCTIONS,
     CallState,
     EndedReason,
@@ -247,6 +250,8 @@ class CallMachine:
     transcription_prices: TranscriptionPrices | None = None
     #: the SIP status a call is rejected with when its accept is given up (``limits.accept_give_up_status``)
     accept_give_up_status: int = 503
+    #: OpenAI ends the session (and the call) this long after the accept
+    session_limit_s: float = OPENAI_SESSION_LIMIT_S
     state: CallState = CallState.RECEIVED
     _t0: float | None = None
     ending: _Ending | None = None
@@ -583,7 +588,7 @@ class CallMachine:
         self.record.attached_s = round(rel, 3)
         if self._drain_requested:
             return self.begin_ending("shutdown", rel, SHUTDOWN_INSTRUCTIONS)
-        timers = self.watchdog.start(rel)
+        timers = [*self.watchdog.start(rel), self._session_guard(rel)]
         greeting: list[Action] = []
         if self.profile.greeting:
             line = f'Start the call now: greet the caller by saying exactly "{self.profile.greeting}"'
@@ -597,6 +602,26 @@ class CallMachine:
             return timers + greeting
         # the accept body held automatic responses; nothing is said until the tuning is in force
         return timers + self.update_session(patch, rel, what="VAD tuning", then=greeting)
+
+    def _session_guard(self, rel: float) -> StartTimer:
+        """A timer that hangs up just before OpenAI's session limit, counted from the accept."""
+        began = self.record.accepted_s if self.record.accepted_s is not None else rel
+        left = self.session_limit_s - SESSION_LIMIT_MARGIN_S - (rel - began)
+        return StartTimer(SESSION_LIMIT_TIMER, max(0.0, left))
+
+    def _at_session_limit(self, rel: float) -> bool:
+        began = self.record.accepted_s
+        return began is not None and rel - began >= self.session_limit_s - SESSION_LIMIT_SLACK_S
+
+    def _session_ended_by_openai(self, rel: float, why: str) -> list[Action]:
+        """OpenAI's session limit ended the session: the call ends as ``session_limit``, whatever was going on."""
+        self.record.mark(rel, why)
+        if self.ending is None:
+            self.ending = _Ending(reason="session_limit")
+            self._set_state(CallState.ENDING, rel)
+            return [*self.watchdog.stop(), *self.hangup(rel, "the session is over")]
+        self.ending.reason = "session_limit"
+        return self.hangup(rel, "the session is over")
 
     def _on_hangup_failed(self, gone: bool, detail: str, rel: float) -> list[Action]:
         """A hangup that failed is not a finished call: keep supervising and try again (bounded), unless
@@ -649,6 +674,9 @@ class CallMachine:
         if self.transfer.leaving:  # a REFER that worked can close the socket before its 200
             return [*self.transfer.on_call_left(self, rel), *self.finish("transferred", rel)]
         ending = self.ending
+        if self._at_session_limit(rel) and not (ending is not None and ending.hangup_sent):
+            self.record.mark(rel, "the sideband closed at OpenAI's session limit")
+            return self.finish("session_limit", rel)
         if code == 1000 or (ending is not None and ending.hangup_sent) or self.attached_at is None:
             return self.finish(ending.reason if ending else "caller_hangup", rel)
         if ending is not None:
@@ -673,6 +701,14 @@ class CallMachine:
             end.awaiting_answer = False
             self.record.mark(rel, "after the caller's turn: the goodbye again")
             return [self._request_goodbye(rel), *self._goodbye_clock()]
+        if name == SESSION_LIMIT_TIMER and self.state in (CallState.ATTACHED, CallState.ENDING):
+            self.record.mark(rel, f"OpenAI's session limit is {SESSION_LIMIT_MARGIN_S:g}s away: hanging up now")
+            actions: list[Action] = []
+            if self.ending is None:
+                self.ending = _Ending(reason="max_duration")
+                self._set_state(CallState.ENDING, rel)
+                actions = self.watchdog.stop()
+            return actions + self.hangup(rel, "the session limit is near")
         if name == SESSION_ACK_TIMER and self._pending_updates:
             what = self._pending_updates[0].what
             self.record.errors.append(
@@ -854,7 +890,9 @@ class CallMachine:
             and err.type in (None, "invalid_request_error", "server_error")
             and (err.code or "") not in BENIGN_ERROR_CODES
         )
-        if not (ours or early or err.code == "session_expired"):
+        if err.code == "session_expired":
+            return self._session_ended_by_openai(rel, "OpenAI's session limit: the session expired")
+        if not (ours or early):
             return []
         return self.fail_session(rel, "session error: the call cannot continue")
 

@@ -77,6 +77,12 @@ GOODBYE_AGAIN_TIMER = "goodbye_again"
 #: ``goodbye_timeout_s`` after its own audio started. While earlier audio plays, this bounds the wait in case
 #: its end is never reported.
 GOODBYE_QUEUE_MAX_S = 60.0
+#: OpenAI's 60-minute session limit (``agent/profile.py``: ``OPENAI_SESSION_LIMIT_S``): the call is hung up this
+#: long before it, whatever is still going on (``watchdogs.max_duration_s`` ends calls well before that)
+SESSION_LIMIT_TIMER = "session_limit"
+SESSION_LIMIT_MARGIN_S = 15.0
+#: a sideband that closes this close to the limit (or later), with no hangup of ours under way, ended on it
+SESSION_LIMIT_SLACK_S = 10.0
 CLOSE_WAIT_TIMER = "close_wait"
 SESSION_ACK_TIMER = "session_ack"
 HANGUP_RETRY_TIMER = "hangup_retry"

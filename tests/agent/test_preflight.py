@@ -215,3 +215,53 @@ def test_the_property_is_not_vacuous() -> None:
     for profile in (AgentProfile(), AgentProfile(turn_detection=TurnDetection(threshold=0.4))):
         assert check_profile("p", profile, TODAY) == []
     assert Settings().profiles["default"] == AgentProfile()
+
+
+# ---- what OpenAI really allows (issue 15) ----------------------------------------------------------------------
+
+
+def test_a_max_duration_past_58_minutes_is_refused_naming_the_field_the_value_and_the_fix(tmp_path: Path) -> None:
+    path = write(tmp_path, "profiles:\n  default:\n    watchdogs: {max_duration_s: 3590}\n")
+    (line,) = problems(path)
+    assert line.startswith("profiles.default.watchdogs.max_duration_s: ")
+    assert "3590" in line  # the value
+    assert "60 minutes" in line  # why
+    assert "at most 3480" in line  # the fix
+    ok = write(tmp_path, "profiles:\n  default:\n    watchdogs: {max_duration_s: 3480}\n")
+    settings, _ = load_checked(ok, today=TODAY)
+    assert settings.profile().watchdogs.max_duration_s == 3480
+
+
+def test_a_max_duration_from_the_environment_names_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SIPCTL_PROFILES__DEFAULT__WATCHDOGS__MAX_DURATION_S", "7200")
+    (line,) = problems(write(tmp_path, "profiles:\n  default: {}\n"))
+    variable, path = "SIPCTL_PROFILES__DEFAULT__WATCHDOGS__MAX_DURATION_S", "profiles.default.watchdogs.max_duration_s"
+    assert line.startswith(f"{variable} ({path}): ")
+    assert "7200" in line
+
+
+def test_hold_mode_without_caller_transcription_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "profiles:\n  default:\n    tools: [end_call, wait_on_hold]\n    transcription: null\n")
+    (line,) = problems(path)
+    assert line.startswith("profiles.default.transcription: ")
+    assert "wait_on_hold" in line
+    assert "gpt-4o-mini-transcribe" in line  # the fix
+
+
+def test_hold_mode_with_transcription_turned_off_in_the_session_block_is_refused(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "profiles:\n  default:\n    tools: [end_call, wait_on_hold]\n"
+        "    session: {audio: {input: {transcription: null}}}\n",
+    )
+    (line,) = problems(path)
+    assert line.startswith("profiles.default.session.audio.input.transcription: ")
+    assert "wait_on_hold" in line
+
+
+def test_transcription_off_without_hold_mode_is_fine() -> None:
+    assert check_profile("p", AgentProfile(transcription=None), TODAY) == []
+    with_hold = AgentProfile(tools=("end_call", "wait_on_hold"))
+    assert check_profile("p", with_hold, TODAY) == []

@@ -46,6 +46,7 @@ from sip_controller.calls.states import (
     MAX_HANGUP_ROUNDS,
     MAX_RECONNECTS,
     SESSION_ACK_TIMER,
+    SESSION_LIMIT_TIMER,
     SHUTDOWN_INSTRUCTIONS,
     CallState,
     EndedReason,
@@ -113,7 +114,8 @@ def test_attached_requests_the_greeting() -> None:
     actions = c.attach()
     assert c.state() == CallState.ATTACHED
     (event,) = sends(actions)
-    assert actions == [StartTimer(MAX_WRAP_TIMER, 570.0), Send(event)]  # the max-duration watchdog, greeting
+    # the max-duration watchdog, the guard before OpenAI's session limit (from the accept, 0.5 s earlier), greeting
+    assert actions == [StartTimer(MAX_WRAP_TIMER, 570.0), StartTimer(SESSION_LIMIT_TIMER, 3584.5), Send(event)]
     assert event["type"] == "response.create"
     assert event["event_id"]
     assert event["response"]["instructions"].endswith('"Hi, Example Dental."')
@@ -122,7 +124,7 @@ def test_attached_requests_the_greeting() -> None:
 
 def test_attached_without_greeting_waits_for_the_caller() -> None:
     c = Call(profile=AgentProfile(greeting=None))
-    assert c.attach() == [StartTimer(MAX_WRAP_TIMER, 570.0)]
+    assert c.attach() == [StartTimer(MAX_WRAP_TIMER, 570.0), StartTimer(SESSION_LIMIT_TIMER, 3584.5)]
     assert c.state() == CallState.ATTACHED
 
 
