@@ -10,6 +10,7 @@ serves as their ``CallPort``.
 from __future__ import annotations
 
 import json
+import re
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -63,6 +64,7 @@ from sip_controller.calls.report import (
     BargeInThen,
     CallRecord,
     FailedResponse,
+    RateLimitState,
     ToolCallRecord,
     TranscriptEntry,
     TranscriptionUsage,
@@ -97,6 +99,7 @@ FILLER_INSTRUCTIONS = (
     "do not call any tool."
 )
 _MAX_TOOL_OUTPUT = 16_000
+_RATE_LIMIT_NAME = re.compile(r"[a-z_]{1,32}")
 
 
 class RecentIds:
@@ -837,6 +840,10 @@ class CallMachine:
                 return self.watchdog.on_caller_speech(self, started=kind.endswith("speech_started"))
             case ev.DtmfReceived(event=digit):
                 return self.keypad.on_digit(self, digit, rel)
+            case ev.InputAudioTimeout():
+                return self.watchdog.on_idle_timeout(self, rel)
+            case ev.RateLimitsUpdated(rate_limits=limits):
+                self._note_rate_limits(limits, rel)
             case ev.InputTranscriptionFailed():
                 self.record.mark(rel, "caller transcription failed")
             case ev.UnknownEvent() | ev.MalformedEvent():
@@ -979,6 +986,15 @@ class CallMachine:
         if status == "failed":
             message = f": {err.message}" if err is not None and err.message else ""
             self.record.errors.append(f"response failed ({why or 'no reason given'}){message}")
+
+    def _note_rate_limits(self, limits: list[ev.RateLimit], rel: float) -> None:
+        """Keep the latest value of each rate limit (a few names at most: OpenAI sends requests and tokens)."""
+        kept = self.record.rate_limits
+        for limit in limits:
+            name = limit.name
+            if not name or not _RATE_LIMIT_NAME.fullmatch(name) or (name not in kept and len(kept) >= 8):
+                continue
+            kept[name] = RateLimitState(limit.limit, limit.remaining, limit.reset_seconds, round(rel, 3))
 
     def _keeps_failing(self, rel: float) -> list[Action]:
         if self._failed_in_a_row < lines.MAX_FAILED_IN_A_ROW or not self.live:

@@ -173,6 +173,7 @@ def create_app(
             registry.on_finished.append(meters.call_ended)
             registry.on_sideband = meters.sideband_event
             meters.watch_live_calls(lambda: registry.live_count)
+            meters.watch_rate_limits(registry.live_records)
             # end-of-call reports; closed after the shutdown below (exit stack) so the calls it ends are reported
             notifier = ReportNotifier(settings.reports)
             notifier.start()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from sip_controller import __version__
@@ -36,6 +36,34 @@ class _DeliveryCollector(Collector):
         )
         for outcome, value in self._stats().items():
             family.add_metric([outcome], value)
+        yield family
+
+
+#: the rate limits OpenAI reports (``rate_limits.updated``): the only values the ``name`` label takes
+RATE_LIMIT_NAMES = ("requests", "tokens")
+
+
+class _RateLimitCollector(Collector):
+    """At scrape time, the lowest remaining value of each of OpenAI's rate limits that the live calls last saw:
+    how close the project is to being throttled. Labelled by the limit's name only."""
+
+    def __init__(self, records: Callable[[], Iterable[CallRecord]]) -> None:
+        self._records = records
+
+    def collect(self) -> Iterable[Metric]:
+        lowest: dict[str, int] = {}
+        for record in self._records():
+            for name, state in record.rate_limits.items():
+                if name in RATE_LIMIT_NAMES and state.remaining is not None:
+                    lowest[name] = min(lowest.get(name, state.remaining), state.remaining)
+        family = GaugeMetricFamily(
+            "sipctl_openai_rate_limit_remaining",
+            "Lowest remaining value of each OpenAI rate limit across live calls (their latest rate_limits.updated)",
+            labels=["name"],
+        )
+        for name in RATE_LIMIT_NAMES:
+            if name in lowest:
+                family.add_metric([name], lowest[name])
         yield family
 
 
@@ -74,11 +102,17 @@ class Metrics:
         self.calls_active = Gauge("sipctl_calls_active", "Calls being supervised now", registry=r)
         self.build = Gauge("sipctl_build_info", "Build information", ["version"], registry=r)
         self.build.labels(version=__version__).set(1)
+        self._live_records: Callable[[], Iterable[CallRecord]] = tuple
+        r.register(_RateLimitCollector(lambda: self._live_records()))
         self._webhook_children: dict[str, Counter] = {}
         self._request_children: dict[tuple[str, str], Histogram] = {}
 
     def watch_live_calls(self, count: Callable[[], int]) -> None:
         self.calls_active.set_function(lambda: float(count()))
+
+    def watch_rate_limits(self, live_records: Callable[[], Iterable[CallRecord]]) -> None:
+        """``sipctl_openai_rate_limit_remaining`` is read from these records (the live calls') at scrape time."""
+        self._live_records = live_records
 
     def watch_deliveries(self, stats: Callable[[], dict[str, int]]) -> None:
         self.registry.register(_DeliveryCollector(stats))

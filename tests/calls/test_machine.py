@@ -36,6 +36,7 @@ from sip_controller.calls.inputs import (
     Start,
     TimerFired,
 )
+from sip_controller.calls.report import report_document
 from sip_controller.calls.states import (
     BENIGN_ERROR_CODES,
     CLOSE_WAIT_TIMER,
@@ -765,6 +766,29 @@ def test_unknown_and_malformed_events_are_counted_and_ignored() -> None:
         assert c.feed(sb(data)) == []
     assert c.record.ignored_events == 3
     assert c.state() == CallState.ATTACHED
+
+
+def test_rate_limits_keep_the_latest_value_of_each_limit() -> None:
+    c = Call()
+    c.greeted()
+
+    def limits(requests: int, tokens: int) -> SidebandEvent:
+        entries = [
+            {"name": "requests", "limit": 1000, "remaining": requests, "reset_seconds": 0.06},
+            {"name": "tokens", "limit": 40000, "remaining": tokens, "reset_seconds": 2.5},
+            {"limit": 1, "remaining": 0},  # no name: nothing to keep it under
+            {"name": "Not A Name!", "remaining": 0},
+        ]
+        return sb({"type": "rate_limits.updated", "event_id": "e", "rate_limits": entries})
+
+    assert c.feed(limits(999, 38000)) == []
+    assert c.feed(limits(998, 31000)) == []
+    document = report_document(c.record)["rate_limits"]
+    assert document == {
+        "requests": {"limit": 1000, "remaining": 998, "reset_seconds": 0.06, "at_s": document["requests"]["at_s"]},
+        "tokens": {"limit": 40000, "remaining": 31000, "reset_seconds": 2.5, "at_s": document["tokens"]["at_s"]},
+    }
+    assert c.record.ignored_events == 0  # a typed event, not an unknown one
 
 
 def test_timeline_uses_time_relative_to_start() -> None:

@@ -1,6 +1,10 @@
 """Watchdogs: a maximum call duration (spoken wrap-up first), caller silence (one nudge, then goodbye) and a
 cost budget. Each ends the call through ``begin_ending``: the same goodbye-then-hangup path as ``end_call``.
 
+With ``turn_detection.idle_timeout_ms`` set, OpenAI re-prompts a silent caller by itself
+(``input_audio_buffer.timeout_triggered``) but never hangs up: its re-prompt counts as the nudge, and a second idle
+timeout with no caller speech since ends the call (``silence_timeout``), as ``silence_timeout_s`` would.
+
 The wrap-up line is one of the controller's lines (``calls/lines.py``): a failed one is asked for once more (a
 second failure ends the call as ``model_error``); when the caller talks over it, the model is told what the caller
 missed (the call ends in about N seconds) so that its answer says it. The maximum duration itself never moves.
@@ -129,6 +133,20 @@ class Watchdog:
                 return [port.say(NUDGE_INSTRUCTIONS, purpose="nudge"), *self._restart_silence(port)]
             return port.begin_ending("silence_timeout", rel, SILENCE_GOODBYE)
         return []
+
+    def on_idle_timeout(self, port: CallPort, rel: float) -> list[Action]:
+        """OpenAI's server VAD ``idle_timeout_ms`` fired (``input_audio_buffer.timeout_triggered``): OpenAI
+        re-prompts the caller by itself, which is the nudge; it never hangs up, so a second one with no caller
+        speech since ends the call (its re-prompts' audio would otherwise keep restarting the silence count)."""
+        if self.config.silence_timeout_s is None or self.paused or not port.live:
+            port.record.mark(rel, "idle timeout: OpenAI re-prompts (silence not watched now)")
+            return []
+        if not self.nudged:
+            self.nudged = True
+            port.record.mark(rel, "silence: OpenAI's idle timeout re-prompted the caller")
+            return []
+        port.record.mark(rel, "silence: OpenAI's idle timeout again, no answer since its re-prompt")
+        return port.begin_ending("silence_timeout", rel, SILENCE_GOODBYE)
 
     def on_cost(self, port: CallPort, rel: float) -> list[Action]:
         """The call's cost changed: past the budget, the call is wrapped up."""

@@ -27,6 +27,7 @@ from tests.callkit import (  # the shared machine-test kit
     heard,
     response_created,
     response_done,
+    sb,
     sends,
     session_updated,
     speech,
@@ -184,3 +185,22 @@ def test_the_caller_talking_over_the_wrap_up_leaves_the_end_where_it_was() -> No
     [bye] = creates(actions)
     assert bye["response"]["instructions"] == GOODBYE_INSTRUCTIONS
     assert finishes(end_after_goodbye(c)) == [Finish("max_duration")]
+
+
+def test_openais_idle_timeout_ends_a_silent_call_it_would_re_prompt_forever() -> None:
+    profile = AgentProfile.model_validate(
+        {"turn_detection": {"idle_timeout_ms": 8000}, "watchdogs": {"silence_timeout_s": 30}}
+    )
+    c = Call(profile=profile, silence_watchdog=True)
+    c.greeted()
+    idle = sb({"type": "input_audio_buffer.timeout_triggered", "audio_start_ms": 0, "audio_end_ms": 8000,
+               "item_id": "item_1"})
+    assert creates(c.feed(idle)) == []  # OpenAI re-prompts by itself
+    # the re-prompt plays; its audio does not reset the count of idle timeouts
+    c.feed(response_created("r_re"))
+    c.feed(audio("started", "r_re"))
+    c.feed(response_done("r_re"))
+    c.feed(audio("stopped", "r_re"))
+    [bye] = creates(c.feed(idle))
+    assert bye["response"]["instructions"] == watchdog.SILENCE_GOODBYE
+    assert finishes(end_after_goodbye(c)) == [Finish("silence_timeout")]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from sip_controller.agent.profile import Watchdogs
 from sip_controller.calls.actions import CancelTimer, StartTimer
 from sip_controller.calls.features.watchdog import (
@@ -170,3 +172,48 @@ def test_resume_goes_on_with_the_time_that_was_left() -> None:
     w.on_timer(port, MAX_WRAP_TIMER, 265.0)
     w.stop()
     assert w.resume(port, 290.0)[0] == StartTimer(MAX_END_TIMER, 20.0)
+
+
+# ---- OpenAI's own idle timeout (turn_detection.idle_timeout_ms) ----------------------------------------------
+
+
+def test_openais_idle_timeout_is_the_nudge_and_a_second_one_ends_the_call() -> None:
+    w, port = make(silence_timeout_s=30), FakePort()
+    w.start(0.0)
+    assert w.on_idle_timeout(port, 10.0) == []  # OpenAI re-prompts by itself: no nudge of ours on top
+    assert w.nudged
+    actions = w.on_idle_timeout(port, 25.0)
+    assert port.endings == [("silence_timeout", SILENCE_GOODBYE)]
+    assert instructions(actions) == [SILENCE_GOODBYE]
+    assert "silence: OpenAI's idle timeout re-prompted the caller" in marks(port)
+
+
+def test_the_caller_speaking_between_idle_timeouts_starts_over() -> None:
+    w, port = make(silence_timeout_s=30), FakePort()
+    w.start(0.0)
+    w.on_idle_timeout(port, 10.0)
+    w.on_caller_speech(port, started=True)
+    w.on_caller_speech(port, started=False)
+    assert w.on_idle_timeout(port, 40.0) == []
+    assert port.endings == []
+
+
+def test_after_openais_re_prompt_our_own_timer_does_not_nudge_again() -> None:
+    w, port = make(silence_timeout_s=20), FakePort()
+    w.start(0.0)
+    w.on_idle_timeout(port, 10.0)
+    w.on_timer(port, SILENCE_TIMER, 30.0)
+    assert port.endings == [("silence_timeout", SILENCE_GOODBYE)]
+
+
+@pytest.mark.parametrize("why", ["off", "paused", "not live"])
+def test_idle_timeouts_are_only_recorded_when_silence_is_not_watched(why: str) -> None:
+    w, port = make(silence_timeout_s=None if why == "off" else 20), FakePort()
+    w.start(0.0)
+    if why == "paused":
+        w.pause_silence(port, True)
+    port.live = why != "not live"
+    assert w.on_idle_timeout(port, 10.0) == []
+    assert w.on_idle_timeout(port, 20.0) == []
+    assert port.endings == []
+    assert marks(port).count("idle timeout: OpenAI re-prompts (silence not watched now)") == 2
