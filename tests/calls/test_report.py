@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import get_args
 
 import pytest
 from hypothesis import given, settings
@@ -22,6 +25,7 @@ from sip_controller.calls.report import (
     report_document,
     started_document,
 )
+from sip_controller.calls.states import EndedReason
 from sip_controller.realtime.events import Usage
 
 RECEIVED = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -481,3 +485,18 @@ def test_report_document_does_not_share_state_with_the_record() -> None:
     doc["transcript"].clear()
     assert record.errors == ["sideband error x: y"]
     assert len(record.transcripts) == 3
+
+
+def test_every_ended_reason_is_documented_in_the_readme_and_the_architecture() -> None:
+    """A new ended_reason is a contract change: the README's report table and docs/architecture.md list it."""
+    root = Path(__file__).resolve().parents[2]
+    readme_row = next(
+        line for line in (root / "README.md").read_text(encoding="utf-8").splitlines()
+        if line.startswith("| `ended_reason` |")
+    )
+    documented = set(re.findall(r"`([a-z_]+)`", readme_row.split("|")[2]))
+    architecture = (root / "docs" / "architecture.md").read_text(encoding="utf-8")
+    in_architecture = set(re.findall(r"^\| `([a-z_]+)` \|", architecture, flags=re.MULTILINE))
+    reasons = set(get_args(EndedReason))
+    assert documented == reasons
+    assert reasons <= in_architecture
