@@ -232,3 +232,61 @@ async def test_sideband_events_reach_the_machine_once_each_in_order(api: Realtim
     record = await asyncio.wait_for(task, 5)
     assert [t.text for t in record.transcripts] == [f"line {i}" for i in range(60)]
     assert record.ended_reason == "agent_end_call"
+
+
+# ---- OpenAI's own frames for what goes wrong with a line (issue 15), through the I/O edge -------------------
+
+
+async def test_a_goodbye_failing_twice_on_the_wire_hangs_up_as_model_error(
+    api: RealtimeCalls, router: respx.Router
+) -> None:
+    task, sb = await attached_call(api)
+    sb.push(fc_done("r_tool", "call_1"))
+    error = {"type": "server_error", "code": "server_error", "message": "The server had an error."}
+    for n in (1, 2):
+        async with asyncio.timeout(5):
+            while len(requests := [e for e in sb.sent if e["type"] == "response.create"]) < n:
+                await asyncio.sleep(0.001)
+        meta = requests[n - 1]["response"]["metadata"]  # the goodbye, then the goodbye asked for once more
+        created = {"id": f"r_bye{n}", "status": "in_progress", "status_details": None, "metadata": meta}
+        sb.push({"type": "response.created", "event_id": f"e{n}", "response": created})
+        done = {"id": f"r_bye{n}", "status": "failed", "metadata": meta, "output": [], "usage": None,
+                "status_details": {"type": "failed", "error": error}}
+        sb.push({"type": "response.done", "event_id": f"f{n}", "response": done})
+    sb.close_from_server(1000)
+    record = await asyncio.wait_for(task, 5)
+    assert record.ended_reason == "model_error"
+    assert router.routes["hangup"].call_count == 1
+    assert [f.error_code for f in record.failed_responses] == ["server_error", "server_error"]
+
+
+async def test_a_goodbye_talked_over_on_the_wire_gives_the_call_back(api: RealtimeCalls, router: respx.Router) -> None:
+    task, sb = await attached_call(api)
+    sb.push(fc_done("r_tool", "call_1"))
+    meta = await goodbye_tag(sb)
+    sb.push({"type": "response.created", "response": {"id": "r_bye", "status": "in_progress", "metadata": meta}})
+    sb.push({"type": "output_audio_buffer.started", "response_id": "r_bye"})
+    sb.push({"type": "input_audio_buffer.speech_started", "audio_start_ms": 1200, "item_id": "item_2"})
+    sb.push({"type": "output_audio_buffer.cleared", "response_id": "r_bye"})
+    sb.push({"type": "response.done", "response": {
+        "id": "r_bye", "status": "cancelled", "metadata": meta, "output": [],
+        "status_details": {"type": "cancelled", "reason": "turn_detected"}}})
+    for _ in range(1000):
+        if any(e["type"] == "conversation.item.create" and e["item"].get("role") == "system" for e in sb.sent):
+            break
+        await asyncio.sleep(0.001)
+    assert router.routes["hangup"].call_count == 0
+    sb.close_from_server(1000)  # the caller hangs up later
+    record = await asyncio.wait_for(task, 5)
+    assert record.ended_reason == "caller_hangup"
+    assert [(b.line, b.then) for b in record.barge_ins] == [("goodbye", "resumed")]
+
+
+async def test_session_expired_on_the_wire_is_the_session_limit(api: RealtimeCalls, router: respx.Router) -> None:
+    task, sb = await attached_call(api)
+    sb.push({"type": "error", "event_id": "e1", "error": {
+        "type": "invalid_request_error", "code": "session_expired",
+        "message": "Your session hit the maximum duration of 60 minutes.", "param": None, "event_id": None}})
+    sb.close_from_server(1000)
+    record = await asyncio.wait_for(task, 5)
+    assert record.ended_reason == "session_limit"
