@@ -1,29 +1,31 @@
 """The shared store for several replicas: PostgreSQL at ``SIPCTL_DATABASE_URL`` (``postgresql://…``).
 
-**Driver: asyncpg.** Both asyncpg and psycopg 3 were measured on the ring path (claim the webhook-id, claim the
-call_id, create the call row; three statements on one pooled connection, prepared, PostgreSQL 15 on loopback,
-3,000 rings after 200 of warm-up, this 2-core machine):
+**Driver: asyncpg.** Both asyncpg and psycopg 3 were measured on the ring path's SQL (claim the webhook-id, claim
+the call_id, insert the call row: three prepared statements on one pooled connection, PostgreSQL 15 on loopback,
+3,000 rings after 200 of warm-up, six paired runs on this 2-core machine, some while other test runs loaded it):
 
     ==================================  ============  ============
-    ring path                           median        p99
+    ring path SQL, six runs             median        p99
     ==================================  ============  ============
-    asyncpg 0.32 (pool)                 0.78-0.89 ms  1.6-2.6 ms
-    psycopg 3.3 + psycopg_pool (binary) 0.94-1.03 ms  1.7-3.6 ms
+    asyncpg 0.32 (its pool)             0.78-1.28 ms  1.6-14 ms
+    psycopg 3.3 + psycopg_pool (binary) 0.94-1.77 ms  1.7-17 ms
     ==================================  ============  ============
 
-asyncpg is 15 to 20 % faster at the median and steadier at p99 (it speaks the protocol itself, binary, with a
-statement cache per connection; psycopg goes through libpq), and its pool is part of it. psycopg's inline types are
-the one thing it lacks; ``asyncpg-stubs`` (a dev dependency) fills that gap for mypy. Behind PgBouncer in transaction
-mode, asyncpg's prepared statements need ``statement_cache_size=0``: not supported here yet; point sipctl at
-PostgreSQL itself or at session pooling.
+asyncpg had the lower median in five runs of six and the lower p99 in all six (it speaks the protocol itself,
+binary, with a statement cache per connection; psycopg goes through libpq), and its pool is part of it.
+psycopg's inline types are the one thing it lacks; ``asyncpg-stubs`` (a dev dependency) fills that gap for mypy.
+Behind PgBouncer in transaction mode, asyncpg's prepared statements need ``statement_cache_size=0``: not supported
+here yet; point sipctl at PostgreSQL itself or at session pooling.
 
-The ring path through this store (two ``claim`` and a ``create_call``, each its own transaction) is measured by
-``python -m sip_controller.bench.store``; numbers are in the README's Performance section and the CHANGELOG.
+The ring path through this store (two ``claim`` and a ``create_call`` with the capacity check: three round trips)
+is measured by ``python -m sip_controller.bench.store``: median 1.6-2.8 ms, p99 8.5-16 ms in five runs on this
+machine at a load average of 1.5 to 3 (the bare three statements above showed the same tails under that load).
 
 Concurrency: every statement that decides between racers is a single conditional ``UPDATE``/``INSERT … ON
 CONFLICT`` (claims, fencing, takeover: PostgreSQL re-checks the condition on the row it waited for), a ``FOR UPDATE
 SKIP LOCKED`` pick (the outbox), or runs under a transaction-scoped advisory lock (capacity and the per-caller
-window: count then insert; migrations). Advisory lock keys include ``current_schema()``, so stores in different
+window, which count then insert, are two small PL/pgSQL functions of the schema so that each is one round trip;
+migrations). Advisory lock keys include ``current_schema()``, so stores in different
 schemas of one database never block each other.
 """
 
@@ -269,8 +271,7 @@ class PostgresStore:
             todo = migrations.pending(await self._applied(conn), migrations.available("postgresql"))
         if todo:
             raise SchemaError(
-                f"{len(todo)} schema migration(s) not applied (up to {todo[-1].version:04d}); run "
-                "`sipctl migrate`"
+                f"{len(todo)} schema migration(s) not applied (up to {todo[-1].version:04d}); run `sipctl migrate`"
             )
 
     async def schema_version(self) -> int:
@@ -365,19 +366,21 @@ class PostgresStore:
             call.call_id, call.owner, call.state, call.profile, dict(call.inputs), call.caller, call.dialed,
             call.received_at, call.accepted_at, dict(call.deadlines), call.cost_usd, now,
         )  # fmt: skip
-        insert = (
-            "INSERT INTO calls (call_id, owner, state, profile, inputs, caller, dialed, received_at, accepted_at, "
-            "deadlines, cost_usd, updated_at) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 {where} "
-            f"ON CONFLICT (call_id) DO NOTHING RETURNING {CALL_COLUMNS}"
-        )
-        async with self._tx() as conn:
-            if max_live is None:
-                row = await conn.fetchrow(insert.format(where=""), *values)
-            else:
-                # the lock first, in its own statement: the count below must see every call committed before it
-                await conn.execute(f"SELECT pg_advisory_xact_lock({_lock_key('live_calls')})")
-                where = "WHERE (SELECT count(*) FROM calls WHERE ended_at IS NULL) < $13"
-                row = await conn.fetchrow(insert.format(where=where), *values, max_live)
+        if max_live is None:
+            sql = (
+                "INSERT INTO calls (call_id, owner, state, profile, inputs, caller, dialed, received_at, accepted_at, "
+                "deadlines, cost_usd, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) "
+                f"ON CONFLICT (call_id) DO NOTHING RETURNING {CALL_COLUMNS}"
+            )
+            args: tuple[object, ...] = values
+        else:  # lock, count and insert in one round trip (0001_init.sql)
+            sql = (
+                f"SELECT {CALL_COLUMNS} FROM sipctl_create_call($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+            )
+            args = (*values, max_live)
+        # a transaction only when outbox rows go with the call; alone, the statement is its own
+        async with self._tx() if outbox else self._conn() as conn:
+            row = await conn.fetchrow(sql, *args)
             if row is None:
                 if await conn.fetchval("SELECT 1 FROM calls WHERE call_id = $1", call.call_id):
                     raise CallExists(f"call {call.call_id} already exists")
@@ -631,20 +634,9 @@ class PostgresStore:
         if limit <= 0:
             return True
         now = self._clock()
-        async with self._tx() as conn:
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended('sipctl:caller:' || current_schema() || ':' || $1, 0))",
-                key,
-            )
-            seen = await conn.fetchval(
-                "SELECT count(*) FROM caller_hits WHERE key = $1 AND at > $2", key, now - window_s
-            )
-            if seen >= limit:
-                return False
-            await conn.execute(
-                "INSERT INTO caller_hits (key, at, expires_at) VALUES ($1, $2, $3)", key, now, now + window_s
-            )
-        return True
+        async with self._conn() as conn:  # lock, count and insert in one round trip (0001_init.sql)
+            allowed = await conn.fetchval("SELECT sipctl_allow_caller($1, $2, $3, $4)", key, limit, now, window_s)
+        return bool(allowed)
 
     async def caller_count(self, key: str, *, window_s: float = 60.0) -> int:
         now = self._clock()

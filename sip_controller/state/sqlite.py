@@ -6,15 +6,15 @@ plain data: one thread hop per store call, and no other coroutine's statement ca
 aiosqlite is also ``sqlite3`` on a thread of its own, but it hops once per ``execute``, ``fetch`` and ``commit``
 and shares its one connection between every task: a transaction spanning several awaits would need a lock of our
 own around it to stay atomic. Measured on the ring path (claim the webhook-id, claim the call_id, create the call
-row with the capacity check; 3,000 rings after 200 of warm-up, WAL on local disk, this 2-core machine while other
-work ran on it, two rounds each):
+row with the capacity check; 3,000 rings after 200 of warm-up, WAL on local disk, four paired runs on this 2-core
+machine while other test runs loaded it):
 
-    ==============================  ===============  ============
-    SQLite ring path                median           p99
-    ==============================  ===============  ============
-    sqlite3 on one thread (this)    0.42-0.46 ms     5.7-6.2 ms
-    aiosqlite 0.22, same SQL        0.46-0.55 ms     6.3-6.8 ms
-    ==============================  ===============  ============
+    ==============================  ============  ============
+    SQLite ring path, four runs     median        p99
+    ==============================  ============  ============
+    sqlite3 on one thread (this)    0.40-0.46 ms  5.7-6.8 ms
+    aiosqlite 0.22, same SQL        0.46-0.59 ms  6.3-7.1 ms
+    ==============================  ============  ============
 
 So it is a little faster, atomic by construction, and spares the project a dependency. The connection lives on its
 thread from open to close; calls queue in order on it, so a slow history page delays the next claim by its own time

@@ -78,3 +78,39 @@ CREATE TABLE caller_hits (
 );
 CREATE INDEX caller_hits_by_key ON caller_hits (key, at);
 CREATE INDEX caller_hits_expires_at ON caller_hits (expires_at);
+
+-- The two checks on the ring path that count then insert, each in ONE round trip: a transaction-scoped advisory
+-- lock serialises them across replicas, and (PL/pgSQL, volatile) every statement after the lock takes a fresh
+-- snapshot, so the count sees every row committed before the lock was granted.
+
+CREATE FUNCTION sipctl_create_call(
+    p_call_id text, p_owner text, p_state text, p_profile text, p_inputs jsonb, p_caller text, p_dialed text,
+    p_received_at double precision, p_accepted_at double precision, p_deadlines jsonb, p_cost_usd double precision,
+    p_now double precision, p_max_live bigint
+) RETURNS SETOF calls LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtextextended('sipctl:live_calls:' || current_schema(), 0));
+    IF (SELECT count(*) FROM calls WHERE ended_at IS NULL) >= p_max_live THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+        INSERT INTO calls (call_id, owner, state, profile, inputs, caller, dialed, received_at, accepted_at,
+                           deadlines, cost_usd, updated_at)
+        VALUES (p_call_id, p_owner, p_state, p_profile, p_inputs, p_caller, p_dialed, p_received_at, p_accepted_at,
+                p_deadlines, p_cost_usd, p_now)
+        ON CONFLICT (call_id) DO NOTHING
+        RETURNING *;
+END
+$$;
+
+CREATE FUNCTION sipctl_allow_caller(p_key text, p_limit bigint, p_now double precision, p_window_s double precision)
+RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtextextended('sipctl:caller:' || current_schema() || ':' || p_key, 0));
+    IF (SELECT count(*) FROM caller_hits WHERE key = p_key AND at > p_now - p_window_s) >= p_limit THEN
+        RETURN false;
+    END IF;
+    INSERT INTO caller_hits (key, at, expires_at) VALUES (p_key, p_now, p_now + p_window_s);
+    RETURN true;
+END
+$$;
