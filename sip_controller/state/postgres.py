@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any, Literal
@@ -42,9 +42,11 @@ import asyncpg
 
 from sip_controller.state import migrations
 from sip_controller.state.records import (
+    COMMAND_KINDS,
     HANGING_UP,
     CallExists,
     CallRow,
+    CommandRow,
     Entry,
     Fence,
     Fenced,
@@ -73,6 +75,7 @@ CALL_COLUMNS = (
     "wake_at, takeovers, takeover_gap_s, entry_count, updated_at, ended_at, ended_reason"
 )
 OUTBOX_COLUMNS = "id, key, destination, event, payload, call_id, created_at, due_at, attempts, last_error"
+COMMAND_COLUMNS = "id, call_id, kind, args, created_at, taken_by, taken_at, done_at, outcome"
 FORGET_PROCESS_S = 86_400.0
 
 
@@ -117,6 +120,20 @@ def _outbox_row(row: Any) -> OutboxRow:
         due_at=row["due_at"],
         attempts=row["attempts"],
         last_error=row["last_error"],
+    )
+
+
+def _command_row(row: Any) -> CommandRow:
+    return CommandRow(
+        id=row["id"],
+        call_id=row["call_id"],
+        kind=row["kind"],
+        args=row["args"],
+        created_at=row["created_at"],
+        taken_by=row["taken_by"],
+        taken_at=row["taken_at"],
+        done_at=row["done_at"],
+        outcome=row["outcome"],
     )
 
 
@@ -320,6 +337,11 @@ class PostgresStore:
                     "WHERE p.lease_until <= $1 AND NOT EXISTS (SELECT 1 FROM calls c "
                     "WHERE c.owner = p.process_id AND c.ended_at IS NULL) LIMIT $2)",
                     now - FORGET_PROCESS_S,
+                ),
+                commands=await delete(
+                    "DELETE FROM call_commands WHERE id IN (SELECT id FROM call_commands WHERE created_at <= $1 "
+                    "LIMIT $2)",
+                    now - keep_delivered_s,
                 ),
             )
 
@@ -570,6 +592,42 @@ class PostgresStore:
         more = len(rows) > query.limit
         cursor = encode_cursor(last.ended_at, last.call_id) if more and last and last.ended_at is not None else None
         return Page(calls, cursor)
+
+    # ---- operator commands ----------------------------------------------------------------------------------
+
+    async def post_command(self, call_id: str, kind: str, args: Mapping[str, Any] | None = None) -> int | None:
+        if kind not in COMMAND_KINDS:
+            raise ValueError(f"unknown command kind {kind!r}; one of: {', '.join(COMMAND_KINDS)}")
+        now = self._clock()
+        async with self._conn() as conn:
+            command_id = await conn.fetchval(
+                "INSERT INTO call_commands (call_id, kind, args, created_at) SELECT $1, $2, $3, $4 "
+                "WHERE EXISTS (SELECT 1 FROM calls WHERE call_id = $1 AND ended_at IS NULL) RETURNING id",
+                call_id, kind, dict(args or {}), now,
+            )  # fmt: skip
+        return None if command_id is None else int(command_id)
+
+    async def take_commands(self, owner: str, *, limit: int = 50) -> list[CommandRow]:
+        now = self._clock()
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                "WITH picked AS (SELECT cc.id FROM call_commands cc JOIN calls c ON c.call_id = cc.call_id "
+                "WHERE c.owner = $1 AND c.ended_at IS NULL AND cc.done_at IS NULL "
+                "AND (cc.taken_by IS NULL OR cc.taken_by <> $1) ORDER BY cc.id LIMIT $3 FOR UPDATE OF cc SKIP LOCKED) "
+                "UPDATE call_commands cc SET taken_by = $1, taken_at = $2 FROM picked WHERE cc.id = picked.id "
+                f"RETURNING {', '.join('cc.' + c for c in COMMAND_COLUMNS.split(', '))}",
+                owner, now, limit,
+            )  # fmt: skip
+        return sorted((_command_row(r) for r in rows), key=lambda r: r.id)
+
+    async def command_done(self, command_id: int, outcome: str) -> bool:
+        now = self._clock()
+        async with self._conn() as conn:
+            status = await conn.execute(
+                "UPDATE call_commands SET done_at = $1, outcome = $2 WHERE id = $3 AND done_at IS NULL",
+                now, outcome[:200], command_id,
+            )  # fmt: skip
+        return _count(status) > 0
 
     # ---- outbox ---------------------------------------------------------------------------------------------
 

@@ -200,6 +200,28 @@ class Page:
     next_cursor: str | None
 
 
+#: what an operator can ask of a live call from any replica (``post_command``)
+CommandKind = Literal["hangup", "transfer"]
+COMMAND_KINDS: tuple[CommandKind, ...] = ("hangup", "transfer")
+
+
+@dataclass(frozen=True)
+class CommandRow:
+    """An operator command for a live call (``post_command``), as its owner takes it (``take_commands``).
+    ``args`` is the kind's JSON-able details (``{"now": true}`` for a hangup, ``{"target": "sales"}`` for a
+    transfer); ``taken_by`` is the process that took it last, ``outcome`` what it did (``command_done``)."""
+
+    id: int
+    call_id: str
+    kind: str
+    args: dict[str, Any]
+    created_at: float
+    taken_by: str | None
+    taken_at: float | None
+    done_at: float | None
+    outcome: str | None
+
+
 @dataclass(frozen=True)
 class SweepCounts:
     """What one bounded ``sweep`` deleted."""
@@ -208,10 +230,12 @@ class SweepCounts:
     caller_hits: int = 0
     outbox: int = 0
     processes: int = 0
+    #: operator commands older than ``keep_delivered_s`` (done or not: nobody acts on them any more)
+    commands: int = 0
 
     @property
     def total(self) -> int:
-        return self.claims + self.caller_hits + self.outbox + self.processes
+        return self.claims + self.caller_hits + self.outbox + self.processes + self.commands
 
 
 #: the call states the store itself looks for (the rest are the caller's words)

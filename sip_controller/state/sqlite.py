@@ -38,7 +38,7 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
@@ -46,9 +46,11 @@ from typing import Any, Literal, TypeVar
 
 from sip_controller.state import migrations
 from sip_controller.state.records import (
+    COMMAND_KINDS,
     HANGING_UP,
     CallExists,
     CallRow,
+    CommandRow,
     Entry,
     Fence,
     Fenced,
@@ -79,6 +81,7 @@ CALL_COLUMNS = (
     "wake_at, takeovers, takeover_gap_s, entry_count, updated_at, ended_at, ended_reason"
 )
 OUTBOX_COLUMNS = "id, key, destination, event, payload, call_id, created_at, due_at, attempts, last_error"
+COMMAND_COLUMNS = "id, call_id, kind, args, created_at, taken_by, taken_at, done_at, outcome"
 #: a lapsed process is forgotten this long after its lease ended (once it owns no live call)
 FORGET_PROCESS_S = 86_400.0
 
@@ -119,6 +122,20 @@ def _outbox_row(row: sqlite3.Row) -> OutboxRow:
         due_at=row["due_at"],
         attempts=row["attempts"],
         last_error=row["last_error"],
+    )
+
+
+def _command_row(row: sqlite3.Row) -> CommandRow:
+    return CommandRow(
+        id=row["id"],
+        call_id=row["call_id"],
+        kind=row["kind"],
+        args=json.loads(row["args"]),
+        created_at=row["created_at"],
+        taken_by=row["taken_by"],
+        taken_at=row["taken_at"],
+        done_at=row["done_at"],
+        outcome=row["outcome"],
     )
 
 
@@ -346,6 +363,11 @@ class SQLiteStore:
                     "WHERE p.lease_until <= ? AND NOT EXISTS (SELECT 1 FROM calls c "
                     "WHERE c.owner = p.process_id AND c.ended_at IS NULL) LIMIT ?)",
                     now - FORGET_PROCESS_S,
+                ),
+                commands=delete(
+                    "DELETE FROM call_commands WHERE id IN (SELECT id FROM call_commands WHERE created_at <= ? "
+                    "LIMIT ?)",
+                    now - keep_delivered_s,
                 ),
             )
 
@@ -611,6 +633,44 @@ class SQLiteStore:
         last = calls[-1] if calls else None
         cursor = encode_cursor(last.ended_at, last.call_id) if more and last and last.ended_at is not None else None
         return Page(calls, cursor)
+
+    # ---- operator commands ----------------------------------------------------------------------------------
+
+    async def post_command(self, call_id: str, kind: str, args: Mapping[str, Any] | None = None) -> int | None:
+        if kind not in COMMAND_KINDS:
+            raise ValueError(f"unknown command kind {kind!r}; one of: {', '.join(COMMAND_KINDS)}")
+        now = self._clock()
+        values = (call_id, kind, dumps(args or {}), now, call_id)
+
+        def op(conn: Conn) -> int | None:
+            row = conn.execute(
+                "INSERT INTO call_commands (call_id, kind, args, created_at) SELECT ?, ?, ?, ? "
+                "WHERE EXISTS (SELECT 1 FROM calls WHERE call_id = ? AND ended_at IS NULL) RETURNING id",
+                values,
+            ).fetchone()
+            return None if row is None else int(row[0])
+
+        return await self._write(op)
+
+    async def take_commands(self, owner: str, *, limit: int = 50) -> list[CommandRow]:
+        now = self._clock()
+        sql = (
+            "UPDATE call_commands SET taken_by = ?, taken_at = ? WHERE id IN (SELECT cc.id FROM call_commands cc "
+            "JOIN calls c ON c.call_id = cc.call_id WHERE c.owner = ? AND c.ended_at IS NULL AND cc.done_at IS NULL "
+            "AND (cc.taken_by IS NULL OR cc.taken_by <> ?) ORDER BY cc.id LIMIT ?) "
+            f"RETURNING {COMMAND_COLUMNS}"
+        )
+
+        def op(conn: Conn) -> list[CommandRow]:
+            rows = conn.execute(sql, (owner, now, owner, owner, limit)).fetchall()
+            return sorted((_command_row(r) for r in rows), key=lambda r: r.id)
+
+        return await self._write(op)
+
+    async def command_done(self, command_id: int, outcome: str) -> bool:
+        now = self._clock()
+        sql = "UPDATE call_commands SET done_at = ?, outcome = ? WHERE id = ? AND done_at IS NULL"
+        return bool(await self._write(lambda conn: conn.execute(sql, (now, outcome[:200], command_id)).rowcount))
 
     # ---- outbox ---------------------------------------------------------------------------------------------
 

@@ -27,17 +27,21 @@ The rules the wiring relies on:
   transaction. Deliveries are driven from the outbox (``claim_outbox``/``mark_delivered``/``mark_failed``).
 - **History and counts** (``list_finished``, ``get_call``, ``get_report``, ``count_live``, ``allow_caller``):
   cluster-wide, whichever replica asks.
+- **Operator commands** (``post_command``/``take_commands``/``command_done``): any replica queues a hangup or a
+  transfer for a live call; only the call's owner takes it (each command once, re-offered after a takeover) and
+  feeds it to the call's supervisor (:mod:`sip_controller.calls.commands`).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Protocol
 
 from sip_controller.state.records import (
     CallRow,
+    CommandRow,
     Entry,
     Fence,
     HistoryQuery,
@@ -256,6 +260,25 @@ class Store(StateStore, Protocol):
     async def list_finished(self, query: HistoryQuery) -> Page:
         """Finished calls matching ``query``, newest ``ended_at`` first, ``query.limit`` at a time (keyset paging:
         pass ``next_cursor`` back as ``query.cursor``). ValueError for a bad cursor or limit."""
+        ...
+
+    # ---- operator commands ----------------------------------------------------------------------------------
+
+    async def post_command(self, call_id: str, kind: str, args: Mapping[str, Any] | None = None) -> int | None:
+        """Queue an operator command (``kind`` one of :data:`~.records.COMMAND_KINDS`, ``args`` its JSON-able
+        details) for the live call ``call_id``, whichever replica owns it; the command's id, or None when the call
+        is not live (unknown or finished), checked in the same transaction. ValueError for an unknown kind."""
+        ...
+
+    async def take_commands(self, owner: str, *, limit: int = 50) -> list[CommandRow]:
+        """The commands waiting for live calls that ``owner`` owns, oldest first, marked taken by ``owner``: no
+        other taker gets them. A command taken but not done by a process that has lost the call since (a takeover)
+        is offered again to the new owner. Poll it every second or so on each replica."""
+        ...
+
+    async def command_done(self, command_id: int, outcome: str) -> bool:
+        """Record what the taker did with a command (``posted``, ``no_live_call``, …). False when it was already
+        done (nothing changed)."""
         ...
 
     # ---- outbox -------------------------------------------------------------------------------------------
