@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -16,6 +17,7 @@ from ..service.loopback import serve
 from .events import new_id
 from .faults import Faults
 from .model import DEFAULT_HOLD_MARKERS, CallRuntime, SimContext
+from .observe import WireObserver
 from .records import SimCall
 from .scenario import CallSpec, Scenario
 from .server import create_app
@@ -39,6 +41,9 @@ class Simulator:
     ``hold_markers``: a caller transcript containing one of these (case-insensitive) is hold music or a recorded
     announcement; an out-of-band text check (``conversation: "none"``) of such a line is answered "no", any
     other line "yes" (a person is speaking).
+
+    ``observers`` (:mod:`~sip_controller.simulator.observe`) see every server event sent, every client event and
+    REST body received, and every webhook signed.
     """
 
     def __init__(
@@ -53,6 +58,7 @@ class Simulator:
         session_update_delay: float = 0.15,
         faults: Faults | None = None,
         hold_markers: tuple[str, ...] = DEFAULT_HOLD_MARKERS,
+        observers: Sequence[WireObserver] = (),
     ) -> None:
         if time_scale <= 0:
             raise ValueError("time_scale must be positive")
@@ -72,6 +78,7 @@ class Simulator:
             session_update_delay=session_update_delay,
             faults=faults or Faults(),
             hold_markers=tuple(m.casefold() for m in hold_markers if m.strip()),
+            observers=tuple(observers),
         )
         self._client: httpx.AsyncClient | None = None
         self._sender: WebhookSender | None = None
@@ -113,7 +120,9 @@ class Simulator:
         stack = contextlib.AsyncExitStack()
         try:
             self._client = await stack.enter_async_context(httpx.AsyncClient(timeout=httpx.Timeout(10.0)))
-            self._sender = WebhookSender(self._client, self._secret, time_scale=self.time_scale)
+            self._sender = WebhookSender(
+                self._client, self._secret, time_scale=self.time_scale, on_signed=self._observe_webhook
+            )
             server = await stack.enter_async_context(serve(create_app(self._ctx)))
         except BaseException:
             await stack.aclose()
@@ -121,6 +130,19 @@ class Simulator:
         self._stack = stack
         self._ctx.started = time.monotonic()
         self.base_url = f"{server.url}/v1"
+
+    def _observe_webhook(self, body: str, headers: dict[str, str]) -> None:
+        event = json.loads(body)  # the simulator's own body: always a JSON object
+        data = event.get("data") if isinstance(event, dict) else None
+        call_id = data.get("call_id") if isinstance(data, dict) else None
+        self._ctx.observe(
+            "webhook",
+            call_id if isinstance(call_id, str) else None,
+            str(event.get("type", "")) if isinstance(event, dict) else "",
+            body,
+            headers=dict(headers),
+            webhook_secret=self._secret,
+        )
 
     async def stop(self) -> None:
         """End every task, close every sideband (1001), stop the server, close the HTTP client."""

@@ -147,8 +147,9 @@ class UsageMeter:
             "input_token_details": {
                 "text_tokens": text_in,
                 "audio_tokens": audio_in,
+                "image_tokens": 0,
                 "cached_tokens": cached_text + cached_audio,
-                "cached_tokens_details": {"text_tokens": cached_text, "audio_tokens": cached_audio},
+                "cached_tokens_details": {"text_tokens": cached_text, "audio_tokens": cached_audio, "image_tokens": 0},
             },
             "output_token_details": {"text_tokens": out_text_tokens, "audio_tokens": out_audio},
         }
@@ -168,8 +169,9 @@ class UsageMeter:
             "input_token_details": {
                 "text_tokens": text_in,
                 "audio_tokens": 0,
+                "image_tokens": 0,
                 "cached_tokens": cached,
-                "cached_tokens_details": {"text_tokens": cached, "audio_tokens": 0},
+                "cached_tokens_details": {"text_tokens": cached, "audio_tokens": 0, "image_tokens": 0},
             },
             "output_token_details": {"text_tokens": out, "audio_tokens": 0},
         }

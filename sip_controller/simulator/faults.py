@@ -91,6 +91,48 @@ class EndpointFaults(_Strict):
     latency: Latency | None = None
 
 
+ResponseSource = Literal["any", "client", "auto"]
+FailedCode = Literal["server_error", "insufficient_quota", "rate_limit_exceeded"]
+IncompleteReason = Literal["max_output_tokens", "content_filter"]
+
+
+class ResponseFailure(_Strict):
+    """One way the model's responses go wrong: ``response.done`` ends ``failed`` (``status_details.error``
+    says why: ``server_error``, ``insufficient_quota``, ``rate_limit_exceeded``) or ``incomplete`` (the line is
+    cut about half-way: ``max_output_tokens`` or ``content_filter``).
+
+    Which responses: the ``nth`` (1-based) of ``source`` (``client``: made by ``response.create``; ``auto``: made
+    by the session itself; ``any``), or every one whose line contains ``says`` (case-insensitive; for a tool
+    call, its name), or, with neither, every response; at most ``times`` of them. Out-of-band responses
+    (``conversation: "none"``) are never hit.
+    """
+
+    status: Literal["failed", "incomplete"] = "failed"
+    code: FailedCode | None = None
+    reason: IncompleteReason | None = None
+    nth: int | None = Field(default=None, ge=1)
+    source: ResponseSource = "any"
+    says: str | None = Field(default=None, min_length=1)
+    times: int = Field(default=1, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ResponseFailure:
+        if self.status == "failed" and self.reason is not None:
+            raise ValueError("reason goes with status: incomplete (a failed response has a code)")
+        if self.status == "incomplete" and self.code is not None:
+            raise ValueError("code goes with status: failed (an incomplete response has a reason)")
+        if self.nth is not None and self.says is not None:
+            raise ValueError("a failure picks its responses by nth or by says, not both")
+        return self
+
+    @property
+    def detail(self) -> str:
+        """The failure's code or reason, defaults applied."""
+        if self.status == "failed":
+            return self.code or "server_error"
+        return self.reason or "max_output_tokens"
+
+
 class Faults(_Strict):
     """Everything the simulated OpenAI side may get wrong. All off by default."""
 
@@ -126,6 +168,8 @@ class Faults(_Strict):
     #: the caller gives up this many nominal seconds after ringing starts, before any accept: an accept
     #: that arrives earlier is held until then and answered 404, as is every later one
     hangup_while_ringing: float | None = Field(default=None, ge=0, le=60)
+    #: responses that end ``failed`` or ``incomplete`` instead of ``completed``
+    response_failures: list[ResponseFailure] = Field(default_factory=list, max_length=20)
 
     def merged(self, override: Faults | None) -> Faults:
         """These faults with the fields ``override`` states replacing them."""
@@ -147,6 +191,8 @@ class FaultInjector:
         self._races_left = faults.accept_404_race
         self._malformed = 0
         self.drops_left = faults.drop_sideband_count if faults.drop_sideband_at is not None else 0
+        self._failures_left = [rule.times for rule in faults.response_failures]
+        self._responses: dict[str, int] = {}
 
     def rng(self, stream: str) -> random.Random:
         """The generator of one kind of decision, seeded with ``(seed, call name, stream)``: each stream
@@ -196,6 +242,24 @@ class FaultInjector:
         self._races_left -= 1
         self.note(t, "accept_404_race")
         return call_not_found(call_id)
+
+    # ---- the model ------------------------------------------------------------------------------
+
+    def response_failure(self, source: Literal["client", "auto"], says: str, t: float) -> ResponseFailure | None:
+        """How this in-band response goes wrong (the first matching rule with uses left), or ``None``."""
+        for key in ("any", source):
+            self._responses[key] = self._responses.get(key, 0) + 1
+        for i, rule in enumerate(self.faults.response_failures):
+            if self._failures_left[i] <= 0 or rule.source not in ("any", source):
+                continue
+            if rule.nth is not None and self._responses[rule.source] != rule.nth:
+                continue
+            if rule.says is not None and rule.says.casefold() not in says.casefold():
+                continue
+            self._failures_left[i] -= 1
+            self.note(t, f"response_{rule.status}", detail=rule.detail, source=source)
+            return rule
+        return None
 
     # ---- sideband ------------------------------------------------------------------------------
 

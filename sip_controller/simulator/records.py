@@ -35,6 +35,10 @@ class ResponseRecord:
     out_of_band: bool = False
     #: the ``response.metadata`` the client sent with its ``response.create`` (echoed on created / done)
     metadata: dict[str, Any] | None = None
+    #: how it ended (``response.done``): ``completed``, ``cancelled``, ``failed`` or ``incomplete``, and why
+    #: (``turn_detected``, ``client_cancelled``, ``server_error``, ``max_output_tokens``, …)
+    status: str = "completed"
+    status_detail: str | None = None
 
 
 @dataclass
@@ -76,6 +80,10 @@ class SimCall:
     greeting_heard: bool = False
     #: hold-music segments the far side produced (``hold_music`` steps)
     hold_segments: int = 0
+    #: times the caller spoke over the assistant and cut it off (server VAD's ``interrupt_response``)
+    barge_ins: int = 0
+    #: times server VAD's ``idle_timeout_ms`` fired (``input_audio_buffer.timeout_triggered``)
+    idle_timeouts: int = 0
     sideband_connects: int = 0
     sideband_close_code: int | None = None
     hangup_count: int = 0

@@ -14,7 +14,7 @@ from sip_controller.config import yaml_problem
 from .faults import Faults
 
 E164 = r"^\+[1-9][0-9]{1,14}$"
-EndedBy = Literal["caller", "agent", "refer", "reject", "missed"]
+EndedBy = Literal["caller", "agent", "refer", "reject", "missed", "session_limit"]
 AudioStateName = Literal["clean", "static", "broken"]
 ReferMode = Literal["succeed", "ignore", "fail"]
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
@@ -66,13 +66,16 @@ class Step(_Strict):
     """One thing the caller does. Exactly one main key: ``say``, ``wait``, ``hangup``, ``dtmf`` or ``hold_music``.
 
     With ``say``: ``reply`` (what the model answers) or ``tool`` (the model calls a tool instead), and with a
-    tool, ``then`` (what the model says on the controller's next ``response.create``).
+    tool, ``then`` (what the model says on the controller's next ``response.create``). ``interrupt: s`` makes
+    the caller barge in: instead of waiting for the assistant's audio to end, they start speaking ``s`` seconds
+    into it (waiting at most 5 s for audio to start if none is playing).
     """
 
     say: str | None = Field(default=None, min_length=1)
     reply: str | None = Field(default=None, min_length=1)
     tool: ToolCall | None = None
     then: str | None = Field(default=None, min_length=1)
+    interrupt: float | None = Field(default=None, ge=0)
     wait: float | None = Field(default=None, ge=0)
     hangup: bool | None = None
     dtmf: str | None = None
@@ -99,7 +102,7 @@ class Step(_Strict):
             found = ", ".join(main) if main else "none"
             raise ValueError(f"a step needs exactly one of {', '.join(STEP_KINDS)} (found: {found})")
         if self.say is None:
-            extra = [k for k in ("reply", "tool", "then") if getattr(self, k) is not None]
+            extra = [k for k in ("reply", "tool", "then", "interrupt") if getattr(self, k) is not None]
             if extra:
                 raise ValueError(f"{', '.join(extra)} only go with say")
         if self.reply is not None and self.tool is not None:
@@ -149,6 +152,18 @@ class Expectation(_Strict):
     profile: str | None = None
 
 
+class RateLimits(_Strict):
+    """What ``rate_limits.updated`` reports as each response starts: the project's request and token limits
+    per window, and what is left of them when the call begins (default: all of it). Each response takes one
+    request and reserves tokens for its output; what it used is taken from the tokens when it is done."""
+
+    requests: int = Field(default=5000, ge=1)
+    tokens: int = Field(default=800_000, ge=1)
+    requests_remaining: int | None = Field(default=None, ge=0)
+    tokens_remaining: int | None = Field(default=None, ge=0)
+    reset_seconds: float = Field(default=60.0, ge=0)
+
+
 class CallSpec(_Strict):
     """One scripted caller. Durations are nominal seconds, multiplied by the simulator's ``time_scale``."""
 
@@ -163,6 +178,16 @@ class CallSpec(_Strict):
     #: what /refer does; a list gives one mode per /refer in order (the last one repeats)
     refer: ReferMode | list[ReferMode] = "succeed"
     session_update_delay: float | None = Field(default=None, ge=0)
+    #: how long the model takes to generate a response (``response.created`` to ``response.done``; its audio
+    #: starts at once); while it generates, it can be cancelled (``response.cancel``, or the caller barging in)
+    #: and another in-band ``response.create`` is refused (``conversation_already_has_active_response``)
+    response_time: float = Field(default=0.0, ge=0)
+    #: what the model says when server VAD's ``idle_timeout_ms`` fires (``input_audio_buffer.timeout_triggered``)
+    idle_reply: str = Field(default="Are you still there?", min_length=1)
+    #: OpenAI ends every session after 60 minutes; a shorter limit tests the same ending sooner
+    session_limit: float = Field(default=3600.0, gt=0, le=3600)
+    #: what ``rate_limits.updated`` reports
+    rate_limits: RateLimits = RateLimits()
     steps: list[Step] = Field(default_factory=list)
     expect: Expectation | None = None
     #: faults injected into this call (the fields stated here override the simulator's own ``faults``)

@@ -110,6 +110,7 @@ def create_app(ctx: SimContext) -> Starlette:
             runtime.rec.late_accepts += 1
             return _error(call_not_found(runtime.rec.call_id))
         body, error = await _read_json(request)
+        ctx.observe("rest_request", runtime.rec.call_id, "accept", body)
         runtime.rec.accept_bodies.append(body)
         if error is None:
             error = validate_session(body, reject_vad_tuning=ctx.reject_vad_tuning, allow_flat_voice=True)
@@ -132,6 +133,7 @@ def create_app(ctx: SimContext) -> Starlette:
         if runtime.is_ended:
             return _error(call_not_found(runtime.rec.call_id))
         body, error = await _read_json(request, optional=True)
+        ctx.observe("rest_request", runtime.rec.call_id, "reject", body)
         status_code = 603
         if error is None and body is not None:
             if not isinstance(body, dict):
@@ -162,6 +164,7 @@ def create_app(ctx: SimContext) -> Starlette:
         if runtime.is_ended:
             return _error(call_not_found(runtime.rec.call_id))
         body, error = await _read_json(request)
+        ctx.observe("rest_request", runtime.rec.call_id, "refer", body)
         if error is None:
             if not isinstance(body, dict):
                 error = invalid_type("body", "an object", body)
@@ -188,6 +191,8 @@ def create_app(ctx: SimContext) -> Starlette:
             return injected
         if runtime.is_ended:
             return _error(call_not_found(runtime.rec.call_id))
+        body, _ = await _read_json(request, optional=True)
+        ctx.observe("rest_request", runtime.rec.call_id, "hangup", body)
         await runtime.agent_hangup()
         return Response(status_code=200)
 

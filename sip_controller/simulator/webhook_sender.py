@@ -56,12 +56,23 @@ def incoming_call_event(call_id: str, spec: CallSpec, project_id: str, event_id:
 
 
 class WebhookSender:
-    """Signs and POSTs one webhook body, retrying like OpenAI: exponential backoff, same ``webhook-id``."""
+    """Signs and POSTs one webhook body, retrying like OpenAI: exponential backoff, same ``webhook-id``.
 
-    def __init__(self, client: httpx.AsyncClient, secret: str, *, time_scale: float) -> None:
+    ``on_signed(body, headers)`` sees every attempt as it goes out (the simulator's wire observers).
+    """
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        secret: str,
+        *,
+        time_scale: float,
+        on_signed: Callable[[str, dict[str, str]], None] | None = None,
+    ) -> None:
         self._client = client
         self._webhook = Webhook(secret)
         self._time_scale = time_scale
+        self._on_signed = on_signed
 
     def signed_headers(self, webhook_id: str, body: str) -> dict[str, str]:
         now = datetime.now(UTC)
@@ -79,10 +90,11 @@ class WebhookSender:
         delay = FIRST_BACKOFF * self._time_scale
         status = 0
         for attempt in range(1, MAX_ATTEMPTS + 1):
+            headers = self.signed_headers(webhook_id, body)
+            if self._on_signed is not None:
+                self._on_signed(body, headers)
             try:
-                response = await self._client.post(
-                    url, content=body.encode(), headers=self.signed_headers(webhook_id, body)
-                )
+                response = await self._client.post(url, content=body.encode(), headers=headers)
                 status = response.status_code
             except httpx.HTTPError:
                 status = 0

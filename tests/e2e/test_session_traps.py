@@ -72,6 +72,7 @@ async def test_an_unloadable_stored_prompt_ends_the_call_within_a_second() -> No
     assert outcome.sim.hangup_count == 1
 
 
+@pytest.mark.sdk_referee(allow=("temperature",))  # the refused beta field, on purpose
 async def test_a_body_openai_refuses_is_rejected_so_the_caller_is_not_left_ringing() -> None:
     """Preflight would refuse this profile; forced through, OpenAI's 400 still ends the call cleanly."""
     profile = AgentProfile(session={"temperature": 0.8})
@@ -88,6 +89,7 @@ async def test_a_body_openai_refuses_is_rejected_so_the_caller_is_not_left_ringi
     assert any("temperature" in e for e in outcome.record.errors)
 
 
+@pytest.mark.sdk_referee(allow=("voice",))  # the flat voice trap, on purpose
 async def test_a_flat_voice_that_breaks_the_call_is_hung_up_within_a_second() -> None:
     profile = AgentProfile(session={"voice": "alloy"})
     spec = CallSpec(

@@ -135,8 +135,20 @@ async def test_hold_checks_are_text_only_out_of_band_answers_and_leave_the_calle
                 await collect(ws, "conversation.item.input_audio_transcription.completed")
                 await ws.send(json.dumps(check("…")))
                 events = await collect(ws, "response.done")
-                assert [e["type"] for e in events] == ["response.created", "response.done"]  # no audio at all
-                created, done = events[0]["response"], events[1]["response"]
+                assert [e["type"] for e in events] == [  # text only: no audio, nothing joins the conversation
+                    "response.created",
+                    "rate_limits.updated",
+                    "response.output_item.added",
+                    "response.content_part.added",
+                    "response.output_text.delta",
+                    "response.output_text.done",
+                    "response.content_part.done",
+                    "response.output_item.done",
+                    "response.done",
+                ]
+                created, done = events[0]["response"], events[-1]["response"]
+                assert created["conversation_id"] is None
+                assert done["conversation_id"] is None  # out of band: in no conversation
                 assert created["metadata"] == done["metadata"] == {"purpose": "sipctl_hold_check"}
                 assert done["output_modalities"] == ["text"]
                 (item,) = done["output"]
@@ -146,14 +158,17 @@ async def test_hold_checks_are_text_only_out_of_band_answers_and_leave_the_calle
                 answers.append(content["text"])
                 usage = done["usage"]
                 assert usage["output_token_details"] == {"text_tokens": 1, "audio_tokens": 0}
+                assert events[5]["text"] == content["text"]
                 assert usage["input_token_details"]["audio_tokens"] == 0
                 assert 0 < usage["input_tokens"] < 100
             # the person's turn is still waiting for a normal response.create
-            await ws.send(json.dumps({"type": "response.create", "response": {"metadata": {"n": 1}}}))
+            await ws.send(json.dumps({"type": "response.create", "response": {"metadata": {"n": "1"}}}))
             reply = await collect(ws, "response.done")
     assert answers == ["no", "no", "yes"]
     normal = [e["response"] for e in reply if e["type"] in ("response.created", "response.done")]
-    assert [r["metadata"] for r in normal] == [{"n": 1}, {"n": 1}]
+    assert [r["metadata"] for r in normal] == [{"n": "1"}, {"n": "1"}]
+    assert normal[0]["conversation_id"] == normal[1]["conversation_id"]
+    assert normal[0]["conversation_id"].startswith("conv_")
     assert normal[1]["output"][0]["content"][0]["transcript"] == "Hi Dana!"
     assert [r.out_of_band for r in call.responses] == [True, True, True, False]
     assistant = [t["text"] for t in call.transcripts if t["role"] == "assistant"]

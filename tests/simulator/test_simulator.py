@@ -54,9 +54,57 @@ GOOD_BODY: dict[str, Any] = {
     "type": "realtime",
     "model": "gpt-realtime-2.1",
     "instructions": "You answer the phone for a bakery. Be brief.",
-    "audio": {"input": {"format": PCMU}, "output": {"format": PCMU, "voice": "marin"}},
+    "audio": {
+        "input": {"format": PCMU, "transcription": {"model": "gpt-4o-mini-transcribe"}},
+        "output": {"format": PCMU, "voice": "marin"},
+    },
     "tools": [END_CALL_TOOL],
 }
+
+
+def assistant_line(*, deltas: int = 1, plays: bool = True, audio: bool = True) -> list[str]:
+    """What OpenAI sends for one assistant message, in its order (one transcript delta per six words)."""
+    kind = "response.output_audio_transcript" if audio else "response.output_text"
+    return [
+        "response.created",
+        "rate_limits.updated",
+        "response.output_item.added",
+        "conversation.item.added",
+        "response.content_part.added",
+        *(["output_audio_buffer.started"] if plays else []),
+        *[f"{kind}.delta"] * deltas,
+        f"{kind}.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "conversation.item.done",
+        "response.done",
+    ]
+
+
+#: OpenAI's order for a function call: added, argument deltas, arguments done, output item done, response done
+FUNCTION_CALL = [
+    "response.created",
+    "rate_limits.updated",
+    "response.output_item.added",
+    "conversation.item.added",
+    "response.function_call_arguments.delta",
+    "response.function_call_arguments.delta",
+    "response.function_call_arguments.done",
+    "response.output_item.done",
+    "conversation.item.done",
+    "response.done",
+]
+
+#: a caller turn under server VAD with transcription on
+CALLER_TURN = [
+    "input_audio_buffer.speech_started",
+    "input_audio_buffer.speech_stopped",
+    "input_audio_buffer.committed",
+    "conversation.item.added",
+    "conversation.item.done",
+    "conversation.item.input_audio_transcription.delta",
+    "conversation.item.input_audio_transcription.completed",
+]
 
 DEMO = Path(__file__).resolve().parents[2] / "sip_controller" / "simulator" / "scenarios" / "demo.yaml"
 
@@ -369,11 +417,7 @@ async def test_flat_voice_is_accepted_then_the_call_breaks() -> None:
             assert error["error"]["param"] == "voice"
             await send(ws, {"type": "response.create", "response": {"instructions": "Hello there"}})
             events = await events_until(ws, "response.done")
-            assert types(events) == [
-                "response.created",
-                "response.output_audio_transcript.done",
-                "response.done",
-            ]
+            assert types(events) == assistant_line(plays=False)
             with pytest.raises(TimeoutError):
                 await next_event(ws, timeout=0.3)  # no output_audio_buffer.started/stopped, ever
         assert call.errors_sent
@@ -603,11 +647,7 @@ async def test_stored_prompt_is_accepted_then_the_session_errors_and_stays_silen
             assert error["error"]["event_id"] is None
             await send(ws, {"type": "response.create", "response": {"instructions": "Hello there"}})
             events = await events_until(ws, "response.done")
-            assert types(events) == [
-                "response.created",
-                "response.output_audio_transcript.done",
-                "response.done",
-            ]
+            assert types(events) == assistant_line(plays=False)
             with pytest.raises(TimeoutError):
                 await next_event(ws, timeout=0.3)  # no output_audio_buffer.started, ever
             assert (await env.http.post(f"/realtime/calls/{call.call_id}/hangup")).status_code == 200
@@ -829,37 +869,41 @@ async def test_scripted_call_from_greeting_to_agent_hangup() -> None:
                 ws, {"type": "response.create", "response": {"instructions": "Greet the caller warmly."}}
             )
             greeting = await events_until(ws, "output_audio_buffer.stopped")
-            assert types(greeting) == [
-                "response.created",
-                "output_audio_buffer.started",
-                "response.output_audio_transcript.done",
-                "response.done",
-                "output_audio_buffer.stopped",
-            ]
-            assert greeting[2]["transcript"] == "Greet the caller warmly."
+            assert types(greeting) == [*assistant_line(), "output_audio_buffer.stopped"]
+            assert greeting[7]["transcript"] == "Greet the caller warmly."
+            assert greeting[6]["delta"] == "Greet the caller warmly."
 
             turn = await events_until(ws, "output_audio_buffer.stopped")
             assert types(turn) == [
-                "input_audio_buffer.speech_started",
-                "input_audio_buffer.speech_stopped",
-                "input_audio_buffer.committed",
-                "conversation.item.input_audio_transcription.completed",
-                "response.created",
-                "output_audio_buffer.started",
-                "response.output_audio_transcript.done",
-                "response.done",  # before playback ends, as on the real service
-                "output_audio_buffer.stopped",
+                *CALLER_TURN,
+                *assistant_line(deltas=2),
+                "output_audio_buffer.stopped",  # after response.done, as on the real service
             ]
-            assert turn[3]["transcript"] == "Hi, what are your opening hours?"
-            assert turn[0]["item_id"] == turn[3]["item_id"]
-            reply_id = turn[4]["response"]["id"]
-            assert {turn[5]["response_id"], turn[6]["response_id"], turn[8]["response_id"]} == {reply_id}
-            assert turn[6]["transcript"] == "We are open from nine to five."
-            done = turn[7]["response"]
-            assert done["status"] == "completed"
-            assert done["id"] == reply_id
-            assert done["output"][0]["content"][0]["transcript"] == "We are open from nine to five."
-            usage = done["usage"]
+            assert turn[6]["transcript"] == "Hi, what are your opening hours?"
+            assert turn[0]["item_id"] == turn[2]["item_id"] == turn[3]["item"]["id"] == turn[6]["item_id"]
+            assert turn[3]["item"]["content"] == [{"type": "input_audio", "transcript": None}]
+            created, done = turn[7], turn[19]
+            reply_id = created["response"]["id"]
+            assert created["response"]["conversation_id"].startswith("conv_")
+            assert created["response"]["status_details"] is None
+            assert {e["response_id"] for e in turn[9:19] if "response_id" in e} == {reply_id}
+            assert "".join(e["delta"] for e in turn[13:15]) == "We are open from nine to five."
+            assert turn[15]["transcript"] == "We are open from nine to five."
+            assert turn[20]["response_id"] == reply_id
+            reply_item = turn[9]["item"]
+            assert (reply_item["status"], reply_item["content"]) == ("in_progress", [])
+            assert turn[16]["part"] == {"type": "audio", "transcript": "We are open from nine to five."}
+            assert turn[17]["item"]["id"] == reply_item["id"]
+            assert turn[17]["item"]["status"] == "completed"
+            limits = {limit["name"]: limit for limit in turn[8]["rate_limits"]}
+            assert limits["requests"]["remaining"] == limits["requests"]["limit"] - 2  # the greeting and this
+            done_response = done["response"]
+            assert done_response["status"] == "completed"
+            assert done_response["status_details"] is None
+            assert done_response["id"] == reply_id
+            assert done_response["conversation_id"] == created["response"]["conversation_id"]
+            assert done_response["output"][0]["content"][0]["transcript"] == "We are open from nine to five."
+            usage = done_response["usage"]
             assert usage["output_token_details"]["audio_tokens"] == 42  # 7 words * 0.3 s * 20 tokens/s
             assert usage["input_token_details"]["audio_tokens"] > 0
             assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
@@ -867,19 +911,17 @@ async def test_scripted_call_from_greeting_to_agent_hangup() -> None:
             assert details["cached_tokens"] == sum(details["cached_tokens_details"].values())
 
             tool = await events_until(ws, "response.done")
-            assert types(tool)[4:] == [
-                "response.created",
-                "response.output_item.done",
-                "response.function_call_arguments.done",
-                "response.done",
-            ]
-            item, args_done = tool[5]["item"], tool[6]
+            assert types(tool) == [*CALLER_TURN, *FUNCTION_CALL]
+            added, args_done, item = tool[9]["item"], tool[13], tool[14]["item"]
+            assert (added["type"], added["status"], added["arguments"]) == ("function_call", "in_progress", "")
             assert item["type"] == "function_call"
             assert item["name"] == "end_call"
-            assert args_done["call_id"] == item["call_id"]
+            assert item["id"] == added["id"]
+            assert args_done["call_id"] == item["call_id"] == added["call_id"]
             assert args_done["call_id"].startswith("call_")
+            assert tool[11]["delta"] + tool[12]["delta"] == args_done["arguments"] == item["arguments"]
             assert json.loads(args_done["arguments"]) == {"reason": "caller said goodbye"}
-            assert args_done["response_id"] == tool[4]["response"]["id"]
+            assert args_done["response_id"] == tool[7]["response"]["id"]
             assert args_done["item_id"] == item["id"]
 
             await send(
@@ -893,11 +935,14 @@ async def test_scripted_call_from_greeting_to_agent_hangup() -> None:
                     },
                 },
             )
-            assert (await next_event(ws))["type"] == "conversation.item.created"
+            output_added, output_done = await next_event(ws), await next_event(ws)
+            assert (output_added["type"], output_done["type"]) == ("conversation.item.added", "conversation.item.done")
+            assert output_added["previous_item_id"] == item["id"]
+            assert output_done["item"]["call_id"] == item["call_id"]
             await send(ws, {"type": "response.create", "response": {"instructions": "Say goodbye."}})
             goodbye = await events_until(ws, "output_audio_buffer.stopped")
             assert (
-                goodbye[2]["transcript"] == "Goodbye, have a nice day!"
+                goodbye[7]["transcript"] == "Goodbye, have a nice day!"
             )  # the queued `then`, not the instructions
             assert (await env.http.post(f"/realtime/calls/{call.call_id}/hangup")).status_code == 200
             with pytest.raises(ConnectionClosedOK):
@@ -1007,18 +1052,22 @@ async def test_turn_detection_off_waits_for_the_controller_to_ask() -> None:
         call = await env.sim.place_call(spec)
         body = {
             **GOOD_BODY,
-            "audio": {"input": {"format": PCMU, "turn_detection": None}, "output": {"format": PCMU}},
+            "audio": {
+                "input": {"format": PCMU, "turn_detection": None, "transcription": {"model": "whisper-1"}},
+                "output": {"format": PCMU},
+            },
         }
         assert (await env.accept(call, body)).status_code == 200
         async with env.sideband(call.call_id) as ws:
             await next_event(ws)
             speech = await events_until(ws, "conversation.item.input_audio_transcription.completed")
             assert types(speech)[0] == "input_audio_buffer.speech_started"
+            assert speech[-1]["usage"]["type"] == "duration"
             with pytest.raises(TimeoutError):
                 await next_event(ws, timeout=0.2)  # no automatic response
             await send(ws, {"type": "response.create"})
             answer = await events_until(ws, "response.done")
-            assert answer[2]["transcript"] == "Yes, until six."
+            assert answer[7]["transcript"] == "Yes, until six."
         assert [r.source for r in call.responses] == ["client"]
 
 
