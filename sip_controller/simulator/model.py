@@ -204,6 +204,7 @@ class CallRuntime:
         self._pending_turn: Step | None = None
         self._client_responses: list[ResponseRecord] = []
         self._client_responded = asyncio.Event()
+        self._answered_ids: set[str] = set()
         self._tool_call_ids: set[str] = set()
         # the output audio buffer: responses playing or queued, their end-of-playback tasks
         self._playing: dict[str, _Generation] = {}
@@ -988,6 +989,7 @@ class CallRuntime:
         """The controller's ``response.create`` has been answered: its audio is playing, or it is done. (The
         caller's script waits for this, e.g. to listen to the greeting.)"""
         if response.source == "client":
+            self._answered_ids.add(response.id)
             self._client_responded.set()
 
     async def _generate_message(self, gen: _Generation, item_id: str) -> None:
@@ -1308,9 +1310,16 @@ class CallRuntime:
         await self.end("caller")
 
     async def _greeting(self) -> None:
-        if not await _wait(self._client_responded, self.ctx.scaled(self.spec.greeting_wait)):
-            return
-        greeting = self._client_responses[0]
+        """Wait for the controller's greeting and listen to it. A greeting that failed is no greeting: the caller
+        waits (``greeting_wait`` again) for the controller to ask once more."""
+        while True:
+            if not await _wait(self._client_responded, self.ctx.scaled(self.spec.greeting_wait)):
+                return
+            self._client_responded.clear()
+            answered = [r for r in self._client_responses if r.id in self._answered_ids]
+            greeting = next((r for r in answered if r.status != "failed"), None)
+            if greeting is not None:
+                break
         if greeting.audio_started_at is None and greeting.id not in self._playing:
             return  # no audio is coming (text only, failed, or the session cannot speak)
         steps = self.spec.steps

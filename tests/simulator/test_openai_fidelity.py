@@ -394,7 +394,9 @@ async def test_7_a_failed_response_says_why_and_its_line_waits_for_the_next_requ
         async with env.sideband(call.call_id) as ws:
             await next_event(ws)
             await send(ws, say("Hello!"))
-            failed = await events_until(ws, "response.done")  # no audio: the caller goes on at once
+            failed = await events_until(ws, "response.done")
+            await send(ws, say("Hello again!"))  # the caller waits for a greeting that is not a failure
+            await events_until(ws, "output_audio_buffer.stopped")
             tool_call = by_type(await events_until(ws, "response.done"), "response.function_call_arguments.done")[0]
             output = {"type": "function_call_output", "call_id": tool_call["call_id"], "output": "{}"}
             await send(ws, {"type": "conversation.item.create", "item": output})
@@ -410,10 +412,10 @@ async def test_7_a_failed_response_says_why_and_its_line_waits_for_the_next_requ
     assert goodbye_failed["output"] == []
     # the goodbye line was not said, so the next response.create says it
     assert goodbye[-1]["response"]["output"][0]["content"][0]["transcript"] == "Thanks, goodbye!"
-    assert [r.status for r in call.responses] == ["failed", "completed", "failed", "completed"]
-    assert [r.status_detail for r in call.responses] == ["server_error", None, "insufficient_quota", None]
+    assert [r.status for r in call.responses] == ["failed", "completed", "completed", "failed", "completed"]
+    assert [r.status_detail for r in call.responses] == ["server_error", None, None, "insufficient_quota", None]
     assert call.fault_counts == {"response_failed": 2}
-    assert call.greeting_heard is False
+    assert call.greeting_heard is True  # the greeting asked for again
 
 
 async def test_7_an_incomplete_response_stops_at_max_output_tokens() -> None:
