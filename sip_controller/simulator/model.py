@@ -305,6 +305,8 @@ class CallRuntime:
         base = default_session(new_id("sess_", 12), int(time.time()) + 3600)
         self.rec.session = merge_patch(base, patch)
         self._projected = copy.deepcopy(self.rec.session)
+        # Reported, not documented: a flat top-level voice gets 200 and then breaks the call; the codec rules
+        # (``assess_audio``) are users' reports too.
         state = "broken" if "voice" in body else assess_audio(patch, self.rec.session)
         self.rec.audio_state = worse(self.rec.audio_state, state)
         prompt = body.get("prompt")

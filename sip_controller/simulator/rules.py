@@ -104,7 +104,8 @@ def validate_session(
     """Return the first error OpenAI would report for this session config, or ``None`` if it is accepted.
 
     ``prefix`` is prepended to every ``param`` (``"session."`` inside ``session.update``).
-    ``reject_vad_tuning`` reproduces the reported 400 for VAD tuning on ``/accept`` of SIP calls.
+    ``reject_vad_tuning`` reproduces the 400 users report for VAD tuning on ``/accept`` of SIP calls (reported,
+    not documented; OpenAI's JS agents SDK refuses those fields for SIP too).
     ``allow_flat_voice`` lets a top-level ``voice`` through (``/accept`` answers 200 and the call breaks).
     ``session`` is the session a ``session.update`` patches: a ``tool_choice`` naming a function must name
     one of its tools unless the patch brings its own ``tools``.
@@ -524,6 +525,9 @@ def assess_audio(patch: Mapping[str, Any], effective: Mapping[str, Any]) -> Audi
 
     Static when the patch carries ``tools`` without stating both formats, when the effective input and
     output formats differ, or when either is ``audio/pcm`` (not a phone codec).
+
+    Reported, not documented: users saw SIP audio turn to static this way; OpenAI's staff said the codec is
+    negotiated in SDP. The simulator keeps the trap so a controller is tested against it.
     """
     stated_in, _ = _dig(patch, "audio", "input", "format")
     stated_out, _ = _dig(patch, "audio", "output", "format")

@@ -79,6 +79,8 @@ def as_output_item(item: dict[str, Any]) -> dict[str, Any]:
     return {"id": item["id"], "object": "realtime.item", **{k: v for k, v in item.items() if k != "id"}}
 
 
+#: ``status_details.error`` of a failed response, by code: the shape is documented (``type``, ``code``,
+#: ``message``), the values are as users report them
 FAILURE_ERRORS: dict[str, dict[str, Any]] = {
     "server_error": {
         "type": "server_error",
