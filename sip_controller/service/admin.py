@@ -21,6 +21,7 @@ from starlette.routing import Route
 from sip_controller.calls.inputs import OperatorHangup, OperatorTransfer
 from sip_controller.calls.report import CallRecord, mask_number, report_document
 from sip_controller.config import Console as ConsoleSettings
+from sip_controller.service import history
 from sip_controller.service.sessions import (
     LoginThrottle,
     MemorySessionStore,
@@ -32,6 +33,7 @@ from sip_controller.service.sessions import (
     retry_after_header,
     same_origin,
 )
+from sip_controller.state.records import StoreError
 
 log = structlog.get_logger("sip_controller.service.admin")
 
@@ -168,8 +170,10 @@ def _iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def call_summary(record: CallRecord, *, live: bool, now: datetime | None = None) -> dict[str, Any]:
-    """One row of ``GET /v1/calls``: never the transcript, the caller masked."""
+def call_summary(
+    record: CallRecord, *, live: bool, now: datetime | None = None, owner: str | None = None
+) -> dict[str, Any]:
+    """One row of ``GET /v1/calls`` for a call of this process: never the transcript, the caller masked."""
     duration: float | None
     if live:
         elapsed = ((now or datetime.now(UTC)) - record.received_at).total_seconds()
@@ -182,11 +186,56 @@ def call_summary(record: CallRecord, *, live: bool, now: datetime | None = None)
         "state": record.state,
         "live": live,
         "started": _iso(record.received_at),
+        "ended": None if live or record.duration_s is None else history.iso(history.record_ended_at(record)),
         "duration_s": duration,
         "caller": mask_number(record.caller),
         "ended_reason": record.ended_reason,
         "cost_usd": round(record.cost_usd, 6),
+        "owner": owner if live else None,
     }
+
+
+async def list_cluster_calls(
+    runtime: Any, query: history.ListQuery, *, wall_clock: Callable[[], float] = time.time
+) -> dict[str, Any]:
+    """``GET /v1/calls``: the cluster's live calls (first page), then finished calls newest first, one page.
+    Without a shared store: this process's live and recent calls (one page, no cursor)."""
+    registry = runtime.registry
+    me = history.process_id(runtime)
+    local_live = {r.call_id: r for r in registry.live_records()}
+    store = history.cluster_store(runtime)
+    calls: list[dict[str, Any]] = []
+    if query.include_live:
+        rows = await store.list_live(limit=history.MAX_LIVE) if store is not None else []
+        now = wall_clock()
+        seen: set[str] = set()
+        for row in rows:
+            seen.add(row.call_id)
+            if not query.matches_live(row.profile, row.caller):
+                continue
+            record = local_live.get(row.call_id)
+            if record is not None:
+                calls.append(call_summary(record, live=True, owner=row.owner))
+            else:
+                calls.append(history.row_summary(row, now))
+        for record in local_live.values():  # not (yet) in the store
+            if record.call_id not in seen and query.matches_live(record.profile, record.caller):
+                calls.append(call_summary(record, live=True, owner=me))
+        calls.sort(key=lambda c: str(c["started"]), reverse=True)
+    if store is not None:
+        page = await store.list_finished(query.history)
+        calls += [history.row_summary(row, 0.0) for row in page.calls]
+        return {"calls": calls, "next_cursor": page.next_cursor}
+    if query.history.cursor is None:
+        finished = [
+            r
+            for r in registry.records()
+            if r.call_id not in local_live
+            and query.matches_finished(r.profile, r.caller, r.ended_reason, history.record_ended_at(r))
+        ]
+        finished.sort(key=history.record_ended_at, reverse=True)
+        calls += [call_summary(r, live=False) for r in finished[: query.history.limit]]
+    return {"calls": calls, "next_cursor": None}
 
 
 def routes(auth: AdminAuth, runtime: Callable[[Request], Any], *, mask_caller: bool) -> list[Route]:
@@ -195,18 +244,68 @@ def routes(auth: AdminAuth, runtime: Callable[[Request], Any], *, mask_caller: b
     async def list_calls(request: Request) -> Response:
         if (denied := await auth.authorize(request)) is not None:
             return denied
-        registry = runtime(request).registry
-        live_ids = {r.call_id for r in registry.live_records()}
-        calls = [call_summary(r, live=r.call_id in live_ids) for r in registry.records()]
-        return JSONResponse({"calls": calls})
+        try:
+            query = history.parse_list_query(request.query_params)
+        except history.BadParameter as exc:
+            return _error(400, str(exc))
+        try:
+            return JSONResponse(await list_cluster_calls(runtime(request), query))
+        except StoreError as exc:
+            log.warning("admin.store_failed", error=str(exc)[:300])
+            return _error(503, "the call store is unavailable; retry")
 
     async def get_call(request: Request) -> Response:
         if (denied := await auth.authorize(request)) is not None:
             return denied
-        record = runtime(request).registry.get(request.path_params["call_id"])
-        if record is None:
+        call_id = request.path_params["call_id"]
+        rt = runtime(request)
+        record = rt.registry.get(call_id)
+        if record is not None:
+            return JSONResponse(report_document(record, mask_caller=mask_caller))
+        store = history.cluster_store(rt)
+        if store is None:
             return _error(404, "no such call")
-        return JSONResponse(report_document(record, mask_caller=mask_caller))
+        try:
+            row = await store.get_call(call_id)
+            report = None if row is None or row.live else await store.get_report(call_id)
+        except StoreError as exc:
+            log.warning("admin.store_failed", error=str(exc)[:300])
+            return _error(503, "the call store is unavailable; retry")
+        if row is None:
+            return _error(404, "no such call")
+        if report is None:  # live on another replica (its transcript stays there), or finished without a report
+            return JSONResponse(history.row_summary(row, time.time()))
+        return JSONResponse(history.masked_report(report, mask_caller=mask_caller))
+
+    async def elsewhere(request: Request, call_id: str, kind: str, args: dict[str, Any]) -> Response:
+        """The call is not live in this process: queue the command for its owner, if it is live in the cluster."""
+        rt = runtime(request)
+        store = history.cluster_store(rt)
+        known = rt.registry.get(call_id) is not None
+        if store is None:
+            return _error(409 if known else 404, "no live call with that id")
+        try:
+            row = await store.get_call(call_id)
+            if row is None or not row.live or row.owner == history.process_id(rt):
+                # unknown, over, or ours but no longer supervised here (it is ending)
+                return _error(409 if known or row is not None else 404, "no live call with that id")
+            if kind == "transfer":
+                profile = rt.settings.profiles.get(row.profile)
+                targets = profile.transfer.targets if profile is not None else ()
+                if args["target"] not in targets:
+                    return _error(422, f"unknown target; use one of: {', '.join(targets) or 'none configured'}")
+            command_id = await store.post_command(call_id, kind, args)
+        except StoreError as exc:
+            log.warning("admin.store_failed", error=str(exc)[:300])
+            return _error(503, "the call store is unavailable; retry")
+        if command_id is None:
+            return _error(409, "no live call with that id")
+        log.info("admin.command_posted", call_id=call_id, kind=kind, owner=row.owner, command_id=command_id)
+        status = "hanging_up" if kind == "hangup" else "transferring"
+        return JSONResponse(
+            {"status": status, "call_id": call_id, **args, "owner": row.owner, "command_id": command_id},
+            status_code=202,
+        )
 
     async def hangup(request: Request) -> Response:
         if (denied := await auth.authorize(request, write=True)) is not None:
@@ -218,7 +317,7 @@ def routes(auth: AdminAuth, runtime: Callable[[Request], Any], *, mask_caller: b
         registry = runtime(request).registry
         supervisor = registry.supervisor(call_id)
         if supervisor is None:
-            return _error(404 if registry.get(call_id) is None else 409, "no live call with that id")
+            return await elsewhere(request, call_id, "hangup", {"now": now_flag in ("true", "1")})
         supervisor.post(OperatorHangup(now=now_flag in ("true", "1")))
         return JSONResponse({"status": "hanging_up", "call_id": call_id}, status_code=202)
 
@@ -235,7 +334,7 @@ def routes(auth: AdminAuth, runtime: Callable[[Request], Any], *, mask_caller: b
         registry = runtime(request).registry
         supervisor = registry.supervisor(call_id)
         if supervisor is None:
-            return _error(404 if registry.get(call_id) is None else 409, "no live call with that id")
+            return await elsewhere(request, call_id, "transfer", {"target": body["target"]})
         targets = supervisor.machine.profile.transfer.targets
         if body["target"] not in targets:
             return _error(422, f"unknown target; use one of: {', '.join(targets) or 'none configured'}")
@@ -266,12 +365,37 @@ _SUMMARY = {
         "state": {"type": "string"},
         "live": {"type": "boolean"},
         "started": {"type": "string", "format": "date-time"},
+        "ended": {"type": ["string", "null"], "format": "date-time"},
         "duration_s": {"type": ["number", "null"]},
         "caller": {"type": ["string", "null"]},
         "ended_reason": {"type": ["string", "null"]},
         "cost_usd": {"type": "number"},
+        "owner": {"type": ["string", "null"], "description": "the replica (process id) supervising a live call"},
     },
 }
+_TIME = {
+    "type": "string",
+    "description": "RFC 3339 with an offset (2025-01-31T12:00:00Z) or epoch seconds",
+    "pattern": r"^([0-9]{1,12}(\.[0-9]{1,9})?|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?"
+    r"([Zz]|[+-][0-9]{2}:[0-9]{2}))$",
+}
+_TEXT = {"type": "string", "minLength": 1, "maxLength": 200}
+_LIST_PARAMETERS: list[dict[str, Any]] = [
+    {"name": "since", "in": "query", "required": False, "schema": _TIME,
+     "description": "finished calls that ended at or after this time"},
+    {"name": "until", "in": "query", "required": False, "schema": _TIME,
+     "description": "finished calls that ended before this time"},
+    {"name": "ended_reason", "in": "query", "required": False,
+     "schema": {"type": "string", "enum": list(history.ENDED_REASONS)}},
+    {"name": "profile", "in": "query", "required": False, "schema": _TEXT},
+    {"name": "caller", "in": "query", "required": False,
+     "schema": {"type": "string", "pattern": r"^\+[1-9][0-9]{1,14}$",
+                "description": "E.164, e.g. +14155550123 (shown masked in the answer)"}},
+    {"name": "limit", "in": "query", "required": False,
+     "schema": {"type": "integer", "minimum": 1, "maximum": history.MAX_LIMIT, "default": history.DEFAULT_LIMIT}},
+    {"name": "cursor", "in": "query", "required": False,
+     "schema": {**_TEXT, "pattern": "^[A-Za-z0-9_-]+$", "description": "next_cursor of the previous page"}},
+]
 
 
 def _responses(ok: int, schema: dict[str, Any], *errors: int) -> dict[str, Any]:
@@ -290,37 +414,48 @@ OPENAPI: dict[str, Any] = {
     "paths": {
         "/v1/calls": {
             "get": {
-                "summary": "Live and recent calls",
+                "summary": "The cluster's live calls (first page; not with since, until or ended_reason), then "
+                "finished calls, newest first, a page at a time",
+                "parameters": _LIST_PARAMETERS,
                 "responses": _responses(
-                    200, {"type": "object", "required": ["calls"], "properties": {"calls": {"type": "array",
-                                                                                            "items": _SUMMARY}}},
-                    401, 429,
+                    200,
+                    {
+                        "type": "object",
+                        "required": ["calls", "next_cursor"],
+                        "properties": {
+                            "calls": {"type": "array", "items": _SUMMARY},
+                            "next_cursor": {"type": ["string", "null"]},
+                        },
+                    },
+                    400, 401, 429, 503,
                 ),
             }
         },
         "/v1/calls/{call_id}": {
             "get": {
-                "summary": "One call's full record (the end-of-call report document, transcript so far)",
+                "summary": "One call's full record: the end-of-call report document (for a live call of this replica, "
+                "the transcript so far; for a live call of another replica, its summary)",
                 "parameters": [_CALL_ID],
-                "responses": _responses(200, {"type": "object", "required": ["call_id"]}, 401, 404, 429),
+                "responses": _responses(200, {"type": "object", "required": ["call_id"]}, 401, 404, 429, 503),
             }
         },
         "/v1/calls/{call_id}/hangup": {
             "post": {
-                "summary": "End a live call: a spoken goodbye then hangup, or at once with now=true",
+                "summary": "End a live call, whichever replica owns it: a spoken goodbye then hangup, or at once with "
+                "now=true",
                 "parameters": [
                     _CALL_ID,
                     {"name": "now", "in": "query", "required": False, "schema": {"type": "boolean"}},
                 ],
                 "responses": _responses(
                     202, {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
-                    401, 403, 404, 409, 422, 429,
+                    401, 403, 404, 409, 422, 429, 503,
                 ),
             }
         },
         "/v1/calls/{call_id}/transfer": {
             "post": {
-                "summary": "Transfer a live call to an allow-listed target of its profile",
+                "summary": "Transfer a live call, whichever replica owns it, to an allow-listed target of its profile",
                 "parameters": [_CALL_ID],
                 "requestBody": {
                     "required": True,
@@ -330,7 +465,7 @@ OPENAPI: dict[str, Any] = {
                 },
                 "responses": _responses(
                     202, {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
-                    401, 403, 404, 409, 422, 429,
+                    401, 403, 404, 409, 422, 429, 503,
                 ),
             }
         },

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from schemathesis.config import SchemathesisConfig
 
 from sip_controller.config import Console, Settings
 from sip_controller.service.admin import OPENAPI
@@ -203,7 +204,13 @@ def live_server() -> Iterator[_ServerThread]:
         yield server
 
 
-schema = schemathesis.openapi.from_dict(OPENAPI)
+# a well-formed filter can still be meaningless (a cursor this API never issued, `until` before `since`, 2025-13-01):
+# GET /v1/calls refuses it with 400, naming the parameter
+_CONFIG = SchemathesisConfig.from_dict({"operations": [{
+    "include-name": "GET /v1/calls",
+    "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "400", "401", "429"]}},
+}]})  # fmt: skip
+schema = schemathesis.openapi.from_dict(OPENAPI, config=_CONFIG)
 
 
 @schema.parametrize()

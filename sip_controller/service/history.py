@@ -1,0 +1,174 @@
+"""The cluster's calls for the admin API: ``GET /v1/calls`` filters, summaries of stored calls, and the store a
+runtime shares with the other replicas.
+
+``GET /v1/calls`` takes ``since``/``until`` (RFC 3339 with an offset, or epoch seconds; they bound ``ended_at``),
+``ended_reason``, ``profile``, ``caller`` (E.164), ``limit`` (1 to :data:`MAX_LIMIT`) and ``cursor`` (the
+``next_cursor`` of the previous page). A bad value is a :class:`BadParameter` that names the parameter (400).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, get_args
+
+from sip_controller.calls.report import CallRecord, mask_number
+from sip_controller.calls.states import EndedReason
+from sip_controller.state.records import CallRow, HistoryQuery, decode_cursor
+from sip_controller.state.store import Store
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 200
+#: at most this many live calls of the cluster in one answer
+MAX_LIVE = 1000
+ENDED_REASONS: tuple[str, ...] = get_args(EndedReason)
+PARAMETERS = ("since", "until", "ended_reason", "profile", "caller", "limit", "cursor")
+
+_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+_EPOCH = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?")
+
+
+class BadParameter(ValueError):
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(f"`{name}`: {message}")
+        self.name = name
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    """``GET /v1/calls``'s query. Live calls (first page only) match ``profile`` and ``caller``; ``since``,
+    ``until`` and ``ended_reason`` are about how a call ended, so live calls are left out when one is given."""
+
+    history: HistoryQuery
+
+    @property
+    def include_live(self) -> bool:
+        h = self.history
+        return h.cursor is None and h.since is None and h.until is None and h.ended_reason is None
+
+    def matches_live(self, profile: str, caller: str | None) -> bool:
+        h = self.history
+        return (h.profile is None or h.profile == profile) and (h.caller is None or h.caller == caller)
+
+    def matches_finished(self, profile: str, caller: str | None, ended_reason: str | None, ended_at: float) -> bool:
+        h = self.history
+        return (
+            self.matches_live(profile, caller)
+            and (h.ended_reason is None or h.ended_reason == ended_reason)
+            and (h.since is None or ended_at >= h.since)
+            and (h.until is None or ended_at < h.until)
+        )
+
+
+def parse_time(name: str, value: str) -> float:
+    """RFC 3339 with an offset (``2025-01-31T12:00:00Z``) or epoch seconds, as epoch seconds."""
+    if _EPOCH.fullmatch(value):
+        return float(value)
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise BadParameter(name, "use RFC 3339 (2025-01-31T12:00:00Z) or epoch seconds") from None
+    if moment.tzinfo is None:
+        raise BadParameter(name, "an RFC 3339 time needs its offset (Z or +HH:MM)")
+    seconds = moment.timestamp()
+    if not math.isfinite(seconds) or seconds < 0:
+        raise BadParameter(name, "must be after 1970-01-01T00:00:00Z")
+    return seconds
+
+
+def parse_list_query(params: Mapping[str, str]) -> ListQuery:
+    """The query of ``GET /v1/calls``; a parameter it does not know is refused (a typo would widen the answer)."""
+    for name in params:
+        if name not in PARAMETERS:
+            raise BadParameter(name[:40], f"unknown parameter; use: {', '.join(PARAMETERS)}")
+
+    def text(name: str) -> str | None:
+        value = params.get(name)
+        if value is None:
+            return None
+        if not value or len(value) > 200:
+            raise BadParameter(name, "must be 1 to 200 characters")
+        return value
+
+    since = None if (raw := text("since")) is None else parse_time("since", raw)
+    until = None if (raw := text("until")) is None else parse_time("until", raw)
+    if since is not None and until is not None and since >= until:
+        raise BadParameter("until", "must be after `since`")
+    ended_reason = text("ended_reason")
+    if ended_reason is not None and ended_reason not in ENDED_REASONS:
+        raise BadParameter("ended_reason", f"one of: {', '.join(ENDED_REASONS)}")
+    caller = text("caller")
+    if caller is not None and not _E164.fullmatch(caller):
+        raise BadParameter("caller", "an E.164 number such as +14155550123 (+ and up to 15 digits)")
+    limit = DEFAULT_LIMIT
+    if (raw := text("limit")) is not None:
+        if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+            raise BadParameter("limit", f"a whole number from 1 to {MAX_LIMIT}")
+        limit = int(raw)
+    cursor = text("cursor")
+    if cursor is not None:
+        try:
+            decode_cursor(cursor)
+        except ValueError:
+            raise BadParameter("cursor", "not a cursor from this API; pass back `next_cursor` as it came") from None
+    query = HistoryQuery(
+        since=since, until=until, ended_reason=ended_reason, profile=text("profile"), caller=caller, limit=limit,
+        cursor=cursor,
+    )  # fmt: skip
+    return ListQuery(query)
+
+
+def cluster_store(runtime: Any) -> Store | None:
+    """The store this replica shares with the others (None when the app runs with a claim-only store, such as
+    :class:`~sip_controller.state.store.MemoryStore`: then only this process's calls are known)."""
+    store = getattr(runtime, "store", None)
+    if store is None or not hasattr(store, "list_finished") or not hasattr(store, "post_command"):
+        return None
+    found: Store = store
+    return found
+
+
+def process_id(runtime: Any) -> str | None:
+    """This replica's process id in the store (None when it has none)."""
+    value = getattr(runtime, "process_id", None) or getattr(getattr(runtime, "registry", None), "owner", None)
+    return value if isinstance(value, str) else None
+
+
+def iso(epoch_s: float | None) -> str | None:
+    if epoch_s is None:
+        return None
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat().replace("+00:00", "Z")
+
+
+def row_summary(row: CallRow, now: float) -> dict[str, Any]:
+    """One row of ``GET /v1/calls`` for a call the store holds: never the transcript, the caller masked."""
+    end = now if row.ended_at is None else row.ended_at
+    return {
+        "call_id": row.call_id,
+        "profile": row.profile,
+        "state": row.state,
+        "live": row.live,
+        "started": iso(row.received_at),
+        "ended": iso(row.ended_at),
+        "duration_s": round(max(0.0, end - row.received_at), 3),
+        "caller": mask_number(row.caller),
+        "ended_reason": row.ended_reason,
+        "cost_usd": round(row.cost_usd, 6),
+        "owner": row.owner if row.live else None,
+    }
+
+
+def record_ended_at(record: CallRecord) -> float:
+    """When a finished in-memory record ended, in epoch seconds (received + duration)."""
+    return record.received_at.timestamp() + (record.duration_s or 0.0)
+
+
+def masked_report(report: dict[str, Any], *, mask_caller: bool) -> dict[str, Any]:
+    """A stored report as the API shows it: the caller masked when the settings say so, whatever was stored."""
+    if mask_caller and report.get("caller_masked") is not True:
+        caller = report.get("caller")
+        return {**report, "caller": mask_number(caller) if isinstance(caller, str) else caller, "caller_masked": True}
+    return report
