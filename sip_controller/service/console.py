@@ -29,14 +29,19 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+import structlog
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from sip_controller.calls.report import CallRecord
+from sip_controller.service import history
 from sip_controller.service.admin import CSRF_HEADER, AdminAuth, call_summary
 from sip_controller.service.sessions import Session, retry_after_header, same_origin
+from sip_controller.state.records import StoreError
+
+log = structlog.get_logger("sip_controller.service.console")
 
 #: recently ended calls shown under the live ones
 RECENT_SHOWN = 20
@@ -304,6 +309,8 @@ def _forbidden(message: str) -> HTMLResponse:
 def _row(summary: dict[str, Any], selected: str | None) -> str:
     call_id = summary["call_id"]
     state = summary["state"] if summary["live"] else summary["ended_reason"] or summary["state"]
+    if summary.get("elsewhere"):
+        state = f"{state} (on replica {summary.get('owner')})"
     cls = ' class="selected"' if call_id == selected else ""
     href = "/?" + urlencode({"call": call_id})
     return (
@@ -428,13 +435,29 @@ def routes(
                 return None
         return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
 
-    def _snapshot(registry: Any) -> list[dict[str, Any]]:
+    async def _snapshot(request: Request) -> list[dict[str, Any]]:
+        rt = _runtime(request)
+        registry = rt.registry
         live_ids = {r.call_id for r in registry.live_records()}
         rows = [call_summary(r, live=r.call_id in live_ids) for r in registry.records()]
         live = [r for r in rows if r["live"]]
         ended = [r for r in rows if not r["live"]]
         ended.reverse()  # newest first
-        return live + ended[:RECENT_SHOWN]
+        return live + await _elsewhere(rt, {r["call_id"] for r in rows}) + ended[:RECENT_SHOWN]
+
+    async def _elsewhere(rt: Any, known: set[str]) -> list[dict[str, Any]]:
+        """The live calls other replicas supervise (from the shared store): listed, but their transcript streams
+        only from the replica that owns them."""
+        store = history.cluster_store(rt)
+        if store is None:
+            return []
+        try:
+            rows = await store.list_live(limit=history.MAX_LIVE)
+        except StoreError as exc:
+            log.warning("console.store_failed", error=str(exc)[:300])
+            return []
+        now = time.time()
+        return [{**history.row_summary(r, now), "elsewhere": True} for r in rows if r.call_id not in known]
 
     async def index(request: Request) -> Response:
         if not auth.enabled:
@@ -458,7 +481,7 @@ def routes(
             return _page("starting", "<p>The service is starting; reload in a moment.</p>", 503)
         registry = rt.registry
         selected = request.query_params.get("call") or None
-        rows = _snapshot(registry)
+        rows = await _snapshot(request)
         live = [r for r in rows if r["live"]]
         ended = [r for r in rows if not r["live"]]
         detail = ""
@@ -480,7 +503,8 @@ def routes(
             "</header>"
             f'<main id="console" class="{"" if selected else "narrow"}" data-call-id="{_e(selected or "")}"'
             f' data-csrf="{_e(csrf)}">'
-            '<div><section><h2>Live calls</h2>'
+            '<div><section><h2>Live calls</h2><p class="muted">Every replica&rsquo;s live calls are listed; a '
+            "call&rsquo;s live transcript shows only on the replica that owns it.</p>"
             f'{_table("live-calls", live, selected, "No live calls.")}</section>'
             '<section><h2>Recently ended</h2>'
             f'{_table("recent-calls", ended, selected, "None yet.")}</section></div>'
@@ -577,7 +601,7 @@ def routes(
                 if session is not None and not await auth.sessions.alive(session):
                     return  # signed out (or expired): the reconnect is answered 401
                 last_snapshot = now
-                yield _sse("calls", {"calls": _snapshot(registry)})
+                yield _sse("calls", {"calls": await _snapshot(request)})
             if call_id is not None:
                 record = registry.get(call_id)
                 if record is not None:

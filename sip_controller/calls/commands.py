@@ -1,0 +1,85 @@
+"""Operator commands from any replica, carried out by the call's owner.
+
+The admin API of a replica that does not own a call writes the operator's hangup or transfer to the store
+(``post_command``). The owning process polls for commands of its calls (``take_commands``) every ``interval_s``
+(one indexed query; by default once a second), hands each to the call's supervisor as an ``OperatorHangup`` or
+``OperatorTransfer`` input, and records the outcome (``command_done``). A command the owner took but did not
+finish before it died is offered again to whichever replica takes the call over (the store's rule), so an
+operator's hangup for a call whose owner is gone is carried out once the call is taken over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+import structlog
+
+from sip_controller.calls.inputs import OperatorHangup, OperatorTransfer
+from sip_controller.calls.supervisor import CallSupervisor
+from sip_controller.state.records import CommandRow
+from sip_controller.state.store import Store
+
+log = structlog.get_logger("sip_controller.calls.commands")
+
+#: how often the owner looks for commands by default (seconds): an operator's action from another replica waits
+#: at most this long before the call's supervisor has it
+DEFAULT_INTERVAL_S = 1.0
+
+#: commands taken per poll
+BATCH = 50
+
+#: outcomes recorded with ``command_done``
+POSTED = "posted"
+NO_LIVE_CALL = "no_live_call"
+
+
+class Supervisors(Protocol):
+    """What the poller needs of the registry: the supervisor of a live call of this process."""
+
+    def supervisor(self, call_id: str) -> CallSupervisor | None: ...
+
+
+def carry_out(command: CommandRow, supervisors: Supervisors) -> str:
+    """Hand one command to its call's supervisor; the outcome to record."""
+    supervisor = supervisors.supervisor(command.call_id)
+    if supervisor is None:
+        return NO_LIVE_CALL
+    if command.kind == "hangup":
+        supervisor.post(OperatorHangup(now=command.args.get("now") is True))
+        return POSTED
+    if command.kind == "transfer":
+        target = command.args.get("target")
+        if not isinstance(target, str) or target not in supervisor.machine.profile.transfer.targets:
+            return "refused: unknown transfer target"
+        supervisor.post(OperatorTransfer(target))
+        return POSTED
+    return f"refused: unknown kind {command.kind!r}"
+
+
+async def poll_commands_once(store: Store, supervisors: Supervisors, process_id: str, *, limit: int = BATCH) -> int:
+    """Take this process's waiting commands, carry each out, record the outcomes; how many were taken."""
+    commands = await store.take_commands(process_id, limit=limit)
+    for command in commands:
+        outcome = carry_out(command, supervisors)
+        log.info("command.carried_out", call_id=command.call_id, kind=command.kind, outcome=outcome)
+        await store.command_done(command.id, outcome)
+    return len(commands)
+
+
+async def run_command_poller(
+    store: Store, supervisors: Supervisors, process_id: str, interval_s: float = DEFAULT_INTERVAL_S
+) -> None:
+    """Poll for this process's commands until cancelled (run it as a task the app owns). A failing poll (the
+    database away for a moment) is logged and tried again at the next tick; a full batch is followed at once by
+    the next one."""
+    while True:
+        taken = 0
+        try:
+            taken = await poll_commands_once(store, supervisors, process_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("command.poll_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+        if taken < BATCH:
+            await asyncio.sleep(interval_s)
