@@ -202,6 +202,42 @@ class RateLimitsUpdated(_Event):
     rate_limits: list[RateLimit] = Field(default_factory=list)
 
 
+#: GA events the controller knows and has no use for: the item, content-part and delta events that stream an
+#: answer (it acts on response.done and the transcript's .done), and the acknowledgements of client events. They
+#: are not "unknown": they are not counted in ``ignored_events``, and nothing past their type is parsed.
+PASSIVE_TYPES = frozenset(
+    {
+        "conversation.item.added",
+        "conversation.item.done",
+        "conversation.item.deleted",
+        "conversation.item.retrieved",
+        "conversation.item.truncated",
+        "conversation.item.input_audio_transcription.delta",
+        "conversation.item.input_audio_transcription.segment",
+        "input_audio_buffer.committed",
+        "input_audio_buffer.cleared",
+        "response.output_item.added",
+        "response.output_item.done",
+        "response.content_part.added",
+        "response.content_part.done",
+        "response.output_audio_transcript.delta",
+        "response.output_audio.delta",
+        "response.output_audio.done",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.function_call_arguments.delta",
+        "response.mcp_call_arguments.delta",
+        "response.mcp_call_arguments.done",
+    }
+)
+
+
+class PassiveEvent(_Event):
+    """A known event the controller does not act on (see ``PASSIVE_TYPES``)."""
+
+    type: str
+
+
 class UnknownEvent(_Event):
     """A well-formed event of a type we do not handle (counted and ignored)."""
 
@@ -230,6 +266,7 @@ ServerEvent = (
     | DtmfReceived
     | InputAudioTimeout
     | RateLimitsUpdated
+    | PassiveEvent
     | UnknownEvent
     | MalformedEvent
 )
@@ -266,6 +303,8 @@ def parse_server_event(raw: str | bytes) -> ServerEvent:
         end = text.find('"', len(_TYPE_PREFIX))
         name = text[len(_TYPE_PREFIX) : end]
         if end > 0 and "\\" not in name:
+            if name in PASSIVE_TYPES:
+                return PassiveEvent.model_construct(type=name)
             try:
                 event = (_MODELS.get(name) or UnknownEvent).model_validate_json(text)
             except ValueError:  # ValidationError included: the general path says why
@@ -283,6 +322,8 @@ def _parse_general(raw: str | bytes) -> ServerEvent:
         return MalformedEvent(reason="not JSON")
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
         return MalformedEvent(reason="not an object with a string type")
+    if data["type"] in PASSIVE_TYPES:
+        return PassiveEvent.model_construct(type=data["type"])
     model = _MODELS.get(data["type"])
     try:
         if model is None:

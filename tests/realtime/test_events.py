@@ -198,9 +198,9 @@ def test_dtmf() -> None:
 @pytest.mark.parametrize(
     "kind",
     [
-        "response.output_audio.delta",
         "response.audio.delta",
-        "conversation.item.added",
+        "conversation.item.created",
+        "live.something",
         "",
     ],
 )
