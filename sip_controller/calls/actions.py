@@ -30,6 +30,16 @@ class Hangup:
 
 
 @dataclass(frozen=True)
+class HangingUp:
+    """The hangup is not confirmed yet: it is tried again in ``retry_in_s`` (a ``StartTimer`` follows). The
+    supervisor tells the store (state ``hanging_up``, ``wake_at``) so that any replica can finish the hangup if
+    this process goes away."""
+
+    retry_in_s: float
+    attempts: int
+
+
+@dataclass(frozen=True)
 class StartTimer:
     name: str
     seconds: float
@@ -69,4 +79,7 @@ class Refer:
     target_uri: str
 
 
-Action = Accept | Attach | Reattach | Send | Hangup | Reject | RunTool | Refer | StartTimer | CancelTimer | Finish
+Action = (
+    Accept | Attach | Reattach | Send | Hangup | HangingUp | Reject | RunTool | Refer | StartTimer | CancelTimer
+    | Finish
+)

@@ -14,7 +14,9 @@ class Start:
 
 @dataclass(frozen=True)
 class AcceptOk:
-    pass
+    #: OpenAI answered 400 ``call_already_accepted`` to a retry after our own earlier accept went unanswered
+    #: (timeout, reset, 5xx): that accept went through, and the call is ours (we hold its claim)
+    already_accepted: bool = False
 
 
 @dataclass(frozen=True)
@@ -56,18 +58,23 @@ class TimerFired:
 
 @dataclass(frozen=True)
 class HangupOk:
-    pass
+    #: hangup requests sent for this answer (quick retries included)
+    attempts: int = 1
 
 
 @dataclass(frozen=True)
 class HangupFailed:
     gone: bool
     detail: str
+    attempts: int = 1
 
 
 @dataclass(frozen=True)
 class Shutdown:
-    """The process is draining: wrap up politely and hang up."""
+    """The process is draining: wrap up politely and hang up (``now``: the wrap-up took too long; hang up at once
+    and keep retrying the hangup until OpenAI confirms it)."""
+
+    now: bool = False
 
 
 @dataclass(frozen=True)

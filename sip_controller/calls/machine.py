@@ -28,6 +28,7 @@ from sip_controller.calls.actions import (
     Attach,
     CancelTimer,
     Finish,
+    HangingUp,
     Hangup,
     Reattach,
     Reject,
@@ -78,8 +79,8 @@ from sip_controller.calls.states import (
     GOODBYE_INSTRUCTIONS,
     GOODBYE_QUEUE_MAX_S,
     GOODBYE_TIMER,
+    HANGUP_RETRY_MAX_S,
     HANGUP_RETRY_TIMER,
-    MAX_HANGUP_ROUNDS,
     MAX_RECONNECTS,
     RESUMABLE_REASONS,
     RESUME_NOTE,
@@ -328,7 +329,10 @@ class CallMachine:
                 self._set_state(CallState.ACCEPTING, rel)
                 body = self.accept_body if self.accept_body is not None else session.accept_body(self.profile)
                 return [Accept(body)]
-            case AcceptOk():
+            case AcceptOk(already_accepted=already):
+                if already:
+                    self.record.mark(rel, "accept: OpenAI says already accepted: our earlier accept, whose answer "
+                                          "was lost, went through")
                 self._set_state(CallState.ACCEPTED, rel)
                 self.record.accepted_s = round(rel, 3)
                 return [Attach()]
@@ -364,16 +368,19 @@ class CallMachine:
                 return self._on_sideband_closed(code, rel)
             case TimerFired(name=name):
                 return self._on_timer(name, rel)
-            case HangupOk():
+            case HangupOk(attempts=attempts):
+                self.record.hangup_attempts += attempts
+                self.record.hangup_confirmed = True
                 self.record.mark(rel, "hangup acknowledged")
                 if not self._sideband_open:  # no close is coming: the report need not wait for one
                     self.record.mark(rel, "no sideband open: finishing at once")
                     return self.finish(self.ending.reason if self.ending else "session_error", rel)
                 return [StartTimer(CLOSE_WAIT_TIMER, self.close_wait_s)]
-            case HangupFailed(gone=gone, detail=detail):
+            case HangupFailed(gone=gone, detail=detail, attempts=attempts):
+                self.record.hangup_attempts += attempts
                 return self._on_hangup_failed(gone, detail, rel)
-            case Shutdown():
-                return self._on_shutdown(rel)
+            case Shutdown(now=immediate):
+                return self._on_shutdown(rel, immediate)
             case OperatorHangup(now=immediate):
                 return self._on_operator_hangup(immediate, rel)
             case OperatorTransfer(target=target):
@@ -395,6 +402,11 @@ class CallMachine:
             reason = self.ending.reason
         self.record.errors.append(why)
         state = CallState.ENDED if reason == "shutdown" else CallState.FAILED
+        unconfirmed = self.state == CallState.HANGING_UP or (self.ending is not None and self.ending.hangup_sent)
+        if unconfirmed and not self.record.hangup_confirmed:
+            # the call may still be up at OpenAI: it stays hanging_up (the store's janitor finishes the hangup)
+            self.record.hangup_confirmed = False
+            state = CallState.HANGING_UP
         self.finish(reason, now - (self._t0 if self._t0 is not None else now), state)
 
     # ---- the CallPort the features see, and shared helpers ------------------------------------------
@@ -627,26 +639,33 @@ class CallMachine:
         return self.hangup(rel, "the session is over")
 
     def _on_hangup_failed(self, gone: bool, detail: str, rel: float) -> list[Action]:
-        """A hangup that failed is not a finished call: keep supervising and try again (bounded), unless
-        OpenAI says the call is gone already. Only the sideband closing, or the last try, ends the record."""
-        reason = self.ending.reason if self.ending else "session_error"
+        """A hangup that failed is not a finished call: the call is ``hanging_up`` and the hangup is tried again
+        with backoff, with no limit, until OpenAI confirms it or says the call is gone (404: that confirms it
+        too). The call stays supervised meanwhile; ``HangingUp`` lets the store know, so that another replica
+        (or a restart) finishes the hangup if this process goes away."""
+        self.ending = self.ending or _Ending(reason="session_error")
         if gone:
+            self.record.hangup_confirmed = True
             self.record.mark(rel, "hangup: call already gone")
-            return self.finish(reason, rel)
-        self.record.errors.append(f"hangup failed: {detail}")
+            return self.finish(self.ending.reason, rel)
         self._hangup_failures += 1
-        if self.ending is None or self._hangup_failures > MAX_HANGUP_ROUNDS:
-            self.record.errors.append("hangup never confirmed: the call may still be up at OpenAI")
-            self.record.mark(rel, "hangup failed for good")
-            return self.finish(reason, rel)
+        if self._hangup_failures == 1:
+            self.record.errors.append(f"hangup failed: {detail}")
+            self._set_state(CallState.HANGING_UP, rel)
         self.ending.hangup_sent = False
-        delay = min(8.0, 0.25 * 2 ** (self._hangup_failures - 1))
-        self.record.mark(rel, f"hangup failed: trying again in {delay:g}s")
-        return [StartTimer(HANGUP_RETRY_TIMER, delay)]
+        delay = min(HANGUP_RETRY_MAX_S, 0.25 * 2 ** min(self._hangup_failures - 1, 16))
+        self.record.mark(rel, f"hangup failed ({detail}): trying again in {delay:g}s")
+        return [HangingUp(delay, self.record.hangup_attempts), StartTimer(HANGUP_RETRY_TIMER, delay)]
 
-    def _on_shutdown(self, rel: float) -> list[Action]:
-        if self.state == CallState.ENDING:
+    def _on_shutdown(self, rel: float, immediate: bool = False) -> list[Action]:
+        if self.state in (CallState.ENDING, CallState.HANGING_UP):
             self._end_requested = True
+            if immediate and self.ending is not None:
+                return self.hangup(rel, "draining: the wrap-up took too long")
+        if self.state == CallState.ATTACHED and immediate:
+            self.ending = _Ending(reason="shutdown")
+            self._set_state(CallState.ENDING, rel)
+            return [*self.watchdog.stop(), *self.hangup(rel, "draining: hanging up at once")]
         if self.state == CallState.ATTACHED:
             return self.begin_ending("shutdown", rel, SHUTDOWN_INSTRUCTIONS)
         if self.state == CallState.RECEIVED:
@@ -677,6 +696,16 @@ class CallMachine:
         if self.transfer.leaving:  # a REFER that worked can close the socket before its 200
             return [*self.transfer.on_call_left(self, rel), *self.finish("transferred", rel)]
         ending = self.ending
+        if ending is not None and (ending.hangup_sent or self.state == CallState.HANGING_UP):
+            if self.record.hangup_confirmed:
+                return self.finish(ending.reason, rel)
+            if code == 1000 and self.state != CallState.HANGING_UP:
+                self.record.hangup_confirmed = True  # OpenAI closed the session right after our hangup
+                return self.finish(ending.reason, rel)
+            # a hangup that failed before, or a socket that dropped: only OpenAI's answer to the hangup (2xx, or
+            # 404: gone) says the call is over
+            self.record.mark(rel, "sideband closed while the hangup is unconfirmed: waiting for OpenAI's answer")
+            return []
         if self._at_session_limit(rel) and not (ending is not None and ending.hangup_sent):
             self.record.mark(rel, "the sideband closed at OpenAI's session limit")
             return self.finish("session_limit", rel)

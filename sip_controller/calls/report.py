@@ -178,6 +178,12 @@ class CallRecord:
     barge_ins: list[BargeIn] = field(default_factory=list)
     #: the latest value of each rate limit OpenAI reported during the call, by name (``requests``, ``tokens``)
     rate_limits: dict[str, RateLimitState] = field(default_factory=dict)
+    #: hangup requests sent to OpenAI (quick retries included); whether OpenAI confirmed the call is over: True
+    #: (our hangup answered 2xx or 404, or OpenAI closed the session after it), False (the record was closed
+    #: while our hangup was still unconfirmed: the call may be up, left ``hanging_up`` for a retry), None (we
+    #: never hung up: the caller did, or the call was never answered)
+    hangup_attempts: int = 0
+    hangup_confirmed: bool | None = None
 
     def mark(self, at_s: float, what: str) -> None:
         self.timeline.append((round(at_s, 3), what))
@@ -364,6 +370,8 @@ def report_document(record: CallRecord, *, mask_caller: bool = True) -> dict[str
         "failed_responses": [f.to_dict() for f in record.failed_responses],
         "failed_responses_total": record.failed_responses_total,
         "barge_ins": [{"line": b.line, "at_s": round(b.at_s, 3), "then": b.then} for b in record.barge_ins],
+        "hangup_confirmed": record.hangup_confirmed,
+        "hangup_attempts": record.hangup_attempts,
         "rate_limits": {
             name: {
                 "limit": r.limit,

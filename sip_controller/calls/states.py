@@ -30,6 +30,8 @@ class CallState(StrEnum):
     ACCEPTED = "accepted"
     ATTACHED = "attached"
     ENDING = "ending"
+    #: the hangup failed and is retried, with backoff, until OpenAI confirms it (2xx) or says the call is gone (404)
+    HANGING_UP = "hanging_up"
     ENDED = "ended"
     REJECTED = "rejected"
     FAILED = "failed"
@@ -64,8 +66,8 @@ GOODBYE_BARGE_IN_NOTE = (
 
 #: sideband reconnects allowed per call before giving up and hanging up through REST
 MAX_RECONNECTS = 3
-#: rounds of (already retried) hangup requests before a call is given up as unconfirmed
-MAX_HANGUP_ROUNDS = 5
+#: a hangup that failed is tried again after 0.25 s, doubling up to this, until OpenAI confirms it (no give-up)
+HANGUP_RETRY_MAX_S = 30.0
 
 GOODBYE_TIMER = "goodbye"
 #: the caller talked over a goodbye that must still be said: it is asked for again once the model has answered

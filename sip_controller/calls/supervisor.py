@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,7 @@ from sip_controller.calls.actions import (
     Attach,
     CancelTimer,
     Finish,
+    HangingUp,
     Hangup,
     Reattach,
     Refer,
@@ -61,12 +62,16 @@ from sip_controller.realtime.retries import (
     DEFAULT_POLICY,
     RetryPolicy,
     accept_within_budget,
+    ambiguous,
     retrying,
     with_quick_retries,
 )
 from sip_controller.realtime.sideband import AttachError, Sideband, SidebandConnector
 
 log = structlog.get_logger("sip_controller.calls.supervisor")
+
+#: OpenAI's 400 code for an accept of a call that is already accepted
+CALL_ALREADY_ACCEPTED = "call_already_accepted"
 
 
 class _TaskCrashed:
@@ -90,6 +95,14 @@ class CallOptions:
     retry: RetryPolicy = DEFAULT_POLICY
     #: told "disconnect" when the sideband drops and "reconnect" when it is restored (metrics)
     on_sideband: Callable[[str], None] | None = None
+    #: what the call records goes to the store through it, in batches (shown every input the machine handled)
+    #: awaited with ``(call_id, next_try_at)`` each time a hangup failed and is to be tried again at
+    #: ``next_try_at`` (``wall_clock`` seconds): the call is ``hanging_up``. The store's wiring records it
+    #: (``update_call(fence, state="hanging_up", wake_at=next_try_at)``) so any replica can finish the hangup
+    #: if this process goes; metrics count the retry. A failure of the hook is logged, never fatal.
+    on_hanging_up: Callable[[str, float], Awaitable[None]] | None = None
+    #: the wall clock ``next_try_at`` is on (the store's scale)
+    wall_clock: Callable[[], float] = time.time
 
 
 class CallSupervisor:
@@ -151,7 +164,9 @@ class CallSupervisor:
             raise
         except Exception:
             self._log.exception("call.crashed")
-            live = self.machine.state in (CallState.ACCEPTED, CallState.ATTACHED, CallState.ENDING)
+            live = self.machine.state in (
+                CallState.ACCEPTED, CallState.ATTACHED, CallState.ENDING, CallState.HANGING_UP
+            )
             self.machine.abort("session_error", "internal error", self._clock())
             if live:
                 await self._best_effort_hangup()
@@ -254,6 +269,9 @@ class CallSupervisor:
             case Hangup():
                 self._log.info("call.hangup")
                 self._spawn("hangup", self._hangup)
+            case HangingUp(retry_in_s=retry_in_s, attempts=attempts):
+                self._log.warning("call.hangup_unconfirmed", retry_in_s=retry_in_s, attempts=attempts)
+                await self._hanging_up(self._options.wall_clock() + retry_in_s)
             case StartTimer(name=name, seconds=seconds):
                 old = self._timers.pop(name, None)
                 if old is not None:
@@ -274,7 +292,12 @@ class CallSupervisor:
         deadline = self._started_at + self._options.ring_budget_s
         slots = self._options.accept_slots
 
+        #: an attempt went unanswered (timeout, reset, 5xx): OpenAI may have carried it out
+        unanswered = False
+
         def on_retry(exc: OpenAIError) -> None:
+            nonlocal unanswered
+            unanswered = unanswered or ambiguous(exc)
             self._log.info("call.accept_retry", status=exc.status, code=exc.code)
 
         try:
@@ -292,6 +315,12 @@ class CallSupervisor:
             self._log.info("call.accept_gone")
             self.post(AcceptFailed(gone=True, detail=str(exc)))
         except InvalidRequest as exc:
+            if exc.code == CALL_ALREADY_ACCEPTED and unanswered:
+                # our own earlier accept went through and only its answer was lost; we hold the call's claim,
+                # so nobody else accepted it: the call is ours (no reject, no failure)
+                self._log.info("call.accepted", already_accepted=True)
+                self.post(AcceptOk(already_accepted=True))
+                return
             # should have been caught by preflight: say so loudly, with OpenAI's own words
             self._log.error("call.accept_refused", status=exc.status, message=exc.message, param=exc.param)
             self.post(AcceptFailed(gone=False, detail=str(exc), invalid=True))
@@ -382,15 +411,31 @@ class CallSupervisor:
             self.post(ReferOk())
 
     async def _hangup(self) -> None:
+        attempts = 0
+
+        async def once() -> None:
+            nonlocal attempts
+            attempts += 1
+            await self._api.hangup(self.machine.call_id)
+
         try:
-            await with_quick_retries(lambda: self._api.hangup(self.machine.call_id), self._options.retry)
+            await with_quick_retries(once, self._options.retry)
         except CallGone as exc:
-            self.post(HangupFailed(gone=True, detail=str(exc)))
+            self.post(HangupFailed(gone=True, detail=str(exc), attempts=attempts))
         except OpenAIError as exc:
             self._log.warning("call.hangup_failed", status=exc.status, error=exc.message)
-            self.post(HangupFailed(gone=False, detail=str(exc)))
+            self.post(HangupFailed(gone=False, detail=str(exc), attempts=attempts))
         else:
-            self.post(HangupOk())
+            self.post(HangupOk(attempts=attempts))
+
+    async def _hanging_up(self, next_try_at: float) -> None:
+        hook = self._options.on_hanging_up
+        if hook is None:
+            return
+        try:
+            await hook(self.machine.call_id, next_try_at)
+        except Exception:
+            self._log.exception("call.hanging_up_hook_failed")
 
     def _timer_fired(self, name: str) -> None:
         self._timers.pop(name, None)

@@ -44,6 +44,13 @@ def _transient(exc: Exception) -> bool | float:
     return isinstance(exc, ServerError | TransportError)
 
 
+def ambiguous(exc: OpenAIError) -> bool:
+    """True when OpenAI may have carried out the request although it failed: no answer came (a timeout, a reset
+    connection) or a 5xx (a gateway's error says nothing of what happened behind it). A retry of such an accept
+    may be told ``call_already_accepted``: the first try went through."""
+    return isinstance(exc, TransportError | ServerError)
+
+
 async def _within(deadline: float, clock: Callable[[], float], operation: Awaitable[None]) -> None:
     """Run one attempt, cut short by the deadline (as a TransportError, so it is final or retried alike)."""
     remaining = deadline - clock()

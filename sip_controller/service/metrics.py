@@ -100,6 +100,15 @@ class Metrics:
         self.cost = Counter("sipctl_call_cost_usd", "Model and transcription cost of ended calls", ["profile"],
                             registry=r)
         self.calls_active = Gauge("sipctl_calls_active", "Calls being supervised now", registry=r)
+        self.hanging_up = Gauge(
+            "sipctl_calls_hanging_up", "Calls of this process whose hangup OpenAI has not confirmed yet", registry=r
+        )
+        self.hanging_up.set_function(
+            lambda: float(sum(1 for rec in self._live_records() if rec.state == "hanging_up"))
+        )
+        self.hangup_retries = Counter(
+            "sipctl_hangup_retries", "Hangups tried again after OpenAI did not confirm one (5xx, timeout)", registry=r
+        )
         self.build = Gauge("sipctl_build_info", "Build information", ["version"], registry=r)
         self.build.labels(version=__version__).set(1)
         self._live_records: Callable[[], Iterable[CallRecord]] = tuple
@@ -129,6 +138,10 @@ class Metrics:
         if child is None:
             child = self._request_children[key] = self.openai_requests.labels(operation=key[0], status_class=key[1])
         child.observe(seconds)
+
+    def hangup_retry(self, _call_id: str = "") -> None:
+        """A hangup is tried again (``CallOptions.on_hanging_up``, the hangup janitor's ``on_retry``)."""
+        self.hangup_retries.inc()
 
     def sideband_event(self, event: str) -> None:
         self.sideband.labels(event=event).inc()

@@ -144,6 +144,11 @@ class Faults(_Strict):
     sideband: EndpointFaults = EndpointFaults()
     #: the first N accepts answer 404 ``call_id_not_found`` (the race right after the webhook), then succeed
     accept_404_race: int = Field(default=0, ge=0, le=10)
+    #: the first N accepts take effect but their answer is lost: the 200 is held until the client gives up (at
+    #: most ``accept_answer_hold`` nominal seconds), so the client sees a timeout; its retry is answered 400
+    #: ``call_already_accepted``, as a second accept of an accepted call is
+    accept_answer_lost: int = Field(default=0, ge=0, le=10)
+    accept_answer_hold: float = Field(default=30.0, ge=0, le=120)
     #: nominal seconds after each (re)attach at which the sideband is dropped; ``random``: within 3 s
     drop_sideband_at: float | Literal["random"] | None = None
     #: ``abrupt``: the TCP connection is cut without a close frame (the client sees 1006); ``1011``
@@ -189,6 +194,7 @@ class FaultInjector:
         self._rec = record
         self._errors: dict[str, int] = {}
         self._races_left = faults.accept_404_race
+        self._answers_lost = 0
         self._malformed = 0
         self.drops_left = faults.drop_sideband_count if faults.drop_sideband_at is not None else 0
         self._failures_left = [rule.times for rule in faults.response_failures]
@@ -242,6 +248,14 @@ class FaultInjector:
         self._races_left -= 1
         self.note(t, "accept_404_race")
         return call_not_found(call_id)
+
+    def answer_lost(self, t: float) -> bool:
+        """True for one of the first ``accept_answer_lost`` accepts that took effect: its answer is lost."""
+        if self._answers_lost >= self.faults.accept_answer_lost:
+            return False
+        self._answers_lost += 1
+        self.note(t, "accept_answer_lost")
+        return True
 
     # ---- the model ------------------------------------------------------------------------------
 

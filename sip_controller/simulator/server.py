@@ -119,7 +119,16 @@ def create_app(ctx: SimContext) -> Starlette:
             return _error(error)
         if runtime.is_ended:  # the caller gave up while the body was read
             return _error(call_not_found(runtime.rec.call_id))
+        if runtime.accepted.is_set():  # as OpenAI answers a second accept of the same call
+            runtime.rec.accept_count += 1
+            return _error(ApiError(400, "This call has already been accepted.", code="call_already_accepted"))
         runtime.accept(body)
+        if runtime.faults.answer_lost(ctx.now()):
+            # the accept took effect, but its answer never reaches the client: held until the client gives up
+            for _ in range(int(ctx.scaled(runtime.faults.faults.accept_answer_hold) / 0.01) + 1):
+                if await request.is_disconnected():
+                    break
+                await asyncio.sleep(0.01)
         return Response(status_code=200)
 
     async def reject(request: Request) -> Response:

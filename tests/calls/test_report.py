@@ -228,6 +228,8 @@ DOCUMENT_KEYS = [
     "failed_responses",
     "failed_responses_total",
     "barge_ins",
+    "hangup_confirmed",
+    "hangup_attempts",
     "rate_limits",
 ]
 

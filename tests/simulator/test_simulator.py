@@ -483,13 +483,15 @@ async def test_session_update_with_tools_but_no_formats_turns_audio_static_for_g
         assert len(call.session_updates) == 2
 
 
-async def test_repeated_accept_returns_200_and_is_counted() -> None:
+async def test_repeated_accept_is_refused_as_already_accepted_and_counted() -> None:
     async with running() as env:
         call = await env.sim.place_call(CallSpec(name="twice", greeting_wait=0))
         assert (await env.accept(call)).status_code == 200
         first_session = call.session
-        assert (await env.accept(call, {"type": "realtime", "instructions": "other"})).status_code == 200
-        assert call.accept_count == 2
+        again = await env.accept(call, {"type": "realtime", "instructions": "other"})
+        assert again.status_code == 400  # as OpenAI answers a second accept
+        assert again.json()["error"]["code"] == "call_already_accepted"
+        assert call.accept_count == 2  # a double accept is still visible (the soak counts them)
         assert call.session is first_session
 
 
