@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sip_controller import __version__
 from sip_controller.agent import preflight
-from sip_controller.config import ENV_PREFIX, ConfigError, Loaded, Settings
+from sip_controller.config import ENV_PREFIX, ConfigError, Loaded, Secrets, Settings
 from sip_controller.service.logging import configure_logging
 from sip_controller.simulator.scenario import Scenario, load_scenario
 
@@ -174,10 +174,18 @@ def _serve(config: Path | None, *, host: str | None, port: int | None) -> int:
         problem = _listen_problem(exc, bind_host, bind_port, result.loaded, host_given=bool(host), port_given=port)
         print(f"sipctl: {problem}", file=sys.stderr)
         return 2
+    unusable = _store_problem(settings, secrets)  # opened (and migrated) once here: a bad path is one line, exit 2
+    if unusable is not None:
+        for sock in sockets:
+            sock.close()
+        print(f"sipctl: {unusable}", file=sys.stderr)
+        return 2
     # before anything can log: with caching on, a logger used earlier would keep the default configuration
     configure_logging(settings.log_level, settings.log_format, cache=True)
+    from sip_controller.state.factory import open_store
+
     try:
-        app = create_app(settings, secrets)
+        app = create_app(settings, secrets, store=lambda: open_store(settings, secrets))
     except ConfigError as exc:
         for sock in sockets:
             sock.close()
@@ -188,6 +196,28 @@ def _serve(config: Path | None, *, host: str | None, port: int | None) -> int:
     return 0
 
 
+def _store_problem(settings: Settings, secrets: Secrets) -> str | None:
+    """Open the store the settings name, apply pending migrations and close it: why it cannot be used, in one
+    line naming it (never the database URL's secrets), or None. The app's lifespan opens it again on its own
+    event loop."""
+    import sqlite3
+
+    import asyncpg
+
+    from sip_controller.state.factory import describe, open_store
+    from sip_controller.state.records import StoreError
+
+    async def run() -> None:
+        store = await open_store(settings, secrets)
+        await store.aclose()
+
+    try:
+        asyncio.run(run())
+    except (StoreError, asyncpg.PostgresError, sqlite3.Error, OSError) as exc:
+        return f"{describe(settings, secrets)}: {exc}"
+    return None
+
+
 def _migrate(config: Path | None, *, check: bool) -> int:
     """``sipctl migrate``: bring the store's schema to this version (``--check``: only say whether it is). The
     database URL is a secret: the store is named by :func:`~sip_controller.state.factory.describe` only."""
@@ -195,7 +225,6 @@ def _migrate(config: Path | None, *, check: bool) -> int:
 
     import asyncpg
 
-    from sip_controller.config import Secrets
     from sip_controller.state.factory import describe, open_store
     from sip_controller.state.records import StoreError
 

@@ -244,11 +244,15 @@ class Reports(Strict):
     events: tuple[Literal["call.started", "call.ended"], ...] = ("call.started", "call.ended")
     #: one delivery attempt (connect + send + answer)
     timeout_s: float = Field(default=10.0, gt=0, le=120)
-    #: attempts per event and endpoint (transport errors, 429 and 5xx are retried with jittered backoff)
+    #: attempts of a report the endpoint refuses (a 4xx other than 408/429) before it is given up; transport
+    #: errors, timeouts, 408, 429 and 5xx are retried with jittered backoff for ``retry_for_s``
     max_attempts: int = Field(default=5, ge=1, le=20)
-    #: deliveries (and call-log lines) waiting; when full the oldest is dropped with a warning
+    #: how long a report the sink keeps failing (an endpoint down, a call log that cannot be written) is retried
+    #: before it is given up (counted in /metrics); meanwhile it waits in the store's outbox, not in memory
+    retry_for_s: float = Field(default=86_400.0, gt=0)
+    #: no longer used: reports wait in the store's outbox (bounded by disk), not in a queue; still accepted
     queue_size: int = Field(default=1000, ge=1)
-    #: on shutdown, how long queued reports may still be delivered and written
+    #: on shutdown, how long due reports may still be delivered and written (the rest stay in the outbox)
     flush_timeout_s: float = Field(default=10.0, gt=0)
 
 

@@ -8,6 +8,7 @@ import base64
 import contextlib
 import json
 import os
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,6 +25,8 @@ from sip_controller.realtime.rest import RealtimeCalls
 from sip_controller.realtime.sideband import FakeConnector
 from sip_controller.service.app import Runtime, create_app
 from sip_controller.service.loopback import serve
+from sip_controller.state.sqlite import SQLiteStore
+from sip_controller.state.store import Store
 
 BASE = "https://openai.test/v1"
 SECRET = "whsec_" + base64.b64encode(os.urandom(24)).decode()
@@ -76,6 +79,7 @@ class Service:
     app: Starlette
     router: respx.Router
     connector: FakeConnector
+    store: Store
 
     @property
     def runtime(self) -> Runtime:
@@ -107,9 +111,15 @@ class Service:
 
 @contextlib.asynccontextmanager
 async def running_service(
-    admin_token: str | None = None, *, settings: Settings | None = None, older_secrets: tuple[str, ...] = ()
+    admin_token: str | None = None,
+    *,
+    settings: Settings | None = None,
+    older_secrets: tuple[str, ...] = (),
+    store_path: str | None = None,
 ) -> AsyncIterator[Service]:
-    """``older_secrets`` are accepted before ``SECRET`` (webhook secret rotation)."""
+    """``older_secrets`` are accepted before ``SECRET`` (webhook secret rotation). Every service gets its own
+    SQLite store in a temporary folder (``Service.store``), closed and deleted afterwards; or the file ``store_path``
+(kept: a second service on it is the same host after a restart)."""
     router = openai_router()
     connector = FakeConnector()
     secrets = Secrets(
@@ -119,7 +129,13 @@ async def running_service(
         admin_token=SecretStr(admin_token) if admin_token else None,
     )
     settings = settings or Settings(profiles={"default": PROFILE}, limits=Limits(hangup_close_wait_s=0.1))
-    async with httpx.AsyncClient(transport=httpx.MockTransport(router.async_handler)) as openai_client:
-        app = create_app(settings, secrets, http_client=openai_client, connect=connector, drain_timeout_s=0.5)
-        async with serve(app) as server, httpx.AsyncClient(base_url=server.url, timeout=10) as client:
-            yield Service(client, app, router, connector)
+    with tempfile.TemporaryDirectory(prefix="sipctl-test-") as folder:
+        async with (
+            await SQLiteStore.open(store_path or os.path.join(folder, "state.db")) as store,
+            httpx.AsyncClient(transport=httpx.MockTransport(router.async_handler)) as openai_client,
+        ):
+            app = create_app(
+                settings, secrets, http_client=openai_client, store=store, connect=connector, drain_timeout_s=0.5
+            )
+            async with serve(app) as server, httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+                yield Service(client, app, router, connector, store)

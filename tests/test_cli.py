@@ -362,3 +362,32 @@ def test_simulate_refuses_a_config_that_cannot_serve_the_scenario(
     err = capsys.readouterr().err
     assert err.startswith(f"sipctl: {path}: the config {plain} (--config) cannot serve this scenario")
     assert "front_desk" in err
+
+
+def test_serve_refuses_an_unwritable_call_log_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a folder")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("OPENAI_WEBHOOK_SECRET", "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo=")
+    monkeypatch.setenv("SIPCTL_REPORTS__JSONL_PATH", str(blocker / "calls.jsonl"))
+    monkeypatch.setenv("SIPCTL_STATE__PATH", str(tmp_path / "state.db"))
+    assert main(["serve", "--port", "0"]) == 2
+    line = the_only_line(capsys.readouterr().err)
+    assert line.startswith("sipctl: reports.jsonl_path: cannot write the call log")
+    assert not (tmp_path / "state.db").exists()  # refused before anything started
+
+
+def test_serve_refuses_an_unusable_state_file_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a folder")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("OPENAI_WEBHOOK_SECRET", "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo=")
+    monkeypatch.setenv("SIPCTL_STATE__PATH", str(blocker / "state.db"))
+    assert main(["serve", "--port", "0"]) == 2
+    line = the_only_line(capsys.readouterr().err)
+    assert line.startswith(f"sipctl: SQLite file {blocker / 'state.db'}: cannot use the state file")
+    assert "state.path" in line

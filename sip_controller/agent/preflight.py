@@ -202,8 +202,40 @@ def validate(
             secrets = Secrets.from_env(required=True)
         except ConfigError as exc:
             errors.extend(exc.problems)
+        problem = jsonl_path_problem(loaded.settings.reports.jsonl_path) if loaded.settings is not None else None
+        if problem is not None:
+            errors.append(problem)
     ok = not errors
     return Validation(loaded.settings if ok else None, secrets if ok else None, errors, warnings, loaded)
+
+
+def jsonl_path_problem(jsonl_path: str | None) -> str | None:
+    """Why the call log cannot be written at ``reports.jsonl_path`` on this host (a folder that cannot be made or
+    written, a path that is a folder or a read-only file), or None. Missing folders are fine when the nearest
+    existing one is writable: they are made at the first write."""
+    if not jsonl_path:
+        return None
+    path = Path(jsonl_path)
+    why: str | None = None
+    if path.exists():
+        if path.is_dir():
+            why = "it is a folder"
+        elif not os.access(path, os.W_OK):
+            why = "the file is not writable"
+    else:
+        folder = path.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir():
+            why = f"{str(folder)!r} is not a folder"
+        elif not os.access(folder, os.W_OK | os.X_OK):
+            why = f"the folder {str(folder)!r} is not writable"
+    if why is None:
+        return None
+    return (
+        f"reports.jsonl_path: cannot write the call log {jsonl_path!r} ({why}); choose a file in a writable folder "
+        "(or SIPCTL_REPORTS__JSONL_PATH)"
+    )
 
 
 def load_checked(

@@ -1,4 +1,11 @@
-"""All live calls: owns their tasks, admits or rejects new ones, keeps recent records, drains on shutdown."""
+"""All live calls: owns their tasks, admits or rejects new ones, keeps recent records, drains on shutdown.
+
+Every call taken is written to the store before it is relied on (design principle 6): ``create_call`` (cluster-wide
+capacity, the session's inputs, the deadlines and the ``call.started`` outbox rows, in one transaction) before the
+accept goes out; what it records goes in batches through its :class:`~sip_controller.calls.journal.CallJournal`;
+``finish_call`` writes the report and its outbox rows in one transaction when it ends. A rejected call is recorded
+too: a row finished at once as ``rejected`` (in history, reported through the outbox like any other).
+"""
 
 from __future__ import annotations
 
@@ -8,15 +15,18 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
 from sip_controller.agent import session, templates
 from sip_controller.calls import routing
-from sip_controller.calls.admission import BUSY, DECLINE, UNAVAILABLE, CallerRateLimiter, Refusal
+from sip_controller.calls.admission import ANONYMOUS, BUSY, DECLINE, UNAVAILABLE, CallerRateLimiter, Refusal
 from sip_controller.calls.incoming import IncomingCall
 from sip_controller.calls.inputs import Shutdown
+from sip_controller.calls.journal import CallJournal
 from sip_controller.calls.machine import CallMachine
+from sip_controller.calls.outbox import ended_items, started_items
 from sip_controller.calls.report import CallRecord
 from sip_controller.calls.states import CallState
 from sip_controller.calls.supervisor import CallOptions, CallSupervisor
@@ -24,6 +34,8 @@ from sip_controller.config import Settings
 from sip_controller.realtime.rest import OpenAIError, RealtimeCalls
 from sip_controller.realtime.retries import DEFAULT_POLICY, RetryPolicy, with_quick_retries
 from sip_controller.realtime.sideband import SidebandConnector
+from sip_controller.state.records import CallRow, Entry, Fence, Fenced, NewCall, StoreError
+from sip_controller.state.store import Store
 
 log = structlog.get_logger("sip_controller.calls.registry")
 
@@ -36,6 +48,9 @@ class _Live:
     task: asyncio.Task[None]
     record: CallRecord
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    #: the store's row: its journal (a supervised call), or what a rejected call's row is written from
+    journal: CallJournal | None = None
+    new_call: NewCall | None = None
 
 
 class CallRegistry:
@@ -45,10 +60,21 @@ class CallRegistry:
         api: RealtimeCalls,
         connect: SidebandConnector,
         *,
+        store: Store,
+        owner: str,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         retry: RetryPolicy = DEFAULT_POLICY,
+        journal_flush_s: float = 0.5,
     ) -> None:
+        """``store`` holds the calls (shared by every replica); ``owner`` is this process's lease id."""
         self._settings = settings
+        self._store = store
+        self.owner = owner
+        self._wall_clock = wall_clock
+        self._journal_flush_s = journal_flush_s
+        #: the finishing writes under way (awaited by shutdown)
+        self._closing: set[asyncio.Task[None]] = set()
         self._api = api
         self._connect = connect
         self._clock = clock
@@ -109,8 +135,51 @@ class CallRegistry:
             return Refusal(DECLINE, f"{who} over {self._rate.limit_for(incoming.caller)} calls per minute")
         return None
 
-    def start(self, incoming: IncomingCall, profile_name: str | None = None) -> Refusal | None:
-        """Take charge of a call: supervise it, or reject it with a SIP code (returned) when not admitted."""
+    async def _cluster_admission(self, incoming: IncomingCall) -> Refusal | None:
+        """The per-caller rate across the cluster (the store's sliding window; the per-replica limiter in
+        :meth:`admission` ran first and spares the store a write for a caller it already refuses)."""
+        limit = self._rate.limit_for(incoming.caller)
+        if await self._store.allow_caller(f"caller:{incoming.caller or ANONYMOUS}", limit):
+            return None
+        who = "caller" if incoming.caller else "callers without a number (one shared limit)"
+        return Refusal(DECLINE, f"{who} over {limit} calls per minute across the cluster")
+
+    def _new_call(
+        self, incoming: IncomingCall, name: str, *, state: str, session: dict[str, Any] | None = None
+    ) -> NewCall:
+        received = incoming.received_at.timestamp()
+        inputs: dict[str, Any] = {
+            "incoming": {
+                "call_id": incoming.call_id,
+                "webhook_id": incoming.webhook_id,
+                "headers": [h.model_dump() for h in incoming.headers],
+                "received_at": incoming.received_at.isoformat(),
+                "sip_media_security": incoming.sip_media_security,
+            },
+            "profile": name,
+            **(session or {}),
+        }
+        deadlines: dict[str, float] = {}
+        if session is not None:
+            limits = self._settings.limits
+            watchdogs = self._settings.profile(name).watchdogs
+            deadlines = {"ring": received + limits.ring_budget_s, "max_duration": received + watchdogs.max_duration_s}
+        return NewCall(
+            call_id=incoming.call_id,
+            owner=self.owner,
+            profile=name,
+            inputs=inputs,
+            received_at=received,
+            state=state,
+            caller=incoming.caller,
+            dialed=incoming.dialed,
+            deadlines=deadlines,
+        )
+
+    async def start(self, incoming: IncomingCall, profile_name: str | None = None) -> Refusal | None:
+        """Take charge of a call: write it to the store and supervise it, or reject it with a SIP code (returned)
+        when not admitted (here, or across the cluster: capacity and the caller's rate). Raises
+        :class:`~sip_controller.state.records.CallExists` for a call the store already holds."""
         name = profile_name or routing.choose_profile(self._settings, incoming)
         record = CallRecord(
             call_id=incoming.call_id,
@@ -120,31 +189,49 @@ class CallRegistry:
             dialed=incoming.dialed,
             twilio_call_sid=incoming.header("X-Twilio-CallSid"),
         )
-        self._notify(self.on_started, record)
+        row: CallRow | None = None
         refusal = routing.screen_caller(self._settings, incoming) or self.admission(incoming)
+        if refusal is None:
+            refusal = await self._cluster_admission(incoming)
+        if refusal is None:
+            profile = self._settings.profile(name)
+            instructions = templates.render(
+                profile.instructions,
+                profile=name,
+                timezone=profile.timezone,
+                caller=incoming.caller,
+                dialed=incoming.dialed,
+                header=incoming.header,
+                max_chars=profile.template_value_max_chars,
+                now=incoming.received_at,
+            )
+            accept_body = session.accept_body(profile, instructions=instructions)
+            new_call = self._new_call(
+                incoming, name, state="received", session={"instructions": instructions, "accept_body": accept_body}
+            )
+            reports = self._settings.reports
+            row = await self._store.create_call(
+                new_call,
+                max_live=self._settings.limits.max_concurrent_calls,
+                outbox=started_items(record, reports, at=self._wall_clock()),
+            )
+            if row is None:
+                limit = self._settings.limits.max_concurrent_calls
+                refusal = Refusal(BUSY, f"at capacity ({limit} live calls across the cluster)")
+        self._notify(self.on_started, record)
         if refusal is not None:
             record.errors.append(f"rejected: {refusal.reason}")
             task = asyncio.create_task(self._reject(record, refusal.status_code), name=f"{incoming.call_id}:reject")
-            self._track(_Live(None, task, record))
+            self._track(_Live(None, task, record, new_call=self._new_call(incoming, name, state="rejected")))
             return refusal
-        profile = self._settings.profile(name)
-        instructions = templates.render(
-            profile.instructions,
-            profile=name,
-            timezone=profile.timezone,
-            caller=incoming.caller,
-            dialed=incoming.dialed,
-            header=incoming.header,
-            max_chars=profile.template_value_max_chars,
-            now=incoming.received_at,
-        )
+        assert row is not None
         machine = CallMachine(
             call_id=incoming.call_id,
             profile_name=name,
             profile=profile,
             record=record,
             close_wait_s=self._settings.limits.hangup_close_wait_s,
-            accept_body=session.accept_body(profile, instructions=instructions),
+            accept_body=accept_body,
             today=incoming.received_at.date(),
             prices=self._settings.pricing.for_model(profile.model),
             transcription_prices=(
@@ -152,18 +239,34 @@ class CallRegistry:
             ),
             accept_give_up_status=self._settings.limits.accept_give_up_status,
         )
+        call_id = incoming.call_id
+        journal = CallJournal(
+            self._store,
+            row.fence,
+            received_at=incoming.received_at,
+            wall_clock=self._wall_clock,
+            flush_s=self._journal_flush_s,
+            on_fenced=lambda: self._fenced_out(call_id),
+        )
         options = CallOptions(
             ring_budget_s=self._settings.limits.ring_budget_s,
             started_at=self._clock(),
             accept_slots=self._accept_slots,
             retry=self._retry,
             on_sideband=self.on_sideband,
+            journal=journal,
         )
         supervisor = CallSupervisor(machine, self._api, self._connect, clock=self._clock, options=options)
         supervisor.begin()  # the accept request starts now, not a turn of the loop later
         task = asyncio.create_task(self._run(supervisor), name=f"{incoming.call_id}:call")
-        self._track(_Live(supervisor, task, record))
+        self._track(_Live(supervisor, task, record, journal=journal))
         return None
+
+    def _fenced_out(self, call_id: str) -> None:
+        """Another process owns the call now (or it is finished): stop acting for it at once."""
+        entry = self._live.get(call_id)
+        if entry is not None:
+            entry.task.cancel()
 
     def _track(self, entry: _Live) -> None:
         self._live[entry.record.call_id] = entry
@@ -195,8 +298,65 @@ class CallRegistry:
             self._recent[call_id] = entry
             while len(self._recent) > keep:
                 self._recent.popitem(last=False)
-        entry.done.set()
-        self._notify(self.on_finished, entry.record)
+        task = asyncio.get_running_loop().create_task(self._close_out(entry), name=f"{call_id}:finish")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _close_out(self, entry: _Live) -> None:
+        """Write the finished call (report and outbox in one transaction), then tell the hooks."""
+        try:
+            await self._write_finish(entry)
+        except Exception:
+            log.exception("call.finish_failed", call_id=entry.record.call_id)
+        finally:
+            entry.done.set()
+            self._notify(self.on_finished, entry.record)
+
+    async def _write_finish(self, entry: _Live) -> None:
+        record = entry.record
+        if record.state not in (CallState.ENDED.value, CallState.REJECTED.value, CallState.FAILED.value):
+            record.state = CallState.ENDED.value if entry.supervisor is not None else CallState.REJECTED.value
+        entries: list[Entry] = []
+        fence: Fence | None = None
+        if entry.journal is not None:
+            entries = await entry.journal.take(record)
+            if entry.journal.fenced:
+                log.warning("call.not_reported", call_id=record.call_id, why="fenced")
+                return
+            fence = entry.journal.fence
+        now = self._wall_clock()
+        reports = self._settings.reports
+        document, outbox = ended_items(record, reports, at=now)
+        for attempt in range(5):
+            try:
+                if fence is None:
+                    assert entry.new_call is not None
+                    row = await self._store.create_call(entry.new_call, outbox=started_items(record, reports, at=now))
+                    assert row is not None
+                    fence = row.fence
+                await self._store.finish_call(
+                    fence,
+                    state=record.state,
+                    ended_reason=record.ended_reason or "unknown",
+                    report=document,
+                    outbox=outbox,
+                    entries=entries,
+                    cost_usd=record.cost_usd,
+                    ended_at=now,
+                )
+            except Fenced as exc:
+                if entry.journal is not None:
+                    entry.journal.fenced_by(exc)
+                log.warning("call.not_reported", call_id=record.call_id, why=exc.reason)
+                return
+            except StoreError:
+                raise  # refused for good (e.g. the row already exists): logged by the caller
+            except Exception as exc:  # the database away for a moment
+                log.warning("call.finish_retry", call_id=record.call_id, attempt=attempt + 1, error=type(exc).__name__)
+                await asyncio.sleep(0.2 * 2**attempt)
+            else:
+                return
+        log.error("call.finish_failed", call_id=record.call_id, why="the store did not answer")
 
     @staticmethod
     def _notify(hooks: list[FinishedHook], record: CallRecord) -> None:
@@ -217,18 +377,34 @@ class CallRegistry:
         await self.shutdown(wrap_up_s)
         log.info("registry.drained")
 
-    async def shutdown(self, timeout: float) -> None:
-        """Ask every live call to wrap up; after ``timeout`` seconds cancel whatever is left."""
+    async def shutdown(self, timeout: float, hangup_grace_s: float = 5.0) -> None:
+        """Ask every live call to wrap up; after ``timeout`` seconds hang up the calls still going at once and give
+        their hangups ``hangup_grace_s`` to be confirmed (a failed one is retried meanwhile); then cancel whatever is
+        left. A call cancelled before OpenAI confirmed its hangup comes out ``hanging_up`` with ``hangup_confirmed``
+        False (never a ``shutdown`` of a call that is over): the hangup janitor (``calls/hangups.py``) finishes it."""
         self.draining = True
         entries = list(self._live.values())
         for entry in entries:
             if entry.supervisor is not None:
                 entry.supervisor.post(Shutdown())
         if not entries:
+            await self.finished_written(timeout)
             return
         _done, pending = await asyncio.wait([e.task for e in entries], timeout=timeout)
+        if pending and hangup_grace_s > 0:
+            for entry in entries:
+                if entry.task in pending and entry.supervisor is not None:
+                    entry.supervisor.post(Shutdown(now=True))
+            _done, pending = await asyncio.wait(pending, timeout=hangup_grace_s)
         for task in pending:
             task.cancel()
         for task in pending:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self.finished_written(timeout)
+
+    async def finished_written(self, timeout: float) -> None:
+        """Wait (up to ``timeout``) until the ended calls' reports are in the store."""
+        await asyncio.sleep(0)  # the done callbacks of tasks that just ended schedule their writes
+        if self._closing:
+            await asyncio.wait(list(self._closing), timeout=timeout)

@@ -44,6 +44,7 @@ from sip_controller.calls.inputs import (
     TimerFired,
     ToolDone,
 )
+from sip_controller.calls.journal import CallJournal
 from sip_controller.calls.machine import CallMachine
 from sip_controller.calls.report import CallRecord
 from sip_controller.calls.states import CallState
@@ -96,6 +97,7 @@ class CallOptions:
     #: told "disconnect" when the sideband drops and "reconnect" when it is restored (metrics)
     on_sideband: Callable[[str], None] | None = None
     #: what the call records goes to the store through it, in batches (shown every input the machine handled)
+    journal: CallJournal | None = None
     #: awaited with ``(call_id, next_try_at)`` each time a hangup failed and is to be tried again at
     #: ``next_try_at`` (``wall_clock`` seconds): the call is ``hanging_up``. The store's wiring records it
     #: (``update_call(fence, state="hanging_up", wake_at=next_try_at)``) so any replica can finish the hangup
@@ -187,6 +189,7 @@ class CallSupervisor:
                 self._start_accept(action.body)
             else:
                 self._after_begin.append(action)
+        self._journal()
 
     def cancel_tasks(self) -> None:
         """Cancel whatever this call still runs (a backstop: a run task cancelled before its first step never
@@ -216,6 +219,12 @@ class CallSupervisor:
         async with self._turn:
             for action in self.machine.handle(inp, self._clock()):
                 await self._execute(action)
+            self._journal()
+
+    def _journal(self) -> None:
+        """Hand the journal what the record gained (buffered; written in batches, never here)."""
+        if self._options.journal is not None:
+            self._options.journal.observe(self.machine.record)
 
     async def _feed(self, inp: Input) -> None:
         """A sideband input: handled right here when the call is idle, which spares every event a hop through

@@ -1,9 +1,18 @@
-"""The Starlette app: routes and lifespan only. Dependencies are passed in; nothing is built at import."""
+"""The Starlette app: routes and lifespan only. Dependencies are passed in; nothing is built at import.
+
+The store is one of them (``store``): an open :class:`~sip_controller.state.store.Store` the caller owns, or an
+async opener the lifespan calls and closes (``sipctl serve``: ``open_store`` on the settings). In the lifespan the
+process gets its lease id (``new_process_id``), registers it and renews it every ``state.heartbeat_s`` for
+``state.lease_s`` (an owned task), runs the bounded sweep (``sweep_loop``), and at the end ends its lease after
+the calls are finished and the notifier has delivered what it could.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -18,8 +27,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from sip_controller import __version__
+from sip_controller.calls.commands import run_command_poller
 from sip_controller.calls.registry import CallRegistry
-from sip_controller.config import Secrets, Settings
+from sip_controller.config import Secrets, Settings, StoreSettings
 from sip_controller.realtime.http11 import Http11Pool
 from sip_controller.realtime.rest import MAX_IN_FLIGHT, RealtimeCalls, Transport, lean_transport_fits
 from sip_controller.realtime.retries import DEFAULT_POLICY, RetryPolicy
@@ -29,7 +40,13 @@ from sip_controller.service.admin import AdminAuth
 from sip_controller.service.intake import OtherEvent, WebhookRejected, WebhookVerifier, parse_event
 from sip_controller.service.metrics import Metrics
 from sip_controller.service.notifier import ReportNotifier
-from sip_controller.state.store import MemoryStore, StateStore
+from sip_controller.state.factory import new_process_id
+from sip_controller.state.jobs import sweep_loop
+from sip_controller.state.records import CallExists
+from sip_controller.state.store import Store
+
+#: how the lifespan gets a store it owns (opens at start, closes at the end)
+StoreOpener = Callable[[], Awaitable[Store]]
 
 log = structlog.get_logger("sip_controller.service.app")
 
@@ -42,8 +59,10 @@ class Runtime:
 
     settings: Settings
     registry: CallRegistry
-    store: StateStore
+    store: Store
     verifier: WebhookVerifier
+    #: this process's lease id (the owner of the calls it takes)
+    process_id: str = ""
 
 
 class BodyTooLarge(Exception):
@@ -75,7 +94,35 @@ def _delivery_counts(app: Starlette) -> dict[str, int]:
     if notifier is None:
         return {}
     stats = notifier.stats
-    return {"delivered": stats.delivered, "failed": stats.failed, "dropped": stats.dropped}
+    return {
+        "delivered": stats.delivered,
+        "failed": stats.failed,
+        "dropped": stats.dropped,
+        "gave_up": stats.gave_up,
+        "write_failed": stats.write_failed,
+    }
+
+
+async def _heartbeat(store: Store, process_id: str, state: StoreSettings) -> None:
+    """Renew the process's lease every ``heartbeat_s`` until cancelled; a failed renewal is logged and tried
+    again at the next beat (the lease outlasts two missed beats)."""
+    while True:
+        await asyncio.sleep(state.heartbeat_s)
+        try:
+            alive = await store.heartbeat(process_id, state.lease_s)
+        except Exception as exc:  # the store's or its driver's: never the end of the loop
+            log.warning("store.heartbeat_failed", error=type(exc).__name__)
+            continue
+        if not alive:
+            log.error("store.lease_lapsed", process_id=process_id)
+
+
+async def _stop(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +176,7 @@ def create_app(
     secrets: Secrets,
     *,
     http_client: httpx.AsyncClient | None = None,
-    store: StateStore | None = None,
+    store: Store | StoreOpener | None = None,
     connect: SidebandConnector | None = None,
     clock: Callable[[], float] = time.monotonic,
     wall_clock: Callable[[], float] = time.time,
@@ -137,8 +184,11 @@ def create_app(
     retry: RetryPolicy = DEFAULT_POLICY,
     metrics: Metrics | None = None,
 ) -> Starlette:
-    """Build the service. ``http_client`` (if given) stays owned by the caller; otherwise the lifespan owns one."""
+    """Build the service. ``http_client`` (if given) stays owned by the caller; otherwise the lifespan owns one.
+    ``store`` is required: an open store (owned by the caller) or an opener whose store the lifespan closes."""
     secrets.require_for_serving()
+    if store is None:
+        raise TypeError("create_app needs a store: an open Store, or an async function that opens one")
     verifier = WebhookVerifier([s.get_secret_value() for s in secrets.webhook_secrets], clock=wall_clock)
     api_key = secrets.openai_api_key.get_secret_value() if secrets.openai_api_key else ""
     meters = metrics or Metrics()
@@ -152,6 +202,20 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
+            if callable(store):
+                the_store = await store()
+                stack.push_async_callback(the_store.aclose)
+            else:
+                the_store = store
+            process_id = new_process_id()
+            info: dict[str, object] = {"host": socket.gethostname(), "version": __version__}
+            await the_store.heartbeat(process_id, settings.state.lease_s, info)
+            stack.push_async_callback(the_store.end_lease, process_id)
+            jobs = [
+                asyncio.create_task(_heartbeat(the_store, process_id, settings.state), name="store:heartbeat"),
+                asyncio.create_task(sweep_loop(the_store), name="store:sweep"),
+            ]
+            stack.push_async_callback(_stop, jobs)
             client = http_client
             transport: Transport | None = None
             sideband_connect = connect or connect_websocket
@@ -169,20 +233,29 @@ def create_app(
                 client, base_url=secrets.openai_base_url, api_key=api_key, transport=transport,
                 observer=meters.openai_request,
             )
-            registry = CallRegistry(settings, api, sideband_connect, clock=clock, retry=retry)
+            registry = CallRegistry(
+                settings, api, sideband_connect, store=the_store, owner=process_id, clock=clock,
+                wall_clock=wall_clock, retry=retry,
+            )  # fmt: skip
+            # operator hangups and transfers posted by other replicas for this process's calls
+            jobs.append(asyncio.create_task(run_command_poller(the_store, registry, process_id), name="store:commands"))
             registry.on_finished.append(meters.call_ended)
             registry.on_sideband = meters.sideband_event
             meters.watch_live_calls(lambda: registry.live_count)
             meters.watch_rate_limits(registry.live_records)
-            # end-of-call reports; closed after the shutdown below (exit stack) so the calls it ends are reported
-            notifier = ReportNotifier(settings.reports)
+            # reports, driven from the store's outbox; closed after the shutdown below (exit stack) so the reports
+            # of the calls it ends go out now if they can (what cannot stays in the outbox for the next process)
+            notifier = ReportNotifier(settings.reports, the_store, worker=process_id, wall_clock=wall_clock)
             notifier.start()
             stack.push_async_callback(notifier.aclose, settings.reports.flush_timeout_s)
-            registry.on_started.append(notifier.call_started)
-            registry.on_finished.append(notifier.call_ended)
+            registry.on_started.append(lambda _record: notifier.kick())
+            registry.on_finished.append(lambda _record: notifier.kick())
             app.state.notifier = notifier
-            app.state.runtime = Runtime(settings, registry, store or MemoryStore(clock=clock), verifier)
-            log.info("app.started", base_url=secrets.openai_base_url, profiles=sorted(settings.profiles))
+            app.state.runtime = Runtime(settings, registry, the_store, verifier, process_id)
+            log.info(
+                "app.started", base_url=secrets.openai_base_url, profiles=sorted(settings.profiles),
+                store=the_store.backend, process_id=process_id,
+            )  # fmt: skip
             try:
                 yield
             finally:
@@ -224,7 +297,11 @@ def create_app(
         if not await rt.store.claim(f"call:{event.call_id}", ttl):
             log.info("webhook.duplicate", key="call_id", call_id=event.call_id, webhook_id=webhook_id)
             return _Answer(200, "duplicate")
-        refusal = rt.registry.start(event)
+        try:
+            refusal = await rt.registry.start(event)
+        except CallExists:  # written by another replica (or before a restart) after its claim expired
+            log.info("webhook.duplicate", key="call_row", call_id=event.call_id, webhook_id=webhook_id)
+            return _Answer(200, "duplicate")
         if refusal is not None:
             log.warning("webhook.refused", call_id=event.call_id, sip_status=refusal.status_code, why=refusal.reason)
             return _Answer(200, "rejected", refusal.reason)
@@ -245,6 +322,14 @@ def create_app(
         return JSONResponse({"status": "ready", "live_calls": runtime.registry.live_count})
 
     async def metrics_route(request: Request) -> Response:
+        runtime: Runtime | None = getattr(request.app.state, "runtime", None)
+        outbox = None
+        if runtime is not None:
+            try:
+                outbox = await runtime.store.outbox_stats()
+            except Exception as exc:  # the store away: the scrape still answers, without the outbox gauges
+                log.warning("metrics.outbox_unavailable", error=type(exc).__name__)
+        meters.set_outbox(outbox)
         return Response(meters.render(), media_type=CONTENT_TYPE_LATEST)
 
     endpoint = _WebhookEndpoint(webhook)

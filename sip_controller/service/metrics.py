@@ -15,6 +15,7 @@ from prometheus_client.registry import Collector
 
 from sip_controller import __version__
 from sip_controller.calls.report import CallRecord
+from sip_controller.state.records import OutboxStats
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 CALL_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600)
@@ -38,6 +39,45 @@ class _DeliveryCollector(Collector):
             family.add_metric([outcome], value)
         yield family
 
+
+class _OutboxCollector(Collector):
+    """The report outbox (cluster-wide: read from the store just before each scrape) and this process's
+    delivery problems."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        stats = self._m.outbox
+        counts = self._m.delivery_counts()
+        if stats is not None:
+            yield GaugeMetricFamily(
+                "sipctl_report_outbox_pending", "Reports (deliveries and call-log lines) not yet delivered",
+                value=stats.pending,
+            )  # fmt: skip
+            yield GaugeMetricFamily(
+                "sipctl_report_outbox_oldest_age_seconds",
+                "Age of the oldest undelivered report (0 when none waits)",
+                value=stats.oldest_age_s or 0.0,
+            )
+            yield GaugeMetricFamily(
+                "sipctl_report_outbox_given_up", "Reports given up (never delivered), kept in the outbox",
+                value=stats.gave_up,
+            )  # fmt: skip
+        failures = CounterMetricFamily(
+            "sipctl_report_delivery_failures", "Failed report delivery attempts (retried with backoff)"
+        )
+        failures.add_metric([], counts.get("failed", 0))
+        yield failures
+        writes = CounterMetricFamily(
+            "sipctl_report_jsonl_write_failures", "Call-log lines whose write failed (retried with backoff)"
+        )
+        writes.add_metric([], counts.get("write_failed", 0))
+        yield writes
+
+
+#: the outcome labels of ``sipctl_event_webhook_deliveries``
+_DELIVERY_OUTCOMES = ("delivered", "failed", "dropped", "gave_up")
 
 #: the rate limits OpenAI reports (``rate_limits.updated``): the only values the ``name`` label takes
 RATE_LIMIT_NAMES = ("requests", "tokens")
@@ -112,6 +152,10 @@ class Metrics:
         self.build = Gauge("sipctl_build_info", "Build information", ["version"], registry=r)
         self.build.labels(version=__version__).set(1)
         self._live_records: Callable[[], Iterable[CallRecord]] = tuple
+        #: the outbox as last read from the store (``set_outbox``, before each scrape); None: not read yet
+        self.outbox: OutboxStats | None = None
+        self.delivery_counts: Callable[[], dict[str, int]] = dict
+        r.register(_OutboxCollector(self))
         r.register(_RateLimitCollector(lambda: self._live_records()))
         self._webhook_children: dict[str, Counter] = {}
         self._request_children: dict[tuple[str, str], Histogram] = {}
@@ -124,7 +168,11 @@ class Metrics:
         self._live_records = live_records
 
     def watch_deliveries(self, stats: Callable[[], dict[str, int]]) -> None:
-        self.registry.register(_DeliveryCollector(stats))
+        self.delivery_counts = stats
+        self.registry.register(_DeliveryCollector(lambda: {k: stats().get(k, 0) for k in _DELIVERY_OUTCOMES}))
+
+    def set_outbox(self, stats: OutboxStats | None) -> None:
+        self.outbox = stats
 
     def webhook(self, outcome: str) -> None:
         child = self._webhook_children.get(outcome)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -43,6 +44,7 @@ from sip_controller.simulator import (
     new_webhook_secret,
 )
 from sip_controller.simulator.webhook_sender import sip_headers
+from sip_controller.state.sqlite import SQLiteStore
 
 
 @dataclass
@@ -253,8 +255,11 @@ async def running_stack(
     controller_secrets: tuple[str, ...] | None = None,
     scale_controller: bool = False,
     admin_token: str | None = None,
+    store_path: str | Path | None = None,
 ) -> AsyncIterator[Stack]:
-    """Start both sides. ``controller_secrets``: what the controller accepts (default: the simulator's).
+    """Start both sides. The controller's store is the SQLite file ``store_path``, or one in a temporary folder
+    deleted afterwards (the default: ``sipctl demo``, ``simulate``, ``soak`` and the tests leave nothing behind).
+    ``controller_secrets``: what the controller accepts (default: the simulator's).
     ``admin_token`` turns on the admin API and the live-calls page (what ``SIPCTL_ADMIN_TOKEN`` does).
 
     With ``scale_controller`` the controller's policy durations are compressed by ``time_scale`` too
@@ -271,10 +276,13 @@ async def running_stack(
             openai_base_url=sim.base_url,
             admin_token=SecretStr(admin_token) if admin_token else None,
         )
-        app = create_app(settings, secrets, drain_timeout_s=5.0)
-        async with serve(app) as server:
-            sim.webhook_url = f"{server.url}/webhooks/openai"
-            yield Stack(sim=sim, app=app, server=server)
+        with contextlib.ExitStack() as folders:
+            path = store_path or Path(folders.enter_context(tempfile.TemporaryDirectory(prefix="sipctl-"))) / "st.db"
+            async with await SQLiteStore.open(path) as store:
+                app = create_app(settings, secrets, store=store, drain_timeout_s=5.0)
+                async with serve(app) as server:
+                    sim.webhook_url = f"{server.url}/webhooks/openai"
+                    yield Stack(sim=sim, app=app, server=server)
 
 
 async def run_call(stack: Stack, spec: CallSpec, *, timeout: float) -> CallOutcome:
