@@ -1,4 +1,4 @@
-"""``sipctl``: serve, demo, check-config, simulate, bench, soak, migrate."""
+"""``sipctl``: serve, demo, check-config, simulate, simulator, bench, soak, migrate."""
 
 from __future__ import annotations
 
@@ -78,6 +78,19 @@ def _parser() -> argparse.ArgumentParser:
     migrate.add_argument(
         "--check", action="store_true", help="apply nothing; exit 1 when migrations are pending or the schema is newer"
     )
+
+    standalone = sub.add_parser(
+        "simulator",
+        help="run the simulator on its own (OpenAI's side, signed webhooks to --webhook-url, control API /_sim/calls)",
+    )
+    standalone.add_argument("--port", type=int, required=True, help="port on --host (0: any free port, printed)")
+    standalone.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    standalone.add_argument("--webhook-url", required=True, help="where the realtime.call.incoming webhooks go")
+    standalone.add_argument("--secret", help="webhook signing secret, whsec_… (default: a new one, printed)")
+    standalone.add_argument("--api-key", default="sk-sim-local", help="the API key clients must send")
+    standalone.add_argument(
+        "--time-scale", type=float, default=1.0, help="simulated time factor of the scripted callers (default 1)"
+    )
     return parser
 
 
@@ -91,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _migrate(args.config, check=args.check)
     if args.command == "simulate":
         return _simulate(args.config, args.scenario, time_scale=args.time_scale, as_json=args.json)
+    if args.command == "simulator":
+        return _standalone_simulator(args)
     result = preflight.validate(args.config)
     if _refused(result):
         return 2
@@ -104,6 +119,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "soak":
         return _soak(result.settings, args)
     return 2  # pragma: no cover - argparse enforces the choices
+
+
+def _standalone_simulator(args: argparse.Namespace) -> int:
+    """``sipctl simulator``: serve OpenAI's side and the control API until SIGINT or SIGTERM (exit 0)."""
+    import signal
+
+    from sip_controller.simulator.standalone import secret_problem, serve_until
+
+    problem = None if args.secret is None else secret_problem(args.secret)
+    if problem is not None:
+        print(f"sipctl: --secret: not a webhook secret: {problem}", file=sys.stderr)
+        return 2
+    if args.time_scale <= 0:
+        print("sipctl: --time-scale must be positive", file=sys.stderr)
+        return 2
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await serve_until(
+                stop,
+                out=sys.stdout,
+                webhook_url=args.webhook_url,
+                secret=args.secret,
+                host=args.host,
+                port=args.port,
+                api_key=args.api_key,
+                time_scale=args.time_scale,
+            )
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    try:
+        asyncio.run(run())
+    except OSError as exc:
+        print(f"sipctl: cannot serve on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _refused(result: preflight.Validation) -> bool:

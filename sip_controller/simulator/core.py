@@ -12,6 +12,7 @@ from typing import Any, Self
 
 import httpx
 from standardwebhooks import Webhook
+from starlette.routing import BaseRoute
 
 from ..service.loopback import serve
 from .events import new_id
@@ -44,6 +45,9 @@ class Simulator:
 
     ``observers`` (:mod:`~sip_controller.simulator.observe`) see every server event sent, every client event and
     REST body received, and every webhook signed.
+
+    ``host`` and ``port`` (0: any free port) are where it listens; ``routes`` are served beside OpenAI's
+    (``sipctl simulator``'s control API, :mod:`~sip_controller.simulator.standalone`).
     """
 
     def __init__(
@@ -59,6 +63,9 @@ class Simulator:
         faults: Faults | None = None,
         hold_markers: tuple[str, ...] = DEFAULT_HOLD_MARKERS,
         observers: Sequence[WireObserver] = (),
+        host: str = "127.0.0.1",
+        port: int = 0,
+        routes: Sequence[BaseRoute] = (),
     ) -> None:
         if time_scale <= 0:
             raise ValueError("time_scale must be positive")
@@ -70,6 +77,7 @@ class Simulator:
         self.calls: dict[str, SimCall] = {}
         self.time_scale = time_scale
         self._secret = webhook_secret
+        self._host, self._port, self._routes = host, port, tuple(routes)
         self._ctx = SimContext(
             api_key=api_key,
             time_scale=time_scale,
@@ -123,7 +131,9 @@ class Simulator:
             self._sender = WebhookSender(
                 self._client, self._secret, time_scale=self.time_scale, on_signed=self._observe_webhook
             )
-            server = await stack.enter_async_context(serve(create_app(self._ctx)))
+            app = create_app(self._ctx)
+            app.router.routes.extend(self._routes)
+            server = await stack.enter_async_context(serve(app, host=self._host, port=self._port))
         except BaseException:
             await stack.aclose()
             raise
