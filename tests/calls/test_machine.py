@@ -746,7 +746,8 @@ def test_transcripts_are_stripped_and_blank_ones_dropped() -> None:
 def test_unknown_and_malformed_events_are_counted_and_ignored() -> None:
     c = Call()
     c.attach()
-    assert c.feed(sb({"type": "response.output_audio.delta", "delta": "AAAA"})) == []
+    assert c.feed(sb({"type": "response.audio.delta", "delta": "AAAA"})) == []  # beta: unknown in GA
+    assert c.feed(sb({"type": "response.output_audio.delta", "delta": "AAAA"})) == []  # GA, passive: not counted
     assert c.feed(SidebandEvent(parse_server_event("not json"))) == []
     assert c.feed(sb({"type": "response.done"})) == []  # malformed: no response object
     for data in (
