@@ -1,8 +1,15 @@
-"""OpenAI's Realtime calls REST API (accept, reject, refer, hangup).
+"""OpenAI's Realtime calls REST API (accept, reject, refer, hangup), and the process's HTTP client.
 
-Requests go through a :class:`Transport`: the lean keep-alive
-:class:`~sip_controller.realtime.http11.Http11Pool` in production
-(see :func:`lean_transport_fits`), or an httpx client (behind a proxy, and in tests that mock OpenAI with respx).
+Every HTTP request the controller makes (these four POSTs, operator HTTP tools, report deliveries) goes through an
+httpx client made by :func:`new_http_client`: httpx's API over aiohttp's connection pool (the ``httpx-aiohttp``
+transport). The same client serves production, respx-mocked tests (respx patches httpx, whatever the transport)
+and proxies (httpx reads ``HTTPS_PROXY``/``ALL_PROXY``/``NO_PROXY`` and mounts an aiohttp transport per proxy).
+
+Stale keep-alive connections: aiohttp's pool learns of a peer's close from the event loop and never hands out a
+connection it knows is closed, and idle connections are dropped after :data:`KEEPALIVE_EXPIRY_S`, below the idle
+timeouts of the usual HTTP front ends, so the client closes before the server does. What is left, a close that
+crosses the request on the wire, fails as a :class:`TransportError`: neither aiohttp nor httpx sends a POST again
+on its own (RFC 9112 section 9.3.1), and the retry policies in :mod:`sip_controller.realtime.retries` retry it.
 """
 
 from __future__ import annotations
@@ -10,20 +17,64 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import urllib.request
-from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
+import aiohttp
 import httpx
-
-from sip_controller.realtime.http11 import HttpFailure, Reply
+from httpx_aiohttp import HttpxAiohttpClient
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=3.0, read=5.0, write=5.0, pool=3.0)
-#: Requests let into the httpx pool at once (its default connection limit). More wait here, in FIFO order:
-#: httpcore rescans every queued request against every connection on each pool event, so a queue of a few
-#: hundred (a burst of rejects at capacity) made each request cost milliseconds of CPU.
+#: Requests to OpenAI let into the client's pool at once; more wait here, in FIFO order, at most
+#: ``DEFAULT_TIMEOUT.pool`` seconds (a burst of rejects at capacity queues here, not inside the pool).
 MAX_IN_FLIGHT = 100
+#: Connections of one client, all hosts together (aiohttp's connector limit).
+MAX_CONNECTIONS = 100
+#: How long an idle keep-alive connection is kept for reuse (aiohttp's own default, stated here).
+KEEPALIVE_EXPIRY_S = 15.0
+
+#: What a request through :func:`new_http_client` raises when no usable answer came: httpx's errors, and aiohttp's
+#: ``ClientResponseError`` for an answer that is not HTTP (httpx-aiohttp 0.2 passes that one through unmapped).
+HTTP_ERRORS: tuple[type[Exception], ...] = (httpx.HTTPError, aiohttp.ClientError)
+
+
+class _Client(HttpxAiohttpClient):
+    """httpx over aiohttp's pool, without the reference cycle httpx 0.28 leaves behind each response."""
+
+    async def send(
+        self,
+        request: httpx.Request,
+        *,
+        stream: bool = False,
+        auth: Any = httpx.USE_CLIENT_DEFAULT,
+        follow_redirects: Any = httpx.USE_CLIENT_DEFAULT,
+    ) -> httpx.Response:
+        response = await super().send(request, stream=stream, auth=auth, follow_redirects=follow_redirects)
+        if not stream:
+            # Read and closed. httpx wraps the body stream in one that points back at the response (to stamp
+            # ``elapsed`` on close): a cycle, so about 40 objects per request waited for the cyclic collector, whose
+            # young-generation passes then freed tens of thousands at once (20-60 ms pauses in the bench). Dropping
+            # the spent stream lets reference counting free the response (encode/httpx#3733).
+            response.stream = _SPENT
+        return response
+
+
+_SPENT = httpx.ByteStream(b"")
+
+
+def new_http_client(
+    *,
+    max_connections: int = MAX_CONNECTIONS,
+    keepalive_expiry: float = KEEPALIVE_EXPIRY_S,
+    timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+) -> httpx.AsyncClient:
+    """An httpx client over aiohttp's pool; TLS verified against httpx's CA bundle (``SSL_CERT_FILE`` honoured),
+    proxies from the environment. The caller owns it: ``await client.aclose()`` (or ``async with``)."""
+    limits = httpx.Limits(
+        max_connections=max_connections, max_keepalive_connections=max_connections, keepalive_expiry=keepalive_expiry
+    )
+    return _Client(limits=limits, timeout=timeout)
 
 
 class OpenAIError(Exception):
@@ -82,40 +133,18 @@ def sideband_url(base_url: str, call_id: str) -> str:
     return urlunsplit((scheme, parts.netloc, parts.path + "/realtime", f"call_id={quote(call_id)}", ""))
 
 
-class Transport(Protocol):
-    """POSTs a JSON body to an absolute URL; raises :class:`~sip_controller.realtime.http11.HttpFailure` when no
-    answer came."""
-
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Reply: ...
-
-
-class HttpxTransport:
-    """A :class:`Transport` over an httpx client (proxies, and respx in tests)."""
-
-    def __init__(self, client: httpx.AsyncClient) -> None:
-        self._client = client
-
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Reply:
-        try:
-            r = await self._client.post(url, content=body, headers=headers, timeout=DEFAULT_TIMEOUT)
-        except httpx.TimeoutException as exc:
-            raise HttpFailure(f"timed out ({type(exc).__name__})", timeout=True) from exc
-        except httpx.HTTPError as exc:
-            raise HttpFailure(f"{type(exc).__name__}: {exc}") from exc
-        return Reply(r.status_code, r.reason_phrase, dict(r.headers), r.content)
+def _no_answer(exc: Exception) -> str:
+    """Why no HTTP answer came, in words that hold for either transport. httpx-aiohttp maps several of aiohttp's
+    connection errors (a refused connect, a server that hung up) to ``httpx.ConnectTimeout``; only a real timeout
+    is reported as one."""
+    cause = exc.__cause__ if isinstance(exc.__cause__, aiohttp.ClientError) else None
+    if isinstance(exc, httpx.TimeoutException) and (cause is None or isinstance(cause, TimeoutError)):
+        return f"timed out ({type(exc).__name__})"
+    failure = cause if cause is not None else exc
+    return f"{type(failure).__name__}: {failure}"
 
 
-def lean_transport_fits(base_url: str) -> bool:
-    """True unless the environment routes ``base_url`` through a proxy (``HTTPS_PROXY`` and friends), which
-    only the httpx transport honours."""
-    parts = urlsplit(base_url)
-    proxies = urllib.request.getproxies()
-    if not (proxies.get(parts.scheme) or proxies.get("all")):
-        return True
-    return bool(parts.hostname and urllib.request.proxy_bypass(parts.hostname))
-
-
-def _retry_after(response: Reply) -> float | None:
+def _retry_after(response: httpx.Response) -> float | None:
     value = response.headers.get("retry-after")
     if value is None:
         return None
@@ -125,10 +154,10 @@ def _retry_after(response: Reply) -> float | None:
         return None
 
 
-def _error_for(operation: str, response: Reply) -> OpenAIError:
-    message, code, param = response.reason or "error", None, None
+def _error_for(operation: str, response: httpx.Response) -> OpenAIError:
+    message, code, param = response.reason_phrase or "error", None, None
     try:
-        payload = json.loads(response.body) if response.body else None
+        payload = json.loads(response.content) if response.content else None
     except ValueError:
         payload = None
     if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
@@ -136,7 +165,7 @@ def _error_for(operation: str, response: Reply) -> OpenAIError:
         message = str(err.get("message") or message)
         code = err.get("code") if isinstance(err.get("code"), str) else None
         param = err.get("param") if isinstance(err.get("param"), str) else None
-    status = response.status
+    status = response.status_code
     if status == 404:
         return CallGone(operation, status, message, code=code or "call_id_not_found", param=param)
     if status == 429:
@@ -149,7 +178,7 @@ def _error_for(operation: str, response: Reply) -> OpenAIError:
 
 
 class RealtimeCalls:
-    """Typed wrapper of ``/realtime/calls/{call_id}/…``. The client is owned by whoever made it."""
+    """Typed wrapper of ``/realtime/calls/{call_id}/…``. The clients are owned by whoever made them."""
 
     def __init__(
         self,
@@ -157,15 +186,17 @@ class RealtimeCalls:
         *,
         base_url: str,
         api_key: str,
-        transport: Transport | None = None,
+        rest_client: httpx.AsyncClient | None = None,
         max_in_flight: int = MAX_IN_FLIGHT,
         observer: Callable[[str, int, float], None] | None = None,
     ) -> None:
-        """``transport`` carries the REST calls (default: ``client``); ``client`` also serves operator HTTP tools.
-        ``observer(operation, status, seconds)`` sees every request (status 0: no HTTP answer)."""
+        """``client`` serves operator HTTP tools (:attr:`http_client`); ``rest_client`` carries the REST calls
+        (default: ``client``; the service gives them a pool of their own, so a slow tool never holds the
+        connections an accept needs). ``observer(operation, status, seconds)`` sees every request (status 0: no
+        HTTP answer)."""
         self._observer = observer
         self._client = client
-        self._transport = transport or HttpxTransport(client)
+        self._rest = rest_client or client
         self._in_flight = asyncio.Semaphore(max_in_flight)
         self.base_url = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {api_key}"}
@@ -182,7 +213,7 @@ class RealtimeCalls:
 
     @property
     def http_client(self) -> httpx.AsyncClient:
-        """The shared client (operator HTTP tools reuse its connection pool)."""
+        """The client for operator HTTP tools."""
         return self._client
 
     @property
@@ -206,10 +237,12 @@ class RealtimeCalls:
         started = time.monotonic()
         status = 0
         try:
-            response = await self._transport.post(url, content, self._json_headers if content else self._headers)
-            status = response.status
-        except HttpFailure as exc:
-            raise TransportError(operation, 0, str(exc)) from exc
+            # JSON's content type on the bodiless hangup too, as OpenAI's SDK sends it (aiohttp would otherwise add
+            # application/octet-stream to an empty POST)
+            response = await self._rest.post(url, content=content, headers=self._json_headers, timeout=DEFAULT_TIMEOUT)
+            status = response.status_code
+        except HTTP_ERRORS as exc:
+            raise TransportError(operation, 0, _no_answer(exc)) from exc
         finally:
             self._in_flight.release()
             if self._observer is not None:

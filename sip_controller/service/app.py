@@ -14,8 +14,10 @@ import contextlib
 import json
 import socket
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import httpx
 import structlog
@@ -31,8 +33,7 @@ from sip_controller import __version__
 from sip_controller.calls.commands import run_command_poller
 from sip_controller.calls.registry import CallRegistry
 from sip_controller.config import Secrets, Settings, StoreSettings
-from sip_controller.realtime.http11 import Http11Pool
-from sip_controller.realtime.rest import MAX_IN_FLIGHT, RealtimeCalls, Transport, lean_transport_fits
+from sip_controller.realtime.rest import MAX_IN_FLIGHT, RealtimeCalls, new_http_client
 from sip_controller.realtime.retries import DEFAULT_POLICY, RetryPolicy
 from sip_controller.realtime.sideband import LeanConnector, SidebandConnector, connect_websocket
 from sip_controller.service import admin, console
@@ -171,6 +172,25 @@ class _Service(Starlette):
         await super().__call__(scope, receive, send)
 
 
+def _proxied(base_url: str) -> bool:
+    """True when the environment routes ``base_url`` through a proxy (``HTTPS_PROXY`` and friends, unless
+    ``NO_PROXY`` exempts the host)."""
+    parts = urlsplit(base_url)
+    proxies = urllib.request.getproxies()
+    if not (proxies.get(parts.scheme) or proxies.get("all")):
+        return False
+    return not (parts.hostname and urllib.request.proxy_bypass(parts.hostname))
+
+
+def _sideband_connector(base_url: str) -> SidebandConnector:
+    """The lean WebSocket client for the sidebands (TLS verified against httpx's CA bundle, ``SSL_CERT_FILE``
+    honoured), or websockets' own client when a proxy applies: only it honours one. (The REST calls need no such
+    choice: the HTTP client reads the proxy settings itself.)"""
+    if _proxied(base_url):
+        return connect_websocket
+    return LeanConnector(httpx.create_ssl_context())
+
+
 def create_app(
     settings: Settings,
     secrets: Secrets,
@@ -184,8 +204,9 @@ def create_app(
     retry: RetryPolicy = DEFAULT_POLICY,
     metrics: Metrics | None = None,
 ) -> Starlette:
-    """Build the service. ``http_client`` (if given) stays owned by the caller; otherwise the lifespan owns one.
-    ``store`` is required: an open store (owned by the caller) or an opener whose store the lifespan closes."""
+    """Build the service. ``http_client`` (if given) carries OpenAI's REST calls and the operator HTTP tools and stays
+    owned by the caller; otherwise the lifespan makes and closes them (:func:`new_http_client`). ``store`` is
+    required: an open store (owned by the caller) or an opener whose store the lifespan closes."""
     secrets.require_for_serving()
     if store is None:
         raise TypeError("create_app needs a store: an open Store, or an async function that opens one")
@@ -216,23 +237,17 @@ def create_app(
                 asyncio.create_task(sweep_loop(the_store), name="store:sweep"),
             ]
             stack.push_async_callback(_stop, jobs)
-            client = http_client
-            transport: Transport | None = None
-            sideband_connect = connect or connect_websocket
+            client = rest_client = http_client
             if client is None:
-                # operator HTTP tools and report deliveries use httpx; OpenAI's REST calls and the sidebands
-                # the lean transports, unless a proxy is configured (only httpx and websockets honour one)
-                client = await stack.enter_async_context(httpx.AsyncClient())
-                if lean_transport_fits(secrets.openai_base_url):
-                    tls = httpx.create_ssl_context()
-                    pool = Http11Pool(secrets.openai_base_url, max_idle=MAX_IN_FLIGHT, ssl_context=tls)
-                    stack.push_async_callback(pool.aclose)
-                    transport = pool
-                    sideband_connect = connect or LeanConnector(tls)
+                # one kind of HTTP client (httpx over aiohttp's pool) for every request; OpenAI's REST calls get a
+                # pool of their own so that slow operator tools never hold the connections a ring needs
+                client = await stack.enter_async_context(new_http_client())
+                rest_client = await stack.enter_async_context(new_http_client(max_connections=MAX_IN_FLIGHT))
             api = RealtimeCalls(
-                client, base_url=secrets.openai_base_url, api_key=api_key, transport=transport,
+                client, base_url=secrets.openai_base_url, api_key=api_key, rest_client=rest_client,
                 observer=meters.openai_request,
             )
+            sideband_connect = connect or _sideband_connector(secrets.openai_base_url)
             registry = CallRegistry(
                 settings, api, sideband_connect, store=the_store, owner=process_id, clock=clock,
                 wall_clock=wall_clock, retry=retry,

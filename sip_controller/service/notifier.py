@@ -14,7 +14,8 @@ delivers them. A process that dies between a delivery and its ``mark_delivered``
 the ``webhook-id`` is the same on every attempt (it comes from the row's key), so receivers drop the repeat.
 
 With several replicas every one runs these loops over the shared outbox; a JSONL line goes to the file of
-whichever replica claims it. Deliveries go over one ``httpx.AsyncClient``.
+whichever replica claims it. Deliveries go over one httpx client
+(:func:`~sip_controller.realtime.rest.new_http_client`, the process's one kind of HTTP client).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from standardwebhooks import Webhook
 
 from sip_controller.calls.outbox import JSONL, endpoint_destination, event_id, jsonl_line
 from sip_controller.config import ConfigError, Reports
+from sip_controller.realtime.rest import HTTP_ERRORS, new_http_client
 from sip_controller.state.records import OutboxRow
 from sip_controller.state.store import Store
 
@@ -105,7 +107,7 @@ class _AttemptTimeout(Exception):
 
 
 #: how one attempt fails
-_FAILED: tuple[type[Exception], ...] = (httpx.HTTPError, _Refused, _AttemptTimeout)
+_FAILED: tuple[type[Exception], ...] = (*HTTP_ERRORS, _Refused, _AttemptTimeout)
 
 
 def _safe_url(url: str) -> str:
@@ -233,7 +235,7 @@ class ReportNotifier:
             if ep.signer is None:
                 log.warning("notifier.endpoint_unsigned", endpoint=ep.safe_url)
         if self._endpoints and self._client is None:
-            self._client = httpx.AsyncClient(timeout=self._reports.timeout_s)
+            self._client = new_http_client(timeout=httpx.Timeout(self._reports.timeout_s))
             self._own_client = True
         seen: set[str] = set()
         for ep in self._endpoints:

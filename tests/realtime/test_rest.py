@@ -11,7 +11,6 @@ import httpx
 import pytest
 import respx
 
-from sip_controller.realtime.http11 import Http11Pool
 from sip_controller.realtime.rest import (
     DEFAULT_TIMEOUT,
     AuthError,
@@ -22,7 +21,7 @@ from sip_controller.realtime.rest import (
     RealtimeCalls,
     ServerError,
     TransportError,
-    lean_transport_fits,
+    new_http_client,
     sideband_url,
 )
 
@@ -33,13 +32,14 @@ CALL = "rtc_u1_9c6574da8b8a41a18da9308f4ad974ce"
 
 @pytest.fixture
 def router() -> Iterator[respx.MockRouter]:
-    with respx.mock(assert_all_called=False, assert_all_mocked=True) as mock:
+    # respx patches httpx's client (using="httpx"), so it mocks the production client whatever its transport
+    with respx.mock(assert_all_called=False, assert_all_mocked=True, using="httpx") as mock:
         yield mock
 
 
 @pytest.fixture
 async def api(router: respx.MockRouter) -> AsyncIterator[RealtimeCalls]:
-    async with httpx.AsyncClient() as client:
+    async with new_http_client() as client:
         yield RealtimeCalls(client, base_url=BASE + "/", api_key=KEY)
 
 
@@ -120,7 +120,7 @@ async def test_call_id_is_quoted_in_the_path(router: respx.MockRouter, api: Real
 @pytest.mark.anyio
 async def test_base_url_trailing_slash_and_custom_host(router: respx.MockRouter) -> None:
     route = router.post("http://127.0.0.1:9000/v1/realtime/calls/rtc_1/accept").mock(return_value=httpx.Response(200))
-    async with httpx.AsyncClient() as client:
+    async with new_http_client() as client:
         calls = RealtimeCalls(client, base_url="http://127.0.0.1:9000/v1/", api_key="k")
         assert calls.base_url == "http://127.0.0.1:9000/v1"
         await calls.accept("rtc_1", {"type": "realtime"})
@@ -273,8 +273,7 @@ async def test_transport_errors(router: respx.MockRouter, api: RealtimeCalls, ex
     err = info.value
     assert err.status == 0
     assert err.operation == "accept"
-    assert err.__cause__ is not None
-    assert err.__cause__.__cause__ is exc  # TransportError <- HttpFailure <- the httpx error
+    assert err.__cause__ is exc
     if isinstance(exc, httpx.TimeoutException):
         assert "timed out" in err.message
 
@@ -329,45 +328,7 @@ async def test_client_sideband_url_and_headers(api: RealtimeCalls) -> None:
     assert "OpenAI-Beta" not in api.sideband_headers
 
 
-# ---- the lean transport --------------------------------------------------------------------------------------
-
-
-def test_the_lean_transport_steps_aside_for_a_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy",
-                 "NO_PROXY", "no_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    assert lean_transport_fits("https://api.openai.com/v1")
-    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
-    assert not lean_transport_fits("https://api.openai.com/v1")
-    assert lean_transport_fits("http://127.0.0.1:9000/v1")  # http is not proxied by HTTPS_PROXY
-    monkeypatch.setenv("NO_PROXY", "api.openai.com")
-    assert lean_transport_fits("https://api.openai.com/v1")
-
-
-@pytest.mark.anyio
-async def test_errors_through_the_lean_pool() -> None:
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        body = json.dumps(error_json("Call not found", code="call_id_not_found")).encode()
-        writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    base = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
-    pool = Http11Pool(base)
-    seen: list[tuple[str, int]] = []
-    async with httpx.AsyncClient() as client:
-        api = RealtimeCalls(client, base_url=base, api_key=KEY, transport=pool,
-                            observer=lambda op, status, s: seen.append((op, status)))
-        with pytest.raises(CallGone) as info:
-            await api.hangup(CALL)
-    await pool.aclose()
-    server.close()
-    await server.wait_closed()
-    assert info.value.code == "call_id_not_found"
-    assert info.value.message == "Call not found"
-    assert seen == [("hangup", 404)]
+# ---- the in-flight bound ------------------------------------------------------------------------------------
 
 
 @pytest.mark.anyio
@@ -384,7 +345,7 @@ async def test_requests_past_the_in_flight_cap_wait_for_a_slot_then_time_out(
         return httpx.Response(200)
 
     route = router.post(f"{BASE}/realtime/calls/{CALL}/hangup").mock(side_effect=slow)
-    async with httpx.AsyncClient() as client:
+    async with new_http_client() as client:
         api = RealtimeCalls(client, base_url=BASE, api_key=KEY, max_in_flight=1)
         first = asyncio.create_task(api.hangup(CALL))
         await asyncio.sleep(0.05)

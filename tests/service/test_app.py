@@ -229,6 +229,22 @@ def test_create_app_requires_secrets() -> None:
     assert any("OPENAI_WEBHOOK_SECRET" in p for p in info.value.problems)
 
 
+def test_the_sideband_takes_websockets_own_client_behind_a_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the REST calls need no such choice: the HTTP client reads the proxy settings itself
+    from sip_controller.realtime.sideband import LeanConnector, connect_websocket
+    from sip_controller.service.app import _sideband_connector
+
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy",
+                 "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert isinstance(_sideband_connector("https://api.openai.com/v1"), LeanConnector)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    assert _sideband_connector("https://api.openai.com/v1") is connect_websocket
+    assert isinstance(_sideband_connector("http://127.0.0.1:9000/v1"), LeanConnector)  # not proxied by HTTPS_PROXY
+    monkeypatch.setenv("NO_PROXY", "api.openai.com")
+    assert isinstance(_sideband_connector("https://api.openai.com/v1"), LeanConnector)
+
+
 # ---- hostile deliveries (Hypothesis): any headers, any body, valid or forged signatures -> never a 5xx ----
 
 json_values = st.recursive(
