@@ -97,9 +97,11 @@ async def hangup_pass(
     retry_max_s: float = 30.0,
     limit: int = 100,
     on_retry: Callable[[str], None] | None = None,
+    on_finished: Callable[[], None] | None = None,
 ) -> JanitorPass:
     """One pass over the due ``hanging_up`` calls (see the module docstring). ``supervised(call_id)`` is truthy
-    for a call this process still supervises (e.g. ``registry.supervisor``): its supervisor retries it."""
+    for a call this process still supervises (e.g. ``registry.supervisor``): its supervisor retries it.
+    ``on_retry`` is told each hangup still unconfirmed, ``on_finished`` called once after a pass finished calls."""
     due = await store.hanging_up_calls(limit=limit)
     if not due:
         return JanitorPass()
@@ -124,6 +126,8 @@ async def hangup_pass(
             unconfirmed += 1
             if on_retry is not None:
                 on_retry(row.call_id)
+    if (confirmed or gone) and on_finished is not None:
+        on_finished()  # reports are in the outbox: e.g. wake the notifier
     return JanitorPass(confirmed, gone, unconfirmed, skipped)
 
 
@@ -205,6 +209,7 @@ async def run_hangup_janitor(
     retry_max_s: float = 30.0,
     limit: int = 100,
     on_retry: Callable[[str], None] | None = None,
+    on_finished: Callable[[], None] | None = None,
 ) -> None:
     """:func:`hangup_pass` every ``every_s`` seconds until cancelled. A failed pass (the store or OpenAI away for a
     moment) is logged and tried again next time: it never ends the loop."""
@@ -212,7 +217,7 @@ async def run_hangup_janitor(
         try:
             done = await hangup_pass(
                 store, api, process_id, supervised=supervised, outbox_for=outbox_for, clock=clock,
-                retry_max_s=retry_max_s, limit=limit, on_retry=on_retry,
+                retry_max_s=retry_max_s, limit=limit, on_retry=on_retry, on_finished=on_finished,
             )
         except Exception as exc:  # the store's or its driver's: never the end of the loop
             log.warning("hangup.pass_failed", error=type(exc).__name__)

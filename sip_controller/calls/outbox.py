@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -64,12 +65,20 @@ def ended_items(record: CallRecord, reports: Reports, *, at: float) -> tuple[dic
     """The finished call's report document and its rows: the call-log line (when ``jsonl_path`` is set) and one
     ``call.ended`` delivery per endpoint."""
     document = report_document(record, mask_caller=reports.mask_caller)
+    return document, report_items(document, reports, at=at)
+
+
+def report_items(document: Mapping[str, Any], reports: Reports, *, at: float) -> list[OutboxItem]:
+    """The rows delivering a finished report ``document`` (its ``call_id`` names the call): the call-log line
+    (when ``jsonl_path`` is set) and one ``call.ended`` per endpoint. Also the hangup janitor's ``outbox_for``."""
+    call_id = str(document["call_id"])
+    data = dict(document)
     items: list[OutboxItem] = []
     if reports.jsonl_path:
-        key = f"{CALL_ENDED}:{record.call_id}:{JSONL}"
-        items.append(OutboxItem(key, JSONL, CALL_ENDED, {"line": document}, record.call_id))
-    items += _endpoint_items(reports, CALL_ENDED, record.call_id, document, at)
-    return document, items
+        key = f"{CALL_ENDED}:{call_id}:{JSONL}"
+        items.append(OutboxItem(key, JSONL, CALL_ENDED, {"line": data}, call_id))
+    items += _endpoint_items(reports, CALL_ENDED, call_id, data, at)
+    return items
 
 
 def jsonl_line(payload: dict[str, Any]) -> str:

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,7 @@ import structlog
 from sip_controller.agent import session, templates
 from sip_controller.calls import routing
 from sip_controller.calls.admission import ANONYMOUS, BUSY, DECLINE, UNAVAILABLE, CallerRateLimiter, Refusal
+from sip_controller.calls.hangups import leave_hanging_up
 from sip_controller.calls.incoming import IncomingCall
 from sip_controller.calls.inputs import Shutdown
 from sip_controller.calls.journal import CallJournal
@@ -34,7 +35,7 @@ from sip_controller.config import Settings
 from sip_controller.realtime.rest import OpenAIError, RealtimeCalls
 from sip_controller.realtime.retries import DEFAULT_POLICY, RetryPolicy, with_quick_retries
 from sip_controller.realtime.sideband import SidebandConnector
-from sip_controller.state.records import CallRow, Entry, Fence, Fenced, NewCall, StoreError
+from sip_controller.state.records import HANGING_UP, CallRow, Entry, Fence, Fenced, NewCall, StoreError
 from sip_controller.state.store import Store
 
 log = structlog.get_logger("sip_controller.calls.registry")
@@ -91,6 +92,8 @@ class CallRegistry:
         #: sideband drops and restorations of any call ("disconnect" / "reconnect"), for metrics
         self.on_sideband: Callable[[str], None] | None = None
         self.on_finished: list[FinishedHook] = []
+        #: told the call id each time a hangup is to be tried again (metrics)
+        self.on_hangup_retry: Callable[[str], None] | None = None
         self.draining = False
 
     @property
@@ -255,12 +258,30 @@ class CallRegistry:
             retry=self._retry,
             on_sideband=self.on_sideband,
             journal=journal,
+            on_hanging_up=self._hanging_up_hook(journal),
+            wall_clock=self._wall_clock,
         )
         supervisor = CallSupervisor(machine, self._api, self._connect, clock=self._clock, options=options)
         supervisor.begin()  # the accept request starts now, not a turn of the loop later
         task = asyncio.create_task(self._run(supervisor), name=f"{incoming.call_id}:call")
         self._track(_Live(supervisor, task, record, journal=journal))
         return None
+
+    def _hanging_up_hook(self, journal: CallJournal) -> Callable[[str, float], Awaitable[None]]:
+        """``CallOptions.on_hanging_up``: a hangup failed and is tried again at ``next_try_at``. The store learns
+        it (under the call's fence) so that any replica finishes the hangup if this process goes; counted."""
+
+        async def hook(call_id: str, next_try_at: float) -> None:
+            if self.on_hangup_retry is not None:
+                self.on_hangup_retry(call_id)
+            if journal.fenced:
+                return
+            try:
+                await self._store.update_call(journal.fence, state=HANGING_UP, wake_at=next_try_at)
+            except Fenced as exc:
+                journal.fenced_by(exc)
+
+        return hook
 
     def _fenced_out(self, call_id: str) -> None:
         """Another process owns the call now (or it is finished): stop acting for it at once."""
@@ -314,7 +335,11 @@ class CallRegistry:
 
     async def _write_finish(self, entry: _Live) -> None:
         record = entry.record
-        if record.state not in (CallState.ENDED.value, CallState.REJECTED.value, CallState.FAILED.value):
+        # the process stops supervising a call whose hangup OpenAI has not confirmed (a drain that has to exit):
+        # the call stays live in hanging_up, for the hangup janitor of any replica to finish and report
+        left_hanging = record.state == HANGING_UP and record.hangup_confirmed is False and entry.journal is not None
+        finished_states = (CallState.ENDED.value, CallState.REJECTED.value, CallState.FAILED.value)
+        if not left_hanging and record.state not in finished_states:
             record.state = CallState.ENDED.value if entry.supervisor is not None else CallState.REJECTED.value
         entries: list[Entry] = []
         fence: Fence | None = None
@@ -334,6 +359,10 @@ class CallRegistry:
                     row = await self._store.create_call(entry.new_call, outbox=started_items(record, reports, at=now))
                     assert row is not None
                     fence = row.fence
+                if left_hanging:
+                    await leave_hanging_up(self._store, fence, document, wake_at=now, entries=entries, at=now)
+                    log.warning("call.left_hanging_up", call_id=record.call_id)
+                    return
                 await self._store.finish_call(
                     fence,
                     state=record.state,

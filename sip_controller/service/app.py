@@ -31,6 +31,8 @@ from starlette.types import Receive, Scope, Send
 
 from sip_controller import __version__
 from sip_controller.calls.commands import run_command_poller
+from sip_controller.calls.hangups import run_hangup_janitor
+from sip_controller.calls.outbox import report_items
 from sip_controller.calls.registry import CallRegistry
 from sip_controller.config import Secrets, Settings, StoreSettings
 from sip_controller.realtime.rest import MAX_IN_FLIGHT, RealtimeCalls, new_http_client
@@ -255,6 +257,7 @@ def create_app(
             # operator hangups and transfers posted by other replicas for this process's calls
             jobs.append(asyncio.create_task(run_command_poller(the_store, registry, process_id), name="store:commands"))
             registry.on_finished.append(meters.call_ended)
+            registry.on_hangup_retry = meters.hangup_retry
             registry.on_sideband = meters.sideband_event
             meters.watch_live_calls(lambda: registry.live_count)
             meters.watch_rate_limits(registry.live_records)
@@ -265,6 +268,13 @@ def create_app(
             stack.push_async_callback(notifier.aclose, settings.reports.flush_timeout_s)
             registry.on_started.append(lambda _record: notifier.kick())
             registry.on_finished.append(lambda _record: notifier.kick())
+            # hangups OpenAI has not confirmed, of calls nobody supervises any more (left by a drain, a crash, a
+            # predecessor): retried with backoff until confirmed, then finished with their report (#13)
+            jobs.append(asyncio.create_task(run_hangup_janitor(
+                the_store, api, process_id, supervised=registry.supervisor, clock=wall_clock,
+                outbox_for=lambda document: report_items(document, settings.reports, at=wall_clock()),
+                on_retry=meters.hangup_retry, on_finished=notifier.kick,
+            ), name="store:hangups"))  # fmt: skip
             app.state.notifier = notifier
             app.state.runtime = Runtime(settings, registry, the_store, verifier, process_id)
             log.info(
