@@ -61,10 +61,14 @@ from sip_controller.state.records import (
     StoredEntry,
     StoreError,
     SweepCounts,
+    as_is,
+    call_row,
     check_query,
+    command_row,
     decode_cursor,
     dumps,
     encode_cursor,
+    outbox_row,
 )
 from sip_controller.state.store import UNSET, _Unset, call_changes
 
@@ -85,56 +89,15 @@ def _lock_key(what: str) -> str:
 
 
 def _call_row(row: Any) -> CallRow:
-    return CallRow(
-        call_id=row["call_id"],
-        owner=row["owner"],
-        epoch=row["epoch"],
-        state=row["state"],
-        profile=row["profile"],
-        inputs=row["inputs"],
-        caller=row["caller"],
-        dialed=row["dialed"],
-        received_at=row["received_at"],
-        accepted_at=row["accepted_at"],
-        deadlines=row["deadlines"],
-        cost_usd=row["cost_usd"],
-        wake_at=row["wake_at"],
-        takeovers=row["takeovers"],
-        takeover_gap_s=row["takeover_gap_s"],
-        entry_count=row["entry_count"],
-        updated_at=row["updated_at"],
-        ended_at=row["ended_at"],
-        ended_reason=row["ended_reason"],
-    )
+    return call_row(row, as_is)
 
 
 def _outbox_row(row: Any) -> OutboxRow:
-    return OutboxRow(
-        id=row["id"],
-        key=row["key"],
-        destination=row["destination"],
-        event=row["event"],
-        payload=row["payload"],
-        call_id=row["call_id"],
-        created_at=row["created_at"],
-        due_at=row["due_at"],
-        attempts=row["attempts"],
-        last_error=row["last_error"],
-    )
+    return outbox_row(row, as_is)
 
 
 def _command_row(row: Any) -> CommandRow:
-    return CommandRow(
-        id=row["id"],
-        call_id=row["call_id"],
-        kind=row["kind"],
-        args=row["args"],
-        created_at=row["created_at"],
-        taken_by=row["taken_by"],
-        taken_at=row["taken_at"],
-        done_at=row["done_at"],
-        outcome=row["outcome"],
-    )
+    return command_row(row, as_is)
 
 
 def _count(status: str) -> int:

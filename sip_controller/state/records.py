@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -270,3 +270,66 @@ def dumps(value: Mapping[str, Any]) -> str:
 def check_query(query: HistoryQuery) -> None:
     if not 1 <= query.limit <= 1000:
         raise ValueError("limit must be between 1 and 1000")
+
+
+# ---- rows as the backends read them ------------------------------------------------------------------------
+# Both drivers give rows that are read by column name (sqlite3.Row, asyncpg.Record); JSON columns come back as
+# text from SQLite (``load`` = json.loads) and already decoded from PostgreSQL's jsonb (``load`` = as_is).
+
+
+def as_is(value: Any) -> Any:
+    return value
+
+
+def call_row(row: Any, load: Callable[[Any], Any]) -> CallRow:
+    return CallRow(
+        call_id=row["call_id"],
+        owner=row["owner"],
+        epoch=row["epoch"],
+        state=row["state"],
+        profile=row["profile"],
+        inputs=load(row["inputs"]),
+        caller=row["caller"],
+        dialed=row["dialed"],
+        received_at=row["received_at"],
+        accepted_at=row["accepted_at"],
+        deadlines=load(row["deadlines"]),
+        cost_usd=row["cost_usd"],
+        wake_at=row["wake_at"],
+        takeovers=row["takeovers"],
+        takeover_gap_s=row["takeover_gap_s"],
+        entry_count=row["entry_count"],
+        updated_at=row["updated_at"],
+        ended_at=row["ended_at"],
+        ended_reason=row["ended_reason"],
+    )
+
+
+def outbox_row(row: Any, load: Callable[[Any], Any]) -> OutboxRow:
+    return OutboxRow(
+        id=row["id"],
+        key=row["key"],
+        destination=row["destination"],
+        event=row["event"],
+        payload=load(row["payload"]),
+        call_id=row["call_id"],
+        created_at=row["created_at"],
+        due_at=row["due_at"],
+        attempts=row["attempts"],
+        last_error=row["last_error"],
+    )
+
+
+def command_row(row: Any, load: Callable[[Any], Any]) -> CommandRow:
+    return CommandRow(
+        id=row["id"],
+        call_id=row["call_id"],
+        kind=row["kind"],
+        args=load(row["args"]),
+        created_at=row["created_at"],
+        taken_by=row["taken_by"],
+        taken_at=row["taken_at"],
+        done_at=row["done_at"],
+        outcome=row["outcome"],
+    )
+

@@ -65,10 +65,13 @@ from sip_controller.state.records import (
     StoredEntry,
     StoreError,
     SweepCounts,
+    call_row,
     check_query,
+    command_row,
     decode_cursor,
     dumps,
     encode_cursor,
+    outbox_row,
 )
 from sip_controller.state.store import UNSET, _Unset, call_changes
 
@@ -87,56 +90,15 @@ FORGET_PROCESS_S = 86_400.0
 
 
 def _call_row(row: sqlite3.Row) -> CallRow:
-    return CallRow(
-        call_id=row["call_id"],
-        owner=row["owner"],
-        epoch=row["epoch"],
-        state=row["state"],
-        profile=row["profile"],
-        inputs=json.loads(row["inputs"]),
-        caller=row["caller"],
-        dialed=row["dialed"],
-        received_at=row["received_at"],
-        accepted_at=row["accepted_at"],
-        deadlines=json.loads(row["deadlines"]),
-        cost_usd=row["cost_usd"],
-        wake_at=row["wake_at"],
-        takeovers=row["takeovers"],
-        takeover_gap_s=row["takeover_gap_s"],
-        entry_count=row["entry_count"],
-        updated_at=row["updated_at"],
-        ended_at=row["ended_at"],
-        ended_reason=row["ended_reason"],
-    )
+    return call_row(row, json.loads)
 
 
 def _outbox_row(row: sqlite3.Row) -> OutboxRow:
-    return OutboxRow(
-        id=row["id"],
-        key=row["key"],
-        destination=row["destination"],
-        event=row["event"],
-        payload=json.loads(row["payload"]),
-        call_id=row["call_id"],
-        created_at=row["created_at"],
-        due_at=row["due_at"],
-        attempts=row["attempts"],
-        last_error=row["last_error"],
-    )
+    return outbox_row(row, json.loads)
 
 
 def _command_row(row: sqlite3.Row) -> CommandRow:
-    return CommandRow(
-        id=row["id"],
-        call_id=row["call_id"],
-        kind=row["kind"],
-        args=json.loads(row["args"]),
-        created_at=row["created_at"],
-        taken_by=row["taken_by"],
-        taken_at=row["taken_at"],
-        done_at=row["done_at"],
-        outcome=row["outcome"],
-    )
+    return command_row(row, json.loads)
 
 
 def _fenced_reason(conn: Conn, fence: Fence) -> Literal["stale_owner", "finished", "unknown_call"] | None:
