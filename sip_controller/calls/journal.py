@@ -47,7 +47,10 @@ class CallJournal:
         max_batch: int = 32,
         max_buffered: int = 10_000,
         on_fenced: Callable[[], None] | None = None,
+        taken: CallRecord | None = None,
     ) -> None:
+        """``taken``: the record as the store already holds it (a call taken over, rebuilt from its entries):
+        only what it gains from now on is written."""
         self.store = store
         self.fence = fence
         self._wall_clock = wall_clock
@@ -74,6 +77,13 @@ class CallJournal:
         self.written = 0
         self.writes = 0
         self.dropped = 0
+        if taken is not None:
+            self._state = taken.state
+            self._transcripts = len(taken.transcripts)
+            self._marks = len(taken.timeline)
+            self._tools = {i: t.outcome for i, t in enumerate(taken.tool_calls)}
+            self._responses = taken.usage.responses
+            self._cost = taken.cost_usd
 
     # ---- taking what the record gained --------------------------------------------------------------------
 
@@ -115,7 +125,14 @@ class CallJournal:
     def _usage(self, record: CallRecord) -> None:
         if record.usage.responses != self._responses:
             self._responses = record.usage.responses
-            data: dict[str, Any] = {"usage": asdict(record.usage), "cost_usd": record.cost_usd}
+            data: dict[str, Any] = {
+                "usage": asdict(record.usage),
+                "hold_usage": asdict(record.hold_usage),
+                "transcription": asdict(record.transcription),
+                "hold_transcription": asdict(record.hold_transcription),
+                "cost_usd": record.cost_usd,
+                "hold_cost_usd": record.hold_cost_usd,
+            }
             self._buffer.append(Entry("usage", self._wall_clock(), data))
 
     def observe(self, record: CallRecord) -> None:

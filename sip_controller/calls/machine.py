@@ -273,6 +273,8 @@ class CallMachine:
     _caller_spoke_while_held: bool = False
     _reconnects: int = 0
     _hangup_failures: int = 0
+    #: taken over from another process: the next Attached resumes supervision (see ``resume``)
+    _resuming: bool = False
     #: a sideband is open now (attached and not closed since): after a hangup, its close is worth waiting for
     _sideband_open: bool = False
     #: the response whose audio the caller hears now (started, not yet stopped or cleared)
@@ -350,6 +352,8 @@ class CallMachine:
                 return [Reject(status), *self.finish("accept_failed", rel, CallState.FAILED)]
             case Attached():
                 self._sideband_open = True
+                if self._resuming:
+                    return self._on_resumed(rel)
                 if self.attached_at is not None:
                     self.record.mark(rel, "sideband restored")
                     return []
@@ -392,6 +396,33 @@ class CallMachine:
             case ReferFailed(detail=detail):
                 return self.transfer.on_refer_failed(self, detail, rel)
         return []  # pragma: no cover - exhaustive match
+
+    def resume(self, now: float, *, elapsed_s: float, ending: EndedReason | None = None) -> list[Action]:
+        """Take over a call that another process supervised until its lease lapsed (#13), in place of ``Start``.
+        ``record`` holds what the store kept (transcript, marks, tool calls, usage, ``accepted_s``/``attached_s``);
+        ``elapsed_s``: seconds since the call arrived, so time counts from the original start (watchdogs, the
+        session limit, the report's duration). The call is attached but its sideband must be opened again:
+        ``Reattach``. Once ``Attached``, supervision goes on (the watchdogs with what is left, no second
+        greeting); ``ending``: the call was ending when its owner was lost, so it is hung up at once. A 404 on the
+        attach ends the call as ``caller_hangup``; any other failure hangs up through REST (``AttachFailed``)."""
+        self._t0 = now - elapsed_s
+        rel = elapsed_s
+        self._resuming = True
+        self.attached_at = self.record.attached_s
+        if ending is not None:
+            self.ending = _Ending(reason=ending)
+        self._set_state(CallState.ENDING if ending is not None else CallState.ATTACHED, rel)
+        self.record.mark(rel, "taken over: re-attaching the sideband")
+        return [Reattach()]
+
+    def _on_resumed(self, rel: float) -> list[Action]:
+        self._resuming = False
+        self.record.mark(rel, "taken over: sideband re-attached")
+        if self.ending is not None:
+            return self.hangup(rel, "taken over while ending")
+        if self.attached_at is None:  # never attached before: the call starts here (greeting and all)
+            return self._on_attached(rel)
+        return [*self.watchdog.start(rel, since=self.attached_at), self._session_guard(rel)]
 
     def abort(self, reason: EndedReason, why: str, now: float, *, keep_pending: bool = False) -> None:
         """End the call from outside the normal flow (cancelled, crashed). With ``keep_pending``, a reason

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -29,13 +31,14 @@ from sip_controller.calls.journal import CallJournal
 from sip_controller.calls.machine import CallMachine
 from sip_controller.calls.outbox import ended_items, started_items
 from sip_controller.calls.report import CallRecord
-from sip_controller.calls.states import CallState
+from sip_controller.calls.states import CallState, EndedReason
 from sip_controller.calls.supervisor import CallOptions, CallSupervisor
+from sip_controller.calls.takeover import TAKEOVER, rebuild_record
 from sip_controller.config import Settings
 from sip_controller.realtime.rest import OpenAIError, RealtimeCalls
 from sip_controller.realtime.retries import DEFAULT_POLICY, RetryPolicy, with_quick_retries
 from sip_controller.realtime.sideband import SidebandConnector
-from sip_controller.state.records import HANGING_UP, CallRow, Entry, Fence, Fenced, NewCall, StoreError
+from sip_controller.state.records import HANGING_UP, CallRow, Entry, Fence, Fenced, NewCall, StoredEntry, StoreError
 from sip_controller.state.store import Store
 
 log = structlog.get_logger("sip_controller.calls.registry")
@@ -95,6 +98,8 @@ class CallRegistry:
         #: told the call id each time a hangup is to be tried again (metrics)
         self.on_hangup_retry: Callable[[str], None] | None = None
         self.draining = False
+        #: the heartbeat once found this process's lease lapsed: REST actions verify the call's fence first
+        self.lease_lapsed = False
 
     @property
     def live_count(self) -> int:
@@ -228,44 +233,117 @@ class CallRegistry:
             self._track(_Live(None, task, record, new_call=self._new_call(incoming, name, state="rejected")))
             return refusal
         assert row is not None
+        supervisor, journal = self._supervisor(row, record, accept_body, started_at=self._clock())
+        supervisor.begin()  # the accept request starts now, not a turn of the loop later
+        task = asyncio.create_task(self._run(supervisor), name=f"{incoming.call_id}:call")
+        self._track(_Live(supervisor, task, record, journal=journal))
+        return None
+
+    def _supervisor(
+        self,
+        row: CallRow,
+        record: CallRecord,
+        accept_body: dict[str, Any] | None,
+        *,
+        started_at: float | None,
+        taken: CallRecord | None = None,
+    ) -> tuple[CallSupervisor, CallJournal]:
+        """The machine, journal (on ``row``'s fence) and supervisor of a call this process supervises."""
+        profile = self._settings.profile(row.profile)
         machine = CallMachine(
-            call_id=incoming.call_id,
-            profile_name=name,
+            call_id=row.call_id,
+            profile_name=row.profile,
             profile=profile,
             record=record,
             close_wait_s=self._settings.limits.hangup_close_wait_s,
             accept_body=accept_body,
-            today=incoming.received_at.date(),
+            today=record.received_at.date(),
             prices=self._settings.pricing.for_model(profile.model),
             transcription_prices=(
                 self._settings.pricing.transcription.get(profile.transcription.model) if profile.transcription else None
             ),
             accept_give_up_status=self._settings.limits.accept_give_up_status,
         )
-        call_id = incoming.call_id
+        call_id = row.call_id
         journal = CallJournal(
             self._store,
             row.fence,
-            received_at=incoming.received_at,
+            received_at=record.received_at,
             wall_clock=self._wall_clock,
             flush_s=self._journal_flush_s,
             on_fenced=lambda: self._fenced_out(call_id),
+            taken=taken,
         )
         options = CallOptions(
             ring_budget_s=self._settings.limits.ring_budget_s,
-            started_at=self._clock(),
+            started_at=started_at,
             accept_slots=self._accept_slots,
             retry=self._retry,
             on_sideband=self.on_sideband,
             journal=journal,
             on_hanging_up=self._hanging_up_hook(journal),
             wall_clock=self._wall_clock,
+            may_act=self._may_act(journal),
         )
-        supervisor = CallSupervisor(machine, self._api, self._connect, clock=self._clock, options=options)
-        supervisor.begin()  # the accept request starts now, not a turn of the loop later
-        task = asyncio.create_task(self._run(supervisor), name=f"{incoming.call_id}:call")
+        return CallSupervisor(machine, self._api, self._connect, clock=self._clock, options=options), journal
+
+    async def resume(self, row: CallRow, entries: Sequence[StoredEntry]) -> None:
+        """Supervise a call this process has just taken over (``row``: its new owner and epoch, from
+        ``Store.take_over``; ``entries``: what it recorded): rebuild its record, record the takeover (an entry,
+        and ``takeovers`` on the report), re-attach the sideband by call_id and go on from there."""
+        record = rebuild_record(row, entries)
+        now = self._wall_clock()
+        takeover = {
+            "at": datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "gap_s": None if row.takeover_gap_s is None else round(row.takeover_gap_s, 3),
+            "by": self.owner,
+            "epoch": row.epoch,
+        }
+        await self._store.append(row.fence, [Entry(TAKEOVER, now, takeover)])
+        taken = copy.deepcopy(record)
+        record.takeovers.append(takeover)
+        accept_body = row.inputs.get("accept_body")
+        supervisor, journal = self._supervisor(
+            row, record, accept_body if isinstance(accept_body, dict) else None, started_at=None, taken=taken
+        )
+        ending: EndedReason | None = "session_error" if row.state == CallState.ENDING.value else None
+        supervisor.resume(elapsed_s=max(0.0, now - row.received_at), ending=ending)
+        task = asyncio.create_task(self._run(supervisor), name=f"{row.call_id}:call")
         self._track(_Live(supervisor, task, record, journal=journal))
-        return None
+
+    def _may_act(self, journal: CallJournal) -> Callable[[], Awaitable[bool]]:
+        """``CallOptions.may_act``: once this process's lease was found lapsed, the call's fence is checked in the
+        store before each REST action (another replica may own the call now)."""
+
+        async def check() -> bool:
+            if journal.fenced:
+                return False
+            if not self.lease_lapsed:
+                return True
+            try:
+                await self._store.verify(journal.fence)
+            except Fenced as exc:
+                journal.fenced_by(exc)
+                return False
+            except Exception as exc:  # the store away: the lease was renewed since, so the call is most likely ours
+                log.warning("call.verify_failed", call_id=journal.fence.call_id, error=type(exc).__name__)
+            return True
+
+        return check
+
+    async def lease_found_lapsed(self) -> None:
+        """The heartbeat found this process's lease had lapsed: from now on every REST action checks the call's
+        fence first, and the calls another replica took over meanwhile are dropped at once (no report, no REST
+        action: the new owner has them)."""
+        self.lease_lapsed = True
+        for entry in list(self._live.values()):
+            journal = entry.journal
+            if journal is None or journal.fenced or journal.closed:
+                continue
+            try:
+                await self._store.verify(journal.fence)
+            except Fenced as exc:
+                journal.fenced_by(exc)
 
     def _hanging_up_hook(self, journal: CallJournal) -> Callable[[str, float], Awaitable[None]]:
         """``CallOptions.on_hanging_up``: a hangup failed and is tried again at ``next_try_at``. The store learns

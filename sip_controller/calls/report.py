@@ -184,6 +184,9 @@ class CallRecord:
     #: never hung up: the caller did, or the call was never answered)
     hangup_attempts: int = 0
     hangup_confirmed: bool | None = None
+    #: each time another process took the call over after its owner's lease lapsed (#13): ``at`` (ISO-8601),
+    #: ``gap_s`` (from the lost owner's last heartbeat to the takeover), ``by`` (the new owner's process id)
+    takeovers: list[dict[str, Any]] = field(default_factory=list)
 
     def mark(self, at_s: float, what: str) -> None:
         self.timeline.append((round(at_s, 3), what))
@@ -372,6 +375,7 @@ def report_document(record: CallRecord, *, mask_caller: bool = True) -> dict[str
         "barge_ins": [{"line": b.line, "at_s": round(b.at_s, 3), "then": b.then} for b in record.barge_ins],
         "hangup_confirmed": record.hangup_confirmed,
         "hangup_attempts": record.hangup_attempts,
+        "takeovers": [dict(t) for t in record.takeovers],
         "rate_limits": {
             name: {
                 "limit": r.limit,

@@ -47,7 +47,7 @@ from sip_controller.calls.inputs import (
 from sip_controller.calls.journal import CallJournal
 from sip_controller.calls.machine import CallMachine
 from sip_controller.calls.report import CallRecord
-from sip_controller.calls.states import CallState
+from sip_controller.calls.states import CallState, EndedReason
 from sip_controller.calls.tool_runner import run_tool
 from sip_controller.realtime.events import InputTranscriptionCompleted, OutputTranscriptDone
 from sip_controller.realtime.rest import (
@@ -105,6 +105,9 @@ class CallOptions:
     on_hanging_up: Callable[[str, float], Awaitable[None]] | None = None
     #: the wall clock ``next_try_at`` is on (the store's scale)
     wall_clock: Callable[[], float] = time.time
+    #: awaited before each REST action whose effect outlives this process (hangup, refer, reject): False when
+    #: the call is not ours to act on any more (the store's fence no longer holds): the action is dropped
+    may_act: Callable[[], Awaitable[bool]] | None = None
 
 
 class CallSupervisor:
@@ -191,6 +194,22 @@ class CallSupervisor:
                 self._after_begin.append(action)
         self._journal()
 
+    def resume(self, *, elapsed_s: float, ending: EndedReason | None = None) -> None:
+        """In place of ``begin()``, for a call taken over from a process whose lease lapsed: the machine resumes
+        (``CallMachine.resume``) and ``run()`` re-attaches the sideband by call_id and supervises from there."""
+        if self._after_begin is not None:
+            return
+        self._after_begin = self.machine.resume(self._clock(), elapsed_s=elapsed_s, ending=ending)
+        self._journal()
+
+    async def _allowed(self, what: str) -> bool:
+        """Whether a REST action may go out (``CallOptions.may_act``); logged when it may not."""
+        check = self._options.may_act
+        if check is None or await check():
+            return True
+        self._log.warning("call.fenced_action_dropped", action=what)
+        return False
+
     def cancel_tasks(self) -> None:
         """Cancel whatever this call still runs (a backstop: a run task cancelled before its first step never
         reaches its own cleanup)."""
@@ -202,6 +221,8 @@ class CallSupervisor:
         self._tasks.clear()
 
     async def _best_effort_hangup(self) -> None:
+        if not await self._allowed("hangup"):
+            return
         with contextlib.suppress(OpenAIError):
             await self._api.hangup(self.machine.call_id)
 
@@ -393,6 +414,8 @@ class CallSupervisor:
             self._log.info("call.send_after_close", event_type=event.get("type"))
 
     async def _reject(self, status_code: int) -> None:
+        if not await self._allowed("reject"):
+            return
         try:
             await with_quick_retries(lambda: self._api.reject(self.machine.call_id, status_code), self._options.retry)
         except CallGone:
@@ -411,6 +434,8 @@ class CallSupervisor:
         self.post(ToolDone(call_id, answer.ok, answer.output, answer.duration_s, answer.outcome))
 
     async def _refer(self, target_uri: str) -> None:
+        if not await self._allowed("refer"):
+            return
         try:
             await with_quick_retries(lambda: self._api.refer(self.machine.call_id, target_uri), self._options.retry)
         except OpenAIError as exc:
@@ -420,6 +445,8 @@ class CallSupervisor:
             self.post(ReferOk())
 
     async def _hangup(self) -> None:
+        if not await self._allowed("hangup"):
+            return
         attempts = 0
 
         async def once() -> None:

@@ -3,8 +3,10 @@
 The store is one of them (``store``): an open :class:`~sip_controller.state.store.Store` the caller owns, or an
 async opener the lifespan calls and closes (``sipctl serve``: ``open_store`` on the settings). In the lifespan the
 process gets its lease id (``new_process_id``), registers it and renews it every ``state.heartbeat_s`` for
-``state.lease_s`` (an owned task), runs the bounded sweep (``sweep_loop``), and at the end ends its lease after
-the calls are finished and the notifier has delivered what it could.
+``state.lease_s`` (an owned task, which also takes over the live calls of processes whose lease lapsed:
+``calls/takeover.py``), runs the bounded sweep (``sweep_loop``), the operator-command poller and the hangup
+janitor (``calls/hangups.py``), and at the end ends its lease after the calls are finished and the notifier has
+delivered what it could.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from sip_controller.calls.commands import run_command_poller
 from sip_controller.calls.hangups import run_hangup_janitor
 from sip_controller.calls.outbox import report_items
 from sip_controller.calls.registry import CallRegistry
+from sip_controller.calls.takeover import take_over_orphans
 from sip_controller.config import Secrets, Settings, StoreSettings
 from sip_controller.realtime.rest import MAX_IN_FLIGHT, RealtimeCalls, new_http_client
 from sip_controller.realtime.retries import DEFAULT_POLICY, RetryPolicy
@@ -106,18 +109,21 @@ def _delivery_counts(app: Starlette) -> dict[str, int]:
     }
 
 
-async def _heartbeat(store: Store, process_id: str, state: StoreSettings) -> None:
-    """Renew the process's lease every ``heartbeat_s`` until cancelled; a failed renewal is logged and tried
-    again at the next beat (the lease outlasts two missed beats)."""
+async def _heartbeat(store: Store, process_id: str, state: StoreSettings, registry: CallRegistry) -> None:
+    """Each ``heartbeat_s`` until cancelled: renew the process's lease, then take over the live calls of processes
+    whose lease lapsed (``take_over_orphans``). A failed renewal is logged and tried again at the next beat (the
+    lease outlasts two missed beats); a renewal that finds the lease had lapsed tells the registry, whose calls
+    then check their fence before acting (another replica may have taken them)."""
     while True:
-        await asyncio.sleep(state.heartbeat_s)
         try:
             alive = await store.heartbeat(process_id, state.lease_s)
+            if not alive:
+                log.error("store.lease_lapsed", process_id=process_id)
+                await registry.lease_found_lapsed()
+            await take_over_orphans(store, registry, process_id)
         except Exception as exc:  # the store's or its driver's: never the end of the loop
             log.warning("store.heartbeat_failed", error=type(exc).__name__)
-            continue
-        if not alive:
-            log.error("store.lease_lapsed", process_id=process_id)
+        await asyncio.sleep(state.heartbeat_s)
 
 
 async def _stop(tasks: list[asyncio.Task[None]]) -> None:
@@ -234,10 +240,7 @@ def create_app(
             info: dict[str, object] = {"host": socket.gethostname(), "version": __version__}
             await the_store.heartbeat(process_id, settings.state.lease_s, info)
             stack.push_async_callback(the_store.end_lease, process_id)
-            jobs = [
-                asyncio.create_task(_heartbeat(the_store, process_id, settings.state), name="store:heartbeat"),
-                asyncio.create_task(sweep_loop(the_store), name="store:sweep"),
-            ]
+            jobs = [asyncio.create_task(sweep_loop(the_store), name="store:sweep")]
             stack.push_async_callback(_stop, jobs)
             client = rest_client = http_client
             if client is None:
@@ -254,6 +257,10 @@ def create_app(
                 settings, api, sideband_connect, store=the_store, owner=process_id, clock=clock,
                 wall_clock=wall_clock, retry=retry,
             )  # fmt: skip
+            # the lease, renewed each heartbeat, and the calls of lapsed processes taken over (#13)
+            jobs.append(asyncio.create_task(
+                _heartbeat(the_store, process_id, settings.state, registry), name="store:heartbeat"
+            ))  # fmt: skip
             # operator hangups and transfers posted by other replicas for this process's calls
             jobs.append(asyncio.create_task(run_command_poller(the_store, registry, process_id), name="store:commands"))
             registry.on_finished.append(meters.call_ended)

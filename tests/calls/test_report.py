@@ -230,6 +230,7 @@ DOCUMENT_KEYS = [
     "barge_ins",
     "hangup_confirmed",
     "hangup_attempts",
+    "takeovers",
     "rate_limits",
 ]
 

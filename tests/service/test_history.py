@@ -101,6 +101,7 @@ async def finished(
 
 
 async def live(store: Store, call_id: str, owner: str = OTHER) -> None:
+    await store.heartbeat(owner, 3600.0)  # a replica alive for the whole test: its calls are not taken over
     row = await store.create_call(
         NewCall(call_id=call_id, owner=owner, profile="default", inputs={}, received_at=T0, caller="+14155550100")
     )

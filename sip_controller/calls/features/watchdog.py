@@ -75,12 +75,14 @@ class Watchdog:
     wrap_id: str | None = None
     wrap_failures: int = 0
 
-    def start(self, rel: float = 0.0) -> list[Action]:
-        """The call is attached: start the duration countdown and, when configured, the silence one."""
+    def start(self, rel: float = 0.0, *, since: float | None = None) -> list[Action]:
+        """The call is attached: start the duration countdown and, when configured, the silence one. ``since``:
+        when the call was first attached, for a call taken over from another process (the duration counts from
+        then; default ``rel``)."""
         w = self.config
         delay = max(0.0, w.max_duration_s - w.wrap_up_before_s)
-        self.wrap_at = rel + delay
-        actions: list[Action] = [StartTimer(MAX_WRAP_TIMER, delay)]
+        self.wrap_at = (rel if since is None else since) + delay
+        actions: list[Action] = [StartTimer(MAX_WRAP_TIMER, max(0.0, self.wrap_at - rel))]
         if w.silence_timeout_s is not None:
             self.armed = True
             actions.append(StartTimer(SILENCE_TIMER, w.silence_timeout_s))
