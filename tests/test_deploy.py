@@ -24,7 +24,7 @@ from starlette.applications import Starlette
 
 from sip_controller.agent.preflight import load_checked
 from sip_controller.cli import _parser
-from sip_controller.config import Limits, Reports, Settings, load_settings
+from sip_controller.config import ConfigError, Limits, Reports, Secrets, Settings, load_settings
 from sip_controller.service import serving
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,7 +182,7 @@ def test_deployment_secrets_come_from_the_secret_template() -> None:
     secret = _one("Secret")
     assert secret["type"] == "Opaque"
     values: dict[str, str] = secret["stringData"]
-    assert set(values) == {"OPENAI_API_KEY", "OPENAI_WEBHOOK_SECRET"}
+    assert set(values) == {"OPENAI_API_KEY", "OPENAI_WEBHOOK_SECRET", "SIPCTL_DATABASE_URL"}
     for name, value in values.items():
         assert "REPLACE_ME" in value, f"{name} in the Secret template must be an obvious placeholder"
         assert not value.startswith(("sk-", "whsec_")), f"{name} must not look like a real secret"
@@ -591,3 +591,21 @@ def test_the_systemd_install_steps_say_how_to_build_the_wheel() -> None:
         build = re.search(r"pip wheel --no-deps (?:-w|--wheel-dir) (\S+) \.", text)
         assert build, f"{where} does not say how to build the wheel"
         assert f"{build.group(1).rstrip('/')}/sip_controller-" in text, f"{where} installs another wheel than it built"
+
+
+def test_replicas_share_a_database_and_its_placeholder_is_refused() -> None:
+    """More than one replica only works on one PostgreSQL: the URL comes from the Secret, and the template's
+    placeholder is refused at start rather than silently falling back to a per-pod SQLite file."""
+    assert _one("Deployment")["spec"]["replicas"] > 1
+    refs = {e["name"] for e in _container()["env"] if "secretKeyRef" in e.get("valueFrom", {})}
+    assert "SIPCTL_DATABASE_URL" in refs
+    placeholder = _one("Secret")["stringData"]["SIPCTL_DATABASE_URL"]
+    with pytest.raises(ConfigError, match="SIPCTL_DATABASE_URL"):
+        Secrets.from_env(
+            {
+                "OPENAI_API_KEY": "sk-test",
+                "OPENAI_WEBHOOK_SECRET": "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                "SIPCTL_DATABASE_URL": placeholder,
+            }
+        )
+
