@@ -35,7 +35,6 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from types import TracebackType
 from typing import Any, Literal
 
 import asyncpg
@@ -70,7 +69,7 @@ from sip_controller.state.records import (
     encode_cursor,
     outbox_row,
 )
-from sip_controller.state.store import UNSET, _Unset, call_changes
+from sip_controller.state.store import UNSET, Store, _Unset, call_changes
 
 Conn = Any  # an asyncpg connection (or the pool's proxy for one)
 
@@ -134,7 +133,7 @@ async def _enqueue(conn: Conn, items: Sequence[OutboxItem], now: float) -> int:
     return added
 
 
-class PostgresStore:
+class PostgresStore(Store):
     """The :class:`~sip_controller.state.store.Store` on PostgreSQL. Build it with :meth:`open`."""
 
     backend = "postgresql"
@@ -207,14 +206,6 @@ class PostgresStore:
             return
         self._closed = True
         await self._pool.close()
-
-    async def __aenter__(self) -> PostgresStore:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
     # ---- migrations -----------------------------------------------------------------------------------------
 
@@ -383,20 +374,6 @@ class PostgresStore:
             reason = await _fenced_reason(conn, fence)
         if reason is not None:
             raise Fenced(fence, reason)
-
-    async def update_call(
-        self,
-        fence: Fence,
-        *,
-        state: str | _Unset = UNSET,
-        cost_usd: float | _Unset = UNSET,
-        accepted_at: float | _Unset | None = UNSET,
-        deadlines: dict[str, float] | _Unset = UNSET,
-        wake_at: float | _Unset | None = UNSET,
-    ) -> None:
-        await self.append(
-            fence, (), state=state, cost_usd=cost_usd, accepted_at=accepted_at, deadlines=deadlines, wake_at=wake_at
-        )
 
     async def append(
         self,

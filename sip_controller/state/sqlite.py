@@ -41,7 +41,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 from sip_controller.state import migrations
@@ -73,7 +72,7 @@ from sip_controller.state.records import (
     encode_cursor,
     outbox_row,
 )
-from sip_controller.state.store import UNSET, _Unset, call_changes
+from sip_controller.state.store import UNSET, Store, _Unset, call_changes
 
 T = TypeVar("T")
 Conn = sqlite3.Connection
@@ -112,7 +111,7 @@ def _fenced_reason(conn: Conn, fence: Fence) -> Literal["stale_owner", "finished
     return None
 
 
-class SQLiteStore:
+class SQLiteStore(Store):
     """The :class:`~sip_controller.state.store.Store` on one SQLite file. Build it with :meth:`open`."""
 
     backend = "sqlite"
@@ -224,14 +223,6 @@ class SQLiteStore:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._on_thread, close)
         finally:
             self._executor.shutdown(wait=True)
-
-    async def __aenter__(self) -> SQLiteStore:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
     # ---- migrations -----------------------------------------------------------------------------------------
 
@@ -420,20 +411,6 @@ class SQLiteStore:
         reason = await self._run(lambda conn: _fenced_reason(conn, fence))
         if reason is not None:
             raise Fenced(fence, reason)
-
-    async def update_call(
-        self,
-        fence: Fence,
-        *,
-        state: str | _Unset = UNSET,
-        cost_usd: float | _Unset = UNSET,
-        accepted_at: float | _Unset | None = UNSET,
-        deadlines: dict[str, float] | _Unset = UNSET,
-        wake_at: float | _Unset | None = UNSET,
-    ) -> None:
-        await self.append(
-            fence, (), state=state, cost_usd=cost_usd, accepted_at=accepted_at, deadlines=deadlines, wake_at=wake_at
-        )
 
     async def append(
         self,

@@ -37,7 +37,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from sip_controller.state.records import (
     CallRow,
@@ -101,7 +101,8 @@ def call_changes(
 
 
 class Store(StateStore, Protocol):
-    """The whole store. Both backends pass ``tests/state/test_contract.py``; read it for the exact behaviour."""
+    """The whole store. Both backends subclass it (so a method they lack is an error, and they share the few
+    methods written here) and pass ``tests/state/test_contract.py``; read it for the exact behaviour."""
 
     #: ``sqlite`` or ``postgresql``
     backend: str
@@ -110,11 +111,13 @@ class Store(StateStore, Protocol):
         """Close the connections (after the calls in progress return). The store cannot be used again."""
         ...
 
-    async def __aenter__(self) -> Store: ...
+    async def __aenter__(self) -> Self:
+        return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None: ...
+    ) -> None:
+        await self.aclose()
 
     async def schema_version(self) -> int:
         """The highest migration applied (0 for an empty database)."""
@@ -190,8 +193,10 @@ class Store(StateStore, Protocol):
         wake_at: float | _Unset | None = UNSET,
     ) -> None:
         """Change the given columns of a live call under ``fence`` (:class:`~.records.Fenced` when it no longer
-        holds). ``deadlines`` replaces the whole mapping."""
-        ...
+        holds). ``deadlines`` replaces the whole mapping. The same as an ``append`` of no entries."""
+        await self.append(
+            fence, (), state=state, cost_usd=cost_usd, accepted_at=accepted_at, deadlines=deadlines, wake_at=wake_at
+        )
 
     async def append(
         self,
