@@ -161,8 +161,8 @@ class SQLiteStore(Store):
         try:
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
+            mode = self._enter_wal(conn)
+            if mode != "wal":
                 raise StoreError(f"{self.path}: SQLite could not use WAL mode here (got {mode})")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
@@ -170,6 +170,26 @@ class SQLiteStore(Store):
             conn.close()
             raise
         self._conn = conn
+
+    def _enter_wal(self, conn: Conn) -> str:
+        """Switch the file to WAL (a no-op once it is). Switching needs the file to itself, and SQLite answers
+        "database is locked" at once, without its busy handler, while another process opens the same new file,
+        so retry within the busy timeout."""
+        deadline = time.monotonic() + self._busy_timeout_ms / 1000
+        pause = 0.005
+        while True:
+            try:
+                mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+                if mode == "wal":
+                    return mode
+                return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 0.1)
 
     # ---- the thread -----------------------------------------------------------------------------------------
 
