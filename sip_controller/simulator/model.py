@@ -354,6 +354,7 @@ class CallRuntime:
         """A sideband connected (already accepted at the WebSocket level)."""
         conn = self._conn = _Sideband(ws)
         self.rec.sideband_connects += 1
+        self.rec.sideband_attached_at.append(self.ctx.now())
         self._socket_up.set()
         drop_at = self.faults.drop_delay()
         if drop_at is not None:

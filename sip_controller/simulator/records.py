@@ -85,6 +85,8 @@ class SimCall:
     #: times server VAD's ``idle_timeout_ms`` fired (``input_audio_buffer.timeout_triggered``)
     idle_timeouts: int = 0
     sideband_connects: int = 0
+    #: when each sideband connected (``Simulator.now()``): a second one is a re-attach, e.g. after a takeover
+    sideband_attached_at: list[float] = field(default_factory=list)
     sideband_close_code: int | None = None
     hangup_count: int = 0
     hangup_at: float | None = None
