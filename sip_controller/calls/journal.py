@@ -110,7 +110,10 @@ class CallJournal:
         prompt = False
         if record.state != self._state:
             self._state = record.state
-            out.append(Entry("state", now, {"state": record.state}))
+            stored: dict[str, Any] = {"state": record.state}
+            if record.state == "ending" and record.ending_reason is not None:
+                stored["reason"] = record.ending_reason  # a takeover ends the call with it
+            out.append(Entry("state", now, stored))
             self._changes["state"] = record.state
             if record.state == "accepted" and record.accepted_s is not None:
                 self._changes["accepted_at"] = self._at(record.accepted_s)

@@ -518,6 +518,8 @@ class CallMachine:
     def _set_state(self, state: CallState, rel: float) -> None:
         self.state = state
         self.record.state = state.value
+        if state == CallState.ENDING and self.ending is not None:
+            self.record.ending_reason = self.ending.reason
         self.record.mark(rel, state.value)
 
     def finish(self, reason: EndedReason, rel: float, state: CallState = CallState.ENDED) -> list[Action]:

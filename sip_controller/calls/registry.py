@@ -31,9 +31,9 @@ from sip_controller.calls.journal import CallJournal
 from sip_controller.calls.machine import CallMachine
 from sip_controller.calls.outbox import ended_items, started_items
 from sip_controller.calls.report import CallRecord
-from sip_controller.calls.states import CallState, EndedReason
+from sip_controller.calls.states import CallState
 from sip_controller.calls.supervisor import CallOptions, CallSupervisor
-from sip_controller.calls.takeover import TAKEOVER, rebuild_record
+from sip_controller.calls.takeover import TAKEOVER, pending_reason, rebuild_record
 from sip_controller.config import Settings
 from sip_controller.realtime.rest import OpenAIError, RealtimeCalls
 from sip_controller.realtime.retries import DEFAULT_POLICY, RetryPolicy, with_quick_retries
@@ -306,7 +306,7 @@ class CallRegistry:
         supervisor, journal = self._supervisor(
             row, record, accept_body if isinstance(accept_body, dict) else None, started_at=None, taken=taken
         )
-        ending: EndedReason | None = "session_error" if row.state == CallState.ENDING.value else None
+        ending = pending_reason(record) if row.state == CallState.ENDING.value else None
         supervisor.resume(elapsed_s=max(0.0, now - row.received_at), ending=ending)
         task = asyncio.create_task(self._run(supervisor), name=f"{row.call_id}:call")
         self._track(_Live(supervisor, task, record, journal=journal))

@@ -152,6 +152,8 @@ class CallRecord:
     twilio_call_sid: str | None = None
     state: str = "received"
     ended_reason: str | None = None
+    #: while ``state`` is ``ending``: the reason it will end with (stored, so a takeover ends it with that reason)
+    ending_reason: str | None = None
     duration_s: float | None = None
     accepted_s: float | None = None
     attached_s: float | None = None

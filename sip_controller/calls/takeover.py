@@ -16,11 +16,12 @@ import contextlib
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, cast, get_args
 
 import structlog
 
 from sip_controller.calls.report import CallRecord, ToolCallRecord, TranscriptEntry, TranscriptionUsage, UsageTotals
+from sip_controller.calls.states import EndedReason
 from sip_controller.state.records import HANGING_UP, CallRow, Fenced, StoredEntry
 from sip_controller.state.store import Store
 
@@ -60,6 +61,13 @@ def _mark_s(record: CallRecord, what: str) -> float | None:
     return next((at for at, mark in record.timeline if mark == what), None)
 
 
+def pending_reason(record: CallRecord) -> EndedReason:
+    """The reason a call taken over while ``ending`` ends with: the one its lost owner stored when it started
+    ending (``session_error`` when none was stored, e.g. a row written before the reason was kept)."""
+    reason = record.ending_reason
+    return cast("EndedReason", reason) if reason in get_args(EndedReason) else "session_error"
+
+
 def rebuild_record(row: CallRow, entries: Sequence[StoredEntry]) -> CallRecord:
     """The call's record as the store holds it: the row (profile, caller, state, accept time, cost) and its
     entries in order (transcript lines, timeline marks, tool calls at their latest outcome, the last usage
@@ -89,6 +97,8 @@ def rebuild_record(row: CallRow, entries: Sequence[StoredEntry]) -> CallRecord:
             usage = data
         elif entry.kind == TAKEOVER:
             record.takeovers.append(dict(data))
+        elif entry.kind == "state" and data.get("state") == "ending" and isinstance(data.get("reason"), str):
+            record.ending_reason = data["reason"]
     record.tool_calls = list(tools.values())
     if usage is not None:
         record.usage = UsageTotals(**usage["usage"])
