@@ -5,8 +5,11 @@ accepts. A test that makes the controller send a refused field on purpose (a ses
 
 from __future__ import annotations
 
-from collections.abc import Generator
+import os
+import secrets
+from collections.abc import AsyncIterator, Generator
 
+import asyncpg
 import pytest
 
 from tests.sdk_referee import MARKER_HELP, run_refereed
@@ -19,3 +22,24 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     return (yield from run_refereed(item, clients_by_default=True))
+
+
+@pytest.fixture
+async def pg_schema() -> AsyncIterator[str]:
+    """A database URL whose search path is a throwaway schema (the replicas' migrations land there); skips without
+    a server, fails under CI=true."""
+    url = os.environ.get("SIPCTL_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    try:
+        conn = await asyncpg.connect(url, timeout=3)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        reason = f"PostgreSQL not reachable at SIPCTL_TEST_DATABASE_URL ({type(exc).__name__}: {exc})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}; CI must run the PostgreSQL tests")
+        pytest.skip(reason)
+    schema = f"sipctl_crash_{secrets.token_hex(4)}"
+    try:
+        await conn.execute(f'CREATE SCHEMA "{schema}"')
+        yield f"{url}?search_path={schema}"
+    finally:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await conn.close()

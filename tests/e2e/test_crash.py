@@ -7,12 +7,8 @@ file. Leases are short here (1.5 s, heartbeat 0.5 s) so the test takes seconds; 
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from sip_controller.simulator import CallSpec, SimCall, Simulator, Step, new_webhook_secret
@@ -44,27 +40,6 @@ def _call(i: int) -> CallSpec:
             ),
         ],
     )
-
-
-@pytest.fixture
-async def pg_schema() -> AsyncIterator[str]:
-    """A database URL whose search path is a throwaway schema (the replicas' migrations land there); skips without
-    a server, fails under CI=true."""
-    url = os.environ.get("SIPCTL_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
-    try:
-        conn = await asyncpg.connect(url, timeout=3)
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        reason = f"PostgreSQL not reachable at SIPCTL_TEST_DATABASE_URL ({type(exc).__name__}: {exc})"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}; CI must run the PostgreSQL tests")
-        pytest.skip(reason)
-    schema = f"sipctl_crash_{secrets.token_hex(4)}"
-    try:
-        await conn.execute(f'CREATE SCHEMA "{schema}"')
-        yield f"{url}?search_path={schema}"
-    finally:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        await conn.close()
 
 
 async def _all(predicate: object, timeout: float, what: str) -> None:
