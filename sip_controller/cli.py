@@ -41,7 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--json", action="store_true", help="print the whole result as one JSON document")
 
-    demo = sub.add_parser("demo", help="run the whole product on loopback against the simulator")
+    demo = sub.add_parser(
+        "demo",
+        help="run the whole product on loopback against the simulator, and a call taken over by a second "
+        "controller process after its first is killed",
+    )
     demo.add_argument(
         "--time-scale", type=float, default=0.5, help="simulated time factor, both sides (default 0.5)"
     )
@@ -111,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     assert result.settings is not None
     if args.command == "demo":
-        return _run_scenario(result.settings, load_scenario(DEMO_SCENARIO), time_scale=args.time_scale, as_json=False)
+        return _demo(result.settings, time_scale=args.time_scale)
     if args.command == "bench":
         from sip_controller import bench
 
@@ -416,6 +420,34 @@ def _run_scenario(
             print(config_line)
         harness.print_report(outcomes, sys.stdout)
     return 0 if all(o.ok for o in outcomes) else 1
+
+
+def _demo(settings: Settings, *, time_scale: float) -> int:
+    """``sipctl demo``: the demo scenario's calls in this process and, at the same time, a call whose controller
+    (a ``sipctl serve`` child) is SIGKILLed mid-call and taken over by a second one (``takeover_demo``), printed
+    after the scenario's. Exit 1 if any of them fails."""
+    from sip_controller.simulator import harness, takeover_demo
+
+    if not time_scale > 0:
+        print("sipctl: --time-scale must be positive", file=sys.stderr)
+        return 2
+    configure_logging("error", settings.log_format)
+    scenario = load_scenario(DEMO_SCENARIO)
+
+    async def both() -> tuple[list[harness.CallOutcome], takeover_demo.TakeoverRun]:
+        return await asyncio.gather(
+            harness.run_scenario(scenario, settings, time_scale=time_scale),
+            takeover_demo.run_takeover(time_scale=time_scale),
+        )
+
+    outcomes, takeover = asyncio.run(both())
+    print(f"scenario {scenario.name}: {scenario.description}".rstrip(": "))
+    harness.print_report(outcomes, sys.stdout)
+    takeover_demo.print_takeover(takeover, sys.stdout)
+    ok = all(o.ok for o in outcomes) and takeover.ok
+    calls = len(outcomes) + 1
+    print(f"demo: {'all ' + str(calls) + ' calls passed' if ok else 'FAILED'}")
+    return 0 if ok else 1
 
 
 def _soak(settings: Settings, args: argparse.Namespace) -> int:

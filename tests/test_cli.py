@@ -94,6 +94,16 @@ def test_other_commands_refuse_a_broken_config(capsys: pytest.CaptureFixture[str
     assert "invalid configuration" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("scale", ["0", "-1"])
+def test_demo_refuses_a_time_scale_that_is_not_positive_before_starting_anything(
+    scale: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["demo", "--time-scale", scale]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip() == "sipctl: --time-scale must be positive"
+    assert captured.out == ""
+
+
 def test_simulate_names_the_bad_field_of_a_scenario(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     scenario = tmp_path / "s.yaml"
     scenario.write_text("name: x\ncalls:\n  - name: a\n    steps: [{say: hi, bogus: 1}]\n", encoding="utf-8")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import pytest
 
+from sip_controller.cli import main
 from sip_controller.config import AgentProfile, Settings, TurnDetection
 from sip_controller.simulator import CallSpec, Expectation, Step, ToolCall, harness, load_scenario, new_webhook_secret
 
@@ -67,6 +70,36 @@ async def test_demo_scenario_outcomes_on_both_sides() -> None:
     dup = by_name["duplicate-delivery"]
     assert dup.sim.delivery_statuses == [200, 200, 200]
     assert dup.sim.accept_count == 1
+
+
+def test_sipctl_demo_passes_and_shows_the_call_taken_over_after_its_controller_is_killed(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``sipctl demo`` (``make demo``): the scenario's calls and the takeover call (two ``sipctl serve`` processes,
+    the first SIGKILLed mid-call), which the second supervises to its end; the timeline shows the takeover after
+    the kill, and the measured gap is within the lease, a heartbeat and the re-attach."""
+    for name in list(os.environ):
+        if name.upper().startswith(("SIPCTL_", "OPENAI_")):
+            monkeypatch.delenv(name, raising=False)  # a fresh machine: no API key, built-in defaults
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--time-scale", "0.2"]) == 0
+    out = capsys.readouterr().out
+    assert "3 passed, 0 failed" in out
+    takeover = out[out.index("── takeover: the controller is killed mid-call") :]
+    lines = takeover.splitlines()
+    kill = next(i for i, line in enumerate(lines) if "replica A SIGKILLed (the caller is quiet)" in line)
+    taken = next(i for i, line in enumerate(lines) if "TAKEN OVER by replica B" in line)
+    goodbye = next(i for i, line in enumerate(lines) if "“Great, thanks. Goodbye!”" in line)
+    assert kill < taken < goodbye
+    assert "ended: agent_end_call (hangup confirmed)" in takeover
+    assert '"gap_s": ' in takeover
+    gap = re.search(r"measured gap: (\d+\.\d+) s from the SIGKILL to the sideband re-attached by call_id", takeover)
+    assert gap is not None, takeover
+    assert 0 < float(gap.group(1)) <= 1.5 + 2 * 0.5 + 2.0
+    assert "sideband_connects=2" in takeover
+    assert "call.ended reports=1" in takeover
+    assert "✗" not in takeover
+    assert out.rstrip().endswith("takeover: ok\ndemo: all 4 calls passed")
 
 
 async def test_bad_signature_gets_401_and_the_call_is_never_accepted() -> None:
