@@ -67,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
     size.add_argument("--smoke", action="store_const", dest="bench_mode", const="smoke", help="seconds: harness check")
     bench.set_defaults(bench_mode="full")
     bench.add_argument("--out", type=Path, help="results directory (default bench/results; quick: …/quick)")
+    bench.add_argument(
+        "--database-url",
+        help="PostgreSQL for the per-store scenarios, in a throwaway schema (default: SIPCTL_DATABASE_URL, else "
+        "postgresql://postgres@127.0.0.1:5432/test; skipped when none answers)",
+    )
 
     soak = sub.add_parser("soak", help="chaos soak: many calls with injected faults; checks every call ended once")
     soak.add_argument("--calls", type=int, default=1000, help="number of calls (default 1000)")
@@ -119,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "bench":
         from sip_controller import bench
 
-        return bench.main(mode=args.bench_mode, out_dir=args.out)
+        return bench.main(mode=args.bench_mode, out_dir=args.out, database_url=args.database_url)
     if args.command == "soak":
         return _soak(result.settings, args)
     return 2  # pragma: no cover - argparse enforces the choices

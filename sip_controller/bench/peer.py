@@ -6,7 +6,10 @@ pool sends signed ``realtime.call.incoming`` webhooks. It stamps, with one monot
 
 - ring-to-answer: webhook written → accept request received;
 - tool reaction: ``response.function_call_arguments.done`` written → ``function_call_output`` received;
-- hangup reaction: the goodbye's ``output_audio_buffer.stopped`` written → ``POST /hangup`` received.
+- hangup reaction: the goodbye's ``output_audio_buffer.stopped`` written → ``POST /hangup`` received;
+- takeover: each sideband connect of a call (``PeerCall.attached_ns``), so that with ``keep_dropped`` (a call
+  outlives a sideband its controller dropped without a close, as OpenAI's does) the bench times a controller's
+  death to the re-attach by another.
 
 It is deliberately not the scripted :class:`~sip_controller.simulator.Simulator` (which checks every body
 in depth): at hundreds of calls per second and thousands of sockets the measuring side must stay cheap,
@@ -116,6 +119,10 @@ class PeerCall:
     closed: bool = False
     turns: int = 0
     pending_tools: dict[str, int] = field(default_factory=dict)
+    #: when each sideband of this call was accepted (a second one: a re-attach after a takeover)
+    attached_ns: list[int] = field(default_factory=list)
+    #: when the last sideband dropped without a close handshake (its controller died)
+    dropped_ns: int = 0
 
 
 class Peer:
@@ -134,6 +141,9 @@ class Peer:
         self.tool_interval_s = 30.0
         self.goodbye_audio_s = 0.2
         self.tool_name = "lookup_order"
+        #: a sideband that drops without a close handshake leaves its call up for a re-attach (OpenAI's side
+        #: keeps a call whose controller died); off: the call ends with its socket
+        self.keep_dropped = False
         self._server: asyncio.Server | None = None
         self._pool: ClientPool | None = None
         self._path = "/webhooks/openai"
@@ -333,8 +343,8 @@ class Peer:
             return response_bytes(200)
         return response_bytes(404, _error_body(f"unknown operation {operation}", "not_found"))
 
-    def upgrade(self, conn: _Conn, msg: Message) -> bytes | None:
-        """Answer a sideband handshake; None (after writing an HTTP error) when it is refused."""
+    def upgrade(self, conn: _Conn, msg: Message, now: int) -> bytes | None:
+        """Answer a sideband handshake (stamped ``now``): the HTTP error when it is refused, else None."""
         if msg.headers.get("authorization") != self._auth:
             return response_bytes(401, _error_body("Incorrect API key provided.", "invalid_api_key"))
         call_id = parse_qs(urlsplit(msg.target).query).get("call_id", [""])[0]
@@ -346,6 +356,7 @@ class Peer:
             return response_bytes(400, _error_body("not a WebSocket upgrade", "bad_request"))
         conn.attach(call, ws_handshake_response(key))
         call.ws = conn
+        call.attached_ns.append(now)
         self.open_ws.add(conn)
         n = self._next()
         conn.send_events(
@@ -515,7 +526,7 @@ class _Conn(asyncio.Protocol):
             if msg is None:
                 return
             if msg.method == "GET" and "upgrade" in msg.headers.get("connection", "").lower():
-                refused = self.peer.upgrade(self, msg)
+                refused = self.peer.upgrade(self, msg, now)
                 if refused is not None:
                     self.transport.write(refused)
                     self.transport.close()
@@ -567,6 +578,9 @@ class _Conn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         call = self.call
         if call is not None:
-            call.closed = True
+            if self.closing or not self.peer.keep_dropped:
+                call.closed = True
+            else:  # dropped by the controller without a close: the call stays up, for a re-attach
+                call.dropped_ns = time.perf_counter_ns()
             call.ws = None
             self.peer.open_ws.discard(self)

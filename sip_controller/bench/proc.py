@@ -37,6 +37,36 @@ class Child:
     def rss(self) -> int:
         return int(self.ps.memory_info().rss)
 
+    def kill(self) -> None:
+        """SIGKILL: no drain, no goodbye (an OOM kill, a lost node); ``await proc.wait()`` to reap it."""
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signal.SIGKILL)
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until ``GET /readyz`` answers 200 (the store open, the lease registered), bounded by ``timeout``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        request = f"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\nConnection: close\r\n\r\n".encode()
+        while True:
+            if self.proc.returncode is not None:
+                raise RuntimeError(f"{self.name} exited with code {self.proc.returncode} before it was ready")
+            status = b""
+            with contextlib.suppress(OSError, TimeoutError):
+                async with asyncio.timeout(2):
+                    reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                    try:
+                        writer.write(request)
+                        status = await reader.readline()
+                    finally:
+                        writer.close()
+                        with contextlib.suppress(OSError):
+                            await writer.wait_closed()
+            if status.split(b" ")[1:2] == [b"200"]:
+                return
+            if loop.time() > deadline:
+                raise RuntimeError(f"{self.name} not ready after {timeout:g} s (last status line {status!r})")
+            await asyncio.sleep(0.05)
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -4,11 +4,18 @@ Layout of one run: the load peer lives in this process; the controller (``sipctl
 responder are child processes on loopback. Scenarios, each bounded in count and in time:
 
 1. ring-to-answer overhead at steady arrival rates, controller and floor back to back in each run
-   (then ratios), plus a search for the highest rate with p99 under 10 ms;
+   (then ratios), plus a search for the highest rate with p99 under 10 ms; at the target rate (100 calls/s) also
+   with a second controller on PostgreSQL (``ring_to_answer_by_store``: the SQLite file, the controller's default,
+   and PostgreSQL in a throwaway schema, each over the same run's floor);
 2. CPU per new call (verify, decide, accept, attach, greeting) from the controller's CPU time;
 3. concurrency: ramp to each level of simultaneous calls, each with its sideband, transcripts and tool calls;
    RSS per call, CPU, tool reaction, memory growth per transcript line; hangup reaction at one level;
-4. webhook intake at saturation, the calls rejected at admission (no sideband cost).
+4. webhook intake at saturation, the calls rejected at admission (no sideband cost);
+5. takeover, per store: two controllers on one store with the default lease (6 s, heartbeat 2 s), calls live on
+   the first, which is SIGKILLed; per call, the kill → the second's sideband re-attach (``takeover``).
+
+PostgreSQL comes from ``--database-url``, ``SIPCTL_DATABASE_URL`` or the local default (:mod:`.database`); when none
+answers, its entries say ``"skipped": <reason>``.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import secrets
 import shutil
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -35,11 +43,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import psutil
 
-from sip_controller.bench import noise, proc
-from sip_controller.bench.peer import Peer
-from sip_controller.bench.stats import json_safe, latency_summary, median, rounded, spread
+from sip_controller.bench import database, noise, proc
+from sip_controller.bench.peer import Peer, PeerCall
+from sip_controller.bench.stats import json_safe, latency_summary, median, percentile, rounded, spread
+from sip_controller.config import StoreSettings
 
 SCHEMA = 1
 RING_P99_LIMIT_MS = 10.0
@@ -73,6 +83,15 @@ class Plan:
     intake_inflight: int
     intake_max: int
     warmup_calls: int
+    #: the rate of the per-store ring windows (the targets are judged at 100 calls/s)
+    store_rate: int = 100
+    takeover_runs: int = 1
+    #: live calls on the controller that is killed, placed at ``takeover_rate``
+    takeover_calls: int = 20
+    takeover_rate: int = 50
+    #: the store lease and heartbeat the takeover's controllers get; None: the controller's defaults
+    takeover_lease_s: float | None = None
+    takeover_heartbeat_s: float | None = None
 
 
 FULL = Plan(
@@ -82,6 +101,7 @@ FULL = Plan(
     levels=(500, 1000, 2000), ramp_rate=200, window_s=30, transcript_interval_s=2.0, tool_interval_s=30.0,
     hangup_level=1000, hangup_calls=200, hangup_rate=20, goodbye_audio_s=0.2,
     intake_seconds=10, intake_inflight=32, intake_max=100_000, warmup_calls=200,
+    takeover_runs=3, takeover_calls=20,
 )
 QUICK = Plan(
     name="quick", runs=2, rates=(20, 100, 300), rate_seconds=3, hold_s=1.0,
@@ -90,6 +110,7 @@ QUICK = Plan(
     levels=(100, 250, 500), ramp_rate=200, window_s=8, transcript_interval_s=2.0, tool_interval_s=8.0,
     hangup_level=250, hangup_calls=50, hangup_rate=10, goodbye_audio_s=0.2,
     intake_seconds=3, intake_inflight=32, intake_max=30_000, warmup_calls=100,
+    takeover_runs=1, takeover_calls=20,
 )
 SMOKE = Plan(
     name="smoke", runs=1, rates=(20,), rate_seconds=1, hold_s=0.2,
@@ -98,6 +119,8 @@ SMOKE = Plan(
     levels=(10,), ramp_rate=100, window_s=1.5, transcript_interval_s=0.5, tool_interval_s=1.0,
     hangup_level=10, hangup_calls=5, hangup_rate=20, goodbye_audio_s=0.05,
     intake_seconds=1, intake_inflight=4, intake_max=2_000, warmup_calls=5,
+    # a short lease (the controllers' SIPCTL_STATE__LEASE_S/HEARTBEAT_S) so the takeover takes seconds
+    takeover_runs=1, takeover_calls=4, takeover_lease_s=1.5, takeover_heartbeat_s=0.5,
 )
 PLANS = {p.name: p for p in (FULL, QUICK, SMOKE)}
 
@@ -150,8 +173,10 @@ def _no_gc() -> Iterator[None]:
 
 
 class Bench:
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, *, database_url: str | None = None) -> None:
         self.plan = plan
+        self.database_url = database_url
+        self.postgres = database.Postgres(None, "not looked up yet", "not looked up yet")
         self.webhook_secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
         self.api_key = "sk-bench-" + secrets.token_hex(16)
         self.peer = Peer(webhook_secret=self.webhook_secret, api_key=self.api_key)
@@ -160,10 +185,10 @@ class Bench:
         self.peer.goodbye_audio_s = plan.goodbye_audio_s
 
     @contextlib.asynccontextmanager
-    async def controller(self, max_calls: int) -> AsyncIterator[proc.Child]:
+    async def controller(self, max_calls: int, env: dict[str, str] | None = None) -> AsyncIterator[proc.Child]:
         async with proc.controller(
             api_base=self.peer.base_url, api_key=self.api_key, webhook_secret=self.webhook_secret,
-            max_calls=max_calls,
+            max_calls=max_calls, extra_env=env,
         ) as child:
             try:
                 yield child
@@ -228,18 +253,41 @@ class Bench:
         await peer.hang_up_all()
         return 1000 * cpu / max(1, rec.greetings)
 
+    async def postgres_controller(self, stack: contextlib.AsyncExitStack) -> tuple[proc.Child | None, str | None]:
+        """A controller on PostgreSQL in a throwaway schema (both undone by ``stack``); (None, why) without one."""
+        if self.postgres.url is None:
+            return None, self.postgres.skipped
+        try:
+            url = await stack.enter_async_context(database.throwaway_schema(self.postgres.url))
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            return None, f"no schema on {self.postgres.server}: {type(exc).__name__}: {exc}"[:300]
+        child = await stack.enter_async_context(
+            self.controller(max_calls=1_000_000, env={database.ENV: url})
+        )
+        await child.wait_ready()
+        return child, None
+
     async def scenario_ring(self) -> dict[str, Any]:
         plan = self.plan
         ctl_runs: dict[int, list[dict[str, Any]]] = {r: [] for r in plan.rates}
         floor_runs: dict[int, list[dict[str, Any]]] = {r: [] for r in plan.rates}
+        # per store at plan.store_rate: (controller, the same run's floor)
+        store_runs: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {s: [] for s in database.STORES}
         new_call: list[float] = []
         floor_new_call: list[float] = []
         base, key, secret = self.peer.base_url, self.api_key, self.webhook_secret
-        async with self.controller(max_calls=1_000_000) as ctl, proc.floor(
-            api_base=base, api_key=key, webhook_secret=secret
-        ) as flr, proc.floor(api_base=base, api_key=key, webhook_secret=secret, attach=True) as flr_call:
-            _say(f"warm-up: {plan.warmup_calls} calls to the controller and the floors")
+        async with contextlib.AsyncExitStack() as stack:
+            ctl = await stack.enter_async_context(self.controller(max_calls=1_000_000))  # the SQLite file
+            flr = await stack.enter_async_context(proc.floor(api_base=base, api_key=key, webhook_secret=secret))
+            flr_call = await stack.enter_async_context(
+                proc.floor(api_base=base, api_key=key, webhook_secret=secret, attach=True)
+            )
+            pg_ctl, pg_skipped = await self.postgres_controller(stack)
+            _say(f"warm-up: {plan.warmup_calls} calls to the controller"
+                 f"{' (and the one on PostgreSQL)' if pg_ctl else ''} and the floors")
             await self.ring(ctl, 100, plan.warmup_calls / 100, attach=True)
+            if pg_ctl is not None:
+                await self.ring(pg_ctl, 100, plan.warmup_calls / 100, attach=True)
             await self.ring(flr, 100, plan.warmup_calls / 100, attach=False)
             await self.ring(flr_call, 100, plan.warmup_calls / 100, attach=True)
             for run in range(plan.runs):
@@ -254,18 +302,27 @@ class Bench:
                     floor_runs[rate].append(f)
                     _say(f"run {run + 1}/{plan.runs}: {rate}/s controller p50 {c['p50_ms']} p99 {c['p99_ms']} ms, "
                          f"floor p50 {f['p50_ms']} p99 {f['p99_ms']} ms")
+                store_runs["sqlite"].append(await self._sqlite_at_store_rate(ctl, flr, ctl_runs, floor_runs))
+                if pg_ctl is not None:
+                    c = await self.ring(pg_ctl, plan.store_rate, plan.rate_seconds, attach=True)
+                    store_runs["postgresql"].append((c, store_runs["sqlite"][-1][1]))
+                    _say(f"run {run + 1}/{plan.runs}: {plan.store_rate}/s controller on PostgreSQL "
+                         f"p50 {c['p50_ms']} p99 {c['p99_ms']} ms")
             ring = [_merge_runs(rate, ctl_runs[rate]) for rate in plan.rates]
             floor = []
             for rate in plan.rates:
                 entry = _merge_runs(rate, floor_runs[rate])
                 for q in ("p50", "p99"):
-                    ratios = [
-                        c[f"{q}_ms"] / f[f"{q}_ms"]
-                        for c, f in zip(ctl_runs[rate], floor_runs[rate], strict=True)
-                        if f[f"{q}_ms"] and not math.isnan(f[f"{q}_ms"]) and not math.isnan(c[f"{q}_ms"])
-                    ]
-                    entry[f"controller_over_floor_{q}"] = spread(ratios)
+                    entry[f"controller_over_floor_{q}"] = spread(_ratios(ctl_runs[rate], floor_runs[rate], q))
                 floor.append(entry)
+            by_store: dict[str, Any] = {
+                "sqlite": _merge_store(plan.store_rate, store_runs["sqlite"], "the SQLite file (the default)"),
+                "postgresql": (
+                    _merge_store(plan.store_rate, store_runs["postgresql"],
+                                 f"PostgreSQL {self.postgres.server}, a throwaway schema")
+                    if pg_ctl is not None else {"rate": plan.store_rate, "skipped": pg_skipped}
+                ),
+            }
             search = [
                 {"rate": e["rate"], "p99_ms": e["p99_ms"], "lost": e["lost"], "ok": _sustained(e)} for e in ring
             ]
@@ -273,6 +330,7 @@ class Bench:
         return {
             "ring_to_answer": ring,
             "floor": floor,
+            "ring_to_answer_by_store": by_store,
             "max_rate_p99_under_10ms": max_rate,
             "max_rate_search": search,
             "new_call_cpu_ms": rounded(median(new_call)),
@@ -282,6 +340,21 @@ class Bench:
                 [c / f for c, f in zip(new_call, floor_new_call, strict=True) if f > 0 and not math.isnan(c / f)]
             ),
         }
+
+    async def _sqlite_at_store_rate(
+        self, ctl: proc.Child, flr: proc.Child, ctl_runs: dict[int, list[dict[str, Any]]],
+        floor_runs: dict[int, list[dict[str, Any]]],
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """This run's SQLite controller and floor at the store rate: the rate windows' own when it is one of them
+        (the default controller is the SQLite one), else two windows of their own (the smoke plan)."""
+        rate = self.plan.store_rate
+        if rate in ctl_runs:
+            return ctl_runs[rate][-1], floor_runs[rate][-1]
+        c = await self.ring(ctl, rate, self.plan.rate_seconds, attach=True)
+        f = await self.ring(flr, rate, self.plan.rate_seconds, attach=False)
+        _say(f"{rate}/s controller p50 {c['p50_ms']} p99 {c['p99_ms']} ms, "
+             f"floor p50 {f['p50_ms']} p99 {f['p99_ms']} ms")
+        return c, f
 
     async def search_max_rate(self, ctl: proc.Child, search: list[dict[str, Any]]) -> int | None:
         """The highest steady rate with ring p99 under 10 ms: above the measured rates if they all pass,
@@ -482,6 +555,86 @@ class Bench:
             }
         }
 
+    # ---- takeover ---------------------------------------------------------------------------------------
+
+    def lease(self) -> tuple[float, float, dict[str, str]]:
+        """The takeover's lease and heartbeat, and the controllers' environment that sets them (empty: defaults)."""
+        plan, defaults = self.plan, StoreSettings()
+        lease = plan.takeover_lease_s if plan.takeover_lease_s is not None else defaults.lease_s
+        beat = plan.takeover_heartbeat_s if plan.takeover_heartbeat_s is not None else defaults.heartbeat_s
+        env = {}
+        if plan.takeover_lease_s is not None or plan.takeover_heartbeat_s is not None:
+            env = {"SIPCTL_STATE__LEASE_S": f"{lease:g}", "SIPCTL_STATE__HEARTBEAT_S": f"{beat:g}"}
+        return lease, beat, env
+
+    async def takeover_once(self, env: dict[str, str], lease_s: float, heartbeat_s: float) -> dict[str, Any]:
+        """Controllers A and B on one store (``env``); calls live on A, A SIGKILLed at a random point of its
+        heartbeat; per call, the kill → B's sideband re-attach (the peer keeps a call whose sideband dropped)."""
+        plan, peer = self.plan, self.peer
+        async with self.controller(max_calls=1_000_000, env=env) as a:
+            await a.wait_ready()  # A applies the migrations, then B finds them applied
+            async with self.controller(max_calls=1_000_000, env=env) as b:
+                await b.wait_ready()
+                peer.forget_finished()
+                before = set(peer.calls)
+                peer.target(a.port)
+                peer.reset()
+                peer.keep_dropped = True
+                try:
+                    placed = await peer.place_at_rate(plan.takeover_rate, plan.takeover_calls, 30, hold_s=None)
+                    await peer.wait_for(lambda: peer.rec.greetings >= placed, 15)
+                    calls = [c for k, c in peer.calls.items() if k not in before and c.greeted and c.ws is not None]
+                    # where in A's heartbeat cycle it dies decides most of the wait: spread it over the cycle
+                    await asyncio.sleep(0.2 + peer.rng.uniform(0, heartbeat_s))
+                    quiet: dict[str, Any] = {}
+                    async with noise.measuring(quiet):
+                        killed_ns = time.perf_counter_ns()
+                        a.kill()
+                        await a.proc.wait()
+                        await peer.wait_for(
+                            lambda: all(len(c.attached_ns) >= 2 for c in calls), lease_s + 2 * heartbeat_s + 10
+                        )
+                    result = _takeover_run(calls, placed, killed_ns, peer.reset().hangups, quiet)
+                    await peer.hang_up_all()
+                finally:
+                    peer.keep_dropped = False
+        return result
+
+    async def scenario_takeover(self) -> dict[str, Any]:
+        plan = self.plan
+        lease_s, heartbeat_s, lease_env = self.lease()
+        out: dict[str, Any] = {
+            "lease_s": lease_s,
+            "heartbeat_s": heartbeat_s,
+            "lease_defaults": not lease_env,
+            "calls_per_run": plan.takeover_calls,
+        }
+        for store in database.STORES:
+            runs: list[dict[str, Any]] = []
+            async with contextlib.AsyncExitStack() as stack:
+                if store == "sqlite":
+                    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sipctl-bench-takeover-")))
+                    env = {"SIPCTL_STATE__PATH": str(folder / "state.db")}
+                    where = "one SQLite file, two processes"
+                elif self.postgres.url is None:
+                    out[store] = {"skipped": self.postgres.skipped}
+                    continue
+                else:
+                    try:
+                        url = await stack.enter_async_context(database.throwaway_schema(self.postgres.url))
+                    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                        out[store] = {"skipped": f"no schema on {self.postgres.server}: {type(exc).__name__}: {exc}"}
+                        continue
+                    env = {database.ENV: url}
+                    where = f"PostgreSQL {self.postgres.server}, a throwaway schema"
+                for run in range(plan.takeover_runs):
+                    r = await self.takeover_once({**env, **lease_env}, lease_s, heartbeat_s)
+                    runs.append(r)
+                    _say(f"takeover on {store}, run {run + 1}/{plan.takeover_runs}: {r['reattached']} of "
+                         f"{r['calls']} calls re-attached, kill → re-attach p50 {r['p50_s']} s, max {r['max_s']} s")
+            out[store] = {"store": where, **_merge_takeover(runs)}
+        return {"takeover": out}
+
     async def run(self) -> dict[str, Any]:
         _raise_fd_limit()
         started = datetime.now(UTC)
@@ -496,12 +649,19 @@ class Bench:
                 "versions": _versions(),
                 "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
             }
+            self.postgres = await database.find(self.database_url)
+            results["postgresql"] = {"server": self.postgres.server, "source": self.postgres.source,
+                                     "skipped": self.postgres.skipped}
+            if self.postgres.skipped:
+                _say(f"PostgreSQL skipped: {self.postgres.skipped}")
             _say("ring-to-answer and the floor")
             results.update(await self.scenario_ring())
             _say("concurrency and hangup reaction")
             results.update(await self.scenario_concurrency())
             _say("webhook intake")
             results.update(await self.scenario_intake())
+            _say("takeover: a controller SIGKILLed, its calls re-attached by the other")
+            results.update(await self.scenario_takeover())
         finally:
             await self.peer.stop()
         results["duration_s"] = round(time.perf_counter() - t0, 1)
@@ -527,6 +687,59 @@ def _merge_runs(rate: int, runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _ratios(ctl: list[dict[str, Any]], flr: list[dict[str, Any]], q: str) -> list[float]:
+    """Controller over floor for ``q`` (p50, p99), run by run (pairs with a NaN or a zero floor left out)."""
+    return [
+        c[f"{q}_ms"] / f[f"{q}_ms"]
+        for c, f in zip(ctl, flr, strict=True)
+        if f[f"{q}_ms"] and not math.isnan(f[f"{q}_ms"]) and not math.isnan(c[f"{q}_ms"])
+    ]
+
+
+def _merge_store(rate: int, runs: list[tuple[dict[str, Any], dict[str, Any]]], store: str) -> dict[str, Any]:
+    """One store's ring windows at ``rate``, merged, with each run's ratio over that run's floor."""
+    ctl, flr = [c for c, _ in runs], [f for _, f in runs]
+    out = {"store": store, **_merge_runs(rate, ctl)}
+    out["floor_p50_ms"] = rounded(median([f["p50_ms"] for f in flr]))
+    out["floor_p99_ms"] = rounded(median([f["p99_ms"] for f in flr]))
+    for q in ("p50", "p99"):
+        out[f"controller_over_floor_{q}"] = spread(_ratios(ctl, flr, q))
+    return out
+
+
+def _takeover_run(
+    calls: list[PeerCall], placed: int, killed_ns: int, hung_up: int, quiet: dict[str, Any]
+) -> dict[str, Any]:
+    """One kill: per call, seconds from the SIGKILL to the second sideband (the re-attach)."""
+    latencies = sorted((c.attached_ns[1] - killed_ns) / 1e9 for c in calls if len(c.attached_ns) >= 2)
+    drops = sorted((c.dropped_ns - killed_ns) / 1e9 for c in calls if c.dropped_ns)
+    return {
+        "placed": placed,
+        "calls": len(calls),
+        "reattached": len(latencies),
+        "hung_up": hung_up,
+        "latencies_s": [rounded(x) for x in latencies],
+        "p50_s": rounded(percentile(latencies, 50)),
+        "max_s": rounded(latencies[-1]) if latencies else None,
+        "drop_seen_p50_s": rounded(percentile(drops, 50)),
+        "noise": quiet,
+    }
+
+
+def _merge_takeover(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every call of every run: p50, min and max of the kill → re-attach, and each run's own."""
+    latencies = sorted(x for r in runs for x in r["latencies_s"])
+    return {
+        "runs": len(runs),
+        "calls": sum(r["calls"] for r in runs),
+        "reattached": sum(r["reattached"] for r in runs),
+        "p50_s": rounded(percentile(latencies, 50)),
+        "min_s": latencies[0] if latencies else None,
+        "max_s": latencies[-1] if latencies else None,
+        "per_run": runs,
+    }
+
+
 def _sustained(entry: dict[str, Any]) -> bool:
     p99 = entry.get("p99_ms")
     achieved = entry.get("achieved_rate") or 0
@@ -544,13 +757,15 @@ def evaluate_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     """Each target of the issue with the measured value and whether it was met (None: not measured)."""
     out: list[dict[str, Any]] = []
 
-    def add(name: str, target: str, value: Any, ok: Callable[[float], bool], where: dict[str, Any] | None = None
-            ) -> None:
+    def add(name: str, target: str, value: Any, ok: Callable[[float], bool], where: dict[str, Any] | None = None,
+            skipped: str | None = None) -> None:
         met = None if value is None or (isinstance(value, float) and math.isnan(value)) else ok(value)
         entry = {"name": name, "target": target, "value": value, "met": met}
         if where is not None:  # a latency: the machine's own jitter in the same window, for comparison
             entry["probe_lag_p99_ms"] = (where.get("noise") or {}).get("probe_lag_p99_ms")
             entry["steal_percent"] = (where.get("noise") or {}).get("steal_percent")
+        if skipped:
+            entry["skipped"] = skipped
         out.append(entry)
 
     ring100 = _at(r.get("ring_to_answer", []), "rate", 100)
@@ -569,6 +784,21 @@ def evaluate_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     hang = r.get("hangup_reaction") or {}
     add("hangup_reaction_p99_ms", "<= 10 ms", hang.get("p99_ms"), lambda v: v <= 10, hang)
     add("intake_webhooks_per_s", ">= 2000/s", (r.get("intake") or {}).get("webhooks_per_s"), lambda v: v >= 2000)
+    # the ring targets again, judged the same way, on each store
+    for store, e in (r.get("ring_to_answer_by_store") or {}).items():
+        at100 = e if e.get("rate") == 100 and "skipped" not in e else None
+        add(f"ring_to_answer_p99_at_100_{store}", "<= 5 ms", at100 and at100["p99_ms"], lambda v: v <= 5,
+            at100 or {}, skipped=e.get("skipped"))
+        add(f"ring_p50_over_floor_at_100_{store}", "<= 3x",
+            at100 and at100["controller_over_floor_p50"]["median"], lambda v: v <= 3, skipped=e.get("skipped"))
+    # the worst kill → re-attach of a store, every call re-attached
+    takeover = r.get("takeover") or {}
+    for store in database.STORES:
+        t = takeover.get(store) or {}
+        incomplete = not t.get("calls") or t.get("reattached") != t.get("calls")
+        worst = t.get("max_s") if t.get("max_s") is not None or not t.get("calls") else f"0 of {t['calls']}"
+        add(f"takeover_max_s_{store}", "<= 10 s, every call", worst,
+            (lambda v: False) if incomplete else (lambda v: v <= 10), skipped=t.get("skipped"))
     return out
 
 
@@ -614,6 +844,39 @@ def render_table(r: dict[str, Any]) -> str:
                      f"{_fmt(e['tool_reaction_p50_ms'])} | {_fmt(e['tool_reaction_p99_ms'])} | "
                      f"{_fmt(quiet.get('probe_lag_p99_ms'))} | {_fmt(quiet.get('steal_percent'))} |")
     lines.append("")
+    by_store = r.get("ring_to_answer_by_store") or {}
+    if by_store:
+        lines.append("| ring-to-answer by store | calls/s | p50 ms | p99 ms | max ms | floor p50 | floor p99 "
+                     "| ctl/floor p50 | ctl/floor p99 | probe p99 ms | steal % |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        for store, e in by_store.items():
+            if "skipped" in e:
+                lines.append(f"| {store} | skipped: {e['skipped']} |")
+                continue
+            quiet = e.get("noise", {})
+            lines.append(
+                f"| {store} | {e['rate']} | {_fmt(e['p50_ms'])} | {_fmt(e['p99_ms'])} | {_fmt(e['max_ms'])} | "
+                f"{_fmt(e['floor_p50_ms'])} | {_fmt(e['floor_p99_ms'])} | "
+                f"{_fmt(e['controller_over_floor_p50'].get('median'), 'x')} | "
+                f"{_fmt(e['controller_over_floor_p99'].get('median'), 'x')} | "
+                f"{_fmt(quiet.get('probe_lag_p99_ms'))} | {_fmt(quiet.get('steal_percent'))} |"
+            )
+        lines.append("")
+    takeover = r.get("takeover") or {}
+    if takeover:
+        defaults = ", the defaults" if takeover.get("lease_defaults") else ""
+        lines.append(f"| takeover (lease {_fmt(takeover.get('lease_s'), ' s')}, heartbeat "
+                     f"{_fmt(takeover.get('heartbeat_s'), ' s')}{defaults}) | runs | calls re-attached "
+                     "| kill → re-attach p50 s | min s | max s |")
+        lines.append("|---|---|---|---|---|---|")
+        for store in database.STORES:
+            t = takeover.get(store) or {}
+            if "skipped" in t:
+                lines.append(f"| {store} | skipped: {t['skipped']} |")
+                continue
+            lines.append(f"| {store} | {t.get('runs')} | {t.get('reattached')} of {t.get('calls')} | "
+                         f"{_fmt(t.get('p50_s'))} | {_fmt(t.get('min_s'))} | {_fmt(t.get('max_s'))} |")
+        lines.append("")
     hang = r.get("hangup_reaction") or {}
     intake = r.get("intake") or {}
     lines.append("| figure | value |")
@@ -650,7 +913,8 @@ def write_results(results: dict[str, Any], out_dir: Path) -> Path:
     return path
 
 
-def run(plan: Plan, out_dir: Path) -> tuple[Path, dict[str, Any]]:
-    """Run every scenario of ``plan``, write the results file; returns its path and the results."""
-    results = asyncio.run(Bench(plan).run())
+def run(plan: Plan, out_dir: Path, *, database_url: str | None = None) -> tuple[Path, dict[str, Any]]:
+    """Run every scenario of ``plan``, write the results file; returns its path and the results. PostgreSQL:
+    ``database_url``, else ``SIPCTL_DATABASE_URL``, else the local default, skipped when none answers."""
+    results = asyncio.run(Bench(plan, database_url=database_url).run())
     return write_results(results, out_dir), results
