@@ -80,6 +80,21 @@ def _parser() -> argparse.ArgumentParser:
     soak.add_argument("--concurrency", type=int, default=25, help="calls in progress at once (default 25)")
     soak.add_argument("--max-wall", type=float, default=600.0, help="give up after this many seconds (default 600)")
     soak.add_argument("--reports", type=Path, help="write every call's report to this JSONL file")
+    soak.add_argument(
+        "--replicas",
+        type=int,
+        metavar="N",
+        help="run the calls against N real `sipctl serve` processes sharing one store (default: one in-process)",
+    )
+    soak.add_argument(
+        "--kill", action="store_true", help="with --replicas: SIGKILL one replica mid-soak and restart it"
+    )
+    soak.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="with --replicas: PostgreSQL for the replicas, in a throwaway schema (default: SIPCTL_DATABASE_URL, "
+        "else a SQLite file)",
+    )
 
     migrate = sub.add_parser(
         "migrate", help="apply the store's schema migrations (the SQLite file state.path, or SIPCTL_DATABASE_URL)"
@@ -458,8 +473,16 @@ def _demo(settings: Settings, *, time_scale: float) -> int:
 def _soak(settings: Settings, args: argparse.Namespace) -> int:
     from sip_controller.simulator import soak
 
+    if args.replicas is None and (args.kill or args.database_url):
+        print("sipctl: --kill and --database-url need --replicas N", file=sys.stderr)
+        return 2
+    if args.replicas is not None and args.replicas < 1:
+        print("sipctl: --replicas must be at least 1 (1: the one process, killed and restarted)", file=sys.stderr)
+        return 2
     configure_logging("error", settings.log_format)
     soak.quiet_uvicorn_denials()
+    if args.replicas is not None:
+        return _soak_replicas(args)
     try:
         result = asyncio.run(
             soak.run_soak(
@@ -476,4 +499,37 @@ def _soak(settings: Settings, args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"sipctl: {exc}", file=sys.stderr)
         return 2
+    return 0 if result.ok else 1
+
+
+def _soak_replicas(args: argparse.Namespace) -> int:
+    """``sipctl soak --replicas N [--kill]``: the soak against ``sipctl serve`` child processes."""
+    from sip_controller.simulator import soak_replicas
+
+    database_url = soak_replicas.database_url_from(args.database_url)
+    if database_url is not None and not database_url.startswith(("postgresql://", "postgres://")):
+        print("sipctl: --database-url: not a PostgreSQL URL (postgresql://…)", file=sys.stderr)
+        return 2
+    try:
+        result = asyncio.run(
+            soak_replicas.run_soak_replicas(
+                replicas=args.replicas,
+                kill=args.kill,
+                calls=args.calls,
+                fault_rate=args.fault_rate,
+                seed=args.seed,
+                concurrency=args.concurrency,
+                max_wall_s=args.max_wall,
+                database_url=database_url,
+                config=args.config,
+                reports=args.reports,
+                out=sys.stdout,
+            )
+        )
+    except ValueError as exc:
+        print(f"sipctl: {exc}", file=sys.stderr)
+        return 2
+    except (ConnectionError, RuntimeError) as exc:  # no PostgreSQL; a replica that would not start
+        print(f"sipctl: soak: {exc}", file=sys.stderr)
+        return 1
     return 0 if result.ok else 1

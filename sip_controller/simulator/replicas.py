@@ -10,6 +10,9 @@ to keep a test in a schema of its own). Webhooks are spread over the live replic
 
 :class:`ReportSink` is the operator's endpoint: a loopback server that records every ``call.started`` and
 ``call.ended`` delivery, so the caller can check that each call was reported, and reported once.
+
+:class:`WebhookFront` is the load balancer: one loopback URL for the simulator's webhooks (late duplicates and
+redeliveries included), forwarded round-robin to the live replicas.
 """
 
 from __future__ import annotations
@@ -318,3 +321,83 @@ async def report_sink() -> AsyncIterator[ReportSink]:
 def endpoints_env(urls: Iterable[str]) -> dict[str, str]:
     """The environment setting that sends reports to ``urls`` (unsigned)."""
     return {"SIPCTL_REPORTS__ENDPOINTS": json.dumps([{"url": url} for url in urls])}
+
+
+#: the webhook request headers the front passes on (the Standard Webhooks signature and the body's type)
+FORWARDED_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature", "content-type", "user-agent")
+
+
+class WebhookFront:
+    """The load balancer in front of the replicas, on loopback: every webhook POSTed to ``url`` goes to the next
+    live replica (round-robin); when a replica does not answer (killed, or restarting) the request goes to the
+    next live one, as a proxy retries another upstream on a connection failure; while none is up it is held, at
+    most ``hold_s`` (OpenAI would redeliver for much longer than the simulator's time-scaled backoff), and
+    answered 503 after that. The replica's answer (status and body) is passed back as it is.
+
+    ``owners`` maps each call id to the replica slot that answered its webhook 2xx first; ``failovers`` counts
+    the requests that went to another replica after a connection failure, ``held`` those that waited for one.
+    """
+
+    def __init__(self, cluster: Replicas, *, hold_s: float = 15.0, timeout_s: float = 30.0) -> None:
+        self.cluster = cluster
+        self.hold_s = hold_s
+        self.timeout_s = timeout_s
+        self.owners: dict[str, int] = {}
+        self.failovers = 0
+        self.held = 0
+        self.refused = 0
+        self._server: RunningServer | None = None
+        self._client: httpx.AsyncClient | None = None
+        self._stack = contextlib.AsyncExitStack()
+
+    async def _forward(self, request: Request) -> Response:
+        assert self._client is not None
+        body = await request.body()
+        headers = {name: request.headers[name] for name in FORWARDED_HEADERS if name in request.headers}
+        deadline = time.monotonic() + self.hold_s
+        waited = False
+        while True:
+            live = self.cluster.alive()
+            if live:
+                url = self.cluster.next_webhook_url()
+                try:
+                    answer = await self._client.post(url, content=body, headers=headers)
+                except httpx.TransportError:
+                    self.failovers += 1
+                else:
+                    if 200 <= answer.status_code < 300:
+                        self._note_owner(body, url)
+                    media = answer.headers.get("content-type")
+                    return Response(answer.content, status_code=answer.status_code, media_type=media)
+            if time.monotonic() > deadline:
+                self.refused += 1
+                return Response(status_code=503)
+            if not waited:
+                waited = True
+                self.held += 1
+            await asyncio.sleep(0.05)
+
+    def _note_owner(self, body: bytes, url: str) -> None:
+        try:
+            data = json.loads(body).get("data") or {}
+        except (json.JSONDecodeError, AttributeError):
+            return
+        call_id = data.get("call_id") if isinstance(data, dict) else None
+        slot = next((r.index for r in self.cluster.replicas if r.webhook_url == url), None)
+        if isinstance(call_id, str) and slot is not None:
+            self.owners.setdefault(call_id, slot)
+
+    async def __aenter__(self) -> Self:
+        self._client = await self._stack.enter_async_context(httpx.AsyncClient(timeout=self.timeout_s))
+        app = Starlette(routes=[Route("/webhooks/openai", self._forward, methods=["POST"])])
+        self._server = await self._stack.enter_async_context(serve(app, lifespan="off"))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("the WebhookFront is not running")
+        return f"{self._server.url}/webhooks/openai"

@@ -10,6 +10,8 @@ with injected faults, then the invariants that must hold whatever went wrong:
 - zero accepts after a call had ended, except those the ringing caller's hang-up provoked on purpose.
 
 ``sipctl soak`` and ``make soak`` run it; ``tests/e2e/test_soak.py`` runs a bounded one in ``make test``.
+``sipctl soak --replicas N [--kill]`` runs the same calls against real ``sipctl serve`` processes, one of them
+killed mid-soak: :mod:`sip_controller.simulator.soak_replicas`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import contextlib
 import json
 import logging
 import random
+import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -43,6 +46,8 @@ FAULT_MIX = (
     "hangup_while_ringing",
 )
 SCRIPTS = ("goodbye", "caller_hangup", "silent_hangup")
+#: the caller's first line (a call's quiet step, when it has one, follows its answer)
+FIRST_LINE = "What time do you open?"
 #: nominal seconds; with the default time scale (0.05) a whole call lasts well under a second
 MAX_CALL_SECONDS = 60.0
 RING_TIMEOUT = 100.0
@@ -97,12 +102,22 @@ def fault_for(kind: str, rng: random.Random, seed: int) -> Faults:
     return Faults.model_validate(data)
 
 
-def call_spec(index: int, script: str, faults: Faults | None) -> CallSpec:
-    """One soak call: its own caller number (the per-caller rate limit stays out of the way)."""
+def call_spec(
+    index: int,
+    script: str,
+    faults: Faults | None,
+    *,
+    quiet: float = 0.0,
+    max_call_seconds: float = MAX_CALL_SECONDS,
+) -> CallSpec:
+    """One soak call: its own caller number (the per-caller rate limit stays out of the way). ``quiet``
+    (nominal seconds): a silence after the first exchange, before the call's last turn."""
     steps: list[dict[str, Any]]
+    pause = [{"wait": quiet}] if quiet > 0 else []
     if script == "goodbye":
         steps = [
-            {"say": "What time do you open?", "reply": "We open at nine."},
+            {"say": FIRST_LINE, "reply": "We open at nine."},
+            *pause,
             {
                 "say": "Thanks, bye!",
                 "tool": {"name": "end_call", "arguments": {"reason": "caller said goodbye"}},
@@ -110,23 +125,26 @@ def call_spec(index: int, script: str, faults: Faults | None) -> CallSpec:
             },
         ]
     elif script == "caller_hangup":
-        steps = [{"say": "Is anybody there?", "reply": "Yes, how can I help?"}, {"hangup": True}]
+        steps = [{"say": "Is anybody there?", "reply": "Yes, how can I help?"}, *pause, {"hangup": True}]
     else:
-        steps = [{"wait": 1.0}, {"hangup": True}]
+        steps = [{"wait": 1.0 + quiet}, {"hangup": True}]
     return CallSpec.model_validate(
         {
             "name": f"soak-{index:05d}-{script}",
             "caller": f"+1415{index % 10_000_000:07d}",
             "ring_timeout": RING_TIMEOUT,
-            "max_call_seconds": MAX_CALL_SECONDS,
+            "max_call_seconds": max_call_seconds,
             "steps": steps,
             "faults": faults,
         }
     )
 
 
-def plan(calls: int, fault_rate: float, seed: int) -> list[tuple[CallSpec, str | None]]:
-    """The seeded list of calls: each one's spec and its fault mix (``None``: no fault)."""
+def plan(
+    calls: int, fault_rate: float, seed: int, *, quiet: float = 0.0, max_call_seconds: float = MAX_CALL_SECONDS
+) -> list[tuple[CallSpec, str | None]]:
+    """The seeded list of calls: each one's spec and its fault mix (``None``: no fault); ``quiet`` and
+    ``max_call_seconds`` as in :func:`call_spec`."""
     out: list[tuple[CallSpec, str | None]] = []
     order = list(FAULT_MIX)
     random.Random(seed).shuffle(order)  # faulted calls take the mixes in turn: ten faulted calls cover all
@@ -141,7 +159,8 @@ def plan(calls: int, fault_rate: float, seed: int) -> list[tuple[CallSpec, str |
         faults = fault_for(kind, rng, seed) if kind is not None else None
         if kind == "hangup_error":
             script = "goodbye"  # only the agent's own end_call makes the controller call /hangup
-        out.append((call_spec(index, script, faults), kind))
+        spec = call_spec(index, script, faults, quiet=quiet, max_call_seconds=max_call_seconds)
+        out.append((spec, kind))
     return out
 
 
@@ -171,6 +190,21 @@ class SoakResult:
     unfinished_sim_calls: list[str] = field(default_factory=list)
     timed_out: bool = False
     sim_task_errors: int = 0
+    #: the rest is for ``--replicas`` (0: the one in-process controller; see :mod:`.soak_replicas`)
+    replicas: int = 0
+    store: str = ""
+    kills: int = 0
+    #: calls that were live on the killed replica when it died (its webhook answered by it)
+    calls_on_victim: int = 0
+    #: whether the kill came when every live call was attached and none was in its last turn
+    kill_at_quiet: bool = True
+    #: calls whose report lists a takeover; the takeover log records (``call.taken_over``) of all replicas
+    taken_over: list[str] = field(default_factory=list)
+    takeover_logs: int = 0
+    #: seconds from the kill to the sideband re-attached, for each call taken over after it
+    takeover_latencies: list[float] = field(default_factory=list)
+    webhook_failovers: int = 0
+    webhook_held: int = 0
 
     @property
     def ok(self) -> bool:
@@ -186,6 +220,7 @@ class SoakResult:
             or self.unfinished_sim_calls
             or self.timed_out
             or self.sim_task_errors
+            or (self.kills and not self.taken_over)
         ) and self.ended_once == self.calls
 
     def table(self) -> str:
@@ -218,12 +253,44 @@ class SoakResult:
             ("webhook 5xx", str(self.webhook_5xx)),
             ("webhook unanswered", str(self.webhook_unanswered)),
             ("sim calls not ended", names(self.unfinished_sim_calls)),
+            *self._replica_rows(),
             ("simulator task errors", str(self.sim_task_errors)),
             ("wall time", f"{self.wall_s:.1f} s" + ("  (TIMED OUT)" if self.timed_out else "")),
             ("result", "ok" if self.ok else "FAILED"),
         ]
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+    def _replica_rows(self) -> list[tuple[str, str]]:
+        if not self.replicas:
+            return []
+        rows = [
+            ("replicas", f"{self.replicas}  ({self.store})"),
+            ("kills (SIGKILL, restarted)", str(self.kills)),
+        ]
+        if self.kills:
+            rows += [
+                ("  calls live on the victim", str(self.calls_on_victim)),
+                ("  kill at a quiet moment", "yes" if self.kill_at_quiet else "no (a turn in flight may be lost)"),
+            ]
+        none = "  (NONE: the kill took no call over)" if self.kills and not self.taken_over else ""
+        rows += [
+            ("calls taken over", f"{len(self.taken_over)}{none}"),
+            ("  call.taken_over logged", str(self.takeover_logs)),
+        ]
+        if self.takeover_latencies:
+            gaps = self.takeover_latencies
+            rows.append(
+                (
+                    "takeover latency",
+                    f"max {max(gaps):.2f} s, median {statistics.median(gaps):.2f} s  (kill -> sideband re-attached)",
+                )
+            )
+        rows += [
+            ("webhook failovers", f"{self.webhook_failovers}  (a replica gone: sent to the next)"),
+            ("webhook held", f"{self.webhook_held}  (no replica up for a moment)"),
+        ]
+        return rows
 
 
 def soak_settings(settings: Settings, calls: int, concurrency: int) -> Settings:
