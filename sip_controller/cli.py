@@ -455,10 +455,11 @@ def _demo(settings: Settings, *, time_scale: float) -> int:
     scenario = load_scenario(DEMO_SCENARIO)
 
     async def both() -> tuple[list[harness.CallOutcome], takeover_demo.TakeoverRun]:
-        return await asyncio.gather(
-            harness.run_scenario(scenario, settings, time_scale=time_scale),
-            takeover_demo.run_takeover(time_scale=time_scale),
-        )
+        replicas_up = asyncio.Event()
+        takeover = asyncio.create_task(takeover_demo.run_takeover(time_scale=time_scale, started=replicas_up))
+        await replicas_up.wait()  # the scenario's calls then, beside the takeover call, not beside two start-ups
+        outcomes = await harness.run_scenario(scenario, settings, time_scale=time_scale)
+        return outcomes, await takeover
 
     outcomes, takeover = asyncio.run(both())
     print(f"scenario {scenario.name}: {scenario.description}".rstrip(": "))

@@ -21,6 +21,7 @@ the built-in default settings (the store, the report endpoint and these two asid
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import tempfile
 import time
@@ -36,6 +37,7 @@ from sip_controller.simulator.records import SimCall
 from sip_controller.simulator.replicas import Replicas, ReportSink, endpoints_env
 from sip_controller.simulator.scenario import CallSpec, Step, ToolCall
 from sip_controller.simulator.webhook_sender import new_webhook_secret
+from sip_controller.state.sqlite import SQLiteStore
 
 TITLE = "takeover: the controller is killed mid-call"
 #: the demo's lease and heartbeat (real seconds); the production defaults are StoreSettings'
@@ -52,7 +54,7 @@ QUIET_S = 4.0
 KILL_AFTER_S = 0.6
 #: the quiet spell lasts at least this long in real time after the kill is due, whatever the time scale, so the
 #: kill lands in it
-QUIET_MARGIN_S = 0.5
+QUIET_MARGIN_S = 1.0
 
 
 def takeover_call(time_scale: float) -> CallSpec:
@@ -91,8 +93,8 @@ class TakeoverRun:
     #: the SIGKILL: wall time (``time.time()``) and the simulator's clock
     killed_at: float | None = None
     killed_sim: float | None = None
-    #: the replicas (0: A, 1: B) whose log says ``call.taken_over`` for the call
-    taken_over_logged_by: list[int] = field(default_factory=list)
+    #: the replicas (``A``, ``B``) whose log says ``call.taken_over`` for the call
+    taken_over_logged_by: list[str] = field(default_factory=list)
     #: why the run stopped early (a timeout, a replica that would not start), with the replicas' log tails
     error: str | None = None
     logs: str = ""
@@ -145,6 +147,8 @@ def check(run: TakeoverRun) -> list[str]:
         problems.append(f"{call.sideband_connects} sideband connects, expected 2 (the attach and one re-attach)")
     if run.killed_at is None:
         problems.append("replica A was never killed")
+    elif call.ended_at is not None and run.killed_sim is not None and call.ended_at < run.killed_sim:
+        problems.append("the call ended before replica A was killed")
     if len(run.reports) != 1:
         problems.append(f"reported {len(run.reports)} times (call.ended), expected once")
     if run.started_reports != 1:
@@ -161,8 +165,8 @@ def check(run: TakeoverRun) -> list[str]:
             problems.append(f"{len(takeovers)} takeovers on the report, expected one")
         elif run.pid_b is None or pid_of(takeovers[0].get("by")) != run.pid_b:
             problems.append(f"taken over by {takeovers[0].get('by')}, not replica B (pid {run.pid_b})")
-    if run.taken_over_logged_by != [1]:
-        problems.append(f"call.taken_over logged by replicas {run.taken_over_logged_by}, expected [1] (B)")
+    if run.taken_over_logged_by != ["B"]:
+        problems.append(f"call.taken_over logged by {run.taken_over_logged_by or 'no replica'}, expected B only")
     return problems
 
 
@@ -185,28 +189,57 @@ def _answered(call: SimCall) -> bool:
     return any(r.transcript == ANSWER and r.audio_stopped_at is not None for r in call.responses)
 
 
-async def run_takeover(*, time_scale: float, timeout: float = 90.0) -> TakeoverRun:
+async def run_takeover(
+    *, time_scale: float, timeout: float = 90.0, started: asyncio.Event | None = None
+) -> TakeoverRun:
     """Place the call on replica A, SIGKILL A while the caller is quiet, let B take the call over and finish it;
-    collect what every side saw and :func:`check` it. Never raises for a failed run: ``problems`` says why."""
+    collect what every side saw and :func:`check` it. Never raises for a failed run: ``problems`` says why.
+
+    A and B are one replica each (:class:`Replicas` of one, each with its folder and log) on the same SQLite file,
+    migrated here first so that they can start together. ``started`` is set once both are up (or could not start):
+    ``sipctl demo`` starts the scenario's calls then, so that they do not share the CPU with two start-ups."""
+    try:
+        return await _run_takeover(time_scale=time_scale, timeout=timeout, started=started or asyncio.Event())
+    finally:
+        if started is not None:
+            started.set()
+
+
+async def _run_takeover(*, time_scale: float, timeout: float, started: asyncio.Event) -> TakeoverRun:
     run = TakeoverRun(time_scale=time_scale)
     secret = new_webhook_secret()
+    sides: dict[str, Replicas] = {}
     with tempfile.TemporaryDirectory(prefix="sipctl-demo-") as folder:
-        cluster: Replicas | None = None
         try:
             async with asyncio.timeout(timeout):
                 async with Simulator(webhook_secret=secret, time_scale=time_scale) as sim, ReportSink() as sink:
-                    cluster = Replicas(
-                        2,
-                        workdir=Path(folder),
-                        api_base=sim.base_url,
-                        api_key=sim.api_key,
-                        webhook_secret=secret,
-                        env=endpoints_env([sink.url]),
-                        lease_s=LEASE_S,
-                        heartbeat_s=HEARTBEAT_S,
-                    )
-                    async with cluster:
-                        a, b = cluster.replicas
+                    store_path = Path(folder) / "sipctl-state.db"
+                    env = {**endpoints_env([sink.url]), "SIPCTL_STATE__PATH": str(store_path)}
+                    for name in ("A", "B"):
+                        sides[name] = Replicas(
+                            1,
+                            workdir=Path(folder) / name,
+                            api_base=sim.base_url,
+                            api_key=sim.api_key,
+                            webhook_secret=secret,
+                            env=env,
+                            lease_s=LEASE_S,
+                            heartbeat_s=HEARTBEAT_S,
+                        )
+                    # the schema first (what ``sipctl migrate`` does before a deployment): then A and B start together
+                    await (await SQLiteStore.open(store_path)).aclose()
+                    async with contextlib.AsyncExitStack() as stack:
+                        side_a, side_b = sides["A"], sides["B"]
+                        for side in (side_a, side_b):
+                            stack.push_async_callback(side.aclose)
+                        results = await asyncio.gather(
+                            side_a.__aenter__(), side_b.__aenter__(), return_exceptions=True
+                        )
+                        started.set()
+                        for result in results:
+                            if isinstance(result, BaseException):
+                                raise result
+                        a, b = side_a.replicas[0], side_b.replicas[0]
                         run.pid_a = a.proc.pid if a.proc else None
                         run.pid_b = b.proc.pid if b.proc else None
                         sim.webhook_url = a.webhook_url
@@ -218,7 +251,7 @@ async def run_takeover(*, time_scale: float, timeout: float = 90.0) -> TakeoverR
                             "call.started",
                         )
                         await asyncio.sleep(KILL_AFTER_S)
-                        run.killed_at = await cluster.kill(a.index)
+                        run.killed_at = await side_a.kill(a.index)
                         # the simulator's clock at the signal (``kill`` returns once the process is reaped)
                         run.killed_sim = sim.now() - (time.time() - run.killed_at)
                         try:
@@ -226,18 +259,23 @@ async def run_takeover(*, time_scale: float, timeout: float = 90.0) -> TakeoverR
                         except TimeoutError:
                             raise _Stuck("timed out after 30 s waiting for the call to end") from None
                         await _until(lambda: call.call_id in sink.ended_by_call(), 15, "call.ended")
-                        run.taken_over_logged_by = sorted(
-                            e["replica"] for e in cluster.events("call.taken_over") if e.get("call_id") == call.call_id
-                        )
+                        run.taken_over_logged_by = [
+                            name
+                            for name, side in sides.items()
+                            for e in side.events("call.taken_over")
+                            if e.get("call_id") == call.call_id
+                        ]
                     # B has stopped (a drain): a second report of the call would have been sent by now
                     run.reports = [d.data for d in sink.ended_by_call().get(call.call_id, [])]
                     run.started_reports = len(
                         {d.webhook_id for d in sink.of_type("call.started") if d.call_id == call.call_id}
                     )
-        except (_Stuck, TimeoutError, RuntimeError) as exc:
-            run.error = str(exc) or f"timed out after {timeout:g} s"
-            if cluster is not None:
-                run.logs = "\n".join(f"{r.name}: …{cluster.log_tail(r.index, 1500)}" for r in cluster.replicas)
+        except Exception as exc:  # a timeout, a replica that would not start, the store: the demo's verdict
+            if isinstance(exc, _Stuck | TimeoutError):
+                run.error = str(exc) or f"timed out after {timeout:g} s"
+            else:
+                run.error = f"{type(exc).__name__}: {exc}"
+            run.logs = "\n".join(f"replica {name}: …{side.log_tail(0, 1500)}" for name, side in sides.items())
     run.problems = check(run)
     return run
 

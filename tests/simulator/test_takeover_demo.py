@@ -53,6 +53,7 @@ def _run() -> TakeoverRun:
     call.hangup_gap_s = 0.0
     call.sideband_connects = 2
     call.sideband_attached_at = [0.5, 11.3]
+    call.ended_at = 12.5
     return TakeoverRun(
         time_scale=0.5,
         call=call,
@@ -62,7 +63,7 @@ def _run() -> TakeoverRun:
         pid_b=PID_B,
         killed_at=RECEIVED + 4.7,
         killed_sim=10.0,
-        taken_over_logged_by=[1],
+        taken_over_logged_by=["B"],
     )
 
 
@@ -120,6 +121,11 @@ def _never_reattached(run: TakeoverRun) -> None:
     run.call.sideband_attached_at = [0.5]
 
 
+def _over_before_the_kill(run: TakeoverRun) -> None:
+    assert run.call is not None
+    run.call.ended_at = 9.0  # the simulator's clock; the kill was at 10.0
+
+
 def _hung_up_by_another_reason(run: TakeoverRun) -> None:
     run.reports[0]["ended_reason"] = "session_error"
 
@@ -134,6 +140,7 @@ def _hung_up_by_another_reason(run: TakeoverRun) -> None:
         (_left_up, "not supervised to its end: ended by caller, left up=True"),
         (_never_reattached, "1 sideband connects, expected 2 (the attach and one re-attach)"),
         (_hung_up_by_another_reason, "ended_reason session_error, expected agent_end_call"),
+        (_over_before_the_kill, "the call ended before replica A was killed"),
     ],
 )
 def test_the_takeover_call_fails_when_it_was_not_finished_taken_over_once_and_reported_once(
