@@ -369,7 +369,8 @@ class Peer:
     def on_event(self, call: PeerCall, conn: _Conn, event: dict[str, Any], now: int) -> None:
         kind = event.get("type")
         if kind == "response.create":
-            self._respond(call, conn)
+            metadata = (event.get("response") or {}).get("metadata")
+            self._respond(call, conn, metadata if isinstance(metadata, dict) else None)
         elif kind == "conversation.item.create":
             item = event.get("item") or {}
             if item.get("type") == "function_call_output":
@@ -380,32 +381,36 @@ class Peer:
             conn.send_events([{"type": "session.updated", "event_id": f"event_{self._next()}",
                                "session": event.get("session") or {}}])
 
-    def _turn(self, call: PeerCall, text: str) -> tuple[str, list[dict[str, Any]]]:
-        """One spoken assistant response: created, audio started, transcript, done (audio stop is separate)."""
+    def _turn(
+        self, call: PeerCall, text: str, metadata: dict[str, Any] | None = None
+    ) -> tuple[str, list[dict[str, Any]]]:
+        """One spoken assistant response: created, audio started, transcript, done (audio stop is separate). The
+        request's ``metadata`` comes back on the response, as OpenAI's does (the controller tells its goodbye by it)."""
         n = self._next()
         rid, iid = f"resp_{n}", f"item_{n}"
         self.rec.lines += 1
         return rid, [
             {"type": "response.created", "event_id": f"event_{n}_1",
-             "response": {"id": rid, "object": "realtime.response", "status": "in_progress", "output": []}},
+             "response": {"id": rid, "object": "realtime.response", "status": "in_progress", "output": [],
+                          "metadata": metadata}},
             {"type": "output_audio_buffer.started", "event_id": f"event_{n}_2", "response_id": rid},
             {"type": "response.output_audio_transcript.done", "event_id": f"event_{n}_3", "response_id": rid,
              "item_id": iid, "output_index": 0, "content_index": 0, "transcript": text},
             {"type": "response.done", "event_id": f"event_{n}_4",
              "response": {"id": rid, "object": "realtime.response", "status": "completed",
                           "output": [{"type": "message", "id": iid, "role": "assistant", "status": "completed"}],
-                          "usage": USAGE}},
+                          "usage": USAGE, "metadata": metadata}},
         ]
 
-    def _respond(self, call: PeerCall, conn: _Conn) -> None:
+    def _respond(self, call: PeerCall, conn: _Conn, metadata: dict[str, Any] | None = None) -> None:
         if call.ending and call.goodbye_rid is None:
-            rid, events = self._turn(call, "Thank you for calling, goodbye!")
+            rid, events = self._turn(call, "Thank you for calling, goodbye!", metadata)
             call.goodbye_rid = rid
             conn.send_events(events)
             asyncio.get_running_loop().call_later(self.goodbye_audio_s, self._goodbye_heard, call, rid)
             return
         text = ASSISTANT_LINES[call.turns % len(ASSISTANT_LINES)] if call.greeted else "Hello! How can I help?"
-        rid, events = self._turn(call, text)
+        rid, events = self._turn(call, text, metadata)
         events.append({"type": "output_audio_buffer.stopped", "event_id": f"event_{rid}_5", "response_id": rid})
         conn.send_events(events)
         if not call.greeted:

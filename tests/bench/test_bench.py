@@ -132,6 +132,10 @@ def test_smoke_bench_writes_well_formed_results(smoke: tuple[Path, Path, dict[st
     assert hangup["calls"] == runner.SMOKE.hangup_level
     assert _number(hangup["p50_ms"])
     assert _number(hangup["p99_ms"])
+    # the controller hung up on the goodbye's audio stop, not at its goodbye timeout (5 s): it told the goodbye
+    # response by the metadata the peer echoed back
+    assert hangup["count"] == hangup["ended"]
+    assert hangup["p99_ms"] < 2000, hangup
     assert _number(results["intake"]["webhooks_per_s"])
     assert _number(results["intake"]["cpu_ms_per_webhook"])
     assert {t["name"] for t in results["targets"]} >= {"ring_to_answer_p99_at_100", "intake_webhooks_per_s"}
