@@ -297,6 +297,9 @@ class ReportNotifier:
             if wait > 0:
                 if self._closing:
                     return
+                # a kick (new rows) does not end a pause, only closing does: cleared first, or a set event would
+                # return at once and this loop would spin without ever yielding, freezing the process
+                wake.clear()
                 await self._sleep(wake, wait)
                 continue
             wake.clear()

@@ -433,3 +433,30 @@ async def test_logs_carry_no_secret_caller_or_transcript(
     for forbidden in (rx.secret, rx.secret.removeprefix("whsec_"), CALLER, "my private question", "token=abc"):
         assert forbidden not in text
     assert "notifier.delivered" in [e["event"] for e in logs]
+
+
+async def test_kicks_while_a_destination_is_paused_do_not_starve_the_event_loop(
+    receiver: tuple[Receiver, RunningServer], store: SQLiteStore
+) -> None:
+    """The sink down while calls keep starting and ending (each a kick): the paused loop once spun on its set wake
+    event without ever yielding, freezing the whole process (heartbeats lapsed, drains never ended)."""
+    rx, server = receiver
+    rx.fail_first = 1000
+    settings = reports(server, events=("call.ended",))
+    notifier = ReportNotifier(
+        settings, store, worker="worker-paused", environ={SECRET_ENV: str(rx.secret)},
+        policy=DeliveryPolicy(wait_initial=1.0, wait_max=1.0, wait_jitter=0.0, poll_s=0.05),
+    )  # fmt: skip
+    async with running(notifier):
+        await report(store, settings)
+        await until(lambda: rx.hits >= 1)  # failed once: paused for 1 s
+        gaps: list[float] = []
+        last = time.monotonic()
+        for _ in range(40):  # 0.4 s of kicks, as calls start and end, each followed by a 10 ms tick
+            notifier.kick()
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+    assert max(gaps) < 0.25, f"the event loop was starved for {max(gaps):.2f} s"
+    assert rx.hits <= 3  # and the pause held: no delivery attempt per kick
