@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import signal
 import socket
 from types import FrameType
@@ -47,18 +48,22 @@ class DrainingServer(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not on every platform
+            asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, _log_tasks)
         if self.started and sockets:  # uvicorn says where it listens only for sockets it bound itself
             log.info("serve.listening", urls=[_url(sock) for sock in sockets])
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._drain is None and self._loop is not None and not self.should_exit:
-            log.warning("serve.signal", signal=signal.Signals(sig).name, action="drain")
-            self._loop.call_soon_threadsafe(self._start_drain)
+            # a signal handler runs inside whatever task was running: a fresh context, or the drain and its logs
+            # would carry that task's bound call_id
+            self._loop.call_soon_threadsafe(self._start_drain, sig, context=contextvars.Context())
             return
         super().handle_exit(sig, frame)
 
-    def _start_drain(self) -> None:
+    def _start_drain(self, sig: int) -> None:
         if self._drain is None:
+            log.warning("serve.signal", signal=signal.Signals(sig).name, action="drain")
             self._drain = asyncio.get_running_loop().create_task(self._drain_then_exit(), name="drain")
 
     async def _drain_then_exit(self) -> None:
@@ -69,6 +74,25 @@ class DrainingServer(uvicorn.Server):
                 await runtime.registry.drain(limits.drain_timeout_s, limits.drain_wrap_up_s)
         finally:
             self.should_exit = True
+
+
+def _awaiting(coro: object, limit: int = 12) -> list[str]:
+    """Where a suspended coroutine waits: its chain of awaits, outermost first (``file:line function``)."""
+    chain: list[str] = []
+    while coro is not None and len(chain) < limit:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None) or getattr(coro, "ag_frame", None)
+        if frame is None:
+            chain.append(type(coro).__name__)  # a Future or another awaitable at the bottom
+            break
+        chain.append(f"{frame.f_code.co_filename.rsplit('/', 2)[-1]}:{frame.f_lineno} {frame.f_code.co_name}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None) or getattr(coro, "ag_await", None)
+    return chain
+
+
+def _log_tasks() -> None:
+    """SIGUSR1: log what every task of the process is waiting on (a drain that does not end, a stuck call)."""
+    tasks = [{"name": task.get_name(), "at": _awaiting(task.get_coro())} for task in asyncio.all_tasks()]
+    log.warning("serve.tasks", count=len(tasks), tasks=sorted(tasks, key=lambda t: str(t["name"])))
 
 
 def listen(host: str, port: int) -> list[socket.socket]:

@@ -192,7 +192,8 @@ class Replicas:
         return at
 
     async def stop(self, index: int, timeout_s: float = 20.0) -> int | None:
-        """SIGTERM slot ``index`` (a drain), SIGKILL after ``timeout_s``; its exit code (None if not running)."""
+        """SIGTERM slot ``index`` (a drain), SIGKILL after ``timeout_s`` (a SIGUSR1 first: the replica logs what its
+        tasks wait on, ``serve.tasks``); its exit code (None if not running)."""
         proc = self.replicas[index].proc
         if proc is None:
             return None
@@ -204,6 +205,8 @@ class Replicas:
                     await proc.wait()
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGUSR1)
+                    await asyncio.sleep(0.5)
                     proc.kill()
                 await proc.wait()
         return proc.returncode

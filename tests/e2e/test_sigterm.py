@@ -71,6 +71,7 @@ async def test_sigterm_drains_live_calls_then_exits_cleanly(tmp_path: Path) -> N
             ]
             await _wait_until(lambda: all(c.greeting_heard for c in calls), 15, "all calls live")
 
+            proc.send_signal(signal.SIGUSR1)  # what every task waits on, logged (serve.tasks)
             proc.send_signal(signal.SIGTERM)
             async with asyncio.timeout(5):
                 while (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code != 503:
@@ -100,3 +101,11 @@ async def test_sigterm_drains_live_calls_then_exits_cleanly(tmp_path: Path) -> N
     ended = [rec for rec in lines if rec.get("event") == "call.ended"]
     assert sorted(rec["call_id"] for rec in ended) == sorted(c.call_id for c in calls)
     assert {rec["ended_reason"] for rec in ended} == {"shutdown"}
+    # the signal interrupts whatever task runs: the drain's own records carry no call's id
+    drain = [rec for rec in lines if rec.get("event") in ("serve.signal", "registry.draining", "registry.drained")]
+    assert [rec["event"] for rec in drain] == ["serve.signal", "registry.draining", "registry.drained"]
+    assert not [rec for rec in drain if "call_id" in rec], drain
+    [dump] = [rec for rec in lines if rec.get("event") == "serve.tasks"]
+    names = {task["name"] for task in dump["tasks"]}
+    assert {f"{call.call_id}:call" for call in calls} <= names, names
+    assert all(task["at"] for task in dump["tasks"])
