@@ -16,7 +16,7 @@ from starlette.routing import BaseRoute
 
 from ..service.loopback import serve
 from .events import new_id
-from .faults import Faults
+from .faults import Endpoint, Faults
 from .model import DEFAULT_HOLD_MARKERS, CallRuntime, SimContext
 from .observe import WireObserver
 from .records import SimCall
@@ -178,8 +178,10 @@ class Simulator:
     ) -> None:
         await self.stop()
 
-    async def place_call(self, spec: CallSpec) -> SimCall:
-        """Ring: create the call, deliver its webhook (``spec.deliveries`` times, concurrently, with retries).
+    async def place_call(self, spec: CallSpec, *, also_to: Sequence[str] = ()) -> SimCall:
+        """Ring: create the call, deliver its webhook (``spec.deliveries`` times, concurrently, with retries) to
+        ``webhook_url``, and the same webhook at the same time to each URL of ``also_to`` (several replicas that
+        each received it: the same ``webhook-id``).
 
         Returns once the deliveries are done; the call goes on in the background.
         """
@@ -202,7 +204,7 @@ class Simulator:
         self.calls[call_id] = record
         runtime.start()
         body = compact_json(incoming_call_event(call_id, spec, self._ctx.project_id, record.event_id))
-        task = asyncio.create_task(self._deliver(record, url, body), name=f"sim:{call_id}:webhook")
+        task = asyncio.create_task(self._deliver(record, (url, *also_to), body), name=f"sim:{call_id}:webhook")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         await asyncio.wait({task})
@@ -263,15 +265,20 @@ class Simulator:
                     await asyncio.wait(due)
         return False
 
-    async def _deliver(self, record: SimCall, url: str, body: str) -> None:
+    async def _deliver(self, record: SimCall, urls: Sequence[str], body: str) -> None:
         assert self._sender is not None
         sender = self._sender
         await asyncio.gather(
             *(
                 sender.deliver(url, record.webhook_id, body, record.delivery_statuses.append)
+                for url in urls
                 for _ in range(record.spec.deliveries)
             )
         )
+
+    def heal(self, call_id: str, endpoint: Endpoint) -> None:
+        """Stop injecting errors on ``endpoint`` for this call: e.g. hangups that kept failing start to work."""
+        self._ctx.runtimes[call_id].faults.heal(endpoint, self.now())
 
     async def wait_ended(self, call_id: str, timeout: float) -> SimCall:
         """Wait until the call has ended; ``TimeoutError`` if it has not within ``timeout`` seconds."""

@@ -199,6 +199,8 @@ class FaultInjector:
         self.drops_left = faults.drop_sideband_count if faults.drop_sideband_at is not None else 0
         self._failures_left = [rule.times for rule in faults.response_failures]
         self._responses: dict[str, int] = {}
+        #: endpoints OpenAI has "recovered" on (:meth:`heal`): no more injected errors there
+        self._healed: set[str] = set()
 
     def rng(self, stream: str) -> random.Random:
         """The generator of one kind of decision, seeded with ``(seed, call name, stream)``: each stream
@@ -224,11 +226,16 @@ class FaultInjector:
         assert isinstance(spec, EndpointFaults)
         return spec.latency.sample(self.rng(f"{endpoint}_latency")) if spec.latency is not None else 0.0
 
+    def heal(self, endpoint: Endpoint, t: float) -> None:
+        """From now on ``endpoint`` behaves for this call (an outage that ends while the call is up)."""
+        self._healed.add(endpoint)
+        self.note(t, f"{endpoint}_healed")
+
     def error(self, endpoint: Endpoint, t: float) -> tuple[ApiError, dict[str, str]] | None:
         """An injected error for this request (with its headers), or ``None``."""
         spec = getattr(self.faults, endpoint)
         assert isinstance(spec, EndpointFaults)
-        if spec.error_rate <= 0 or self._errors.get(endpoint, 0) >= spec.max_errors:
+        if endpoint in self._healed or spec.error_rate <= 0 or self._errors.get(endpoint, 0) >= spec.max_errors:
             return None
         if self.rng(f"{endpoint}_error").random() >= spec.error_rate:
             return None

@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from sip_controller.config import Settings
 from sip_controller.service.loopback import serve
 from sip_controller.simulator import CallSpec, Faults, SimCall, Simulator, harness, new_webhook_secret, parse_scenario
-from sip_controller.simulator.faults import FaultInjector
+from sip_controller.simulator.faults import EndpointFaults, FaultInjector
 
 pytestmark = pytest.mark.anyio
 
@@ -551,3 +551,13 @@ async def test_e2e_hangup_failing_for_a_while_does_not_leave_the_call_up() -> No
     assert reason(outcome) == "agent_end_call"
     assert not outcome.sim.left_up
     assert outcome.sim.hangup_count == 1
+
+
+def test_a_healed_endpoint_stops_failing_and_the_healing_is_recorded() -> None:
+    record = SimCall(call_id="rtc_h", name="h", spec=CallSpec(name="h"), webhook_id="wh", event_id="evt", placed_at=0)
+    injector = FaultInjector(Faults(hangup=EndpointFaults(error_rate=1.0, max_errors=100)), "h", record)
+    assert injector.error("hangup", 0.0) is not None
+    assert injector.error("hangup", 0.1) is not None
+    injector.heal("hangup", 0.2)
+    assert [injector.error("hangup", t) for t in (0.3, 0.4, 0.5)] == [None, None, None]
+    assert record.fault_counts == {"hangup_500": 2, "hangup_healed": 1}
