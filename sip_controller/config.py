@@ -18,6 +18,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -45,6 +46,8 @@ __all__ = [
     "StoreSettings",
     "Transcription",
     "TurnDetection",
+    "TwilioCredentials",
+    "TwilioSettings",
     "load",
     "load_settings",
     "webhook_secret_problem",
@@ -133,6 +136,8 @@ def admin_token_problem(token: str) -> str | None:
 #: the value is named in the message already: no "(got …)" after it
 VALUE_NAMED = "value_named"
 _NUMBER_PATTERN = re.compile(r"^\+?[0-9*?]+$")
+#: an E.164 number: +, a country code not starting with 0, at most 15 digits
+E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
 _E164_MAX_DIGITS = 15
 
 
@@ -344,6 +349,30 @@ class StoreSettings(Strict):
         return self
 
 
+class TwilioSettings(Strict):
+    """Twilio Programmable Voice (``telephony/``): numbers whose calls are bridged to OpenAI, and calls we place.
+    The credentials come from the environment (``TWILIO_*``, :class:`TwilioCredentials`); these are the rest."""
+
+    #: the caller ID of outbound calls: a number of the Twilio account (E.164); a profile may set its own
+    from_number: str | None = None
+    #: numbers never called (E.164 patterns with * and ? wildcards); checked on every outbound request
+    do_not_call: tuple[str, ...] = ()
+    #: how long an outbound call may ring before Twilio gives up (``no_answer``); Twilio's ``Timeout``
+    ring_timeout_s: int = Field(default=30, ge=5, le=600)
+
+    @field_validator("from_number")
+    @classmethod
+    def _e164(cls, value: str | None) -> str | None:
+        if value is not None and not E164.fullmatch(value):
+            raise ValueError("must be an E.164 number of your Twilio account, e.g. +14155550100")
+        return value
+
+    @field_validator("do_not_call")
+    @classmethod
+    def _patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _check_number_patterns(value, "+1415555*")
+
+
 #: the YAML file being loaded, as parsed (read once, by :func:`load`)
 _yaml_data: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar("sipctl_yaml", default=None)
 
@@ -403,6 +432,7 @@ class Settings(_Sourced):
     reports: Reports = Reports()
     console: Console = Console()
     state: StoreSettings = StoreSettings()
+    twilio: TwilioSettings = TwilioSettings()
 
     @field_validator("profiles")
     @classmethod
@@ -414,6 +444,137 @@ class Settings(_Sourced):
     def profile(self, name: str | None = None) -> AgentProfile:
         return self.profiles[name or self.default_profile]
 
+
+
+DEFAULT_TWILIO_API_BASE_URL = "https://api.twilio.com"
+_TWILIO_ACCOUNT_SID = re.compile(r"^AC[0-9a-fA-F]{32}$")
+_TWILIO_KEY_SID = re.compile(r"^SK[0-9a-fA-F]{32}$")
+_OPENAI_PROJECT_ID = re.compile(r"^proj_[A-Za-z0-9]{4,64}$")
+#: the variables that configure Twilio; any of them set without TWILIO_ACCOUNT_SID is a mistake worth naming
+TWILIO_VARIABLES = ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_API_KEY_SID", "TWILIO_API_KEY_SECRET")
+
+
+class TwilioCredentials(BaseModel):
+    """Twilio's credentials and the two addresses the Twilio path needs, all from the environment.
+
+    The auth token is always required: Twilio signs its webhooks with it (``X-Twilio-Signature``), even when the
+    REST calls authenticate with an API key pair. Signatures are checked against ``public_url`` + path, the
+    address Twilio was given, not the one the app sees behind a proxy."""
+
+    model_config = ConfigDict(frozen=True)
+
+    account_sid: str
+    auth_token: SecretStr
+    #: an API key pair for the REST calls (Basic auth with the key instead of the account SID and token)
+    api_key_sid: str | None = None
+    api_key_secret: SecretStr | None = None
+    api_base_url: str = DEFAULT_TWILIO_API_BASE_URL
+    #: ``proj_…``: the SIP URI Twilio dials is ``sip:<project>@sip.api.openai.com;transport=tls``
+    openai_project_id: str
+    #: SIPCTL_PUBLIC_URL without its trailing slash: the https base URL Twilio reaches this service at
+    public_url: str
+
+    def rest_auth(self) -> tuple[str, str]:
+        """Basic-auth user and password of the REST calls: the API key pair when set, else SID and token."""
+        if self.api_key_sid and self.api_key_secret is not None:
+            return self.api_key_sid, self.api_key_secret.get_secret_value()
+        return self.account_sid, self.auth_token.get_secret_value()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> tuple[TwilioCredentials | None, list[str]]:
+        """The credentials (None when Twilio is not configured) and every problem found; no message repeats a
+        secret."""
+        sid = env.get("TWILIO_ACCOUNT_SID", "").strip()
+        token = env.get("TWILIO_AUTH_TOKEN", "").strip()
+        key_sid = env.get("TWILIO_API_KEY_SID", "").strip()
+        key_secret = env.get("TWILIO_API_KEY_SECRET", "").strip()
+        base = env.get("TWILIO_API_BASE_URL", "").strip() or DEFAULT_TWILIO_API_BASE_URL
+        project = env.get("OPENAI_PROJECT_ID", "").strip()
+        public = env.get("SIPCTL_PUBLIC_URL", "").strip()
+        if not sid:
+            stray = [name for name in TWILIO_VARIABLES if env.get(name, "").strip()]
+            if stray:
+                return None, [
+                    f"TWILIO_ACCOUNT_SID is not set but {', '.join(stray)} is; export the account SID (AC…, Twilio "
+                    "console → Account info) to use Twilio, or unset the others"
+                ]
+            return None, []
+        problems = []
+        if not _TWILIO_ACCOUNT_SID.match(sid):
+            problems.append(
+                f"TWILIO_ACCOUNT_SID: {sid[:40]!r} is not an account SID ('AC' and 32 hex digits); copy it from the "
+                "Twilio console → Account info"
+            )
+        if not token:
+            problems.append(
+                "TWILIO_AUTH_TOKEN is not set; export the account's auth token (Twilio console → Account info): "
+                "Twilio signs its webhooks with it, so it is needed even with an API key pair"
+            )
+        if bool(key_sid) != bool(key_secret):
+            missing = "TWILIO_API_KEY_SECRET" if key_sid else "TWILIO_API_KEY_SID"
+            problems.append(f"{missing} is not set; an API key needs both TWILIO_API_KEY_SID and "
+                            "TWILIO_API_KEY_SECRET (or unset both to use the account SID and auth token)")
+        elif key_sid and not _TWILIO_KEY_SID.match(key_sid):
+            problems.append(
+                f"TWILIO_API_KEY_SID: {key_sid[:40]!r} is not an API key SID ('SK' and 32 hex digits); create one "
+                "in the Twilio console → API keys & tokens"
+            )
+        if not base.startswith(("http://", "https://")):
+            problems.append(
+                f"TWILIO_API_BASE_URL: {base!r} is not an http(s) URL; e.g. {DEFAULT_TWILIO_API_BASE_URL} (or unset it)"
+            )
+        if not project:
+            problems.append(
+                "OPENAI_PROJECT_ID is not set but Twilio is configured (TWILIO_ACCOUNT_SID); export the OpenAI "
+                "project id (proj_…, platform.openai.com → Settings → Project): Twilio dials "
+                "sip:<project>@sip.api.openai.com"
+            )
+        elif not _OPENAI_PROJECT_ID.match(project):
+            problems.append(
+                f"OPENAI_PROJECT_ID: {project[:80]!r} is not a project id (proj_ and letters or digits); copy it from "
+                "platform.openai.com → Settings → Project"
+            )
+        problem = public_url_problem(public)
+        if problem is not None:
+            problems.append(problem)
+        if problems:
+            return None, problems
+        return (
+            cls(
+                account_sid=sid,
+                auth_token=SecretStr(token),
+                api_key_sid=key_sid or None,
+                api_key_secret=SecretStr(key_secret) if key_secret else None,
+                api_base_url=base.rstrip("/"),
+                openai_project_id=project,
+                public_url=public.rstrip("/"),
+            ),
+            [],
+        )
+
+
+def public_url_problem(value: str) -> str | None:
+    """Why ``value`` cannot be ``SIPCTL_PUBLIC_URL`` (with Twilio configured), or None. https is required except on
+    loopback (the demo and the tests)."""
+    if not value:
+        return (
+            "SIPCTL_PUBLIC_URL is not set but Twilio is configured (TWILIO_ACCOUNT_SID); export the https base URL "
+            "Twilio reaches this service at (e.g. https://calls.example.com): callback URLs are built from it and "
+            "Twilio's signatures are checked against it"
+        )
+    parts = urlsplit(value)
+    loopback = parts.scheme == "http" and (parts.hostname or "") in ("127.0.0.1", "localhost", "::1")
+    if parts.scheme != "https" and not loopback:
+        return (
+            f"SIPCTL_PUBLIC_URL: {value[:200]!r} is not an https URL; Twilio must reach the service over https "
+            "(e.g. https://calls.example.com; plain http only on 127.0.0.1 for tests)"
+        )
+    if not parts.hostname or parts.query or parts.fragment:
+        return (
+            f"SIPCTL_PUBLIC_URL: {value[:200]!r} must be a base URL with a host and no query or fragment, e.g. "
+            "https://calls.example.com or https://example.com/sipctl"
+        )
+    return None
 
 
 class Secrets(BaseModel):
@@ -428,6 +589,8 @@ class Secrets(BaseModel):
     admin_token: SecretStr | None = None
     #: SIPCTL_DATABASE_URL: PostgreSQL shared by replicas (``postgresql://…``); None: the embedded SQLite file
     database_url: SecretStr | None = None
+    #: TWILIO_* with OPENAI_PROJECT_ID and SIPCTL_PUBLIC_URL; None: Twilio is not configured (no /twilio routes)
+    twilio: TwilioCredentials | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, required: bool = False) -> Secrets:
@@ -461,11 +624,14 @@ class Secrets(BaseModel):
                 "postgresql://sipctl:PASSWORD@db.internal:5432/sipctl, or unset it to use the SQLite file state.path"
             )
             database_url = ""
+        twilio, twilio_problems = TwilioCredentials.from_env(env)
+        problems.extend(twilio_problems)
         if required:
             problems.extend(_missing_credentials(api_key=bool(key), webhook_secret=bool(secrets)))
         if problems:
             raise ConfigError(problems)
         return cls(
+            twilio=twilio,
             admin_token=SecretStr(admin) if admin else None,
             openai_api_key=SecretStr(key) if key else None,
             webhook_secrets=tuple(SecretStr(s) for s in secrets),

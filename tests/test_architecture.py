@@ -19,21 +19,23 @@ PACKAGE = Path(sip_controller.__file__).parent
 
 #: for each layer (a top-level folder, or a root module), the layers it may import; its own is always allowed.
 #: Read top-down: the CLI starts the service, the service runs calls, a call uses what the model is given
-#: (agent) and OpenAI's wire (realtime). config is the settings root. simulator and bench are tooling.
+#: (agent) and OpenAI's wire (realtime); Twilio's wire (telephony) sits beside realtime and may use its retries and
+#: HTTP errors. config is the settings root. simulator and bench are tooling.
 ALLOWED: dict[str, set[str]] = {
     "realtime": set(),
+    "telephony": {"realtime"},
     "agent": {"realtime", "config"},
     "config": {"agent", "calls"},
     "state": {"calls", "config"},
-    "calls": {"agent", "realtime", "config", "state"},
-    "service": {"calls", "agent", "realtime", "config", "state", "package"},
-    "simulator": {"service", "calls", "agent", "realtime", "config", "state", "package"},
-    "bench": {"service", "calls", "agent", "realtime", "config", "state", "package"},
-    "cli": {"service", "calls", "agent", "realtime", "config", "state", "simulator", "bench", "package"},
+    "calls": {"agent", "realtime", "telephony", "config", "state"},
+    "service": {"calls", "agent", "realtime", "telephony", "config", "state", "package"},
+    "simulator": {"service", "calls", "agent", "realtime", "telephony", "config", "state", "package"},
+    "bench": {"service", "calls", "agent", "realtime", "telephony", "config", "state", "package"},
+    "cli": {"service", "calls", "agent", "realtime", "telephony", "config", "state", "simulator", "bench", "package"},
     "__main__": {"cli"},
     "package": set(),
 }
-PRODUCTION = ("service", "calls", "agent", "realtime", "state", "config")
+PRODUCTION = ("service", "calls", "agent", "realtime", "telephony", "state", "config")
 
 
 @cache

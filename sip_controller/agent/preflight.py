@@ -69,7 +69,7 @@ def config_path(name: str, profile: AgentProfile, body_path: str) -> str:
 def check_profile(name: str, profile: AgentProfile, today: date) -> list[Finding]:
     found: list[Finding] = []
     base = f"profiles.{name}"
-    for problem in templates.problems(profile.instructions, profile.template_headers):
+    for problem in templates.problems(profile.instructions, profile.template_headers, profile.variables):
         found.append(Finding(f"{base}.instructions", problem))
     if profile.greeting is not None and not profile.greeting.strip():
         found.append(Finding(f"{base}.greeting", "must not be empty; use null to wait for the caller to speak first"))

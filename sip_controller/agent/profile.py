@@ -120,6 +120,26 @@ class Transfer(Strict):
         return value
 
 
+_VARIABLE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+
+
+class Outbound(Strict):
+    """Calls this profile places through Twilio (``POST /v1/outbound``, ``sipctl call``)."""
+
+    #: Twilio's answering machine detection: off, ``Enable`` (human or machine as soon as known) or
+    #: ``DetectMessageEnd`` (waits for the greeting's end: the moment to leave a message)
+    machine_detection: Literal["off", "Enable", "DetectMessageEnd"] = "off"
+    #: the caller ID for this profile's calls (E.164, a number of the Twilio account); default twilio.from_number
+    from_number: str | None = None
+
+    @field_validator("from_number")
+    @classmethod
+    def _e164(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"\+[1-9][0-9]{1,14}", value):
+            raise ValueError("must be an E.164 number of your Twilio account, e.g. +14155550100")
+        return value
+
+
 #: OpenAI ends every Realtime session this long after it began (the call with it)
 OPENAI_SESSION_LIMIT_S = 3600.0
 #: the longest ``watchdogs.max_duration_s``: the wrap-up, the goodbye (even talked over) and the hangup must all
@@ -226,6 +246,21 @@ class AgentProfile(Strict):
     watchdogs: Watchdogs = Watchdogs()
     hold: Hold = Hold()
     dtmf: Dtmf = Dtmf()
+    #: the variables a call placed with this profile must be given (``{{ var:first_name }}`` in instructions)
+    variables: tuple[str, ...] = ()
+    outbound: Outbound = Outbound()
+
+    @field_validator("variables")
+    @classmethod
+    def _variable_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [name for name in value if not _VARIABLE_NAME.match(name)]
+        if bad:
+            raise ValueError(
+                f"variable names are lower case letters, digits and _ (starting with a letter, at most 40): {bad}"
+            )
+        if len(set(value)) != len(value):
+            raise ValueError("each variable may be declared once")
+        return value
 
     @field_validator("tools", mode="before")
     @classmethod

@@ -78,11 +78,11 @@ def test_placeholders(template: str, expected: list[str]) -> None:
         pytest.param("{{ header: X-Account }}", ("X-Account",), [], id="space-after-colon"),
         pytest.param(
             "{{ nme }}", (),
-            [f"unknown placeholder {{{{nme}}}}; use one of {PLAIN}, header:<Name>"], id="unknown-variable",
+            [f"unknown placeholder {{{{nme}}}}; use one of {PLAIN}, header:<Name>, var:<name>"], id="unknown-variable",
         ),
         pytest.param(
             "{{ Profile }}", (),
-            [f"unknown placeholder {{{{Profile}}}}; use one of {PLAIN}, header:<Name>"], id="variable-case",
+            [f"unknown placeholder {{{{Profile}}}}; use one of {PLAIN}, header:<Name>, var:<name>"], id="variable-case",
         ),
         pytest.param(
             "{{ header:X-Secret }}", ("X-Account",),
@@ -103,7 +103,7 @@ def test_placeholders(template: str, expected: list[str]) -> None:
             "{{ nme }} {{ header:X-Secret }} {{ local_time",
             (),
             [
-                f"unknown placeholder {{{{nme}}}}; use one of {PLAIN}, header:<Name>",
+                f"unknown placeholder {{{{nme}}}}; use one of {PLAIN}, header:<Name>, var:<name>",
                 "uses {{header:X-Secret}} but 'X-Secret' is not in template_headers; add it there to allow it "
                 "(its value is untrusted and is fenced off)",
                 UNCLOSED,
@@ -319,3 +319,19 @@ def test_render_fences_any_header_value(value: str, other: str) -> None:
         assert not any(ch in "<>{}`" for ch in content)
     assert not any(unicodedata.category(ch) in UNSAFE_CATEGORIES for ch in body)
     assert body.endswith("; time 23:30.")
+
+
+def test_var_placeholders_must_be_declared() -> None:
+    assert problems("Hi {{ var:first_name }}", (), ("first_name",)) == []
+    [problem] = problems("Hi {{ var:last_name }}", (), ("first_name",))
+    assert "'last_name' is not declared" in problem
+    assert "declared: first_name" in problem
+
+
+def test_var_values_are_filled_and_sanitized() -> None:
+    text = render(
+        "Hello {{ var:first_name }}, about {{ var:topic }}.", profile="p", timezone="UTC", caller=None, dialed=None,
+        header=lambda _n: None, max_chars=64, now=datetime(2025, 1, 1, tzinfo=UTC),
+        variables={"first_name": "Ada <b>\n"},
+    )  # fmt: skip
+    assert text == "Hello Ada b, about ."

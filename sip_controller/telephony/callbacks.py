@@ -1,0 +1,142 @@
+"""What Twilio POSTs to us (form-encoded, signed): the voice webhook of a number (``A call comes in``) and the
+status callbacks of a call (``StatusCallback``; answering-machine results ride on them as ``AnsweredBy``).
+
+Parsed once at the edge into frozen values; Twilio adds parameters over time, so unknown ones are ignored."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+#: every ``CallStatus`` Twilio reports
+CALL_STATUSES = (
+    "queued", "initiated", "ringing", "in-progress", "completed", "busy", "no-answer", "canceled", "failed",
+)  # fmt: skip
+#: the statuses after which a call is over
+FINAL_STATUSES = frozenset({"completed", "busy", "no-answer", "canceled", "failed"})
+#: a call that ended without being answered, and the ``ended_reason`` its report gets
+UNANSWERED_REASONS: Mapping[str, str] = {
+    "busy": "busy",
+    "no-answer": "no_answer",
+    "canceled": "canceled",
+    "failed": "failed",
+}
+#: ``AnsweredBy`` values (``machine_end_*`` only with ``MachineDetection=DetectMessageEnd``)
+ANSWERED_BY = (
+    "human", "machine_start", "machine_end_beep", "machine_end_silence", "machine_end_other", "fax", "unknown",
+)  # fmt: skip
+
+_CALL_SID = re.compile(r"^CA[0-9a-fA-F]{32}$")
+_E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
+
+
+class BadCallback(ValueError):
+    """A signed request whose parameters are not what Twilio sends (a missing CallSid, an unknown status)."""
+
+
+def _number(value: str | None) -> str | None:
+    """An E.164 number as Twilio writes it, or None (``anonymous``, a SIP URI, a client identity)."""
+    if value is None:
+        return None
+    value = value.strip()
+    return value if _E164.match(value) else None
+
+
+def _call_sid(form: Mapping[str, str]) -> str:
+    sid = form.get("CallSid", "").strip()
+    if not _CALL_SID.match(sid):
+        raise BadCallback("CallSid is missing or not a call SID (CA and 32 hex digits)")
+    return sid
+
+
+def _int(value: str | None) -> int | None:
+    if value is None or not value.strip().lstrip("-").isdigit():
+        return None
+    return int(value.strip())
+
+
+@dataclass(frozen=True, slots=True)
+class VoiceRequest:
+    """A number's voice webhook: a call has come in to one of the account's numbers."""
+
+    call_sid: str
+    account_sid: str
+    #: the caller (E.164), None when withheld or not a phone number
+    caller: str | None
+    #: the number called (E.164)
+    dialed: str | None
+    direction: str
+
+    @classmethod
+    def parse(cls, form: Mapping[str, str]) -> VoiceRequest:
+        return cls(
+            call_sid=_call_sid(form),
+            account_sid=form.get("AccountSid", ""),
+            caller=_number(form.get("From")),
+            dialed=_number(form.get("To")),
+            direction=form.get("Direction", "inbound"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StatusCallback:
+    """One status callback of a call (``CallStatus`` and what came with it)."""
+
+    call_sid: str
+    status: str
+    answered_by: str | None
+    #: Twilio's error code of a failed call (``ErrorCode``), and the SIP code when the far end answered one
+    error_code: int | None
+    sip_response_code: int | None
+    duration_s: int | None
+    sequence: int | None
+    #: ``Timestamp`` as Twilio wrote it (RFC 2822)
+    timestamp: str | None
+    #: the kind of callback: a call status, or an asynchronous answering-machine result
+    kind: Literal["status", "amd"]
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    @property
+    def unanswered_reason(self) -> str | None:
+        """``no_answer``, ``busy``, ``canceled`` or ``failed`` for a call that ended unanswered, else None."""
+        return UNANSWERED_REASONS.get(self.status)
+
+    @classmethod
+    def parse(cls, form: Mapping[str, str]) -> StatusCallback:
+        sid = _call_sid(form)
+        status = form.get("CallStatus", "").strip()
+        answered_by = form.get("AnsweredBy", "").strip() or None
+        if answered_by is not None and answered_by not in ANSWERED_BY:
+            raise BadCallback(f"AnsweredBy {answered_by[:40]!r} is not one of {', '.join(ANSWERED_BY)}")
+        kind: Literal["status", "amd"] = "status"
+        if not status:
+            if answered_by is None:
+                raise BadCallback("neither CallStatus nor AnsweredBy is present")
+            kind = "amd"  # an AsyncAmdStatusCallback: the result only
+        elif status not in CALL_STATUSES:
+            raise BadCallback(f"CallStatus {status[:40]!r} is not one of {', '.join(CALL_STATUSES)}")
+        return cls(
+            call_sid=sid,
+            status=status,
+            answered_by=answered_by,
+            error_code=_int(form.get("ErrorCode")),
+            sip_response_code=_int(form.get("SipResponseCode")),
+            duration_s=_int(form.get("CallDuration")),
+            sequence=_int(form.get("SequenceNumber")),
+            timestamp=(form.get("Timestamp") or None),
+            kind=kind,
+        )
+
+    def event(self) -> dict[str, object]:
+        """The callback as it is kept on the Twilio call (no numbers)."""
+        out: dict[str, object] = {"kind": self.kind}
+        for name in ("status", "answered_by", "error_code", "sip_response_code", "duration_s", "sequence", "timestamp"):
+            value = getattr(self, name)
+            if value not in (None, ""):
+                out[name] = value
+        return out

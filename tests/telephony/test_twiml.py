@@ -1,0 +1,55 @@
+"""The TwiML that bridges a Twilio call into OpenAI, with the correlation id in an X- header."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from sip_controller.telephony.twiml import (
+    CORRELATION_HEADER,
+    bridge_to_openai,
+    hang_up,
+    new_correlation_id,
+    openai_sip_uri,
+    well_formed_correlation,
+)
+
+
+def test_the_bridge_dials_openai_with_the_correlation_header_and_answer_on_bridge() -> None:
+    xml = bridge_to_openai("proj_abc123", "0123456789abcdef01234567")
+    root = ET.fromstring(xml)
+    assert root.tag == "Response"
+    [dial] = list(root)
+    assert dial.tag == "Dial"
+    assert dial.attrib == {"answerOnBridge": "true"}
+    [sip] = list(dial)
+    assert sip.tag == "Sip"
+    assert sip.text == (
+        "sip:proj_abc123@sip.api.openai.com;transport=tls?X-Sipctl-Correlation=0123456789abcdef01234567"
+    )
+
+
+def test_the_header_is_ours_not_twilios() -> None:
+    assert CORRELATION_HEADER.startswith("X-")
+    assert not CORRELATION_HEADER.lower().startswith("x-twilio-")
+
+
+def test_correlation_ids_are_random_short_and_well_formed() -> None:
+    ids = {new_correlation_id() for _ in range(100)}
+    assert len(ids) == 100
+    assert all(well_formed_correlation(i) and len(i) == 24 for i in ids)
+
+
+@pytest.mark.parametrize("value", [None, "", "short", "+14155550123", "a" * 65, "x;y=z" * 3, "<tag>abcdefgh"])
+def test_values_that_cannot_be_ours(value: str | None) -> None:
+    assert not well_formed_correlation(value)
+
+
+def test_a_malformed_id_never_reaches_the_uri() -> None:
+    with pytest.raises(ValueError, match="correlation id"):
+        openai_sip_uri("proj_abc", "+14155550123")
+
+
+def test_hang_up() -> None:
+    assert [c.tag for c in ET.fromstring(hang_up())] == ["Hangup"]
