@@ -70,6 +70,14 @@ from sip_controller.state.records import (
     outbox_row,
 )
 from sip_controller.state.store import UNSET, Store, _Unset, call_changes
+from sip_controller.state.twilio_calls import FINAL_STATUSES as TWILIO_FINAL_STATUSES
+from sip_controller.state.twilio_calls import (
+    TWILIO_CALL_COLUMNS,
+    NewTwilioCall,
+    TwilioCallRow,
+    twilio_call_row,
+)
+from sip_controller.state.twilio_calls import lookup as twilio_lookup
 
 Conn = Any  # an asyncpg connection (or the pool's proxy for one)
 
@@ -642,6 +650,72 @@ class PostgresStore(Store):
             return int(
                 await conn.fetchval("SELECT count(*) FROM caller_hits WHERE key = $1 AND at > $2", key, now - window_s)
             )
+
+
+    # ---- Twilio calls (#16) ---------------------------------------------------------------------------------
+
+    async def create_twilio_call(self, call: NewTwilioCall) -> tuple[TwilioCallRow, bool]:
+        now = self._clock()
+        async with self._tx() as conn:
+            row = await conn.fetchrow(
+                "INSERT INTO twilio_calls (id, correlation, direction, call_sid, idempotency_key, request_hash, "
+                "profile, from_number, to_number, variables, status, created_at, updated_at) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) "
+                "ON CONFLICT DO NOTHING RETURNING " + TWILIO_CALL_COLUMNS,
+                call.id, call.correlation, call.direction, call.call_sid, call.idempotency_key, call.request_hash,
+                call.profile, call.from_number, call.to_number, dict(call.variables), call.status, now,
+            )  # fmt: skip
+            if row is not None:
+                return twilio_call_row(row, as_is), True
+            existing = await conn.fetchrow(
+                f"SELECT {TWILIO_CALL_COLUMNS} FROM twilio_calls WHERE idempotency_key = $1 OR call_sid = $2 "
+                "OR id = $3 OR correlation = $4 LIMIT 1",
+                call.idempotency_key, call.call_sid, call.id, call.correlation,
+            )  # fmt: skip
+        if existing is None:  # pragma: no cover - a conflict always leaves the row it conflicted with
+            raise StoreError(f"twilio call {call.id}: refused and not found")
+        return twilio_call_row(existing, as_is), False
+
+    async def get_twilio_call(
+        self, *, id: str | None = None, correlation: str | None = None, call_sid: str | None = None
+    ) -> TwilioCallRow | None:
+        column, value = twilio_lookup(id, correlation, call_sid)
+        async with self._conn() as conn:
+            row = await conn.fetchrow(f"SELECT {TWILIO_CALL_COLUMNS} FROM twilio_calls WHERE {column} = $1", value)
+        return None if row is None else twilio_call_row(row, as_is)
+
+    async def update_twilio_call(
+        self,
+        id: str,
+        *,
+        call_sid: str | None = None,
+        status: str | None = None,
+        answered_by: str | None = None,
+        error_code: int | None = None,
+        event: Mapping[str, Any] | None = None,
+    ) -> TwilioCallRow | None:
+        now = self._clock()
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                "UPDATE twilio_calls SET call_sid = coalesce($1, call_sid), "
+                "status = CASE WHEN $2::text IS NULL OR status = ANY($3::text[]) THEN status ELSE $2 END, "
+                "answered_by = coalesce($4, answered_by), error_code = coalesce($5, error_code), "
+                "events = CASE WHEN $6::jsonb IS NULL THEN events ELSE events || $6::jsonb END, updated_at = $7 "
+                f"WHERE id = $8 RETURNING {TWILIO_CALL_COLUMNS}",
+                call_sid, status, list(TWILIO_FINAL_STATUSES), answered_by, error_code,
+                None if event is None else [dict(event)], now, id,
+            )  # fmt: skip
+        return None if row is None else twilio_call_row(row, as_is)
+
+    async def link_twilio_call(self, correlation: str, call_id: str) -> TwilioCallRow | None:
+        now = self._clock()
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                "UPDATE twilio_calls SET call_id = $1, updated_at = $2 WHERE correlation = $3 "
+                f"AND (call_id IS NULL OR call_id = $1) RETURNING {TWILIO_CALL_COLUMNS}",
+                call_id, now, correlation,
+            )  # fmt: skip
+        return None if row is None else twilio_call_row(row, as_is)
 
 
 def _safe(exc: BaseException, url: str) -> str:

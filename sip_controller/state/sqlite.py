@@ -73,6 +73,14 @@ from sip_controller.state.records import (
     outbox_row,
 )
 from sip_controller.state.store import UNSET, Store, _Unset, call_changes
+from sip_controller.state.twilio_calls import FINAL_STATUSES as TWILIO_FINAL_STATUSES
+from sip_controller.state.twilio_calls import (
+    TWILIO_CALL_COLUMNS,
+    NewTwilioCall,
+    TwilioCallRow,
+    twilio_call_row,
+)
+from sip_controller.state.twilio_calls import lookup as twilio_lookup
 
 T = TypeVar("T")
 Conn = sqlite3.Connection
@@ -731,3 +739,75 @@ class SQLiteStore(Store):
         now = self._clock()
         sql = "SELECT count(*) FROM caller_hits WHERE key = ? AND at > ?"
         return await self._run(lambda conn: int(conn.execute(sql, (key, now - window_s)).fetchone()[0]))
+
+    # ---- Twilio calls (#16) ---------------------------------------------------------------------------------
+
+    async def create_twilio_call(self, call: NewTwilioCall) -> tuple[TwilioCallRow, bool]:
+        now = self._clock()
+        values = (
+            call.id, call.correlation, call.direction, call.call_sid, call.idempotency_key, call.request_hash,
+            call.profile, call.from_number, call.to_number, dumps(dict(call.variables)), call.status, now, now,
+        )  # fmt: skip
+
+        def op(conn: Conn) -> tuple[TwilioCallRow, bool]:
+            row = conn.execute(
+                "INSERT INTO twilio_calls (id, correlation, direction, call_sid, idempotency_key, request_hash, "
+                "profile, from_number, to_number, variables, status, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING RETURNING " + TWILIO_CALL_COLUMNS,
+                values,
+            ).fetchone()
+            if row is not None:
+                return twilio_call_row(row, json.loads), True
+            existing = conn.execute(
+                f"SELECT {TWILIO_CALL_COLUMNS} FROM twilio_calls WHERE idempotency_key = ? OR call_sid = ? "
+                "OR id = ? OR correlation = ? LIMIT 1",
+                (call.idempotency_key, call.call_sid, call.id, call.correlation),
+            ).fetchone()
+            if existing is None:  # pragma: no cover - a conflict always leaves the row it conflicted with
+                raise StoreError(f"twilio call {call.id}: refused and not found")
+            return twilio_call_row(existing, json.loads), False
+
+        return await self._write(op)
+
+    async def get_twilio_call(
+        self, *, id: str | None = None, correlation: str | None = None, call_sid: str | None = None
+    ) -> TwilioCallRow | None:
+        column, value = twilio_lookup(id, correlation, call_sid)
+        sql = f"SELECT {TWILIO_CALL_COLUMNS} FROM twilio_calls WHERE {column} = ?"
+        row = await self._run(lambda conn: conn.execute(sql, (value,)).fetchone())
+        return None if row is None else twilio_call_row(row, json.loads)
+
+    async def update_twilio_call(
+        self,
+        id: str,
+        *,
+        call_sid: str | None = None,
+        status: str | None = None,
+        answered_by: str | None = None,
+        error_code: int | None = None,
+        event: Mapping[str, Any] | None = None,
+    ) -> TwilioCallRow | None:
+        now = self._clock()
+        finals = ", ".join(f"'{s}'" for s in TWILIO_FINAL_STATUSES)
+        sql = (
+            "UPDATE twilio_calls SET call_sid = coalesce(?, call_sid), "
+            f"status = CASE WHEN ? IS NULL OR status IN ({finals}) THEN status ELSE ? END, "
+            "answered_by = coalesce(?, answered_by), error_code = coalesce(?, error_code), "
+            "events = CASE WHEN ? IS NULL THEN events ELSE json_insert(events, '$[#]', json(?)) END, updated_at = ? "
+            f"WHERE id = ? RETURNING {TWILIO_CALL_COLUMNS}"
+        )
+        encoded = None if event is None else dumps(dict(event))
+        args = (call_sid, status, status, answered_by, error_code, encoded, encoded, now, id)
+        row = await self._write(lambda conn: conn.execute(sql, args).fetchone())
+        return None if row is None else twilio_call_row(row, json.loads)
+
+    async def link_twilio_call(self, correlation: str, call_id: str) -> TwilioCallRow | None:
+        now = self._clock()
+        sql = (
+            "UPDATE twilio_calls SET call_id = ?, updated_at = ? WHERE correlation = ? "
+            f"AND (call_id IS NULL OR call_id = ?) RETURNING {TWILIO_CALL_COLUMNS}"
+        )
+        row = await self._write(lambda conn: conn.execute(sql, (call_id, now, correlation, call_id)).fetchone())
+        return None if row is None else twilio_call_row(row, json.loads)
+

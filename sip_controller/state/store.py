@@ -54,6 +54,7 @@ from sip_controller.state.records import (
     StoredEntry,
     SweepCounts,
 )
+from sip_controller.state.twilio_calls import NewTwilioCall, TwilioCallRow
 
 
 class StateStore(Protocol):
@@ -323,6 +324,38 @@ class Store(StateStore, Protocol):
 
     async def caller_count(self, key: str, *, window_s: float = 60.0) -> int:
         """How many calls from ``key`` were allowed in the last ``window_s``."""
+        ...
+
+    # ---- Twilio calls (#16) ----------------------------------------------------------------------------------
+
+    async def create_twilio_call(self, call: NewTwilioCall) -> tuple[TwilioCallRow, bool]:
+        """Write a Twilio call; ``(row, True)``. A call whose ``idempotency_key`` or ``call_sid`` is known already is
+        not written again: ``(the existing row, False)`` (a repeated request, a voice webhook Twilio retried)."""
+        ...
+
+    async def get_twilio_call(
+        self, *, id: str | None = None, correlation: str | None = None, call_sid: str | None = None
+    ) -> TwilioCallRow | None:
+        """The Twilio call with this id, correlation id or CallSid (exactly one of them)."""
+        ...
+
+    async def update_twilio_call(
+        self,
+        id: str,
+        *,
+        call_sid: str | None = None,
+        status: str | None = None,
+        answered_by: str | None = None,
+        error_code: int | None = None,
+        event: Mapping[str, Any] | None = None,
+    ) -> TwilioCallRow | None:
+        """Set what is given (a final status is never replaced by another status: callbacks arrive unordered) and
+        append ``event``; the row after, or None for an unknown id."""
+        ...
+
+    async def link_twilio_call(self, correlation: str, call_id: str) -> TwilioCallRow | None:
+        """Tie the Twilio call with this correlation id to ``call_id``, once: None when the id is unknown or already
+        tied to another call (the same header replayed on a second call gets nothing)."""
         ...
 
 

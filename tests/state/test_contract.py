@@ -23,6 +23,7 @@ from sip_controller.state.records import (
     StoreError,
 )
 from sip_controller.state.store import Store
+from sip_controller.state.twilio_calls import NewTwilioCall
 from tests.state.conftest import T0, Cluster
 
 pytestmark = pytest.mark.anyio
@@ -620,3 +621,82 @@ async def test_a_reopened_store_has_everything(cluster: Cluster) -> None:
     assert await second.claim("call:rtc_1", TTL) is False
     await second.aclose()
     await second.aclose()  # twice is fine
+
+
+# ---- Twilio calls (#16) -------------------------------------------------------------------------------------
+
+
+def twilio_call(n: int, **overrides: Any) -> NewTwilioCall:
+    fields: dict[str, Any] = {
+        "id": f"out_{n}",
+        "correlation": f"corr{n:020d}",
+        "direction": "outbound",
+        "status": "requested",
+        "idempotency_key": f"key-{n}",
+        "request_hash": "h1",
+        "profile": "reminders",
+        "from_number": "+18005550100",
+        "to_number": "+14155550123",
+        "variables": {"first_name": "Ada", "note": "Bonjour ☎"},
+    }
+    fields.update(overrides)
+    return NewTwilioCall(**fields)
+
+
+async def test_a_twilio_call_is_written_and_found_by_each_key(store: Store, cluster: Cluster) -> None:
+    row, created = await store.create_twilio_call(twilio_call(1))
+    assert created
+    assert (row.status, row.call_sid, row.call_id, row.events, row.created_at) == ("requested", None, None, [], T0)
+    assert row.variables == {"first_name": "Ada", "note": "Bonjour ☎"}
+    cluster.clock.advance(1)
+    await store.update_twilio_call("out_1", call_sid="CA1", status="queued")
+    for key in ({"id": "out_1"}, {"correlation": "corr00000000000000000001"}, {"call_sid": "CA1"}):
+        found = await store.get_twilio_call(**key)
+        assert found is not None
+        assert (found.id, found.status, found.updated_at) == ("out_1", "queued", T0 + 1)
+    assert await store.get_twilio_call(call_sid="CA2") is None
+    with pytest.raises(ValueError, match="exactly one"):
+        await store.get_twilio_call(id="out_1", call_sid="CA1")
+
+
+async def test_a_repeated_idempotency_key_or_call_sid_returns_the_first_row(store: Store) -> None:
+    first, _ = await store.create_twilio_call(twilio_call(1))
+    again, created = await store.create_twilio_call(twilio_call(2, idempotency_key="key-1", request_hash="h2"))
+    assert not created
+    assert (again.id, again.request_hash) == (first.id, "h1")
+    inbound = twilio_call(3, direction="inbound", call_sid="CA3", idempotency_key=None, profile=None)
+    await store.create_twilio_call(inbound)
+    retried, created = await store.create_twilio_call(twilio_call(4, direction="inbound", call_sid="CA3",
+                                                                 idempotency_key=None))  # fmt: skip
+    assert not created
+    assert retried.id == "out_3"
+
+
+async def test_status_callbacks_append_events_and_a_final_status_stays(store: Store) -> None:
+    await store.create_twilio_call(twilio_call(1))
+    await store.update_twilio_call("out_1", status="ringing", event={"kind": "status", "status": "ringing"})
+    await store.update_twilio_call(
+        "out_1", status="failed", error_code=32009, event={"kind": "status", "status": "failed", "error_code": 32009}
+    )
+    late = await store.update_twilio_call("out_1", status="in-progress", answered_by="human",
+                                          event={"kind": "status", "status": "in-progress"})  # fmt: skip
+    assert late is not None
+    assert (late.status, late.error_code, late.answered_by, late.final) == ("failed", 32009, "human", True)
+    assert [e["status"] for e in late.events] == ["ringing", "failed", "in-progress"]
+    assert await store.update_twilio_call("out_9", status="ringing") is None
+
+
+async def test_a_correlation_id_links_one_openai_call_only(cluster: Cluster) -> None:
+    a, b = await cluster.open(), await cluster.open()
+    await a.create_twilio_call(twilio_call(1))
+    results = await asyncio.gather(
+        a.link_twilio_call("corr00000000000000000001", "rtc_a"), b.link_twilio_call("corr00000000000000000001", "rtc_b")
+    )
+    linked = [r for r in results if r is not None]
+    assert len(linked) == 1
+    winner = linked[0].call_id
+    assert winner is not None
+    again = await b.link_twilio_call("corr00000000000000000001", winner)  # the same call's webhook redelivered
+    assert again is not None
+    assert again.call_id == winner
+    assert await a.link_twilio_call("corr-unknown-000000000000", "rtc_c") is None
