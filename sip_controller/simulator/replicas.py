@@ -25,7 +25,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -257,17 +257,49 @@ class Delivery:
     data: dict[str, Any]
 
 
-class ReportSink:
-    """The operator's report endpoint on loopback: records every delivery (``down`` answers 503 instead, the sink
-    being down). ``url`` for a ``reports.endpoints`` entry once started with ``async with``."""
+class _LoopbackEndpoint:
+    """One POST route served on loopback while ``async with`` lasts; ``url`` is where it answers."""
+
+    path = "/"
 
     def __init__(self) -> None:
-        self.deliveries: list[Delivery] = []
-        self.down = False
         self._server: RunningServer | None = None
         self._stack = contextlib.AsyncExitStack()
 
-    async def _receive(self, request: Request) -> Response:
+    async def _handle(self, request: Request) -> Response:
+        raise NotImplementedError
+
+    async def _enter(self) -> None:
+        """What else the endpoint needs while it serves (entered into its exit stack)."""
+
+    async def __aenter__(self) -> Self:
+        await self._enter()
+        app = Starlette(routes=[Route(self.path, self._handle, methods=["POST"])])
+        self._server = await self._stack.enter_async_context(serve(app, lifespan="off"))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError(f"the {type(self).__name__} is not running")
+        return f"{self._server.url}{self.path}"
+
+
+class ReportSink(_LoopbackEndpoint):
+    """The operator's report endpoint on loopback: records every delivery (``down`` answers 503 instead, the sink
+    being down). ``url`` for a ``reports.endpoints`` entry once started with ``async with``."""
+
+    path = "/reports"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.deliveries: list[Delivery] = []
+        self.down = False
+
+    async def _handle(self, request: Request) -> Response:
         if self.down:
             return Response(status_code=503)
         try:
@@ -286,20 +318,6 @@ class ReportSink:
         )
         return Response(status_code=204)
 
-    async def __aenter__(self) -> Self:
-        app = Starlette(routes=[Route("/reports", self._receive, methods=["POST"])])
-        self._server = await self._stack.enter_async_context(serve(app, lifespan="off"))
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._stack.aclose()
-
-    @property
-    def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("the ReportSink is not running")
-        return f"{self._server.url}/reports"
-
     def of_type(self, type_: str) -> list[Delivery]:
         return [d for d in self.deliveries if d.type == type_]
 
@@ -315,12 +333,6 @@ class ReportSink:
         return by_call
 
 
-@contextlib.asynccontextmanager
-async def report_sink() -> AsyncIterator[ReportSink]:
-    async with ReportSink() as sink:
-        yield sink
-
-
 def endpoints_env(urls: Iterable[str]) -> dict[str, str]:
     """The environment setting that sends reports to ``urls`` (unsigned)."""
     return {"SIPCTL_REPORTS__ENDPOINTS": json.dumps([{"url": url} for url in urls])}
@@ -330,7 +342,7 @@ def endpoints_env(urls: Iterable[str]) -> dict[str, str]:
 FORWARDED_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature", "content-type", "user-agent")
 
 
-class WebhookFront:
+class WebhookFront(_LoopbackEndpoint):
     """The load balancer in front of the replicas, on loopback: every webhook POSTed to ``url`` goes to the next
     live replica (round-robin); when a replica does not answer (killed, or restarting) the request goes to the
     next live one, as a proxy retries another upstream on a connection failure; while none is up it is held, at
@@ -341,7 +353,10 @@ class WebhookFront:
     the requests that went to another replica after a connection failure, ``held`` those that waited for one.
     """
 
+    path = "/webhooks/openai"
+
     def __init__(self, cluster: Replicas, *, hold_s: float = 15.0, timeout_s: float = 30.0) -> None:
+        super().__init__()
         self.cluster = cluster
         self.hold_s = hold_s
         self.timeout_s = timeout_s
@@ -349,11 +364,9 @@ class WebhookFront:
         self.failovers = 0
         self.held = 0
         self.refused = 0
-        self._server: RunningServer | None = None
         self._client: httpx.AsyncClient | None = None
-        self._stack = contextlib.AsyncExitStack()
 
-    async def _forward(self, request: Request) -> Response:
+    async def _handle(self, request: Request) -> Response:
         assert self._client is not None
         body = await request.body()
         headers = {name: request.headers[name] for name in FORWARDED_HEADERS if name in request.headers}
@@ -390,17 +403,5 @@ class WebhookFront:
         if isinstance(call_id, str) and slot is not None:
             self.owners.setdefault(call_id, slot)
 
-    async def __aenter__(self) -> Self:
+    async def _enter(self) -> None:
         self._client = await self._stack.enter_async_context(httpx.AsyncClient(timeout=self.timeout_s))
-        app = Starlette(routes=[Route("/webhooks/openai", self._forward, methods=["POST"])])
-        self._server = await self._stack.enter_async_context(serve(app, lifespan="off"))
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._stack.aclose()
-
-    @property
-    def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("the WebhookFront is not running")
-        return f"{self._server.url}/webhooks/openai"
