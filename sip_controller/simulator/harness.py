@@ -213,7 +213,9 @@ def scale_profile(profile: AgentProfile, factor: float) -> AgentProfile:
     w, h, t, d = profile.watchdogs, profile.hold, profile.transfer, profile.dtmf
     return profile.model_copy(
         update={
-            "goodbye_timeout_s": profile.goodbye_timeout_s * factor,
+            # the goodbye fallback waits on real events (the goodbye's audio stopping): compressed, but never below a
+            # second, or a loaded machine hangs up over a goodbye that is still playing
+            "goodbye_timeout_s": min(profile.goodbye_timeout_s, max(profile.goodbye_timeout_s * factor, 1.0)),
             "watchdogs": w.model_copy(
                 update={
                     "max_duration_s": w.max_duration_s * factor,
@@ -231,10 +233,10 @@ def scale_profile(profile: AgentProfile, factor: float) -> AgentProfile:
 
 def scale_settings(settings: Settings, factor: float) -> Settings:
     """A copy of ``settings`` whose per-profile policy durations are multiplied by ``factor``: the watchdogs
-    (maximum duration, wrap-up, silence), the maximum hold, the transfer verify window, the goodbye timeout,
-    the keypad flush and the tool filler delay. It compresses the controller's time the way the simulator's
-    ``time_scale`` compresses the caller's, for tests and ``sipctl simulate``; it is not a config (the copies
-    skip validation, so ``max_duration_s: 600`` may become 6).
+    (maximum duration, wrap-up, silence), the maximum hold, the transfer verify window, the goodbye timeout (not
+    below a second), the keypad flush and the tool filler delay. It compresses the controller's time the way the
+    simulator's ``time_scale`` compresses the caller's, for tests and ``sipctl simulate``; it is not a config (the
+    copies skip validation, so ``max_duration_s: 600`` may become 6).
 
     Not scaled, because they guard against real I/O: network and tool timeouts, the ring budget, the
     ``session.update`` acknowledgement timeout, the early-error window and every ``limits`` value.
