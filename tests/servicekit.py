@@ -20,7 +20,7 @@ from standardwebhooks import Webhook
 from starlette.applications import Starlette
 
 from sip_controller.agent.profile import AgentProfile, Transfer
-from sip_controller.config import Limits, Secrets, Settings
+from sip_controller.config import Limits, Secrets, Settings, TwilioCredentials
 from sip_controller.realtime.rest import RealtimeCalls
 from sip_controller.realtime.sideband import FakeConnector
 from sip_controller.service.app import Runtime, create_app
@@ -116,17 +116,20 @@ async def running_service(
     settings: Settings | None = None,
     older_secrets: tuple[str, ...] = (),
     store_path: str | None = None,
+    twilio: TwilioCredentials | None = None,
+    router: respx.Router | None = None,
 ) -> AsyncIterator[Service]:
     """``older_secrets`` are accepted before ``SECRET`` (webhook secret rotation). Every service gets its own
     SQLite store in a temporary folder (``Service.store``), closed and deleted afterwards; or the file ``store_path``
 (kept: a second service on it is the same host after a restart)."""
-    router = openai_router()
+    router = router or openai_router()
     connector = FakeConnector()
     secrets = Secrets(
         openai_api_key=SecretStr("sk-test"),
         webhook_secrets=tuple(SecretStr(s) for s in (*older_secrets, SECRET)),
         openai_base_url=BASE,
         admin_token=SecretStr(admin_token) if admin_token else None,
+        twilio=twilio,
     )
     settings = settings or Settings(profiles={"default": PROFILE}, limits=Limits(hangup_close_wait_s=0.1))
     with tempfile.TemporaryDirectory(prefix="sipctl-test-") as folder:

@@ -78,6 +78,9 @@ class IncomingCall:
     headers: tuple[SipHeader, ...]
     received_at: datetime
     sip_media_security: str | None = None
+    #: a call Twilio bridged in (#16): the caller and the dialled number as Twilio reported them in its signed
+    #: webhook, which replace what the SIP headers say
+    bridged: tuple[str | None, str | None] | None = None
 
     def header(self, name: str) -> str | None:
         wanted = name.lower()
@@ -88,6 +91,8 @@ class IncomingCall:
 
     @property
     def caller(self) -> str | None:
+        if self.bridged is not None:
+            return self.bridged[0]
         for name in ("From", "P-Asserted-Identity"):
             value = self.header(name)
             number = number_from_header(value) if value else None
@@ -97,6 +102,8 @@ class IncomingCall:
 
     @property
     def dialed(self) -> str | None:
+        if self.bridged is not None:
+            return self.bridged[1]
         for name in ("Diversion", "P-Called-Party-ID", "To"):
             value = self.header(name)
             number = number_from_header(value) if value else None

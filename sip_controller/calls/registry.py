@@ -15,7 +15,7 @@ import copy
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,8 +30,8 @@ from sip_controller.calls.inputs import Shutdown
 from sip_controller.calls.journal import CallJournal
 from sip_controller.calls.machine import CallMachine
 from sip_controller.calls.outbox import ended_items, started_items
-from sip_controller.calls.report import CallRecord
-from sip_controller.calls.states import CallState
+from sip_controller.calls.report import CallRecord, twilio_inputs, twilio_part
+from sip_controller.calls.states import CallState, EndedReason
 from sip_controller.calls.supervisor import CallOptions, CallSupervisor
 from sip_controller.calls.takeover import TAKEOVER, pending_reason, rebuild_record
 from sip_controller.config import Settings
@@ -40,6 +40,8 @@ from sip_controller.realtime.retries import DEFAULT_POLICY, RetryPolicy, with_qu
 from sip_controller.realtime.sideband import SidebandConnector
 from sip_controller.state.records import HANGING_UP, CallRow, Entry, Fence, Fenced, NewCall, StoredEntry, StoreError
 from sip_controller.state.store import Store
+from sip_controller.state.twilio_calls import TwilioCallRow
+from sip_controller.telephony.twiml import CORRELATION_HEADER, well_formed_correlation
 
 log = structlog.get_logger("sip_controller.calls.registry")
 
@@ -132,13 +134,14 @@ class CallRegistry:
             await entry.done.wait()
         return entry.record
 
-    def admission(self, incoming: IncomingCall) -> Refusal | None:
-        """Why this call cannot be taken now, or None. Counts the call against its caller's rate."""
+    def admission(self, incoming: IncomingCall, *, count_caller: bool = True) -> Refusal | None:
+        """Why this call cannot be taken now, or None. Counts the call against its caller's rate (unless
+        ``count_caller`` is False: a call we placed)."""
         if self.draining:
             return Refusal(UNAVAILABLE, "draining for shutdown")
         if self.at_capacity:
             return Refusal(BUSY, f"at capacity ({self._settings.limits.max_concurrent_calls} live calls)")
-        if not self._rate.allow(incoming.caller):
+        if count_caller and not self._rate.allow(incoming.caller):
             who = "caller" if incoming.caller else "callers without a number (one shared limit)"
             return Refusal(DECLINE, f"{who} over {self._rate.limit_for(incoming.caller)} calls per minute")
         return None
@@ -153,7 +156,13 @@ class CallRegistry:
         return Refusal(DECLINE, f"{who} over {limit} calls per minute across the cluster")
 
     def _new_call(
-        self, incoming: IncomingCall, name: str, *, state: str, session: dict[str, Any] | None = None
+        self,
+        incoming: IncomingCall,
+        name: str,
+        *,
+        state: str,
+        session: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> NewCall:
         received = incoming.received_at.timestamp()
         inputs: dict[str, Any] = {
@@ -166,6 +175,7 @@ class CallRegistry:
             },
             "profile": name,
             **(session or {}),
+            **(extra or {}),
         }
         deadlines: dict[str, float] = {}
         if session is not None:
@@ -188,6 +198,12 @@ class CallRegistry:
         """Take charge of a call: write it to the store and supervise it, or reject it with a SIP code (returned)
         when not admitted (here, or across the cluster: capacity and the caller's rate). Raises
         :class:`~sip_controller.state.records.CallExists` for a call the store already holds."""
+        twilio = await self._correlate(incoming)
+        outbound = twilio is not None and twilio.direction == "outbound"
+        if twilio is not None:
+            incoming = replace(incoming, bridged=(twilio.from_number, twilio.to_number))
+            if outbound and profile_name is None and twilio.profile in self._settings.profiles:
+                profile_name = twilio.profile
         name = profile_name or routing.choose_profile(self._settings, incoming)
         record = CallRecord(
             call_id=incoming.call_id,
@@ -195,11 +211,17 @@ class CallRegistry:
             received_at=incoming.received_at,
             caller=incoming.caller,
             dialed=incoming.dialed,
-            twilio_call_sid=incoming.header("X-Twilio-CallSid"),
+            twilio_call_sid=twilio.call_sid if twilio is not None else incoming.header("X-Twilio-CallSid"),
+            twilio=twilio_part(twilio) if twilio is not None else None,
+            outbound={"id": twilio.id, "variables": dict(twilio.variables)} if outbound and twilio else None,
         )
+        if twilio is None and incoming.header(CORRELATION_HEADER) is not None:
+            record.errors.append(f"{CORRELATION_HEADER} matches no Twilio call of ours")
         row: CallRow | None = None
-        refusal = routing.screen_caller(self._settings, incoming) or self.admission(incoming)
-        if refusal is None:
+        # a call we placed is not screened or rate-limited by its caller ID (our own number): capacity only
+        refusal = None if outbound else routing.screen_caller(self._settings, incoming)
+        refusal = refusal or self.admission(incoming, count_caller=not outbound)
+        if refusal is None and not outbound:
             refusal = await self._cluster_admission(incoming)
         if refusal is None:
             profile = self._settings.profile(name)
@@ -212,11 +234,13 @@ class CallRegistry:
                 header=incoming.header,
                 max_chars=profile.template_value_max_chars,
                 now=incoming.received_at,
+                variables=twilio.variables if outbound and twilio is not None else None,
             )
             accept_body = session.accept_body(profile, instructions=instructions)
             new_call = self._new_call(
-                incoming, name, state="received", session={"instructions": instructions, "accept_body": accept_body}
-            )
+                incoming, name, state="received",
+                session={"instructions": instructions, "accept_body": accept_body, **twilio_inputs(record)},
+            )  # fmt: skip
             reports = self._settings.reports
             row = await self._store.create_call(
                 new_call,
@@ -230,7 +254,8 @@ class CallRegistry:
         if refusal is not None:
             record.errors.append(f"rejected: {refusal.reason}")
             task = asyncio.create_task(self._reject(record, refusal.status_code), name=f"{incoming.call_id}:reject")
-            self._track(_Live(None, task, record, new_call=self._new_call(incoming, name, state="rejected")))
+            rejected = self._new_call(incoming, name, state="rejected", extra=twilio_inputs(record))
+            self._track(_Live(None, task, record, new_call=rejected))
             return refusal
         assert row is not None
         supervisor, journal = self._supervisor(row, record, accept_body, started_at=self._clock())
@@ -238,6 +263,60 @@ class CallRegistry:
         task = asyncio.create_task(self._run(supervisor), name=f"{incoming.call_id}:call")
         self._track(_Live(supervisor, task, record, journal=journal))
         return None
+
+    async def _correlate(self, incoming: IncomingCall) -> TwilioCallRow | None:
+        """The Twilio call whose correlation id this call carries in its SIP headers (#16), tied to this call once
+        (a second call carrying the same id is not matched); None without a well-formed id of ours. The store
+        being away costs the match, not the call."""
+        value = incoming.header(CORRELATION_HEADER)
+        if value is None:
+            return None
+        if not well_formed_correlation(value):
+            log.warning("twilio.correlation_malformed", call_id=incoming.call_id)
+            return None
+        try:
+            row = await self._store.link_twilio_call(value, incoming.call_id)
+        except StoreError as exc:
+            log.warning("twilio.correlation_unavailable", call_id=incoming.call_id, error=type(exc).__name__)
+            return None
+        if row is None:
+            log.warning("twilio.correlation_unknown", call_id=incoming.call_id)
+        else:
+            log.info("twilio.correlated", call_id=incoming.call_id, twilio_id=row.id, direction=row.direction)
+        return row
+
+    def finish_unanswered(self, row: TwilioCallRow, reason: EndedReason, *, detail: str | None = None) -> CallRecord:
+        """Report a call we placed that never reached OpenAI (``no_answer``, ``busy``, ``failed``, ``canceled``):
+        its report and ``call.started``/``call.ended`` like any call's, with the request's id as ``call_id``. The
+        caller must have tied the Twilio call to that id first (``link_twilio_call``), so it is reported once."""
+        received = datetime.fromtimestamp(row.created_at, UTC)
+        profile = row.profile if row.profile in self._settings.profiles else self._settings.default_profile
+        record = CallRecord(
+            call_id=row.id,
+            profile=profile,
+            received_at=received,
+            caller=row.from_number,
+            dialed=row.to_number,
+            twilio_call_sid=row.call_sid,
+            twilio=twilio_part(row),
+            outbound={"id": row.id, "variables": dict(row.variables)},
+            state=CallState.ENDED.value,
+            ended_reason=reason,
+            duration_s=round(max(0.0, self._wall_clock() - row.created_at), 3),
+        )
+        record.mark(0.0, "twilio: requested")
+        record.mark(record.duration_s or 0.0, f"twilio: {row.status}")
+        if detail:
+            record.errors.append(detail)
+        new_call = NewCall(
+            call_id=row.id, owner=self.owner, profile=profile, inputs=twilio_inputs(record), received_at=row.created_at,
+            state="received", caller=row.from_number, dialed=row.to_number, deadlines={},
+        )  # fmt: skip
+        self._notify(self.on_started, record)
+        task = asyncio.create_task(asyncio.sleep(0), name=f"{row.id}:unanswered")
+        self._track(_Live(None, task, record, new_call=new_call))
+        log.info("call.ended", **record.summary())
+        return record
 
     def _supervisor(
         self,
@@ -427,6 +506,7 @@ class CallRegistry:
                 log.warning("call.not_reported", call_id=record.call_id, why="fenced")
                 return
             fence = entry.journal.fence
+        await self._refresh_twilio(record)
         now = self._wall_clock()
         reports = self._settings.reports
         document, outbox = ended_items(record, reports, at=now)
@@ -464,6 +544,19 @@ class CallRegistry:
             else:
                 return
         log.error("call.finish_failed", call_id=record.call_id, why="the store did not answer")
+
+    async def _refresh_twilio(self, record: CallRecord) -> None:
+        """A bridged call's Twilio side as the status callbacks left it, for its report (best effort)."""
+        twilio_id = record.twilio.get("id") if record.twilio is not None else None
+        if not isinstance(twilio_id, str):
+            return
+        try:
+            row = await self._store.get_twilio_call(id=twilio_id)
+        except Exception as exc:  # the store away: the report keeps what was known at the start
+            log.warning("twilio.refresh_failed", call_id=record.call_id, error=type(exc).__name__)
+            return
+        if row is not None:
+            record.twilio = twilio_part(row)
 
     @staticmethod
     def _notify(hooks: list[FinishedHook], record: CallRecord) -> None:

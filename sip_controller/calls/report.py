@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from sip_controller.agent.tools import ToolArgumentsError, decode_arguments
 from sip_controller.realtime.events import Usage
@@ -92,7 +92,7 @@ class RateLimitState:
     at_s: float
 
 
-@dataclass
+@dataclass(slots=True)
 class UsageTotals:
     responses: int = 0
     input_text_tokens: int = 0
@@ -103,7 +103,7 @@ class UsageTotals:
     output_audio_tokens: int = 0
 
     def add_totals(self, other: UsageTotals) -> None:
-        for key, value in vars(other).items():
+        for key, value in asdict(other).items():
             setattr(self, key, getattr(self, key) + value)
 
     def add(self, usage: Usage) -> None:
@@ -130,7 +130,7 @@ def mask_number(number: str | None) -> str | None:
     return f"{number[:head]}***{number[len(number) - tail:]}"
 
 
-@dataclass
+@dataclass(slots=True)
 class TranscriptionUsage:
     audio_tokens: int = 0
     text_tokens: int = 0
@@ -138,7 +138,7 @@ class TranscriptionUsage:
     seconds: float = 0.0
 
 
-@dataclass
+@dataclass(slots=True)
 class CallRecord:
     """Everything recorded about one call, appended as events arrive so an abrupt end loses nothing.
 
@@ -150,6 +150,11 @@ class CallRecord:
     caller: str | None = None
     dialed: str | None = None
     twilio_call_sid: str | None = None
+    #: a call Twilio bridged into OpenAI (#16): ``id``, ``direction``, ``call_sid``, ``from``/``to`` as Twilio saw
+    #: them, ``status`` (the latest status callback), ``answered_by``, ``error_code``
+    twilio: dict[str, Any] | None = None
+    #: a call we placed (``POST /v1/outbound``): ``id`` (the request's) and ``variables``
+    outbound: dict[str, Any] | None = None
     state: str = "received"
     ended_reason: str | None = None
     #: while ``state`` is ``ending``: the reason it will end with (stored, so a takeover ends it with that reason)
@@ -230,7 +235,7 @@ class CallRecord:
             "timeline": [{"at_s": t, "event": e} for t, e in self.timeline],
             "transcripts": [{"role": t.role, "text": t.text, "at_s": t.at_s} for t in self.transcripts],
             "tool_calls": [asdict(t) for t in self.tool_calls],
-            "usage": vars(self.usage),
+            "usage": asdict(self.usage),
             "errors": list(self.errors),
         }
 
@@ -312,8 +317,74 @@ def _head(record: CallRecord, mask_caller: bool) -> dict[str, Any]:
         "caller_masked": mask_caller,
         "dialed": record.dialed,
         "twilio_call_sid": record.twilio_call_sid,
+        "twilio": _twilio_part(record.twilio, mask_caller),
+        "outbound": None if record.outbound is None else dict(record.outbound),
         "state": record.state,
     }
+
+
+class TwilioSide(Protocol):
+    """What the report takes from a Twilio call row (``state.twilio_calls.TwilioCallRow``)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def direction(self) -> str: ...
+
+    @property
+    def call_sid(self) -> str | None: ...
+
+    @property
+    def from_number(self) -> str | None: ...
+
+    @property
+    def to_number(self) -> str | None: ...
+
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def answered_by(self) -> str | None: ...
+
+    @property
+    def error_code(self) -> int | None: ...
+
+
+def twilio_part(row: TwilioSide) -> dict[str, Any]:
+    """``CallRecord.twilio`` from the store's row of the Twilio call."""
+    return {
+        "id": row.id,
+        "direction": row.direction,
+        "call_sid": row.call_sid,
+        "from": row.from_number,
+        "to": row.to_number,
+        "status": row.status,
+        "answered_by": row.answered_by,
+        "error_code": row.error_code,
+    }
+
+
+def twilio_inputs(record: CallRecord) -> dict[str, Any]:
+    """What a bridged call keeps in its row's inputs, for a replica that takes it over (``calls/takeover.py``)."""
+    out: dict[str, Any] = {}
+    if record.twilio is not None:
+        out["twilio"] = dict(record.twilio)
+    if record.outbound is not None:
+        out["outbound"] = dict(record.outbound)
+    return out
+
+
+def _twilio_part(twilio: dict[str, Any] | None, mask_caller: bool) -> dict[str, Any] | None:
+    """The Twilio side of the report; the remote party's number masked like the caller (an inbound call's
+    ``from``, an outbound call's ``to``)."""
+    if twilio is None:
+        return None
+    out = dict(twilio)
+    if mask_caller:
+        remote = "to" if out.get("direction") == "outbound" else "from"
+        out[remote] = mask_number(out.get(remote))
+    return out
 
 
 def started_document(record: CallRecord, *, mask_caller: bool = True) -> dict[str, Any]:

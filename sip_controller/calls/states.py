@@ -21,6 +21,11 @@ EndedReason = Literal[
     "rejected",
     "shutdown",
     "operator_hangup",
+    # calls we place through Twilio (#16) that never reached OpenAI: Twilio's outcome
+    "no_answer",
+    "busy",
+    "failed",
+    "canceled",
 ]
 
 

@@ -83,6 +83,12 @@ def rebuild_record(row: CallRow, entries: Sequence[StoredEntry]) -> CallRecord:
         twilio_call_sid=_twilio_sid(row),
         state=row.state,
     )
+    twilio, outbound = row.inputs.get("twilio"), row.inputs.get("outbound")
+    if isinstance(twilio, dict):  # a call Twilio bridged in (#16): its Twilio side and the request that placed it
+        record.twilio = dict(twilio)
+        record.twilio_call_sid = twilio.get("call_sid") if isinstance(twilio.get("call_sid"), str) else None
+    if isinstance(outbound, dict):
+        record.outbound = dict(outbound)
     tools: dict[str, ToolCallRecord] = {}
     usage: dict[str, Any] | None = None
     for entry in entries:

@@ -41,7 +41,7 @@ from sip_controller.config import Secrets, Settings, StoreSettings
 from sip_controller.realtime.rest import MAX_IN_FLIGHT, RealtimeCalls, new_http_client
 from sip_controller.realtime.retries import DEFAULT_POLICY, RetryPolicy
 from sip_controller.realtime.sideband import LeanConnector, SidebandConnector, connect_websocket
-from sip_controller.service import admin, console
+from sip_controller.service import admin, console, twilio_routes
 from sip_controller.service.admin import AdminAuth
 from sip_controller.service.intake import OtherEvent, WebhookRejected, WebhookVerifier, parse_event
 from sip_controller.service.metrics import Metrics
@@ -50,6 +50,7 @@ from sip_controller.state.factory import new_process_id
 from sip_controller.state.jobs import sweep_loop
 from sip_controller.state.records import CallExists
 from sip_controller.state.store import Store
+from sip_controller.telephony.calls_api import TwilioCalls
 
 #: how the lifespan gets a store it owns (opens at start, closes at the end)
 StoreOpener = Callable[[], Awaitable[Store]]
@@ -252,6 +253,11 @@ def create_app(
                 client, base_url=secrets.openai_base_url, api_key=api_key, rest_client=rest_client,
                 observer=meters.openai_request,
             )
+            if secrets.twilio is not None:  # Twilio's Calls API on the same HTTP client (#16)
+                app.state.twilio_api = TwilioCalls(
+                    client, base_url=secrets.twilio.api_base_url, account_sid=secrets.twilio.account_sid,
+                    auth=secrets.twilio.rest_auth(), policy=retry,
+                )  # fmt: skip
             sideband_connect = connect or _sideband_connector(secrets.openai_base_url)
             registry = CallRegistry(
                 settings, api, sideband_connect, store=the_store, owner=process_id, clock=clock,
@@ -372,6 +378,10 @@ def create_app(
         Route("/metrics", metrics_route, methods=["GET"]),
         *admin.routes(auth, lambda request: request.app.state.runtime, mask_caller=settings.reports.mask_caller),
         *console.routes(auth, lambda request: request.app.state.runtime),
+        *twilio_routes.routes(
+            secrets.twilio, settings, auth, lambda request: request.app.state.runtime,
+            lambda request: getattr(request.app.state, "twilio_api", None),
+        ),
     ]
     app = _Service(routes=routes, lifespan=lifespan)
     app.webhook = endpoint

@@ -213,6 +213,8 @@ DOCUMENT_KEYS = [
     "caller_masked",
     "dialed",
     "twilio_call_sid",
+    "twilio",
+    "outbound",
     "state",
     "ended_reason",
     "timestamps",
@@ -470,6 +472,8 @@ def test_started_document_has_no_transcript_or_outcome() -> None:
         "caller_masked",
         "dialed",
         "twilio_call_sid",
+        "twilio",
+        "outbound",
         "state",
         "timestamps",
     ]

@@ -1,0 +1,299 @@
+"""Twilio Programmable Voice (#16): a number's voice webhook, status callbacks, and the calls we place.
+
+- ``POST /twilio/voice``: a number's voice webhook (``A call comes in``). Signed by Twilio (403 and nothing else
+  otherwise); answered with TwiML that bridges the call into OpenAI's SIP endpoint with a fresh correlation id in
+  ``X-Sipctl-Correlation``. The ``realtime.call.incoming`` webhook carrying that id is matched to the Twilio call
+  (``calls/registry.py``): its report has the CallSid and the numbers as Twilio saw them.
+- ``POST /twilio/status``: status callbacks (and answering-machine results) of those calls, signed. A call we
+  placed that ends unanswered is reported with ``no_answer``, ``busy``, ``failed`` or ``canceled``.
+- ``POST /v1/outbound`` (admin API, bearer token): place a call with a profile and its variables through Twilio's
+  Calls API; ``Idempotency-Key`` makes a repeated request place nothing more. ``GET /v1/outbound/{id}``: its state.
+
+Without Twilio configured (``TWILIO_ACCOUNT_SID`` …), every route answers 404.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Callable
+from fnmatch import fnmatchcase
+from typing import Any, cast
+from urllib.parse import parse_qsl
+
+import structlog
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from sip_controller.calls.report import mask_number
+from sip_controller.calls.states import EndedReason
+from sip_controller.config import E164, Settings, TwilioCredentials
+from sip_controller.service.admin import AdminAuth
+from sip_controller.state.records import StoreError
+from sip_controller.state.store import Store
+from sip_controller.state.twilio_calls import NewTwilioCall, TwilioCallRow
+from sip_controller.telephony.callbacks import BadCallback, StatusCallback, VoiceRequest
+from sip_controller.telephony.calls_api import CallRequest, TwilioCalls, TwilioError
+from sip_controller.telephony.signatures import SIGNATURE_HEADER, TwilioSignatures
+from sip_controller.telephony.twiml import bridge_to_openai, new_correlation_id
+
+log = structlog.get_logger("sip_controller.service.twilio")
+
+VOICE_PATH = "/twilio/voice"
+STATUS_PATH = "/twilio/status"
+MAX_FORM_BYTES = 64 * 1024
+MAX_IDEMPOTENCY_KEY = 200
+MAX_VARIABLES_BYTES = 8 * 1024
+
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+def _twiml(xml: str) -> Response:
+    return Response(xml, media_type="application/xml")
+
+
+class OutboundRefused(ValueError):
+    """A ``POST /v1/outbound`` body that cannot be placed; the message says what to fix."""
+
+
+def outbound_request(settings: Settings, body: object) -> tuple[str, str, str, dict[str, str]]:
+    """``(to, from, profile, variables)`` of a valid request body, or :class:`OutboundRefused`."""
+    if not isinstance(body, dict):
+        raise OutboundRefused('the body must be JSON: {"to": "+14155550123", "profile": "...", "variables": {...}}')
+    unknown = sorted(set(body) - {"to", "from", "profile", "variables"})
+    if unknown:
+        raise OutboundRefused(f"unknown field(s) {', '.join(unknown)}; use to, from, profile, variables")
+    to = body.get("to")
+    if not isinstance(to, str) or not E164.fullmatch(to):
+        raise OutboundRefused(f"to: {str(to)[:40]!r} is not an E.164 number; write +, the country code and the number")
+    if any(fnmatchcase(to, pattern) for pattern in settings.twilio.do_not_call):
+        raise OutboundRefused("to: the number is on the do-not-call list (twilio.do_not_call); it is never called")
+    profile_name = body.get("profile", settings.default_profile)
+    if not isinstance(profile_name, str) or profile_name not in settings.profiles:
+        raise OutboundRefused(f"profile: {str(profile_name)[:60]!r} is not a profile; use one of "
+                              f"{', '.join(sorted(settings.profiles))}")  # fmt: skip
+    profile = settings.profiles[profile_name]
+    variables = body.get("variables", {})
+    if not isinstance(variables, dict) or not all(isinstance(v, str) for v in variables.values()):
+        raise OutboundRefused('variables: a JSON object of strings, e.g. {"first_name": "Ada"}')
+    if len(json.dumps(variables)) > MAX_VARIABLES_BYTES:
+        raise OutboundRefused(f"variables: more than {MAX_VARIABLES_BYTES} bytes")
+    undeclared = sorted(set(variables) - set(profile.variables))
+    missing = sorted(set(profile.variables) - set(variables))
+    if undeclared or missing:
+        parts = ([f"not declared by profile {profile_name!r}: {', '.join(undeclared)}"] if undeclared else []) + (
+            [f"missing: {', '.join(missing)}"] if missing else []
+        )
+        raise OutboundRefused(
+            f"variables: {'; '.join(parts)} (the profile declares: {', '.join(profile.variables) or 'none'})"
+        )
+    caller_id = body.get("from") or profile.outbound.from_number or settings.twilio.from_number
+    if not isinstance(caller_id, str) or not E164.fullmatch(caller_id):
+        raise OutboundRefused(
+            "from: no caller ID; set twilio.from_number (or the profile's outbound.from_number) to a number of "
+            "your Twilio account, or send from as E.164"
+        )
+    return to, caller_id, profile_name, {str(k): v for k, v in variables.items()}
+
+
+def outbound_view(row: TwilioCallRow, *, mask: bool) -> dict[str, Any]:
+    """``POST``/``GET /v1/outbound`` answers: the request, Twilio's side and the call it became."""
+    return {
+        "id": row.id,
+        "to": mask_number(row.to_number) if mask else row.to_number,
+        "from": row.from_number,
+        "profile": row.profile,
+        "variables": row.variables,
+        "call_sid": row.call_sid,
+        "status": row.status,
+        "answered_by": row.answered_by,
+        "error_code": row.error_code,
+        "call_id": row.call_id,
+        "events": row.events,
+    }
+
+
+def routes(
+    twilio: TwilioCredentials | None,
+    settings: Settings,
+    auth: AdminAuth,
+    runtime: Callable[[Request], Any],
+    api: Callable[[Request], TwilioCalls | None],
+) -> list[Route]:
+    """``runtime(request)`` gives the app's Runtime (registry, store); ``api(request)`` the Calls API client."""
+    signatures = TwilioSignatures(twilio.auth_token.get_secret_value(), twilio.public_url) if twilio else None
+    mask = settings.reports.mask_caller
+
+    async def signed_form(request: Request) -> dict[str, str] | Response:
+        """The form Twilio posted, once its signature checks out against the public URL; else the 403."""
+        assert signatures is not None
+        assert twilio is not None
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_FORM_BYTES:
+            return PlainTextResponse("request too large", status_code=413)
+        body = await request.body()
+        if len(body) > MAX_FORM_BYTES:
+            return PlainTextResponse("request too large", status_code=413)
+        try:
+            pairs = parse_qsl(body.decode(), keep_blank_values=True)
+        except UnicodeDecodeError:
+            return PlainTextResponse("forbidden", status_code=403)
+        form = dict(pairs)
+        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        signature = request.headers.get(SIGNATURE_HEADER)
+        if not signatures.valid(path, pairs, signature) or form.get("AccountSid") != twilio.account_sid:
+            log.warning("twilio.signature_refused", path=request.url.path, signed=bool(signature))
+            return PlainTextResponse("forbidden", status_code=403)
+        return form
+
+    async def voice(request: Request) -> Response:
+        if twilio is None:
+            return _error(404, "not found")
+        form = await signed_form(request)
+        if isinstance(form, Response):
+            return form
+        try:
+            call = VoiceRequest.parse(form)
+        except BadCallback as exc:
+            return PlainTextResponse(str(exc), status_code=400)
+        store: Store = runtime(request).store
+        new = NewTwilioCall(
+            id=f"in_{secrets.token_hex(8)}", correlation=new_correlation_id(), direction="inbound", status="ringing",
+            call_sid=call.call_sid, from_number=call.caller, to_number=call.dialed,
+        )  # fmt: skip
+        try:
+            row, created = await store.create_twilio_call(new)
+        except StoreError as exc:
+            log.warning("twilio.store_failed", error=str(exc)[:300])
+            return PlainTextResponse("the call store is unavailable", status_code=503)
+        log.info("twilio.voice", twilio_id=row.id, call_sid=call.call_sid, repeated=not created,
+                 caller=mask_number(call.caller))  # fmt: skip
+        return _twiml(bridge_to_openai(twilio.openai_project_id, row.correlation))
+
+    async def status(request: Request) -> Response:
+        if twilio is None:
+            return _error(404, "not found")
+        form = await signed_form(request)
+        if isinstance(form, Response):
+            return form
+        try:
+            callback = StatusCallback.parse(form)
+        except BadCallback as exc:
+            return PlainTextResponse(str(exc), status_code=400)
+        rt = runtime(request)
+        store: Store = rt.store
+        try:
+            row = await store.get_twilio_call(call_sid=callback.call_sid)
+            leg = request.query_params.get("leg")
+            if row is None and leg:  # a callback that came before Twilio's answer to our request was stored
+                row = await store.get_twilio_call(id=leg)
+            if row is None:
+                log.warning("twilio.status_unknown_call", call_sid=callback.call_sid, status=callback.status)
+                return _error(404, "no Twilio call of ours has this CallSid")
+            row = await store.update_twilio_call(
+                row.id, call_sid=callback.call_sid, status=callback.status or None,
+                answered_by=callback.answered_by, error_code=callback.error_code, event=callback.event(),
+            )  # fmt: skip
+            assert row is not None
+            log.info("twilio.status", twilio_id=row.id, status=callback.status, answered_by=callback.answered_by)
+            if callback.final and row.direction == "outbound" and row.call_id is None:
+                reason = callback.unanswered_reason or "failed"
+                detail = None
+                if callback.status == "completed":
+                    detail = "answered, but the call never reached OpenAI (no realtime.call.incoming matched it)"
+                elif callback.error_code is not None:
+                    detail = f"Twilio error {callback.error_code}"
+                if await store.link_twilio_call(row.correlation, row.id) is not None:
+                    rt.registry.finish_unanswered(row, cast("EndedReason", reason), detail=detail)
+        except StoreError as exc:
+            log.warning("twilio.store_failed", error=str(exc)[:300])
+            return _error(503, "the call store is unavailable; retry")
+        return JSONResponse({"status": "recorded"})
+
+    async def place(request: Request) -> Response:
+        if (denied := await auth.authorize(request, write=True)) is not None:
+            return denied
+        calls_api = api(request)
+        if twilio is None or calls_api is None:
+            return _error(404, "Twilio is not configured: set TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, "
+                               "OPENAI_PROJECT_ID and SIPCTL_PUBLIC_URL")  # fmt: skip
+        key = request.headers.get("idempotency-key")
+        if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
+            return _error(422, f"Idempotency-Key: 1 to {MAX_IDEMPOTENCY_KEY} characters")
+        try:
+            body = json.loads(await request.body() or b"null")
+        except (ValueError, RecursionError):
+            return _error(422, "the body must be JSON")
+        try:
+            to, caller_id, profile_name, variables = outbound_request(settings, body)
+        except OutboundRefused as exc:
+            return _error(422, str(exc))
+        digest = hashlib.sha256(
+            json.dumps([to, caller_id, profile_name, variables], sort_keys=True).encode()
+        ).hexdigest()
+        rt = runtime(request)
+        store: Store = rt.store
+        new = NewTwilioCall(
+            id=f"out_{secrets.token_hex(8)}", correlation=new_correlation_id(), direction="outbound",
+            status="requested", idempotency_key=key, request_hash=digest, profile=profile_name,
+            from_number=caller_id, to_number=to, variables=variables,
+        )  # fmt: skip
+        try:
+            row, created = await store.create_twilio_call(new)
+        except StoreError as exc:
+            log.warning("twilio.store_failed", error=str(exc)[:300])
+            return _error(503, "the call store is unavailable; retry")
+        if not created:
+            if row.request_hash != digest:
+                return _error(422, "Idempotency-Key was used for another request; use a new key for a new call")
+            return JSONResponse({**outbound_view(row, mask=mask), "replayed": True})
+        profile = settings.profiles[profile_name]
+        detection = profile.outbound.machine_detection
+        placing = CallRequest(
+            to=to,
+            from_=caller_id,
+            status_callback=f"{twilio.public_url}{STATUS_PATH}?leg={row.id}",
+            twiml=bridge_to_openai(twilio.openai_project_id, row.correlation),
+            timeout_s=settings.twilio.ring_timeout_s,
+            machine_detection=None if detection == "off" else detection,
+        )
+        try:
+            placed = await calls_api.create(placing)
+        except TwilioError as exc:
+            log.warning("twilio.place_failed", twilio_id=row.id, status=exc.status, code=exc.code,
+                        ambiguous=exc.ambiguous)  # fmt: skip
+            failed = await store.update_twilio_call(
+                row.id, status="failed", error_code=exc.code,
+                event={"kind": "create", "status": "failed", "http_status": exc.status, "error_code": exc.code,
+                       "ambiguous": exc.ambiguous},
+            )  # fmt: skip
+            if failed is not None and await store.link_twilio_call(failed.correlation, failed.id) is not None:
+                rt.registry.finish_unanswered(failed, "failed", detail=str(exc))
+            status_code = 422 if 400 <= exc.status < 500 and exc.status != 429 else 502
+            return _error(status_code, str(exc), id=row.id, twilio_code=exc.code, ambiguous=exc.ambiguous)
+        updated = await store.update_twilio_call(
+            row.id, call_sid=placed.sid, status=placed.status, event={"kind": "create", "status": placed.status}
+        )
+        log.info("twilio.placed", twilio_id=row.id, call_sid=placed.sid, profile=profile_name)
+        return JSONResponse(outbound_view(updated or row, mask=mask), status_code=201)
+
+    async def get_outbound(request: Request) -> Response:
+        if (denied := await auth.authorize(request)) is not None:
+            return denied
+        if twilio is None:
+            return _error(404, "Twilio is not configured")
+        row = await runtime(request).store.get_twilio_call(id=request.path_params["id"])
+        if row is None or row.direction != "outbound":
+            return _error(404, "no such outbound call")
+        return JSONResponse(outbound_view(row, mask=mask))
+
+    return [
+        Route(VOICE_PATH, voice, methods=["POST"]),
+        Route(STATUS_PATH, status, methods=["POST"]),
+        Route("/v1/outbound", place, methods=["POST"]),
+        Route("/v1/outbound/{id}", get_outbound, methods=["GET"]),
+    ]
