@@ -1,4 +1,4 @@
-"""``sipctl``: serve, demo, check-config, simulate, simulator, bench, soak, migrate."""
+"""``sipctl``: serve, demo, check-config, simulate, simulator, bench, soak, migrate, call."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import errno
 import gc
 import json
+import os
 import socket
 import sys
 from collections.abc import Sequence
@@ -103,6 +104,32 @@ def _parser() -> argparse.ArgumentParser:
         "--check", action="store_true", help="apply nothing; exit 1 when migrations are pending or the schema is newer"
     )
 
+    call = sub.add_parser(
+        "call",
+        help="place an outbound call through the running service's admin API (Twilio; needs SIPCTL_ADMIN_TOKEN)",
+    )
+    call.add_argument("to", help="the number to call, E.164: +, the country code and the number (+14155550123)")
+    call.add_argument("--profile", help="the profile the call runs with (default: the service's default profile)")
+    call.add_argument(
+        "--var",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a variable the profile declares ({{ var:NAME }} in its instructions); repeat for each",
+    )
+    call.add_argument(
+        "--from", dest="from_number", help="caller ID, E.164 (default: the profile's outbound.from_number, else "
+        "twilio.from_number)"
+    )  # fmt: skip
+    call.add_argument(
+        "--idempotency-key",
+        help="the same key again places nothing more: the call already placed is shown (safe to retry)",
+    )
+    call.add_argument(
+        "--url", help="the service's base URL (default: http://127.0.0.1:<port of the config>)"
+    )
+    call.add_argument("--json", action="store_true", help="print the service's answer as JSON")
+
     standalone = sub.add_parser(
         "simulator",
         help="run the simulator on its own (OpenAI's side, signed webhooks to --webhook-url, control API /_sim/calls)",
@@ -130,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _simulate(args.config, args.scenario, time_scale=args.time_scale, as_json=args.json)
     if args.command == "simulator":
         return _standalone_simulator(args)
+    if args.command == "call":
+        return _call(args)
     result = preflight.validate(args.config)
     if _refused(result):
         return 2
@@ -143,6 +172,103 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "soak":
         return _soak(result.settings, args)
     return 2  # pragma: no cover - argparse enforces the choices
+
+
+def _call_variables(pairs: Sequence[str]) -> dict[str, str] | str:
+    """``--var NAME=VALUE`` arguments as a mapping, or what is wrong with them."""
+    variables: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            return f"--var {pair[:60]!r}: write NAME=VALUE, e.g. --var first_name=Ada"
+        if name in variables:
+            return f"--var {name}: given twice"
+        variables[name] = value
+    return variables
+
+
+def _call(args: argparse.Namespace) -> int:
+    """``sipctl call +1…``: ``POST /v1/outbound`` on the running service. Exit 0 placed (or already placed with
+    this idempotency key), 1 refused, failed or unreachable, 2 a usage error."""
+    import httpx
+
+    variables = _call_variables(args.var)
+    if isinstance(variables, str):
+        print(f"sipctl: {variables}", file=sys.stderr)
+        return 2
+    token = os.environ.get("SIPCTL_ADMIN_TOKEN", "").strip()
+    if not token:
+        print("sipctl: SIPCTL_ADMIN_TOKEN is not set: export the admin token the service runs with", file=sys.stderr)
+        return 2
+    url = args.url
+    if url is None:
+        result = preflight.validate(args.config)
+        if _refused(result):
+            return 2
+        assert result.settings is not None
+        url = f"http://127.0.0.1:{result.settings.port}"
+    body: dict[str, object] = {"to": args.to, "variables": variables}
+    if args.profile is not None:
+        body["profile"] = args.profile
+    if args.from_number is not None:
+        body["from"] = args.from_number
+    headers = {"authorization": f"Bearer {token}"}
+    if args.idempotency_key is not None:
+        headers["idempotency-key"] = args.idempotency_key
+    endpoint = url.rstrip("/") + "/v1/outbound"
+    try:
+        with httpx.Client(timeout=httpx.Timeout(60.0, connect=5.0)) as client:
+            answer = client.post(endpoint, json=body, headers=headers)
+    except httpx.HTTPError as exc:
+        print(f"sipctl: cannot reach the service at {url} ({type(exc).__name__}): is `sipctl serve` running "
+              "there? (--url)", file=sys.stderr)  # fmt: skip
+        return 1
+    try:
+        document = answer.json()
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        print(f"sipctl: {endpoint}: HTTP {answer.status_code}, not a JSON object: {answer.text[:200]!r}",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    if args.json:
+        print(json.dumps({"http_status": answer.status_code, **document}, indent=2))
+    ok = answer.status_code in (200, 201) and isinstance(document.get("id"), str)
+    if ok and not args.json:
+        replayed = " (already placed with this idempotency key)" if document.get("replayed") else ""
+        print(f"placed {document['id']}{replayed}: CallSid {document.get('call_sid') or '-'}, "
+              f"status {document.get('status') or '-'}")  # fmt: skip
+    elif not ok:
+        print(f"sipctl: {_call_refusal(answer.status_code, document, url)}", file=sys.stderr)
+    return 0 if ok else 1
+
+
+def _call_refusal(status: int, document: dict[str, object], url: str) -> str:
+    """One line saying why the service did not place the call, and what to do."""
+    error = str(document.get("error") or f"HTTP {status}")
+    outbound_id = document.get("id")
+    if status == 401:
+        return "the service refused the admin token: SIPCTL_ADMIN_TOKEN must be the token it runs with"
+    if status == 429:
+        return f"{error} (the service throttles wrong admin tokens)"
+    if status == 404 and "Twilio" not in error:
+        return f"{url} has no admin API: is SIPCTL_ADMIN_TOKEN set where the service runs? Is --url right?"
+    if status == 422:
+        code = document.get("twilio_code")
+        notes = ([f"Twilio code {code}"] if code is not None else []) + (
+            [f"outbound id {outbound_id}"] if outbound_id else []
+        )
+        return f"refused: {error}" + (f" ({', '.join(notes)})" if notes else "")
+    if status == 502:
+        line = f"Twilio failed: {error} (outbound id {outbound_id})"
+        if document.get("ambiguous"):
+            line += (f"; the call may have been placed all the same: check GET /v1/outbound/{outbound_id} "
+                     "before placing it again")  # fmt: skip
+        return line
+    if status == 503:
+        return f"{error} (HTTP 503)"
+    return f"HTTP {status}: {error}"
 
 
 def _standalone_simulator(args: argparse.Namespace) -> int:
