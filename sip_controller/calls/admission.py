@@ -61,3 +61,12 @@ class CallerRateLimiter:
         while len(self._seen) > self._max:
             self._seen.popitem(last=False)
         return allowed
+
+    def forget(self, caller: str | None) -> None:
+        """Take back the last call :meth:`allow` counted for ``caller`` (it turned out to be a webhook delivered
+        again: the store's claim was already held)."""
+        if self.limit_for(caller) <= 0:
+            return
+        window = self._seen.get(caller or ANONYMOUS)
+        if window:
+            window.pop()

@@ -1,10 +1,11 @@
 """All live calls: owns their tasks, admits or rejects new ones, keeps recent records, drains on shutdown.
 
-Every call taken is written to the store before it is relied on (design principle 6): ``create_call`` (cluster-wide
-capacity, the session's inputs, the deadlines and the ``call.started`` outbox rows, in one transaction) before the
-accept goes out; what it records goes in batches through its :class:`~sip_controller.calls.journal.CallJournal`;
-``finish_call`` writes the report and its outbox rows in one transaction when it ends. A rejected call is recorded
-too: a row finished at once as ``rejected`` (in history, reported through the outbox like any other).
+Every call taken is written to the store before it is relied on (design principle 6): ``admit`` (the intake's dedupe
+claims, the caller's cluster-wide rate, cluster-wide capacity, the session's inputs, the deadlines and the
+``call.started`` outbox rows, in ONE transaction: #18) before the accept goes out; what it records goes in batches
+through its :class:`~sip_controller.calls.journal.CallJournal`; ``finish_call`` writes the report and its outbox
+rows in one transaction when it ends. A rejected call is recorded too: a row finished at once as ``rejected`` (in
+history, reported through the outbox like any other).
 """
 
 from __future__ import annotations
@@ -38,7 +39,20 @@ from sip_controller.config import Settings
 from sip_controller.realtime.rest import OpenAIError, RealtimeCalls
 from sip_controller.realtime.retries import DEFAULT_POLICY, RetryPolicy, with_quick_retries
 from sip_controller.realtime.sideband import SidebandConnector
-from sip_controller.state.records import HANGING_UP, CallRow, Entry, Fence, Fenced, NewCall, StoredEntry, StoreError
+from sip_controller.state.records import (
+    HANGING_UP,
+    Admission,
+    CallerLimit,
+    CallExists,
+    CallRow,
+    Duplicate,
+    Entry,
+    Fence,
+    Fenced,
+    NewCall,
+    StoredEntry,
+    StoreError,
+)
 from sip_controller.state.store import Store
 from sip_controller.state.twilio_calls import TwilioCallRow
 from sip_controller.telephony.twiml import CORRELATION_HEADER, well_formed_correlation
@@ -146,14 +160,31 @@ class CallRegistry:
             return Refusal(DECLINE, f"{who} over {self._rate.limit_for(incoming.caller)} calls per minute")
         return None
 
-    async def _cluster_admission(self, incoming: IncomingCall) -> Refusal | None:
-        """The per-caller rate across the cluster (the store's sliding window; the per-replica limiter in
-        :meth:`admission` ran first and spares the store a write for a caller it already refuses)."""
-        limit = self._rate.limit_for(incoming.caller)
-        if await self._store.allow_caller(f"caller:{incoming.caller or ANONYMOUS}", limit):
-            return None
-        who = "caller" if incoming.caller else "callers without a number (one shared limit)"
-        return Refusal(DECLINE, f"{who} over {limit} calls per minute across the cluster")
+    def _caller_limit(self, incoming: IncomingCall) -> CallerLimit:
+        """The per-caller rate across the cluster: the store's sliding window, checked in the admission (the
+        per-replica limiter in :meth:`admission` ran first and spares the store the work for a caller it refuses)."""
+        return CallerLimit(f"caller:{incoming.caller or ANONYMOUS}", self._rate.limit_for(incoming.caller))
+
+    def _admitted(
+        self, admission: Admission, incoming: IncomingCall, *, counted: bool
+    ) -> tuple[CallRow | None, Refusal | None]:
+        """The row of a call the store admitted, or why the cluster refused it. Raises :class:`Duplicate` (the
+        caller's count, when ``counted`` here, given back: it was the same call delivered again) or
+        :class:`CallExists` for a call that is not new."""
+        if admission.outcome == "admitted" and admission.row is not None:
+            return admission.row, None
+        if admission.outcome == "rate_limited":
+            limit = self._rate.limit_for(incoming.caller)
+            who = "caller" if incoming.caller else "callers without a number (one shared limit)"
+            return None, Refusal(DECLINE, f"{who} over {limit} calls per minute across the cluster")
+        if admission.outcome == "at_capacity":
+            limit = self._settings.limits.max_concurrent_calls
+            return None, Refusal(BUSY, f"at capacity ({limit} live calls across the cluster)")
+        if admission.outcome == "exists":
+            raise CallExists(f"call {incoming.call_id} already exists")
+        if counted:
+            self._rate.forget(incoming.caller)
+        raise Duplicate(admission.held or "")
 
     def _new_call(
         self,
@@ -194,10 +225,15 @@ class CallRegistry:
             deadlines=deadlines,
         )
 
-    async def start(self, incoming: IncomingCall, profile_name: str | None = None) -> Refusal | None:
+    async def start(
+        self, incoming: IncomingCall, profile_name: str | None = None, *, claims: Sequence[str] = ()
+    ) -> Refusal | None:
         """Take charge of a call: write it to the store and supervise it, or reject it with a SIP code (returned)
-        when not admitted (here, or across the cluster: capacity and the caller's rate). Raises
-        :class:`~sip_controller.state.records.CallExists` for a call the store already holds."""
+        when not admitted (here, or across the cluster: capacity and the caller's rate). ``claims``: the intake's
+        dedupe keys (``webhook:<id>``, ``call:<call_id>``), claimed for ``limits.dedupe_ttl_s`` in the same store
+        transaction as the call row (``Store.admit``: one write on the ring path), or alone for a call refused here.
+        Raises :class:`~sip_controller.state.records.Duplicate` when one was already claimed (nothing else
+        happens) and :class:`~sip_controller.state.records.CallExists` for a call the store already holds."""
         twilio = await self._correlate(incoming)
         outbound = twilio is not None and twilio.direction == "outbound"
         if twilio is not None:
@@ -221,8 +257,6 @@ class CallRegistry:
         # a call we placed is not screened or rate-limited by its caller ID (our own number): capacity only
         refusal = None if outbound else routing.screen_caller(self._settings, incoming)
         refusal = refusal or self.admission(incoming, count_caller=not outbound)
-        if refusal is None and not outbound:
-            refusal = await self._cluster_admission(incoming)
         if refusal is None:
             profile = self._settings.profile(name)
             instructions = templates.render(
@@ -242,14 +276,19 @@ class CallRegistry:
                 session={"instructions": instructions, "accept_body": accept_body, **twilio_inputs(record)},
             )  # fmt: skip
             reports = self._settings.reports
-            row = await self._store.create_call(
-                new_call,
+            admission = await self._store.admit(
+                claims,
+                ttl_s=self._settings.limits.dedupe_ttl_s,
+                call=new_call,
                 max_live=self._settings.limits.max_concurrent_calls,
+                caller=None if outbound else self._caller_limit(incoming),
                 outbox=started_items(record, reports, at=self._wall_clock()),
             )
-            if row is None:
-                limit = self._settings.limits.max_concurrent_calls
-                refusal = Refusal(BUSY, f"at capacity ({limit} live calls across the cluster)")
+            row, refusal = self._admitted(admission, incoming, counted=not outbound)
+        elif claims:  # refused here (nothing counted): the claims alone, so a redelivery is not rejected twice
+            claimed = await self._store.admit(claims, ttl_s=self._settings.limits.dedupe_ttl_s)
+            if claimed.outcome == "duplicate":
+                raise Duplicate(claimed.held or "")
         self._notify(self.on_started, record)
         if refusal is not None:
             record.errors.append(f"rejected: {refusal.reason}")

@@ -48,7 +48,7 @@ from sip_controller.service.metrics import Metrics
 from sip_controller.service.notifier import ReportNotifier
 from sip_controller.state.factory import new_process_id
 from sip_controller.state.jobs import sweep_loop
-from sip_controller.state.records import CallExists
+from sip_controller.state.records import CallExists, Duplicate
 from sip_controller.state.store import Store
 from sip_controller.telephony.calls_api import TwilioCalls
 
@@ -328,15 +328,13 @@ def create_app(
         if rt.registry.draining and settings.limits.drain_mode == "redeliver":
             log.warning("webhook.draining", call_id=event.call_id)
             return _Answer(503, "draining")
-        ttl = settings.limits.dedupe_ttl_s
-        if not await rt.store.claim(f"webhook:{webhook_id}", ttl):
-            log.info("webhook.duplicate", key="webhook_id", call_id=event.call_id, webhook_id=webhook_id)
-            return _Answer(200, "duplicate")
-        if not await rt.store.claim(f"call:{event.call_id}", ttl):
-            log.info("webhook.duplicate", key="call_id", call_id=event.call_id, webhook_id=webhook_id)
-            return _Answer(200, "duplicate")
         try:
-            refusal = await rt.registry.start(event)
+            # the dedupe claims go in the call's admission: one store transaction on the ring path (#18)
+            refusal = await rt.registry.start(event, claims=(f"webhook:{webhook_id}", f"call:{event.call_id}"))
+        except Duplicate as exc:
+            key = "webhook_id" if exc.key.startswith("webhook:") else "call_id"
+            log.info("webhook.duplicate", key=key, call_id=event.call_id, webhook_id=webhook_id)
+            return _Answer(200, "duplicate")
         except CallExists:  # written by another replica (or before a restart) after its claim expired
             log.info("webhook.duplicate", key="call_row", call_id=event.call_id, webhook_id=webhook_id)
             return _Answer(200, "duplicate")

@@ -22,6 +22,8 @@ from .observe import WireObserver
 from .records import SimCall
 from .scenario import CallSpec, Scenario
 from .server import create_app
+from .twilio_api import calls_api_routes
+from .twilio_side import TwilioAccount, TwilioSide
 from .webhook_sender import WebhookSender, compact_json, incoming_call_event
 
 
@@ -48,6 +50,10 @@ class Simulator:
 
     ``host`` and ``port`` (0: any free port) are where it listens; ``routes`` are served beside OpenAI's
     (``sipctl simulator``'s control API, :mod:`~sip_controller.simulator.standalone`).
+
+    ``twilio`` (a :class:`~sip_controller.simulator.twilio_side.TwilioAccount`) adds the Twilio stand-in:
+    Twilio's Calls API at the same origin (``sim.twilio.base_url``), scripted callees, numbers to ring, TwiML
+    whose ``<Dial><Sip>`` to this project places a call here (:mod:`~sip_controller.simulator.twilio_side`).
     """
 
     def __init__(
@@ -66,6 +72,7 @@ class Simulator:
         host: str = "127.0.0.1",
         port: int = 0,
         routes: Sequence[BaseRoute] = (),
+        twilio: TwilioAccount | None = None,
     ) -> None:
         if time_scale <= 0:
             raise ValueError("time_scale must be positive")
@@ -94,6 +101,13 @@ class Simulator:
         self._tasks: set[asyncio.Task[None]] = set()
         self._late: dict[asyncio.Task[None], SimCall | None] = {}
         self._stopped = False
+        #: the Twilio stand-in (``None`` unless a ``twilio`` account was given)
+        self.twilio: TwilioSide | None = TwilioSide(self, twilio) if twilio is not None else None
+
+    @property
+    def project_id(self) -> str:
+        """The OpenAI project the simulator plays: ``sip:<project_id>@sip.api.openai.com`` reaches it."""
+        return self._ctx.project_id
 
     @property
     def faults(self) -> Faults:
@@ -133,6 +147,9 @@ class Simulator:
             )
             app = create_app(self._ctx)
             app.router.routes.extend(self._routes)
+            if self.twilio is not None:
+                app.router.routes.extend(calls_api_routes(self.twilio))
+                self.twilio.start(self._client)
             server = await stack.enter_async_context(serve(app, host=self._host, port=self._port))
         except BaseException:
             await stack.aclose()
@@ -159,6 +176,8 @@ class Simulator:
         if self._stopped:
             return
         self._stopped = True
+        if self.twilio is not None:
+            await self.twilio.stop()
         for runtime in list(self._ctx.runtimes.values()):
             await runtime.shutdown()
         while self._tasks:
@@ -178,10 +197,15 @@ class Simulator:
     ) -> None:
         await self.stop()
 
-    async def place_call(self, spec: CallSpec, *, also_to: Sequence[str] = ()) -> SimCall:
+    async def place_call(
+        self, spec: CallSpec, *, also_to: Sequence[str] = (), sip_headers: Sequence[tuple[str, str]] | None = None
+    ) -> SimCall:
         """Ring: create the call, deliver its webhook (``spec.deliveries`` times, concurrently, with retries) to
         ``webhook_url``, and the same webhook at the same time to each URL of ``also_to`` (several replicas that
         each received it: the same ``webhook-id``).
+
+        ``sip_headers`` replaces the INVITE's headers (default: an Elastic SIP trunk's, from ``spec``): the
+        Twilio stand-in's ``<Dial><Sip>`` passes its own.
 
         Returns once the deliveries are done; the call goes on in the background.
         """
@@ -203,7 +227,10 @@ class Simulator:
         self._ctx.runtimes[call_id] = runtime
         self.calls[call_id] = record
         runtime.start()
-        body = compact_json(incoming_call_event(call_id, spec, self._ctx.project_id, record.event_id))
+        event = incoming_call_event(call_id, spec, self._ctx.project_id, record.event_id)
+        if sip_headers is not None:
+            event["data"]["sip_headers"] = [{"name": name, "value": value} for name, value in sip_headers]
+        body = compact_json(event)
         task = asyncio.create_task(self._deliver(record, (url, *also_to), body), name=f"sim:{call_id}:webhook")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -279,6 +306,25 @@ class Simulator:
     def heal(self, call_id: str, endpoint: Endpoint) -> None:
         """Stop injecting errors on ``endpoint`` for this call: e.g. hangups that kept failing start to work."""
         self._ctx.runtimes[call_id].faults.heal(endpoint, self.now())
+
+    async def hang_up(self, call_id: str) -> bool:
+        """The far side hangs up (a BYE, or a CANCEL while ringing): the call ends by its caller. False if it had
+        already ended."""
+        runtime = self._ctx.runtimes.get(call_id)
+        return runtime is not None and await runtime.end("caller")
+
+    async def wait_accepted(self, call_id: str, timeout: float) -> bool:
+        """True once the call is accepted; False if it ends first or ``timeout`` seconds pass."""
+        runtime = self._ctx.runtimes[call_id]
+        ended = asyncio.ensure_future(runtime.rec.ended.wait())
+        accepted = asyncio.ensure_future(runtime.accepted.wait())
+        try:
+            await asyncio.wait({ended, accepted}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ended.cancel()
+            accepted.cancel()
+            await asyncio.gather(ended, accepted, return_exceptions=True)
+        return runtime.accepted.is_set()
 
     async def wait_ended(self, call_id: str, timeout: float) -> SimCall:
         """Wait until the call has ended; ``TimeoutError`` if it has not within ``timeout`` seconds."""

@@ -43,6 +43,8 @@ from sip_controller.state import migrations
 from sip_controller.state.records import (
     COMMAND_KINDS,
     HANGING_UP,
+    Admission,
+    CallerLimit,
     CallExists,
     CallRow,
     CommandRow,
@@ -67,6 +69,7 @@ from sip_controller.state.records import (
     decode_cursor,
     dumps,
     encode_cursor,
+    new_call_row,
     outbox_row,
 )
 from sip_controller.state.store import UNSET, Store, _Unset, call_changes
@@ -371,6 +374,41 @@ class PostgresStore(Store):
                 return None  # at capacity
             await _enqueue(conn, outbox, now)
         return _call_row(row)
+
+    async def admit(
+        self,
+        claims: Sequence[str],
+        *,
+        ttl_s: float,
+        call: NewCall | None = None,
+        max_live: int | None = None,
+        caller: CallerLimit | None = None,
+        outbox: Sequence[OutboxItem] = (),
+    ) -> Admission:
+        now = self._clock()
+        keys = list(dict.fromkeys(claims))
+        limit = caller if caller is not None and caller.limit > 0 else None
+        items = list(outbox) if call is not None else []
+        async with self._conn() as conn:  # one statement, one round trip (0004_admit.sql)
+            row = await conn.fetchrow(
+                "SELECT outcome, held FROM sipctl_admit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, "
+                "$15, $16, $17, $18, $19, $20, $21, $22, $23, $24)",
+                keys, now + ttl_s, now,
+                *(
+                    (call.call_id, call.owner, call.state, call.profile, dict(call.inputs), call.caller, call.dialed,
+                     call.received_at, call.accepted_at, dict(call.deadlines), call.cost_usd)
+                    if call is not None else (None,) * 11
+                ),
+                max_live, limit.key if limit else None, limit.limit if limit else 0, limit.window_s if limit else 0.0,
+                [i.key for i in items], [i.call_id for i in items], [i.destination for i in items],
+                [i.event for i in items], [dumps(i.payload) for i in items],
+                [now if i.due_at is None else i.due_at for i in items],
+            )  # fmt: skip
+        outcome = row["outcome"]
+        if outcome == "admitted":
+            assert call is not None
+            return Admission("admitted", row=new_call_row(call, now))
+        return Admission(outcome, held=row["held"])
 
     async def get_call(self, call_id: str) -> CallRow | None:
         async with self._conn() as conn:

@@ -35,6 +35,15 @@ class CallExists(StoreError):
     """``create_call`` for a ``call_id`` that already has a row."""
 
 
+class Duplicate(StoreError):
+    """An admission (``Store.admit``) found one of its claim keys already held: a webhook delivered again, or a call
+    another replica (or this process, before a restart) already took. ``key`` is that key."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"already claimed: {key}")
+        self.key = key
+
+
 class SchemaError(StoreError):
     """The database's schema does not fit this code: newer than the code knows, a migration changed after it was
     applied, or migrations not yet applied where the caller asked not to apply them."""
@@ -72,6 +81,32 @@ class NewCall:
 
 
 @dataclass(frozen=True)
+class CallerLimit:
+    """The per-caller sliding window an admission checks (``Store.admit``): at most ``limit`` calls from ``key``
+    (a caller number, or the anonymous bucket) in ``window_s``; 0 or less turns it off."""
+
+    key: str
+    limit: int
+    window_s: float = 60.0
+
+
+#: what ``Store.admit`` decided: the call written (``admitted``); the claims only, no call given (``claimed``);
+#: a claim already held, nothing written (``duplicate``); claims written but the call refused: the caller over its
+#: window (``rate_limited``), the cluster at ``max_live`` (``at_capacity``), or the call_id already has a row
+#: (``exists``)
+AdmissionOutcome = Literal["admitted", "claimed", "duplicate", "rate_limited", "at_capacity", "exists"]
+
+
+@dataclass(frozen=True)
+class Admission:
+    outcome: AdmissionOutcome
+    #: the call as written (``admitted``)
+    row: CallRow | None = None
+    #: the claim key found held (``duplicate``)
+    held: str | None = None
+
+
+@dataclass(frozen=True)
 class CallRow:
     """A call as the store holds it (``report`` is read separately: ``get_report``)."""
 
@@ -105,6 +140,32 @@ class CallRow:
     @property
     def live(self) -> bool:
         return self.ended_at is None
+
+
+def new_call_row(call: NewCall, now: float) -> CallRow:
+    """The row ``call`` makes when it is inserted at ``now`` (the schema's defaults for the rest): what an admission
+    returns without reading the row back (its JSON columns are the caller's own values)."""
+    return CallRow(
+        call_id=call.call_id,
+        owner=call.owner,
+        epoch=1,
+        state=call.state,
+        profile=call.profile,
+        inputs=dict(call.inputs),
+        caller=call.caller,
+        dialed=call.dialed,
+        received_at=call.received_at,
+        accepted_at=call.accepted_at,
+        deadlines=dict(call.deadlines),
+        cost_usd=call.cost_usd,
+        wake_at=None,
+        takeovers=0,
+        takeover_gap_s=None,
+        entry_count=0,
+        updated_at=now,
+        ended_at=None,
+        ended_reason=None,
+    )
 
 
 @dataclass(frozen=True)

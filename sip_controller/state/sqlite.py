@@ -47,6 +47,8 @@ from sip_controller.state import migrations
 from sip_controller.state.records import (
     COMMAND_KINDS,
     HANGING_UP,
+    Admission,
+    CallerLimit,
     CallExists,
     CallRow,
     CommandRow,
@@ -70,6 +72,7 @@ from sip_controller.state.records import (
     decode_cursor,
     dumps,
     encode_cursor,
+    new_call_row,
     outbox_row,
 )
 from sip_controller.state.store import UNSET, Store, _Unset, call_changes
@@ -425,6 +428,65 @@ class SQLiteStore(Store):
                 raise CallExists(f"call {call.call_id} already exists")
             self._enqueue(conn, outbox, now)
             return _call_row(rows[0])
+
+        return await self._write(op)
+
+    async def admit(
+        self,
+        claims: Sequence[str],
+        *,
+        ttl_s: float,
+        call: NewCall | None = None,
+        max_live: int | None = None,
+        caller: CallerLimit | None = None,
+        outbox: Sequence[OutboxItem] = (),
+    ) -> Admission:
+        now = self._clock()
+        keys = list(dict.fromkeys(claims))
+        values = None
+        if call is not None:
+            values = (
+                call.call_id, call.owner, call.state, call.profile, dumps(call.inputs), call.caller, call.dialed,
+                call.received_at, call.accepted_at, dumps(call.deadlines), call.cost_usd, now,
+            )  # fmt: skip
+        limit = caller if caller is not None and caller.limit > 0 else None
+
+        def op(conn: Conn) -> Admission:
+            for key in keys:
+                held = conn.execute("SELECT 1 FROM claims WHERE key = ? AND expires_at > ?", (key, now)).fetchone()
+                if held is not None:
+                    return Admission("duplicate", held=key)  # nothing written yet: the transaction ends clean
+            conn.executemany(
+                "INSERT INTO claims (key, expires_at) VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
+                "SET expires_at = excluded.expires_at",
+                [(key, now + ttl_s) for key in keys],
+            )
+            if call is None or values is None:
+                return Admission("claimed")
+            if limit is not None:
+                seen = conn.execute(
+                    "SELECT count(*) FROM caller_hits WHERE key = ? AND at > ?", (limit.key, now - limit.window_s)
+                ).fetchone()[0]
+                if seen >= limit.limit:
+                    return Admission("rate_limited")
+            live = "SELECT count(*) FROM calls WHERE ended_at IS NULL"
+            if max_live is not None and conn.execute(live).fetchone()[0] >= max_live:
+                return Admission("at_capacity")
+            inserted = conn.execute(
+                "INSERT INTO calls (call_id, owner, state, profile, inputs, caller, dialed, received_at, "
+                "accepted_at, deadlines, cost_usd, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (call_id) DO NOTHING",
+                values,
+            ).rowcount
+            if not inserted:
+                return Admission("exists")
+            if limit is not None:
+                conn.execute(
+                    "INSERT INTO caller_hits (key, at, expires_at) VALUES (?, ?, ?)",
+                    (limit.key, now, now + limit.window_s),
+                )
+            self._enqueue(conn, outbox, now)
+            return Admission("admitted", row=new_call_row(call, now))
 
         return await self._write(op)
 

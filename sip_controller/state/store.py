@@ -40,6 +40,8 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 
 from sip_controller.state.records import (
+    Admission,
+    CallerLimit,
     CallRow,
     CommandRow,
     Entry,
@@ -171,6 +173,25 @@ class Store(StateStore, Protocol):
         in the same transaction. With ``max_live``, only while fewer than ``max_live`` calls are live across the
         cluster (checked and written atomically): None when at capacity. Raises :class:`~.records.CallExists`
         for a ``call_id`` already written."""
+        ...
+
+    async def admit(
+        self,
+        claims: Sequence[str],
+        *,
+        ttl_s: float,
+        call: NewCall | None = None,
+        max_live: int | None = None,
+        caller: CallerLimit | None = None,
+        outbox: Sequence[OutboxItem] = (),
+    ) -> Admission:
+        """The whole admission of a new call in ONE transaction (#18: one write on the ring path, not four): claim
+        every key of ``claims`` for ``ttl_s`` (all or none, like ``claim``: one winner per key across the cluster);
+        then, given a ``call``, the ``caller``'s sliding window (as ``allow_caller``), the cluster-wide capacity
+        ``max_live`` (as ``create_call``), the call row at epoch 1 and its ``outbox`` rows. The outcome says which
+        step stopped it (:data:`~.records.AdmissionOutcome`): ``duplicate`` writes nothing; ``rate_limited``,
+        ``at_capacity`` and ``exists`` keep the claims (the webhook is answered) but neither the call nor a caller
+        hit; ``admitted`` counts the caller and returns the row."""
         ...
 
     async def get_call(self, call_id: str) -> CallRow | None:

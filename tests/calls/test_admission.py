@@ -65,3 +65,20 @@ def test_memory_is_bounded() -> None:
     for i in range(1000):
         limiter.allow(f"+1{i:010d}")
     assert len(limiter._seen) == 100
+
+
+def test_forget_takes_back_the_last_counted_call() -> None:
+    clock = Clock()
+    limiter = CallerRateLimiter(2, anonymous_per_minute=1, clock=clock)
+    assert limiter.allow("+1")
+    assert limiter.allow("+1")
+    limiter.forget("+1")  # the second was a webhook delivered again
+    assert limiter.allow("+1")
+    assert not limiter.allow("+1")
+    assert limiter.allow(None)
+    limiter.forget(None)
+    assert limiter.allow(None)
+    limiter.forget("+never-seen")  # nothing to take back: no error
+    off = CallerRateLimiter(0)
+    off.forget("+1")  # the limit is off: nothing counted, nothing to take back
+    assert off.allow("+1")

@@ -337,3 +337,45 @@ async def test_a_fenced_call_stops_and_is_not_reported_by_this_process(
     assert live is not None
     assert live.live
     assert live.owner == "survivor"
+
+
+async def test_start_claims_the_webhook_and_the_call_in_its_admission(
+    store: SQLiteStore, api: RealtimeCalls, router: respx.Router
+) -> None:
+    from sip_controller.state.records import Duplicate
+
+    connector = FakeConnector()
+    limits = Limits(caller_calls_per_minute=2)
+    registry = CallRegistry(Settings(limits=limits), api, connector, store=store, owner=OWNER)
+    keys = ("webhook:wh_rtc_c", "call:rtc_c")
+    assert await registry.start(incoming("rtc_c"), claims=keys) is None
+    assert await store.get_call("rtc_c") is not None
+    assert [await store.claim(k, 60) for k in keys] == [False, False]  # claimed with the call, one transaction
+    with pytest.raises(Duplicate) as held:
+        await registry.start(incoming("rtc_c"), claims=keys)  # the same webhook delivered again
+    assert held.value.key == "webhook:wh_rtc_c"
+    assert registry.live_count == 1
+    assert len(router.routes["accept"].calls) == 1
+    # the redelivery was not counted against the caller (limit 2): a second call is still admitted
+    assert await registry.start(incoming("rtc_c2"), claims=("webhook:wh_rtc_c2", "call:rtc_c2")) is None
+    assert await store.caller_count("caller:+14155550123") == 2
+    for cid in ("rtc_c", "rtc_c2"):
+        await _attached(connector, cid)
+        connector.attached[cid].close_from_server()
+        await registry.wait_ended(cid, 5)
+
+
+async def test_a_call_refused_here_still_claims_its_keys(
+    store: SQLiteStore, api: RealtimeCalls, router: respx.Router
+) -> None:
+    from sip_controller.state.records import Duplicate
+
+    registry = CallRegistry(Settings(), api, FakeConnector(), store=store, owner=OWNER)
+    registry.draining = True
+    refusal = await registry.start(incoming("rtc_n"), claims=("webhook:wh_rtc_n", "call:rtc_n"))
+    assert refusal is not None
+    assert refusal.status_code == 503
+    await registry.wait_ended("rtc_n", 5)
+    with pytest.raises(Duplicate):
+        await registry.start(incoming("rtc_n"), claims=("webhook:wh_rtc_n2", "call:rtc_n"))
+    assert len(router.routes["reject"].calls) == 1  # rejected once

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from sip_controller.state.records import (
+    CallerLimit,
     CallExists,
     Entry,
     Fence,
@@ -572,6 +573,107 @@ async def test_sweep_forgets_old_deliveries_and_dead_processes(cluster: Cluster,
     assert (counts.outbox, counts.processes) == (2, 1)  # "owner" still owns a live call: kept
     assert {p.process_id for p in await store.lapsed_processes()} == {"owner"}
     assert (await store.outbox_stats()).pending == 1
+
+
+# ---- the admission (one transaction) ----------------------------------------------------------------------------
+
+KEYS = ("webhook:wh_1", "call:rtc_1")
+
+
+async def test_admit_writes_claims_call_caller_hit_and_outbox_in_one_go(cluster: Cluster, store: Store) -> None:
+    cluster.clock.advance(0.25)
+    outbox = [OutboxItem("call.started:rtc_1:jsonl", "jsonl", "call.started", {"call_id": "rtc_1"}, "rtc_1")]
+    got = await store.admit(
+        KEYS, ttl_s=TTL, call=new_call("rtc_1", accepted_at=T0 + 0.1), max_live=5,
+        caller=CallerLimit("+14155550100", 3), outbox=outbox,
+    )  # fmt: skip
+    assert (got.outcome, got.held) == ("admitted", None)
+    assert got.row is not None
+    assert got.row == await store.get_call("rtc_1")  # the row as written, without reading it back
+    assert got.row.fence == Fence("rtc_1", "p1", 1)
+    assert got.row.updated_at == T0 + 0.25
+    assert [await store.claim(k, TTL) for k in KEYS] == [False, False]
+    assert await store.caller_count("+14155550100") == 1
+    claimed = await store.claim_outbox("w1")
+    assert [(r.key, r.call_id, r.payload) for r in claimed] == [
+        ("call.started:rtc_1:jsonl", "rtc_1", {"call_id": "rtc_1"})
+    ]
+
+
+async def test_admit_a_duplicate_writes_nothing_and_names_the_held_key(store: Store) -> None:
+    assert await store.claim("call:rtc_1", TTL)
+    got = await store.admit(
+        KEYS, ttl_s=TTL, call=new_call("rtc_1"), caller=CallerLimit("+14155550100", 3), outbox=[ended("rtc_1")]
+    )
+    assert (got.outcome, got.held, got.row) == ("duplicate", "call:rtc_1", None)
+    assert await store.claim("webhook:wh_1", TTL) is True  # all or none: the free key was not taken either
+    assert await store.get_call("rtc_1") is None
+    assert await store.caller_count("+14155550100") == 0
+    assert (await store.outbox_stats()).pending == 0
+    again = await store.admit(["webhook:wh_2", "call:rtc_2"], ttl_s=TTL)
+    assert again.outcome == "claimed"
+    assert (await store.admit(["webhook:wh_2"], ttl_s=TTL)).held == "webhook:wh_2"
+
+
+async def test_admit_takes_an_expired_claim(cluster: Cluster, store: Store) -> None:
+    assert (await store.admit(KEYS, ttl_s=10)).outcome == "claimed"
+    assert (await store.admit(KEYS, ttl_s=10)).outcome == "duplicate"
+    cluster.clock.advance(11)
+    got = await store.admit(KEYS, ttl_s=10, call=new_call("rtc_1"))
+    assert got.outcome == "admitted"
+
+
+async def test_admit_refusals_keep_the_claims_but_count_nothing(store: Store) -> None:
+    await live_call(store, "rtc_live")
+    limit = CallerLimit("+14155550100", 1)
+    at_capacity = await store.admit(["call:rtc_a"], ttl_s=TTL, call=new_call("rtc_a"), max_live=1, caller=limit)
+    assert (at_capacity.outcome, at_capacity.row) == ("at_capacity", None)
+    assert await store.caller_count("+14155550100") == 0  # refused: not counted
+    exists = await store.admit(["call:rtc_b"], ttl_s=TTL, call=new_call("rtc_live", "p2"), caller=limit)
+    assert exists.outcome == "exists"
+    assert (await store.get_call("rtc_live") or new_call("x")).owner == "p1"
+    assert await store.caller_count("+14155550100") == 0
+    assert (await store.admit(["call:rtc_c"], ttl_s=TTL, call=new_call("rtc_c"), caller=limit)).outcome == "admitted"
+    limited = await store.admit(
+        ["call:rtc_d"], ttl_s=TTL, call=new_call("rtc_d"), caller=limit, outbox=[ended("rtc_d")]
+    )
+    assert limited.outcome == "rate_limited"
+    assert await store.get_call("rtc_d") is None
+    assert (await store.outbox_stats()).pending == 0
+    assert [await store.claim(k, TTL) for k in ("call:rtc_a", "call:rtc_b", "call:rtc_d")] == [False, False, False]
+    off = await store.admit(["call:rtc_e"], ttl_s=TTL, call=new_call("rtc_e"), caller=CallerLimit("+14155550100", 0))
+    assert off.outcome == "admitted"  # a limit of 0 is off
+    assert await store.caller_count("+14155550100") == 1
+
+
+async def test_admit_races_across_replicas_one_winner_per_call_and_capacity_holds(cluster: Cluster) -> None:
+    a, b = await cluster.open(), await cluster.open()
+
+    async def ring(store: Store, i: int) -> str:
+        call_id = f"rtc_{i // 2}"  # every call arrives twice (one webhook redelivered), at both replicas
+        got = await store.admit(
+            [f"webhook:wh_{i // 2}", f"call:{call_id}"], ttl_s=TTL, call=new_call(call_id), max_live=5
+        )
+        return got.outcome
+
+    outcomes = await asyncio.gather(*(ring(s, i) for i, s in enumerate([a, b] * 8)))
+    assert outcomes.count("duplicate") == 8
+    assert outcomes.count("admitted") == 5
+    assert outcomes.count("at_capacity") == 3
+    assert await a.count_live() == 5
+
+
+async def test_admit_caller_window_holds_across_replicas(cluster: Cluster) -> None:
+    a, b = await cluster.open(), await cluster.open()
+    limit = CallerLimit("+14155550100", 3)
+    results = await asyncio.gather(
+        *(
+            s.admit([f"call:rtc_{i}"], ttl_s=TTL, call=new_call(f"rtc_{i}"), caller=limit)
+            for i, s in enumerate([a, b] * 5)
+        )
+    )
+    assert [r.outcome for r in results].count("admitted") == 3
+    assert await b.caller_count("+14155550100") == 3
 
 
 # ---- cluster counts --------------------------------------------------------------------------------------------

@@ -1,0 +1,604 @@
+"""One Twilio call on the stand-in: its progress (queued → initiated → ringing → in-progress → a final status),
+its callee or caller, answering-machine detection, and the TwiML it runs, ``<Dial><Sip>`` into the
+simulator's OpenAI side included.
+
+Status callbacks go out in order from one queue per call, as Twilio sends them: asynchronously, never
+blocking the call, never retried. TwiML fetches (the ``Url``, a ``<Dial action>``, a ``referUrl``, a
+``<Redirect>``) are synchronous: the call waits for the answer, and a failed fetch ends it with 11200.
+
+A bridged OpenAI leg runs the person's script (:meth:`Callee.leg_spec <.twilio_spec.Callee.leg_spec>`); when
+the person hangs up there (the OpenAI call ends by its caller), the Twilio call ends too; when the controller
+hangs the OpenAI call up, the ``<Dial>`` is over and the TwiML goes on after it (to its end: a hang-up).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from .records import SimCall
+from .twilio_records import Bridge, Callback, Spoken, TwilioCall
+from .twilio_spec import Callee, InboundCall, speech_seconds
+from .twilio_twiml import Dial, Document, Hangup, Pause, Redirect, Reject, Say
+
+API_VERSION = "2010-04-01"
+OPENAI_SIP_HOST = "sip.api.openai.com"
+#: TwiML documents one call may run (each redirect, action or refer answer is one more)
+MAX_DOCUMENTS = 20
+#: seconds a fax line stays up after AMD called it
+FAX_SECONDS = 3.0
+#: how the OpenAI leg's ending maps to ``DialCallStatus``/SIP code when it was never answered
+_REJECT_BUSY = frozenset({486, 600, 603})
+
+
+@dataclass(frozen=True)
+class CallOptions:
+    """What a Calls API ``create`` asked for (or, for an inbound call, the number's configuration)."""
+
+    url: str | None = None
+    method: str = "POST"
+    twiml: str | None = None
+    status_callback: str | None = None
+    status_events: frozenset[str] = frozenset({"completed"})
+    status_method: str = "POST"
+    timeout: float = 60.0
+    machine_detection: str | None = None
+    amd_timeout: float = 30.0
+    async_amd: bool = False
+    async_amd_callback: str | None = None
+    async_amd_method: str = "POST"
+    record: bool = False
+    recording_channels: str = "mono"
+    recording_callback: str | None = None
+    recording_method: str = "POST"
+
+
+class Switchboard(Protocol):
+    """What a call needs from the stand-in (:class:`~.twilio_side.TwilioSide`): the clock, the controller's
+    URLs (signed requests), and the OpenAI side's calls."""
+
+    @property
+    def base_url(self) -> str: ...
+    @property
+    def time_scale(self) -> float: ...
+    @property
+    def project_id(self) -> str: ...
+    @property
+    def task_errors(self) -> list[BaseException]: ...
+    def now(self) -> float: ...
+    def scaled(self, seconds: float) -> float: ...
+    def has_voice_url(self, number: str) -> tuple[str, str] | None: ...
+    async def send(self, record: TwilioCall, kind: str, url: str, method: str, params: dict[str, str]) -> Callback: ...
+    async def fetch_twiml(
+        self, record: TwilioCall, kind: str, url: str, method: str, params: dict[str, str]
+    ) -> Document | None: ...
+    def read_twiml(self, record: TwilioCall, text: str | bytes, source: str) -> Document | None: ...
+    async def place_leg(self, engine: CallEngine, dial: Dial, headers: list[tuple[str, str]]) -> SimCall: ...
+    async def hang_up_leg(self, call_id: str) -> None: ...
+    async def wait_answered(self, call_id: str, timeout: float) -> bool: ...
+    def leg(self, call_id: str) -> SimCall | None: ...
+
+
+class _Over(Exception):
+    """The call has ended: the flow stops here."""
+
+
+def rfc2822_now() -> str:
+    return datetime.now(UTC).strftime("%a, %d %b %Y %H:%M:%S +0000")
+
+
+def new_sid(prefix: str) -> str:
+    return prefix + secrets.token_hex(16)
+
+
+class CallEngine:
+    """Runs one :class:`TwilioCall`: exactly one of ``callee`` (an outbound call) and ``caller`` (inbound)."""
+
+    def __init__(
+        self,
+        side: Switchboard,
+        record: TwilioCall,
+        options: CallOptions,
+        *,
+        callee: Callee | None = None,
+        caller: InboundCall | None = None,
+    ) -> None:
+        if (callee is None) == (caller is None):
+            raise ValueError("a call has a callee (outbound) or a caller (inbound)")
+        self.side = side
+        self.rec = record
+        self.options = options
+        self.callee = callee
+        self.caller = caller
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._flow: asyncio.Task[None] | None = None
+        self._outbox: asyncio.Queue[tuple[str, str, str, dict[str, str]] | None] = asyncio.Queue()
+        self._sender: asyncio.Task[None] | None = None
+        self._sequence = 0
+        self._documents = 0
+        self._leg: str | None = None
+        self._ending = False
+        self._redirected: asyncio.Task[None] | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._sender = asyncio.create_task(self._send_loop(), name=f"twilio:{self.rec.sid}:callbacks")
+        flow = self._outbound() if self.callee is not None else self._inbound()
+        self._flow = self._spawn(self._guarded(flow), "flow")
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=f"twilio:{self.rec.sid}:{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.side.task_errors.append(task.exception())  # type: ignore[arg-type]
+
+    async def _guarded(self, flow: Coroutine[Any, Any, None]) -> None:
+        with contextlib.suppress(_Over):
+            await flow
+            self.finish("completed", "twiml")
+
+    async def shutdown(self) -> None:
+        """The simulator stops: cancel everything, callbacks included."""
+        tasks = [*self._tasks, *([self._sender] if self._sender is not None else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def scaled(self, seconds: float) -> float:
+        return self.side.scaled(seconds)
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            await asyncio.sleep(self.scaled(seconds))
+
+    # ---- parameters and callbacks ----------------------------------------------------------------
+
+    def params(self, status: str | None = None) -> dict[str, str]:
+        """The parameters every Twilio request about this call carries."""
+        rec = self.rec
+        params = {
+            "AccountSid": rec.account_sid,
+            "ApiVersion": API_VERSION,
+            "CallSid": rec.sid,
+            "CallStatus": status or rec.status,
+            "Called": rec.to,
+            "Caller": rec.from_,
+            "Direction": rec.direction,
+            "From": rec.from_,
+            "To": rec.to,
+        }
+        if rec.answered_by is not None:
+            params["AnsweredBy"] = rec.answered_by
+        return params
+
+    def _status_event(self, event: str, status: str) -> None:
+        """Queue the status callback for ``event`` if the call subscribed to it (``completed`` always)."""
+        opts = self.options
+        if opts.status_callback is None or (event not in opts.status_events and event != "completed"):
+            return
+        params = self.params(status)
+        params.update(CallbackSource="call-progress-events", SequenceNumber=str(self._sequence),
+                      Timestamp=rfc2822_now())  # fmt: skip
+        self._sequence += 1
+        if event == "completed":
+            rec = self.rec
+            params["CallDuration"] = str(rec.duration or 0)
+            if rec.sip_response_code is not None:
+                params["SipResponseCode"] = str(rec.sip_response_code)
+            if rec.error_code is not None:
+                params["ErrorCode"] = str(rec.error_code)
+                params["ErrorMessage"] = rec.error_message or ""
+        self._outbox.put_nowait(("status", opts.status_callback, opts.status_method, params))
+
+    async def _send_loop(self) -> None:
+        while True:
+            item = await self._outbox.get()
+            if item is None:
+                return
+            kind, url, method, params = item
+            await self.side.send(self.rec, kind, url, method, params)
+
+    # ---- the end -----------------------------------------------------------------------------------
+
+    def finish(self, status: str, by: str, *, sip: int | None = None, error: int | None = None,
+               message: str | None = None) -> bool:  # fmt: skip
+        """End the call now with ``status``; the hang-up of a live OpenAI leg and the final callbacks follow in
+        the background. False if it was already ending."""
+        if self._ending:
+            return False
+        self._ending = True
+        rec = self.rec
+        rec.status, rec.ended_by, rec.ended_at = status, by, self.side.now()
+        rec.sip_response_code = sip if sip is not None else (200 if rec.answered_at is not None else None)
+        rec.error_code, rec.error_message = error, message
+        answered = rec.answered_at
+        rec.duration = 0 if answered is None else round((rec.ended_at - answered) / self.side.time_scale)
+        self._spawn(self._wrap_up(), "wrap-up")
+        return True
+
+    async def _wrap_up(self) -> None:
+        current = asyncio.current_task()
+        others = [task for task in self._tasks if task is not current]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+        await self._hang_up_leg()
+        self._collect_voicemail()
+        self._status_event("completed", self.rec.status)
+        self._recording()
+        self._outbox.put_nowait(None)
+        if self._sender is not None:
+            await asyncio.wait({self._sender})
+        self.rec.ended.set()
+
+    async def _hang_up_leg(self) -> None:
+        leg, self._leg = self._leg, None
+        if leg is not None:
+            await self.side.hang_up_leg(leg)
+
+    def _collect_voicemail(self) -> None:
+        rec = self.rec
+        if rec.beep_at is None:
+            return
+        heard: list[tuple[float, str]] = [(s.t, s.text) for s in rec.said if s.recorded]
+        for call_id in rec.openai_call_ids:
+            leg = self.side.leg(call_id)
+            for response in leg.responses if leg is not None else ():
+                started = response.audio_started_at
+                if started is not None and started >= rec.beep_at and response.transcript.strip():
+                    heard.append((started, response.transcript))
+        rec.voicemail_message = [text for _, text in sorted(heard, key=lambda item: item[0])]
+
+    def _recording(self) -> None:
+        opts, rec = self.options, self.rec
+        if not opts.record or rec.answered_at is None:
+            return
+        sid = new_sid("RE")
+        rec.recording = {
+            "sid": sid,
+            "url": f"{self.side.base_url}/{API_VERSION}/Accounts/{rec.account_sid}/Recordings/{sid}",
+            "duration": rec.duration or 0,
+            "channels": 2 if opts.recording_channels == "dual" else 1,
+        }
+        if opts.recording_callback is None:
+            return
+        params = {
+            "AccountSid": rec.account_sid,
+            "CallSid": rec.sid,
+            "RecordingSid": sid,
+            "RecordingUrl": rec.recording["url"],
+            "RecordingStatus": "completed",
+            "RecordingDuration": str(rec.recording["duration"]),
+            "RecordingChannels": str(rec.recording["channels"]),
+            "RecordingSource": "OutboundAPI" if rec.direction == "outbound-api" else "StartCallRecordingAPI",
+            "RecordingStartTime": rfc2822_now(),
+        }
+        self._outbox.put_nowait(("recording", opts.recording_callback, opts.recording_method, params))
+
+    def over(self, status: str, by: str, **details: Any) -> _Over:
+        """Finish with ``status`` and return the exception that stops the flow (``raise engine.over(…)``)."""
+        self.finish(status, by, **details)
+        return _Over()
+
+    # ---- from outside: the Calls API ---------------------------------------------------------------
+
+    def cancel_or_complete(self, wanted: str) -> None:
+        """``Status=completed|canceled`` on an update: a ringing or queued call is canceled (either value), an
+        answered one completed (``completed`` only; ``canceled`` leaves it be)."""
+        if self._ending:
+            return
+        if self.rec.answered_at is None:
+            self.finish("canceled", "api", sip=487)
+        elif wanted == "completed":
+            self.finish("completed", "api")
+
+    def redirect(self, document: Document, source: str) -> None:
+        """A live update with new TwiML: what runs now stops (a bridged OpenAI leg is hung up), the new runs."""
+        self._replace_flow(self._run_new(document, source))
+
+    def redirect_to_url(self, url: str, method: str) -> None:
+        """A live update with a ``Url``: what runs now stops, then the URL is asked for TwiML and that runs."""
+        self._replace_flow(self._fetch_new(url, method))
+
+    def _replace_flow(self, following: Coroutine[Any, Any, None]) -> None:
+        if self._ending:
+            following.close()
+            return
+        old = self._flow
+        self._flow = self._spawn(self._guarded(self._after(old, following)), "redirected")
+
+    async def _after(self, old: asyncio.Task[None] | None, following: Coroutine[Any, Any, None]) -> None:
+        if old is not None and not old.done():
+            old.cancel()
+            await asyncio.gather(old, return_exceptions=True)
+        await self._hang_up_leg()
+        await following
+
+    async def _run_new(self, document: Document, source: str) -> None:
+        await self.run(document, source)
+
+    async def _fetch_new(self, url: str, method: str) -> None:
+        document = await self._fetch_or_end("redirect", url, method, self.params())
+        await self.run(document, "redirect")
+
+    # ---- answering ---------------------------------------------------------------------------------
+
+    def answer(self) -> None:
+        """The call is up: in-progress, the ``answered`` callback, the far side's own hang-up timer."""
+        rec = self.rec
+        if rec.answered_at is not None or self._ending:
+            return
+        rec.answered_at = self.side.now()
+        rec.status = "in-progress"
+        self._status_event("answered", "in-progress")
+        callee = self.callee
+        if callee is not None and callee.outcome == "voicemail":
+            self._spawn(self._voicemail(callee), "voicemail")
+        else:
+            limit = self.caller.max_call_seconds if self.caller is not None else None
+            if callee is not None:
+                limit = FAX_SECONDS + callee.amd_seconds if callee.outcome == "fax" else callee.max_call_seconds
+            if limit is not None:
+                self._spawn(self._far_side_hangs_up(limit), "far-side")
+
+    async def _far_side_hangs_up(self, after: float) -> None:
+        await self.sleep(after)
+        self.finish("completed", "caller" if self.caller is not None else "callee")
+
+    async def _voicemail(self, callee: Callee) -> None:
+        await self.sleep(callee.greeting_length)
+        if callee.beep:
+            self.rec.beep_at = self.side.now()
+        await self._far_side_hangs_up(callee.max_message_seconds)
+
+    # ---- outbound ----------------------------------------------------------------------------------
+
+    async def _outbound(self) -> None:
+        callee, rec = self.callee, self.rec
+        assert callee is not None
+        rec.status = "initiated"
+        self._status_event("initiated", "initiated")
+        if callee.outcome == "busy":
+            raise self.over("busy", "carrier", sip=callee.sip_response_code or 486)
+        if callee.outcome == "failed":
+            raise self.over("failed", "carrier", sip=callee.sip_response_code or 404, error=callee.error_code,
+                            message="the carrier refused the call")  # fmt: skip
+        rec.status = "ringing"
+        self._status_event("ringing", "ringing")
+        await self.sleep(callee.rings_for(self.options.timeout))
+        if callee.outcome == "no_answer":
+            raise self.over("no-answer", "carrier", sip=callee.sip_response_code or 487)
+        if callee.outcome == "hangup_while_ringing":
+            raise self.over("busy", "callee", sip=callee.sip_response_code or 603)
+        self.answer()
+        await self._detect_machine(callee)
+        document = await self._instructions()
+        await self.run(document, "Twiml" if self.options.twiml is not None else "Url")
+
+    def _amd_delay(self, callee: Callee, verdict: str) -> float:
+        if verdict.startswith("machine_end"):
+            return callee.greeting_length + 0.5
+        if verdict == "unknown":
+            return self.options.amd_timeout
+        if verdict == "machine_start":
+            return min(callee.amd_seconds, callee.greeting_length)
+        return callee.amd_seconds
+
+    async def _detect_machine(self, callee: Callee) -> None:
+        mode = self.options.machine_detection
+        if mode is None:
+            return
+        verdict = callee.verdict(mode)
+        delay = self._amd_delay(callee, verdict)
+        if self.options.async_amd:
+            self._spawn(self._async_amd(verdict, delay), "amd")
+            return
+        await self.sleep(delay)
+        self.rec.answered_by = verdict
+
+    async def _async_amd(self, verdict: str, delay: float) -> None:
+        await self.sleep(delay)
+        self.rec.answered_by = verdict
+        url = self.options.async_amd_callback
+        if url is None:
+            return
+        params = {
+            "AccountSid": self.rec.account_sid,
+            "CallSid": self.rec.sid,
+            "AnsweredBy": verdict,
+            "MachineDetectionDuration": str(round(delay * 1000)),
+        }
+        self._outbox.put_nowait(("amd", url, self.options.async_amd_method, params))
+
+    async def _instructions(self) -> Document:
+        opts = self.options
+        if opts.twiml is None:
+            assert opts.url is not None
+            return await self._fetch_or_end("voice", opts.url, opts.method, self.params())
+        document = self.side.read_twiml(self.rec, opts.twiml, "Twiml")
+        if document is None:
+            raise self.over("completed", "twiml", error=self._failure_code(), message="the Twiml was refused")
+        return document
+
+    # ---- inbound -----------------------------------------------------------------------------------
+
+    async def _inbound(self) -> None:
+        caller = self.caller
+        assert caller is not None
+        self.rec.status = "ringing"
+        if caller.hangup_while_ringing is not None:
+            self._spawn(self._caller_gives_up(caller.hangup_while_ringing), "gives-up")
+        voice = self.side.has_voice_url(self.rec.to)
+        if voice is None:
+            self.rec.problem(f"the number {self.rec.to} has no voice URL configured")
+            raise self.over("failed", "carrier", sip=404, error=11200, message="no voice URL")
+        document = await self._fetch_or_end("voice", *voice, self.params())
+        await self.run(document, "voice")
+
+    async def _caller_gives_up(self, after: float) -> None:
+        await self.sleep(after)
+        if self.rec.answered_at is None:
+            self.finish("no-answer", "caller", sip=487)
+
+    # ---- TwiML ---------------------------------------------------------------------------------------
+
+    async def run(self, document: Document, source: str) -> None:
+        """Run ``document``'s verbs in order; a ``<Dial action>``, ``<Redirect>`` or refer answer replaces the
+        rest with the document fetched. Reaching the end hangs up (the caller of ``run`` finishes)."""
+        while True:
+            self._documents += 1
+            if self._documents > MAX_DOCUMENTS:
+                self.rec.problem(f"more than {MAX_DOCUMENTS} TwiML documents on one call: hung up")
+                raise self.over("completed", "twiml")
+            following = await self._verbs(document)
+            if following is None:
+                return
+            document = following
+
+    async def _verbs(self, document: Document) -> Document | None:
+        for verb in document.verbs:
+            if isinstance(verb, Say):
+                self.answer()
+                for _ in range(max(verb.loop, 1)):
+                    beep = self.rec.beep_at
+                    self.rec.said.append(Spoken(self.side.now(), verb.text, beep is not None))
+                    await self.sleep(speech_seconds(verb.text))
+            elif isinstance(verb, Pause):
+                self.answer()
+                await self.sleep(verb.length)
+            elif isinstance(verb, Hangup):
+                raise self.over("completed", "twiml")
+            elif isinstance(verb, Reject):
+                if self.rec.answered_at is not None or self.rec.direction != "inbound":
+                    self.rec.problem("<Reject> on a call that is not a ringing inbound call: hung up instead")
+                    raise self.over("completed", "twiml")
+                raise self.over("busy" if verb.reason == "busy" else "no-answer", "twiml",
+                                sip=486 if verb.reason == "busy" else 603)  # fmt: skip
+            elif isinstance(verb, Redirect):
+                return await self._fetch_or_end("redirect", verb.url, verb.method, self.params())
+            else:
+                following = await self._dial(verb)
+                if following is not None:
+                    return following
+        return None
+
+    def _failure_code(self) -> int:
+        """Twilio's code for the TwiML just refused (12100, 12200, 11750), else 11200 (nothing was fetched)."""
+        runs = self.rec.twiml
+        if runs and runs[-1].error:
+            code = runs[-1].error.split(":", 1)[0]
+            if code.isdigit():
+                return int(code)
+        return 11200
+
+    async def _fetch_or_end(self, kind: str, url: str, method: str, params: dict[str, str]) -> Document:
+        runs = len(self.rec.twiml)
+        document = await self.side.fetch_twiml(self.rec, kind, url, method, params)
+        if document is None:
+            code = self._failure_code() if len(self.rec.twiml) > runs else 11200
+            raise self.over("completed", "twiml", error=code, message=f"the {kind} URL gave no TwiML to run")
+        return document
+
+    def _invite_headers(self, dial: Dial) -> list[tuple[str, str]]:
+        """The INVITE's headers as OpenAI lists them in ``sip_headers``: From (the caller ID), To (the URI
+        without its headers), Call-ID, Twilio's own, then the URI's headers in order."""
+        assert dial.sip is not None
+        rec, sip = self.rec, dial.sip
+        shown = dial.caller_id or rec.from_
+        params = "".join(f";{k}={v}" if v else f";{k}" for k, v in sip.params.items())
+        return [
+            ("From", f"<sip:{shown}@sip.twilio.com>;tag={secrets.randbelow(10**8):08d}_{secrets.token_hex(4)}"),
+            ("To", f"<{sip.scheme}:{sip.user}@{sip.host}{params}>"),
+            ("Call-ID", f"{secrets.token_hex(16)}@0.0.0.0"),
+            ("X-Twilio-AccountSid", rec.account_sid),
+            ("X-Twilio-CallSid", rec.sid),
+            *sip.headers,
+        ]
+
+    async def _dial(self, dial: Dial) -> Document | None:
+        if dial.sip is None:
+            return await self._dial_number(dial)
+        if not dial.answer_on_bridge:
+            self.answer()
+        sip = dial.sip
+        headers = self._invite_headers(dial)
+        bridge = Bridge(self.side.now(), sip.uri, [{"name": n, "value": v} for n, v in headers], None)
+        self.rec.bridges.append(bridge)
+        if sip.host != OPENAI_SIP_HOST or sip.user != self.side.project_id:
+            self.rec.problem(f"<Sip> {sip.uri.split('?')[0]} is not this project's OpenAI SIP URI: SIP 404")
+            bridge.status, bridge.sip_response_code = "failed", 404
+            return await self._dial_over(dial, bridge)
+        if sip.params.get("transport") != "tls":
+            self.rec.problem("<Sip> without ;transport=tls: OpenAI's SIP endpoint is reached over TLS")
+        leg = await self.side.place_leg(self, dial, headers)
+        bridge.call_id = self._leg = leg.call_id
+        answered = await self.side.wait_answered(leg.call_id, self.scaled(dial.timeout) + 1.0)
+        if not answered:
+            await self._hang_up_leg()
+            code = leg.reject_status
+            if code is not None:
+                bridge.status = "busy" if code in _REJECT_BUSY else "failed"
+                bridge.sip_response_code = code
+            else:
+                bridge.status, bridge.sip_response_code = "no-answer", 487
+            bridge.ended_at = self.side.now()
+            return await self._dial_over(dial, bridge)
+        bridge.answered_at = self.side.now()
+        bridge.status = "in-progress"
+        bridge.sip_response_code = 200
+        self.answer()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.scaled(dial.time_limit)):
+                await leg.ended.wait()
+        self._leg = None if leg.is_ended else self._leg
+        await self._hang_up_leg()
+        bridge.ended_at = self.side.now()
+        bridge.status = "completed"
+        if leg.ended_by == "caller":  # the person (or machine) hung up
+            raise self.over("completed", "caller" if self.caller is not None else "callee")
+        if leg.ended_by == "refer":
+            return await self._refer(dial, leg.refers[-1] if leg.refers else "")
+        return await self._dial_over(dial, bridge)
+
+    async def _dial_over(self, dial: Dial, bridge: Bridge) -> Document | None:
+        """The ``<Dial>`` is over: its ``action`` decides what comes next, else the TwiML goes on."""
+        if dial.action is None:
+            return None
+        params = self.params()
+        started = bridge.answered_at
+        params.update(
+            DialCallStatus=bridge.status,
+            DialCallSid=new_sid("CA"),
+            DialCallDuration=str(0 if started is None or bridge.ended_at is None
+                                 else round((bridge.ended_at - started) / self.side.time_scale)),
+            DialSipResponseCode=str(bridge.sip_response_code or 0),
+        )  # fmt: skip
+        return await self._fetch_or_end("action", dial.action, dial.method, params)
+
+    async def _refer(self, dial: Dial, target: str) -> Document | None:
+        if dial.refer_url is None:
+            self.rec.problem(f"OpenAI sent a REFER to {target}, but the <Dial> had no referUrl: Twilio refuses it")
+            return None
+        params = self.params()
+        params.update(ReferTransferTarget=f"<{target}>")
+        return await self._fetch_or_end("refer", dial.refer_url, dial.refer_method, params)
+
+    async def _dial_number(self, dial: Dial) -> Document | None:
+        """``<Dial><Number>``: the number answers and the call stays with it until the far side hangs up."""
+        self.answer()
+        bridge = Bridge(self.side.now(), f"tel:{dial.number}", [], None, status="in-progress")
+        self.rec.bridges.append(bridge)
+        await self.sleep(dial.time_limit)
+        bridge.status, bridge.ended_at = "completed", self.side.now()
+        return await self._dial_over(dial, bridge)

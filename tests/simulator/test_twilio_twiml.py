@@ -1,0 +1,110 @@
+"""The Twilio stand-in's TwiML reader: the verbs the controller emits, and hostile documents refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from sip_controller.simulator.twilio_twiml import (
+    Dial,
+    Hangup,
+    Pause,
+    Say,
+    TwimlError,
+    parse_sip_uri,
+    parse_twiml,
+)
+from sip_controller.telephony.twiml import bridge_to_openai
+
+
+def test_the_controllers_bridge_parses_to_a_dial_with_its_header() -> None:
+    document = parse_twiml(bridge_to_openai("proj_sim", "0123456789abcdef01234567"))
+    (dial,) = document.verbs
+    assert isinstance(dial, Dial)
+    assert dial.answer_on_bridge is True
+    assert dial.sip is not None
+    assert (dial.sip.scheme, dial.sip.user, dial.sip.host) == ("sip", "proj_sim", "sip.api.openai.com")
+    assert dial.sip.params == {"transport": "tls"}
+    assert dial.sip.headers == (("X-Sipctl-Correlation", "0123456789abcdef01234567"),)
+    assert document.warnings == ()
+
+
+def test_say_pause_hangup_in_order_with_attributes() -> None:
+    document = parse_twiml(
+        '<?xml version="1.0" encoding="UTF-8"?><Response><Say voice="alice" loop="2">Hello &amp; bye</Say>'
+        '<Pause length="3"/><Hangup/></Response>'
+    )
+    assert document.verbs == (Say("Hello & bye", voice="alice", loop=2), Pause(3.0), Hangup())
+    assert document.names() == ["Say", "Pause", "Hangup"]
+
+
+def test_sip_headers_twilio_would_drop_are_dropped_with_a_warning() -> None:
+    warnings: list[str] = []
+    uri = parse_sip_uri(
+        "sip:proj@sip.api.openai.com;transport=tls?X-Ref=a%20b&X-Twilio-Thing=1&Bad Name=2&User-to-User=abc&Foo=3",
+        warnings,
+    )
+    assert uri.headers == (("X-Ref", "a b"), ("User-to-User", "abc"))
+    assert [w.split(":")[0] for w in warnings] == ["32113", "13252", "13252"]
+
+
+def test_a_header_part_of_1024_characters_is_dropped_whole() -> None:
+    warnings: list[str] = []
+    uri = parse_sip_uri("sip:proj@sip.api.openai.com?X-Big=" + "a" * 1020, warnings)
+    assert uri.headers == ()
+    assert warnings[0].startswith("21227")
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        pytest.param("<Response><Say>unclosed</Response>", 12100, id="not-well-formed"),
+        pytest.param("<Gather/>", 12200, id="wrong-root"),
+        pytest.param("<Response><Play>http://x/y.mp3</Play></Response>", 12200, id="unknown-verb"),
+        pytest.param("<Response><Dial><Conference>x</Conference></Dial></Response>", 12200, id="unknown-noun"),
+        pytest.param("<Response><Dial><Sip>http://x</Sip></Dial></Response>", 12200, id="not-a-sip-uri"),
+        pytest.param("<Response><Dial>0123</Dial></Response>", 12200, id="number-not-e164"),
+        pytest.param('<Response><Pause length="ten"/></Response>', 12200, id="bad-number"),
+        pytest.param(
+            '<Response><Dial method="PUT" action="http://x"><Number>+14155550100</Number></Dial></Response>',
+            12200,
+            id="bad-method",
+        ),
+    ],
+)
+def test_documents_twilio_would_not_run_are_refused_with_its_code(text: str, code: int) -> None:
+    with pytest.raises(TwimlError) as caught:
+        parse_twiml(text)
+    assert caught.value.code == code
+
+
+def test_entity_expansion_is_refused_before_any_expansion() -> None:
+    laughs = (
+        '<?xml version="1.0"?><!DOCTYPE r [<!ENTITY a "aaaaaaaaaa">'
+        + "".join(f'<!ENTITY {chr(98 + i)} "{("&" + chr(97 + i) + ";") * 10}">' for i in range(8))
+        + "]><Response><Say>&i;</Say></Response>"
+    )
+    with pytest.raises(TwimlError, match="DTD or entity") as caught:
+        parse_twiml(laughs)
+    assert caught.value.code == 12100
+
+
+def test_external_entities_and_bare_doctypes_are_refused() -> None:
+    external = '<?xml version="1.0"?><!DOCTYPE r SYSTEM "file:///etc/passwd"><Response/>'
+    with pytest.raises(TwimlError, match="DTD"):
+        parse_twiml(external)
+
+
+def test_a_huge_document_is_refused_unread() -> None:
+    huge = "<Response>" + "<Pause/>" * 9000 + "</Response>"
+    with pytest.raises(TwimlError) as caught:
+        parse_twiml(huge)
+    assert caught.value.code == 11750
+
+
+def test_deep_nesting_and_too_many_elements_are_refused() -> None:
+    deep = "<Response>" + "<Say>" * 50 + "</Say>" * 50 + "</Response>"
+    with pytest.raises(TwimlError, match="nested deeper"):
+        parse_twiml(deep)
+    many = "<Response>" + "<Hangup/>" * 600 + "</Response>"
+    with pytest.raises(TwimlError, match="more than 500"):
+        parse_twiml(many)
