@@ -40,6 +40,7 @@ from typing import Any, Literal
 import asyncpg
 
 from sip_controller.state import migrations
+from sip_controller.state.analyses import PostgresAnalyses
 from sip_controller.state.records import (
     COMMAND_KINDS,
     HANGING_UP,
@@ -144,7 +145,7 @@ async def _enqueue(conn: Conn, items: Sequence[OutboxItem], now: float) -> int:
     return added
 
 
-class PostgresStore(Store):
+class PostgresStore(PostgresAnalyses, Store):
     """The :class:`~sip_controller.state.store.Store` on PostgreSQL. Build it with :meth:`open`."""
 
     backend = "postgresql"

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from sip_controller.state import migrations
+from sip_controller.state.analyses import SQLiteAnalyses
 from sip_controller.state.records import (
     COMMAND_KINDS,
     HANGING_UP,
@@ -122,7 +123,7 @@ def _fenced_reason(conn: Conn, fence: Fence) -> Literal["stale_owner", "finished
     return None
 
 
-class SQLiteStore(Store):
+class SQLiteStore(SQLiteAnalyses, Store):
     """The :class:`~sip_controller.state.store.Store` on one SQLite file. Build it with :meth:`open`."""
 
     backend = "sqlite"

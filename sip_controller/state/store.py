@@ -30,6 +30,8 @@ The rules the wiring relies on:
 - **Operator commands** (``post_command``/``take_commands``/``command_done``): any replica queues a hangup or a
   transfer for a live call; only the call's owner takes it (each command once, re-offered after a takeover) and
   feeds it to the call's supervisor (:mod:`sip_controller.calls.commands`).
+- **Post-call analyses** (``create_analysis`` … ``get_analysis``, #17): one row per analysed call, claimed with a
+  lease like the outbox, its result (or why it failed for good) written with its ``call.analyzed`` outbox rows.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Protocol, Self
 
+from sip_controller.state.analyses import AnalysisRow
 from sip_controller.state.records import (
     Admission,
     CallerLimit,
@@ -377,6 +380,55 @@ class Store(StateStore, Protocol):
     async def link_twilio_call(self, correlation: str, call_id: str) -> TwilioCallRow | None:
         """Tie the Twilio call with this correlation id to ``call_id``, once: None when the id is unknown or already
         tied to another call (the same header replayed on a second call gets nothing)."""
+        ...
+
+    # ---- post-call analyses (#17) ----------------------------------------------------------------------------
+
+    async def create_analysis(self, call_id: str, profile: str, *, due_at: float | None = None) -> bool:
+        """A pending analysis of the (finished) call ``call_id``, due at ``due_at`` (default now); False (nothing
+        written) when the call has one already."""
+        ...
+
+    async def claim_analyses(self, worker: str, *, limit: int = 10, lease_s: float = 300.0) -> list[AnalysisRow]:
+        """Lease up to ``limit`` due pending analyses to ``worker`` for ``lease_s``, counting an attempt on each
+        (oldest due first): no other worker gets them until the lease passes (a worker that died mid-analysis)."""
+        ...
+
+    async def finish_analysis(
+        self,
+        worker: str,
+        call_id: str,
+        *,
+        result: Mapping[str, Any],
+        cost_usd: float | None,
+        outbox: Sequence[OutboxItem] = (),
+    ) -> bool:
+        """Store the analysis ``result`` and its cost (``done``) and the ``outbox`` rows that deliver it, in one
+        transaction. False (nothing written) unless ``worker`` holds the analysis's lease."""
+        ...
+
+    async def fail_analysis(
+        self,
+        worker: str,
+        call_id: str,
+        *,
+        error: str,
+        next_attempt_at: float | None,
+        result: Mapping[str, Any] | None = None,
+        outbox: Sequence[OutboxItem] = (),
+    ) -> bool:
+        """Record a failed attempt (``error``): due again at ``next_attempt_at``, or failed for good when None (with
+        ``result`` saying why, and ``outbox`` rows delivering that), in one transaction. False unless ``worker``
+        holds the lease."""
+        ...
+
+    async def release_analysis(self, worker: str, call_id: str) -> bool:
+        """Give back an analysis ``worker`` holds without counting the attempt (a clean shutdown): due at once
+        for any worker. False unless ``worker`` holds the lease."""
+        ...
+
+    async def get_analysis(self, call_id: str) -> AnalysisRow | None:
+        """The call's analysis (pending, done or failed), or None."""
         ...
 
 

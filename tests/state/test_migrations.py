@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -20,7 +21,9 @@ LATEST = migrations.latest("sqlite")
 def test_both_backends_ship_the_same_numbered_migrations() -> None:
     sqlite = migrations.available("sqlite")
     postgresql = migrations.available("postgresql")
-    assert [m.version for m in sqlite] == list(range(1, len(sqlite) + 1))
+    versions = [m.version for m in sqlite]
+    assert versions == sorted(set(versions))
+    assert versions[0] == 1
     assert [(m.version, m.name) for m in sqlite] == [(m.version, m.name) for m in postgresql]
     assert sqlite[0].name == "init"
     assert migrations.latest("postgresql") == LATEST >= 1
@@ -137,3 +140,27 @@ async def test_a_failing_migration_leaves_the_previous_version(
     monkeypatch.setattr(migrations, "available", lambda dialect: (*real, fixed))
     assert await store.migrate() == [LATEST + 1]  # the failed one left no table behind
     assert await store.schema_version() == LATEST + 1
+
+
+def test_a_gap_in_the_numbers_is_applied_in_order_and_a_shared_number_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Work done in parallel takes its migration numbers up front: 0001, 0002, 0004 is fine (0003 lands later and
+    is applied when it arrives); two files with one number are not."""
+    known = (Migration(1, "a", "x"), Migration(2, "b", "y"), Migration(4, "d", "w"))
+    assert migrations.pending([Applied(1, "a", known[0].checksum)], known) == [known[1], known[2]]
+    later = (*known[:2], Migration(3, "c", "z"), known[2])
+    applied = [Applied(m.version, m.name, m.checksum) for m in known]
+    assert migrations.pending(applied, later) == [later[2]]
+
+    folder = tmp_path / "pkg"
+    (folder / "sqlite").mkdir(parents=True)
+    for name in ("0001_init.sql", "0002_b.sql", "0002_c.sql"):
+        (folder / "sqlite" / name).write_text("SELECT 1;\n")
+    monkeypatch.setattr("sip_controller.state.migrations.resources.files", lambda _package: folder)
+    migrations.available.cache_clear()
+    try:
+        with pytest.raises(SchemaError, match=r"0002_b\.sql and 0002_c\.sql share a number"):
+            migrations.available("sqlite")
+    finally:
+        migrations.available.cache_clear()

@@ -1,9 +1,11 @@
 """Versioned schema migrations: a small ordered-SQL runner.
 
 Layout: one folder per backend, ``sqlite/`` and ``postgresql/``, each holding ``NNNN_what.sql`` files numbered
-from ``0001`` without gaps (shipped as package data). A change to the schema is a NEW file in BOTH folders with the
-next number; a file that was released is never edited (its checksum is recorded, and a database whose applied
-migration differs from the file is refused).
+from ``0001``, each number once (shipped as package data). A change to the schema is a NEW file in BOTH folders with
+the next free number; a file that was released is never edited (its checksum is recorded, and a database whose
+applied migration differs from the file is refused). A gap in the numbers is allowed: work done in parallel takes
+its numbers up front (a number held by a branch not merged yet), and a migration that lands later with a lower
+number is applied when it arrives (migrations written in parallel do not depend on each other).
 
 The database records what it has in ``schema_migrations`` (version, name, sha256 of the file, applied_at). That
 table is the runner's own and the only DDL outside the files: the backends create it (:data:`BOOTSTRAP`) inside
@@ -19,6 +21,7 @@ first (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: an advisory lock), so replicas s
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 import sqlite3
 from collections.abc import Iterable
@@ -74,12 +77,15 @@ def available(dialect: Dialect) -> tuple[Migration, ...]:
                 raise SchemaError(f"migration file {dialect}/{entry.name}: name it NNNN_what.sql")
             continue
         found.append(Migration(int(match.group(1)), match.group(2), entry.read_text(encoding="utf-8")))
-    found.sort(key=lambda m: m.version)
-    for expected, migration in enumerate(found, start=1):
-        if migration.version != expected:
+    found.sort(key=lambda m: (m.version, m.name))
+    for before, migration in itertools.pairwise(found):
+        if migration.version == before.version:
             raise SchemaError(
-                f"{dialect} migrations must be numbered 0001, 0002, … without gaps; {expected:04d} is missing"
+                f"{dialect} migrations {before.version:04d}_{before.name}.sql and {migration.version:04d}_"
+                f"{migration.name}.sql share a number: give the newer one the next free number"
             )
+    if found and found[0].version < 1:
+        raise SchemaError(f"{dialect} migrations are numbered from 0001 ({found[0].version:04d} is not)")
     return tuple(found)
 
 
