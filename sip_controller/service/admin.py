@@ -406,6 +406,72 @@ def _responses(ok: int, schema: dict[str, Any], *errors: int) -> dict[str, Any]:
 
 
 _CALL_ID = {"name": "call_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_E164 = {"type": "string", "pattern": r"^\+[1-9][0-9]{1,14}$", "description": "E.164, e.g. +14155550123"}
+_NULLABLE_TEXT = {"type": ["string", "null"]}
+_OUTBOUND = {
+    "type": "object",
+    "required": ["id", "to", "from", "profile", "variables", "call_sid", "status", "answered_by", "error_code",
+                 "call_id", "events"],
+    "properties": {
+        "id": {"type": "string", "description": "the outbound request's id (out_…)"},
+        "to": {"type": ["string", "null"], "description": "the number called (masked when reports.mask_caller)"},
+        "from": _NULLABLE_TEXT,
+        "profile": _NULLABLE_TEXT,
+        "variables": {"type": "object", "additionalProperties": {"type": "string"}},
+        "call_sid": {"type": ["string", "null"], "description": "Twilio's CallSid once the Calls API answered"},
+        "status": {"type": "string", "description": "Twilio's call status (queued, ringing, in-progress, …)"},
+        "answered_by": {"type": ["string", "null"], "description": "answering-machine detection's AnsweredBy"},
+        "error_code": {"type": ["integer", "null"], "description": "Twilio's error code of a failed call"},
+        "call_id": {"type": ["string", "null"], "description": "the OpenAI call (rtc_…) it became, or its report's id"},
+        "events": {"type": "array", "items": {"type": "object"}},
+        "replayed": {"type": "boolean", "description": "true: the Idempotency-Key's call, placed before"},
+    },
+}  # fmt: skip
+_OUTBOUND_REQUEST = {
+    "type": "object",
+    "required": ["to"],
+    "additionalProperties": False,
+    "properties": {
+        "to": _E164,
+        "from": {**_E164, "description": "caller ID (default: the profile's outbound.from_number, else "
+                 "twilio.from_number)"},
+        "profile": {"type": "string", "description": "default: the default profile"},
+        "variables": {"type": "object", "additionalProperties": {"type": "string"},
+                      "description": "exactly the variables the profile declares ({{ var:name }})"},
+    },
+}  # fmt: skip
+_TWILIO_FORM = {
+    "required": True,
+    "content": {"application/x-www-form-urlencoded": {"schema": {
+        "type": "object", "required": ["AccountSid", "CallSid"], "additionalProperties": {"type": "string"},
+        "properties": {"AccountSid": {"type": "string"}, "CallSid": {"type": "string"}},
+    }}},
+}  # fmt: skip
+
+
+def _twilio_webhook(summary: str, ok: dict[str, Any]) -> dict[str, Any]:
+    """A route Twilio calls: signed with X-Twilio-Signature, not the bearer token."""
+    text = {"text/plain": {"schema": {"type": "string"}}}
+    return {"post": {
+        "summary": summary,
+        "tags": ["twilio-webhooks"],
+        "security": [],
+        "parameters": [{"name": "X-Twilio-Signature", "in": "header", "required": False, "schema": {"type": "string"},
+                        "description": "Twilio's signature of SIPCTL_PUBLIC_URL + path and the form; 403 without"}],
+        "requestBody": _TWILIO_FORM,
+        "responses": {
+            "200": {"description": "OK", "content": ok},
+            "400": {"description": "a signed form that is not a Twilio callback", "content": text},
+            "403": {"description": "not signed by Twilio for this account", "content": text},
+            "404": {"description": "Twilio not configured, or a CallSid of no call of ours",
+                    "content": {"application/json": {"schema": _ERROR}}},
+            "413": {"description": "too large", "content": text},
+            "503": {"description": "the call store is unavailable (Twilio retries)",
+                    "content": {"application/json": {"schema": _ERROR}}},
+        },
+    }}  # fmt: skip
+
+
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "sip-controller admin API", "version": "1"},
@@ -469,6 +535,39 @@ OPENAPI: dict[str, Any] = {
                 ),
             }
         },
+        "/v1/outbound": {
+            "post": {
+                "summary": "Place an outbound call through Twilio's Calls API with a profile and its variables "
+                "(404 when Twilio is not configured; 422 names what to fix, Twilio's refusal with twilio_code; 502: "
+                "Twilio failed, ambiguous=true when the call may have been placed all the same)",
+                "parameters": [{
+                    "name": "Idempotency-Key", "in": "header", "required": False,
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                    "description": "the same key with the same request places nothing more (200, replayed=true)",
+                }],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _OUTBOUND_REQUEST}}},
+                "responses": {
+                    **_responses(201, _OUTBOUND, 401, 403, 404, 422, 429, 502, 503),
+                    "200": {"description": "already placed with this Idempotency-Key",
+                            "content": {"application/json": {"schema": _OUTBOUND}}},
+                },
+            }
+        },
+        "/v1/outbound/{id}": {
+            "get": {
+                "summary": "An outbound call: the request, Twilio's status callbacks, and the OpenAI call it became",
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": _responses(200, _OUTBOUND, 401, 404, 429, 503),
+            }
+        },
+        "/twilio/voice": _twilio_webhook(
+            "A Twilio number's voice webhook (A call comes in): TwiML bridging the call into OpenAI's SIP endpoint",
+            {"application/xml": {"schema": {"type": "string"}}},
+        ),
+        "/twilio/status": _twilio_webhook(
+            "Status and answering-machine callbacks of Twilio calls (the StatusCallback of calls placed here)",
+            {"application/json": {"schema": {"type": "object", "properties": {"status": {"type": "string"}}}}},
+        ),
     },
 }
 

@@ -91,7 +91,11 @@ def outbound_request(settings: Settings, body: object) -> tuple[str, str, str, d
         raise OutboundRefused(
             f"variables: {'; '.join(parts)} (the profile declares: {', '.join(profile.variables) or 'none'})"
         )
-    caller_id = body.get("from") or profile.outbound.from_number or settings.twilio.from_number
+    given_from = body.get("from")
+    if "from" in body and (not isinstance(given_from, str) or not E164.fullmatch(given_from)):
+        raise OutboundRefused(f"from: {str(given_from)[:40]!r} is not an E.164 number; leave it out to use the "
+                              "configured caller ID")  # fmt: skip
+    caller_id = given_from or profile.outbound.from_number or settings.twilio.from_number
     if not isinstance(caller_id, str) or not E164.fullmatch(caller_id):
         raise OutboundRefused(
             "from: no caller ID; set twilio.from_number (or the profile's outbound.from_number) to a number of "
@@ -286,7 +290,11 @@ def routes(
             return denied
         if twilio is None:
             return _error(404, "Twilio is not configured")
-        row = await runtime(request).store.get_twilio_call(id=request.path_params["id"])
+        try:
+            row = await runtime(request).store.get_twilio_call(id=request.path_params["id"])
+        except StoreError as exc:
+            log.warning("twilio.store_failed", error=str(exc)[:300])
+            return _error(503, "the call store is unavailable; retry")
         if row is None or row.direction != "outbound":
             return _error(404, "no such outbound call")
         return JSONResponse(outbound_view(row, mask=mask))

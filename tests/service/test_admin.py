@@ -5,21 +5,28 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from pydantic import SecretStr
 from schemathesis.config import SchemathesisConfig
 
-from sip_controller.config import Console, Settings
+from sip_controller.config import Console, Settings, TwilioCredentials, TwilioSettings
 from sip_controller.service.admin import OPENAPI
-from tests.servicekit import PROFILE, Service, incoming, running_service
+from tests.servicekit import PROFILE, Service, incoming, openai_router, running_service
 
 TOKEN = "test-admin-token-0123456789"
+CONTRACT_TWILIO = TwilioCredentials(
+    account_sid="AC" + "0123456789abcdef" * 2, auth_token=SecretStr("twilio-" + "t" * 25),
+    api_base_url="https://api.twilio.test", openai_project_id="proj_contract", public_url="https://calls.example.com",
+)  # fmt: skip
 CONTRACT_FREE_FAILURES = 100  # it sends ~15
 Admin = Service
 
@@ -42,7 +49,8 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 async def test_every_admin_route_is_404_when_no_token_is_configured() -> None:
     async for a in _admin(None):
         for method, path in (("GET", "/v1/calls"), ("GET", "/v1/calls/x"), ("POST", "/v1/calls/x/hangup"),
-                             ("POST", "/v1/calls/x/transfer"), ("GET", "/v1/openapi.json")):
+                             ("POST", "/v1/calls/x/transfer"), ("GET", "/v1/openapi.json"),
+                             ("POST", "/v1/outbound"), ("GET", "/v1/outbound/out_x")):
             response = await a.client.request(method, path, headers=AUTH)
             assert response.status_code == 404, (method, path)
 
@@ -179,7 +187,14 @@ class _ServerThread:
         # schemathesis checks that every wrong token is refused (401), many times over from this one address:
         # more than the throttle lets through by default (then 429; see test_console.py)
         console = Console(login_free_failures=CONTRACT_FREE_FAILURES)
-        async for a in _admin(TOKEN, Settings(profiles={"default": PROFILE}, console=console)):
+        settings = Settings(profiles={"default": PROFILE}, console=console,
+                            twilio=TwilioSettings(from_number="+18005550199"))  # fmt: skip
+        # Twilio configured, its Calls API mocked: POST /v1/outbound places calls; /twilio/* check signatures
+        router = openai_router(None)
+        router.post(path__regex=r"/2010-04-01/Accounts/AC[0-9a-f]{32}/Calls\.json$").mock(
+            side_effect=lambda _: httpx.Response(201, json={"sid": "CA" + secrets.token_hex(16), "status": "queued"})
+        )
+        async with running_service(TOKEN, settings=settings, twilio=CONTRACT_TWILIO, router=router) as a:
             await a.place("rtc_contract_1")
             await a.place("rtc_contract_2")
             self.url = str(a.client.base_url).rstrip("/")
@@ -206,9 +221,14 @@ def live_server() -> Iterator[_ServerThread]:
 
 # a well-formed filter can still be meaningless (a cursor this API never issued, `until` before `since`, 2025-13-01):
 # GET /v1/calls refuses it with 400, naming the parameter
+# and a well-formed outbound request can name a profile that does not exist, variables it does not declare, or a
+# number on the do-not-call list: POST /v1/outbound refuses it with 422, naming the field
 _CONFIG = SchemathesisConfig.from_dict({"operations": [{
     "include-name": "GET /v1/calls",
     "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "400", "401", "429"]}},
+}, {
+    "include-name": "POST /v1/outbound",
+    "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "401", "422", "429"]}},
 }]})  # fmt: skip
 schema = schemathesis.openapi.from_dict(OPENAPI, config=_CONFIG)
 

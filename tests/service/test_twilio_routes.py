@@ -216,6 +216,8 @@ async def test_outbound_needs_the_bearer_token(service: Service) -> None:
         ({**REQUEST, "variables": {"first_name": "Ada", "plan": "x"}}, "not declared by profile 'reminders': plan"),
         ({**REQUEST, "profile": "nope"}, "is not a profile"),
         ({**REQUEST, "extra": 1}, "unknown field(s) extra"),
+        ({**REQUEST, "from": ""}, "from: '' is not an E.164 number"),
+        ({**REQUEST, "from": 14155550100}, "from: '14155550100' is not an E.164 number"),
     ],
 )
 async def test_bad_outbound_requests_are_refused_with_the_fix(service: Service, body: Any, message: str) -> None:
