@@ -26,18 +26,24 @@ from .scenario import (
     load_scenario,
     parse_scenario,
 )
+from .twilio_records import TwilioCall, check_twilio_call
+from .twilio_side import TwilioAccount, TwilioNumber, TwilioSide
+from .twilio_spec import Callee, InboundCall, OutboundCall, TwilioExpectation, TwilioScenario
 from .webhook_sender import new_webhook_secret
 
 __all__ = [
     "DEFAULT_HOLD_MARKERS",
     "AudioState",
     "CallSpec",
+    "Callee",
     "ClientEvent",
     "EndpointFaults",
     "Expectation",
     "Faults",
     "HoldMusic",
+    "InboundCall",
     "Latency",
+    "OutboundCall",
     "ResponseRecord",
     "Scenario",
     "ScenarioError",
@@ -45,7 +51,14 @@ __all__ = [
     "Simulator",
     "Step",
     "ToolCall",
+    "TwilioAccount",
+    "TwilioCall",
+    "TwilioExpectation",
+    "TwilioNumber",
+    "TwilioScenario",
+    "TwilioSide",
     "check_expectations",
+    "check_twilio_call",
     "load_scenario",
     "new_webhook_secret",
     "parse_scenario",
