@@ -32,6 +32,7 @@ from pydantic_settings import (
 )
 from standardwebhooks import Webhook
 
+from sip_controller.agent.analysis import AnalysisSettings
 from sip_controller.agent.profile import AgentProfile, Strict, Transcription, TurnDetection
 from sip_controller.agent.validation import BETA_FIELDS
 from sip_controller.calls.pricing import Pricing
@@ -246,7 +247,10 @@ class Reports(Strict):
     #: show callers as ``+1415***0123`` in reports and the call log
     mask_caller: bool = True
     endpoints: tuple[ReportEndpoint, ...] = ()
-    events: tuple[Literal["call.started", "call.ended"], ...] = ("call.started", "call.ended")
+    #: ``call.analyzed`` (#17): a profile's post-call analysis, delivered after its ``call.ended``
+    events: tuple[Literal["call.started", "call.ended", "call.analyzed"], ...] = (
+        "call.started", "call.ended", "call.analyzed"
+    )
     #: one delivery attempt (connect + send + answer)
     timeout_s: float = Field(default=10.0, gt=0, le=120)
     #: attempts of a report the endpoint refuses (a 4xx other than 408/429) before it is given up; transport
@@ -433,6 +437,8 @@ class Settings(_Sourced):
     console: Console = Console()
     state: StoreSettings = StoreSettings()
     twilio: TwilioSettings = TwilioSettings()
+    #: post-call analysis (#17): the default text model and the bounded pool that runs the analyses
+    analysis: AnalysisSettings = AnalysisSettings()
 
     @field_validator("profiles")
     @classmethod

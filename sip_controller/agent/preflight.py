@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sip_controller.agent import session, templates
+from sip_controller.agent.analysis import check_profile_analysis
 from sip_controller.agent.operator_tools import load_python_handler
 from sip_controller.agent.profile import HttpTool, PythonTool
 from sip_controller.agent.validation import Context, Finding, check_session
@@ -83,6 +84,7 @@ def check_profile(name: str, profile: AgentProfile, today: date) -> list[Finding
         for f in check_session(session.session_patch(profile, deferred), update_ctx):
             found.append(Finding(config_path(name, profile, f.path), f.message, f.severity))
     found.extend(_feature_findings(name, profile))
+    found.extend(check_profile_analysis(name, profile.analysis))
     for i, entry in enumerate(profile.tools):
         if isinstance(entry, dict) and entry.get("type") == "function":
             found.append(

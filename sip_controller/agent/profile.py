@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sip_controller.agent import tools
+from sip_controller.agent.analysis import CallAnalysis
 
 
 class Strict(BaseModel):
@@ -249,6 +250,8 @@ class AgentProfile(Strict):
     #: the variables a call placed with this profile must be given (``{{ var:first_name }}`` in instructions)
     variables: tuple[str, ...] = ()
     outbound: Outbound = Outbound()
+    #: post-call analysis (#17): a summary, the fields of ``schema`` and the success verdict of each finished call
+    analysis: CallAnalysis | None = None
 
     @field_validator("variables")
     @classmethod

@@ -6,6 +6,8 @@ config rather than waiting for a release.
 
 from __future__ import annotations
 
+import re
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from sip_controller.calls.report import UsageTotals
@@ -33,6 +35,7 @@ class TranscriptionPrices(BaseModel):
     per_minute: float = Field(default=0.0, ge=0)
 
 
+_SNAPSHOT = re.compile(r"-\d{4}-\d{2}-\d{2}$")
 _FULL = ModelPrices(text_in=4.0, text_cached=0.4, text_out=24.0, audio_in=32.0, audio_cached=0.4, audio_out=64.0)
 _V1 = ModelPrices(text_in=4.0, text_cached=0.4, text_out=16.0, audio_in=32.0, audio_cached=0.4, audio_out=64.0)
 _MINI = ModelPrices(text_in=0.6, text_cached=0.06, text_out=2.4, audio_in=10.0, audio_cached=0.3, audio_out=20.0)
@@ -54,6 +57,31 @@ DEFAULT_TRANSCRIPTION_PRICES: dict[str, TranscriptionPrices] = {
 }
 
 
+class TextPrices(BaseModel):
+    """A text model's prices (USD per 1M tokens) for the post-call analysis through the Responses API."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input: float = Field(ge=0)
+    cached_input: float = Field(ge=0)
+    output: float = Field(ge=0)
+
+
+#: Text models for the post-call analysis (#17). Source: OpenAI's API pricing page
+#: (https://platform.openai.com/docs/pricing, "Text tokens", standard tier), as published for these models;
+#: override under ``pricing.text`` when it changes.
+DEFAULT_TEXT_PRICES: dict[str, TextPrices] = {
+    "gpt-5": TextPrices(input=1.25, cached_input=0.125, output=10.0),
+    "gpt-5-mini": TextPrices(input=0.25, cached_input=0.025, output=2.0),
+    "gpt-5-nano": TextPrices(input=0.05, cached_input=0.005, output=0.4),
+    "gpt-4.1": TextPrices(input=2.0, cached_input=0.5, output=8.0),
+    "gpt-4.1-mini": TextPrices(input=0.4, cached_input=0.1, output=1.6),
+    "gpt-4.1-nano": TextPrices(input=0.1, cached_input=0.025, output=0.4),
+    "gpt-4o": TextPrices(input=2.5, cached_input=1.25, output=10.0),
+    "gpt-4o-mini": TextPrices(input=0.15, cached_input=0.075, output=0.6),
+}
+
+
 class Pricing(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -61,9 +89,18 @@ class Pricing(BaseModel):
     transcription: dict[str, TranscriptionPrices] = Field(
         default_factory=lambda: dict(DEFAULT_TRANSCRIPTION_PRICES)
     )
+    #: text models (the post-call analysis); a dated snapshot (``gpt-5-mini-2025-08-07``) takes its model's prices
+    text: dict[str, TextPrices] = Field(default_factory=lambda: dict(DEFAULT_TEXT_PRICES))
 
     def for_model(self, model: str) -> ModelPrices | None:
         return self.models.get(model)
+
+    def for_text_model(self, model: str) -> TextPrices | None:
+        """The prices of ``model``, or of the model a dated snapshot (``-YYYY-MM-DD``) belongs to, or None."""
+        found = self.text.get(model)
+        if found is None and _SNAPSHOT.search(model):
+            found = self.text.get(_SNAPSHOT.sub("", model))
+        return found
 
 
 def response_cost(usage: UsageTotals, prices: ModelPrices) -> float:
@@ -86,3 +123,11 @@ def transcription_cost(
 ) -> float:
     per_token = audio_tokens * prices.audio_in + text_tokens * prices.text_in + output_tokens * prices.text_out
     return per_token / 1_000_000 + seconds / 60 * prices.per_minute
+
+
+def text_cost(input_tokens: int, cached_tokens: int, output_tokens: int, prices: TextPrices) -> float:
+    """USD for one Responses API answer's ``usage`` (cached tokens are part of ``input_tokens``; reasoning tokens
+    are part of ``output_tokens``)."""
+    uncached = max(0, input_tokens - cached_tokens)
+    total = uncached * prices.input + min(cached_tokens, input_tokens) * prices.cached_input
+    return (total + output_tokens * prices.output) / 1_000_000
