@@ -41,7 +41,7 @@ from sip_controller.config import Secrets, Settings, StoreSettings
 from sip_controller.realtime.rest import MAX_IN_FLIGHT, RealtimeCalls, new_http_client
 from sip_controller.realtime.retries import DEFAULT_POLICY, RetryPolicy
 from sip_controller.realtime.sideband import LeanConnector, SidebandConnector, connect_websocket
-from sip_controller.service import admin, console, twilio_routes
+from sip_controller.service import admin, console, diagnostics, twilio_routes
 from sip_controller.service.admin import AdminAuth
 from sip_controller.service.intake import OtherEvent, WebhookRejected, WebhookVerifier, parse_event
 from sip_controller.service.metrics import Metrics
@@ -228,10 +228,15 @@ def create_app(
         clock=clock,
         wall_clock=wall_clock,
     )
+    # SIPCTL_DIAGNOSTICS=1: event-loop lag and collector pauses on /metrics and /v1/diagnostics (diagnostics.py)
+    diag = diagnostics.Diagnostics(meters.registry) if diagnostics.enabled() else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
+            if diag is not None:
+                diag.start()
+                stack.callback(diag.stop)
             if callable(store):
                 the_store = await store()
                 stack.push_async_callback(the_store.aclose)
@@ -380,6 +385,7 @@ def create_app(
             secrets.twilio, settings, auth, lambda request: request.app.state.runtime,
             lambda request: getattr(request.app.state, "twilio_api", None),
         ),
+        *diagnostics.routes(diag, auth.authorize),
     ]
     app = _Service(routes=routes, lifespan=lifespan)
     app.webhook = endpoint
