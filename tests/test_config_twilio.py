@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pydantic
 import pytest
+import yaml
 
+from sip_controller.agent import preflight
 from sip_controller.config import DEFAULT_TWILIO_API_BASE_URL, ConfigError, Secrets, Settings, TwilioSettings
 
 SID = "AC" + "0123456789abcdef" * 2
@@ -124,3 +128,27 @@ def test_the_twilio_settings_section() -> None:
         TwilioSettings(from_number="4155550100")
     with pytest.raises(pydantic.ValidationError, match="can never match"):
         TwilioSettings(do_not_call=("0044*",))
+
+
+def test_the_commented_twilio_example_is_a_valid_config_once_uncommented(tmp_path: Path) -> None:
+    """config/sipctl.example.yaml ends with a commented twilio section and a profile that places calls: uncommented
+    and added to the example, check-config passes on it and reads what the comments say."""
+    example = Path(__file__).resolve().parent.parent / "config" / "sipctl.example.yaml"
+    text = example.read_text()
+    commented = text[text.index("# Twilio Programmable Voice") :].splitlines()
+    start, twilio_at = commented.index("#   profiles:"), commented.index("# twilio:")
+    profile_yaml = "\n".join(line.removeprefix("#   ") for line in commented[start:twilio_at])
+    twilio_yaml = "\n".join(line.removeprefix("# ") for line in commented[twilio_at:] if line.startswith("# "))
+    data = yaml.safe_load(text)
+    data["profiles"].update(yaml.safe_load(profile_yaml)["profiles"])
+    data.update(yaml.safe_load(twilio_yaml))
+    path = tmp_path / "sipctl.yaml"
+    path.write_text(yaml.safe_dump(data))
+    result = preflight.validate(path)
+    assert (result.errors, [str(w) for w in result.warnings]) == ([], [])
+    assert result.settings is not None
+    assert result.settings.twilio == TwilioSettings(from_number="+14155550100", do_not_call=("+1900*",),
+                                                    ring_timeout_s=30)  # fmt: skip
+    reminders = result.settings.profiles["reminders"]
+    assert reminders.variables == ("first_name", "date")
+    assert reminders.outbound.machine_detection == "DetectMessageEnd"

@@ -28,8 +28,11 @@ async def sweep_once(store: Store, *, limit: int = 1000, max_rounds: int = 10) -
             total.caller_hits + counts.caller_hits,
             total.outbox + counts.outbox,
             total.processes + counts.processes,
+            total.commands + counts.commands,
+            total.twilio_calls + counts.twilio_calls,
         )
-        if max(counts.claims, counts.caller_hits, counts.outbox, counts.processes) < limit:
+        if max(counts.claims, counts.caller_hits, counts.outbox, counts.processes, counts.commands,
+               counts.twilio_calls) < limit:  # fmt: skip
             break
     return total
 

@@ -76,6 +76,7 @@ from sip_controller.state.records import (
 from sip_controller.state.store import UNSET, Store, _Unset, call_changes
 from sip_controller.state.twilio_calls import FINAL_STATUSES as TWILIO_FINAL_STATUSES
 from sip_controller.state.twilio_calls import (
+    KEEP_TWILIO_CALLS_S,
     TWILIO_CALL_COLUMNS,
     NewTwilioCall,
     TwilioCallRow,
@@ -277,7 +278,9 @@ class PostgresStore(PostgresAnalyses, Store):
         async with self._conn() as conn:
             await conn.execute("DELETE FROM claims WHERE key = $1", key)
 
-    async def sweep(self, *, limit: int = 1000, keep_delivered_s: float = 86_400.0) -> SweepCounts:
+    async def sweep(
+        self, *, limit: int = 1000, keep_delivered_s: float = 86_400.0, keep_twilio_calls_s: float = KEEP_TWILIO_CALLS_S
+    ) -> SweepCounts:
         now = self._clock()
         async with self._conn() as conn:
 
@@ -308,6 +311,11 @@ class PostgresStore(PostgresAnalyses, Store):
                     "DELETE FROM call_commands WHERE id IN (SELECT id FROM call_commands WHERE created_at <= $1 "
                     "LIMIT $2)",
                     now - keep_delivered_s,
+                ),
+                twilio_calls=await delete(
+                    "DELETE FROM twilio_calls WHERE id IN (SELECT id FROM twilio_calls WHERE created_at <= $1 "
+                    "LIMIT $2)",
+                    now - keep_twilio_calls_s,
                 ),
             )
 

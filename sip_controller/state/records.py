@@ -293,10 +293,12 @@ class SweepCounts:
     processes: int = 0
     #: operator commands older than ``keep_delivered_s`` (done or not: nobody acts on them any more)
     commands: int = 0
+    #: Twilio calls (#16) made over ``keep_twilio_calls_s`` ago: over long since, their idempotency keys expired
+    twilio_calls: int = 0
 
     @property
     def total(self) -> int:
-        return self.claims + self.caller_hits + self.outbox + self.processes + self.commands
+        return self.claims + self.caller_hits + self.outbox + self.processes + self.commands + self.twilio_calls
 
 
 #: the call states the store itself looks for (the rest are the caller's words)

@@ -79,6 +79,7 @@ from sip_controller.state.records import (
 from sip_controller.state.store import UNSET, Store, _Unset, call_changes
 from sip_controller.state.twilio_calls import FINAL_STATUSES as TWILIO_FINAL_STATUSES
 from sip_controller.state.twilio_calls import (
+    KEEP_TWILIO_CALLS_S,
     TWILIO_CALL_COLUMNS,
     NewTwilioCall,
     TwilioCallRow,
@@ -322,7 +323,9 @@ class SQLiteStore(SQLiteAnalyses, Store):
     async def release(self, key: str) -> None:
         await self._run(lambda conn: conn.execute("DELETE FROM claims WHERE key = ?", (key,)))
 
-    async def sweep(self, *, limit: int = 1000, keep_delivered_s: float = 86_400.0) -> SweepCounts:
+    async def sweep(
+        self, *, limit: int = 1000, keep_delivered_s: float = 86_400.0, keep_twilio_calls_s: float = KEEP_TWILIO_CALLS_S
+    ) -> SweepCounts:
         now = self._clock()
 
         def op(conn: Conn) -> SweepCounts:
@@ -353,6 +356,10 @@ class SQLiteStore(SQLiteAnalyses, Store):
                     "DELETE FROM call_commands WHERE id IN (SELECT id FROM call_commands WHERE created_at <= ? "
                     "LIMIT ?)",
                     now - keep_delivered_s,
+                ),
+                twilio_calls=delete(
+                    "DELETE FROM twilio_calls WHERE id IN (SELECT id FROM twilio_calls WHERE created_at <= ? LIMIT ?)",
+                    now - keep_twilio_calls_s,
                 ),
             )
 

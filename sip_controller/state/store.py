@@ -59,7 +59,7 @@ from sip_controller.state.records import (
     StoredEntry,
     SweepCounts,
 )
-from sip_controller.state.twilio_calls import NewTwilioCall, TwilioCallRow
+from sip_controller.state.twilio_calls import KEEP_TWILIO_CALLS_S, NewTwilioCall, TwilioCallRow
 
 
 class StateStore(Protocol):
@@ -141,10 +141,13 @@ class Store(StateStore, Protocol):
 
     # ---- claims ---------------------------------------------------------------------------------------------
 
-    async def sweep(self, *, limit: int = 1000, keep_delivered_s: float = 86_400.0) -> SweepCounts:
+    async def sweep(
+        self, *, limit: int = 1000, keep_delivered_s: float = 86_400.0, keep_twilio_calls_s: float = KEEP_TWILIO_CALLS_S
+    ) -> SweepCounts:
         """Delete at most ``limit`` rows of each kind that nobody needs any more: expired claims, caller hits out
-        of their window, outbox rows delivered (or given up) more than ``keep_delivered_s`` ago, and processes
-        whose lease lapsed over a day ago and that own no live call. Call it every few seconds from one task on
+        of their window, outbox rows delivered (or given up) more than ``keep_delivered_s`` ago, processes
+        whose lease lapsed over a day ago and that own no live call, and Twilio calls made more than
+        ``keep_twilio_calls_s`` ago. Call it every few seconds from one task on
         each replica: it is bounded, so it never holds the store for long; when a count equals ``limit`` there
         is more to do, so call it again soon."""
         ...

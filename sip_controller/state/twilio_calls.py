@@ -7,6 +7,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+#: how long the sweep keeps a Twilio call after it was made (``created_at``, indexed): ``GET /v1/outbound/{id}``
+#: answers for it, its Idempotency-Key places nothing new, a late callback (a recording) still finds it. A Twilio
+#: call lasts at most a day, so a week-old row is over whatever its last status said.
+KEEP_TWILIO_CALLS_S = 7 * 86_400.0
 #: a status after which Twilio's call is over: a late callback with an earlier status does not replace it
 FINAL_STATUSES = ("completed", "busy", "no-answer", "canceled", "failed")
 TWILIO_CALL_COLUMNS = (

@@ -24,7 +24,7 @@ from sip_controller.state.records import (
     StoreError,
 )
 from sip_controller.state.store import Store
-from sip_controller.state.twilio_calls import NewTwilioCall
+from sip_controller.state.twilio_calls import KEEP_TWILIO_CALLS_S, NewTwilioCall
 from tests.state.conftest import T0, Cluster
 
 pytestmark = pytest.mark.anyio
@@ -802,3 +802,23 @@ async def test_a_correlation_id_links_one_openai_call_only(cluster: Cluster) -> 
     assert again is not None
     assert again.call_id == winner
     assert await a.link_twilio_call("corr-unknown-000000000000", "rtc_c") is None
+
+
+async def test_sweep_forgets_twilio_calls_made_over_a_week_ago_bounded(cluster: Cluster, store: Store) -> None:
+    for n in range(1, 5):
+        await store.create_twilio_call(twilio_call(n))
+    cluster.clock.advance(20)
+    await store.create_twilio_call(twilio_call(5))
+    cluster.clock.advance(KEEP_TWILIO_CALLS_S - 30)
+    await store.update_twilio_call("out_1", status="completed", event={"kind": "status", "status": "completed"})
+    assert (await store.sweep()).twilio_calls == 0
+    cluster.clock.advance(20)
+    assert (await store.sweep(limit=3)).twilio_calls == 3
+    counts = await store.sweep(limit=3)
+    assert (counts.twilio_calls, counts.total) == (1, 1)
+    assert [await store.get_twilio_call(id=f"out_{n}") is not None for n in range(1, 6)] == [False] * 4 + [True]
+    # its idempotency key is free again once the row is gone
+    again, created = await store.create_twilio_call(twilio_call(6, idempotency_key="key-1"))
+    assert (again.id, created) == ("out_6", True)
+    assert (await store.sweep(keep_twilio_calls_s=60)).twilio_calls == 1  # out_5, not out_6 (just made)
+    assert await store.get_twilio_call(id="out_6") is not None
