@@ -579,6 +579,7 @@ def _demo(settings: Settings, *, time_scale: float) -> int:
         return 2
     configure_logging("error", settings.log_format)
     scenario = load_scenario(DEMO_SCENARIO)
+    settings = harness.with_demo_analysis(settings)  # a short analysis of each call (#17), by the simulator
 
     async def both() -> tuple[list[harness.CallOutcome], takeover_demo.TakeoverRun]:
         replicas_up = asyncio.Event()

@@ -25,6 +25,7 @@ import structlog
 from sip_controller.agent import session, templates
 from sip_controller.calls import routing
 from sip_controller.calls.admission import ANONYMOUS, BUSY, DECLINE, UNAVAILABLE, CallerRateLimiter, Refusal
+from sip_controller.calls.analysis import requests_for as analysis_requests
 from sip_controller.calls.hangups import leave_hanging_up
 from sip_controller.calls.incoming import IncomingCall
 from sip_controller.calls.inputs import Shutdown
@@ -549,6 +550,7 @@ class CallRegistry:
         now = self._wall_clock()
         reports = self._settings.reports
         document, outbox = ended_items(record, reports, at=now)
+        outbox += analysis_requests(self._settings, document)  # #17: its analysis, asked in the same transaction
         for attempt in range(5):
             try:
                 if fence is None:

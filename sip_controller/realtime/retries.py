@@ -139,6 +139,14 @@ async def retrying(
     raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
 
 
+async def with_retries(
+    operation: Callable[[], Awaitable[T]], policy: RetryPolicy = DEFAULT_POLICY, *, attempts: int, timeout_s: float
+) -> T:
+    """``operation()`` with the calls API's policy for what may pass on a second try (transport errors, timeouts,
+    429 honouring Retry-After, 5xx; never a 4xx): the Responses API's requests (#17) go through it."""
+    return await retrying(operation, _transient, policy, attempts=attempts, timeout_s=timeout_s)
+
+
 async def with_quick_retries(operation: Callable[[], Awaitable[None]], policy: RetryPolicy = DEFAULT_POLICY) -> None:
     """For hangup and refer: retry transient failures a few times (never a 404 or a 400)."""
     await retrying(operation, _transient, policy, attempts=policy.attempts, timeout_s=policy.timeout_s)

@@ -22,6 +22,7 @@ from sip_controller.calls.inputs import OperatorHangup, OperatorTransfer
 from sip_controller.calls.report import CallRecord, mask_number, report_document
 from sip_controller.config import Console as ConsoleSettings
 from sip_controller.service import history
+from sip_controller.service.analysis import with_analysis
 from sip_controller.service.sessions import (
     LoginThrottle,
     MemorySessionStore,
@@ -260,9 +261,12 @@ def routes(auth: AdminAuth, runtime: Callable[[Request], Any], *, mask_caller: b
         call_id = request.path_params["call_id"]
         rt = runtime(request)
         record = rt.registry.get(call_id)
-        if record is not None:
-            return JSONResponse(report_document(record, mask_caller=mask_caller))
         store = history.cluster_store(rt)
+        if record is not None:
+            document = report_document(record, mask_caller=mask_caller)
+            if record.ended_reason is not None:  # finished: its analysis, if any (#17)
+                document = await with_analysis(store, document)
+            return JSONResponse(document)
         if store is None:
             return _error(404, "no such call")
         try:
@@ -275,7 +279,7 @@ def routes(auth: AdminAuth, runtime: Callable[[Request], Any], *, mask_caller: b
             return _error(404, "no such call")
         if report is None:  # live on another replica (its transcript stays there), or finished without a report
             return JSONResponse(history.row_summary(row, time.time()))
-        return JSONResponse(history.masked_report(report, mask_caller=mask_caller))
+        return JSONResponse(await with_analysis(store, history.masked_report(report, mask_caller=mask_caller)))
 
     async def elsewhere(request: Request, call_id: str, kind: str, args: dict[str, Any]) -> Response:
         """The call is not live in this process: queue the command for its owner, if it is live in the cluster."""

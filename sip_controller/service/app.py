@@ -32,17 +32,20 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from sip_controller import __version__
+from sip_controller.calls.analysis import requests_for as analysis_requests
 from sip_controller.calls.commands import run_command_poller
 from sip_controller.calls.hangups import run_hangup_janitor
 from sip_controller.calls.outbox import report_items
 from sip_controller.calls.registry import CallRegistry
 from sip_controller.calls.takeover import take_over_orphans
 from sip_controller.config import Secrets, Settings, StoreSettings
+from sip_controller.realtime.responses import ResponsesAPI
 from sip_controller.realtime.rest import MAX_IN_FLIGHT, RealtimeCalls, new_http_client
 from sip_controller.realtime.retries import DEFAULT_POLICY, RetryPolicy
 from sip_controller.realtime.sideband import LeanConnector, SidebandConnector, connect_websocket
 from sip_controller.service import admin, console, diagnostics, twilio_routes
 from sip_controller.service.admin import AdminAuth
+from sip_controller.service.analysis import AnalysisWorker
 from sip_controller.service.intake import OtherEvent, WebhookRejected, WebhookVerifier, parse_event
 from sip_controller.service.metrics import Metrics
 from sip_controller.service.notifier import ReportNotifier
@@ -290,10 +293,24 @@ def create_app(
             # predecessor): retried with backoff until confirmed, then finished with their report (#13)
             jobs.append(asyncio.create_task(run_hangup_janitor(
                 the_store, api, process_id, supervised=registry.supervisor, clock=wall_clock,
-                outbox_for=lambda document: report_items(document, settings.reports, at=wall_clock()),
+                outbox_for=lambda document: [
+                    *report_items(document, settings.reports, at=wall_clock()), *analysis_requests(settings, document)
+                ],
                 on_retry=meters.hangup_retry, on_finished=notifier.kick,
             ), name="store:hangups"))  # fmt: skip
             app.state.notifier = notifier
+            # post-call analyses (#17): a bounded pool beside the calls, fed from the store; the Responses API on
+            # OpenAI's REST client and retry policy; stopped before the notifier (its outcomes go out with the rest)
+            analyses = AnalysisWorker(
+                settings, the_store,
+                ResponsesAPI(rest_client or client, base_url=secrets.openai_base_url, api_key=api_key,
+                             observer=meters.openai_request),
+                worker=process_id, policy=retry, wall_clock=wall_clock, on_stored=notifier.kick,
+            )  # fmt: skip
+            analyses.start()
+            stack.push_async_callback(analyses.aclose, settings.analysis.timeout_s / 4)
+            registry.on_finished.append(lambda _record: analyses.kick())
+            app.state.analyses = analyses
             app.state.runtime = Runtime(settings, registry, the_store, verifier, process_id)
             log.info(
                 "app.started", base_url=secrets.openai_base_url, profiles=sorted(settings.profiles),

@@ -20,6 +20,7 @@ from .faults import Endpoint, Faults
 from .model import DEFAULT_HOLD_MARKERS, CallRuntime, SimContext
 from .observe import WireObserver
 from .records import SimCall
+from .responses import ResponsesLog
 from .scenario import CallSpec, Scenario
 from .server import create_app
 from .twilio_api import calls_api_routes
@@ -103,6 +104,8 @@ class Simulator:
         self._stopped = False
         #: the Twilio stand-in (``None`` unless a ``twilio`` account was given)
         self.twilio: TwilioSide | None = TwilioSide(self, twilio) if twilio is not None else None
+        #: what ``POST /v1/responses`` saw (the post-call analyses, #17)
+        self.responses = ResponsesLog()
 
     @property
     def project_id(self) -> str:
@@ -146,6 +149,7 @@ class Simulator:
                 self._client, self._secret, time_scale=self.time_scale, on_signed=self._observe_webhook
             )
             app = create_app(self._ctx)
+            self.responses = app.state.responses
             app.router.routes.extend(self._routes)
             if self.twilio is not None:
                 app.router.routes.extend(calls_api_routes(self.twilio))

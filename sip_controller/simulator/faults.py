@@ -133,6 +133,16 @@ class ResponseFailure(_Strict):
         return self.reason or "max_output_tokens"
 
 
+class ResponsesFaults(_Strict):
+    """``POST /v1/responses`` (the post-call analysis, #17), counted across the simulator: the first ``fail_first``
+    requests are answered ``status`` (429 with ``Retry-After: 0``), then the next ``invalid_first`` answers carry
+    text that is not valid against the request's schema."""
+
+    fail_first: int = Field(default=0, ge=0, le=1000)
+    status: ErrorStatus = 500
+    invalid_first: int = Field(default=0, ge=0, le=1000)
+
+
 class Faults(_Strict):
     """Everything the simulated OpenAI side may get wrong. All off by default."""
 
@@ -175,6 +185,8 @@ class Faults(_Strict):
     hangup_while_ringing: float | None = Field(default=None, ge=0, le=60)
     #: responses that end ``failed`` or ``incomplete`` instead of ``completed``
     response_failures: list[ResponseFailure] = Field(default_factory=list, max_length=20)
+    #: the Responses API's answers (simulator-wide: set on the Simulator, not per call)
+    responses: ResponsesFaults = ResponsesFaults()
 
     def merged(self, override: Faults | None) -> Faults:
         """These faults with the fields ``override`` states replacing them."""

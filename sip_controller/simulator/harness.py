@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from pydantic import SecretStr
 from starlette.applications import Starlette
 
 from sip_controller.agent import preflight, session
+from sip_controller.agent.analysis import CallAnalysis
 from sip_controller.agent.profile import AgentProfile, HttpTool, PythonTool, ToolEntry
 from sip_controller.agent.validation import Finding
 from sip_controller.calls.incoming import IncomingCall, SipHeader
@@ -53,6 +55,8 @@ class CallOutcome:
     sim: SimCall
     record: CallRecord | None
     problems: list[str] = field(default_factory=list)
+    #: the call's post-call analysis as stored (#17), when its profile has one
+    analysis: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -301,7 +305,23 @@ async def run_call(stack: Stack, spec: CallSpec, *, timeout: float) -> CallOutco
     problems.extend(check_expectations(sim_call))
     if spec.expect is not None:
         problems.extend(check_controller_expectations(spec.expect, record))
-    return CallOutcome(spec=spec, sim=sim_call, record=record, problems=problems)
+    analysis = await _analysis(stack, record, timeout=min(timeout, 20.0))
+    return CallOutcome(spec=spec, sim=sim_call, record=record, problems=problems, analysis=analysis)
+
+
+async def _analysis(stack: Stack, record: CallRecord | None, *, timeout: float) -> dict[str, Any] | None:
+    """The call's analysis once it is done or failed (#17); None when its profile has none or it took too long."""
+    rt = stack.runtime
+    profile = rt.settings.profiles.get(record.profile) if record is not None else None
+    if record is None or profile is None or profile.analysis is None or not record.transcripts:
+        return None
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        row = await rt.store.get_analysis(record.call_id)
+        if row is not None and row.status != "pending" and row.result is not None:
+            return row.result
+        await asyncio.sleep(0.05)
+    return None
 
 
 def check_controller_expectations(expect: Expectation, record: CallRecord | None) -> list[str]:
@@ -361,6 +381,8 @@ def print_report(outcomes: list[CallOutcome], out: TextIO) -> None:
         if rec is not None:
             hold = f", on hold {rec.hold_s:.2f}s costing {rec.hold_cost_usd:.4f}" if rec.hold_s else ""
             print(f"  controller: profile={rec.profile} cost={rec.cost_usd:.4f} USD{hold}", file=out)
+        if outcome.analysis is not None:
+            print_analysis(outcome.analysis, out)
         gap = f"{sim.hangup_gap_s:.2f}s" if sim.hangup_gap_s is not None else "n/a"
         print(
             f"  simulator: accepts={sim.accept_count} deliveries={sim.delivery_statuses} audio={sim.audio_state} "
@@ -370,6 +392,49 @@ def print_report(outcomes: list[CallOutcome], out: TextIO) -> None:
         for problem in outcome.problems:
             print(f"  ✗ {problem}", file=out)
     print("\n" + _table(outcomes), file=out)
+
+
+#: the analysis ``sipctl demo`` gives a profile that has none (#17): what the simulator's /v1/responses answers
+DEMO_ANALYSIS = CallAnalysis.model_validate(
+    {
+        "summary_prompt": "Summarise the call in one sentence.",
+        "success_criteria": "The caller's question was answered and the assistant ended the call politely.",
+        "schema": {
+            "type": "object",
+            "properties": {
+                "topic": {"type": "string", "description": "what the caller asked about"},
+                "callback_requested": {"type": "boolean"},
+                "sentiment": {"type": "string", "enum": ["positive", "neutral", "negative"]},
+            },
+            "required": ["topic", "callback_requested", "sentiment"],
+            "additionalProperties": False,
+        },
+    }
+)
+
+
+def with_demo_analysis(settings: Settings) -> Settings:
+    """``settings`` whose profiles without an ``analysis`` block get :data:`DEMO_ANALYSIS`."""
+    profiles = {
+        name: profile if profile.analysis is not None else profile.model_copy(update={"analysis": DEMO_ANALYSIS})
+        for name, profile in settings.profiles.items()
+    }
+    return settings.model_copy(update={"profiles": profiles})
+
+
+def print_analysis(analysis: dict[str, Any], out: TextIO) -> None:
+    """A short analysis of one call (#17): the summary, the success verdict, the fields, the cost."""
+    if analysis.get("status") != "completed":
+        print(f"  analysis: failed after {analysis.get('attempts')} attempt(s): {analysis.get('error')}", file=out)
+        return
+    cost = analysis.get("cost_usd")
+    print(f"  analysis ({analysis.get('model')}, {cost if cost is not None else '?'} USD): {analysis.get('summary')}",
+          file=out)  # fmt: skip
+    if analysis.get("success") is not None:
+        print(f"    success: {analysis['success']} ({analysis.get('success_reason')})", file=out)
+    fields = analysis.get("fields")
+    if isinstance(fields, dict) and fields:
+        print("    fields: " + json.dumps(fields, ensure_ascii=False, separators=(", ", ": ")), file=out)
 
 
 def _table(outcomes: list[CallOutcome]) -> str:

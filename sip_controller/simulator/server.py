@@ -28,6 +28,7 @@ from .errors import (
 )
 from .faults import Endpoint
 from .model import CallRuntime, SimContext
+from .responses import ResponsesLog, responses_route
 from .rules import validate_session
 
 _TARGET_URI = re.compile(r"^(tel:\+[1-9][0-9]{1,14}|sips?:[^\s@]+@[^\s@]+|sips?:\+?[0-9]{3,15})$")
@@ -254,4 +255,9 @@ def create_app(ctx: SimContext) -> Starlette:
         Route("/v1/realtime/calls/{call_id}/hangup", hangup, methods=["POST"]),
         WebSocketRoute("/v1/realtime", sideband),
     ]
-    return Starlette(routes=routes)
+    # the Responses API for the post-call analysis (#17); what it saw is app.state.responses
+    seen = ResponsesLog()
+    routes.append(responses_route(ctx, seen))
+    app = Starlette(routes=routes)
+    app.state.responses = seen
+    return app
