@@ -187,7 +187,7 @@ def _response(body: Mapping[str, Any], text: str, status_ok: bool = True) -> dic
         "truncation": "disabled",
         "usage": {
             "input_tokens": sent // 4,
-            "input_tokens_details": {"cached_tokens": 0},
+            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
             "output_tokens": len(text) // 4 + 1,
             "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": sent // 4 + len(text) // 4 + 1,
