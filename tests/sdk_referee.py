@@ -44,6 +44,7 @@ from openai.types.realtime import RealtimeClientEvent, RealtimeServerEvent
 from openai.types.realtime.call_accept_params import CallAcceptParams
 from openai.types.realtime.call_refer_params import CallReferParams
 from openai.types.realtime.call_reject_params import CallRejectParams
+from openai.types.responses.response_create_params import ResponseCreateParamsNonStreaming
 from openai.types.webhooks import RealtimeCallIncomingWebhookEvent
 from typing_extensions import is_typeddict
 
@@ -91,6 +92,8 @@ REST_BODIES: dict[str, Any] = {
     "accept": CallAcceptParams,
     "reject": CallRejectParams,
     "refer": CallReferParams,
+    # the post-call analysis (#17): POST /v1/responses, not streamed
+    "responses": ResponseCreateParamsNonStreaming,
 }
 
 
