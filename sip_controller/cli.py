@@ -69,6 +69,15 @@ def _parser() -> argparse.ArgumentParser:
     bench.set_defaults(bench_mode="full")
     bench.add_argument("--out", type=Path, help="results directory (default bench/results; quick: …/quick)")
     bench.add_argument(
+        "--census",
+        type=int,
+        nargs="?",
+        const=1000,
+        metavar="CALLS",
+        help="instead: count the objects the controller's collector tracks, by type, with none and CALLS calls live "
+        "(default 1000), and its collector passes there (writes census.json)",
+    )
+    bench.add_argument(
         "--database-url",
         help="PostgreSQL for the per-store scenarios, in a throwaway schema (default: SIPCTL_DATABASE_URL, else "
         "postgresql://postgres@127.0.0.1:5432/test; skipped when none answers)",
@@ -168,6 +177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "bench":
         from sip_controller import bench
 
+        if args.census is not None:
+            from sip_controller.bench import census
+
+            return census.main(args.out or bench.QUICK_OUT, calls=args.census)
         return bench.main(mode=args.bench_mode, out_dir=args.out, database_url=args.database_url)
     if args.command == "soak":
         return _soak(result.settings, args)

@@ -10,8 +10,11 @@ responder are child processes on loopback. Scenarios, each bounded in count and 
 2. CPU per new call (verify, decide, accept, attach, greeting) from the controller's CPU time;
 3. concurrency: ramp to each level of simultaneous calls, each with its sideband, transcripts and tool calls;
    RSS per call, CPU, tool reaction, memory growth per transcript line; hangup reaction at one level;
-4. webhook intake at saturation, the calls rejected at admission (no sideband cost);
-5. takeover, per store: two controllers on one store with the default lease (6 s, heartbeat 2 s), calls live on
+4. ring under load (:mod:`.full_house`, ``ring_under_load``): new calls at 20, 100 and 200 calls/s while 0, 1,000
+   and 2,000 calls are live and talking, per store; webhook → accept, and from inside the controller (its
+   ``SIPCTL_DIAGNOSTICS``) its event-loop lag and its collector's passes per generation;
+5. webhook intake at saturation, the calls rejected at admission (no sideband cost);
+6. takeover, per store: two controllers on one store with the default lease (6 s, heartbeat 2 s), calls live on
    the first, which is SIGKILLed; per call, the kill → the second's sideband re-attach (``takeover``).
 
 PostgreSQL comes from ``--database-url``, ``SIPCTL_DATABASE_URL`` or the local default (:mod:`.database`); when none
@@ -46,7 +49,7 @@ from typing import Any
 import asyncpg
 import psutil
 
-from sip_controller.bench import database, noise, proc
+from sip_controller.bench import database, full_house, noise, proc
 from sip_controller.bench.peer import Peer, PeerCall
 from sip_controller.bench.stats import json_safe, latency_summary, median, percentile, rounded, spread
 from sip_controller.config import StoreSettings
@@ -183,6 +186,8 @@ class Bench:
         self.peer.transcript_interval_s = plan.transcript_interval_s
         self.peer.tool_interval_s = plan.tool_interval_s
         self.peer.goodbye_audio_s = plan.goodbye_audio_s
+        #: the ring-under-load scenario's sizes (:mod:`.full_house`)
+        self.house = full_house.HOUSE_PLANS.get(plan.name, full_house.HOUSE_PLANS["smoke"])
 
     @contextlib.asynccontextmanager
     async def controller(self, max_calls: int, env: dict[str, str] | None = None) -> AsyncIterator[proc.Child]:
@@ -658,6 +663,8 @@ class Bench:
             results.update(await self.scenario_ring())
             _say("concurrency and hangup reaction")
             results.update(await self.scenario_concurrency())
+            _say("ring under load: new calls while thousands are live, on each store")
+            results.update(await full_house.scenario(self, self.house, _say))
             _say("webhook intake")
             results.update(await self.scenario_intake())
             _say("takeover: a controller SIGKILLed, its calls re-attached by the other")
@@ -791,6 +798,10 @@ def evaluate_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             at100 or {}, skipped=e.get("skipped"))
         add(f"ring_p50_over_floor_at_100_{store}", "<= 3x",
             at100 and at100["controller_over_floor_p50"]["median"], lambda v: v <= 3, skipped=e.get("skipped"))
+    # new calls while the house is full, and the controller's collector pauses there (#18)
+    house_skipped = r.get("ring_under_load_skipped") or {}
+    for name, wanted, value, ok, where in full_house.target_rows(r):
+        add(name, wanted, value, ok, where, skipped=house_skipped.get(name.rsplit("_", 1)[1]))
     # the worst kill → re-attach of a store, every call re-attached
     takeover = r.get("takeover") or {}
     for store in database.STORES:
@@ -844,6 +855,7 @@ def render_table(r: dict[str, Any]) -> str:
                      f"{_fmt(e['tool_reaction_p50_ms'])} | {_fmt(e['tool_reaction_p99_ms'])} | "
                      f"{_fmt(quiet.get('probe_lag_p99_ms'))} | {_fmt(quiet.get('steal_percent'))} |")
     lines.append("")
+    lines.extend(full_house.table_lines(r))
     by_store = r.get("ring_to_answer_by_store") or {}
     if by_store:
         lines.append("| ring-to-answer by store | calls/s | p50 ms | p99 ms | max ms | floor p50 | floor p99 "

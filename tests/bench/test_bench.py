@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from standardwebhooks import Webhook
 
-from sip_controller.bench import floor, noise, runner, stats, wire
+from sip_controller.bench import floor, full_house, noise, runner, stats, wire
 from sip_controller.service.intake import WebhookVerifier
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -207,6 +207,62 @@ def test_smoke_takeover_is_timed_within_the_lease(smoke: tuple[Path, Path, dict[
         assert max(run["latencies_s"]) == t["max_s"]
         target = targets[f"takeover_max_s_{store}"]
         assert (target["value"], target["met"]) == (t["max_s"], True)
+
+
+@pytest.mark.e2e
+def test_smoke_rings_under_load_with_the_controllers_own_view(smoke: tuple[Path, Path, dict[str, Any]]) -> None:
+    """New calls over background calls that talk, per store; the loop lag and collector figures come from inside
+    the controller (its SIPCTL_DIAGNOSTICS), the ring from the peer: every figure a measurement of this run."""
+    _, _, results = smoke
+    house = full_house.HOUSE_PLANS["smoke"]
+    skipped = results["ring_under_load_skipped"]
+    stores = ["sqlite"]
+    if _postgres_entry({"skipped": skipped["postgresql"]} if "postgresql" in skipped else {}):
+        stores.append("postgresql")
+    rows = results["ring_under_load"]
+    assert [(r["store"], r["live_calls"], r["rate"]) for r in rows] == [
+        (store, level, rate) for store in stores for level in house.levels for rate in house.rates
+    ]
+    for row in rows:
+        assert set(row) >= {"rate", "live_calls", "store", "p50_ms", "p90_ms", "p99_ms", "max_ms", "loop_lag_p99_ms",
+                            "gc_max_pause_ms"}, row
+        # the peer's ring samples: one per call placed in the window, every one answered
+        assert row["count"] == row["rate"] * house.seconds * house.runs, row
+        assert row["lost"] == 0
+        assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"] <= row["max_ms"], row
+        # the background calls were live (and attached) through the window
+        assert row["background_live"] >= row["live_calls"], row
+        # the controller's own timer ran about every 10 ms through its window: sampled, not a constant
+        assert row["loop_lag_p99_ms"] is not None
+        assert 0 <= row["loop_lag_p99_ms"] <= row["loop_lag_max_ms"], row
+        gens = [row["gc"][g] for g in ("0", "1", "2")]
+        assert all(isinstance(g["count"], int) and (g["max_ms"] is None) == (g["count"] == 0) for g in gens), row
+        assert row["gc_max_pause_ms"] == max((g["max_ms"] for g in gens if g["max_ms"] is not None), default=0.0)
+        assert _number(row["noise"]["probe_lag_p99_ms"])
+    targets = {t["name"] for t in results["targets"]}
+    assert {f"gc_max_pause_at_2000_{s}" for s in ("sqlite", "postgresql")} <= targets
+    assert "ring_under_load_p99_100_at_1000_sqlite" in targets
+    table = runner.render_table(results)
+    assert f"| sqlite | {house.levels[-1]} | {house.rates[0]} |" in table
+
+
+@pytest.mark.parametrize(
+    "runs",
+    [[{"p99_ms": 3.0, "gc_max_pause_ms": 9.0}, {"p99_ms": 5.0, "gc_max_pause_ms": 2.0},
+      {"p99_ms": 4.0, "gc_max_pause_ms": 1.0}]],
+)
+def test_a_row_is_the_median_of_its_runs_but_the_worst_pause(runs: list[dict[str, Any]]) -> None:
+    full = [
+        {**r, "p50_ms": 1.0, "p90_ms": 2.0, "max_ms": 6.0, "count": 10, "lost": 0, "noise": {},
+         "gc": {g: {"count": 1, "max_ms": r["gc_max_pause_ms"], "cpu_max_ms": 0.5, "total_ms": 1.0}
+                for g in ("0", "1", "2")}}
+        for r in runs
+    ]  # fmt: skip
+    row = full_house.merge("sqlite", 1000, 100, full)
+    assert row["p99_ms"] == 4.0
+    assert row["gc_max_pause_ms"] == 9.0
+    assert row["gc"]["0"] == {"count": 3, "max_ms": 9.0, "cpu_max_ms": 0.5, "total_ms": 3.0}
+    assert (row["count"], row["runs"]) == (30, 3)
 
 
 def test_steal_share_from_proc_stat(tmp_path: Path) -> None:
