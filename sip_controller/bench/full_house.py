@@ -149,6 +149,7 @@ async def window(bench: Bench, child: proc.Child, diag: ControllerDiagnostics, p
 
     peer = bench.peer
     background = peer.live
+    before = set(peer.calls)
     peer.reset()
     count = max(1, int(rate * plan.seconds))
     quiet: dict[str, Any] = {}
@@ -157,20 +158,23 @@ async def window(bench: Bench, child: proc.Child, diag: ControllerDiagnostics, p
         cpu0, t0 = child.cpu_s(), time.perf_counter()
         with _no_gc():
             placed = await peer.place_at_rate(rate, count, plan.seconds + 1, hold_s=plan.hold_s)
-            await peer.wait_for(lambda: peer.rec.accepts >= placed, 5)
-        elapsed = time.perf_counter() - t0
-        cpu = child.cpu_s() - cpu0
+            elapsed = time.perf_counter() - t0
+            cpu = child.cpu_s() - cpu0
+            mine = [c for k, c in peer.calls.items() if k not in before]
+            await peer.wait_for(lambda: all(c.accepted_ns for c in mine), 5)
     inside = await diag.window()
     rec = peer.reset()
+    # this window's calls only: a background call still being accepted (a backlog) is not a ring of this window
+    ring_ns = [c.accepted_ns - c.sent_ns for c in mine if c.accepted_ns and c.sent_ns]
     # the window's calls hang up hold_s after their greeting: back to the background level before the next one
     await peer.wait_for(lambda: peer.live <= background, plan.hold_s + 10)
     peer.forget_finished()
-    ring = latency_summary(rec.ring_ns)
+    ring = latency_summary(ring_ns)
     lag = inside["loop_lag"]
     return {
         "rate": rate,
         **ring,
-        "lost": placed - rec.accepts,
+        "lost": placed - len(ring_ns),
         "webhook_errors": rec.webhook_errors,
         "achieved_rate": rounded(placed / elapsed, 1),
         "cpu_percent": rounded(100 * cpu / elapsed, 1),

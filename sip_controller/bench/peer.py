@@ -123,6 +123,8 @@ class PeerCall:
     attached_ns: list[int] = field(default_factory=list)
     #: when the last sideband dropped without a close handshake (its controller died)
     dropped_ns: int = 0
+    #: when its accept request arrived (0: not accepted)
+    accepted_ns: int = 0
 
 
 class Peer:
@@ -316,6 +318,7 @@ class Peer:
                 rec.ring_ns.append(now - call.sent_ns)
             rec.accepts += 1
             call.accepted = True
+            call.accepted_ns = now
             try:
                 body = json.loads(msg.body)
                 ok = isinstance(body, dict) and body.get("type") == "realtime"
