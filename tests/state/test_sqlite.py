@@ -46,3 +46,40 @@ async def test_many_opens_of_one_new_file_all_succeed(tmp_path: Path) -> None:
         stores = await asyncio.gather(*(SQLiteStore.open(path) for _ in range(5)))
         for store in stores:
             await store.aclose()
+
+
+def _wal_frames(path: Path) -> int:
+    wal = path.with_name(path.name + "-wal")
+    return (wal.stat().st_size - 32) // (4096 + 24) if wal.exists() else 0
+
+
+@anyio
+async def test_commits_never_checkpoint_the_wal_a_thread_of_its_own_does(tmp_path: Path) -> None:
+    """#18: a checkpoint (the WAL copied into the file, then fsynced) ran inside whichever commit crossed SQLite's
+    1,000-page mark: that ring waited milliseconds. The store's connection no longer checkpoints by itself; a
+    background thread with its own connection does, every ``checkpoint_s``, so the WAL stays bounded."""
+    path = tmp_path / "state.db"
+    store = await SQLiteStore.open(path, checkpoint_s=3600)  # the background checkpoint far away
+    try:
+        for i in range(600):  # a few pages a commit: well past SQLite's own 1,000-page mark
+            assert await store.claim(f"webhook:wh_{i}", 60)
+        grown = _wal_frames(path)
+        assert grown > 1000  # no commit checkpointed on its own
+        await store.checkpoint()
+        check = sqlite3.connect(path)
+        try:  # everything was copied into the file already: a full checkpoint
+            busy, frames, done = check.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        finally:
+            check.close()
+        assert (busy, frames) == (0, done)
+    finally:
+        await store.aclose()
+    quick = await SQLiteStore.open(path, checkpoint_s=0.05)
+    try:
+        for round_ in range(6):
+            for i in range(100):
+                assert await quick.claim(f"call:rtc_{round_}_{i}", 60)
+            await asyncio.sleep(0.3)  # the thread checkpoints; the next commit starts the WAL over
+        assert _wal_frames(path) < 1000  # 600 commits, yet the WAL never grew past a few rounds' worth
+    finally:
+        await quick.aclose()
