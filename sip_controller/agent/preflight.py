@@ -72,6 +72,10 @@ def check_profile(name: str, profile: AgentProfile, today: date) -> list[Finding
     base = f"profiles.{name}"
     for problem in templates.problems(profile.instructions, profile.template_headers, profile.variables):
         found.append(Finding(f"{base}.instructions", problem))
+    voicemail = profile.outbound.voicemail
+    if voicemail is not None and voicemail.message is not None:  # said after the beep: no SIP headers there
+        for problem in templates.problems(voicemail.message, (), profile.variables):
+            found.append(Finding(f"{base}.outbound.voicemail.message", problem))
     if profile.greeting is not None and not profile.greeting.strip():
         found.append(Finding(f"{base}.greeting", "must not be empty; use null to wait for the caller to speak first"))
     ctx = Context(today=today, allow_pcm=profile.allow_pcm, vad_on_accept=profile.vad_on_accept)

@@ -6,7 +6,7 @@ import re
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sip_controller.agent import tools
 from sip_controller.agent.analysis import CallAnalysis
@@ -124,6 +124,33 @@ class Transfer(Strict):
 _VARIABLE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
 
+#: the longest voicemail message: Twilio's answering machines usually record one to three minutes
+MAX_VOICEMAIL_MESSAGE_S = 120.0
+
+
+class Voicemail(Strict):
+    """What a call this profile places does when an answering machine picks up (Twilio's answering-machine
+    detection, reported asynchronously). ``hangup``: hang up at once; ``leave_message``: wait for the beep
+    (``machine_detection: DetectMessageEnd``), say ``message`` (fixed text, ``{{ var:name }}`` allowed) or a message
+    the model makes up from the conversation's instructions (``message_from_model``), then hang up. Either way the
+    call ends as ``voicemail``."""
+
+    action: Literal["hangup", "leave_message"] = "hangup"
+    message: str | None = Field(default=None, min_length=1, max_length=1000)
+    message_from_model: bool = False
+    #: the message's audio is cut off (and the call hung up) this long after it started at the latest
+    max_message_s: float = Field(default=60.0, gt=0, le=MAX_VOICEMAIL_MESSAGE_S)
+
+    @model_validator(mode="after")
+    def _message(self) -> Voicemail:
+        if self.action == "hangup" and (self.message is not None or self.message_from_model):
+            raise ValueError("message and message_from_model are for action: leave_message")
+        if self.action == "leave_message" and (self.message is None) == (not self.message_from_model):
+            raise ValueError("leave_message needs exactly one of message (the text to say) and "
+                             "message_from_model: true")  # fmt: skip
+        return self
+
+
 class Outbound(Strict):
     """Calls this profile places through Twilio (``POST /v1/outbound``, ``sipctl call``)."""
 
@@ -133,12 +160,28 @@ class Outbound(Strict):
     #: the caller ID for this profile's calls (E.164, a number of the Twilio account); default twilio.from_number
     from_number: str | None = None
 
+    #: what to do when an answering machine picks up (None: nothing; the call goes on as if a person answered)
+    voicemail: Voicemail | None = None
+
     @field_validator("from_number")
     @classmethod
     def _e164(cls, value: str | None) -> str | None:
         if value is not None and not re.fullmatch(r"\+[1-9][0-9]{1,14}", value):
             raise ValueError("must be an E.164 number of your Twilio account, e.g. +14155550100")
         return value
+
+    @model_validator(mode="after")
+    def _detection_for_voicemail(self) -> Outbound:
+        voicemail = self.voicemail
+        if voicemail is None:
+            return self
+        if self.machine_detection == "off":
+            raise ValueError("voicemail needs answering-machine detection: set machine_detection to "
+                             "DetectMessageEnd (or Enable, to hang up on machines)")  # fmt: skip
+        if voicemail.action == "leave_message" and self.machine_detection != "DetectMessageEnd":
+            raise ValueError("voicemail.action leave_message needs machine_detection: DetectMessageEnd (the message "
+                             "starts after the beep, which only DetectMessageEnd waits for)")  # fmt: skip
+        return self
 
 
 #: OpenAI ends every Realtime session this long after it began (the call with it)

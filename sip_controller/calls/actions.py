@@ -79,7 +79,13 @@ class Refer:
     target_uri: str
 
 
+@dataclass(frozen=True)
+class EndTwilioCall:
+    """Hang up the call's Twilio side through Twilio's Calls API (``Status=completed``): the line to an answering
+    machine drops at once, whatever OpenAI's side is still doing (#16)."""
+
+
 Action = (
     Accept | Attach | Reattach | Send | Hangup | HangingUp | Reject | RunTool | Refer | StartTimer | CancelTimer
-    | Finish
+    | Finish | EndTwilioCall
 )

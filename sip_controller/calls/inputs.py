@@ -106,6 +106,14 @@ class OperatorTransfer:
 
 
 @dataclass(frozen=True)
+class MachineDetection:
+    """Twilio's answering-machine detection on a call we placed (#16): ``answered_by`` as Twilio sends it
+    (``human``, ``machine_start``, ``machine_end_beep``/``_silence``/``_other``, ``fax``, ``unknown``)."""
+
+    answered_by: str
+
+
+@dataclass(frozen=True)
 class OperatorHangup:
     """An operator asked for the call to end: politely (goodbye first) or at once."""
 
@@ -129,4 +137,5 @@ Input = (
     | ReferFailed
     | OperatorHangup
     | OperatorTransfer
+    | MachineDetection
 )

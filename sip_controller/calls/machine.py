@@ -21,12 +21,13 @@ from jsonschema import Draft202012Validator
 from sip_controller.agent import session, tools
 from sip_controller.agent.profile import OPENAI_SESSION_LIMIT_S, AgentProfile, HttpTool, PythonTool
 from sip_controller.agent.validation import Context, check_session, errors
-from sip_controller.calls import lines
+from sip_controller.calls import lines, voicemail
 from sip_controller.calls.actions import (
     Accept,
     Action,
     Attach,
     CancelTimer,
+    EndTwilioCall,
     Finish,
     HangingUp,
     Hangup,
@@ -48,6 +49,7 @@ from sip_controller.calls.inputs import (
     HangupFailed,
     HangupOk,
     Input,
+    MachineDetection,
     OperatorHangup,
     OperatorTransfer,
     ReferFailed,
@@ -226,6 +228,10 @@ class _Ending:
     failures: int = 0
     #: the caller talked over the goodbye: it is asked for again once the model has answered them
     awaiting_answer: bool = False
+    #: the tag purpose of the line said before hanging up (a voicemail message is ``voicemail``)
+    purpose: str = "goodbye"
+    #: how long its audio may play before the hangup (None: the profile's ``goodbye_timeout_s``)
+    timeout_s: float | None = None
 
 
 @dataclass(slots=True)
@@ -293,6 +299,10 @@ class CallMachine:
     _caller_speaking: bool = False
     #: a shutdown or an operator's hangup came while the call was already ending: it may not give way
     _end_requested: bool = False
+    #: Twilio's answering-machine verdict that came before the call was attached: acted on once it is (#16)
+    _amd_pending: str | None = None
+    #: a machine was hung up on or left its message: later verdicts change nothing
+    _amd_acted: bool = False
     #: the features: each holds its own state and its slice of the profile; they reach the call through
     #: this machine as their ``CallPort`` (passed to each call, never kept)
     transfer: Transfer = field(init=False)
@@ -395,6 +405,8 @@ class CallMachine:
                 return self.transfer.on_refer_ok(self, rel)
             case ReferFailed(detail=detail):
                 return self.transfer.on_refer_failed(self, detail, rel)
+            case MachineDetection(answered_by=verdict):
+                return self._on_machine_detection(verdict, rel)
         return []  # pragma: no cover - exhaustive match
 
     def resume(self, now: float, *, elapsed_s: float, ending: EndedReason | None = None) -> list[Action]:
@@ -540,14 +552,18 @@ class CallMachine:
         self.record.mark(rel, f"hangup: {why}")
         return [CancelTimer(GOODBYE_TIMER), Hangup()]
 
-    def begin_ending(self, reason: EndedReason, rel: float, instructions: str | None) -> list[Action]:
+    def begin_ending(
+        self, reason: EndedReason, rel: float, instructions: str | None, *, purpose: str = "goodbye",
+        timeout_s: float | None = None,
+    ) -> list[Action]:  # fmt: skip
         """Every way a call ends goes through here: say goodbye (unless the caller already hears one), wait for
-        that audio to finish (``output_audio_buffer.stopped``, with a timeout), then hang up."""
+        that audio to finish (``output_audio_buffer.stopped``, with a timeout), then hang up. ``purpose`` and
+        ``timeout_s``: a last line that is not a goodbye (a voicemail message) and the time its audio may take."""
         if self.ending is not None or self.state not in (CallState.ATTACHED, CallState.ACCEPTED):
             return []
-        self.ending = _Ending(reason=reason)
+        self.ending = _Ending(reason=reason, purpose=purpose, timeout_s=timeout_s)
         self._set_state(CallState.ENDING, rel)
-        timeout = self.profile.goodbye_timeout_s
+        timeout = self._goodbye_timeout_s()
         if instructions is None:
             return [*self.watchdog.stop(), StartTimer(GOODBYE_TIMER, timeout)]
         self.ending.instructions = instructions
@@ -556,8 +572,8 @@ class CallMachine:
     def _request_goodbye(self, rel: float) -> Send:
         assert self.ending is not None
         assert self.ending.instructions is not None
-        self.record.mark(rel, "goodbye requested")
-        request = self.say(self.ending.instructions, purpose="goodbye")
+        self.record.mark(rel, f"{self.ending.purpose} requested")
+        request = self.say(self.ending.instructions, purpose=self.ending.purpose)
         self.ending.response_id = None  # a goodbye asked for again is a new response
         self.ending.tag = request.event["response"]["metadata"]
         self.ending.request_event_id = request.event.get("event_id")
@@ -570,7 +586,11 @@ class CallMachine:
         self.ending.queued = self._playing is not None
         if self.ending.queued:
             return [StartTimer(GOODBYE_TIMER, GOODBYE_QUEUE_MAX_S)]
-        return [StartTimer(GOODBYE_TIMER, self.profile.goodbye_timeout_s)]
+        return [StartTimer(GOODBYE_TIMER, self._goodbye_timeout_s())]
+
+    def _goodbye_timeout_s(self) -> float:
+        end = self.ending
+        return end.timeout_s if end is not None and end.timeout_s is not None else self.profile.goodbye_timeout_s
 
     def update_session(self, patch: dict[str, Any], rel: float, *, what: str, then: list[Action]) -> list[Action]:
         """Send a checked session.update; ``then`` runs once OpenAI confirms it with session.updated."""
@@ -636,6 +656,11 @@ class CallMachine:
         self.record.attached_s = round(rel, 3)
         if self._drain_requested:
             return self.begin_ending("shutdown", rel, SHUTDOWN_INSTRUCTIONS)
+        if self._amd_pending is not None:  # Twilio's verdict came first: a machine gets no greeting
+            verdict, self._amd_pending = self._amd_pending, None
+            acted = self._act_on_machine(verdict, rel)
+            if self.ending is not None:
+                return [self._session_guard(rel), *acted]
         timers = [*self.watchdog.start(rel), self._session_guard(rel)]
         greeting: list[Action] = []
         if self.profile.greeting:
@@ -650,6 +675,50 @@ class CallMachine:
             return timers + greeting
         # the accept body held automatic responses; nothing is said until the tuning is in force
         return timers + self.update_session(patch, rel, what="VAD tuning", then=greeting)
+
+    def _on_machine_detection(self, verdict: str, rel: float) -> list[Action]:
+        """Twilio's answering-machine verdict on a call we placed (#16): what answered goes on the report; with
+        the profile's ``outbound.voicemail``, a machine is hung up on or left a message after its beep."""
+        if self.record.twilio is not None:
+            self.record.twilio["answered_by"] = verdict
+        self.record.mark(rel, f"twilio: answered by {verdict}")
+        if self.state in (CallState.RECEIVED, CallState.ACCEPTING, CallState.ACCEPTED):
+            self._amd_pending = verdict  # acted on once the sideband is attached
+            return []
+        return self._act_on_machine(verdict, rel)
+
+    def _act_on_machine(self, verdict: str, rel: float) -> list[Action]:
+        policy = self.profile.outbound.voicemail
+        if policy is None or self._amd_acted or verdict in ("human", "unknown"):
+            return []
+        if self.ending is not None or self.state != CallState.ATTACHED:
+            self.record.mark(rel, f"voicemail: the call is already {self.ending.reason if self.ending else 'over'}")
+            return []
+        if policy.action == "hangup" or verdict == "fax":  # no message can be left on a fax
+            self._amd_acted = True
+            self.ending = _Ending(reason="voicemail")
+            self._set_state(CallState.ENDING, rel)
+            return [*self.watchdog.stop(), EndTwilioCall(), *self.hangup(rel, f"answered by {verdict}")]
+        if not verdict.startswith("machine_end_"):
+            self.record.mark(rel, "voicemail: waiting for the beep")
+            return []
+        self._amd_acted = True
+        outbound = self.record.outbound or {}
+        variables = outbound.get("variables")
+        line = voicemail.instructions(
+            self.profile_name, self.profile, variables=variables if isinstance(variables, dict) else None,
+            caller=self.record.caller, dialed=self.record.dialed, now=self.record.received_at,
+        )  # fmt: skip
+        assert line is not None  # leave_message
+        stop: list[Action] = []
+        if self._in_progress:  # the model is answering the machine's greeting: the message replaces that
+            stop.append(Send({"type": "response.cancel", "event_id": self.next_event_id("cancel")}))
+        if self._playing is not None:
+            stop.append(Send({"type": "output_audio_buffer.clear", "event_id": self.next_event_id("clear")}))
+        self.record.mark(rel, "voicemail: the beep; leaving the message")
+        return stop + self.begin_ending(
+            "voicemail", rel, line, purpose=voicemail.PURPOSE, timeout_s=policy.max_message_s
+        )
 
     def _session_guard(self, rel: float) -> StartTimer:
         """A timer that hangs up just before OpenAI's session limit, counted from the accept."""
@@ -785,7 +854,7 @@ class CallMachine:
                 return []  # a goodbye fallback of the goodbye the caller talked over
             if self.ending.queued:
                 return self.hangup(rel, f"audio ahead of the goodbye not ended after {GOODBYE_QUEUE_MAX_S:g}s")
-            return self.hangup(rel, f"goodbye audio not finished after {self.profile.goodbye_timeout_s}s")
+            return self.hangup(rel, f"{self.ending.purpose} audio not finished after {self._goodbye_timeout_s()}s")
         if name == HANGUP_RETRY_TIMER and self.ending is not None:
             return self.hangup(rel, f"retry {self._hangup_failures}")
         if name == CLOSE_WAIT_TIMER and self.ending is not None:
@@ -866,7 +935,7 @@ class CallMachine:
                 end = self.ending
                 if end is not None and end.response_id is not None and rid == end.response_id:
                     end.queued = False
-                    return [StartTimer(GOODBYE_TIMER, self.profile.goodbye_timeout_s)]  # the goodbye is playing
+                    return [StartTimer(GOODBYE_TIMER, self._goodbye_timeout_s())]  # the goodbye is playing
                 return self.watchdog.on_assistant_audio(self, started=True)
             case ev.OutputAudioBuffer(type=kind, response_id=rid):
                 if rid:
@@ -882,7 +951,7 @@ class CallMachine:
                 if end is not None and end.queued and self._playing is None and not end.hangup_sent:
                     end.queued = False  # the audio ahead of the goodbye is over: the goodbye can start now
                     self.record.mark(rel, "audio ahead of the goodbye ended")
-                    return [StartTimer(GOODBYE_TIMER, self.profile.goodbye_timeout_s)]
+                    return [StartTimer(GOODBYE_TIMER, self._goodbye_timeout_s())]
                 return [
                     *self.transfer.on_audio_done(self, rid, rel, cleared=cleared),
                     *self.watchdog.on_assistant_audio(self, started=False),
@@ -1092,7 +1161,8 @@ class CallMachine:
 
         # a shutdown or an operator's hangup that came during this goodbye must still end the call
         resumable = end.reason in RESUMABLE_REASONS and not self._end_requested
-        nothing_to_ask = end.instructions is None and not resumable
+        # a voicemail message talked over (noise on the recorder's line) is not said twice: the call ends
+        nothing_to_ask = (end.instructions is None and not resumable) or end.purpose == voicemail.PURPOSE
         if self.hold.active or self._goodbye_barge_ins > lines.MAX_BARGE_INS or nothing_to_ask:
             barge_in("hung_up")
             why = "on hold" if self.hold.active else f"{self._goodbye_barge_ins} times"

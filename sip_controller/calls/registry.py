@@ -28,7 +28,7 @@ from sip_controller.calls.admission import ANONYMOUS, BUSY, DECLINE, UNAVAILABLE
 from sip_controller.calls.analysis import requests_for as analysis_requests
 from sip_controller.calls.hangups import leave_hanging_up
 from sip_controller.calls.incoming import IncomingCall
-from sip_controller.calls.inputs import Shutdown
+from sip_controller.calls.inputs import MachineDetection, Shutdown
 from sip_controller.calls.journal import CallJournal
 from sip_controller.calls.machine import CallMachine
 from sip_controller.calls.outbox import ended_items, started_items
@@ -56,7 +56,11 @@ from sip_controller.state.records import (
 )
 from sip_controller.state.store import Store
 from sip_controller.state.twilio_calls import TwilioCallRow
+from sip_controller.telephony.calls_api import TwilioCalls
 from sip_controller.telephony.twiml import CORRELATION_HEADER, well_formed_correlation
+
+#: answering-machine verdicts kept for calls not (yet) live here (``CallRegistry.machine_detected``)
+MAX_KEPT_VERDICTS = 1000
 
 log = structlog.get_logger("sip_controller.calls.registry")
 
@@ -117,6 +121,10 @@ class CallRegistry:
         self.draining = False
         #: the heartbeat once found this process's lease lapsed: REST actions verify the call's fence first
         self.lease_lapsed = False
+        #: Twilio's Calls API (#16; set by the app when Twilio is configured): hangs up the Twilio side of calls
+        self.twilio_api: TwilioCalls | None = None
+        #: answering-machine verdicts that came before their call was live here (``machine_detected``)
+        self._verdicts: OrderedDict[str, str] = OrderedDict()
 
     @property
     def live_count(self) -> int:
@@ -130,6 +138,20 @@ class CallRegistry:
         """The supervisor of a live call (None once it ended, or for a rejected call)."""
         entry = self._live.get(call_id)
         return entry.supervisor if entry else None
+
+    def machine_detected(self, call_id: str, answered_by: str) -> bool:
+        """Twilio's answering-machine verdict on a call we placed (#16), for its supervisor: posted at once when
+        the call is live here (True); else kept (a few, the oldest dropped) in case the call is being started
+        here right now (its webhook linked the Twilio call a moment ago), and False. A call live on another replica
+        does not get it: the verdict stays on its Twilio call (the report's ``answered_by``)."""
+        supervisor = self.supervisor(call_id)
+        if supervisor is not None:
+            supervisor.post(MachineDetection(answered_by))
+            return True
+        self._verdicts[call_id] = answered_by
+        while len(self._verdicts) > MAX_KEPT_VERDICTS:
+            self._verdicts.popitem(last=False)
+        return False
 
     def live_records(self) -> list[CallRecord]:
         return [e.record for e in self._live.values()]
@@ -302,6 +324,10 @@ class CallRegistry:
         supervisor.begin()  # the accept request starts now, not a turn of the loop later
         task = asyncio.create_task(self._run(supervisor), name=f"{incoming.call_id}:call")
         self._track(_Live(supervisor, task, record, journal=journal))
+        # Twilio's answering-machine verdict may have come before this call's webhook (#16)
+        verdict = self._verdicts.pop(incoming.call_id, None) or (twilio.answered_by if outbound and twilio else None)
+        if verdict is not None:
+            supervisor.post(MachineDetection(verdict))
         return None
 
     async def _correlate(self, incoming: IncomingCall) -> TwilioCallRow | None:
@@ -403,8 +429,20 @@ class CallRegistry:
             on_hanging_up=self._hanging_up_hook(journal),
             wall_clock=self._wall_clock,
             may_act=self._may_act(journal),
+            end_twilio_call=self._twilio_hangup(record),
         )
         return CallSupervisor(machine, self._api, self._connect, clock=self._clock, options=options), journal
+
+    def _twilio_hangup(self, record: CallRecord) -> Callable[[], Awaitable[None]] | None:
+        """Hangs up the Twilio side of a call Twilio bridged for us (#16), through Twilio's Calls API."""
+        api, sid = self.twilio_api, record.twilio_call_sid
+        if api is None or sid is None or record.twilio is None:
+            return None
+
+        async def end() -> None:
+            await api.update(sid, Status="completed")
+
+        return end
 
     async def resume(self, row: CallRow, entries: Sequence[StoredEntry]) -> None:
         """Supervise a call this process has just taken over (``row``: its new owner and epoch, from

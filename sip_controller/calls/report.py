@@ -8,6 +8,7 @@ from typing import Any, Literal, Protocol
 
 from sip_controller.agent.tools import ToolArgumentsError, decode_arguments
 from sip_controller.realtime.events import Usage
+from sip_controller.telephony.callbacks import answered
 
 #: ``keypad``: one digit the caller pressed (DTMF), whatever became of it
 Role = Literal["caller", "assistant", "keypad"]
@@ -319,6 +320,8 @@ def _head(record: CallRecord, mask_caller: bool) -> dict[str, Any]:
         "twilio_call_sid": record.twilio_call_sid,
         "twilio": _twilio_part(record.twilio, mask_caller),
         "outbound": None if record.outbound is None else dict(record.outbound),
+        # what answered a call we placed with answering-machine detection: human, machine, fax, unknown (#16)
+        "answered_by": answered(record.twilio.get("answered_by")) if record.twilio is not None else None,
         "state": record.state,
     }
 

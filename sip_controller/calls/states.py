@@ -26,6 +26,8 @@ EndedReason = Literal[
     "busy",
     "failed",
     "canceled",
+    # an answering machine (or a fax) took a call we placed: hung up on, or left a message (outbound.voicemail)
+    "voicemail",
 ]
 
 

@@ -18,6 +18,7 @@ from sip_controller.calls.actions import (
     Action,
     Attach,
     CancelTimer,
+    EndTwilioCall,
     Finish,
     HangingUp,
     Hangup,
@@ -108,6 +109,9 @@ class CallOptions:
     #: awaited before each REST action whose effect outlives this process (hangup, refer, reject): False when
     #: the call is not ours to act on any more (the store's fence no longer holds): the action is dropped
     may_act: Callable[[], Awaitable[bool]] | None = None
+    #: hangs up the call's Twilio side (Twilio's Calls API, ``Status=completed``); None: not a Twilio call of
+    #: ours, or Twilio is not configured (the OpenAI hangup that follows ends the bridge all the same)
+    end_twilio_call: Callable[[], Awaitable[None]] | None = None
 
 
 class CallSupervisor:
@@ -294,6 +298,9 @@ class CallSupervisor:
             case Refer(target_uri=target_uri):
                 self._log.info("call.refer")
                 self._spawn("refer", lambda: self._refer(target_uri))
+            case EndTwilioCall():
+                self._log.info("call.twilio_hangup")
+                self._spawn("twilio_hangup", self._end_twilio_call)
             case Send(event=event):
                 await self._send(event)
             case Hangup():
@@ -463,6 +470,16 @@ class CallSupervisor:
             self.post(HangupFailed(gone=False, detail=str(exc), attempts=attempts))
         else:
             self.post(HangupOk(attempts=attempts))
+
+    async def _end_twilio_call(self) -> None:
+        end = self._options.end_twilio_call
+        if end is None or not await self._allowed("twilio_hangup"):
+            return
+        try:
+            await end()
+        except Exception as exc:  # Twilio's or the transport's: the OpenAI hangup still ends the bridge
+            self._log.warning("call.twilio_hangup_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+            self.record.errors.append(f"Twilio hangup failed: {exc}"[:300])
 
     async def _hanging_up(self, next_try_at: float) -> None:
         hook = self._options.on_hanging_up

@@ -271,6 +271,7 @@ def create_app(
                 settings, api, sideband_connect, store=the_store, owner=process_id, clock=clock,
                 wall_clock=wall_clock, retry=retry,
             )  # fmt: skip
+            registry.twilio_api = getattr(app.state, "twilio_api", None)  # voicemail hangups (#16)
             # the lease, renewed each heartbeat, and the calls of lapsed processes taken over (#13)
             jobs.append(asyncio.create_task(
                 _heartbeat(the_store, process_id, settings.state, registry), name="store:heartbeat"

@@ -204,6 +204,11 @@ def routes(
             )  # fmt: skip
             assert row is not None
             log.info("twilio.status", twilio_id=row.id, status=callback.status, answered_by=callback.answered_by)
+            if callback.answered_by is not None and row.call_id not in (None, row.id):
+                # an answering-machine verdict for a call that reached OpenAI: its supervisor acts on it (a verdict
+                # before the call's webhook is read from the row when the call starts)
+                delivered = rt.registry.machine_detected(row.call_id, callback.answered_by)
+                log.info("twilio.machine_detection", twilio_id=row.id, call_id=row.call_id, delivered=delivered)
             if callback.final and row.direction == "outbound" and row.call_id is None:
                 reason = callback.unanswered_reason or "failed"
                 detail = None
@@ -257,13 +262,16 @@ def routes(
             return JSONResponse({**outbound_view(row, mask=mask), "replayed": True})
         profile = settings.profiles[profile_name]
         detection = profile.outbound.machine_detection
+        status_url = f"{twilio.public_url}{STATUS_PATH}?leg={row.id}"
         placing = CallRequest(
             to=to,
             from_=caller_id,
-            status_callback=f"{twilio.public_url}{STATUS_PATH}?leg={row.id}",
+            status_callback=status_url,
             twiml=bridge_to_openai(twilio.openai_project_id, row.correlation),
             timeout_s=settings.twilio.ring_timeout_s,
             machine_detection=None if detection == "off" else detection,
+            # with a voicemail policy the call is bridged at once and the verdict comes while it goes on
+            async_amd_callback=status_url if profile.outbound.voicemail is not None else None,
         )
         try:
             placed = await calls_api.create(placing)

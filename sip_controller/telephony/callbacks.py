@@ -28,6 +28,23 @@ ANSWERED_BY = (
     "human", "machine_start", "machine_end_beep", "machine_end_silence", "machine_end_other", "fax", "unknown",
 )  # fmt: skip
 
+#: what answered, as the report says it: a person, an answering machine, a fax, or detection could not tell
+Answered = Literal["human", "machine", "fax", "unknown"]
+
+
+def answered(answered_by: str | None) -> Answered | None:
+    """``AnsweredBy`` in the report's words (``machine_start`` and every ``machine_end_*`` are ``machine``);
+    None without answering-machine detection."""
+    if answered_by is None:
+        return None
+    if answered_by.startswith("machine_"):
+        return "machine"
+    return _ANSWERED.get(answered_by, "unknown")
+
+
+_ANSWERED: Mapping[str, Answered] = {"human": "human", "fax": "fax"}
+
+
 _CALL_SID = re.compile(r"^CA[0-9a-fA-F]{32}$")
 _E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
 

@@ -49,6 +49,9 @@ class CallRequest:
     timeout_s: int | None = None
     #: ``Enable`` or ``DetectMessageEnd`` (None: no answering machine detection)
     machine_detection: str | None = None
+    #: with machine detection: the verdict is POSTed here as soon as known while the call goes on (AsyncAmd);
+    #: None: Twilio waits for the verdict before it runs the TwiML
+    async_amd_callback: str | None = None
     status_events: Sequence[str] = field(default=STATUS_EVENTS)
 
     def form(self) -> list[tuple[str, str]]:
@@ -63,6 +66,9 @@ class CallRequest:
             pairs.append(("Timeout", str(self.timeout_s)))
         if self.machine_detection is not None:
             pairs.append(("MachineDetection", self.machine_detection))
+            if self.async_amd_callback is not None:
+                pairs += [("AsyncAmd", "true"), ("AsyncAmdStatusCallback", self.async_amd_callback),
+                          ("AsyncAmdStatusCallbackMethod", "POST")]  # fmt: skip
         return pairs
 
 

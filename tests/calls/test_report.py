@@ -215,6 +215,7 @@ DOCUMENT_KEYS = [
     "twilio_call_sid",
     "twilio",
     "outbound",
+    "answered_by",
     "state",
     "ended_reason",
     "timestamps",
@@ -474,6 +475,7 @@ def test_started_document_has_no_transcript_or_outcome() -> None:
         "twilio_call_sid",
         "twilio",
         "outbound",
+        "answered_by",
         "state",
         "timestamps",
     ]
