@@ -591,11 +591,17 @@ class CallRegistry:
         outbox += analysis_requests(self._settings, document)  # #17: its analysis, asked in the same transaction
         for attempt in range(5):
             try:
-                if fence is None:
+                if fence is None:  # a call that never lived (rejected): its row written finished, one write (#18)
                     assert entry.new_call is not None
-                    row = await self._store.create_call(entry.new_call, outbox=started_items(record, reports, at=now))
-                    assert row is not None
-                    fence = row.fence
+                    await self._store.record_finished(
+                        replace(entry.new_call, state=record.state, cost_usd=record.cost_usd),
+                        ended_reason=record.ended_reason or "unknown",
+                        report=document,
+                        outbox=[*started_items(record, reports, at=now), *outbox],
+                        entries=entries,
+                        ended_at=now,
+                    )
+                    return
                 if left_hanging:
                     await leave_hanging_up(self._store, fence, document, wake_at=now, entries=entries, at=now)
                     log.warning("call.left_hanging_up", call_id=record.call_id)

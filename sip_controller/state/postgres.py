@@ -532,6 +532,42 @@ class PostgresStore(PostgresAnalyses, Store):
             changes["cost_usd"] = cost_usd
         await self._record(fence, entries, changes, outbox, now)
 
+    async def record_finished(
+        self,
+        call: NewCall,
+        *,
+        ended_reason: str,
+        report: dict[str, object],
+        outbox: Sequence[OutboxItem] = (),
+        entries: Sequence[Entry] = (),
+        ended_at: float | None = None,
+    ) -> None:
+        now = self._clock()
+        async with self._conn() as conn:  # one statement: the row, then its entries and outbox rows from it
+            inserted = await conn.fetchval(
+                "WITH c AS (INSERT INTO calls (call_id, owner, state, profile, inputs, caller, dialed, received_at, "
+                "accepted_at, deadlines, cost_usd, updated_at, entry_count, ended_at, ended_reason, report) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) "
+                "ON CONFLICT (call_id) DO NOTHING RETURNING call_id), "
+                "e AS (INSERT INTO call_entries (call_id, seq, kind, at, data) "
+                "SELECT c.call_id, e.n, e.kind, e.at, e.data::jsonb FROM c, "
+                "unnest($17::text[], $18::float8[], $19::text[]) WITH ORDINALITY AS e(kind, at, data, n)), "
+                "o AS (INSERT INTO outbox (key, call_id, destination, event, payload, created_at, due_at) "
+                "SELECT o.key, o.call_id, o.destination, o.event, o.payload::jsonb, $12, o.due_at FROM c, "
+                "unnest($20::text[], $21::text[], $22::text[], $23::text[], $24::text[], $25::float8[]) "
+                "AS o(key, call_id, destination, event, payload, due_at) ON CONFLICT (key) DO NOTHING) "
+                "SELECT count(*) FROM c",
+                call.call_id, call.owner, call.state, call.profile, dict(call.inputs), call.caller, call.dialed,
+                call.received_at, call.accepted_at, dict(call.deadlines), call.cost_usd, now, len(entries),
+                now if ended_at is None else ended_at, ended_reason, report,
+                [e.kind for e in entries], [e.at for e in entries], [dumps(e.data) for e in entries],
+                [i.key for i in outbox], [i.call_id for i in outbox], [i.destination for i in outbox],
+                [i.event for i in outbox], [dumps(i.payload) for i in outbox],
+                [now if i.due_at is None else i.due_at for i in outbox],
+            )  # fmt: skip
+        if not inserted:
+            raise CallExists(f"call {call.call_id} already exists")
+
     async def get_report(self, call_id: str) -> dict[str, object] | None:
         async with self._conn() as conn:
             report = await conn.fetchval(

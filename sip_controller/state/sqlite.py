@@ -650,6 +650,38 @@ class SQLiteStore(SQLiteAnalyses, Store):
 
         await self._write(op)
 
+    async def record_finished(
+        self,
+        call: NewCall,
+        *,
+        ended_reason: str,
+        report: dict[str, object],
+        outbox: Sequence[OutboxItem] = (),
+        entries: Sequence[Entry] = (),
+        ended_at: float | None = None,
+    ) -> None:
+        now = self._clock()
+        values = (
+            call.call_id, call.owner, call.state, call.profile, dumps(call.inputs), call.caller, call.dialed,
+            call.received_at, call.accepted_at, dumps(call.deadlines), call.cost_usd, now, len(entries),
+            now if ended_at is None else ended_at, ended_reason, dumps(report),
+        )  # fmt: skip
+        rows = [(call.call_id, seq, e.kind, e.at, dumps(e.data)) for seq, e in enumerate(entries, start=1)]
+
+        def op(conn: Conn) -> None:
+            inserted = conn.execute(
+                "INSERT INTO calls (call_id, owner, state, profile, inputs, caller, dialed, received_at, "
+                "accepted_at, deadlines, cost_usd, updated_at, entry_count, ended_at, ended_reason, report) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (call_id) DO NOTHING",
+                values,
+            ).rowcount
+            if not inserted:
+                raise CallExists(f"call {call.call_id} already exists")
+            conn.executemany("INSERT INTO call_entries (call_id, seq, kind, at, data) VALUES (?, ?, ?, ?, ?)", rows)
+            self._enqueue(conn, outbox, now)
+
+        await self._write(op)
+
     async def get_report(self, call_id: str) -> dict[str, object] | None:
         def op(conn: Conn) -> dict[str, object] | None:
             row = conn.execute(

@@ -245,6 +245,22 @@ class Store(StateStore, Protocol):
         """The call's entries after ``after_seq``, in the order they were appended."""
         ...
 
+    async def record_finished(
+        self,
+        call: NewCall,
+        *,
+        ended_reason: str,
+        report: dict[str, object],
+        outbox: Sequence[OutboxItem] = (),
+        entries: Sequence[Entry] = (),
+        ended_at: float | None = None,
+    ) -> None:
+        """A call that was never live (a rejected call, #18): its row written already finished (state
+        ``call.state``, ``ended_reason``, ``ended_at`` (default now), the ``report``), its ``entries`` and
+        ``outbox`` rows, in ONE transaction: what ``create_call`` then ``finish_call`` wrote in two. Raises
+        :class:`~.records.CallExists` (nothing written) for a ``call_id`` already written."""
+        ...
+
     async def finish_call(
         self,
         fence: Fence,

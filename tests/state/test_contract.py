@@ -575,6 +575,34 @@ async def test_sweep_forgets_old_deliveries_and_dead_processes(cluster: Cluster,
     assert (await store.outbox_stats()).pending == 1
 
 
+async def test_record_finished_writes_a_call_that_never_lived_in_one_go(cluster: Cluster, store: Store) -> None:
+    cluster.clock.advance(1)
+    started = OutboxItem("call.started:rtc_r:jsonl", "jsonl", "call.started", {"call_id": "rtc_r"}, "rtc_r")
+    await store.record_finished(
+        new_call("rtc_r", state="rejected", deadlines={}),
+        ended_reason="rejected", report={"call_id": "rtc_r", "ended_reason": "rejected"},
+        outbox=[started, ended("rtc_r")], entries=[Entry("mark", T0, {"what": "rejected: SIP 486"})],
+        ended_at=T0 + 0.5,
+    )  # fmt: skip
+    row = await store.get_call("rtc_r")
+    assert row is not None
+    assert (row.state, row.ended_reason, row.ended_at, row.live, row.entry_count) == (
+        "rejected", "rejected", T0 + 0.5, False, 1
+    )  # fmt: skip
+    assert row.updated_at == T0 + 1
+    assert await store.get_report("rtc_r") == {"call_id": "rtc_r", "ended_reason": "rejected"}
+    assert [(e.seq, e.kind) for e in await store.read_entries("rtc_r")] == [(1, "mark")]
+    assert await store.count_live() == 0
+    assert [r.key for r in await store.claim_outbox("w1")] == [started.key, ended("rtc_r").key]
+    with pytest.raises(CallExists):  # never twice, and the refused one writes nothing
+        await store.record_finished(
+            new_call("rtc_r", "p2"), ended_reason="rejected", report={}, outbox=[ended("rtc_r", "other")]
+        )
+    assert (await store.outbox_stats()).pending == 2
+    page = await store.list_finished(HistoryQuery(limit=10))
+    assert [c.call_id for c in page.calls] == ["rtc_r"]
+
+
 # ---- the admission (one transaction) ----------------------------------------------------------------------------
 
 KEYS = ("webhook:wh_1", "call:rtc_1")
