@@ -560,7 +560,7 @@ def _run_scenario(
         print("sipctl: --time-scale must be positive", file=sys.stderr)
         return 2
     configure_logging("error", settings.log_format)
-    outcomes = asyncio.run(harness.run_scenario(scenario, settings, time_scale=time_scale))
+    run = asyncio.run(harness.run_scenario(scenario, settings, time_scale=time_scale))
     if as_json:
         payload = [
             {
@@ -570,15 +570,26 @@ def _run_scenario(
                 "simulator": o.sim.summary(),
                 "controller": o.record.to_dict() if o.record else None,
             }
-            for o in outcomes
+            for o in run.calls
+        ] + [
+            {
+                "call": o.name,
+                "direction": o.direction,
+                "ok": o.ok,
+                "problems": o.problems,
+                "twilio": o.twilio.summary() if o.twilio else None,
+                "simulator": [leg.summary() for leg in o.legs],
+                "controller": o.record.to_dict() if o.record else None,
+            }
+            for o in run.twilio
         ]
         print(json.dumps(payload, indent=2, default=str))
     else:
         print(f"scenario {scenario.name}: {scenario.description}".rstrip(": "))
         if config_line is not None:
             print(config_line)
-        harness.print_report(outcomes, sys.stdout)
-    return 0 if all(o.ok for o in outcomes) else 1
+        harness.print_run(run, sys.stdout)
+    return 0 if run.ok else 1
 
 
 def _demo(settings: Settings, *, time_scale: float) -> int:
@@ -592,21 +603,25 @@ def _demo(settings: Settings, *, time_scale: float) -> int:
         return 2
     configure_logging("error", settings.log_format)
     scenario = load_scenario(DEMO_SCENARIO)
+
+    # the Twilio calls (an outbound call a person answers, a call to a Twilio number) need a profile that places
+    # calls: the demo's own (#16)
+    settings = harness.with_demo_outbound(settings)
     settings = harness.with_demo_analysis(settings)  # a short analysis of each call (#17), by the simulator
 
-    async def both() -> tuple[list[harness.CallOutcome], takeover_demo.TakeoverRun]:
+    async def both() -> tuple[harness.ScenarioRun, takeover_demo.TakeoverRun]:
         replicas_up = asyncio.Event()
         takeover = asyncio.create_task(takeover_demo.run_takeover(time_scale=time_scale, started=replicas_up))
         await replicas_up.wait()  # the scenario's calls then, beside the takeover call, not beside two start-ups
-        outcomes = await harness.run_scenario(scenario, settings, time_scale=time_scale)
-        return outcomes, await takeover
+        run = await harness.run_scenario(scenario, settings, time_scale=time_scale)
+        return run, await takeover
 
-    outcomes, takeover = asyncio.run(both())
+    run, takeover = asyncio.run(both())
     print(f"scenario {scenario.name}: {scenario.description}".rstrip(": "))
-    harness.print_report(outcomes, sys.stdout)
+    harness.print_run(run, sys.stdout)
     takeover_demo.print_takeover(takeover, sys.stdout)
-    ok = all(o.ok for o in outcomes) and takeover.ok
-    calls = len(outcomes) + 1
+    ok = run.ok and takeover.ok
+    calls = len(run) + 1
     print(f"demo: {'all ' + str(calls) + ' calls passed' if ok else 'FAILED'}")
     return 0 if ok else 1
 

@@ -43,9 +43,13 @@ async def serve(
     port: int = 0,
     lifespan: str = "on",
     ws_max_size: int = 16 * 1024 * 1024,
+    sock: socket.socket | None = None,
 ) -> AsyncIterator[RunningServer]:
-    """Serve ``app`` until the block exits; waits for start-up and for a clean shutdown."""
-    sock = bind_socket(host, port)
+    """Serve ``app`` until the block exits; waits for start-up and for a clean shutdown. ``sock``: a socket bound
+    beforehand (:func:`bind_socket`) when the app must know its own URL before it starts (closed at the end)."""
+    if sock is None:
+        sock = bind_socket(host, port)
+    host = sock.getsockname()[0]
     config = uvicorn.Config(
         app,
         lifespan=lifespan,  # type: ignore[arg-type]

@@ -28,7 +28,7 @@ from .scenario import (
 )
 from .twilio_records import TwilioCall, check_twilio_call
 from .twilio_side import TwilioAccount, TwilioNumber, TwilioSide
-from .twilio_spec import Callee, InboundCall, OutboundCall, TwilioExpectation, TwilioScenario
+from .twilio_spec import Callee, InboundCall, OutboundCall, ReportExpectation, TwilioExpectation, TwilioScenario
 from .webhook_sender import new_webhook_secret
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "InboundCall",
     "Latency",
     "OutboundCall",
+    "ReportExpectation",
     "ResponseRecord",
     "Scenario",
     "ScenarioError",

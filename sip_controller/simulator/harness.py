@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets as secrets_module
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -21,27 +22,37 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+import httpx
 from pydantic import SecretStr
 from starlette.applications import Starlette
 
-from sip_controller.agent import preflight, session
+from sip_controller.agent import preflight, session, templates
 from sip_controller.agent.analysis import CallAnalysis
 from sip_controller.agent.profile import AgentProfile, HttpTool, PythonTool, ToolEntry
 from sip_controller.agent.validation import Finding
 from sip_controller.calls.incoming import IncomingCall, SipHeader
 from sip_controller.calls.report import CallRecord
 from sip_controller.calls.routing import choose_profile, screen_caller
-from sip_controller.config import ConfigError, Secrets, Settings
+from sip_controller.config import ConfigError, Secrets, Settings, TwilioCredentials
 from sip_controller.service.app import Runtime, create_app
-from sip_controller.service.loopback import RunningServer, serve
+from sip_controller.service.loopback import RunningServer, bind_socket, serve
 from sip_controller.simulator import (
     CallSpec,
     Expectation,
+    InboundCall,
+    OutboundCall,
+    ReportExpectation,
     Scenario,
     ScenarioError,
     SimCall,
     Simulator,
+    TwilioAccount,
+    TwilioCall,
+    TwilioNumber,
+    TwilioScenario,
+    TwilioSide,
     check_expectations,
+    check_twilio_call,
     load_scenario,
     new_webhook_secret,
 )
@@ -70,11 +81,20 @@ class Stack:
     sim: Simulator
     app: Starlette
     server: RunningServer
+    #: the admin API's bearer token (``running_stack(admin_token=...)``), for ``POST /v1/outbound``
+    admin_token: str | None = None
 
     @property
     def runtime(self) -> Runtime:
         runtime: Runtime = self.app.state.runtime
         return runtime
+
+    @property
+    def twilio(self) -> TwilioSide:
+        """The simulator's Twilio stand-in (``running_stack(twilio=...)``)."""
+        if self.sim.twilio is None:
+            raise RuntimeError("this stack has no Twilio stand-in: running_stack(twilio=TwilioAccount(...))")
+        return self.sim.twilio
 
 
 @dataclass(frozen=True)
@@ -262,11 +282,18 @@ async def running_stack(
     scale_controller: bool = False,
     admin_token: str | None = None,
     store_path: str | Path | None = None,
+    twilio: TwilioAccount | None = None,
 ) -> AsyncIterator[Stack]:
     """Start both sides. The controller's store is the SQLite file ``store_path``, or one in a temporary folder
     deleted afterwards (the default: ``sipctl demo``, ``simulate``, ``soak`` and the tests leave nothing behind).
     ``controller_secrets``: what the controller accepts (default: the simulator's).
     ``admin_token`` turns on the admin API and the live-calls page (what ``SIPCTL_ADMIN_TOKEN`` does).
+
+    ``twilio`` adds the simulator's Twilio stand-in for that account and configures the controller for it as an
+    operator would (:func:`twilio_environment`): the account's credentials, ``TWILIO_API_BASE_URL`` = the
+    stand-in, ``OPENAI_PROJECT_ID`` = the simulator's project, ``SIPCTL_PUBLIC_URL`` = the controller's loopback
+    URL; each of the account's numbers without a voice URL gets the controller's ``/twilio/voice`` (and its status
+    callback ``/twilio/status``), as in the Twilio console.
 
     With ``scale_controller`` the controller's policy durations are compressed by ``time_scale`` too
     (:func:`scale_settings`); without it (the default, for tests that tune those durations themselves) only
@@ -275,20 +302,28 @@ async def running_stack(
     if scale_controller:
         settings = scale_settings(settings, time_scale)
     secret = new_webhook_secret()
-    async with Simulator(webhook_secret=secret, time_scale=time_scale) as sim:
+    async with Simulator(
+        webhook_secret=secret, time_scale=time_scale, twilio=twilio, project_id=TWILIO_PROJECT_ID
+    ) as sim:
+        # bound first: with Twilio the controller must know its own URL (SIPCTL_PUBLIC_URL) before it starts
+        sock = bind_socket()
+        public_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         secrets = Secrets(
             openai_api_key=SecretStr(sim.api_key),
             webhook_secrets=tuple(SecretStr(s) for s in (controller_secrets or (secret,))),
             openai_base_url=sim.base_url,
             admin_token=SecretStr(admin_token) if admin_token else None,
+            twilio=twilio_credentials(sim.twilio, public_url) if sim.twilio is not None else None,
         )
         with contextlib.ExitStack() as folders:
             path = store_path or Path(folders.enter_context(tempfile.TemporaryDirectory(prefix="sipctl-"))) / "st.db"
             async with await SQLiteStore.open(path) as store:
                 app = create_app(settings, secrets, store=store, drain_timeout_s=5.0)
-                async with serve(app) as server:
+                async with serve(app, sock=sock) as server:
                     sim.webhook_url = f"{server.url}/webhooks/openai"
-                    yield Stack(sim=sim, app=app, server=server)
+                    if sim.twilio is not None:
+                        point_numbers_at(sim.twilio, server.url)
+                    yield Stack(sim=sim, app=app, server=server, admin_token=admin_token)
 
 
 async def run_call(stack: Stack, spec: CallSpec, *, timeout: float) -> CallOutcome:
@@ -359,13 +394,55 @@ def check_controller_expectations(expect: Expectation, record: CallRecord | None
     return problems
 
 
+@dataclass
+class ScenarioRun:
+    """What :func:`run_scenario` found: each of the scenario's ``calls`` and each of its ``twilio`` calls."""
+
+    calls: list[CallOutcome]
+    twilio: list[TwilioOutcome] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(o.ok for o in self.calls) and all(o.ok for o in self.twilio)
+
+    @property
+    def problems(self) -> dict[str, list[str]]:
+        """Every call's problems by its name (empty lists when it passed)."""
+        return {o.spec.name: o.problems for o in self.calls} | {o.name: o.problems for o in self.twilio}
+
+    def __len__(self) -> int:
+        return len(self.calls) + len(self.twilio)
+
+
 async def run_scenario(
     scenario: Scenario, settings: Settings, *, time_scale: float = 1.0, timeout: float = 60.0
-) -> list[CallOutcome]:
+) -> ScenarioRun:
     """Place every call of ``scenario`` at once and check each. ``time_scale`` compresses both sides: the
-    simulator's script and the controller's policy durations (:func:`scale_settings`)."""
-    async with running_stack(settings, time_scale=time_scale, scale_controller=True) as stack:
-        return list(await asyncio.gather(*(run_call(stack, spec, timeout=timeout) for spec in scenario.calls)))
+    simulator's script and the controller's policy durations (:func:`scale_settings`). A ``twilio:`` section
+    adds the Twilio stand-in (its ``numbers``), the admin API (a fresh token) and the Twilio calls
+    (:func:`run_twilio_calls`), beside the ``calls``."""
+    account = twilio_account(scenario.twilio) if scenario.twilio is not None else None
+    token = secrets_module.token_urlsafe(24) if account is not None else None
+    async with running_stack(
+        settings, time_scale=time_scale, scale_controller=True, twilio=account, admin_token=token
+    ) as stack:
+        calls = asyncio.gather(*(run_call(stack, spec, timeout=timeout) for spec in scenario.calls))
+        twilio_calls = run_twilio_calls(stack, scenario.twilio, timeout=timeout) if scenario.twilio else _nothing()
+        outcomes, twilio_outcomes = await asyncio.gather(calls, twilio_calls)
+        return ScenarioRun(calls=list(outcomes), twilio=twilio_outcomes)
+
+
+async def _nothing() -> list[TwilioOutcome]:
+    return []
+
+
+def print_run(run: ScenarioRun, out: TextIO) -> None:
+    """``sipctl simulate``'s report: the calls (:func:`print_report`), then the Twilio calls with their Twilio
+    timelines beside their OpenAI legs (:func:`print_twilio_report`)."""
+    if run.calls or not run.twilio:
+        print_report(run.calls, out)
+    if run.twilio:
+        print_twilio_report(run.twilio, out)
 
 
 def print_report(outcomes: list[CallOutcome], out: TextIO) -> None:
@@ -422,6 +499,27 @@ def with_demo_analysis(settings: Settings) -> Settings:
     return settings.model_copy(update={"profiles": profiles})
 
 
+#: the profile ``sipctl demo``'s outbound Twilio call is placed with (#16), added by :func:`with_demo_outbound`
+DEMO_OUTBOUND_PROFILE = "demo_reminder"
+
+
+def with_demo_outbound(settings: Settings) -> Settings:
+    """``settings`` with :data:`DEMO_OUTBOUND_PROFILE`: a profile that places calls, declaring the variable
+    ``first_name`` its instructions use (the demo runs with any config, or none)."""
+    if DEMO_OUTBOUND_PROFILE in settings.profiles:
+        return settings
+    profile = AgentProfile(
+        instructions=(
+            "You are calling {{ var:first_name }} for Example Dental to confirm tomorrow's appointment. Keep it "
+            "short. When they say goodbye or have nothing else, call end_call."
+        ),
+        greeting="Hello, this is Example Dental calling about your appointment.",
+        tools=("end_call",),
+        variables=("first_name",),
+    )
+    return settings.model_copy(update={"profiles": {**settings.profiles, DEMO_OUTBOUND_PROFILE: profile}})
+
+
 def print_analysis(analysis: dict[str, Any], out: TextIO) -> None:
     """A short analysis of one call (#17): the summary, the success verdict, the fields, the cost."""
     if analysis.get("status") != "completed":
@@ -462,4 +560,326 @@ def _table(outcomes: list[CallOutcome]) -> str:
     lines.insert(1, "  ".join("─" * w for w in widths))
     passed = sum(o.ok for o in outcomes)
     lines.append(f"\n{passed} passed, {len(outcomes) - passed} failed")
+    return "\n".join(lines)
+
+
+# ---- Twilio calls (#16): the simulator's Twilio stand-in against the real controller ----------------------------
+
+#: the OpenAI project the harness's simulator plays (a well-formed ``OPENAI_PROJECT_ID``: Twilio dials it)
+TWILIO_PROJECT_ID = "proj_sipctlsim"
+#: the report's ``twilio.status`` and the controller's record of the status callbacks may trail the stand-in's
+#: end of the call by the last callback's answer: how long (real seconds) the harness waits for them
+_SETTLE_S = 5.0
+
+
+def twilio_environment(side: TwilioSide, public_url: str) -> dict[str, str]:
+    """The environment an operator gives the controller for this Twilio account (README, "Twilio numbers and
+    outbound calls"), with the stand-in as ``TWILIO_API_BASE_URL``."""
+    return {
+        "TWILIO_ACCOUNT_SID": side.account.account_sid,
+        "TWILIO_AUTH_TOKEN": side.account.auth_token,
+        "TWILIO_API_BASE_URL": side.base_url,
+        "OPENAI_PROJECT_ID": side.project_id,
+        "SIPCTL_PUBLIC_URL": public_url,
+    }
+
+
+def twilio_credentials(side: TwilioSide, public_url: str) -> TwilioCredentials:
+    """:func:`twilio_environment` read and checked as every start-up reads it (``ConfigError`` naming the fix)."""
+    credentials, problems = TwilioCredentials.from_env(twilio_environment(side, public_url))
+    if credentials is None:
+        raise ConfigError(problems or ["Twilio is not configured"])
+    return credentials
+
+
+def point_numbers_at(side: TwilioSide, controller_url: str) -> None:
+    """Each of the account's numbers without a voice URL: ``A call comes in`` → the controller's ``/twilio/voice``,
+    its status callback → ``/twilio/status`` (the console set-up of the README)."""
+    for number, configured in list(side.numbers.items()):
+        if configured.voice_url is None:
+            side.set_voice_url(
+                number, f"{controller_url}/twilio/voice", status_callback=f"{controller_url}/twilio/status"
+            )
+
+
+def twilio_account(scenario: TwilioScenario) -> TwilioAccount:
+    """The stand-in's account for a scenario's ``twilio:`` section: its numbers, not yet pointed anywhere."""
+    return TwilioAccount(numbers={number: TwilioNumber() for number in scenario.numbers})
+
+
+@dataclass
+class TwilioOutcome:
+    """One Twilio call of a scenario: the stand-in's record, the OpenAI legs it bridged to, the controller's report
+    (the first leg's, or for a call that never reached OpenAI the one under the outbound request's id)."""
+
+    spec: OutboundCall | InboundCall
+    #: the stand-in's record (None: no Twilio call was made, e.g. the controller refused the request)
+    twilio: TwilioCall | None
+    legs: list[SimCall]
+    record: CallRecord | None
+    #: ``POST /v1/outbound``'s answer (outbound calls)
+    placed: dict[str, Any] | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def direction(self) -> str:
+        return "outbound" if isinstance(self.spec, OutboundCall) else "inbound"
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+async def run_twilio_calls(stack: Stack, scenario: TwilioScenario, *, timeout: float) -> list[TwilioOutcome]:
+    """Every Twilio call of ``scenario`` at once: outbound ones placed through the controller's ``POST
+    /v1/outbound`` (calls to one number one after another, each with its scripted callee), inbound ones rung on
+    the account's numbers. Results in the scenario's order."""
+    locks: dict[str, asyncio.Lock] = {}
+    for call in scenario.outbound:
+        locks.setdefault(call.to, asyncio.Lock())
+
+    async def outbound(call: OutboundCall) -> TwilioOutcome:
+        async with locks[call.to]:
+            return await run_outbound(stack, call, timeout=timeout)
+
+    return list(
+        await asyncio.gather(
+            *(outbound(call) for call in scenario.outbound),
+            *(run_inbound(stack, call, timeout=timeout) for call in scenario.inbound),
+        )
+    )
+
+
+async def place_outbound(
+    stack: Stack, call: OutboundCall, *, idempotency_key: str | None = None
+) -> tuple[int, dict[str, Any]]:
+    """``POST /v1/outbound`` on the controller with the admin token: (HTTP status, JSON answer)."""
+    if stack.admin_token is None:
+        raise RuntimeError("placing calls needs the admin API: running_stack(admin_token=...)")
+    body: dict[str, Any] = {"to": call.to, "variables": dict(call.variables)}
+    if call.profile is not None:
+        body["profile"] = call.profile
+    if call.from_ is not None:
+        body["from"] = call.from_
+    headers = {"Authorization": f"Bearer {stack.admin_token}"}
+    if idempotency_key is not None:
+        headers["Idempotency-Key"] = idempotency_key
+    async with httpx.AsyncClient(trust_env=False, timeout=30.0) as client:
+        response = await client.post(f"{stack.server.url}/v1/outbound", json=body, headers=headers)
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = {"error": response.text[:200]}
+    return response.status_code, answer if isinstance(answer, dict) else {"answer": answer}
+
+
+async def run_outbound(stack: Stack, call: OutboundCall, *, timeout: float) -> TwilioOutcome:
+    """Script the callee, place the call through the controller, wait for both sides, check them."""
+    stack.twilio.script(call.to, call.callee)
+    status, placed = await place_outbound(stack, call, idempotency_key=f"scenario:{call.name}")
+    outcome = TwilioOutcome(spec=call, twilio=None, legs=[], record=None, placed=placed)
+    sid = placed.get("call_sid")
+    if status != 201 or not isinstance(sid, str) or sid not in stack.twilio.calls:
+        outcome.problems.append(f"POST /v1/outbound answered {status}: {placed.get('error', placed)}")
+        return outcome
+    outcome.twilio = stack.twilio.calls[sid]
+    await _follow(stack, outcome, timeout=timeout, unanswered_id=str(placed.get("id")))
+    return outcome
+
+
+async def run_inbound(stack: Stack, call: InboundCall, *, timeout: float) -> TwilioOutcome:
+    """A person rings one of the account's numbers (its voice URL: the controller's); wait for both sides."""
+    outcome = TwilioOutcome(spec=call, twilio=stack.twilio.ring_number(call), legs=[], record=None)
+    await _follow(stack, outcome, timeout=timeout, unanswered_id=None)
+    return outcome
+
+
+async def _follow(stack: Stack, outcome: TwilioOutcome, *, timeout: float, unanswered_id: str | None) -> None:
+    """Wait for the Twilio call, its OpenAI legs and the controller's report; then check all three."""
+    rec = outcome.twilio
+    assert rec is not None
+    try:
+        await stack.twilio.wait_ended(rec.sid, timeout)
+    except TimeoutError:
+        outcome.problems.append(f"the Twilio call did not end within {timeout:.0f}s (status {rec.status})")
+    for call_id in rec.openai_call_ids:
+        try:
+            outcome.legs.append(await stack.sim.wait_ended(call_id, timeout))
+        except TimeoutError:
+            outcome.problems.append(f"the OpenAI leg {call_id} did not end within {timeout:.0f}s")
+            outcome.legs.append(stack.sim.calls[call_id])
+    registry = stack.runtime.registry
+    report_id = outcome.legs[0].call_id if outcome.legs else unanswered_id
+    if report_id is not None and registry.get(report_id) is not None:
+        with contextlib.suppress(TimeoutError):
+            await registry.wait_ended(report_id, 10.0)
+        outcome.record = registry.get(report_id)
+    outcome.problems.extend(await check_twilio_outcome(stack, outcome))
+
+
+async def check_twilio_outcome(stack: Stack, outcome: TwilioOutcome) -> list[str]:
+    """Mismatches for one Twilio call: the stand-in's record against the call's Twilio ``expect`` (and anything
+    Twilio would log as an error: a callback not answered 2xx, TwiML refused), each OpenAI leg against its script's
+    expectations, and the controller's report: ``report``, its Twilio part (the CallSid; the numbers as Twilio saw
+    them), its outbound part (the request's id and variables, the variables in the instructions the call was
+    accepted with), reported once, and the status callbacks the controller recorded (every one the stand-in
+    sent, and the final status)."""
+    spec, rec, record = outcome.spec, outcome.twilio, outcome.record
+    problems: list[str] = []
+    if rec is None:
+        return problems
+    problems.extend(f"twilio: {problem}" for problem in rec.problems)
+    problems.extend(check_twilio_call(rec, spec.expect))
+    for leg in outcome.legs:
+        problems.extend(check_expectations(leg))
+        if leg.spec.expect is not None:
+            leg_record = stack.runtime.registry.get(leg.call_id)
+            problems.extend(f"openai leg: {p}" for p in check_controller_expectations(leg.spec.expect, leg_record))
+    reached_controller = bool(outcome.legs) or isinstance(spec, OutboundCall)
+    if record is None:
+        if reached_controller or spec.report is not None:
+            problems.append("the controller has no report of the call")
+        return problems
+    problems.extend(check_report(spec.report, record))
+    twilio = record.twilio or {}
+    if record.twilio_call_sid != rec.sid:
+        problems.append(f"report: twilio_call_sid {record.twilio_call_sid}, but Twilio's CallSid is {rec.sid}")
+    if twilio.get("direction") != outcome.direction:
+        problems.append(f"report: twilio.direction {twilio.get('direction')}, expected {outcome.direction}")
+    if (twilio.get("from"), twilio.get("to")) != (rec.from_, rec.to):
+        problems.append(f"report: twilio from/to {twilio.get('from')} → {twilio.get('to')}, but Twilio saw "
+                        f"{rec.from_} → {rec.to}")  # fmt: skip
+    if isinstance(spec, OutboundCall):
+        wanted = {"id": (outcome.placed or {}).get("id"), "variables": dict(spec.variables)}
+        if record.outbound != wanted:
+            problems.append(f"report: outbound {record.outbound}, expected {wanted}")
+        problems.extend(_variables_rendered(stack.runtime.settings, record, spec.variables, outcome.legs))
+    reports = [r for r in stack.runtime.registry.records() if r.twilio_call_sid == rec.sid]
+    if len(reports) != 1:
+        problems.append(f"the controller reported the call {len(reports)} times")
+    problems.extend(await _callbacks_recorded(stack, rec))
+    return problems
+
+
+def check_report(expect: ReportExpectation | None, record: CallRecord) -> list[str]:
+    """Mismatches between a scenario's ``report:`` and the controller's record of a Twilio call."""
+    if expect is None:
+        return []
+    twilio = record.twilio or {}
+    problems: list[str] = []
+    for name, wanted, got in (
+        ("ended_reason", expect.ended_reason, record.ended_reason),
+        ("profile", expect.profile, record.profile),
+        ("error_code", expect.error_code, twilio.get("error_code")),
+        ("answered_by", expect.answered_by, twilio.get("answered_by")),
+    ):
+        if wanted is not None and wanted != got:
+            problems.append(f"report {name}: expected {wanted}, got {got}")
+    return problems
+
+
+def _variables_rendered(
+    settings: Settings, record: CallRecord, variables: dict[str, str], legs: list[SimCall]
+) -> list[str]:
+    """Each variable the profile's instructions use (``{{ var:name }}``) is in the instructions OpenAI was given."""
+    profile = settings.profiles.get(record.profile)
+    if profile is None or not legs or not legs[0].accept_bodies:
+        return []
+    body = legs[0].accept_bodies[0]
+    instructions = body.get("instructions", "") if isinstance(body, dict) else ""
+    used = {name.split(":", 1)[1].strip() for name in templates.placeholders(profile.instructions)
+            if name.startswith("var:")}  # fmt: skip
+    return [
+        f"the accept's instructions lack the variable {name} ({variables[name]!r})"
+        for name in sorted(used & set(variables))
+        if variables[name] not in str(instructions)
+    ]
+
+
+async def _callbacks_recorded(stack: Stack, rec: TwilioCall) -> list[str]:
+    """The controller's row of the Twilio call holds every status callback the stand-in sent, and its final
+    status (each callback is answered before the next is sent; the last one may still be being written)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _SETTLE_S
+    while True:
+        row = await stack.runtime.store.get_twilio_call(call_sid=rec.sid)
+        recorded = [str(e.get("status")) for e in (row.events if row else []) if e.get("kind") == "status"]
+        if row is not None and recorded == rec.statuses and row.status == rec.status:
+            return []
+        if loop.time() >= deadline:
+            break
+        await asyncio.sleep(0.05)
+    if row is None:
+        return [f"the controller has no Twilio call with CallSid {rec.sid}"]
+    return [f"the controller recorded status callbacks {recorded} (status {row.status}); Twilio sent "
+            f"{rec.statuses} (status {rec.status})"]  # fmt: skip
+
+
+def twilio_timeline(outcome: TwilioOutcome) -> list[tuple[float, str]]:
+    """The Twilio call's timeline, its OpenAI legs' and the controller's, on the simulator's clock."""
+    rec, record = outcome.twilio, outcome.record
+    lines: list[tuple[float, str]] = list(rec.timeline()) if rec is not None else []
+    for leg in outcome.legs:
+        lines.append((leg.placed_at, f"openai  incoming call {leg.call_id} (webhook)"))
+        if leg.accepted_at is not None:
+            lines.append((leg.accepted_at, "openai  accepted"))
+        if leg.ended_at is not None:
+            lines.append((leg.ended_at, f"openai  ended by {leg.ended_by}"))
+    if record is not None:
+        base = outcome.legs[0].placed_at if outcome.legs else (rec.created_at if rec is not None else 0.0)
+        lines.extend((base + t, f"controller  {what}") for t, what in record.timeline)
+        lines.extend((base + t.at_s, f"{t.role:<11} “{t.text}”") for t in record.transcripts)
+    return sorted(lines, key=lambda line: line[0])
+
+
+def print_twilio_report(outcomes: list[TwilioOutcome], out: TextIO) -> None:
+    """Each Twilio call: its Twilio timeline next to its OpenAI legs' and the controller's, then a table."""
+    for outcome in outcomes:
+        rec, record = outcome.twilio, outcome.record
+        sid = rec.sid if rec is not None else "no Twilio call"
+        print(f"\n── twilio {outcome.direction}: {outcome.name}  ({sid})", file=out)
+        lines = twilio_timeline(outcome)
+        start = lines[0][0] if lines else 0.0
+        for t, text in lines:
+            print(f"  {t - start:7.2f}s  {text}", file=out)
+        if rec is not None:
+            print(f"  twilio: {rec.direction} {rec.from_} → {rec.to} status={rec.status} "
+                  f"answered_by={rec.answered_by or '-'} error_code={rec.error_code or '-'} "
+                  f"callbacks={len(rec.callbacks)} openai_legs={len(outcome.legs)}", file=out)  # fmt: skip
+        if record is not None:
+            outbound = f" outbound={record.outbound['id']}" if record.outbound else ""
+            print(f"  controller: {record.call_id} profile={record.profile} ended_reason={record.ended_reason} "
+                  f"cost={record.cost_usd:.4f} USD{outbound}", file=out)  # fmt: skip
+        for problem in outcome.problems:
+            print(f"  ✗ {problem}", file=out)
+    print("\n" + _twilio_table(outcomes), file=out)
+
+
+def _twilio_table(outcomes: list[TwilioOutcome]) -> str:
+    header = ("twilio call", "direction", "number", "twilio status", "answered_by", "ended_reason", "legs", "result")
+    rows = [header]
+    for o in outcomes:
+        rec, record = o.twilio, o.record
+        rows.append(
+            (
+                o.name,
+                o.direction,
+                o.spec.to if isinstance(o.spec, OutboundCall) else f"{o.spec.from_} → {o.spec.to}",
+                rec.status if rec else "-",
+                (rec.answered_by if rec else None) or "-",
+                (record.ended_reason if record else None) or "-",
+                str(len(o.legs)),
+                "ok" if o.ok else "FAILED",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*r) for r in rows]
+    lines.insert(1, "  ".join("─" * w for w in widths))
+    passed = sum(o.ok for o in outcomes)
+    lines.append(f"\ntwilio: {passed} passed, {len(outcomes) - passed} failed")
     return "\n".join(lines)

@@ -334,6 +334,20 @@ class TwilioExpectation(_Strict):
     no_problems: bool | None = None
 
 
+class ReportExpectation(_Strict):
+    """What the controller's report of a Twilio call should say (its ``call.ended`` record, checked by the harness:
+    ``sipctl simulate``); only stated fields are checked. A call that never reached OpenAI is reported under the
+    outbound request's id with an ``ended_reason`` of its own (``no_answer``, ``busy``, ``failed``, ``canceled``)."""
+
+    ended_reason: str | None = None
+    #: the profile the call was given
+    profile: str | None = None
+    #: the report's ``twilio.error_code`` (Twilio's code for a failed call)
+    error_code: int | None = None
+    #: the report's ``twilio.answered_by`` (answering-machine detection's verdict)
+    answered_by: AnsweredBy | None = None
+
+
 class OutboundCall(_Strict):
     """A call the controller places (``POST /v1/outbound``) to ``to``, answered by ``callee``."""
 
@@ -346,6 +360,8 @@ class OutboundCall(_Strict):
     variables: dict[str, str] = Field(default_factory=dict)
     callee: Callee = Callee()
     expect: TwilioExpectation | None = None
+    #: what the controller's report of the call should say
+    report: ReportExpectation | None = None
 
 
 class InboundCall(_Strict):
@@ -363,6 +379,8 @@ class InboundCall(_Strict):
     expect: TwilioExpectation | None = None
     #: what should happen on the OpenAI leg
     openai: Expectation | None = None
+    #: what the controller's report of the call should say
+    report: ReportExpectation | None = None
 
     def leg_spec(self, name: str, ring_timeout: float) -> CallSpec:
         return CallSpec(

@@ -36,8 +36,10 @@ def goodbye_call(name: str = "goodbye", **kwargs: object) -> CallSpec:
 
 
 async def test_demo_scenario_outcomes_on_both_sides() -> None:
-    outcomes = await harness.run_scenario(load_scenario(DEMO), Settings(), time_scale=SCALE, timeout=30)
-    assert [o.problems for o in outcomes] == [[] for _ in outcomes]
+    settings = harness.with_demo_outbound(Settings())
+    run = await harness.run_scenario(load_scenario(DEMO), settings, time_scale=SCALE, timeout=30)
+    assert list(run.problems.values()) == [[] for _ in range(len(run))]
+    outcomes = run.calls
     by_name = {o.spec.name: o for o in outcomes}
 
     bye = by_name["goodbye"]
@@ -71,6 +73,21 @@ async def test_demo_scenario_outcomes_on_both_sides() -> None:
     assert dup.sim.delivery_statuses == [200, 200, 200]
     assert dup.sim.accept_count == 1
 
+    # through Twilio (#16): the outbound call a person answers, and the call to the Twilio number
+    placed, inbound = run.twilio
+    assert (placed.name, placed.direction, inbound.name, inbound.direction) == (
+        "twilio-outbound", "outbound", "twilio-inbound", "inbound"
+    )
+    for outcome in (placed, inbound):
+        assert outcome.twilio is not None
+        assert outcome.record is not None
+        assert outcome.record.twilio_call_sid == outcome.twilio.sid
+        assert outcome.record.ended_reason == "agent_end_call"
+        assert [leg.call_id for leg in outcome.legs] == outcome.twilio.openai_call_ids
+    assert placed.record is not None
+    assert placed.record.profile == harness.DEMO_OUTBOUND_PROFILE
+    assert "calling Ada for Example Dental" in placed.legs[0].accept_bodies[0]["instructions"]
+
 
 def test_sipctl_demo_passes_and_shows_the_call_taken_over_after_its_controller_is_killed(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
@@ -85,6 +102,13 @@ def test_sipctl_demo_passes_and_shows_the_call_taken_over_after_its_controller_i
     assert main(["demo", "--time-scale", "0.2"]) == 0
     out = capsys.readouterr().out
     assert "3 passed, 0 failed" in out
+    # the Twilio calls: their Twilio timelines beside the OpenAI legs
+    assert "twilio: 2 passed, 0 failed" in out
+    twilio = out[out.index("── twilio outbound: twilio-outbound") : out.index("twilio: 2 passed")]
+    assert "twilio  status callback in-progress → HTTP 200" in twilio
+    assert "twilio  dials sip:proj_sipctlsim@sip.api.openai.com;transport=tls → rtc_" in twilio
+    assert "controller  accepted" in twilio
+    assert "── twilio inbound: twilio-inbound" in twilio
     takeover = out[out.index("── takeover: the controller is killed mid-call") :]
     lines = takeover.splitlines()
     kill = next(i for i, line in enumerate(lines) if "replica A SIGKILLed (the caller is quiet)" in line)
@@ -99,7 +123,7 @@ def test_sipctl_demo_passes_and_shows_the_call_taken_over_after_its_controller_i
     assert "sideband_connects=2" in takeover
     assert "call.ended reports=1" in takeover
     assert "✗" not in takeover
-    assert out.rstrip().endswith("takeover: ok\ndemo: all 4 calls passed")
+    assert out.rstrip().endswith("takeover: ok\ndemo: all 6 calls passed")
 
 
 async def test_bad_signature_gets_401_and_the_call_is_never_accepted() -> None:

@@ -10,7 +10,7 @@ import pytest
 from sip_controller.agent.profile import AgentProfile, Watchdogs
 from sip_controller.config import Settings
 from sip_controller.simulator import CallSpec, Expectation, Step, harness, load_scenario
-from sip_controller.simulator.harness import CallOutcome
+from sip_controller.simulator.harness import CallOutcome, ScenarioRun
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -20,36 +20,50 @@ SCENARIOS = sorted((ROOT / "config" / "scenarios").glob("*.yaml"))
 #: nominal seconds -> real seconds; the hold scenario (20 simulated minutes) runs in about 12 s
 SCALE = 0.02
 HOLD_SCALE = 0.01
-_outcomes: dict[str, list[CallOutcome]] = {}
+_runs: dict[str, ScenarioRun] = {}
 
 
-async def outcomes_of(path: Path) -> list[CallOutcome]:
+async def run_of(path: Path) -> ScenarioRun:
     """Run a scenario file once per test session (the hold comparison reuses the hold run), the way
     ``sipctl simulate <file>`` does: no --config, so the config the scenario names."""
-    if path.name not in _outcomes:
+    if path.name not in _runs:
         prepared = harness.prepare(path)
         assert prepared.config_path == EXAMPLE
         assert prepared.warnings == []
         scale = HOLD_SCALE if path.name == "hold.yaml" else SCALE
-        _outcomes[path.name] = await harness.run_scenario(
+        _runs[path.name] = await harness.run_scenario(
             prepared.scenario, prepared.settings, time_scale=scale, timeout=40
         )
-    return _outcomes[path.name]
+    return _runs[path.name]
+
+
+async def outcomes_of(path: Path) -> list[CallOutcome]:
+    """The scenario's ``calls`` (its Twilio calls are in :func:`run_of`)."""
+    return (await run_of(path)).calls
 
 
 def test_every_behaviour_has_a_scenario() -> None:
     assert {p.stem for p in SCENARIOS} >= {
         "goodbye", "caller-hangup", "duplicate-delivery", "transfer", "transfer-failed", "transfer-fallback",
         "silence-timeout", "max-duration", "budget", "keypad", "routing", "denied-caller", "hold", "python-tool",
+        "twilio-outbound-person", "twilio-outbound-busy", "twilio-outbound-no-answer", "twilio-outbound-failed",
+        "twilio-inbound",
     }
     for path in SCENARIOS:
-        assert all(call.expect is not None for call in load_scenario(path).calls), path.name
+        scenario = load_scenario(path)
+        assert all(call.expect is not None for call in scenario.calls), path.name
+        if scenario.twilio is not None:
+            twilio = scenario.twilio
+            assert all(c.expect is not None and c.report is not None for c in twilio.outbound), path.name
+            assert all(c.expect is not None and c.report is not None for c in twilio.inbound), path.name
 
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
 async def test_the_scenario_passes_as_sipctl_simulate_runs_it(path: Path) -> None:
-    outcomes = await outcomes_of(path)
-    assert {o.spec.name: o.problems for o in outcomes} == {o.spec.name: [] for o in outcomes}
+    run = await run_of(path)
+    scenario = load_scenario(path)
+    names = [call.name for call in scenario.calls] + (scenario.twilio.names if scenario.twilio else [])
+    assert run.problems == {name: [] for name in names}
 
 
 async def test_the_python_tool_answer_reaches_the_model() -> None:
