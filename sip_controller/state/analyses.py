@@ -195,6 +195,8 @@ class PostgresAnalyses:
 
         def _conn(self) -> AbstractAsyncContextManager[Any]: ...
 
+        async def _enqueue_outbox(self, conn: Any, items: Sequence[OutboxItem], now: float) -> int: ...
+
     async def create_analysis(self, call_id: str, profile: str, *, due_at: float | None = None) -> bool:
         now = self._clock()
         async with self._conn() as conn:
@@ -252,8 +254,6 @@ class PostgresAnalyses:
         due_at: float | None,
         outbox: Sequence[OutboxItem],
     ) -> bool:
-        from sip_controller.state.postgres import _enqueue  # the outbox insert, shared with the call's writes
-
         now = self._clock()
         async with self._tx() as conn:
             changed = await conn.execute(
@@ -267,7 +267,7 @@ class PostgresAnalyses:
             )  # fmt: skip
             if not _count(changed):
                 return False
-            await _enqueue(conn, outbox, now)
+            await self._enqueue_outbox(conn, outbox, now)
         return True
 
     async def release_analysis(self, worker: str, call_id: str) -> bool:

@@ -213,6 +213,10 @@ class PostgresStore(PostgresAnalyses, Store):
             raise
         return store
 
+    async def _enqueue_outbox(self, conn: Conn, items: Sequence[OutboxItem], now: float) -> int:
+        """The outbox insert for the mixed-in analysis methods (``state/analyses.py``), in their transaction."""
+        return await _enqueue(conn, items, now)
+
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[Conn]:
         if self._closed:
