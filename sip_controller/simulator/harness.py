@@ -28,7 +28,7 @@ from starlette.applications import Starlette
 
 from sip_controller.agent import preflight, session, templates
 from sip_controller.agent.analysis import CallAnalysis
-from sip_controller.agent.profile import AgentProfile, HttpTool, PythonTool, ToolEntry
+from sip_controller.agent.profile import AgentProfile, HttpTool, Outbound, PythonTool, ToolEntry, Voicemail
 from sip_controller.agent.validation import Finding
 from sip_controller.calls.incoming import IncomingCall, SipHeader
 from sip_controller.calls.report import CallRecord
@@ -505,7 +505,8 @@ DEMO_OUTBOUND_PROFILE = "demo_reminder"
 
 def with_demo_outbound(settings: Settings) -> Settings:
     """``settings`` with :data:`DEMO_OUTBOUND_PROFILE`: a profile that places calls, declaring the variable
-    ``first_name`` its instructions use (the demo runs with any config, or none)."""
+    ``first_name`` its instructions use, with answering-machine detection and a voicemail message left after the
+    beep (the demo runs with any config, or none)."""
     if DEMO_OUTBOUND_PROFILE in settings.profiles:
         return settings
     profile = AgentProfile(
@@ -516,6 +517,14 @@ def with_demo_outbound(settings: Settings) -> Settings:
         greeting="Hello, this is Example Dental calling about your appointment.",
         tools=("end_call",),
         variables=("first_name",),
+        outbound=Outbound(
+            machine_detection="DetectMessageEnd",
+            voicemail=Voicemail(
+                action="leave_message",
+                message="Hi {{ var:first_name }}, this is Example Dental about tomorrow's appointment. Please call "
+                "us back. Goodbye!",
+            ),
+        ),
     )
     return settings.model_copy(update={"profiles": {**settings.profiles, DEMO_OUTBOUND_PROFILE: profile}})
 

@@ -73,11 +73,11 @@ async def test_demo_scenario_outcomes_on_both_sides() -> None:
     assert dup.sim.delivery_statuses == [200, 200, 200]
     assert dup.sim.accept_count == 1
 
-    # through Twilio (#16): the outbound call a person answers, and the call to the Twilio number
-    placed, inbound = run.twilio
-    assert (placed.name, placed.direction, inbound.name, inbound.direction) == (
-        "twilio-outbound", "outbound", "twilio-inbound", "inbound"
-    )
+    # through Twilio (#16): the outbound call a person answers, the one a voicemail answers, the call to the number
+    placed, voicemail, inbound = run.twilio
+    assert [(o.name, o.direction) for o in run.twilio] == [
+        ("twilio-outbound", "outbound"), ("twilio-voicemail", "outbound"), ("twilio-inbound", "inbound")
+    ]
     for outcome in (placed, inbound):
         assert outcome.twilio is not None
         assert outcome.record is not None
@@ -87,6 +87,11 @@ async def test_demo_scenario_outcomes_on_both_sides() -> None:
     assert placed.record is not None
     assert placed.record.profile == harness.DEMO_OUTBOUND_PROFILE
     assert "calling Ada for Example Dental" in placed.legs[0].accept_bodies[0]["instructions"]
+    assert voicemail.twilio is not None
+    assert voicemail.record is not None
+    assert (voicemail.twilio.answered_by, voicemail.record.ended_reason) == ("machine_end_beep", "voicemail")
+    assert voicemail.twilio.beep_at is not None
+    assert "Hi Sam, this is Example Dental" in " ".join(voicemail.twilio.voicemail_message)
 
 
 def test_sipctl_demo_passes_and_shows_the_call_taken_over_after_its_controller_is_killed(
@@ -103,12 +108,14 @@ def test_sipctl_demo_passes_and_shows_the_call_taken_over_after_its_controller_i
     out = capsys.readouterr().out
     assert "3 passed, 0 failed" in out
     # the Twilio calls: their Twilio timelines beside the OpenAI legs
-    assert "twilio: 2 passed, 0 failed" in out
-    twilio = out[out.index("── twilio outbound: twilio-outbound") : out.index("twilio: 2 passed")]
+    assert "twilio: 3 passed, 0 failed" in out
+    twilio = out[out.index("── twilio outbound: twilio-outbound") : out.index("twilio: 3 passed")]
     assert "twilio  status callback in-progress → HTTP 200" in twilio
     assert "twilio  dials sip:proj_sipctlsim@sip.api.openai.com;transport=tls → rtc_" in twilio
     assert "controller  accepted" in twilio
     assert "── twilio inbound: twilio-inbound" in twilio
+    assert "twilio  voicemail beep" in twilio
+    assert "controller  ended: voicemail" in twilio
     takeover = out[out.index("── takeover: the controller is killed mid-call") :]
     lines = takeover.splitlines()
     kill = next(i for i, line in enumerate(lines) if "replica A SIGKILLed (the caller is quiet)" in line)
@@ -123,7 +130,7 @@ def test_sipctl_demo_passes_and_shows_the_call_taken_over_after_its_controller_i
     assert "sideband_connects=2" in takeover
     assert "call.ended reports=1" in takeover
     assert "✗" not in takeover
-    assert out.rstrip().endswith("takeover: ok\ndemo: all 6 calls passed")
+    assert out.rstrip().endswith("takeover: ok\ndemo: all 7 calls passed")
 
 
 async def test_bad_signature_gets_401_and_the_call_is_never_accepted() -> None:
