@@ -41,6 +41,7 @@ import asyncpg
 
 from sip_controller.state import migrations
 from sip_controller.state.analyses import PostgresAnalyses
+from sip_controller.state.batches import PostgresBatches
 from sip_controller.state.records import (
     COMMAND_KINDS,
     HANGING_UP,
@@ -158,7 +159,7 @@ async def _enqueue(conn: Conn, items: Sequence[OutboxItem], now: float) -> int:
     return added
 
 
-class PostgresStore(PostgresAnalyses, Store):
+class PostgresStore(PostgresAnalyses, PostgresBatches, Store):
     """The :class:`~sip_controller.state.store.Store` on PostgreSQL. Build it with :meth:`open`."""
 
     backend = "postgresql"

@@ -55,6 +55,7 @@ from typing import Any, Literal, TypeVar
 
 from sip_controller.state import migrations
 from sip_controller.state.analyses import SQLiteAnalyses
+from sip_controller.state.batches import SQLiteBatches
 from sip_controller.state.records import (
     COMMAND_KINDS,
     HANGING_UP,
@@ -137,7 +138,7 @@ def _fenced_reason(conn: Conn, fence: Fence) -> Literal["stale_owner", "finished
     return None
 
 
-class SQLiteStore(SQLiteAnalyses, Store):
+class SQLiteStore(SQLiteAnalyses, SQLiteBatches, Store):
     """The :class:`~sip_controller.state.store.Store` on one SQLite file. Build it with :meth:`open`."""
 
     backend = "sqlite"

@@ -32,6 +32,8 @@ The rules the wiring relies on:
   feeds it to the call's supervisor (:mod:`sip_controller.calls.commands`).
 - **Post-call analyses** (``create_analysis`` … ``get_analysis``, #17): one row per analysed call, claimed with a
   lease like the outbox, its result (or why it failed for good) written with its ``call.analyzed`` outbox rows.
+- **Outbound batches** (``create_batch`` … ``in_flight_batch_rows``, #16): a batch's rows claimed with a lease by
+  any replica's dialler, paced cluster-wide (:mod:`.batches`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 
 from sip_controller.state.analyses import AnalysisRow
+from sip_controller.state.batches import BatchAction, BatchCallRow, BatchRecord, InFlight, NewBatch
 from sip_controller.state.records import (
     Admission,
     CallerLimit,
@@ -448,6 +451,59 @@ class Store(StateStore, Protocol):
 
     async def get_analysis(self, call_id: str) -> AnalysisRow | None:
         """The call's analysis (pending, done or failed), or None."""
+        ...
+
+    # ---- outbound batches (#16) ------------------------------------------------------------------------------
+
+    async def create_batch(self, batch: NewBatch) -> tuple[BatchRecord, bool]:
+        """The batch and its rows (all ``queued``), in one transaction; with the batch's Idempotency-Key used
+        before, the batch it made and False (nothing written)."""
+        ...
+
+    async def get_batch(self, batch_id: str) -> BatchRecord | None:
+        """The batch with its rows counted by state and outcome, or None."""
+        ...
+
+    async def list_batch_rows(self, batch_id: str, *, after_row: int = 0, limit: int = 1000) -> list[BatchCallRow]:
+        """The batch's rows numbered after ``after_row``, in order."""
+        ...
+
+    async def set_batch_status(self, batch_id: str, action: BatchAction) -> tuple[BatchRecord | None, bool]:
+        """Pause, resume or cancel (its queued rows then ``canceled``); the batch after and whether it changed.
+        A finished batch (canceled or done) does not change; None for an unknown id."""
+        ...
+
+    async def claim_batch_rows(self, worker: str, *, limit: int = 50, lease_s: float = 60.0) -> list[BatchCallRow]:
+        """Lease up to ``limit`` rows of running batches to ``worker`` for ``lease_s`` (``placing``): rows due, and
+        rows whose lease passed; per batch no more than its pacing and ``max_in_flight`` allow, cluster-wide."""
+        ...
+
+    async def placed_batch_row(self, worker: str, batch_id: str, row: int, twilio_id: str) -> bool:
+        """The row's call is with Twilio (``in_flight``, its ``twilio_calls`` id). False unless ``worker`` holds it."""
+        ...
+
+    async def defer_batch_row(self, worker: str, batch_id: str, row: int, *, due_at: float) -> bool:
+        """Give a claimed row back, due at ``due_at`` (calling hours closed). False unless ``worker`` holds it."""
+        ...
+
+    async def settle_batch_row(
+        self,
+        batch_id: str,
+        row: int,
+        *,
+        outcome: str,
+        retry_at: float | None = None,
+        error: str | None = None,
+        worker: str | None = None,
+        twilio_id: str | None = None,
+    ) -> bool:
+        """The row's attempt ended with ``outcome``: queued again at ``retry_at`` (the next attempt; not in a
+        canceled batch) or ``done``; the batch ``done`` once no row is left. As the lease holder of a ``placing``
+        row (``worker``) or for the ``in_flight`` row of the call ``twilio_id``; False (nothing written) otherwise."""
+        ...
+
+    async def in_flight_batch_rows(self, *, stale_s: float = 3600.0, limit: int = 100) -> list[InFlight]:
+        """In-flight rows whose Twilio call is over, gone, or never confirmed placed after ``stale_s``."""
         ...
 
 

@@ -1,0 +1,44 @@
+-- 0007 (#16): outbound call batches. A batch holds its settings (profile, pacing, calling hours, retries) and the
+-- rows refused when it was created; each good row is a row of outbound_batch_rows, claimed with a lease by whichever
+-- replica's dialler (queued -> placing -> in_flight -> done, or back to queued for a retry or outside calling hours).
+-- next_slot_at paces the batch across the cluster (calls_per_second); max_in_flight bounds its placing + in_flight
+-- rows. twilio_id is the Twilio call of the current attempt (twilio_calls.id); attempt numbers the calls placed for
+-- the row, and the attempt's Idempotency-Key is derived from it, so a row re-claimed after a crash is never placed
+-- twice.
+
+CREATE TABLE outbound_batches (
+    id               text PRIMARY KEY,
+    idempotency_key  text UNIQUE,
+    request_hash     text,
+    profile          text NOT NULL,
+    status           text NOT NULL CHECK (status IN ('running', 'paused', 'canceled', 'done')),
+    calls_per_second double precision NOT NULL CHECK (calls_per_second > 0),
+    max_in_flight    integer NOT NULL CHECK (max_in_flight > 0),
+    next_slot_at     double precision NOT NULL,
+    options          jsonb NOT NULL DEFAULT '{}',
+    rejected         jsonb NOT NULL DEFAULT '[]',
+    created_at       double precision NOT NULL,
+    updated_at       double precision NOT NULL
+);
+CREATE INDEX outbound_batches_status ON outbound_batches (status);
+
+CREATE TABLE outbound_batch_rows (
+    batch_id    text NOT NULL REFERENCES outbound_batches (id) ON DELETE CASCADE,
+    row_no      integer NOT NULL,
+    to_number   text NOT NULL,
+    variables   jsonb NOT NULL DEFAULT '{}',
+    timezone    text,
+    state       text NOT NULL CHECK (state IN ('queued', 'placing', 'in_flight', 'done', 'canceled')),
+    outcome     text,
+    attempt     integer NOT NULL DEFAULT 0,
+    claims      integer NOT NULL DEFAULT 0,
+    due_at      double precision NOT NULL,
+    lease_owner text,
+    lease_until double precision,
+    twilio_id   text,
+    last_error  text,
+    updated_at  double precision NOT NULL,
+    PRIMARY KEY (batch_id, row_no)
+);
+CREATE INDEX outbound_batch_rows_state ON outbound_batch_rows (state, due_at);
+CREATE INDEX outbound_batch_rows_batch_state ON outbound_batch_rows (batch_id, state);
