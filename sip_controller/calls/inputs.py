@@ -86,6 +86,9 @@ class ToolDone:
     output: str
     duration_s: float
     outcome: str = "ok"
+    #: live-control actions the answer carried (#17: ``calls/features/control.py``), and why they were refused
+    actions: tuple[OperatorSay | OperatorContext | OperatorMute, ...] = ()
+    actions_problem: str = ""
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,33 @@ class OperatorHangup:
     now: bool = False
 
 
+@dataclass(frozen=True)
+class OperatorSay:
+    """Have the model say exactly ``text`` (#17): ``now`` (what it is saying is cut off) or ``next`` (after the
+    answer in progress). ``source``: ``operator`` (the admin API, the console) or ``tool`` (an HTTP tool's answer)."""
+
+    text: str
+    when: str = "now"
+    source: str = "operator"
+
+
+@dataclass(frozen=True)
+class OperatorContext:
+    """Add a system message the model sees from now on (#17)."""
+
+    text: str
+    source: str = "operator"
+
+
+@dataclass(frozen=True)
+class OperatorMute:
+    """``muted``: the agent stops answering on its own (the caller is still heard and transcribed); False: it
+    answers again (#17)."""
+
+    muted: bool
+    source: str = "operator"
+
+
 Input = (
     Start
     | AcceptOk
@@ -138,4 +168,7 @@ Input = (
     | OperatorHangup
     | OperatorTransfer
     | MachineDetection
+    | OperatorSay
+    | OperatorContext
+    | OperatorMute
 )

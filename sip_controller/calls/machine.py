@@ -37,6 +37,7 @@ from sip_controller.calls.actions import (
     Send,
     StartTimer,
 )
+from sip_controller.calls.features.control import LiveControl
 from sip_controller.calls.features.hold import Hold
 from sip_controller.calls.features.keypad import Keypad
 from sip_controller.calls.features.transfer import Transfer
@@ -50,7 +51,10 @@ from sip_controller.calls.inputs import (
     HangupOk,
     Input,
     MachineDetection,
+    OperatorContext,
     OperatorHangup,
+    OperatorMute,
+    OperatorSay,
     OperatorTransfer,
     ReferFailed,
     ReferOk,
@@ -188,6 +192,8 @@ _STARTED, _STOPPED, _SPOKEN, _DONE = 1, 2, 4, 8
 
 #: events after which the caller's turn and the model's answer may be over (``CallMachine._turn_over``)
 _TURN_EVENTS = frozenset({"response.done", "output_audio_buffer.stopped", "output_audio_buffer.cleared"})
+#: events after which the call may be idle: a line waiting for it (live control's ``next``) may be said
+_IDLE_EVENTS = _TURN_EVENTS | {"input_audio_buffer.speech_stopped"}
 
 
 @dataclass(slots=True)
@@ -309,6 +315,7 @@ class CallMachine:
     watchdog: Watchdog = field(init=False)
     hold: Hold = field(init=False)
     keypad: Keypad = field(init=False)
+    control: LiveControl = field(init=False)
 
     def __post_init__(self) -> None:
         marks = self._responses
@@ -321,6 +328,7 @@ class CallMachine:
         self.watchdog = Watchdog(p.watchdogs)
         self.hold = Hold(p.hold, p.turn_detection)
         self.keypad = Keypad(p.dtmf)
+        self.control = LiveControl(p.turn_detection)
 
     @property
     def finished(self) -> bool:
@@ -407,6 +415,8 @@ class CallMachine:
                 return self.transfer.on_refer_failed(self, detail, rel)
             case MachineDetection(answered_by=verdict):
                 return self._on_machine_detection(verdict, rel)
+            case OperatorSay() | OperatorContext() | OperatorMute():
+                return self.control.on_input(self, inp, rel)
         return []  # pragma: no cover - exhaustive match
 
     def resume(self, now: float, *, elapsed_s: float, ending: EndedReason | None = None) -> list[Action]:
@@ -458,6 +468,31 @@ class CallMachine:
     def live(self) -> bool:
         """Attached and not ending: the conversation is going on."""
         return self.state == CallState.ATTACHED and self.ending is None
+
+    # what live control (``features/control.py``) asks of the call, beyond a feature's port
+    @property
+    def ending_or_over(self) -> bool:
+        return self.ending is not None or self.finished or self.state in (CallState.ENDING, CallState.HANGING_UP)
+
+    @property
+    def responding(self) -> bool:
+        return bool(self._in_progress)
+
+    @property
+    def now_playing(self) -> str | None:
+        return self._playing
+
+    @property
+    def caller_is_speaking(self) -> bool:
+        return self._caller_speaking
+
+    @property
+    def transferring(self) -> bool:
+        return self.transfer.attempt is not None
+
+    @property
+    def on_hold(self) -> bool:
+        return self.hold.active
 
     def next_event_id(self, kind: str) -> str:
         self._event_seq += 1
@@ -871,6 +906,7 @@ class CallMachine:
             *self.watchdog.on_timer(self, name, rel),
             *self.hold.on_timer(self, name, rel),
             *self.keypad.on_timer(self, name, rel),
+            *self.control.on_timer(self, name, rel),
         ]
 
     def _on_session_updated(self, rel: float) -> list[Action]:
@@ -899,6 +935,8 @@ class CallMachine:
         actions = self._on_event_core(event, rel)
         if self._after_turn and not self.finished and event.type in _TURN_EVENTS:
             actions.extend(self._turn_over(rel))
+        if self.control.waiting and not self.finished and event.type in _IDLE_EVENTS:
+            actions.extend(self.control.when_idle(self, rel))
         return actions
 
     def _on_event_core(self, event: ev.ServerEvent, rel: float) -> list[Action]:
@@ -966,7 +1004,10 @@ class CallMachine:
                 if self._caller_speaking:
                     for waiter in self._after_turn:
                         waiter.answered = False  # an answer they talk over is not the answer
-                if kind.endswith("speech_stopped") and self._pending_updates and not self.hold.active:
+                if (
+                    kind.endswith("speech_stopped") and self._pending_updates and not self.hold.active
+                    and not self.control.muted
+                ):
                     self._caller_spoke_while_held = True
                 return self.watchdog.on_caller_speech(self, started=kind.endswith("speech_started"))
             case ev.DtmfReceived(event=digit):
@@ -1021,6 +1062,8 @@ class CallMachine:
                 end.retry_when_idle = True  # ask again when the answer being made is done
                 return []
             return self.hangup(rel, "the goodbye could not be created")
+        if self.control.on_error(self, err, rel):
+            return []  # a say line refused while a response is made waits for that response to be over
         ours = err.event_id is not None and err.event_id in self._our_update_ids
         since_attach = rel - (self.attached_at if self.attached_at is not None else rel)
         early = (
@@ -1041,6 +1084,7 @@ class CallMachine:
                 self.record.ignored_events += 1  # a duplicated delivery: count usage and tools once
                 return []
             self._responses_done.add(resp.id)
+        self.control.on_response_done(self, resp, rel)
         if resp.usage is not None:
             self.record.usage.add(resp.usage)
             if self.hold.active:
@@ -1284,7 +1328,10 @@ class CallMachine:
         if self.ending is not None or self.state != CallState.ATTACHED:
             return actions
         output = done.output if done.ok else json.dumps({"error": done.output})
-        return [*actions, self.tool_output(done.call_id, output), self.respond()]
+        actions.append(self.tool_output(done.call_id, output))
+        if done.actions or done.actions_problem:  # live control from the operator's tool (#17)
+            return actions + self.control.on_tool_answer(self, done.actions, done.actions_problem, rel)
+        return [*actions, self.respond()]
 
 
 def _schema_problem(schema: dict[str, Any], args: Any) -> str | None:

@@ -262,8 +262,8 @@ class Page:
 
 
 #: what an operator can ask of a live call from any replica (``post_command``)
-CommandKind = Literal["hangup", "transfer"]
-COMMAND_KINDS: tuple[CommandKind, ...] = ("hangup", "transfer")
+CommandKind = Literal["hangup", "transfer", "say", "context", "mute", "unmute"]
+COMMAND_KINDS: tuple[CommandKind, ...] = ("hangup", "transfer", "say", "context", "mute", "unmute")
 
 
 @dataclass(frozen=True)

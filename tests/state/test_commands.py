@@ -41,8 +41,23 @@ async def test_no_command_for_a_call_that_is_not_live(store: Store) -> None:
     fence = await live_call(store, "rtc_1")
     await store.finish_call(fence, state="ended", ended_reason="caller_hangup", report={"call_id": "rtc_1"})
     assert await store.post_command("rtc_1", "hangup") is None
-    with pytest.raises(ValueError, match="unknown command kind 'mute'"):
-        await store.post_command("rtc_1", "mute")
+    with pytest.raises(ValueError, match="unknown command kind 'shout'"):
+        await store.post_command("rtc_1", "shout")
+
+
+async def test_live_control_commands_are_stored_and_taken_in_order(store: Store) -> None:
+    """#17: say, context, mute and unmute pass the kind's CHECK (migration 0006) on both backends."""
+    await live_call(store, "rtc_1", "p1")
+    posted = [
+        ("say", {"text": "Hello there.", "when": "next"}),
+        ("context", {"text": "The parcel is late."}),
+        ("mute", {}),
+        ("unmute", {}),
+    ]
+    ids = [await store.post_command("rtc_1", kind, args) for kind, args in posted]
+    assert None not in ids
+    taken = await store.take_commands("p1")
+    assert [(c.id, c.kind, c.args) for c in taken] == [(i, k, a) for i, (k, a) in zip(ids, posted, strict=True)]
 
 
 async def test_commands_of_a_call_that_ended_are_never_taken(store: Store) -> None:
