@@ -17,7 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any, cast
 from urllib.parse import parse_qsl
@@ -121,6 +122,75 @@ def outbound_view(row: TwilioCallRow, *, mask: bool) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class Placement:
+    """What :func:`place_outbound` did: ``created`` False when the Idempotency-Key had placed a call before (``row``
+    is that call; nothing was sent to Twilio now); ``error`` when Twilio refused or may not have placed it."""
+
+    row: TwilioCallRow
+    created: bool
+    error: TwilioError | None = None
+
+
+async def place_outbound(
+    twilio: TwilioCredentials,
+    settings: Settings,
+    calls_api: TwilioCalls,
+    store: Store,
+    registry: Any,
+    *,
+    to: str,
+    caller_id: str,
+    profile_name: str,
+    variables: Mapping[str, str],
+    key: str | None,
+    request_hash: str,
+) -> Placement:
+    """Place one validated outbound call (``POST /v1/outbound`` and the batch dialler): the Twilio call row first
+    (once per ``key``), then Twilio's Calls API with the bridge and a signed status callback; a refused call is
+    reported as ``failed`` through ``registry`` (the :class:`~sip_controller.calls.registry.CallRegistry`).
+    Raises :class:`StoreError` when the store fails."""
+    new = NewTwilioCall(
+        id=f"out_{secrets.token_hex(8)}", correlation=new_correlation_id(), direction="outbound",
+        status="requested", idempotency_key=key, request_hash=request_hash, profile=profile_name,
+        from_number=caller_id, to_number=to, variables=variables,
+    )  # fmt: skip
+    row, created = await store.create_twilio_call(new)
+    if not created:
+        return Placement(row, created=False)
+    profile = settings.profiles[profile_name]
+    detection = profile.outbound.machine_detection
+    status_url = f"{twilio.public_url}{STATUS_PATH}?leg={row.id}"
+    placing = CallRequest(
+        to=to,
+        from_=caller_id,
+        status_callback=status_url,
+        twiml=bridge_to_openai(twilio.openai_project_id, row.correlation),
+        timeout_s=settings.twilio.ring_timeout_s,
+        machine_detection=None if detection == "off" else detection,
+        # with a voicemail policy the call is bridged at once and the verdict comes while it goes on
+        async_amd_callback=status_url if profile.outbound.voicemail is not None else None,
+    )
+    try:
+        placed = await calls_api.create(placing)
+    except TwilioError as exc:
+        log.warning("twilio.place_failed", twilio_id=row.id, status=exc.status, code=exc.code,
+                    ambiguous=exc.ambiguous)  # fmt: skip
+        failed = await store.update_twilio_call(
+            row.id, status="failed", error_code=exc.code,
+            event={"kind": "create", "status": "failed", "http_status": exc.status, "error_code": exc.code,
+                   "ambiguous": exc.ambiguous},
+        )  # fmt: skip
+        if failed is not None and await store.link_twilio_call(failed.correlation, failed.id) is not None:
+            registry.finish_unanswered(failed, "failed", detail=str(exc))
+        return Placement(failed or row, created=True, error=exc)
+    updated = await store.update_twilio_call(
+        row.id, call_sid=placed.sid, status=placed.status, event={"kind": "create", "status": placed.status}
+    )
+    log.info("twilio.placed", twilio_id=row.id, call_sid=placed.sid, profile=profile_name)
+    return Placement(updated or row, created=True)
+
+
 def routes(
     twilio: TwilioCredentials | None,
     settings: Settings,
@@ -221,6 +291,8 @@ def routes(
         except StoreError as exc:
             log.warning("twilio.store_failed", error=str(exc)[:300])
             return _error(503, "the call store is unavailable; retry")
+        if callback.final and (dialler := getattr(request.app.state, "dialler", None)) is not None:
+            dialler.kick()  # a batch's row may be settled now (#16)
         return JSONResponse({"status": "recorded"})
 
     async def place(request: Request) -> Response:
@@ -245,53 +317,23 @@ def routes(
             json.dumps([to, caller_id, profile_name, variables], sort_keys=True).encode()
         ).hexdigest()
         rt = runtime(request)
-        store: Store = rt.store
-        new = NewTwilioCall(
-            id=f"out_{secrets.token_hex(8)}", correlation=new_correlation_id(), direction="outbound",
-            status="requested", idempotency_key=key, request_hash=digest, profile=profile_name,
-            from_number=caller_id, to_number=to, variables=variables,
-        )  # fmt: skip
         try:
-            row, created = await store.create_twilio_call(new)
+            placement = await place_outbound(
+                twilio, settings, calls_api, rt.store, rt.registry, to=to, caller_id=caller_id,
+                profile_name=profile_name, variables=variables, key=key, request_hash=digest,
+            )  # fmt: skip
         except StoreError as exc:
             log.warning("twilio.store_failed", error=str(exc)[:300])
             return _error(503, "the call store is unavailable; retry")
-        if not created:
+        row = placement.row
+        if not placement.created:
             if row.request_hash != digest:
                 return _error(422, "Idempotency-Key was used for another request; use a new key for a new call")
             return JSONResponse({**outbound_view(row, mask=mask), "replayed": True})
-        profile = settings.profiles[profile_name]
-        detection = profile.outbound.machine_detection
-        status_url = f"{twilio.public_url}{STATUS_PATH}?leg={row.id}"
-        placing = CallRequest(
-            to=to,
-            from_=caller_id,
-            status_callback=status_url,
-            twiml=bridge_to_openai(twilio.openai_project_id, row.correlation),
-            timeout_s=settings.twilio.ring_timeout_s,
-            machine_detection=None if detection == "off" else detection,
-            # with a voicemail policy the call is bridged at once and the verdict comes while it goes on
-            async_amd_callback=status_url if profile.outbound.voicemail is not None else None,
-        )
-        try:
-            placed = await calls_api.create(placing)
-        except TwilioError as exc:
-            log.warning("twilio.place_failed", twilio_id=row.id, status=exc.status, code=exc.code,
-                        ambiguous=exc.ambiguous)  # fmt: skip
-            failed = await store.update_twilio_call(
-                row.id, status="failed", error_code=exc.code,
-                event={"kind": "create", "status": "failed", "http_status": exc.status, "error_code": exc.code,
-                       "ambiguous": exc.ambiguous},
-            )  # fmt: skip
-            if failed is not None and await store.link_twilio_call(failed.correlation, failed.id) is not None:
-                rt.registry.finish_unanswered(failed, "failed", detail=str(exc))
-            status_code = 422 if 400 <= exc.status < 500 and exc.status != 429 else 502
-            return _error(status_code, str(exc), id=row.id, twilio_code=exc.code, ambiguous=exc.ambiguous)
-        updated = await store.update_twilio_call(
-            row.id, call_sid=placed.sid, status=placed.status, event={"kind": "create", "status": placed.status}
-        )
-        log.info("twilio.placed", twilio_id=row.id, call_sid=placed.sid, profile=profile_name)
-        return JSONResponse(outbound_view(updated or row, mask=mask), status_code=201)
+        if (refused := placement.error) is not None:
+            status_code = 422 if 400 <= refused.status < 500 and refused.status != 429 else 502
+            return _error(status_code, str(refused), id=row.id, twilio_code=refused.code, ambiguous=refused.ambiguous)
+        return JSONResponse(outbound_view(row, mask=mask), status_code=201)
 
     async def get_outbound(request: Request) -> Response:
         if (denied := await auth.authorize(request)) is not None:
