@@ -3,7 +3,8 @@
 The admin API of a replica that does not own a call writes the operator's hangup or transfer to the store
 (``post_command``). The owning process polls for commands of its calls (``take_commands``) every ``interval_s``
 (one indexed query; by default once a second), hands each to the call's supervisor as an ``OperatorHangup`` or
-``OperatorTransfer`` input, and records the outcome (``command_done``). A command the owner took but did not
+``OperatorTransfer`` input (live control, #17: ``OperatorSay``, ``OperatorContext``, ``OperatorMute``), and
+records the outcome (``command_done``). A command the owner took but did not
 finish before it died is offered again to whichever replica takes the call over (the store's rule), so an
 operator's hangup for a call whose owner is gone is carried out once the call is taken over.
 """
@@ -15,7 +16,8 @@ from typing import Protocol
 
 import structlog
 
-from sip_controller.calls.inputs import OperatorHangup, OperatorTransfer
+from sip_controller.calls.features import control
+from sip_controller.calls.inputs import OperatorContext, OperatorHangup, OperatorMute, OperatorSay, OperatorTransfer
 from sip_controller.calls.supervisor import CallSupervisor
 from sip_controller.state.records import CommandRow
 from sip_controller.state.store import Store
@@ -54,7 +56,35 @@ def carry_out(command: CommandRow, supervisors: Supervisors) -> str:
             return "refused: unknown transfer target"
         supervisor.post(OperatorTransfer(target))
         return POSTED
+    if command.kind in control.KINDS:
+        return _carry_out_control(command, supervisor)
     return f"refused: unknown kind {command.kind!r}"
+
+
+def _carry_out_control(command: CommandRow, supervisor: CallSupervisor) -> str:
+    """Live control (#17): checked again here (the call may have started ending since it was posted)."""
+    machine = supervisor.machine
+    kind = command.kind
+    assert kind in control.KINDS
+    why = machine.control.refusal(machine, kind)
+    if why is not None:
+        return f"refused: {why}"
+    if kind in ("mute", "unmute"):
+        supervisor.post(OperatorMute(kind == "mute"))
+        return POSTED
+    limit = control.MAX_SAY_CHARS if kind == "say" else control.MAX_CONTEXT_CHARS
+    try:
+        text = control.check_text(command.args.get("text"), limit=limit)
+    except ValueError as exc:
+        return f"refused: text {exc}"
+    if kind == "context":
+        supervisor.post(OperatorContext(text))
+        return POSTED
+    when = command.args.get("when", "now")
+    if when not in control.WHENS:
+        return "refused: when must be now or next"
+    supervisor.post(OperatorSay(text, when))
+    return POSTED
 
 
 async def poll_commands_once(store: Store, supervisors: Supervisors, process_id: str, *, limit: int = BATCH) -> int:

@@ -438,7 +438,10 @@ class CallSupervisor:
         answer = await run_tool(tool, arguments, call, self._api.http_client, clock=self._clock)
         if not answer.ok:
             self._log.warning("call.tool_failed", tool=name, outcome=answer.outcome, error=answer.output[:200])
-        self.post(ToolDone(call_id, answer.ok, answer.output, answer.duration_s, answer.outcome))
+        self.post(
+            ToolDone(call_id, answer.ok, answer.output, answer.duration_s, answer.outcome, answer.actions,
+                     answer.actions_problem)
+        )  # fmt: skip
 
     async def _refer(self, target_uri: str) -> None:
         if not await self._allowed("refer"):

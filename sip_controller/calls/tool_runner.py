@@ -1,7 +1,9 @@
 """Operator tools: HTTP endpoints (signed with Standard Webhooks) and Python functions, each with a timeout.
 
 The answer (text, or JSON made text) becomes the model's function output; every failure becomes an error
-output the model can talk about, never a crash.
+output the model can talk about, never a crash. A JSON object answer may carry live-control ``actions`` (#17:
+``{"result": …, "actions": [{"say": "…"}, {"context": "…"}, {"mute": true}]}``, read by
+``features.control.split_tool_answer``): they are taken out of what the model sees and carried out by the call.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from standardwebhooks import Webhook
 
 from sip_controller.agent.operator_tools import ToolCall, load_python_handler
 from sip_controller.agent.profile import HttpTool, PythonTool
+from sip_controller.calls.features.control import Control, split_tool_answer
 
 MAX_OUTPUT_CHARS = 16_000
 #: of an error answer, only the start is read (its first 200 characters go into the error)
@@ -34,6 +37,9 @@ class ToolAnswer:
     output: str
     duration_s: float
     outcome: str  # ok | error | timeout
+    #: live-control actions the answer carried, and why they were refused ('' if they were not)
+    actions: tuple[Control, ...] = ()
+    actions_problem: str = ""
 
 
 def _as_text(value: Any) -> str:
@@ -53,17 +59,20 @@ async def run_tool(
     try:
         async with asyncio.timeout(tool.timeout_s):
             if isinstance(tool, HttpTool):
-                output = await _run_http(tool, arguments, call, client)
+                value = await _run_http(tool, arguments, call, client)
             else:
-                output = _as_text(await load_python_handler(tool.handler)(arguments, call))
+                value = await load_python_handler(tool.handler)(arguments, call)
+        value, actions, problem = split_tool_answer(value)
+        output = _as_text(value)
     except TimeoutError:
         return ToolAnswer(False, f"the tool did not answer within {tool.timeout_s:g}s", clock() - started, "timeout")
     except Exception as exc:  # an operator's tool failing must never take the call down
         return ToolAnswer(False, f"the tool failed: {type(exc).__name__}: {exc}"[:500], clock() - started, "error")
-    return ToolAnswer(True, output, clock() - started, "ok")
+    return ToolAnswer(True, output, clock() - started, "ok", actions, problem)
 
 
-async def _run_http(tool: HttpTool, arguments: dict[str, Any], call: ToolCall, client: httpx.AsyncClient) -> str:
+async def _run_http(tool: HttpTool, arguments: dict[str, Any], call: ToolCall, client: httpx.AsyncClient) -> Any:
+    """The answer: text, or the decoded JSON of a JSON answer."""
     body = json.dumps(
         {
             "tool": tool.name,
@@ -100,7 +109,7 @@ async def _run_http(tool: HttpTool, arguments: dict[str, Any], call: ToolCall, c
         marker = f"{CUT_MARK} (the tool's answer was longer than {tool.max_response_bytes} bytes)"
         return _decode(data)[: MAX_OUTPUT_CHARS - len(marker)] + marker
     if is_json:
-        return _as_text(json.loads(data))
+        return json.loads(data)
     return _decode(data)[:MAX_OUTPUT_CHARS]
 
 

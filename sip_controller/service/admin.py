@@ -1,4 +1,5 @@
-"""The admin API: live and recent calls, and an operator's hangup or transfer. Bearer token from
+"""The admin API: live and recent calls, and an operator's hangup or transfer, or live control (#17: say,
+context, mute, unmute). Bearer token from
 ``SIPCTL_ADMIN_TOKEN`` (constant-time compare), or the live-calls page's session cookie (see
 :mod:`sip_controller.service.sessions`): its writes must carry the session's CSRF token and come from our own
 origin. Wrong tokens are throttled per client (429 with ``Retry-After``). Every route answers 404 when no token is
@@ -18,7 +19,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from sip_controller.calls.inputs import OperatorHangup, OperatorTransfer
+from sip_controller.calls.features import control
+from sip_controller.calls.inputs import OperatorContext, OperatorHangup, OperatorMute, OperatorSay, OperatorTransfer
 from sip_controller.calls.report import CallRecord, mask_number, report_document
 from sip_controller.config import Console as ConsoleSettings
 from sip_controller.service import history
@@ -167,6 +169,49 @@ class AdminAuth:
             response.delete_cookie(LEGACY_COOKIE, path="/", httponly=True, samesite="strict")
 
 
+class BadControl(ValueError):
+    """A live-control body that cannot be used (422, naming the field)."""
+
+
+def control_args(kind: control.Kind, raw: bytes) -> dict[str, Any]:
+    """The arguments of a live-control request from its body (say: ``{"text", "when"}``, context: ``{"text"}``,
+    mute and unmute: none); BadControl names what is wrong."""
+    if kind in ("mute", "unmute"):
+        return {}
+    shape = '{"text": "…", "when": "now" | "next"}' if kind == "say" else '{"text": "…"}'
+    try:
+        body = json.loads(raw or b"null")
+    except (ValueError, RecursionError):
+        raise BadControl(f"the body must be JSON: {shape}") from None
+    if not isinstance(body, dict):
+        raise BadControl(f"the body must be a JSON object: {shape}")
+    allowed = ("text", "when") if kind == "say" else ("text",)
+    for key in body:
+        if key not in allowed:
+            raise BadControl(f"unknown field `{str(key)[:40]}`; the body is {shape}")
+    if "text" not in body:
+        raise BadControl("`text` is required")
+    limit = control.MAX_SAY_CHARS if kind == "say" else control.MAX_CONTEXT_CHARS
+    try:
+        text = control.check_text(body["text"], limit=limit)
+    except ValueError as exc:
+        raise BadControl(f"`text` {exc}") from None
+    if kind == "context":
+        return {"text": text}
+    when = body.get("when", "now")
+    if when not in control.WHENS:
+        raise BadControl("`when` must be \"now\" or \"next\"")
+    return {"text": text, "when": when}
+
+
+def control_input(kind: control.Kind, args: dict[str, Any]) -> OperatorSay | OperatorContext | OperatorMute:
+    if kind == "say":
+        return OperatorSay(args["text"], args["when"])
+    if kind == "context":
+        return OperatorContext(args["text"])
+    return OperatorMute(kind == "mute")
+
+
 def _iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
@@ -293,6 +338,8 @@ def routes(auth: AdminAuth, runtime: Callable[[Request], Any], *, mask_caller: b
             if row is None or not row.live or row.owner == history.process_id(rt):
                 # unknown, over, or ours but no longer supervised here (it is ending)
                 return _error(409 if known or row is not None else 404, "no live call with that id")
+            if kind in control.KINDS and row.state in ("ending", "hanging_up"):
+                return _error(409, "the call is ending")
             if kind == "transfer":
                 profile = rt.settings.profiles.get(row.profile)
                 targets = profile.transfer.targets if profile is not None else ()
@@ -305,9 +352,12 @@ def routes(auth: AdminAuth, runtime: Callable[[Request], Any], *, mask_caller: b
         if command_id is None:
             return _error(409, "no live call with that id")
         log.info("admin.command_posted", call_id=call_id, kind=kind, owner=row.owner, command_id=command_id)
-        status = "hanging_up" if kind == "hangup" else "transferring"
+        status = {"hangup": "hanging_up", "transfer": "transferring"}.get(kind, "queued")
+        extra = {"kind": kind} if kind in control.KINDS else {}
+        if "text" in args:  # the text is the operator's: not echoed back, not logged
+            args = {key: value for key, value in args.items() if key != "text"}
         return JSONResponse(
-            {"status": status, "call_id": call_id, **args, "owner": row.owner, "command_id": command_id},
+            {"status": status, "call_id": call_id, **extra, **args, "owner": row.owner, "command_id": command_id},
             status_code=202,
         )
 
@@ -345,6 +395,28 @@ def routes(auth: AdminAuth, runtime: Callable[[Request], Any], *, mask_caller: b
         supervisor.post(OperatorTransfer(body["target"]))
         return JSONResponse({"status": "transferring", "call_id": call_id, "target": body["target"]}, status_code=202)
 
+    def live_control(kind: control.Kind) -> Endpoint:
+        async def endpoint(request: Request) -> Response:
+            if (denied := await auth.authorize(request, write=True)) is not None:
+                return denied
+            try:
+                args = control_args(kind, await request.body())
+            except BadControl as exc:
+                return _error(422, str(exc))
+            call_id = request.path_params["call_id"]
+            supervisor = runtime(request).registry.supervisor(call_id)
+            if supervisor is None:
+                return await elsewhere(request, call_id, kind, args)
+            machine = supervisor.machine
+            why = machine.control.refusal(machine, kind)
+            if why is not None:
+                return _error(409, why)
+            supervisor.post(control_input(kind, args))
+            extra = {"when": args["when"]} if "when" in args else {}
+            return JSONResponse({"status": "queued", "call_id": call_id, "kind": kind, **extra}, status_code=202)
+
+        return endpoint
+
     async def openapi(request: Request) -> Response:
         if not auth.enabled:
             return _error(404, "not found")
@@ -355,6 +427,7 @@ def routes(auth: AdminAuth, runtime: Callable[[Request], Any], *, mask_caller: b
         Route("/v1/calls/{call_id}", get_call, methods=["GET"]),
         Route("/v1/calls/{call_id}/hangup", hangup, methods=["POST"]),
         Route("/v1/calls/{call_id}/transfer", transfer, methods=["POST"]),
+        *(Route(f"/v1/calls/{{call_id}}/{kind}", live_control(kind), methods=["POST"]) for kind in control.KINDS),
         Route("/v1/openapi.json", openapi, methods=["GET"]),
     ]
 
@@ -476,6 +549,54 @@ def _twilio_webhook(summary: str, ok: dict[str, Any]) -> dict[str, Any]:
     }}  # fmt: skip
 
 
+_CONTROL_SUMMARY = {
+    "say": "Have the agent say exactly this line: now (what it is saying is cut off) or next (after the answer in "
+    "progress)",
+    "context": "Add a system message the agent sees from now on (e.g. the parcel is late; offer a discount)",
+    "mute": "The agent stops answering on its own; the caller is still heard and transcribed",
+    "unmute": "The agent answers on its own again (undoes mute)",
+}
+
+
+#: not blank, and no control character but newline and tab (what ``control.check_text`` accepts)
+_CONTROL_TEXT = r"^[^\x00-\x08\x0b-\x1f]*[^\s\x00-\x1f][^\x00-\x08\x0b-\x1f]*$"
+
+
+def _control_text(limit: int) -> dict[str, Any]:
+    return {"type": "string", "minLength": 1, "maxLength": limit, "pattern": _CONTROL_TEXT,
+            "description": f"at most {limit} characters, not blank, no control characters but \\n and \\t"}  # fmt: skip
+
+
+def _control_path(kind: control.Kind) -> dict[str, Any]:
+    """A live-control route (#17): 202 queued through the call machine; 409 while the call is ending, during a
+    transfer (say, mute, unmute), on hold or without turn detection (mute, unmute); 404 no live call."""
+    operation: dict[str, Any] = {
+        "summary": _CONTROL_SUMMARY[kind] + " (whichever replica owns the call; recorded on the report's timeline)",
+        "parameters": [_CALL_ID],
+        "responses": _responses(
+            202,
+            {"type": "object", "required": ["status", "call_id"], "properties": {
+                "status": {"type": "string", "enum": ["queued"]}, "call_id": {"type": "string"},
+                "kind": {"type": "string"}, "when": {"type": "string"},
+                "owner": {"type": "string"}, "command_id": {"type": "integer"},
+            }},
+            401, 403, 404, 409, 422, 429, 503,
+        ),
+    }  # fmt: skip
+    if kind == "say":
+        schema: dict[str, Any] = {
+            "type": "object", "required": ["text"], "additionalProperties": False,
+            "properties": {"text": _control_text(control.MAX_SAY_CHARS),
+                           "when": {"type": "string", "enum": list(control.WHENS), "default": "now"}},
+        }  # fmt: skip
+        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
+    elif kind == "context":
+        schema = {"type": "object", "required": ["text"], "additionalProperties": False,
+                  "properties": {"text": _control_text(control.MAX_CONTEXT_CHARS)}}  # fmt: skip
+        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
+    return {"post": operation}
+
+
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "sip-controller admin API", "version": "1"},
@@ -539,6 +660,7 @@ OPENAPI: dict[str, Any] = {
                 ),
             }
         },
+        **{f"/v1/calls/{{call_id}}/{kind}": _control_path(kind) for kind in control.KINDS},
         "/v1/outbound": {
             "post": {
                 "summary": "Place an outbound call through Twilio's Calls API with a profile and its variables "

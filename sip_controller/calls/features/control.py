@@ -62,11 +62,11 @@ def check_text(value: object, *, limit: int) -> str:
     """The text of a say or context, stripped; ValueError saying what is wrong with it."""
     if not isinstance(value, str):
         raise ValueError("must be a string")
+    if len(value) > limit:
+        raise ValueError(f"must be at most {limit} characters")
     text = value.strip()
     if not text:
         raise ValueError("must not be empty")
-    if len(text) > limit:
-        raise ValueError(f"must be at most {limit} characters")
     if any(ord(ch) < 32 and ch not in "\n\t" for ch in text):
         raise ValueError("must not hold control characters")
     return text
