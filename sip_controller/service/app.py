@@ -45,7 +45,7 @@ from sip_controller.realtime.retries import DEFAULT_POLICY, RetryPolicy
 from sip_controller.realtime.sideband import LeanConnector, SidebandConnector, connect_websocket
 from sip_controller.service import admin, console, diagnostics, twilio_routes
 from sip_controller.service.admin import AdminAuth
-from sip_controller.service.analysis import AnalysisWorker
+from sip_controller.service.analysis import AnalysisWorker, close_with_deliveries
 from sip_controller.service.intake import OtherEvent, WebhookRejected, WebhookVerifier, parse_event
 from sip_controller.service.metrics import Metrics
 from sip_controller.service.notifier import ReportNotifier
@@ -283,11 +283,11 @@ def create_app(
             registry.on_sideband = meters.sideband_event
             meters.watch_live_calls(lambda: registry.live_count)
             meters.watch_rate_limits(registry.live_records)
-            # reports, driven from the store's outbox; closed after the shutdown below (exit stack) so the reports
-            # of the calls it ends go out now if they can (what cannot stays in the outbox for the next process)
+            # reports, driven from the store's outbox; closed after the shutdown below (exit stack, with the analyses:
+            # close_with_deliveries) so the reports of the calls it ends go out now if they can (what cannot stays in
+            # the outbox for the next process)
             notifier = ReportNotifier(settings.reports, the_store, worker=process_id, wall_clock=wall_clock)
             notifier.start()
-            stack.push_async_callback(notifier.aclose, settings.reports.flush_timeout_s)
             registry.on_started.append(lambda _record: notifier.kick())
             registry.on_finished.append(lambda _record: notifier.kick())
             # hangups OpenAI has not confirmed, of calls nobody supervises any more (left by a drain, a crash, a
@@ -301,7 +301,8 @@ def create_app(
             ), name="store:hangups"))  # fmt: skip
             app.state.notifier = notifier
             # post-call analyses (#17): a bounded pool beside the calls, fed from the store; the Responses API on
-            # OpenAI's REST client and retry policy; stopped before the notifier (its outcomes go out with the rest)
+            # OpenAI's REST client and retry policy; stopped before the notifier (its outcomes go out with the rest),
+            # both within reports.flush_timeout_s: those still running then are given back to the store
             analyses = AnalysisWorker(
                 settings, the_store,
                 ResponsesAPI(rest_client or client, base_url=secrets.openai_base_url, api_key=api_key,
@@ -309,7 +310,7 @@ def create_app(
                 worker=process_id, policy=retry, wall_clock=wall_clock, on_stored=notifier.kick,
             )  # fmt: skip
             analyses.start()
-            stack.push_async_callback(analyses.aclose, settings.analysis.timeout_s / 4)
+            stack.push_async_callback(close_with_deliveries, analyses, notifier, settings)
             registry.on_finished.append(lambda _record: analyses.kick())
             app.state.analyses = analyses
             app.state.runtime = Runtime(settings, registry, the_store, verifier, process_id)
