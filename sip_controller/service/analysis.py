@@ -35,6 +35,7 @@ from sip_controller.config import Settings
 from sip_controller.realtime.responses import ResponsesAPI, UnusableAnswer
 from sip_controller.realtime.rest import OpenAIError, RateLimited, ServerError, TransportError
 from sip_controller.realtime.retries import DEFAULT_POLICY, RetryPolicy, with_retries
+from sip_controller.service.notifier import ReportNotifier
 from sip_controller.state.analyses import AnalysisRow
 from sip_controller.state.store import Store
 
@@ -108,7 +109,12 @@ class AnalysisWorker:
         self._wake.set()
 
     async def aclose(self, timeout: float) -> None:
-        """Stop taking analyses; let those in progress finish within ``timeout`` seconds, give the rest back."""
+        """Stop taking analyses; let those in progress finish within ``timeout`` seconds and give the rest back to
+        the store (due at once, the attempt not counted): the next process, or another replica, runs them. Returns
+        within ``timeout`` (a store too slow to take an analysis back leaves its lease to pass instead: it is
+        claimable again after ``analysis.lease_s``, never lost)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         self._closing = True
         self._wake.set()
         if self._loop_task is not None:
@@ -116,17 +122,27 @@ class AnalysisWorker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
         running = dict(self._running)
+        given_back = 0
         if running:
-            _done, pending = await asyncio.wait(running.values(), timeout=timeout)
+            # a quarter of the time (at most a second) is kept for giving the unfinished ones back
+            reserve = min(1.0, timeout / 4)
+            _done, pending = await asyncio.wait(running.values(), timeout=max(0.0, deadline - reserve - loop.time()))
             for task in pending:
                 task.cancel()
-            for call_id, task in running.items():
-                if task in pending:
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-                    with contextlib.suppress(Exception):
-                        await self._store.release_analysis(self._worker, call_id)
-        log.info("analysis.stopped", completed=self.completed, failed=self.failed, retried=self.retried)
+            unfinished = [call_id for call_id, task in running.items() if task in pending]
+            for call_id in unfinished:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await running[call_id]
+            try:
+                async with asyncio.timeout(max(0.05, deadline - loop.time())):
+                    for call_id in unfinished:
+                        given_back += await self._store.release_analysis(self._worker, call_id)
+            except Exception as exc:  # the store slow or away: the leases pass instead
+                log.warning("analysis.release_failed", error=type(exc).__name__, left=len(unfinished) - given_back)
+        log.info(
+            "analysis.stopped", completed=self.completed, failed=self.failed, retried=self.retried,
+            given_back=given_back,
+        )  # fmt: skip
 
     # ---- the loop -------------------------------------------------------------------------------------------
 
@@ -253,6 +269,23 @@ class AnalysisWorker:
     def _stored(self) -> None:
         if self._on_stored is not None:
             self._on_stored()
+
+
+def shutdown_wait_s(settings: Settings) -> float:
+    """How long the analyses in progress may still run when the app stops: half of ``reports.flush_timeout_s`` (the
+    other half, at least, delivers what is queued, ``call.analyzed`` included), never more than one request's
+    ``analysis.timeout_s``. Both come out of ``reports.flush_timeout_s``: the exit after a drain is not delayed."""
+    return min(settings.analysis.timeout_s, settings.reports.flush_timeout_s / 2)
+
+
+async def close_with_deliveries(analyses: AnalysisWorker, notifier: ReportNotifier, settings: Settings) -> None:
+    """The app's shutdown of the analyses, then of the deliveries, within ``reports.flush_timeout_s`` in all."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        await analyses.aclose(shutdown_wait_s(settings))
+    finally:
+        await notifier.aclose(max(0.0, settings.reports.flush_timeout_s - (loop.time() - started)))
 
 
 def analysis_view(row: AnalysisRow) -> dict[str, Any]:

@@ -180,6 +180,7 @@ class Simulator:
         if self._stopped:
             return
         self._stopped = True
+        self.responses.stopping.set()  # a slow /v1/responses (Faults.responses.delay_s) answers now
         if self.twilio is not None:
             await self.twilio.stop()
         for runtime in list(self._ctx.runtimes.values()):

@@ -135,12 +135,14 @@ class ResponseFailure(_Strict):
 
 class ResponsesFaults(_Strict):
     """``POST /v1/responses`` (the post-call analysis, #17), counted across the simulator: the first ``fail_first``
-    requests are answered ``status`` (429 with ``Retry-After: 0``), then the next ``invalid_first`` answers carry
-    text that is not valid against the request's schema."""
+    requests are answered ``status`` (429 with ``Retry-After: 0``; 400 is OpenAI refusing the request's schema, which
+    asking again cannot change), then the next ``invalid_first`` answers carry text that is not valid against the
+    request's schema. Every answer comes ``delay_s`` wall-clock seconds late (not scaled: a slow model)."""
 
     fail_first: int = Field(default=0, ge=0, le=1000)
-    status: ErrorStatus = 500
+    status: Literal[400, 429, 500, 503] = 500
     invalid_first: int = Field(default=0, ge=0, le=1000)
+    delay_s: float = Field(default=0.0, ge=0, le=120)
 
 
 class Faults(_Strict):

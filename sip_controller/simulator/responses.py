@@ -8,11 +8,14 @@ a string named like a word of the transcript quotes the line it is on; a nullabl
 transcript says nothing of it. Usage counts about four characters a token.
 
 Scripted failures (``Faults.responses``): the first ``fail_first`` requests are answered ``status`` (429 with
-Retry-After), the next ``invalid_first`` answers carry text that is not valid against the schema.
+Retry-After, 400 ``invalid_json_schema``, 500 or 503), the next ``invalid_first`` answers carry text that is not
+valid against the schema; ``delay_s`` holds every answer back (a slow model).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import json
 import re
@@ -37,6 +40,9 @@ class ResponsesLog:
     bodies: list[Any] = field(default_factory=list)
     failed: int = 0
     invalid: int = 0
+    #: set when the simulator stops: answers held back by ``delay_s`` go out at once (its server's stop waits for
+    #: them)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 #: ``[12.3s] Caller: `` and the like, at the start of a transcript line
@@ -210,6 +216,17 @@ def _check_key(ctx: SimContext, authorization: str | None) -> ApiError | None:
     return None
 
 
+def schema_refused() -> ApiError:
+    """OpenAI's 400 for a ``json_schema`` format it refuses (a final answer: the same request fails again)."""
+    return ApiError(
+        400,
+        "Invalid schema for response_format 'call_analysis': In context=(), 'required' is required to be supplied "
+        "and to be an array including every key in properties.",
+        code="invalid_json_schema",
+        param="text.format.schema",
+    )
+
+
 def responses_route(ctx: SimContext, log: ResponsesLog) -> Route:
     """``POST /v1/responses`` on the simulator's app."""
     async def create(request: Request) -> Response:
@@ -223,8 +240,14 @@ def responses_route(ctx: SimContext, log: ResponsesLog) -> Route:
         log.bodies.append(body)
         ctx.observe("rest_request", None, "responses", body)
         faults = ctx.faults.responses
+        if faults.delay_s:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(faults.delay_s):
+                    await log.stopping.wait()
         if log.failed < faults.fail_first:
             log.failed += 1
+            if faults.status == 400:  # what OpenAI answers a schema strict structured outputs do not accept
+                return _error(schema_refused())
             if faults.status == 429:
                 limited = ApiError(429, "Rate limit reached for requests.", type="requests", code="rate_limit_exceeded")
                 return _error(limited, {"retry-after": "0"})
