@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -113,29 +112,28 @@ class RecentIds:
     """A set that keeps only the last ``size`` ids: a long call does not grow with every response. The ids it
     is asked about (the goodbye, a handoff line, a duplicated delivery) are always recent ones."""
 
-    __slots__ = ("_order", "_seen", "_size")
+    __slots__ = ("_seen", "_size")
 
     def __init__(self, size: int = 64) -> None:
-        self._order: deque[str] = deque()
-        self._seen: set[str] = set()
+        # one dict, in insertion order (oldest first), where a deque and a set took about four times the memory (#18)
+        self._seen: dict[str, None] = {}
         self._size = size
 
     def add(self, item: str) -> None:
         if item in self._seen:
             return
-        self._order.append(item)
-        self._seen.add(item)
-        if len(self._order) > self._size:
-            self._seen.discard(self._order.popleft())
+        self._seen[item] = None
+        if len(self._seen) > self._size:
+            del self._seen[next(iter(self._seen))]
 
     def __contains__(self, item: object) -> bool:
         return item in self._seen
 
     def __bool__(self) -> bool:
-        return bool(self._order)
+        return bool(self._seen)
 
     def __len__(self) -> int:
-        return len(self._order)
+        return len(self._seen)
 
 
 class ResponseMarks:
@@ -281,7 +279,8 @@ class CallMachine:
     _drain_requested: bool = False
     _event_seq: int = 0
     attached_at: float | None = None
-    _pending_updates: deque[_PendingUpdate] = field(default_factory=deque)
+    #: a list (at most a few, and most calls never have one) where an empty deque took a 64-slot block (#18)
+    _pending_updates: list[_PendingUpdate] = field(default_factory=list)
     _caller_spoke_while_held: bool = False
     _reconnects: int = 0
     _hangup_failures: int = 0
@@ -912,7 +911,7 @@ class CallMachine:
     def _on_session_updated(self, rel: float) -> list[Action]:
         if not self._pending_updates:
             return []
-        done = self._pending_updates.popleft()
+        done = self._pending_updates.pop(0)
         self.record.mark(rel, f"session.updated: {done.what} in force")
         actions: list[Action] = [CancelTimer(SESSION_ACK_TIMER)]
         if self._pending_updates:
