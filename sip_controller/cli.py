@@ -554,6 +554,7 @@ def _simulate(config: Path | None, scenario_path: Path, *, time_scale: float, as
 def _run_scenario(
     settings: Settings, scenario: Scenario, *, time_scale: float, as_json: bool, config_line: str | None = None
 ) -> int:
+    from sip_controller.calls.report import report_document
     from sip_controller.simulator import harness
 
     if not time_scale > 0:
@@ -579,7 +580,8 @@ def _run_scenario(
                 "problems": o.problems,
                 "twilio": o.twilio.summary() if o.twilio else None,
                 "simulator": [leg.summary() for leg in o.legs],
-                "controller": o.record.to_dict() if o.record else None,
+                # the call.ended report as the operator gets it (its twilio and outbound parts included)
+                "controller": report_document(o.record, mask_caller=settings.reports.mask_caller) if o.record else None,
             }
             for o in run.twilio
         ]

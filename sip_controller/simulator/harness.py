@@ -219,6 +219,39 @@ def serving_problems(scenario: Scenario, settings: Settings) -> list[str]:
             problems.append(f"{call}: expects silence_timeout, but profile {name} has watchdogs.silence_timeout_s off")
         if expect.ended_reason in ("transferred", "transfer_failed") and not targets:
             problems.append(f"{call}: expects {expect.ended_reason}, but profile {name} has no transfer targets")
+    if scenario.twilio is not None:
+        problems.extend(twilio_serving_problems(scenario.twilio, settings))
+    return problems
+
+
+def twilio_serving_problems(scenario: TwilioScenario, settings: Settings) -> list[str]:
+    """Why ``settings`` cannot place a scenario's outbound Twilio calls as written: a profile it does not define,
+    variables the profile does not declare (or lacks), no caller ID among the account's numbers, a voicemail ending
+    from a profile that leaves none."""
+    problems: list[str] = []
+    for i, out in enumerate(scenario.outbound):
+        call = f"twilio.outbound[{i}] ({out.name})"
+        name = out.profile or settings.default_profile
+        profile = settings.profiles.get(name)
+        if profile is None:
+            problems.append(f"{call}: profile {name} is not defined by this config "
+                            f"({', '.join(sorted(settings.profiles))})")  # fmt: skip
+            continue
+        declared = set(profile.variables)
+        if set(out.variables) != declared:
+            problems.append(
+                f"{call}: variables {', '.join(sorted(out.variables)) or 'none'}, but profile {name} declares "
+                f"{', '.join(sorted(declared)) or 'none'} (each call gives exactly those)"
+            )
+        caller_id = out.from_ or profile.outbound.from_number or settings.twilio.from_number
+        if caller_id is None:
+            problems.append(f"{call}: no caller ID: give from, or set the profile's outbound.from_number or "
+                            "twilio.from_number")  # fmt: skip
+        elif caller_id not in scenario.numbers:
+            problems.append(f"{call}: the caller ID {caller_id} is not one of the scenario's twilio.numbers "
+                            f"({', '.join(scenario.numbers)}); Twilio would refuse it (21210)")  # fmt: skip
+        if out.report is not None and out.report.ended_reason == "voicemail" and profile.outbound.voicemail is None:
+            problems.append(f"{call}: expects ended_reason voicemail, but profile {name} has no outbound.voicemail")
     return problems
 
 

@@ -17,6 +17,7 @@ from twilio.request_validator import RequestValidator
 
 from sip_controller.agent.profile import AgentProfile, Outbound
 from sip_controller.calls.report import CallRecord
+from sip_controller.cli import main
 from sip_controller.config import Reports, Settings, TwilioSettings
 from sip_controller.simulator import (
     Callee,
@@ -24,6 +25,7 @@ from sip_controller.simulator import (
     InboundCall,
     OutboundCall,
     ReportExpectation,
+    ScenarioError,
     Step,
     ToolCall,
     TwilioAccount,
@@ -302,4 +304,52 @@ async def test_the_harness_flags_what_differs_from_the_scenario(stack: Stack) ->
     assert outcome.problems == [
         f"outbound {PERSON}: twilio final_status: expected 'busy', got 'no-answer'",
         "report ended_reason: expected busy, got no_answer",
+    ]
+
+
+SCENARIOS = Path(__file__).resolve().parents[2] / "config" / "scenarios"
+
+
+def test_sipctl_simulate_prints_the_twilio_side_beside_the_openai_leg(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["simulate", str(SCENARIOS / "twilio-outbound-voicemail.yaml"), "--time-scale", "0.02"]) == 0
+    out = capsys.readouterr().out
+    section = out[out.index("── twilio outbound: reaches-voicemail") :]
+    lines = [line.split("s  ", 1)[1] for line in section.splitlines() if line.startswith("  ") and "s  " in line]
+    order = [
+        next(i for i, line in enumerate(lines) if line.startswith(prefix))
+        for prefix in ("twilio  outbound-api +18005550100 → +14155550115", "twilio  dials sip:proj_sipctlsim@",
+                       "openai  incoming call rtc_", "controller  accepted", "twilio  voicemail beep",
+                       "controller  ended: voicemail", "twilio  completed")
+    ]  # fmt: skip
+    assert order == sorted(order)
+    assert "reaches-voicemail  outbound   +14155550115  completed      machine_end_beep  voicemail     1     ok" in out
+    assert "twilio: 1 passed, 0 failed" in out
+    # --json: the Twilio record, its OpenAI leg and the controller's report
+    assert main(["simulate", str(SCENARIOS / "twilio-outbound-busy.yaml"), "--time-scale", "0.02", "--json"]) == 0
+    (entry,) = json.loads(capsys.readouterr().out)
+    assert (entry["call"], entry["direction"], entry["ok"], entry["simulator"]) == ("line-busy", "outbound", True, [])
+    assert entry["twilio"]["status"] == "busy"
+    assert entry["controller"]["ended_reason"] == "busy"
+    assert entry["controller"]["twilio"]["call_sid"] == entry["twilio"]["sid"]
+
+
+async def test_a_config_that_cannot_place_the_scenarios_calls_is_refused_before_any_call(tmp_path: Path) -> None:
+    scenario = tmp_path / "calls.yaml"
+    scenario.write_text(
+        "name: x\n"
+        "twilio:\n"
+        "  outbound:\n"
+        "    - {name: a, to: '+14155550111', profile: reminders, variables: {first_name: Ada}}\n"
+        "    - {name: b, to: '+14155550112', callee: {outcome: voicemail}, report: {ended_reason: voicemail}}\n"
+    )  # fmt: skip
+    with pytest.raises(ScenarioError) as refused:
+        harness.prepare(scenario, SCENARIOS.parent / "sipctl.example.yaml")
+    assert str(refused.value).splitlines()[1:] == [
+        "  - twilio.outbound[0] (a): variables first_name, but profile reminders declares date, first_name (each "
+        "call gives exactly those)",
+        "  - twilio.outbound[1] (b): no caller ID: give from, or set the profile's outbound.from_number or "
+        "twilio.from_number",
+        "  - twilio.outbound[1] (b): expects ended_reason voicemail, but profile default has no outbound.voicemail",
     ]
