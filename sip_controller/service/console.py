@@ -35,6 +35,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from sip_controller.calls.features.control import MAX_CONTEXT_CHARS
 from sip_controller.calls.report import CallRecord
 from sip_controller.service import history
 from sip_controller.service.admin import CSRF_HEADER, AdminAuth, call_summary
@@ -245,6 +246,13 @@ _SCRIPT = r"""
         var target = document.getElementById("transfer-target").value;
         post(base + "/transfer", {target: target});
       }
+      else if (action === "mute" || action === "unmute") { post(base + "/" + action); }
+      else if (action === "say-now" || action === "say-next" || action === "context") {
+        var box = document.getElementById("control-text");
+        if (!box.value.trim()) { text(resultEl, "type the text first"); return; }
+        if (action === "context") { post(base + "/context", {text: box.value}); }
+        else { post(base + "/say", {text: box.value, when: action === "say-now" ? "now" : "next"}); }
+      }
     });
   });
 })();
@@ -361,6 +369,18 @@ def _detail(record: CallRecord | None, summary: dict[str, Any] | None, call_id: 
         ' title="the agent says goodbye, then hangs up">Hang up</button>'
         f'<button type="button" class="danger" id="hangup-now" data-action="hangup-now"{disabled}>Hang up now</button>'
         f"{transfer}</div>"
+        '<div class="actions">'
+        '<label for="control-text">Line or context</label>'
+        f'<input id="control-text" type="text" maxlength="{MAX_CONTEXT_CHARS}" autocomplete="off"{disabled}>'
+        f'<button type="button" id="say-now" data-action="say-now"{disabled}'
+        ' title="the agent says exactly this line now, cutting off what it is saying">Say now</button>'
+        f'<button type="button" id="say-next" data-action="say-next"{disabled}'
+        ' title="the agent says exactly this line after the answer in progress">Say next</button>'
+        f'<button type="button" id="context" data-action="context"{disabled}'
+        ' title="a system message the agent sees from now on">Add context</button>'
+        f'<button type="button" id="mute" data-action="mute"{disabled}'
+        ' title="the agent stops answering on its own; the caller is still transcribed">Mute</button>'
+        f'<button type="button" id="unmute" data-action="unmute"{disabled}>Unmute</button></div>'
         '<p id="result" class="muted" role="status"></p>'
         '<h2>Transcript</h2>'
         f'<p id="transcript-empty" class="muted"{" hidden" if lines else ""}>Nothing said yet.</p>'

@@ -36,6 +36,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 TOKEN = "console-e2e-" + secrets.token_hex(16)
 CALLER_WORDS = "Hi, I would like to check the status of my order please."
+SAID_LINE = "Your order ships on Monday."
 WAIT_S = 20.0  # the longest any one thing on the page may take to show up
 
 
@@ -104,6 +105,15 @@ def _use_the_page(url: str, call_id: str, profile_dir: Path, screenshot: Path | 
         if screenshot is not None:
             driver.save_screenshot(str(screenshot))
 
+        # live control (#17): a line said now, then mute and unmute, each answered "queued"
+        driver.find_element(By.ID, "control-text").send_keys(SAID_LINE)
+        driver.find_element(By.ID, "say-now").click()
+        wait.until(lambda d: _text(d, "#result") == "queued")
+        for action in ("mute", "unmute"):
+            driver.execute_script("document.getElementById('result').textContent = ''")
+            driver.find_element(By.ID, action).click()
+            wait.until(lambda d: _text(d, "#result") == "queued")
+
         # hang up: the agent says goodbye, the call ends, the page shows it ended and gone from the live list
         driver.find_element(By.ID, "hangup").click()
         wait.until(lambda d: _text(d, "#detail-state") == "ended (operator_hangup)")
@@ -157,6 +167,10 @@ async def test_the_live_calls_page_shows_a_call_its_transcript_and_hangs_it_up(t
         record = await stack.runtime.registry.wait_ended(call.call_id, WAIT_S)
         await stack.sim.wait_ended(call.call_id, WAIT_S)
     assert record.ended_reason == "operator_hangup"
+    controls = [what for _, what in record.timeline if what.startswith("control:")]
+    assert controls[0] == f"control: say now from operator ({len(SAID_LINE)} chars)"
+    assert "control: mute from operator" in controls
+    assert "control: unmute from operator" in controls
     assert errors == []  # no script error, no Content-Security-Policy violation
     assert screenshot.stat().st_size > 0
     if wanted:

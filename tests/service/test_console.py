@@ -398,3 +398,25 @@ async def test_the_stream_ends_by_itself_when_the_service_drains(console: Consol
         console.runtime.registry.draining = True  # what SIGTERM does first; no live call is left
         rest = await reader.rest()  # returns: the server ended the stream
     assert all(not line.startswith("event: ") or line == "event: calls" for line in rest)
+
+
+async def test_the_call_page_has_live_control_and_its_writes_need_the_csrf_token(console: Console) -> None:
+    """#17: say now / next, context, mute and unmute from the page, with the session's CSRF token like hang up."""
+    await console.place("rtc_ctl_1")
+    me = await sign_in(console)
+    page = await console.client.get("/?call=rtc_ctl_1", headers=me.cookie)
+    for control in ("control-text", "say-now", "say-next", "context", "mute", "unmute"):
+        assert f'id="{control}"' in page.text, control
+    url = "/v1/calls/rtc_ctl_1/say"
+    body = {"text": "Thanks for waiting."}
+    assert (await console.client.post(url, json=body, headers=me.cookie)).status_code == 403
+    evil = {**me.cookie, "x-sipctl-csrf": me.csrf, **EVIL}
+    assert (await console.client.post(url, json=body, headers=evil)).status_code == 403
+    ours = {**me.cookie, "x-sipctl-csrf": me.csrf, "sec-fetch-site": "same-origin"}
+    assert (await console.client.post(url, json=body, headers=ours)).status_code == 202
+    assert (await console.client.post("/v1/calls/rtc_ctl_1/mute", headers=ours)).status_code == 202
+    record = console.runtime.registry.get("rtc_ctl_1")
+    assert record is not None
+    async with asyncio.timeout(5):
+        while "control: mute from operator" not in [what for _, what in record.timeline]:
+            await asyncio.sleep(0.01)
