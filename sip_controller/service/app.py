@@ -43,9 +43,10 @@ from sip_controller.realtime.responses import ResponsesAPI
 from sip_controller.realtime.rest import MAX_IN_FLIGHT, RealtimeCalls, new_http_client
 from sip_controller.realtime.retries import DEFAULT_POLICY, RetryPolicy
 from sip_controller.realtime.sideband import LeanConnector, SidebandConnector, connect_websocket
-from sip_controller.service import admin, console, diagnostics, twilio_routes
+from sip_controller.service import admin, batch_routes, console, diagnostics, twilio_routes
 from sip_controller.service.admin import AdminAuth
 from sip_controller.service.analysis import AnalysisWorker, close_with_deliveries
+from sip_controller.service.dialler import Dialler
 from sip_controller.service.intake import OtherEvent, WebhookRejected, WebhookVerifier, parse_event
 from sip_controller.service.metrics import Metrics
 from sip_controller.service.notifier import ReportNotifier
@@ -314,6 +315,12 @@ def create_app(
             registry.on_finished.append(lambda _record: analyses.kick())
             app.state.analyses = analyses
             app.state.runtime = Runtime(settings, registry, the_store, verifier, process_id)
+            if secrets.twilio is not None:  # outbound batches (#16): any replica dials their due rows
+                dialler = Dialler(settings, the_store, secrets.twilio, app.state.twilio_api, registry,
+                                  worker=process_id, wall_clock=wall_clock)  # fmt: skip
+                dialler.start()
+                stack.push_async_callback(dialler.aclose)
+                app.state.dialler = dialler
             log.info(
                 "app.started", base_url=secrets.openai_base_url, profiles=sorted(settings.profiles),
                 store=the_store.backend, process_id=process_id,
@@ -404,6 +411,7 @@ def create_app(
             secrets.twilio, settings, auth, lambda request: request.app.state.runtime,
             lambda request: getattr(request.app.state, "twilio_api", None),
         ),
+        *batch_routes.routes(secrets.twilio, settings, auth, lambda request: request.app.state.runtime, wall_clock),
         *diagnostics.routes(diag, auth.authorize),
     ]
     app = _Service(routes=routes, lifespan=lifespan)
