@@ -83,3 +83,43 @@ async def test_commits_never_checkpoint_the_wal_a_thread_of_its_own_does(tmp_pat
         assert _wal_frames(path) < 1000  # 600 commits, yet the WAL never grew past a few rounds' worth
     finally:
         await quick.aclose()
+
+
+@anyio
+async def test_call_path_writes_run_inline_and_wait_on_the_thread_while_the_file_is_locked(tmp_path: Path) -> None:
+    """#18: the writes on a call's path (claims, the admission, appends, the finish) run on the event loop's thread
+    when the write lock is free (no thread hop); while another connection holds it they wait on the store's thread,
+    never on the loop."""
+    path = tmp_path / "state.db"
+    store = await SQLiteStore.open(path)
+    try:
+        threaded = store.threaded_ops  # opening (the migrations) ran on the thread
+        assert await store.claim("webhook:wh_1", 60)
+        assert (store.inline_ops, store.threaded_ops) == (1, threaded)
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        holder.execute("INSERT INTO claims (key, expires_at) VALUES ('held', 1e12)")
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        async def release() -> None:
+            await asyncio.sleep(0.3)
+            holder.execute("COMMIT")
+            holder.close()
+
+        ticker = asyncio.create_task(tick())
+        releasing = asyncio.create_task(release())
+        assert await store.claim("webhook:wh_2", 60)  # waited for the lock on the thread
+        await releasing
+        ticker.cancel()
+        assert ticks >= 10  # the loop went on meanwhile
+        assert (store.inline_ops, store.threaded_ops) == (1, threaded + 1)
+        assert await store.claim("held", 60) is False  # the other connection's write is there
+        assert store.inline_ops == 2
+    finally:
+        await store.aclose()
