@@ -504,6 +504,78 @@ _OUTBOUND = {
         "replayed": {"type": "boolean", "description": "true: the Idempotency-Key's call, placed before"},
     },
 }  # fmt: skip
+_BATCH = {
+    "type": "object",
+    "required": ["id", "status", "profile", "pacing", "rows", "finished", "progress", "states", "outcomes", "rejected"],
+    "properties": {
+        "id": {"type": "string"},
+        "status": {"type": "string", "enum": ["running", "paused", "canceled", "done"]},
+        "profile": {"type": "string"},
+        "pacing": {"type": "object", "properties": {"calls_per_second": {"type": "number"},
+                                                    "max_in_flight": {"type": "integer"}}},
+        "calling_hours": {"type": ["object", "null"]},
+        "retries": {"type": ["object", "null"]},
+        "rows": {"type": "integer"},
+        "finished": {"type": "integer"},
+        "progress": {"type": "number", "minimum": 0, "maximum": 1},
+        "states": {"type": "object", "additionalProperties": {"type": "integer"},
+                   "description": "rows by state: queued, placing, in_flight, done, canceled"},
+        "outcomes": {"type": "object", "additionalProperties": {"type": "integer"},
+                     "description": "finished rows by outcome: completed, voicemail, no_answer, busy, failed, "
+                                    "canceled, do_not_call"},
+        "rejected": {"type": "array", "items": {"type": "object", "required": ["row", "error"], "properties": {
+            "row": {"type": "integer"}, "error": {"type": "string"}}}},
+        "accepted": {"type": "integer"},
+        "replayed": {"type": "boolean"},
+    },
+}  # fmt: skip
+_BATCH_REQUEST = {
+    "type": "object",
+    "required": ["rows"],
+    "additionalProperties": False,
+    "properties": {
+        "profile": {"type": "string"},
+        "from": {"type": "string", "description": "E.164 caller ID for every row (default: the configured one)"},
+        "rows": {"type": "array", "maxItems": 10000, "items": {
+            "type": "object", "required": ["to"], "additionalProperties": False,
+            "properties": {"to": {"type": "string"}, "variables": {"type": "object",
+                                                                   "additionalProperties": {"type": "string"}},
+                           "timezone": {"type": "string", "description": "IANA zone of the callee"}},
+        }},
+        "pacing": {"type": "object", "additionalProperties": False, "properties": {
+            "calls_per_second": {"type": "number", "minimum": 0.01, "maximum": 50},
+            "max_in_flight": {"type": "integer", "minimum": 1, "maximum": 1000}}},
+        "calling_hours": {"type": "object", "additionalProperties": False, "required": ["start", "end"],
+                          "properties": {"start": {"type": "string", "example": "09:00"},
+                                         "end": {"type": "string", "example": "18:00"},
+                                         "timezone": {"type": "string"}}},
+        "retries": {"type": "object", "additionalProperties": False, "properties": {
+            "no_answer": {"type": "integer", "minimum": 0, "maximum": 10},
+            "busy": {"type": "integer", "minimum": 0, "maximum": 10},
+            "delay_s": {"type": "number", "minimum": 0, "maximum": 604800}}},
+    },
+}  # fmt: skip
+_BATCH_ERROR = {
+    "type": "object", "required": ["error"],
+    "properties": {"error": {"type": "string"}, "rejected": {"type": "array"}, "batch": {"type": "object"}},
+}  # fmt: skip
+_BATCH_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _batch_action(action: str, what: str) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": what,
+            "parameters": [_BATCH_ID],
+            "responses": {
+                **_responses(200, _BATCH, 401, 403, 404, 429, 503),
+                "409": {"description": "the batch is finished (canceled or done)",
+                        "content": {"application/json": {"schema": _BATCH_ERROR}}},
+            },
+        }
+    }  # fmt: skip
+
+
 _OUTBOUND_REQUEST = {
     "type": "object",
     "required": ["to"],
@@ -686,6 +758,42 @@ OPENAPI: dict[str, Any] = {
                 "responses": _responses(200, _OUTBOUND, 401, 404, 429, 503),
             }
         },
+        "/v1/outbound/batches": {
+            "post": {
+                "summary": "Queue a batch of outbound calls: JSON, or a CSV upload (Content-Type: text/csv; header row "
+                "to,[timezone,]variables...; the settings as query parameters profile, from, calls_per_second, "
+                "max_in_flight, hours_start, hours_end, timezone, retries_no_answer, retries_busy, retry_delay_s). "
+                "Each bad row is reported by number (rejected) and the good ones queued; 422 with no good row",
+                "parameters": [{
+                    "name": "Idempotency-Key", "in": "header", "required": False,
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                    "description": "the same key with the same request makes nothing more (200, replayed=true)",
+                }],
+                "requestBody": {"required": True, "content": {
+                    "application/json": {"schema": _BATCH_REQUEST},
+                    "text/csv": {"schema": {"type": "string"}},
+                }},
+                "responses": {
+                    **_responses(201, _BATCH, 401, 403, 404, 413, 429, 503),
+                    "200": {"description": "already made with this Idempotency-Key",
+                            "content": {"application/json": {"schema": _BATCH}}},
+                    "422": {"description": "what to fix (and each row's error when no row can be called)",
+                            "content": {"application/json": {"schema": _BATCH_ERROR}}},
+                },
+            }
+        },
+        "/v1/outbound/batches/{id}": {
+            "get": {
+                "summary": "A batch's progress: its rows by state and by outcome",
+                "parameters": [_BATCH_ID],
+                "responses": _responses(200, _BATCH, 401, 404, 429, 503),
+            }
+        },
+        "/v1/outbound/batches/{id}/pause": _batch_action("pause", "Pause a batch: no new calls until resumed"),
+        "/v1/outbound/batches/{id}/resume": _batch_action("resume", "Resume a paused batch"),
+        "/v1/outbound/batches/{id}/cancel": _batch_action(
+            "cancel", "Cancel a batch: its queued rows are canceled; calls already placed end as they end"
+        ),
         "/twilio/voice": _twilio_webhook(
             "A Twilio number's voice webhook (A call comes in): TwiML bridging the call into OpenAI's SIP endpoint",
             {"application/xml": {"schema": {"type": "string"}}},

@@ -407,11 +407,12 @@ def create_app(
         Route("/metrics", metrics_route, methods=["GET"]),
         *admin.routes(auth, lambda request: request.app.state.runtime, mask_caller=settings.reports.mask_caller),
         *console.routes(auth, lambda request: request.app.state.runtime),
+        # before /v1/outbound/{id}: an unsupported method on /v1/outbound/batches answers with the batch route's Allow
+        *batch_routes.routes(secrets.twilio, settings, auth, lambda request: request.app.state.runtime, wall_clock),
         *twilio_routes.routes(
             secrets.twilio, settings, auth, lambda request: request.app.state.runtime,
             lambda request: getattr(request.app.state, "twilio_api", None),
         ),
-        *batch_routes.routes(secrets.twilio, settings, auth, lambda request: request.app.state.runtime, wall_clock),
         *diagnostics.routes(diag, auth.authorize),
     ]
     app = _Service(routes=routes, lifespan=lifespan)

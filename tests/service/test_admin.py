@@ -222,13 +222,17 @@ def live_server() -> Iterator[_ServerThread]:
 # a well-formed filter can still be meaningless (a cursor this API never issued, `until` before `since`, 2025-13-01):
 # GET /v1/calls refuses it with 400, naming the parameter
 # and a well-formed outbound request can name a profile that does not exist, variables it does not declare, or a
-# number on the do-not-call list: POST /v1/outbound refuses it with 422, naming the field
+# number on the do-not-call list: POST /v1/outbound refuses it with 422, naming the field (POST /v1/outbound/batches
+# too, when no row of the batch can be called)
 _CONFIG = SchemathesisConfig.from_dict({"operations": [{
     "include-name": "GET /v1/calls",
     "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "400", "401", "429"]}},
 }, {
     "include-name": "POST /v1/outbound",
     "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "401", "422", "429"]}},
+}, {
+    "include-name": "POST /v1/outbound/batches",
+    "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "401", "413", "422", "429"]}},
 }]})  # fmt: skip
 schema = schemathesis.openapi.from_dict(OPENAPI, config=_CONFIG)
 
