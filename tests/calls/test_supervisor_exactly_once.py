@@ -69,8 +69,10 @@ async def test_an_accept_whose_answer_was_lost_is_ours_when_the_retry_hears_alre
     connector = FakeConnector()
     call = supervisor(api, connector)
     task = asyncio.create_task(call.run())
-    await wait_attached(connector)  # attached: supervised, greeting, watchdogs, end_call
-    assert call.machine.state == CallState.ATTACHED
+    await wait_attached(connector)  # the sideband is up: the machine hears of it next
+    async with asyncio.timeout(5):
+        while call.machine.state != CallState.ATTACHED:  # attached: supervised, greeting, watchdogs, end_call
+            await asyncio.sleep(0.005)
     connector.attached["rtc_x"].close_from_server(1000)
     record = await asyncio.wait_for(task, 5)
     assert router.routes["accept"].call_count == 2
