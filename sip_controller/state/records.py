@@ -325,9 +325,14 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
     return float(ended_at), call_id
 
 
+#: one encoder for every JSON column: ``json.dumps`` with any option builds a new encoder on each call (#18: the
+#: store's share of the CPU per new call counted it on every entry)
+_ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
 def dumps(value: Mapping[str, Any]) -> str:
     """Compact JSON for a JSON column (``allow_nan=False``: PostgreSQL's jsonb refuses NaN, so both backends do)."""
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    return _ENCODE(value)
 
 
 def check_query(query: HistoryQuery) -> None:
