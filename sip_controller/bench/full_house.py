@@ -20,16 +20,26 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import asyncpg
 import httpx
 
 from sip_controller.bench import database, noise, proc
+from sip_controller.bench.peer import Peer
 from sip_controller.bench.stats import latency_summary, median, rounded, spread
 
-if TYPE_CHECKING:
-    from sip_controller.bench.runner import Bench
+
+class Bench(Protocol):
+    """What the scenario needs of :class:`sip_controller.bench.runner.Bench` (named here, not imported: the runner
+    imports this module)."""
+
+    peer: Peer
+    postgres: database.Postgres
+
+    def controller(
+        self, max_calls: int, env: dict[str, str] | None = None
+    ) -> contextlib.AbstractAsyncContextManager[proc.Child]: ...
 
 #: the window figures, merged over runs by their median
 FIGURES = (
@@ -145,8 +155,6 @@ async def fill(bench: Bench, level: int, rate: int) -> int:
 async def window(bench: Bench, child: proc.Child, diag: ControllerDiagnostics, plan: HousePlan,
                  rate: int) -> dict[str, Any]:
     """New calls at ``rate`` for ``plan.seconds`` over the calls already live; the controller's own view too."""
-    from sip_controller.bench.runner import _no_gc
-
     peer = bench.peer
     background = peer.live
     before = set(peer.calls)
@@ -156,7 +164,7 @@ async def window(bench: Bench, child: proc.Child, diag: ControllerDiagnostics, p
     await diag.reset()
     async with noise.measuring(quiet):
         cpu0, t0 = child.cpu_s(), time.perf_counter()
-        with _no_gc():
+        with noise.no_gc():
             placed = await peer.place_at_rate(rate, count, plan.seconds + 1, hold_s=plan.hold_s)
             elapsed = time.perf_counter() - t0
             cpu = child.cpu_s() - cpu0

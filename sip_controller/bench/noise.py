@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,3 +101,14 @@ async def measuring(into: dict[str, Any]) -> AsyncIterator[None]:
 
 if __name__ == "__main__":
     raise SystemExit(_probe_main())
+
+
+@contextlib.contextmanager
+def no_gc() -> Iterator[None]:
+    """Keep the peer's own collector pauses out of its timestamps during a measurement."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()

@@ -27,7 +27,6 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
-import gc
 import json
 import math
 import os
@@ -39,7 +38,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -164,17 +163,6 @@ def _raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-@contextlib.contextmanager
-def _no_gc() -> Iterator[None]:
-    """Keep the peer's own collector pauses out of its timestamps during a measurement."""
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
 class Bench:
     def __init__(self, plan: Plan, *, database_url: str | None = None) -> None:
         self.plan = plan
@@ -221,7 +209,7 @@ class Bench:
         quiet: dict[str, Any] = {}
         async with noise.measuring(quiet):
             cpu0, t0 = child.cpu_s(), time.perf_counter()
-            with _no_gc():
+            with noise.no_gc():
                 placed = await peer.place_at_rate(rate, count, seconds + 1, hold_s=self.plan.hold_s, attach=attach)
                 await peer.wait_for(lambda: peer.rec.accepts >= placed, 5)
         elapsed = time.perf_counter() - t0
@@ -431,7 +419,7 @@ class Bench:
                 quiet: dict[str, Any] = {}
                 async with noise.measuring(quiet):
                     rss0, cpu0, t0 = ctl.rss(), ctl.cpu_s(), time.perf_counter()
-                    with _no_gc():
+                    with noise.no_gc():
                         await asyncio.sleep(plan.window_s)
                 elapsed = time.perf_counter() - t0
                 rss1, cpu1 = ctl.rss(), ctl.cpu_s()
@@ -476,7 +464,7 @@ class Bench:
         replacements: set[asyncio.Task[Any]] = set()
         quiet: dict[str, Any] = {}
         async with noise.measuring(quiet):
-            with _no_gc():
+            with noise.no_gc():
                 t0 = time.perf_counter()
                 ended = await self._say_goodbyes(t0, replacements)
                 rec = peer.rec
