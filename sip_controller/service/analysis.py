@@ -96,10 +96,6 @@ class AnalysisWorker:
         self.failed = 0
         self.retried = 0
 
-    @property
-    def enabled(self) -> bool:
-        return any(p.analysis is not None for p in self._settings.profiles.values())
-
     def start(self) -> None:
         if self._loop_task is None:
             self._loop_task = asyncio.create_task(self._loop(), name="analysis:loop")
