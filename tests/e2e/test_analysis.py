@@ -414,7 +414,7 @@ async def test_a_lapsed_lease_passes_the_analysis_to_another_replica_and_the_lat
             row = await b.runtime.store.get_analysis(call_id)
             assert row is not None
             assert row.status == "done"
-            assert row.attempts == 2
+            assert row.attempts >= 2  # A's claim (and, on a slow machine, A's again once it lapsed), then B's
             # A's answer comes back meanwhile, and is refused by the fence
             await asyncio.sleep(max(0.0, asked + delay + 0.7 - time.monotonic()))
             assert a.app.state.analyses.completed == 0

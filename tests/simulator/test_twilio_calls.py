@@ -290,7 +290,7 @@ async def test_an_inbound_caller_who_gives_up_while_ringing_cancels_the_openai_l
             return None
 
         ctl.openai = never_accepts
-        call = side.ring_number(InboundCall(name="impatient", to=OURS, hangup_while_ringing=2))
+        call = side.ring_number(InboundCall(name="impatient", to=OURS, hangup_while_ringing=25))  # 0.5 s: bridged first
         await side.wait_ended(call.sid, 10.0)
         assert (call.status, call.ended_by, call.sip_response_code) == ("no-answer", "caller", 487)
         leg = ctl.sim.calls[call.openai_call_ids[0]]
