@@ -76,7 +76,7 @@ HOUSE_PLANS = {
                       transcript_interval_s=2.0, tool_interval_s=30.0, settle_s=2.0),
     "quick": HousePlan(rates=(20, 100, 200), levels=(0, 1000), seconds=3, runs=1, hold_s=1.0, ramp_rate=200,
                        transcript_interval_s=2.0, tool_interval_s=30.0, settle_s=1.5),
-    "smoke": HousePlan(rates=(50,), levels=(0, 10), seconds=1, runs=1, hold_s=0.2, ramp_rate=100,
+    "smoke": HousePlan(rates=(50,), levels=(10,), seconds=1, runs=1, hold_s=0.2, ramp_rate=100,
                        transcript_interval_s=0.5, tool_interval_s=1.0, settle_s=0.3),
 }  # fmt: skip
 

@@ -19,9 +19,9 @@ pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 SCALE = 0.05
 LEASE_S = 1.5
 HEARTBEAT_S = 0.5
-#: nominal seconds of quiet in each call between its question and its goodbye (x SCALE: 12 s of real time), long
-#: enough for the kill, the lapse of the lease and the takeover to fall inside it
-QUIET = 240.0
+#: nominal seconds of quiet in each call between its question and its goodbye (x SCALE: 8 s of real time), long
+#: enough for the kill, the lapse of the lease (1.5 s) and the takeover to fall inside it
+QUIET = 160.0
 
 
 def _call(i: int) -> CallSpec:
@@ -125,7 +125,7 @@ async def _crash_and_recover(
 
 
 async def test_postgresql_three_replicas_one_killed_mid_calls(tmp_path: Path, pg_schema: str) -> None:
-    await _crash_and_recover(tmp_path, replicas=3, calls=24, database_url=pg_schema)
+    await _crash_and_recover(tmp_path, replicas=3, calls=15, database_url=pg_schema)
 
 
 async def test_sqlite_the_one_process_killed_and_restarted(tmp_path: Path) -> None:

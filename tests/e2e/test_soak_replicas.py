@@ -104,8 +104,8 @@ async def test_three_replicas_on_postgresql_one_killed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], pg_url: str
 ) -> None:
     before = await _soak_schemas(pg_url)
-    result, table = await _soak(tmp_path, capsys, replicas=3, calls=45, database_url=pg_url)
-    _assert_clean(result, table, calls=45, replicas=3)
+    result, table = await _soak(tmp_path, capsys, replicas=3, calls=30, database_url=pg_url)
+    _assert_clean(result, table, calls=30, replicas=3)
     assert "PostgreSQL" in result.store
     assert "postgres@" not in table  # the URL's user (or password) is never printed
     schema = result.store.split("schema ", 1)[1].split(" ", 1)[0]
