@@ -25,9 +25,8 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
 
 
 @pytest.fixture
-async def pg_schema() -> AsyncIterator[str]:
-    """A database URL whose search path is a throwaway schema (the replicas' migrations land there); skips without
-    a server, fails under CI=true."""
+async def pg_url() -> str:
+    """The test server's URL (``SIPCTL_TEST_DATABASE_URL``); skips without a reachable server, fails under CI=true."""
     url = os.environ.get("SIPCTL_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
     try:
         conn = await asyncpg.connect(url, timeout=3)
@@ -36,10 +35,18 @@ async def pg_schema() -> AsyncIterator[str]:
         if os.environ.get("CI") == "true":
             pytest.fail(f"{reason}; CI must run the PostgreSQL tests")
         pytest.skip(reason)
+    await conn.close()
+    return url
+
+
+@pytest.fixture
+async def pg_schema(pg_url: str) -> AsyncIterator[str]:
+    """A database URL whose search path is a throwaway schema (the replicas' migrations land there)."""
     schema = f"sipctl_crash_{secrets.token_hex(4)}"
+    conn = await asyncpg.connect(pg_url, timeout=3)
     try:
         await conn.execute(f'CREATE SCHEMA "{schema}"')
-        yield f"{url}?search_path={schema}"
+        yield f"{pg_url}?search_path={schema}"
     finally:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         await conn.close()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from pathlib import Path
 
 import asyncpg
@@ -75,20 +74,6 @@ async def test_two_replicas_on_sqlite_one_killed(tmp_path: Path, capsys: pytest.
     assert len(lines) == 30
     assert all(line["ended_reason"] for line in lines)
     assert sum(1 for line in lines if line["takeovers"]) == len(result.taken_over)
-
-
-@pytest.fixture
-async def pg_url() -> str:
-    url = os.environ.get("SIPCTL_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
-    try:
-        conn = await asyncpg.connect(url, timeout=3)
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        reason = f"PostgreSQL not reachable at SIPCTL_TEST_DATABASE_URL ({type(exc).__name__}: {exc})"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}; CI must run the PostgreSQL tests")
-        pytest.skip(reason)
-    await conn.close()
-    return url
 
 
 async def _soak_schemas(url: str) -> set[str]:
