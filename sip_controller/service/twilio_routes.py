@@ -20,7 +20,7 @@ import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl
 
 import structlog
@@ -39,6 +39,9 @@ from sip_controller.telephony.callbacks import BadCallback, StatusCallback, Voic
 from sip_controller.telephony.calls_api import CallRequest, TwilioCalls, TwilioError
 from sip_controller.telephony.signatures import SIGNATURE_HEADER, TwilioSignatures
 from sip_controller.telephony.twiml import bridge_to_openai, new_correlation_id
+
+#: what a Twilio callback's form is parsed into
+P = TypeVar("P")
 
 log = structlog.get_logger("sip_controller.service.twilio")
 
@@ -205,7 +208,7 @@ def routes(
     async def signed_form(request: Request) -> dict[str, str] | Response:
         """The form Twilio posted, once its signature checks out against the public URL; else the 403."""
         assert signatures is not None
-        assert twilio is not None
+        assert twilio is not None  # parsed_callback answered 404 otherwise
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > MAX_FORM_BYTES:
             return PlainTextResponse("request too large", status_code=413)
@@ -224,16 +227,24 @@ def routes(
             return PlainTextResponse("forbidden", status_code=403)
         return form
 
-    async def voice(request: Request) -> Response:
+    async def parsed_callback(request: Request, parse: Callable[[Mapping[str, str]], P]) -> P | Response:
+        """A Twilio callback's form, signed and parsed by ``parse``; or the answer refusing it (404 without Twilio,
+        403 unsigned, 400 malformed)."""
         if twilio is None:
             return _error(404, "not found")
         form = await signed_form(request)
         if isinstance(form, Response):
             return form
         try:
-            call = VoiceRequest.parse(form)
+            return parse(form)
         except BadCallback as exc:
             return PlainTextResponse(str(exc), status_code=400)
+
+    async def voice(request: Request) -> Response:
+        call = await parsed_callback(request, VoiceRequest.parse)
+        if isinstance(call, Response):
+            return call
+        assert twilio is not None  # parsed_callback answered 404 otherwise
         store: Store = runtime(request).store
         new = NewTwilioCall(
             id=f"in_{secrets.token_hex(8)}", correlation=new_correlation_id(), direction="inbound", status="ringing",
@@ -249,15 +260,9 @@ def routes(
         return _twiml(bridge_to_openai(twilio.openai_project_id, row.correlation))
 
     async def status(request: Request) -> Response:
-        if twilio is None:
-            return _error(404, "not found")
-        form = await signed_form(request)
-        if isinstance(form, Response):
-            return form
-        try:
-            callback = StatusCallback.parse(form)
-        except BadCallback as exc:
-            return PlainTextResponse(str(exc), status_code=400)
+        callback = await parsed_callback(request, StatusCallback.parse)
+        if isinstance(callback, Response):
+            return callback
         rt = runtime(request)
         store: Store = rt.store
         try:
