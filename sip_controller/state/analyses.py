@@ -71,7 +71,49 @@ def _as_is(value: Any) -> Any:
 # ---- SQLite ------------------------------------------------------------------------------------------------------
 
 
-class SQLiteAnalyses:
+class _Settling:
+    """``finish_analysis`` and ``fail_analysis``, the same on both backends: each is one ``_settle`` (the backend's
+    fenced update of the row with its outbox rows, in one transaction)."""
+
+    async def _settle(
+        self,
+        worker: str,
+        call_id: str,
+        status: AnalysisStatus,
+        result: Mapping[str, Any] | None,
+        cost_usd: float | None,
+        error: str | None,
+        due_at: float | None,
+        outbox: Sequence[OutboxItem],
+    ) -> bool:
+        raise NotImplementedError
+
+    async def finish_analysis(
+        self,
+        worker: str,
+        call_id: str,
+        *,
+        result: Mapping[str, Any],
+        cost_usd: float | None,
+        outbox: Sequence[OutboxItem] = (),
+    ) -> bool:
+        return await self._settle(worker, call_id, "done", result, cost_usd, None, None, outbox)
+
+    async def fail_analysis(
+        self,
+        worker: str,
+        call_id: str,
+        *,
+        error: str,
+        next_attempt_at: float | None,
+        result: Mapping[str, Any] | None = None,
+        outbox: Sequence[OutboxItem] = (),
+    ) -> bool:
+        status: AnalysisStatus = "failed" if next_attempt_at is None else "pending"
+        return await self._settle(worker, call_id, status, result, None, error, next_attempt_at, outbox)
+
+
+class SQLiteAnalyses(_Settling):
     """The analysis methods of :class:`~sip_controller.state.sqlite.SQLiteStore` (mixed in)."""
 
     if TYPE_CHECKING:
@@ -109,30 +151,6 @@ class SQLiteAnalyses:
             return sorted((analysis_row(r, json.loads) for r in rows), key=lambda r: (r.due_at, r.call_id))
 
         return await self._write(op)
-
-    async def finish_analysis(
-        self,
-        worker: str,
-        call_id: str,
-        *,
-        result: Mapping[str, Any],
-        cost_usd: float | None,
-        outbox: Sequence[OutboxItem] = (),
-    ) -> bool:
-        return await self._settle(worker, call_id, "done", result, cost_usd, None, None, outbox)
-
-    async def fail_analysis(
-        self,
-        worker: str,
-        call_id: str,
-        *,
-        error: str,
-        next_attempt_at: float | None,
-        result: Mapping[str, Any] | None = None,
-        outbox: Sequence[OutboxItem] = (),
-    ) -> bool:
-        status: AnalysisStatus = "failed" if next_attempt_at is None else "pending"
-        return await self._settle(worker, call_id, status, result, None, error, next_attempt_at, outbox)
 
     async def _settle(
         self,
@@ -185,7 +203,7 @@ class SQLiteAnalyses:
 # ---- PostgreSQL --------------------------------------------------------------------------------------------------
 
 
-class PostgresAnalyses:
+class PostgresAnalyses(_Settling):
     """The analysis methods of :class:`~sip_controller.state.postgres.PostgresStore` (mixed in)."""
 
     if TYPE_CHECKING:
@@ -218,30 +236,6 @@ class PostgresAnalyses:
                 worker, now + lease_s, now, limit,
             )  # fmt: skip
         return sorted((analysis_row(r, _as_is) for r in rows), key=lambda r: (r.due_at, r.call_id))
-
-    async def finish_analysis(
-        self,
-        worker: str,
-        call_id: str,
-        *,
-        result: Mapping[str, Any],
-        cost_usd: float | None,
-        outbox: Sequence[OutboxItem] = (),
-    ) -> bool:
-        return await self._settle(worker, call_id, "done", result, cost_usd, None, None, outbox)
-
-    async def fail_analysis(
-        self,
-        worker: str,
-        call_id: str,
-        *,
-        error: str,
-        next_attempt_at: float | None,
-        result: Mapping[str, Any] | None = None,
-        outbox: Sequence[OutboxItem] = (),
-    ) -> bool:
-        status: AnalysisStatus = "failed" if next_attempt_at is None else "pending"
-        return await self._settle(worker, call_id, status, result, None, error, next_attempt_at, outbox)
 
     async def _settle(
         self,
@@ -288,4 +282,3 @@ class PostgresAnalyses:
 def _count(status: str) -> int:
     """The row count of an asyncpg command status (``UPDATE 1``, ``INSERT 0 1``)."""
     return int(status.rsplit(" ", 1)[-1])
-
