@@ -135,6 +135,7 @@ class Call:
             profile=self.profile,
             record=self.record,
             close_wait_s=self.close_wait_s,
+            today=RECEIVED.date(),
             prices=self.prices,
         )
 

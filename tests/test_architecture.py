@@ -168,3 +168,50 @@ def test_every_layer_imports_only_what_it_may() -> None:
 def test_every_folder_is_a_known_layer() -> None:
     """A new top-level folder must be placed in the layer table (and in docs/architecture.md)."""
     assert {layer(m) for m in modules()} <= set(ALLOWED)
+
+
+#: the pure core (design principle 1): the call machine, its features, what it takes in and gives out. The time
+#: comes in with each input and a timer is an action, so none of them reads a clock, sleeps or does I/O.
+PURE = sorted(
+    m
+    for m in modules()
+    if m.startswith("sip_controller.calls.features.")
+    or m
+    in {
+        "sip_controller.calls.machine",
+        "sip_controller.calls.inputs",
+        "sip_controller.calls.actions",
+        "sip_controller.calls.states",
+        "sip_controller.calls.lines",
+        "sip_controller.calls.tags",
+        "sip_controller.calls.voicemail",
+    }
+)
+#: standard modules the pure core never imports: clocks, the event loop, randomness, the operating system
+IMPURE_IMPORTS = frozenset({"time", "asyncio", "random", "secrets", "os", "socket", "threading", "uuid"})
+#: calls that read a clock, whatever they are called on (``datetime.now()``, ``date.today()``, ``loop.time()``)
+CLOCK_CALLS = frozenset({"now", "utcnow", "today", "time", "monotonic", "perf_counter", "time_ns", "monotonic_ns"})
+
+
+def _impurities(source: str) -> list[str]:
+    found: list[str] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [f"import {a.name}" for a in node.names if a.name.split(".")[0] in IMPURE_IMPORTS]
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            if node.module.split(".")[0] in IMPURE_IMPORTS:
+                found.append(f"from {node.module} import …")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in CLOCK_CALLS:
+            found.append(f"{ast.unparse(node.func)}() on line {node.lineno}")
+    return found
+
+
+def test_the_purity_scan_finds_a_clock() -> None:
+    source = "import time\nfrom datetime import datetime\nx = datetime.now()\ny = loop.time()\n"
+    assert _impurities(source) == ["import time", "datetime.now() on line 3", "loop.time() on line 4"]
+
+
+@pytest.mark.parametrize("module", PURE)
+def test_the_machine_and_its_features_read_no_clock(module: str) -> None:
+    assert len(PURE) >= 10
+    assert _impurities(modules()[module].read_text()) == []

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date
 from typing import Any
 
 from jsonschema import Draft202012Validator
@@ -259,7 +259,8 @@ class CallMachine:
     close_wait_s: float = 3.0
     #: the exact accept body (instructions rendered for this call); built from the profile when None
     accept_body: dict[str, Any] | None = None
-    today: date = field(default_factory=lambda: datetime.now(UTC).date())
+    #: the call's day (the session checks depend on it), passed in: the machine reads no clock
+    today: date = field(kw_only=True)
     prices: ModelPrices | None = None
     transcription_prices: TranscriptionPrices | None = None
     #: the SIP status a call is rejected with when its accept is given up (``limits.accept_give_up_status``)

@@ -44,7 +44,7 @@ def supervisor(
 ) -> CallSupervisor:
     record = CallRecord(call_id="rtc_x", profile="default", received_at=datetime.now(UTC))
     machine = CallMachine(call_id="rtc_x", profile_name="default", profile=profile or AgentProfile(greeting=None),
-                             record=record, close_wait_s=0.5)
+                             record=record, close_wait_s=0.5, today=record.received_at.date())
     return CallSupervisor(machine, api, connect, options=CallOptions(ring_budget_s=ring_budget_s, retry=FAST))
 
 

@@ -46,7 +46,7 @@ def supervisor(
 ) -> CallSupervisor:
     record = CallRecord(call_id="rtc_x", profile="default", received_at=datetime.now(UTC))
     machine = CallMachine(call_id="rtc_x", profile_name="default", profile=AgentProfile(greeting=None),
-                          record=record, close_wait_s=0.2)
+                          record=record, close_wait_s=0.2, today=record.received_at.date())
 
     async def on_hanging_up(call_id: str, next_try_at: float) -> None:
         assert hanging is not None
