@@ -1,262 +1,281 @@
-"""Live call control (#17) through the pure call machine: say (now / next), context, mute and unmute, from an
-operator or a tool's answer; refusals while ending, and ordering with a goodbye or a transfer."""
+"""Live control on its own: a ``LiveControl`` driven through a fake ``ControlPort``, without the call machine.
+
+``test_control.py`` drives the same feature through the machine."""
 
 from __future__ import annotations
 
-from sip_controller.agent.profile import AgentProfile, HttpTool, Transfer
-from sip_controller.calls.features import control
-from sip_controller.calls.features.control import SAY_NEXT_MAX_S, SAY_NEXT_TIMER, split_tool_answer
-from sip_controller.calls.inputs import (
-    OperatorContext,
-    OperatorHangup,
-    OperatorMute,
-    OperatorSay,
-    OperatorTransfer,
-    TimerFired,
-    ToolDone,
+from dataclasses import dataclass
+
+import pytest
+
+from sip_controller.agent.profile import TurnDetection
+from sip_controller.calls.actions import CancelTimer, StartTimer
+from sip_controller.calls.features.control import (
+    MAX_SAY_CHARS,
+    MAX_WAITING_LINES,
+    PURPOSE,
+    SAY_NEXT_MAX_S,
+    SAY_NEXT_TIMER,
+    ControlPort,
+    Kind,
+    LiveControl,
+    check_text,
+    kind_of,
+    say_instructions,
 )
-from sip_controller.calls.states import CallState
-from tests.callkit import (
-    Call,
-    audio,
-    creates,
-    end_after_goodbye,
-    fc,
-    response_created,
-    response_done,
-    said,
-    sb,
-    sends,
-    session_updated,
-    speech,
-    timers,
+from sip_controller.calls.inputs import OperatorContext, OperatorMute, OperatorSay
+from sip_controller.realtime import events as ev
+from tests.calls.features.fake_port import FakePort, instructions, marks, response, sent, system_notes
+
+VAD = TurnDetection(type="server_vad", idle_timeout_ms=6000, eagerness="high", silence_duration_ms=400)
+
+
+@dataclass
+class FakeControlPort(FakePort):
+    """A ``FakePort`` that also says what the model and the caller are doing (``ControlPort``)."""
+
+    ending_or_over: bool = False
+    responding: bool = False
+    now_playing: str | None = None
+    caller_is_speaking: bool = False
+    transferring: bool = False
+    on_hold: bool = False
+
+
+def make(turn_detection: TurnDetection | None = VAD) -> LiveControl:
+    return LiveControl(turn_detection)
+
+
+def test_the_fake_is_a_control_port() -> None:
+    port: ControlPort = FakeControlPort()
+    assert port.live
+
+
+# ---- refusals ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("port", "kind", "why"),
+    [
+        (FakeControlPort(ending_or_over=True), "context", "the call is ending"),
+        (FakeControlPort(ending_or_over=True, live=False), "say", "the call is ending"),
+        (FakeControlPort(live=False), "say", "the call is not answered yet"),
+        (FakeControlPort(transferring=True), "say", "a transfer is under way"),
+        (FakeControlPort(transferring=True), "mute", "a transfer is under way"),
+        (FakeControlPort(on_hold=True), "mute", "the call is on hold (hold mode decides when the agent answers)"),
+        (FakeControlPort(on_hold=True), "unmute", "the call is on hold (hold mode decides when the agent answers)"),
+    ],
 )
+def test_refusal_says_why(port: FakeControlPort, kind: Kind, why: str) -> None:
+    assert make().refusal(port, kind) == why
 
 
-def marks(c: Call) -> list[str]:
-    return [what for _, what in c.record.timeline if what.startswith("control:")]
+@pytest.mark.parametrize(
+    ("port", "kind"),
+    [
+        (FakeControlPort(), "say"),
+        (FakeControlPort(), "mute"),
+        (FakeControlPort(transferring=True), "context"),
+        (FakeControlPort(on_hold=True), "say"),
+        (FakeControlPort(on_hold=True), "context"),
+    ],
+)
+def test_what_is_allowed(port: FakeControlPort, kind: Kind) -> None:
+    assert make().refusal(port, kind) is None
 
 
-def test_say_now_on_an_idle_call_asks_for_exactly_that_line_tagged_say() -> None:
-    c = Call()
-    c.greeted()
-    actions = c.feed(OperatorSay("Your parcel arrives tomorrow.", "now"))
-    (create,) = creates(actions)
-    assert [e["type"] for e in sends(actions)] == ["response.create"]  # nothing to cut off
-    assert create["response"]["metadata"]["sipctl"] == "say"
-    assert create["response"]["tool_choice"] == "none"
-    assert '"Your parcel arrives tomorrow."' in create["response"]["instructions"]
-    c.play("r_say", "Your parcel arrives tomorrow.")
-    assert marks(c) == ["control: say now from operator (29 chars)", "control: say line completed"]
-    assert "parcel" not in " ".join(marks(c))  # the timeline never holds the text
+def test_mute_without_turn_detection_is_refused() -> None:
+    assert make(None).refusal(FakeControlPort(), "mute") == (
+        "the profile has no turn detection: the agent answers only when asked"
+    )
 
 
-def test_say_now_cuts_off_the_answer_in_progress() -> None:
-    c = Call()
-    c.greeted()
-    c.feed(response_created("r_talk"))
-    c.feed(audio("started", "r_talk"))
-    actions = c.feed(OperatorSay("Sorry, one correction.", "now"))
-    assert [e["type"] for e in sends(actions)] == ["response.cancel", "output_audio_buffer.clear", "response.create"]
+def test_a_refused_input_does_nothing_and_is_marked_without_its_text() -> None:
+    port = FakeControlPort(ending_or_over=True)
+    c = make()
+    assert c.on_input(port, OperatorSay("secret words", "now"), 1.0) == []
+    assert c.on_input(port, OperatorMute(True, source="tool"), 1.0) == []
+    assert marks(port) == [
+        "control: say from operator refused (the call is ending)",
+        "control: mute from tool refused (the call is ending)",
+    ]
+    assert not c.muted
+    assert not c.waiting
 
 
-def test_say_next_waits_for_the_answer_in_progress_and_its_audio() -> None:
-    c = Call()
-    c.greeted()
-    c.feed(response_created("r_talk"))
-    c.feed(audio("started", "r_talk"))
-    actions = c.feed(OperatorSay("We also have a discount.", "next"))
-    assert creates(actions) == []
-    assert timers(actions) == {SAY_NEXT_TIMER: SAY_NEXT_MAX_S}
-    assert creates(c.feed(said("r_talk", "Sure."))) == []
-    assert creates(c.feed(response_done("r_talk"))) == []  # its audio still plays
-    after = c.feed(audio("stopped", "r_talk"))
-    (create,) = creates(after)
-    assert create["response"]["metadata"]["sipctl"] == "say"
-    assert "response.cancel" not in [e["type"] for e in sends(after)]
+def test_too_many_waiting_lines_are_refused() -> None:
+    port = FakeControlPort(responding=True)
+    c = make()
+    for n in range(MAX_WAITING_LINES):
+        c.on_input(port, OperatorSay(f"line {n}", "next"), 1.0)
+    assert len(c.waiting) == MAX_WAITING_LINES
+    assert c.on_input(port, OperatorSay("one more", "next"), 1.0) == []
+    full = f"{MAX_WAITING_LINES} lines are already waiting to be said"
+    assert marks(port)[-1] == f"control: say from operator refused ({full})"
 
 
-def test_say_next_waits_for_the_caller_to_finish_and_is_said_anyway_after_its_bound() -> None:
-    c = Call()
-    c.greeted()
-    c.feed(speech("started"))
-    assert creates(c.feed(OperatorSay("Hold on.", "next"))) == []
-    c.feed(response_created("r_answer"))  # the model answers the caller
-    c.feed(audio("started", "r_answer"))
-    actions = c.feed(TimerFired(SAY_NEXT_TIMER))  # the bound: said now, cutting off what plays
-    assert [e["type"] for e in sends(actions)] == ["response.cancel", "output_audio_buffer.clear", "response.create"]
+# ---- say ------------------------------------------------------------------------------------------------
 
 
-def test_lines_are_said_one_at_a_time_in_order() -> None:
-    c = Call()
-    c.greeted()
-    first = creates(c.feed(OperatorSay("One.", "now")))
-    assert len(first) == 1
-    assert creates(c.feed(OperatorSay("Two.", "next"))) == []  # the first is asked for, not made yet
-    c.play("r_one", "One.")
-    assert "Two." in creates(c.log)[-1]["response"]["instructions"]
+def test_say_now_on_an_idle_call_asks_for_the_line_and_nothing_else() -> None:
+    port = FakeControlPort()
+    c = make()
+    actions = c.on_input(port, OperatorSay("Hello there.", "now"), 2.0)
+    assert instructions(actions) == [say_instructions("Hello there.")]
+    (create,) = sent(actions)
+    assert create["response"]["metadata"]["sipctl"] == PURPOSE
+    assert c.asked is not None
+    assert c.asked_event_id == create["event_id"]
+    assert marks(port) == ["control: say now from operator (12 chars)"]
 
 
-def test_a_line_refused_while_a_response_is_made_waits_for_it() -> None:
-    c = Call()
-    c.greeted()
-    (create,) = creates(c.feed(OperatorSay("Hello again.", "now")))
-    error = {
-        "type": "error",
-        "event_id": "e1",
-        "error": {
-            "type": "invalid_request_error",
-            "code": "conversation_already_has_active_response",
-            "message": "busy",
-            "event_id": create["event_id"],
-        },
-    }
-    assert creates(c.feed(sb(error))) == []
-    assert c.state() == CallState.ATTACHED  # not a session error
-    c.feed(response_created("r_vad"))
-    assert "Hello again." in creates(c.feed(response_done("r_vad")))[0]["response"]["instructions"]
+def test_say_now_cuts_off_the_response_and_the_audio_first() -> None:
+    port = FakeControlPort(responding=True, now_playing="r_talk")
+    actions = make().on_input(port, OperatorSay("Correction.", "now"), 2.0)
+    assert [e["type"] for e in sent(actions)] == ["response.cancel", "output_audio_buffer.clear", "response.create"]
 
 
-def test_context_adds_a_system_message() -> None:
-    c = Call()
-    c.greeted()
-    (event,) = sends(c.feed(OperatorContext("The parcel is two days late.")))
-    assert event["type"] == "conversation.item.create"
-    assert event["item"]["role"] == "system"
-    assert event["item"]["content"] == [{"type": "input_text", "text": "The parcel is two days late."}]
-    assert marks(c) == ["control: context from operator added (28 chars)"]
+def test_say_now_while_a_line_is_asked_for_follows_it() -> None:
+    port = FakeControlPort()
+    c = make()
+    c.on_input(port, OperatorSay("First.", "now"), 1.0)
+    actions = c.on_input(port, OperatorSay("Second.", "now"), 1.5)
+    assert actions == [StartTimer(SAY_NEXT_TIMER, SAY_NEXT_MAX_S)]
+    assert [w.text for w in c.waiting] == ["Second."]
 
 
-def test_mute_turns_off_automatic_answers_in_a_full_session_update_and_unmute_restores() -> None:
-    c = Call()
-    c.greeted()
-    (update,) = sends(c.feed(OperatorMute(True)))
-    assert update["type"] == "session.update"
-    session = update["session"]
-    assert session["type"] == "realtime"
-    assert session["audio"]["input"]["format"] == {"type": "audio/pcmu"}
-    assert session["audio"]["output"]["format"] == {"type": "audio/pcmu"}
-    td = session["audio"]["input"]["turn_detection"]
+def test_say_next_waits_until_the_call_is_idle() -> None:
+    port = FakeControlPort(responding=True)
+    c = make()
+    actions = c.on_input(port, OperatorSay("Next line.", "next"), 1.0)
+    assert actions == [StartTimer(SAY_NEXT_TIMER, SAY_NEXT_MAX_S)]
+    assert marks(port) == ["control: say next from operator (10 chars): waiting"]
+    port.responding, port.now_playing = False, "r_talk"
+    assert c.when_idle(port, 2.0) == []  # its audio still plays
+    port.now_playing, port.caller_is_speaking = None, True
+    assert c.when_idle(port, 3.0) == []  # the caller talks
+    port.caller_is_speaking = False
+    actions = c.when_idle(port, 4.0)
+    assert instructions(actions) == [say_instructions("Next line.")]
+    assert actions[-1] == CancelTimer(SAY_NEXT_TIMER)  # nothing else waits
+    assert marks(port)[-1] == "control: a waiting line from operator is said (10 chars)"
+
+
+def test_the_bound_says_a_waiting_line_now_and_keeps_the_timer_for_the_rest() -> None:
+    port = FakeControlPort(responding=True)
+    c = make()
+    c.on_input(port, OperatorSay("A.", "next"), 1.0)
+    c.on_input(port, OperatorSay("B.", "next"), 1.0)
+    actions = c.on_timer(port, SAY_NEXT_TIMER, 31.0)
+    assert [e["type"] for e in sent(actions)] == ["response.cancel", "response.create"]
+    assert instructions(actions) == [say_instructions("A.")]
+    assert actions[-1] == StartTimer(SAY_NEXT_TIMER, SAY_NEXT_MAX_S)
+    assert f"control: a line waited {SAY_NEXT_MAX_S:g}s: said now" in marks(port)
+    assert c.on_timer(port, "someone_elses_timer", 32.0) == []
+
+
+def test_waiting_lines_are_dropped_once_the_call_is_not_live() -> None:
+    port = FakeControlPort(responding=True)
+    c = make()
+    c.on_input(port, OperatorSay("A.", "next"), 1.0)
+    c.on_input(port, OperatorSay("B.", "next"), 1.0)
+    port.live = False
+    assert c.when_idle(port, 2.0) == [CancelTimer(SAY_NEXT_TIMER)]
+    assert not c.waiting
+    assert marks(port)[-1] == "control: 2 waiting line(s) dropped: the call is ending"
+    assert c.on_timer(port, SAY_NEXT_TIMER, 31.0) == []
+
+
+def test_the_line_s_response_done_clears_it_and_others_do_not() -> None:
+    port = FakeControlPort()
+    c = make()
+    (create,) = sent(c.on_input(port, OperatorSay("Done soon.", "now"), 1.0))
+    c.on_response_done(port, response("r_other"), 2.0)
+    assert c.asked is not None
+    c.on_response_done(port, response("r_say", metadata=create["response"]["metadata"]), 3.0)
+    assert c.asked is None
+    assert c.asked_tag is None
+    assert c.asked_event_id is None
+    assert marks(port)[-1] == "control: say line completed"
+
+
+def _error(event_id: str | None, code: str) -> ev.ErrorDetail:
+    return ev.ErrorDetail(type="invalid_request_error", code=code, message="m", event_id=event_id)
+
+
+def test_a_line_refused_while_a_response_is_made_waits_and_another_refusal_gives_it_up() -> None:
+    port = FakeControlPort()
+    c = make()
+    (create,) = sent(c.on_input(port, OperatorSay("Again.", "now"), 1.0))
+    assert not c.on_error(port, _error("someone_else", "conversation_already_has_active_response"), 2.0)
+    assert c.on_error(port, _error(create["event_id"], "conversation_already_has_active_response"), 2.0)
+    assert [w.text for w in c.waiting] == ["Again."]
+    assert marks(port)[-1] == "control: say line refused while a response is made: waiting"
+    (again,) = sent(c.when_idle(port, 3.0)[:1])
+    assert c.on_error(port, _error(again["event_id"], "invalid_value"), 4.0)
+    assert not c.waiting
+    assert c.asked is None
+    assert marks(port)[-1] == "control: say line refused by OpenAI (invalid_value)"
+
+
+# ---- context, mute, unmute ------------------------------------------------------------------------------
+
+
+def test_context_is_a_system_note_marked_by_its_length() -> None:
+    port = FakeControlPort(transferring=True)
+    actions = make().on_input(port, OperatorContext("VIP caller.", source="tool"), 1.0)
+    assert system_notes(actions) == ["VIP caller."]
+    assert marks(port) == ["control: context from tool added (11 chars)"]
+
+
+def test_mute_patches_the_turn_detection_off_and_unmute_restores_the_profile_s() -> None:
+    port = FakeControlPort()
+    c = make()
+    c.on_input(port, OperatorMute(True), 1.0)
+    assert c.muted
+    mute = port.updates[-1]
+    assert mute.what == "mute"
+    td = mute.patch["audio"]["input"]["turn_detection"]
+    assert td["type"] == "server_vad"
     assert td["create_response"] is False
     assert td["interrupt_response"] is False
-    assert c.m.control.muted
-    c.feed(session_updated())
-    # the caller spoke while muted: no answer is asked for, their words are still transcribed
-    c.feed(speech("started"))
-    assert creates(c.feed(speech("stopped"))) == []
-    assert sends(c.feed(OperatorMute(True))) == []  # already muted
-    (restore,) = sends(c.feed(OperatorMute(False)))
-    td = restore["session"]["audio"]["input"]["turn_detection"]
-    assert td["create_response"] is True
-    assert td["interrupt_response"] is True
-    assert "control: unmute from operator" in marks(c)
-
-
-def test_a_caller_turn_during_the_mute_update_is_not_answered_once_it_is_in_force() -> None:
-    c = Call()
-    c.greeted()
-    c.feed(OperatorMute(True))
-    c.feed(speech("started"))
-    c.feed(speech("stopped"))
-    assert creates(c.feed(session_updated())) == []
-
-
-def test_everything_is_refused_while_the_call_is_ending_and_a_goodbye_is_never_cut_off() -> None:
-    c = Call()
-    c.greeted()
-    c.feed(OperatorHangup())
-    assert c.state() == CallState.ENDING
-    for inp in (OperatorSay("x", "now"), OperatorSay("x", "next"), OperatorContext("x"), OperatorMute(True)):
-        assert c.feed(inp) == []
-    assert c.m.control.refusal(c.m, "say") == "the call is ending"
-    assert all("refused (the call is ending)" in m for m in marks(c))
-    end_after_goodbye(c)
-    assert c.record.ended_reason == "operator_hangup"
-
-
-def test_a_waiting_line_is_dropped_when_a_goodbye_comes_first() -> None:
-    c = Call()
-    c.greeted()
-    c.feed(response_created("r_talk"))
-    c.feed(OperatorSay("Later line.", "next"))
-    c.feed(OperatorHangup())  # the goodbye is asked for; the line must not follow it
-    c.feed(response_done("r_talk"))
-    assert [e["response"]["metadata"]["sipctl"] for e in creates(c.log)[1:]] == ["goodbye"]
-    assert any("dropped" in m for m in marks(c))
-    assert c.feed(TimerFired(SAY_NEXT_TIMER)) == []
-
-
-def test_say_and_mute_wait_for_no_transfer_but_are_refused_during_one_context_is_not() -> None:
-    c = Call(
-        profile=AgentProfile(
-            tools=("end_call", "transfer_call"), transfer=Transfer(targets={"sales": "tel:+14155550199"})
-        )
-    )
-    c.greeted()
-    c.feed(OperatorTransfer("sales"))
-    assert c.m.transferring
-    assert c.feed(OperatorSay("x", "now")) == []
-    assert c.feed(OperatorMute(True)) == []
-    assert len(sends(c.feed(OperatorContext("VIP caller")))) == 1
-    assert c.m.control.refusal(c.m, "say") == "a transfer is under way"
-
-
-def test_mute_is_refused_without_turn_detection() -> None:
-    c = Call(profile=AgentProfile(turn_detection=None))
-    c.greeted()
-    assert c.feed(OperatorMute(True)) == []
-    assert "no turn detection" in (c.m.control.refusal(c.m, "mute") or "")
-
-
-def test_nothing_is_done_before_the_call_is_answered() -> None:
-    c = Call()
-    assert c.m.control.refusal(c.m, "context") == "the call is not answered yet"
-
-
-# ---- a tool's answer ------------------------------------------------------------------------------------
-
-
-def test_a_tool_answer_s_say_is_its_answer_and_its_context_comes_first() -> None:
-    tool = HttpTool(
-        type="http",
-        name="order_status",
-        description="d",
-        url="http://127.0.0.1:9/x",
-        parameters={"type": "object", "properties": {}},
-    )
-    c = Call(profile=AgentProfile(tools=("end_call", tool)))
-    c.greeted()
-    c.feed(response_created("r_tool"))
-    c.feed(response_done("r_tool", output=[fc("call_1", "order_status", "{}")]))
-    answer, actions, problem = split_tool_answer(
-        {"result": {"late": True}, "actions": [{"context": "Offer 10% off."}, {"say": "It is late, sorry."}]}
-    )
-    assert problem == ""
-    assert answer == {"result": {"late": True}}
-    out = sends(c.feed(ToolDone("call_1", True, '{"result": {"late": true}}', 0.1, actions=actions)))
-    assert [e["type"] for e in out] == ["conversation.item.create", "conversation.item.create", "response.create"]
-    assert out[0]["item"]["type"] == "function_call_output"
-    assert out[1]["item"]["role"] == "system"
-    assert out[2]["response"]["metadata"]["sipctl"] == "say"
-    assert '"It is late, sorry."' in out[2]["response"]["instructions"]
-
-
-def test_malformed_tool_actions_are_refused_whole_and_the_model_answers_on_its_own() -> None:
-    bad = [
-        ({"actions": "say hi"}, "actions must be a list"),
-        ({"actions": [{"say": ""}]}, "actions[0].say must not be empty"),
-        ({"actions": [{"say": "a", "context": "b"}]}, "one key"),
-        ({"actions": [{"shout": "a"}]}, "unknown action"),
-        ({"actions": [{"mute": "yes"}]}, "must be true"),
-        ({"actions": [{"say": "a"}, {"say": "b"}]}, "at most one say"),
-        ({"actions": [{"context": "x"}] * 6}, "at most 5"),
-        ({"actions": [{"say": "x" * (control.MAX_SAY_CHARS + 1)}]}, "at most 1000 characters"),
+    assert "eagerness" not in td  # server VAD takes no eagerness
+    assert td["idle_timeout_ms"] == 6000
+    assert c.on_input(port, OperatorMute(True), 2.0) == []  # already muted: no second update
+    assert marks(port)[-1] == "control: mute from operator: already muted"
+    c.on_input(port, OperatorMute(False), 3.0)
+    assert not c.muted
+    restored = port.updates[-1].patch["audio"]["input"]["turn_detection"]
+    assert restored == VAD.model_dump(exclude_none=True, exclude={"eagerness"})
+    assert marks(port) == [
+        "control: mute from operator",
+        "control: mute from operator: already muted",
+        "control: unmute from operator",
     ]
-    for value, why in bad:
-        _, actions, problem = split_tool_answer(value)
-        assert actions == (), value
-        assert why in problem, (value, problem)
-    assert split_tool_answer("plain text") == ("plain text", (), "")
-    assert split_tool_answer({"result": 1}) == ({"result": 1}, (), "")
-    _, actions, _ = split_tool_answer({"actions": [{"mute": True}, {"unmute": True}]})
-    assert actions == (OperatorMute(True, source="tool"), OperatorMute(False, source="tool"))
+
+
+def test_semantic_vad_keeps_its_eagerness_and_drops_the_idle_timeout() -> None:
+    semantic = TurnDetection(type="semantic_vad", eagerness="low", idle_timeout_ms=6000)
+    port = FakeControlPort()
+    make(semantic).on_input(port, OperatorMute(True), 1.0)
+    td = port.updates[-1].patch["audio"]["input"]["turn_detection"]
+    assert td["eagerness"] == "low"
+    assert "idle_timeout_ms" not in td
+
+
+# ---- helpers --------------------------------------------------------------------------------------------
+
+
+def test_kind_of_and_check_text() -> None:
+    assert [kind_of(i) for i in (OperatorSay("a"), OperatorContext("b"), OperatorMute(True), OperatorMute(False))] == [
+        "say",
+        "context",
+        "mute",
+        "unmute",
+    ]
+    assert check_text("  hi \n", limit=10) == "hi"
+    for value, why in [(3, "must be a string"), ("   ", "must not be empty"), ("a\x00b", "control characters")]:
+        with pytest.raises(ValueError, match=why):
+            check_text(value, limit=10)
+    with pytest.raises(ValueError, match=f"at most {MAX_SAY_CHARS} characters"):
+        check_text("x" * (MAX_SAY_CHARS + 1), limit=MAX_SAY_CHARS)
