@@ -15,6 +15,11 @@ from sip_controller.realtime.events import ServerEvent, parse_server_event
 from sip_controller.realtime.websocket import WebSocketClient, open_websocket
 
 MAX_FRAME_BYTES = 4 * 1024 * 1024
+#: keepalive: a ping every ``PING_INTERVAL_S``; one unanswered for ``PING_TIMEOUT_S`` fails the connection
+PING_INTERVAL_S = 20.0
+PING_TIMEOUT_S = 20.0
+#: the closing handshake's bound, then the TCP connection is closed anyway
+CLOSE_TIMEOUT_S = 2.0
 
 
 class AttachError(Exception):
@@ -89,34 +94,61 @@ class LeanSideband:
 
 
 class LeanConnector:
-    """Opens :class:`LeanSideband` connections (TLS with ``ssl_context`` for ``wss://``)."""
+    """Opens :class:`LeanSideband` connections (TLS with ``ssl_context`` for ``wss://``). The options are
+    :func:`connect_websocket`'s, with the same defaults: the two clients are one interface (and one test suite,
+    ``tests/realtime/test_sideband.py``)."""
 
-    def __init__(self, ssl_context: ssl.SSLContext | None = None, *, open_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        ssl_context: ssl.SSLContext | None = None,
+        *,
+        open_timeout: float = 5.0,
+        max_size: int = MAX_FRAME_BYTES,
+        ping_interval: float | None = PING_INTERVAL_S,
+        ping_timeout: float = PING_TIMEOUT_S,
+        close_timeout: float = CLOSE_TIMEOUT_S,
+    ) -> None:
         self._ssl = ssl_context
         self._open_timeout = open_timeout
+        self._max_size = max_size
+        self._ping_interval = ping_interval
+        self._ping_timeout = ping_timeout
+        self._close_timeout = close_timeout
 
     async def __call__(self, url: str, headers: dict[str, str]) -> Sideband:
         try:
             ws = await open_websocket(
-                url, headers, open_timeout=self._open_timeout, max_size=MAX_FRAME_BYTES, ping_interval=20,
-                ping_timeout=20, close_timeout=2, ssl_context=self._ssl,
+                url, headers, open_timeout=self._open_timeout, max_size=self._max_size,
+                ping_interval=self._ping_interval, ping_timeout=self._ping_timeout,
+                close_timeout=self._close_timeout, ssl_context=self._ssl,
             )
         except (OSError, TimeoutError, WebSocketException) as exc:
             raise _attach_error(exc) from exc
         return LeanSideband(ws)
 
 
-async def connect_websocket(url: str, headers: dict[str, str], *, open_timeout: float = 5.0) -> Sideband:
-    """websockets' own asyncio client: used when a proxy must be honoured (it reads the proxy settings)."""
+async def connect_websocket(
+    url: str,
+    headers: dict[str, str],
+    *,
+    open_timeout: float = 5.0,
+    max_size: int = MAX_FRAME_BYTES,
+    ping_interval: float | None = PING_INTERVAL_S,
+    ping_timeout: float = PING_TIMEOUT_S,
+    close_timeout: float = CLOSE_TIMEOUT_S,
+) -> Sideband:
+    """websockets' own asyncio client: used when a proxy must be honoured (it reads the proxy settings). Like the
+    lean client it offers no per-message compression (websockets' default would: a zlib context per call)."""
     try:
         ws = await connect(
             url,
             additional_headers=headers,
+            compression=None,
             open_timeout=open_timeout,
-            max_size=MAX_FRAME_BYTES,
-            ping_interval=20,
-            ping_timeout=20,
-            close_timeout=2,
+            max_size=max_size,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            close_timeout=close_timeout,
         )
     except (OSError, TimeoutError, WebSocketException) as exc:
         raise _attach_error(exc) from exc
