@@ -33,6 +33,7 @@ from starlette.types import Receive, Scope, Send
 
 from sip_controller import __version__
 from sip_controller.calls.analysis import requests_for as analysis_requests
+from sip_controller.calls.analysis import wanted as analysis_wanted
 from sip_controller.calls.commands import run_command_poller
 from sip_controller.calls.hangups import run_hangup_janitor
 from sip_controller.calls.outbox import report_items
@@ -312,7 +313,11 @@ def create_app(
             )  # fmt: skip
             analyses.start()
             stack.push_async_callback(close_with_deliveries, analyses, notifier, settings)
-            registry.on_finished.append(lambda _record: analyses.kick())
+            # only a call whose profile is analysed wakes the pool: the others would cost two store queries each
+            # on the ring path for nothing (other replicas' requests are found by the pool's poll)
+            registry.on_finished.append(
+                lambda record: analyses.kick() if analysis_wanted(settings, record.profile) is not None else None
+            )
             app.state.analyses = analyses
             app.state.runtime = Runtime(settings, registry, the_store, verifier, process_id)
             if secrets.twilio is not None:  # outbound batches (#16): any replica dials their due rows
