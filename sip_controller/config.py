@@ -17,11 +17,20 @@ import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 from pydantic_settings import (
@@ -162,15 +171,27 @@ def _number_pattern_problem(pattern: str) -> str | None:
     return None
 
 
-def _check_number_patterns(value: tuple[str, ...], example: str) -> tuple[str, ...]:
-    bad = [problem for p in value if (problem := _number_pattern_problem(p))]
-    if bad:
-        raise PydanticCustomError(
-            VALUE_NAMED,
-            "{problems} (patterns are E.164 numbers with * and ? wildcards, e.g. {example})",
-            {"problems": "; ".join(bad), "example": example},
-        )
-    return value
+def _number_pattern(example: str) -> AfterValidator:
+    """Checks one list entry, so each problem is named by its position (``callers.allow[0]``) and a mistyped
+    entry elsewhere in the list does not hide it."""
+
+    def check(pattern: str) -> str:
+        problem = _number_pattern_problem(pattern)
+        if problem is not None:
+            raise PydanticCustomError(
+                VALUE_NAMED,
+                "{problem} (patterns are E.164 numbers with * and ? wildcards, e.g. {example})",
+                {"problem": problem, "example": example},
+            )
+        return pattern
+
+    return AfterValidator(check)
+
+
+#: E.164 number patterns with ``*`` and ``?`` wildcards, each entry checked on its own
+DialedPattern = Annotated[str, _number_pattern("+1800555*")]
+CallerPattern = Annotated[str, _number_pattern("+1415*")]
+DoNotCallPattern = Annotated[str, _number_pattern("+1415555*")]
 
 
 class Route(Strict):
@@ -179,14 +200,9 @@ class Route(Strict):
     one of ``values``. Routes are tried in order; no match means ``default_profile``."""
 
     profile: str
-    dialed: tuple[str, ...] = ()
+    dialed: tuple[DialedPattern, ...] = ()
     header: str | None = None
     values: tuple[str, ...] = ()
-
-    @field_validator("dialed")
-    @classmethod
-    def _patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return _check_number_patterns(value, "+1800555*")
 
     @field_validator("header")
     @classmethod
@@ -200,17 +216,12 @@ class Callers(Strict):
     """Caller screening by number (from ``From``, else ``P-Asserted-Identity``), E.164 patterns with wildcards.
     ``deny`` wins; a non-empty ``allow`` admits only matching callers. Refused calls get ``reject_status``."""
 
-    allow: tuple[str, ...] = ()
-    deny: tuple[str, ...] = ()
+    allow: tuple[CallerPattern, ...] = ()
+    deny: tuple[CallerPattern, ...] = ()
     reject_status: int = Field(default=603, ge=400, le=699)
     #: calls whose caller ID is withheld or unreadable: "allow" (rate-limited together by
     #: limits.anonymous_calls_per_minute) or "reject" with reject_status
     anonymous: Literal["allow", "reject"] = "allow"
-
-    @field_validator("allow", "deny")
-    @classmethod
-    def _patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return _check_number_patterns(value, "+1415*")
 
 
 class ReportEndpoint(Strict):
@@ -360,7 +371,7 @@ class TwilioSettings(Strict):
     #: the caller ID of outbound calls: a number of the Twilio account (E.164); a profile may set its own
     from_number: str | None = None
     #: numbers never called (E.164 patterns with * and ? wildcards); checked on every outbound request
-    do_not_call: tuple[str, ...] = ()
+    do_not_call: tuple[DoNotCallPattern, ...] = ()
     #: how long an outbound call may ring before Twilio gives up (``no_answer``); Twilio's ``Timeout``
     ring_timeout_s: int = Field(default=30, ge=5, le=600)
 
@@ -370,11 +381,6 @@ class TwilioSettings(Strict):
         if value is not None and not E164.fullmatch(value):
             raise ValueError("must be an E.164 number of your Twilio account, e.g. +14155550100")
         return value
-
-    @field_validator("do_not_call")
-    @classmethod
-    def _patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return _check_number_patterns(value, "+1415555*")
 
 
 #: the YAML file being loaded, as parsed (read once, by :func:`load`)

@@ -216,14 +216,42 @@ def test_check_config_reports_schema_and_cross_reference_problems_in_one_run(
         "limits.max_concurrent_calls",
         "reports.endpoints[0].secret_env",
         "routes[0].profile",
-        "routes[1].dialed",
+        "routes[1].dialed[0]",
         "routes[2].header",
-        "routes[3].dialed",
+        "routes[3].dialed[0]",
     ], found
     assert all(p.count("(got ") <= 1 for p in found), found
     assert "'+18005550100'" in next(p for p in found if p.startswith("routes[1].dialed"))
     assert "300" in next(p for p in found if p.startswith("limits.dedupe_ttl_s"))
     assert "SIPCTL_TEST_REPORT_SECRET" in next(p for p in found if p.startswith("reports.endpoints[0]"))
+
+
+EVERY_TOOL_AND_PATTERN = """\
+callers:
+  allow: ["18005550100", 5]
+profiles:
+  default:
+    tools:
+      - end_call
+      - {type: http, name: lookup, description: Look up an order, url: "https://tools.example.com", timeout_s: 0}
+      - {type: python, name: book, description: Book a slot, handler: "not a handler"}
+"""
+
+
+def test_check_config_names_each_bad_tool_and_list_entry_by_index_in_one_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "sipctl.yaml"
+    path.write_text(EVERY_TOOL_AND_PATTERN, encoding="utf-8")
+    assert main(["--config", str(path), "check-config"]) == 2
+    found = [p.split(":", 1)[0] for p in problem_lines(capsys.readouterr().err)]
+    for where in (
+        "profiles.default.tools[1].timeout_s",
+        "profiles.default.tools[2].handler",
+        "callers.allow[0]",
+        "callers.allow[1]",
+    ):
+        assert where in found, found
 
 
 def test_serve_refuses_with_exactly_what_check_config_reports(

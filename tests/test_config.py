@@ -441,9 +441,9 @@ def test_require_for_serving_passes_with_key_and_secret() -> None:
 @pytest.mark.parametrize(
     ("yaml_text", "field", "fix"),
     [
-        ("routes:\n  - {profile: default, dialed: ['18005550100']}\n", "routes[0].dialed", "'+18005550100'"),
-        ("routes:\n  - {profile: default, dialed: ['0800*']}\n", "routes[0].dialed", "country code"),
-        ("callers:\n  deny: ['1900*']\n", "callers.deny", "'+1900*'"),
+        ("routes:\n  - {profile: default, dialed: ['18005550100']}\n", "routes[0].dialed[0]", "'+18005550100'"),
+        ("routes:\n  - {profile: default, dialed: ['+1800*', '0800*']}\n", "routes[0].dialed[1]", "country code"),
+        ("callers:\n  deny: ['1900*']\n", "callers.deny[0]", "'+1900*'"),
     ],
 )
 def test_a_number_pattern_without_plus_can_never_match_and_is_refused(
@@ -453,6 +453,37 @@ def test_a_number_pattern_without_plus_can_never_match_and_is_refused(
     assert line.startswith(f"{field}: ")
     assert "never match" in line
     assert fix in line
+
+
+def test_a_pattern_that_can_never_match_and_a_mistyped_one_are_both_reported(tmp_path: Path) -> None:
+    """Every problem in one run: the type error on one entry does not hide the pattern error on another."""
+    found = problems_of(write_yaml(tmp_path, "callers:\n  allow: ['18005550100', 5]\n"))
+    never = the_problem(found, "callers.allow[0]")
+    assert never.startswith("callers.allow[0]: ")
+    assert "never match" in never
+    assert "'+18005550100'" in never
+    assert the_problem(found, "callers.allow[1]").startswith("callers.allow[1]: Input should be a valid string")
+
+
+TWO_BAD_TOOLS = """\
+profiles:
+  default:
+    tools:
+      - end_call
+      - {type: http, name: lookup, description: Look up an order, url: "https://tools.example.com", timeout_s: 0}
+      - {type: python, name: book, description: Book a slot, handler: "not a handler"}
+"""
+
+
+def test_errors_inside_http_and_python_tools_keep_their_index_and_every_bad_tool_is_reported(
+    tmp_path: Path,
+) -> None:
+    found = problems_of(write_yaml(tmp_path, TWO_BAD_TOOLS))
+    timeout = the_problem(found, "timeout_s")
+    assert timeout.startswith("profiles.default.tools[1].timeout_s: "), found
+    handler = the_problem(found, "handler")
+    assert handler.startswith("profiles.default.tools[2].handler: "), found
+    assert "package.module:function" in handler
 
 
 def test_wildcard_patterns_still_match_everything(tmp_path: Path) -> None:

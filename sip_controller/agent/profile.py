@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from sip_controller.agent import tools
 from sip_controller.agent.analysis import CallAnalysis
@@ -101,6 +101,19 @@ class PythonTool(HandlerTool):
 
 
 ToolEntry = str | HttpTool | PythonTool | dict[str, Any]
+
+
+def _typed_tool(entry: Any) -> Any:
+    """An object with type http/python becomes an HttpTool/PythonTool, so its errors are that model's (not one
+    per member of the union). Run on each entry of ``tools``: every bad tool is reported, at ``tools[i]``."""
+    if isinstance(entry, dict) and entry.get("type") == "http":
+        return HttpTool.model_validate(entry)
+    if isinstance(entry, dict) and entry.get("type") == "python":
+        return PythonTool.model_validate(entry)
+    return entry
+
+
+_TypedToolEntry = Annotated[ToolEntry, BeforeValidator(_typed_tool)]
 
 
 class Transfer(Strict):
@@ -271,7 +284,7 @@ class AgentProfile(Strict):
     codec: Literal["pcmu", "pcma", "pcm", "negotiated"] = "pcmu"
     allow_pcm: bool = False
     vad_on_accept: bool = False
-    tools: tuple[ToolEntry, ...] = ("end_call",)
+    tools: tuple[_TypedToolEntry, ...] = ("end_call",)
     tool_choice: str | dict[str, Any] = "auto"
     max_output_tokens: int | str | None = None
     reasoning_effort: str | None = None
@@ -307,22 +320,6 @@ class AgentProfile(Strict):
         if len(set(value)) != len(value):
             raise ValueError("each variable may be declared once")
         return value
-
-    @field_validator("tools", mode="before")
-    @classmethod
-    def _typed_tools(cls, value: Any) -> Any:
-        """Objects with type http/python become HttpTool/PythonTool (so their errors are precise)."""
-        if not isinstance(value, list | tuple):
-            return value
-        out: list[Any] = []
-        for entry in value:
-            if isinstance(entry, dict) and entry.get("type") == "http":
-                out.append(HttpTool.model_validate(entry))
-            elif isinstance(entry, dict) and entry.get("type") == "python":
-                out.append(PythonTool.model_validate(entry))
-            else:
-                out.append(entry)
-        return out
 
     def handler_tools(self) -> dict[str, HttpTool | PythonTool]:
         return {t.name: t for t in self.tools if isinstance(t, HttpTool | PythonTool)}
