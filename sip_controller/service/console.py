@@ -9,7 +9,9 @@ origin, and sign-out and the page's buttons also need the session's CSRF token (
 The page lists live and recently ended calls and, with ``?call=<call_id>``, one call's transcript and the
 operator's buttons (hang up, transfer to an allow-listed target). ``/console.js`` keeps it current from
 ``GET /v1/events`` (server-sent events): a snapshot of the calls every second and, with ``?call_id=…``, that
-call's transcript lines as they appear.
+call's transcript lines as they appear. The header links the live view to the call history (#17: the Calls
+view, a call's page, the Overview), drawn in the same page by the script of :mod:`.console_history`, which
+``/console.js`` carries after the live view's.
 
 Everything from the caller's side (transcripts, numbers) is escaped on the server and set with ``textContent``
 in the browser; a Content-Security-Policy allows only this origin's script. Streams are bounded: at most
@@ -37,7 +39,7 @@ from starlette.types import Receive, Scope, Send
 
 from sip_controller.calls.features.control import MAX_CONTEXT_CHARS
 from sip_controller.calls.report import CallRecord
-from sip_controller.service import history
+from sip_controller.service import console_history, history
 from sip_controller.service.admin import CSRF_HEADER, AdminAuth, call_summary
 from sip_controller.service.sessions import Session, retry_after_header, same_origin
 from sip_controller.state.records import StoreError
@@ -87,7 +89,7 @@ dd{margin:0;overflow-wrap:anywhere}
 .login input{font:inherit;width:100%;box-sizing:border-box;padding:.4rem;margin:.4rem 0 .8rem}
 .error{color:#b3261e}
 #result{min-height:1.2em}
-""".strip()
+""".strip() + "\n" + console_history.STYLE
 
 _STYLE_HASH = base64.b64encode(hashlib.sha256(_STYLE.encode()).digest()).decode()
 _CSP = (
@@ -256,7 +258,7 @@ _SCRIPT = r"""
     });
   });
 })();
-""".replace("__RECENT__", str(RECENT_SHOWN)).replace("__CSRF_HEADER__", CSRF_HEADER).lstrip()
+""".replace("__RECENT__", str(RECENT_SHOWN)).replace("__CSRF_HEADER__", CSRF_HEADER).lstrip() + console_history.SCRIPT
 
 
 def _e(value: object) -> str:
@@ -514,8 +516,8 @@ def routes(
             targets = list(supervisor.machine.profile.transfer.targets) if supervisor is not None else []
             detail = _detail(record, summary, selected, targets)
         body = (
-            '<header><h1>sip-controller &middot; live calls '
-            f'(<span id="live-count">{len(live)}</span>)</h1>'
+            "<header><h1>sip-controller</h1>"
+            f"{console_history.nav(len(live))}"
             '<span id="status" class="muted">connecting&hellip;</span>'
             '<form method="post" action="/logout">'
             f'<input type="hidden" name="csrf" value="{_e(csrf)}">'
@@ -529,6 +531,7 @@ def routes(
             '<section><h2>Recently ended</h2>'
             f'{_table("recent-calls", ended, selected, "None yet.")}</section></div>'
             f"{detail}</main>"
+            f"{console_history.pane(rt.settings.profiles)}"
             '<script src="/console.js"></script>'
         )
         return _page("sip-controller · live calls", body)
