@@ -70,7 +70,7 @@ from .wire import (
 log = logging.getLogger(__name__)
 
 TOOL_FOLLOWUP_WAIT = 3.0  # nominal seconds the caller waits for the controller to answer a tool call
-INTERRUPT_WAIT = 5.0  # nominal seconds a barging-in caller waits for assistant audio to start
+INTERRUPT_WAIT = 5.0  # nominal seconds a barging-in caller waits for assistant audio to start (``interrupt_wait``)
 DTMF_GAP = 0.2
 REFER_COMPLETES_AFTER = 0.3
 #: transcripts that are hold music or a recorded announcement, not a person (case-insensitive substrings)
@@ -1299,7 +1299,8 @@ class CallRuntime:
                 for step in spec.steps:
                     if step.interrupt is not None:
                         # barge in: speak into the assistant's audio instead of waiting for it to end
-                        await _wait(self._audio_on, scaled(INTERRUPT_WAIT))
+                        patience = INTERRUPT_WAIT if step.interrupt_wait is None else step.interrupt_wait
+                        await _wait(self._audio_on, scaled(patience))
                         await asyncio.sleep(scaled(step.interrupt))
                     else:
                         await self._audio_idle.wait()

@@ -68,7 +68,8 @@ class Step(_Strict):
     With ``say``: ``reply`` (what the model answers) or ``tool`` (the model calls a tool instead), and with a
     tool, ``then`` (what the model says on the controller's next ``response.create``). ``interrupt: s`` makes
     the caller barge in: instead of waiting for the assistant's audio to end, they start speaking ``s`` seconds
-    into it (waiting at most 5 s for audio to start if none is playing).
+    into it (waiting at most ``interrupt_wait`` seconds, default 5, for audio to start if none is playing: a
+    longer wait barges into a line the controller says later, such as a wrap-up or a goodbye).
     """
 
     say: str | None = Field(default=None, min_length=1)
@@ -76,6 +77,7 @@ class Step(_Strict):
     tool: ToolCall | None = None
     then: str | None = Field(default=None, min_length=1)
     interrupt: float | None = Field(default=None, ge=0)
+    interrupt_wait: float | None = Field(default=None, gt=0, le=3600)
     wait: float | None = Field(default=None, ge=0)
     hangup: bool | None = None
     dtmf: str | None = None
@@ -102,13 +104,16 @@ class Step(_Strict):
             found = ", ".join(main) if main else "none"
             raise ValueError(f"a step needs exactly one of {', '.join(STEP_KINDS)} (found: {found})")
         if self.say is None:
-            extra = [k for k in ("reply", "tool", "then", "interrupt") if getattr(self, k) is not None]
+            with_say = ("reply", "tool", "then", "interrupt", "interrupt_wait")
+            extra = [k for k in with_say if getattr(self, k) is not None]
             if extra:
                 raise ValueError(f"{', '.join(extra)} only go with say")
         if self.reply is not None and self.tool is not None:
             raise ValueError("a step has either reply or tool, not both")
         if self.then is not None and self.tool is None:
             raise ValueError("then only goes with tool")
+        if self.interrupt_wait is not None and self.interrupt is None:
+            raise ValueError("interrupt_wait only goes with interrupt")
         return self
 
     @property
