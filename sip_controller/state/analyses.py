@@ -17,7 +17,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from sip_controller.state.records import OutboxItem, dumps
+from sip_controller.state.records import OutboxItem, analysis_outcome, dumps
 
 AnalysisStatus = Literal["pending", "done", "failed"]
 ANALYSIS_COLUMNS = (
@@ -62,6 +62,15 @@ def analysis_row(row: Any, load: Callable[[Any], Any]) -> AnalysisRow:
         cost_usd=row["cost_usd"],
         finished_at=row["finished_at"],
     )
+
+
+def analysis_columns(status: str, result: Mapping[str, Any] | None, cost_usd: float | None) -> dict[str, Any] | None:
+    """The call history's columns (#17) an analysis writes on its call once settled (``done`` or ``failed``: its
+    verdict, summary and cost); None while it is pending (a retry)."""
+    if status == "pending":
+        return None
+    outcome, summary = analysis_outcome(result)
+    return {"outcome": outcome, "analysis_summary": summary, "analysis_usd": cost_usd}
 
 
 def _as_is(value: Any) -> Any:
@@ -175,9 +184,14 @@ class SQLiteAnalyses(_Settling):
         cut = None if error is None else error[:1000]
         args = (status, encoded, cost_usd, cut, due_at, finished, call_id, worker)
 
+        summary = analysis_columns(status, result, cost_usd)
+
         def op(conn: Any) -> bool:
             if not conn.execute(sql, args).rowcount:
                 return False
+            if summary is not None:  # the call history's columns (#17), in the same transaction
+                sets = ", ".join(f"{name} = ?" for name in summary)
+                conn.execute(f"UPDATE calls SET {sets} WHERE call_id = ?", (*summary.values(), call_id))
             self._enqueue(conn, outbox, now)
             return True
 
@@ -261,6 +275,12 @@ class PostgresAnalyses(_Settling):
             )  # fmt: skip
             if not _count(changed):
                 return False
+            summary = analysis_columns(status, result, cost_usd)
+            if summary is not None:  # the call history's columns (#17), in the same transaction
+                await conn.execute(
+                    "UPDATE calls SET outcome = $1, analysis_summary = $2, analysis_usd = $3 WHERE call_id = $4",
+                    summary["outcome"], summary["analysis_summary"], summary["analysis_usd"], call_id,
+                )  # fmt: skip
             await self._enqueue_outbox(conn, outbox, now)
         return True
 

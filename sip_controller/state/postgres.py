@@ -42,6 +42,7 @@ import asyncpg
 from sip_controller.state import migrations
 from sip_controller.state.analyses import PostgresAnalyses
 from sip_controller.state.batches import PostgresBatches
+from sip_controller.state.history import PostgresHistory, finish_columns
 from sip_controller.state.records import (
     COMMAND_KINDS,
     HANGING_UP,
@@ -53,12 +54,10 @@ from sip_controller.state.records import (
     Entry,
     Fence,
     Fenced,
-    HistoryQuery,
     NewCall,
     OutboxItem,
     OutboxRow,
     OutboxStats,
-    Page,
     ProcessRow,
     SchemaError,
     StoredEntry,
@@ -66,11 +65,8 @@ from sip_controller.state.records import (
     SweepCounts,
     as_is,
     call_row,
-    check_query,
     command_row,
-    decode_cursor,
     dumps,
-    encode_cursor,
     new_call_row,
     outbox_row,
 )
@@ -159,7 +155,7 @@ async def _enqueue(conn: Conn, items: Sequence[OutboxItem], now: float) -> int:
     return added
 
 
-class PostgresStore(PostgresAnalyses, PostgresBatches, Store):
+class PostgresStore(PostgresHistory, PostgresAnalyses, PostgresBatches, Store):
     """The :class:`~sip_controller.state.store.Store` on PostgreSQL. Build it with :meth:`open`."""
 
     backend = "postgresql"
@@ -463,7 +459,13 @@ class PostgresStore(PostgresAnalyses, PostgresBatches, Store):
         return await self._record(fence, entries, changes, (), self._clock())
 
     async def _record(
-        self, fence: Fence, entries: Sequence[Entry], changes: dict[str, Any], outbox: Sequence[OutboxItem], now: float
+        self,
+        fence: Fence,
+        entries: Sequence[Entry],
+        changes: dict[str, Any],
+        outbox: Sequence[OutboxItem],
+        now: float,
+        text: str = "",
     ) -> int:
         """The fenced update of the call row (which also numbers the entries), its entries and ``outbox`` rows, as
         ONE statement (#18): atomic by itself, so one round trip and no BEGIN/COMMIT. The inserts select from the
@@ -498,6 +500,12 @@ class PostgresStore(PostgresAnalyses, PostgresBatches, Store):
                 f"unnest(${n + 1}::text[], ${n + 2}::text[], ${n + 3}::text[], ${n + 4}::text[], ${n + 5}::text[], "
                 f"${n + 6}::float8[]) AS o(key, call_id, destination, event, payload, due_at) "
                 "ON CONFLICT (key) DO NOTHING)"
+            )
+        if text:  # a finishing call's transcript, into the full-text index (#17)
+            args.append(text)
+            sql += (
+                f", s AS (INSERT INTO call_search (call_id, body) SELECT $3, to_tsvector('simple', ${len(args)}) "
+                "FROM u)"
             )
         async with self._conn() as conn:
             count = await conn.fetchval(sql + " SELECT entry_count FROM u", *args)
@@ -535,7 +543,9 @@ class PostgresStore(PostgresAnalyses, PostgresBatches, Store):
         }
         if cost_usd is not None:
             changes["cost_usd"] = cost_usd
-        await self._record(fence, entries, changes, outbox, now)
+        summary, text = finish_columns(report, cost_usd or 0.0)
+        changes.update(summary)
+        await self._record(fence, entries, changes, outbox, now, text)
 
     async def record_finished(
         self,
@@ -548,12 +558,16 @@ class PostgresStore(PostgresAnalyses, PostgresBatches, Store):
         ended_at: float | None = None,
     ) -> None:
         now = self._clock()
-        async with self._conn() as conn:  # one statement: the row, then its entries and outbox rows from it
+        summary, text = finish_columns(report, call.cost_usd)
+        async with self._conn() as conn:  # one statement: the row, then its entries, outbox and text rows from it
             inserted = await conn.fetchval(
                 "WITH c AS (INSERT INTO calls (call_id, owner, state, profile, inputs, caller, dialed, received_at, "
-                "accepted_at, deadlines, cost_usd, updated_at, entry_count, ended_at, ended_reason, report) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) "
+                "accepted_at, deadlines, cost_usd, updated_at, entry_count, ended_at, ended_reason, report, "
+                "model_usd, transcription_usd) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $26, $27) "
                 "ON CONFLICT (call_id) DO NOTHING RETURNING call_id), "
+                "s AS (INSERT INTO call_search (call_id, body) SELECT c.call_id, to_tsvector('simple', $28) FROM c "
+                "WHERE $28 <> ''), "
                 "e AS (INSERT INTO call_entries (call_id, seq, kind, at, data) "
                 "SELECT c.call_id, e.n, e.kind, e.at, e.data::jsonb FROM c, "
                 "unnest($17::text[], $18::float8[], $19::text[]) WITH ORDINALITY AS e(kind, at, data, n)), "
@@ -569,6 +583,7 @@ class PostgresStore(PostgresAnalyses, PostgresBatches, Store):
                 [i.key for i in outbox], [i.call_id for i in outbox], [i.destination for i in outbox],
                 [i.event for i in outbox], [dumps(i.payload) for i in outbox],
                 [now if i.due_at is None else i.due_at for i in outbox],
+                summary["model_usd"], summary["transcription_usd"], text,
             )  # fmt: skip
         if not inserted:
             raise CallExists(f"call {call.call_id} already exists")
@@ -628,37 +643,6 @@ class PostgresStore(PostgresAnalyses, PostgresBatches, Store):
                 HANGING_UP, now, limit,
             )  # fmt: skip
         return [_call_row(r) for r in rows]
-
-    async def list_finished(self, query: HistoryQuery) -> Page:
-        check_query(query)
-        where = ["ended_at IS NOT NULL"]
-        args: list[object] = []
-        for column, op, value in (
-            ("ended_at", ">=", query.since),
-            ("ended_at", "<", query.until),
-            ("ended_reason", "=", query.ended_reason),
-            ("profile", "=", query.profile),
-            ("caller", "=", query.caller),
-        ):
-            if value is not None:
-                args.append(value)
-                where.append(f"{column} {op} ${len(args)}")
-        if query.cursor is not None:
-            ended_at, call_id = decode_cursor(query.cursor)
-            args += [ended_at, call_id]
-            where.append(f"(ended_at, call_id) < (${len(args) - 1}, ${len(args)})")
-        args.append(query.limit + 1)
-        async with self._conn() as conn:
-            rows = await conn.fetch(
-                f"SELECT {CALL_COLUMNS} FROM calls WHERE {' AND '.join(where)} "
-                f"ORDER BY ended_at DESC, call_id DESC LIMIT ${len(args)}",
-                *args,
-            )
-        calls = [_call_row(r) for r in rows[: query.limit]]
-        last = calls[-1] if calls else None
-        more = len(rows) > query.limit
-        cursor = encode_cursor(last.ended_at, last.call_id) if more and last and last.ended_at is not None else None
-        return Page(calls, cursor)
 
     # ---- operator commands ----------------------------------------------------------------------------------
 
@@ -769,7 +753,6 @@ class PostgresStore(PostgresAnalyses, PostgresBatches, Store):
             return int(
                 await conn.fetchval("SELECT count(*) FROM caller_hits WHERE key = $1 AND at > $2", key, now - window_s)
             )
-
 
     # ---- Twilio calls (#16) ---------------------------------------------------------------------------------
 

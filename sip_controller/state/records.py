@@ -11,8 +11,11 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
+import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 
@@ -132,6 +135,10 @@ class CallRow:
     updated_at: float
     ended_at: float | None
     ended_reason: str | None
+    #: the call history's summary (#17), read by ``list_finished`` only (None elsewhere): the analysis's verdict
+    #: (``succeeded``, ``failed``, None = unknown) and its short summary
+    outcome: str | None = None
+    analysis_summary: str | None = None
 
     @property
     def fence(self) -> Fence:
@@ -238,10 +245,18 @@ class OutboxStats:
     oldest_age_s: float | None
 
 
+#: the analysis's verdict on a call's success criteria, as the history filters it (#17): ``unknown`` is a call not
+#: analysed, an analysis that failed, or one without success criteria
+Outcome = Literal["succeeded", "failed", "unknown"]
+OUTCOMES: tuple[Outcome, ...] = ("succeeded", "failed", "unknown")
+
+
 @dataclass(frozen=True)
 class HistoryQuery:
     """Filters of ``list_finished``; all optional. ``since``/``until`` bound ``ended_at`` (``since`` inclusive,
-    ``until`` exclusive); ``caller`` matches the stored number exactly."""
+    ``until`` exclusive); ``caller`` matches the stored number exactly; ``text`` is a full-text search over the
+    call's transcript (words, not substrings: every word must be in it; ``"a phrase"`` in quotes and ``-word`` to
+    leave out, as PostgreSQL's ``websearch_to_tsquery``); ``outcome`` the analysis's verdict."""
 
     since: float | None = None
     until: float | None = None
@@ -251,6 +266,8 @@ class HistoryQuery:
     limit: int = 50
     #: ``Page.next_cursor`` of the previous page
     cursor: str | None = None
+    text: str | None = None
+    outcome: Outcome | None = None
 
 
 @dataclass(frozen=True)
@@ -259,6 +276,47 @@ class Page:
 
     calls: list[CallRow]
     next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class DayCost:
+    """What the calls that ended on one UTC day cost, split (USD)."""
+
+    day: str  # YYYY-MM-DD
+    model_usd: float
+    transcription_usd: float
+    analysis_usd: float
+
+
+@dataclass(frozen=True)
+class Overview:
+    """Aggregates over the calls that ended in ``[since, until)`` (``Store.overview``). ``per_bucket`` holds every
+    bucket of the range (start epoch seconds, calls; empty ones as 0), aligned on UTC multiples of ``bucket_s``;
+    ``cost_per_day`` every UTC day of the range. Ring-to-answer (received to accepted, ms; nearest-rank
+    percentiles) and handle time (accepted to ended, s) count answered calls only; ``transfer_rate`` is the share
+    of calls that ended ``transferred``; ``success_rate`` the share of ``succeeded`` among calls with a verdict.
+    None where nothing was there to measure."""
+
+    since: float
+    until: float
+    bucket_s: int
+    calls: int
+    per_bucket: list[tuple[float, int]]
+    ended_reasons: dict[str, int]
+    cost_per_day: list[DayCost]
+    ring_p50_ms: float | None
+    ring_p95_ms: float | None
+    avg_handle_s: float | None
+    transfer_rate: float | None
+    success_rate: float | None
+
+
+@dataclass(frozen=True)
+class Purged:
+    """What one bounded ``Store.purge`` pass did: calls deleted, and calls whose transcript was stripped."""
+
+    calls: int = 0
+    transcripts: int = 0
 
 
 #: what an operator can ask of a live call from any replica (``post_command``)
@@ -338,6 +396,139 @@ def dumps(value: Mapping[str, Any]) -> str:
 def check_query(query: HistoryQuery) -> None:
     if not 1 <= query.limit <= 1000:
         raise ValueError("limit must be between 1 and 1000")
+    if query.outcome is not None and query.outcome not in OUTCOMES:
+        raise ValueError(f"outcome must be one of: {', '.join(OUTCOMES)}")
+    if query.text is not None and not search_terms(query.text):
+        raise ValueError("text must hold at least one word to search for")
+
+
+# ---- the call history (#17) -------------------------------------------------------------------------------------
+
+_TERM = re.compile(r'(-?)"([^"]*)"?|(-?)([^\s"]+)')
+_WORD = re.compile(r"\w+")
+#: at most this many words of a search are used (a search is a few words, not a document)
+MAX_SEARCH_WORDS = 32
+#: the stored analysis summary is cut to this many characters
+SUMMARY_CHARS = 500
+
+
+def search_terms(text: str) -> list[tuple[bool, list[str]]]:
+    """A search as ``websearch_to_tsquery`` reads it: ``(negated, words)`` per term, a quoted phrase being one
+    term of several words; punctuation is not a word. Terms without words are dropped."""
+    terms: list[tuple[bool, list[str]]] = []
+    count = 0
+    for match in _TERM.finditer(text):
+        negated = bool(match.group(1) or match.group(3))
+        words = _WORD.findall(match.group(2) if match.group(2) is not None else match.group(4))
+        words = [w.lower() for w in words][: max(0, MAX_SEARCH_WORDS - count)]
+        if words:
+            terms.append((negated, words))
+            count += len(words)
+    return terms
+
+
+def fts5_query(text: str) -> str | None:
+    """The FTS5 MATCH expression of a search (:func:`search_terms`): words quoted (never FTS5 syntax), all of them
+    required, a phrase in order, ``-word`` left out. None for a search of negations only: it matches nothing (on
+    both backends)."""
+    terms = search_terms(text)
+    positive = ['"' + " ".join(words) + '"' for negated, words in terms if not negated]
+    negative = ['"' + " ".join(words) + '"' for negated, words in terms if negated]
+    if not positive:
+        return None
+    return " AND ".join(positive) + "".join(f" NOT {n}" for n in negative)
+
+
+def transcript_text(report: Mapping[str, Any]) -> str:
+    """The searchable text of a report: its transcript's lines, one a line."""
+    lines = report.get("transcript")
+    if not isinstance(lines, list):
+        return ""
+    return "\n".join(str(line["text"]) for line in lines if isinstance(line, dict) and line.get("text"))
+
+
+def cost_split(report: Mapping[str, Any], cost_usd: float) -> tuple[float, float]:
+    """``(model_usd, transcription_usd)`` of a finished call: the report's ``transcription_cost_usd`` (0 when it
+    has none) and the rest of its ``cost_usd`` (``cost_usd`` of the row when the report has none)."""
+    raw_total = report.get("cost_usd")
+    total = float(raw_total) if isinstance(raw_total, int | float) else cost_usd
+    raw = report.get("transcription_cost_usd")
+    transcription = float(raw) if isinstance(raw, int | float) else 0.0
+    return total - transcription, transcription
+
+
+def analysis_outcome(result: Mapping[str, Any] | None) -> tuple[str | None, str | None]:
+    """``(outcome, summary)`` of a stored analysis document: ``succeeded``/``failed`` from its ``success`` (None =
+    unknown), and its ``summary`` cut to :data:`SUMMARY_CHARS`."""
+    if result is None:
+        return None, None
+    success = result.get("success")
+    outcome = "succeeded" if success is True else "failed" if success is False else None
+    summary = result.get("summary")
+    return outcome, summary[:SUMMARY_CHARS] if isinstance(summary, str) and summary else None
+
+
+def bucket_starts(since: float, until: float, bucket_s: int) -> list[float]:
+    """The starts of the ``bucket_s`` buckets (UTC multiples) that ``[since, until)`` touches."""
+    first = math.floor(since / bucket_s) * bucket_s
+    return [float(t) for t in range(int(first), math.ceil(until), bucket_s)] if until > since else []
+
+
+def utc_day(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%d")
+
+
+def check_overview(since: float, until: float, bucket_s: int) -> None:
+    if bucket_s not in (3600, 86400):
+        raise ValueError("bucket_s must be 3600 (an hour) or 86400 (a day)")
+    if not until > since:
+        raise ValueError("until must be after since")
+    if until - since > MAX_OVERVIEW_DAYS * 86400:
+        raise ValueError(f"the range is at most {MAX_OVERVIEW_DAYS} days")
+
+
+#: the longest range an overview covers
+MAX_OVERVIEW_DAYS = 400
+
+
+def make_overview(
+    since: float,
+    until: float,
+    bucket_s: int,
+    buckets: Mapping[int, int],
+    reasons: Mapping[str, int],
+    days: Mapping[int, tuple[float, float, float]],
+    totals: tuple[int, int, int, int, float | None],
+    ring: tuple[float | None, float | None],
+) -> Overview:
+    """The :class:`Overview` from what the backends' queries counted: calls per bucket number (``floor(ended_at /
+    bucket_s)``), per ended_reason, cost per day number; ``totals`` = (calls, transferred, with a verdict,
+    succeeded, average handle s); ``ring`` = (p50, p95) ms."""
+    calls, transferred, judged, succeeded, handle = totals
+    day_list = []
+    for start in bucket_starts(since, until, 86400):
+        number = int(start // 86400)
+        model, transcription, analysis = days.get(number, (0.0, 0.0, 0.0))
+        day_list.append(DayCost(utc_day(start), round(model, 6), round(transcription, 6), round(analysis, 6)))
+    return Overview(
+        since=since,
+        until=until,
+        bucket_s=bucket_s,
+        calls=calls,
+        per_bucket=[(start, buckets.get(int(start // bucket_s), 0)) for start in bucket_starts(since, until, bucket_s)],
+        ended_reasons=dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
+        cost_per_day=day_list,
+        ring_p50_ms=None if ring[0] is None else round(ring[0], 1),
+        ring_p95_ms=None if ring[1] is None else round(ring[1], 1),
+        avg_handle_s=None if handle is None else round(handle, 3),
+        transfer_rate=round(transferred / calls, 4) if calls else None,
+        success_rate=round(succeeded / judged, 4) if judged else None,
+    )
+
+
+def percentile_ranks(n: int) -> tuple[int, int]:
+    """The 1-based ranks of the nearest-rank p50 and p95 among ``n`` sorted values (``percentile_disc``)."""
+    return max(1, math.ceil(0.5 * n)), max(1, math.ceil(0.95 * n))
 
 
 # ---- rows as the backends read them ------------------------------------------------------------------------
@@ -347,6 +538,11 @@ def check_query(query: HistoryQuery) -> None:
 
 def as_is(value: Any) -> Any:
     return value
+
+
+def history_row(row: Any, load: Callable[[Any], Any]) -> CallRow:
+    """A row of ``list_finished`` (the call's columns and its history summary)."""
+    return replace(call_row(row, load), outcome=row["outcome"], analysis_summary=row["analysis_summary"])
 
 
 def call_row(row: Any, load: Callable[[Any], Any]) -> CallRow:
@@ -400,4 +596,3 @@ def command_row(row: Any, load: Callable[[Any], Any]) -> CommandRow:
         done_at=row["done_at"],
         outcome=row["outcome"],
     )
-

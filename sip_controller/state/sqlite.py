@@ -60,6 +60,7 @@ from typing import Any, Literal, TypeVar
 from sip_controller.state import migrations
 from sip_controller.state.analyses import SQLiteAnalyses
 from sip_controller.state.batches import SQLiteBatches
+from sip_controller.state.history import SQLiteHistory, finish_columns
 from sip_controller.state.records import (
     COMMAND_KINDS,
     HANGING_UP,
@@ -71,23 +72,18 @@ from sip_controller.state.records import (
     Entry,
     Fence,
     Fenced,
-    HistoryQuery,
     NewCall,
     OutboxItem,
     OutboxRow,
     OutboxStats,
-    Page,
     ProcessRow,
     SchemaError,
     StoredEntry,
     StoreError,
     SweepCounts,
     call_row,
-    check_query,
     command_row,
-    decode_cursor,
     dumps,
-    encode_cursor,
     new_call_row,
     outbox_row,
 )
@@ -142,7 +138,7 @@ def _fenced_reason(conn: Conn, fence: Fence) -> Literal["stale_owner", "finished
     return None
 
 
-class SQLiteStore(SQLiteAnalyses, SQLiteBatches, Store):
+class SQLiteStore(SQLiteHistory, SQLiteAnalyses, SQLiteBatches, Store):
     """The :class:`~sip_controller.state.store.Store` on one SQLite file. Build it with :meth:`open`."""
 
     backend = "sqlite"
@@ -411,8 +407,7 @@ class SQLiteStore(SQLiteAnalyses, SQLiteBatches, Store):
         todo = await self._read(lambda conn: migrations.pending(self._applied(conn), migrations.available("sqlite")))
         if todo:
             raise SchemaError(
-                f"{len(todo)} schema migration(s) not applied (up to {todo[-1].version:04d}); run "
-                "`sipctl migrate`"
+                f"{len(todo)} schema migration(s) not applied (up to {todo[-1].version:04d}); run `sipctl migrate`"
             )
 
     async def schema_version(self) -> int:
@@ -691,10 +686,13 @@ class SQLiteStore(SQLiteAnalyses, SQLiteBatches, Store):
         }
         if cost_usd is not None:
             changes["cost_usd"] = cost_usd
+        summary, text = finish_columns(report, cost_usd or 0.0)
+        changes.update(summary)
         rows = [(e.kind, e.at, dumps(e.data)) for e in entries]
 
         def op(conn: Conn) -> None:
             self._record(conn, fence, rows, changes, now)
+            self._index_text(conn, fence.call_id, text)
             self._enqueue(conn, outbox, now)
 
         await self._write(op, inline=True)
@@ -710,23 +708,27 @@ class SQLiteStore(SQLiteAnalyses, SQLiteBatches, Store):
         ended_at: float | None = None,
     ) -> None:
         now = self._clock()
+        summary, text = finish_columns(report, call.cost_usd)
         values = (
             call.call_id, call.owner, call.state, call.profile, dumps(call.inputs), call.caller, call.dialed,
             call.received_at, call.accepted_at, dumps(call.deadlines), call.cost_usd, now, len(entries),
-            now if ended_at is None else ended_at, ended_reason, dumps(report),
+            now if ended_at is None else ended_at, ended_reason, dumps(report), summary["model_usd"],
+            summary["transcription_usd"],
         )  # fmt: skip
         rows = [(call.call_id, seq, e.kind, e.at, dumps(e.data)) for seq, e in enumerate(entries, start=1)]
 
         def op(conn: Conn) -> None:
             inserted = conn.execute(
                 "INSERT INTO calls (call_id, owner, state, profile, inputs, caller, dialed, received_at, "
-                "accepted_at, deadlines, cost_usd, updated_at, entry_count, ended_at, ended_reason, report) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (call_id) DO NOTHING",
+                "accepted_at, deadlines, cost_usd, updated_at, entry_count, ended_at, ended_reason, report, "
+                "model_usd, transcription_usd) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (call_id) DO NOTHING",
                 values,
             ).rowcount
             if not inserted:
                 raise CallExists(f"call {call.call_id} already exists")
             conn.executemany("INSERT INTO call_entries (call_id, seq, kind, at, data) VALUES (?, ?, ?, ?, ?)", rows)
+            self._index_text(conn, call.call_id, text)
             self._enqueue(conn, outbox, now)
 
         await self._write(op, inline=True)
@@ -787,34 +789,6 @@ class SQLiteStore(SQLiteAnalyses, SQLiteBatches, Store):
         return await self._run(
             lambda conn: [_call_row(r) for r in conn.execute(sql, (HANGING_UP, now, limit)).fetchall()]
         )
-
-    async def list_finished(self, query: HistoryQuery) -> Page:
-        check_query(query)
-        where = ["ended_at IS NOT NULL"]
-        args: list[object] = []
-        for column, op, value in (
-            ("ended_at", ">=", query.since),
-            ("ended_at", "<", query.until),
-            ("ended_reason", "=", query.ended_reason),
-            ("profile", "=", query.profile),
-            ("caller", "=", query.caller),
-        ):
-            if value is not None:
-                where.append(f"{column} {op} ?")
-                args.append(value)
-        if query.cursor is not None:
-            ended_at, call_id = decode_cursor(query.cursor)
-            where.append("(ended_at, call_id) < (?, ?)")
-            args += [ended_at, call_id]
-        sql = (
-            f"SELECT {CALL_COLUMNS} FROM calls WHERE {' AND '.join(where)} ORDER BY ended_at DESC, call_id DESC LIMIT ?"
-        )
-        rows = await self._run(lambda conn: [_call_row(r) for r in conn.execute(sql, (*args, query.limit + 1))])
-        calls = rows[: query.limit]
-        more = len(rows) > query.limit
-        last = calls[-1] if calls else None
-        cursor = encode_cursor(last.ended_at, last.call_id) if more and last and last.ended_at is not None else None
-        return Page(calls, cursor)
 
     # ---- operator commands ----------------------------------------------------------------------------------
 
@@ -1025,4 +999,3 @@ class SQLiteStore(SQLiteAnalyses, SQLiteBatches, Store):
         )
         row = await self._write(lambda conn: conn.execute(sql, (call_id, now, correlation, call_id)).fetchone())
         return None if row is None else twilio_call_row(row, json.loads)
-

@@ -57,8 +57,10 @@ from sip_controller.state.records import (
     OutboxItem,
     OutboxRow,
     OutboxStats,
+    Overview,
     Page,
     ProcessRow,
+    Purged,
     StoredEntry,
     SweepCounts,
 )
@@ -311,7 +313,28 @@ class Store(StateStore, Protocol):
 
     async def list_finished(self, query: HistoryQuery) -> Page:
         """Finished calls matching ``query``, newest ``ended_at`` first, ``query.limit`` at a time (keyset paging:
-        pass ``next_cursor`` back as ``query.cursor``). ValueError for a bad cursor or limit."""
+        pass ``next_cursor`` back as ``query.cursor``), each with its history summary (``outcome``,
+        ``analysis_summary``). ``query.text`` searches the transcripts' words (SQLite FTS5, PostgreSQL
+        ``websearch_to_tsquery('simple', …)`` over a GIN index); ``query.outcome`` ``unknown`` is a call without a
+        verdict. ValueError for a bad cursor, limit, outcome, or a search without a word."""
+        ...
+
+    async def overview(self, since: float, until: float, *, bucket_s: int) -> Overview:
+        """The call history's aggregates over the calls that ended in ``[since, until)`` (#17): calls per bucket
+        (``bucket_s`` 3600 or 86400, UTC-aligned, empty buckets as 0), the ``ended_reason`` mix, cost per UTC day
+        split model / transcription / analysis, ring-to-answer p50/p95 (ms), average handle time (accepted to
+        ended, s), transfer and success rates (:class:`~.records.Overview`). Aggregate SQL on the store (a grouped
+        pass and a sorted one over an index of finished calls), never the calls loaded into memory. ValueError for
+        another bucket, an empty range or one over 400 days."""
+        ...
+
+    async def purge(self, *, before: float, transcripts_before: float | None, limit: int) -> Purged:
+        """One bounded retention pass, oldest first, at most ``limit`` calls in all, in one transaction: finished
+        calls that ended before ``before`` are deleted (the row, its entries, analysis and full-text row); then,
+        within what is left of ``limit``, calls that ended before ``transcripts_before`` (None: none) lose their
+        transcript (the report's ``transcript`` emptied, the ``transcript`` entries and the full-text row deleted;
+        marked so that the next pass skips them). Live calls are never touched. Call it again until it returns
+        fewer than ``limit``."""
         ...
 
     # ---- operator commands ----------------------------------------------------------------------------------
