@@ -52,6 +52,14 @@
     var t = Math.max(0, Math.floor(s)), m = Math.floor(t / 60), r = t % 60;
     return m + ":" + pad(r);
   }
+  function span(s) {  // a call's length: tenths under ten seconds, m:ss above
+    if (s === null || s === undefined) { return "\u2013"; }
+    return s < 10 ? Number(s).toFixed(1) + " s" : clock(s);
+  }
+  function offset(s) {  // when in the call: m:ss.s
+    var t = Math.max(0, Number(s) || 0), m = Math.floor(t / 60), r = t - 60 * m;
+    return m + ":" + (r < 10 ? "0" : "") + r.toFixed(1);
+  }
   function usd(v, digits) {
     return v === null || v === undefined ? "\u2013" : "$" + Number(v).toFixed(digits === undefined ? 4 : digits);
   }
@@ -252,7 +260,7 @@
     var outcome = el("td");
     outcome.appendChild(outcomeBadge(c.live ? "live" : c.outcome));
     tr.appendChild(outcome);
-    tr.appendChild(el("td", {"class": "num"}, clock(c.duration_s)));
+    tr.appendChild(el("td", {"class": "num"}, span(c.duration_s)));
     tr.appendChild(el("td", {"class": "num"}, usd(c.cost_usd)));
     var caller = el("td", {"class": "caller"});
     var number = el("span", {"class": "number"}, c.caller || "withheld");
@@ -315,7 +323,7 @@
       ["Profile", report.profile],
       ["Started", when(ts.received_at || report.started)],
       ["Ended", when(ts.ended_at || report.ended)],
-      ["Duration", clock(timings.duration_s !== undefined ? timings.duration_s : report.duration_s)],
+      ["Duration", span(timings.duration_s !== undefined ? timings.duration_s : report.duration_s)],
       ["Ended reason", reason || report.state, "call-ended-reason"],
       ["Ended by", reason ? ENDED_BY[reason] || reason : "\u2013", "call-ended-by"],
       ["Caller", report.caller || "withheld"],
@@ -365,7 +373,7 @@
   }
   function chatItem(cls, at, label, text) {
     var li = el("li", {"class": cls});
-    li.appendChild(el("span", {"class": "at"}, clock(at) + (label ? " \u00b7 " + label : "")));
+    li.appendChild(el("span", {"class": "at"}, offset(at) + (label ? " \u00b7 " + label : "")));
     if (text !== null && text !== undefined) { li.appendChild(el("span", {"class": "text"}, text)); }
     return li;
   }
@@ -380,10 +388,10 @@
   function timelineItems(report) {
     var items = [];
     var seq = 0;
-    function push(at, node) { items.push({at: at || 0, seq: seq++, node: node}); }
+    function push(at, node, kind) { items.push({at: at || 0, seq: seq++, node: node, kind: kind || ""}); }
     (report.transcript || []).forEach(function (t) {
       var role = t.role === "caller" || t.role === "keypad" ? t.role : "assistant";
-      push(t.at_s, chatItem(role, t.at_s, role === "keypad" ? "keypad" : role, t.text));
+      push(t.at_s, chatItem(role, t.at_s, role, t.text), role);
     });
     (report.tool_calls || []).forEach(function (t) {
       var li = chatItem("tool", t.at_s, "tool call " + t.name + " \u2192 " + (t.outcome || "?"), null);
@@ -413,7 +421,17 @@
         (t.gap_s !== undefined ? " after " + Number(t.gap_s).toFixed(1) + " s without its owner" : "")));
     });
     items.sort(function (a, b) { return a.at - b.at || a.seq - b.seq; });
-    return items;
+    var merged = [];  // the digits of one keypad entry (pressed one by one) in one bubble
+    items.forEach(function (item) {
+      var last = merged[merged.length - 1];
+      if (item.kind === "keypad" && last && last.kind === "keypad") {
+        var text = last.node.querySelector(".text");
+        text.textContent = text.textContent + item.node.querySelector(".text").textContent;
+        return;
+      }
+      merged.push(item);
+    });
+    return merged;
   }
   function analysisSection(analysis) {
     var s = section("Analysis", "analysis");
