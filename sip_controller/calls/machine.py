@@ -494,6 +494,10 @@ class CallMachine:
     def on_hold(self) -> bool:
         return self.hold.active
 
+    @property
+    def muted(self) -> bool:
+        return self.control.muted
+
     def next_event_id(self, kind: str) -> str:
         self._event_seq += 1
         return f"ctl_{kind}_{self._event_seq}"
@@ -657,8 +661,9 @@ class CallMachine:
         return self.transfer.start(self, target, rel)
 
     def pause_silence(self, paused: bool) -> list[Action]:
-        """For hold mode: waiting on hold is not silence."""
-        return self.watchdog.pause_silence(self, paused)
+        """Waiting on hold is not silence, nor is a caller waiting while the agent is muted (the operator has the
+        call: no nudge, no silence goodbye): counted again once neither is in force."""
+        return self.watchdog.pause_silence(self, paused or self.hold.active or self.control.muted)
 
     def model_failed(self, rel: float, why: str) -> list[Action]:
         """The model cannot say what the call needs (a line failed again, or answer after answer fails): hang up

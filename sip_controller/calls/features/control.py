@@ -9,15 +9,18 @@ HTTP tool steers a call while it happens.
   a time, the rest wait in order (at most ``MAX_WAITING_LINES``).
 - **context**: a system message (``conversation.item.create``, role ``system``) the model sees from now on.
 - **mute** / **unmute**: the agent stops answering on its own: the turn detection's ``create_response`` and
-  ``interrupt_response`` are turned off through a ``session.update`` (which, like every update, states
-  ``type: realtime`` and restates the codec: ``session.session_patch``); the caller is still heard and
-  transcribed. Unmute restores the profile's values. Both take effect when OpenAI confirms (``session.updated``).
+  ``interrupt_response`` (and OpenAI's idle-timeout re-prompt) are turned off through a ``session.update`` (which,
+  like every update, states ``type: realtime`` and restates the codec: ``session.session_patch``); the caller is
+  still heard and transcribed, and their silence is not counted (no nudge, no silence goodbye: the operator has
+  the call). Unmute restores the profile's values. Both take effect when OpenAI confirms (``session.updated``).
+  Hold mode turns answers off too: on hold, a mute is taken and outlives the hold (the agent stays muted when a
+  person is back), and an unmute leaves the answers off until the hold ends (``features/turns.py``).
 
 Every action goes through the call machine as an input, one at a time with everything else, and is marked on the
 report's timeline (never with its text: that is what the transcript is for). It is refused while the call is
 not live (not answered yet, or ending: nothing may race a goodbye); say, mute and unmute while a transfer is
-under way (its handoff line must not be cut off); mute and unmute on hold (hold mode owns the turn detection then)
-or without turn detection. ``refusal`` says why, so that the admin API can answer 409 before queueing anything.
+under way (its handoff line must not be cut off); mute and unmute without turn detection. ``refusal`` says why,
+so that the admin API can answer 409 before queueing anything.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any, Literal, Protocol
 
 from sip_controller.agent.profile import TurnDetection
 from sip_controller.calls.actions import Action, CancelTimer, Send, StartTimer
+from sip_controller.calls.features import turns
 from sip_controller.calls.features.port import CallPort
 from sip_controller.calls.inputs import OperatorContext, OperatorMute, OperatorSay
 from sip_controller.calls.tags import Tag, answers, request_tag
@@ -143,8 +147,6 @@ class LiveControl:
             if len(self.waiting) >= MAX_WAITING_LINES:
                 return f"{MAX_WAITING_LINES} lines are already waiting to be said"
             return None
-        if port.on_hold:
-            return "the call is on hold (hold mode decides when the agent answers)"
         if self.turn_detection is None:
             return "the profile has no turn detection: the agent answers only when asked"
         return None
@@ -217,23 +219,14 @@ class LiveControl:
             port.record.mark(rel, f"control: {word} from {source}: already {'muted' if muted else 'answering'}")
             return []
         self.muted = muted
-        port.record.mark(rel, f"control: {word} from {source}")
-        td = self._turn_detection(answering=not muted)
+        on_hold = ""
+        if port.on_hold:
+            on_hold = " (on hold: kept when the hold ends)" if muted else " (on hold: no answers until it ends)"
+        port.record.mark(rel, f"control: {word} from {source}{on_hold}")
+        td = turns.turn_detection(self.turn_detection, on_hold=port.on_hold, muted=muted)
         assert td is not None  # refused without turn detection
-        patch = {"audio": {"input": {"turn_detection": td}}}
-        return port.update_session(patch, rel, what=word, then=[])
-
-    def _turn_detection(self, *, answering: bool) -> dict[str, Any] | None:
-        """The profile's turn detection as a session patch: as configured (answering) or answering nothing."""
-        td = self.turn_detection
-        if td is None:
-            return None
-        body = td.model_dump(exclude_none=True)
-        body.pop("eagerness" if td.type == "server_vad" else "idle_timeout_ms", None)
-        if not answering:
-            body["create_response"] = False
-            body["interrupt_response"] = False
-        return body
+        update = port.update_session(turns.session_patch(td), rel, what=word, then=[])
+        return [*port.pause_silence(muted), *update]
 
     # ---- what the call reports ----------------------------------------------------------------------
 

@@ -4,16 +4,20 @@ The session stops answering on its own (``turn_detection.create_response: false`
 each caller transcript is then checked — by a cheap out-of-band text classification (``response.create`` with
 ``conversation: "none"``) or by a phrase list — and when a person is back the session is restored and the model
 answers. Hold time and the usage spent on hold are recorded separately; a maximum hold time ends the call.
+
+Live control's mute (``features/control.py``) turns the agent's own answers off too, and may come or go during a
+hold: the turn detection both send is :func:`turns.turn_detection` of the two, so a hold that ends while the
+agent is muted leaves it muted (no answers of its own, and no answer asked for: the operator has the call).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from sip_controller.agent.profile import Hold as HoldConfig
 from sip_controller.agent.profile import TurnDetection
 from sip_controller.calls.actions import Action, CancelTimer, Send, StartTimer
+from sip_controller.calls.features import turns
 from sip_controller.calls.features.port import CallPort
 from sip_controller.calls.report import ToolCallRecord
 from sip_controller.realtime import events as ev
@@ -76,10 +80,9 @@ class Hold:
             StartTimer(HOLD_MAX_TIMER, self.config.max_hold_s),
             *port.pause_silence(True),
         ]
-        td = self._turn_detection(create_response=False)
+        td = turns.turn_detection(self.turn_detection, on_hold=True, muted=port.muted)
         if td is not None:
-            patch = {"audio": {"input": {"turn_detection": td}}}
-            actions.extend(port.update_session(patch, rel, what="hold mode", then=[]))
+            actions.extend(port.update_session(turns.session_patch(td), rel, what="hold mode", then=[]))
         return actions
 
     def on_caller_transcript(self, port: CallPort, text: str, item_id: str | None, rel: float) -> list[Action]:
@@ -149,30 +152,20 @@ class Hold:
 
     def _resume(self, port: CallPort, rel: float, why: str, *, keep: str | None = None) -> list[Action]:
         """End the hold: forget what was heard on hold (but the person's first words), restore the session, and
-        let the model answer."""
+        let the model answer — unless the agent is muted: then it stays muted and nothing is asked of it."""
         assert self.waiting is not None
         held = [item for item in self.waiting.items if item != keep]
         self.settle(port, rel)
         self.waiting = None
-        port.record.mark(rel, f"hold mode off: {why}")
+        muted = port.muted
+        port.record.mark(rel, f"hold mode off: {why}" + ("; muted: the agent waits for the operator" if muted else ""))
         actions: list[Action] = [CancelTimer(HOLD_MAX_TIMER), *port.pause_silence(False)]
         actions.extend(
             Send({"type": "conversation.item.delete", "event_id": port.next_event_id("item"), "item_id": item})
             for item in held
         )
-        restore = self.turn_detection.create_response if self.turn_detection is not None else True
-        td = self._turn_detection(create_response=restore)
+        answer: list[Action] = [] if muted else [port.respond()]
+        td = turns.turn_detection(self.turn_detection, on_hold=False, muted=muted)
         if td is None:
-            return [*actions, port.respond()]
-        patch = {"audio": {"input": {"turn_detection": td}}}
-        return [*actions, *port.update_session(patch, rel, what="end of hold", then=[port.respond()])]
-
-    def _turn_detection(self, *, create_response: bool) -> dict[str, Any] | None:
-        """The profile's turn detection as a session patch, with ``create_response`` set."""
-        td = self.turn_detection
-        if td is None:
-            return None
-        body = td.model_dump(exclude_none=True)
-        body.pop("eagerness" if td.type == "server_vad" else "idle_timeout_ms", None)
-        body["create_response"] = create_response
-        return body
+            return [*actions, *answer]
+        return [*actions, *port.update_session(turns.session_patch(td), rel, what="end of hold", then=answer)]

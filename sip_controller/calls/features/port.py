@@ -30,6 +30,11 @@ class CallPort(Protocol):
         ...
 
     @property
+    def muted(self) -> bool:
+        """Live control muted the agent: it answers only when asked (a say line) until it is unmuted."""
+        ...
+
+    @property
     def audio_started(self) -> Container[str]:
         """Responses whose audio began playing to the caller."""
         ...
@@ -91,5 +96,6 @@ class CallPort(Protocol):
         ...
 
     def pause_silence(self, paused: bool) -> list[Action]:
-        """Stop (or resume) counting caller silence."""
+        """Stop (or resume) counting caller silence. Silence stays uncounted while any feature still pauses it
+        (on hold, or muted): a resume asked for while the other is in force changes nothing."""
         ...

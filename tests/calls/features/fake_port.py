@@ -24,6 +24,7 @@ class Update:
 @dataclass
 class FakePort:
     live: bool = True
+    muted: bool = False
     record: CallRecord = field(default_factory=lambda: CallRecord("rtc_unit", "unit", datetime(2026, 1, 1, tzinfo=UTC)))
     audio_started: set[str] = field(default_factory=set)
     audio_stopped: set[str] = field(default_factory=set)

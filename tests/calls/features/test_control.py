@@ -4,9 +4,13 @@ with a goodbye or a transfer. ``test_control_unit.py`` drives ``LiveControl`` al
 
 from __future__ import annotations
 
-from sip_controller.agent.profile import AgentProfile, HttpTool, Transfer
-from sip_controller.calls.features import control
+from typing import Any
+
+from sip_controller.agent.profile import AgentProfile, HttpTool, Transfer, TurnDetection
+from sip_controller.calls.actions import Action
+from sip_controller.calls.features import control, hold
 from sip_controller.calls.features.control import SAY_NEXT_MAX_S, SAY_NEXT_TIMER, split_tool_answer
+from sip_controller.calls.features.watchdog import SILENCE_TIMER
 from sip_controller.calls.inputs import (
     OperatorContext,
     OperatorHangup,
@@ -20,9 +24,11 @@ from sip_controller.calls.states import CallState
 from tests.callkit import (
     Call,
     audio,
+    cancelled,
     creates,
     end_after_goodbye,
     fc,
+    heard,
     response_created,
     response_done,
     said,
@@ -302,17 +308,136 @@ def test_a_refused_control_is_marked_with_why_before_the_call_is_answered() -> N
     assert c.state() == CallState.RECEIVED
 
 
-def test_mute_is_refused_on_hold_and_context_is_not() -> None:
-    c = Call(profile=AgentProfile.model_validate({"tools": ["end_call", "wait_on_hold"], "hold": {}}))
+def on_hold(c: Call) -> None:
+    """A greeted call whose model asked to wait on hold; the hold's session.update in force."""
     c.greeted()
-    c.feed(response_done("r1", output=[fc("c1", "wait_on_hold", "{}")]))
+    c.feed(response_done("r_hold", output=[fc("c_hold", "wait_on_hold", "{}")]))
     c.feed(session_updated())
     assert c.m.hold.active
-    assert c.feed(OperatorMute(True)) == []
-    assert c.m.control.refusal(c.m, "mute") == "the call is on hold (hold mode decides when the agent answers)"
+
+
+def hold_check(c: Call, rid: str, heard_text: str, verdict: str) -> list[Action]:
+    """A caller transcript on hold, its out-of-band check and the classifier's verdict; all actions."""
+    answer = [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": verdict}]}]
+    out = c.feed(heard(heard_text))
+    meta = c.tag()  # the check's metadata, as OpenAI echoes it
+    assert hold.PURPOSE in meta.values()
+    out += c.feed(response_created(rid, metadata=meta))
+    return out + c.feed(response_done(rid, output=answer, metadata=meta))
+
+
+def turn_detection(actions: list[Action]) -> dict[str, Any]:
+    (update,) = [e for e in sends(actions) if e["type"] == "session.update"]
+    td: dict[str, Any] = update["session"]["audio"]["input"]["turn_detection"]
+    return td
+
+
+HOLD = {"tools": ["end_call", "wait_on_hold"], "hold": {}}
+
+
+def test_mute_on_hold_is_taken_and_the_agent_stays_muted_when_the_hold_ends() -> None:
+    c = Call(profile=AgentProfile.model_validate(HOLD))
+    on_hold(c)
+    muted = c.feed(OperatorMute(True))
+    assert c.m.control.muted
+    td = turn_detection(muted)
+    assert (td["create_response"], td["interrupt_response"]) == (False, False)
+    c.feed(session_updated())
+    assert c.m.hold.active  # the mute does not end the hold
+    assert [e["type"] for e in sends(c.feed(OperatorContext("Still on hold.")))] == ["conversation.item.create"]
+    # a person is back: the hold ends, but the agent stays muted: no answers of its own, none asked for now
+    resumed = hold_check(c, "r_chk", "Hi, this is Dana. Are you there?", "yes")
+    assert not c.m.hold.active
+    td = turn_detection(resumed)
+    assert (td["create_response"], td["interrupt_response"]) == (False, False)
+    assert creates(c.feed(session_updated())) == []
+    assert "hold mode off: a person is back (classifier); muted: the agent waits for the operator" in [
+        what for _, what in c.record.timeline
+    ]
+    c.feed(speech("started"))
+    assert creates(c.feed(speech("stopped"))) == []  # heard, not answered
+    # unmute: the profile's answers come back
+    td = turn_detection(c.feed(OperatorMute(False)))
+    assert (td["create_response"], td["interrupt_response"]) == (True, True)
+    assert marks(c) == [
+        "control: mute from operator (on hold: kept when the hold ends)",
+        "control: context from operator added (14 chars)",
+        "control: unmute from operator",
+    ]
+
+
+def test_unmute_on_hold_keeps_the_hold_s_answers_off_until_a_person_is_back() -> None:
+    c = Call(profile=AgentProfile.model_validate(HOLD))
+    c.greeted()
+    c.feed(OperatorMute(True))
+    c.feed(session_updated())
+    # a response already under way asks to wait on hold while the agent is muted: the hold keeps the mute
+    went = c.feed(response_done("r_hold", output=[fc("c_hold", "wait_on_hold", "{}")]))
+    td = turn_detection(went)
+    assert (td["create_response"], td["interrupt_response"]) == (False, False)
+    c.feed(session_updated())
+    assert c.m.hold.active
+    # unmute on hold: taken (no longer muted), but still on hold: the agent does not answer hold music
+    unmuted = c.feed(OperatorMute(False))
     assert not c.m.control.muted
-    assert len(sends(c.feed(OperatorContext("Still on hold.")))) == 1
-    assert marks(c)[0].startswith("control: mute from operator refused (the call is on hold")
+    td = turn_detection(unmuted)
+    assert (td["create_response"], td["interrupt_response"]) == (False, True)
+    assert creates(unmuted) == []
+    c.feed(session_updated())
+    assert c.m.hold.active
+    c.feed(speech("started"))
+    assert creates(c.feed(speech("stopped"))) == []
+    (check,) = creates(hold_check(c, "r_m", "la la la", "no"))  # the check only
+    assert hold.PURPOSE in check["response"]["metadata"].values()
+    # the hold ends: answers back on, and the model answers the person
+    resumed = hold_check(c, "r_chk", "Hello, thanks for holding.", "yes")
+    td = turn_detection(resumed)
+    assert (td["create_response"], td["interrupt_response"]) == (True, True)
+    (answer,) = creates(c.feed(session_updated()))
+    assert "instructions" not in (answer.get("response") or {})  # a plain answer to the conversation
+    assert "control: unmute from operator (on hold: no answers until it ends)" in marks(c)
+
+
+def test_muted_the_silence_watchdog_never_nudges_and_counts_again_on_unmute() -> None:
+    profile = AgentProfile.model_validate({"watchdogs": {"silence_timeout_s": 20}})
+    c = Call(profile=profile, silence_watchdog=True)
+    c.greeted()
+    muted = c.feed(OperatorMute(True))
+    assert SILENCE_TIMER in cancelled(muted)
+    assert c.m.watchdog.paused
+    c.feed(session_updated())
+    assert c.feed(TimerFired(SILENCE_TIMER)) == []  # a timer already on its way: no nudge, no goodbye
+    c.feed(speech("started"))
+    assert SILENCE_TIMER not in timers(c.feed(speech("stopped")))  # still not counted
+    unmuted = c.feed(OperatorMute(False))
+    assert timers(unmuted)[SILENCE_TIMER] == 20
+    assert not c.m.watchdog.paused
+    (nudge,) = creates(c.feed(TimerFired(SILENCE_TIMER)))
+    assert nudge["response"]["metadata"]["sipctl"] == "nudge"
+
+
+def test_silence_stays_paused_while_either_hold_or_mute_is_in_force() -> None:
+    profile = AgentProfile.model_validate({**HOLD, "watchdogs": {"silence_timeout_s": 20}})
+    c = Call(profile=profile, silence_watchdog=True)
+    on_hold(c)
+    c.feed(OperatorMute(True))
+    c.feed(session_updated())
+    hold_check(c, "r_chk", "Hi, Dana here.", "yes")  # the hold ends while muted
+    assert c.m.watchdog.paused
+    assert c.feed(TimerFired(SILENCE_TIMER)) == []
+    c.feed(session_updated())
+    assert SILENCE_TIMER in timers(c.feed(OperatorMute(False)))
+    assert not c.m.watchdog.paused
+
+
+def test_mute_turns_off_openai_s_idle_timeout_re_prompt_and_unmute_restores_it() -> None:
+    vad = TurnDetection(type="server_vad", idle_timeout_ms=6000)
+    c = Call(profile=AgentProfile(turn_detection=vad))
+    c.greeted()
+    td = turn_detection(c.feed(OperatorMute(True)))
+    assert td["idle_timeout_ms"] is None  # OpenAI's own re-prompt is an answer of the agent's own too
+    c.feed(session_updated())
+    assert turn_detection(c.feed(OperatorMute(False)))["idle_timeout_ms"] == 6000
 
 
 def test_the_say_next_bound_with_nothing_waiting_does_nothing() -> None:

@@ -62,8 +62,6 @@ def test_the_fake_is_a_control_port() -> None:
         (FakeControlPort(live=False), "say", "the call is not answered yet"),
         (FakeControlPort(transferring=True), "say", "a transfer is under way"),
         (FakeControlPort(transferring=True), "mute", "a transfer is under way"),
-        (FakeControlPort(on_hold=True), "mute", "the call is on hold (hold mode decides when the agent answers)"),
-        (FakeControlPort(on_hold=True), "unmute", "the call is on hold (hold mode decides when the agent answers)"),
     ],
 )
 def test_refusal_says_why(port: FakeControlPort, kind: Kind, why: str) -> None:
@@ -78,6 +76,8 @@ def test_refusal_says_why(port: FakeControlPort, kind: Kind, why: str) -> None:
         (FakeControlPort(transferring=True), "context"),
         (FakeControlPort(on_hold=True), "say"),
         (FakeControlPort(on_hold=True), "context"),
+        (FakeControlPort(on_hold=True), "mute"),  # hold and mute compose (features/turns.py)
+        (FakeControlPort(on_hold=True), "unmute"),
     ],
 )
 def test_what_is_allowed(port: FakeControlPort, kind: Kind) -> None:
@@ -240,13 +240,15 @@ def test_mute_patches_the_turn_detection_off_and_unmute_restores_the_profile_s()
     assert td["create_response"] is False
     assert td["interrupt_response"] is False
     assert "eagerness" not in td  # server VAD takes no eagerness
-    assert td["idle_timeout_ms"] == 6000
+    assert td["idle_timeout_ms"] is None  # nor does OpenAI re-prompt a silent caller on the agent's behalf
+    assert port.pauses == [True]  # the caller's silence is not counted: no nudge, no silence goodbye
     assert c.on_input(port, OperatorMute(True), 2.0) == []  # already muted: no second update
     assert marks(port)[-1] == "control: mute from operator: already muted"
     c.on_input(port, OperatorMute(False), 3.0)
     assert not c.muted
     restored = port.updates[-1].patch["audio"]["input"]["turn_detection"]
     assert restored == VAD.model_dump(exclude_none=True, exclude={"eagerness"})
+    assert port.pauses == [True, False]
     assert marks(port) == [
         "control: mute from operator",
         "control: mute from operator: already muted",
@@ -279,3 +281,20 @@ def test_kind_of_and_check_text() -> None:
             check_text(value, limit=10)
     with pytest.raises(ValueError, match=f"at most {MAX_SAY_CHARS} characters"):
         check_text("x" * (MAX_SAY_CHARS + 1), limit=MAX_SAY_CHARS)
+
+
+def test_mute_and_unmute_on_hold_leave_the_answers_off_and_say_so() -> None:
+    port = FakeControlPort(on_hold=True)
+    c = make()
+    c.on_input(port, OperatorMute(True), 1.0)
+    td = port.updates[-1].patch["audio"]["input"]["turn_detection"]
+    assert (td["create_response"], td["interrupt_response"], td["idle_timeout_ms"]) == (False, False, None)
+    c.on_input(port, OperatorMute(False), 2.0)
+    assert not c.muted
+    td = port.updates[-1].patch["audio"]["input"]["turn_detection"]
+    # still on hold: no answers of its own (nor OpenAI's re-prompt), but the caller may cut a line off again
+    assert (td["create_response"], td["interrupt_response"], td["idle_timeout_ms"]) == (False, True, None)
+    assert marks(port) == [
+        "control: mute from operator (on hold: kept when the hold ends)",
+        "control: unmute from operator (on hold: no answers until it ends)",
+    ]

@@ -11,7 +11,7 @@ from sip_controller.calls.actions import Action, Finish
 from sip_controller.calls.features import hold
 from sip_controller.calls.features.hold import HOLD_MAX_TIMER
 from sip_controller.calls.features.watchdog import SILENCE_TIMER
-from sip_controller.calls.inputs import SidebandClosed, TimerFired
+from sip_controller.calls.inputs import OperatorMute, SidebandClosed, TimerFired
 from sip_controller.calls.pricing import (
     DEFAULT_MODEL_PRICES,
     DEFAULT_TRANSCRIPTION_PRICES,
@@ -30,6 +30,7 @@ from tests.callkit import (  # the shared machine-test kit
     finishes,
     heard,
     outputs,
+    plain_answer,
     response_created,
     response_done,
     said,
@@ -41,7 +42,7 @@ from tests.callkit import (  # the shared machine-test kit
     usage,
 )
 
-META = {"purpose": hold.PURPOSE}
+META = {"sipctl": hold.PURPOSE, "n": "1"}  # a hold check's tag (calls/tags.py), as OpenAI echoes it
 PRICES = DEFAULT_MODEL_PRICES["gpt-realtime-2.1"]
 MINI_TRANSCRIBE = DEFAULT_TRANSCRIPTION_PRICES["gpt-4o-mini-transcribe"]
 
@@ -98,7 +99,7 @@ def test_classifier_check_is_out_of_band_text() -> None:
     assert event["type"] == "response.create"
     assert r["conversation"] == "none"
     assert r["output_modalities"] == ["text"]
-    assert r["metadata"]["purpose"] == META["purpose"]
+    assert r["metadata"]["sipctl"] == hold.PURPOSE
     assert r["metadata"]["item_id"] == "i"  # the transcript's item: kept if this is the person coming back
     assert r["input"] == [
         {"type": "message", "role": "user",
@@ -129,7 +130,7 @@ def test_classifier_yes_restores_responses_and_answers_after_session_updated() -
     assert update["session"]["type"] == "realtime"
     assert update["session"]["audio"]["input"]["turn_detection"]["create_response"] is True
     assert update["session"]["audio"]["output"]["format"] == {"type": "audio/pcmu"}
-    assert creates(actions)[-1]["response"]["metadata"]["purpose"] == META["purpose"]  # no plain response.create yet
+    assert creates(actions)[-1]["response"]["metadata"]["sipctl"] == hold.PURPOSE  # no plain response.create yet
     assert not c.m.hold.active
     assert not c.m.watchdog.paused
     after = c.feed(session_updated())
@@ -164,7 +165,7 @@ def test_phrase_mode_resumes_on_a_configured_phrase() -> None:
     actions = c.feed(heard("OK, I'm BACK WITH YOU now."))
     assert not c.m.hold.active
     assert [e["type"] for e in sends(actions)] == ["session.update"]
-    assert [e.get("response") for e in creates(c.feed(session_updated()))] == [None]
+    assert [plain_answer(e) for e in creates(c.feed(session_updated()))] == ["answer"]
 
 
 def test_hold_time_and_hold_usage_are_recorded() -> None:
@@ -293,3 +294,50 @@ def test_hold_cost_adds_both_parts_and_needs_no_model_prices_for_the_transcripti
     model_part = response_cost(c.record.hold_usage, PRICES)
     assert model_part > 0
     assert c.record.hold_cost_usd == pytest.approx(model_part + 0.012)  # the check's transcript carried no usage
+
+
+# ---- hold and live control's mute (#17): both turn the agent's own answers off --------------------------------
+
+
+def test_a_hold_ending_while_muted_leaves_the_agent_muted_and_asks_for_no_answer() -> None:
+    c = Call(profile=hold_profile(detect="phrases", resume_phrases=["back with you"]))
+    go_on_hold(c)
+    c.feed(OperatorMute(True))
+    c.feed(session_updated())
+    resumed = c.feed(heard("OK, I'm back with you."))
+    assert not c.m.hold.active
+    [update] = [e for e in sends(resumed) if e["type"] == "session.update"]
+    td = update["session"]["audio"]["input"]["turn_detection"]
+    assert (td["create_response"], td["interrupt_response"]) == (False, False)
+    assert creates(resumed) == []
+    assert creates(c.feed(session_updated())) == []  # no answer of its own: the operator has the call
+    assert c.m.control.muted
+
+
+def test_a_hold_check_while_muted_is_still_asked_and_its_yes_ends_only_the_hold() -> None:
+    c = Call(profile=hold_profile())
+    go_on_hold(c)
+    c.feed(OperatorMute(True))
+    c.feed(session_updated())
+    [event] = sends(c.feed(heard("la la la")))  # muted or not, what is heard on hold is checked
+    assert event["response"]["conversation"] == "none"
+    actions = check(c, "r_chk", "Hi, this is Dana.", "Yes.")
+    (only,) = creates(actions)  # the check itself, no answer
+    assert hold.PURPOSE in only["response"]["metadata"].values()
+    assert not c.m.hold.active
+    assert HOLD_MAX_TIMER in cancelled(actions)
+    assert creates(c.feed(session_updated())) == []
+
+
+def test_on_hold_openai_s_idle_timeout_re_prompt_is_off_and_the_end_of_the_hold_restores_it() -> None:
+    vad = TurnDetection(type="server_vad", idle_timeout_ms=8000)
+    profile = hold_profile(detect="phrases", resume_phrases=["hello"])
+    c = Call(profile=profile.model_copy(update={"turn_detection": vad}))
+    c.greeted()
+    on = c.feed(response_done("r1", output=[fc("c1", "wait_on_hold", "{}")]))
+    [update] = [e for e in sends(on) if e["type"] == "session.update"]
+    assert update["session"]["audio"]["input"]["turn_detection"]["idle_timeout_ms"] is None
+    c.feed(session_updated())
+    off = c.feed(heard("hello?"))
+    [update] = [e for e in sends(off) if e["type"] == "session.update"]
+    assert update["session"]["audio"]["input"]["turn_detection"]["idle_timeout_ms"] == 8000

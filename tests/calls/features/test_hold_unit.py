@@ -16,6 +16,9 @@ from sip_controller.calls.features.hold import (
 )
 from tests.calls.features.fake_port import FakePort, instructions, marks, response, sent, tool_call
 
+#: a hold check's tag (``calls/tags.py``) as OpenAI echoes it on the check's response
+TAG = {"sipctl": PURPOSE, "n": "7"}
+
 #: a server VAD that carries a semantic-VAD field too: the hold patch sends only what server VAD takes
 VAD = TurnDetection(type="server_vad", idle_timeout_ms=6000, eagerness="high", silence_duration_ms=400)
 
@@ -45,7 +48,9 @@ def test_going_on_hold_stops_automatic_answers_and_pauses_the_silence_watchdog()
     assert turn_detection["create_response"] is False
     assert turn_detection["type"] == "server_vad"
     assert "eagerness" not in turn_detection
-    assert (turn_detection["idle_timeout_ms"], turn_detection["silence_duration_ms"]) == (6000, 400)
+    assert turn_detection["interrupt_response"] is True  # the caller may still cut a line off
+    # no re-prompt by OpenAI into the hold music (its idle timeout is an answer of the agent's own)
+    assert (turn_detection["idle_timeout_ms"], turn_detection["silence_duration_ms"]) == (None, 400)
     events = sent(actions)
     assert [e["type"] for e in events] == [
         "conversation.item.create",
@@ -68,15 +73,16 @@ def test_the_classifier_hears_music_then_a_person_and_the_hold_ends() -> None:
     assert check["type"] == "response.create"
     assert check["response"]["conversation"] == "none"
     assert check["response"]["instructions"] == CLASSIFIER_INSTRUCTIONS
-    assert check["response"]["metadata"] == {"purpose": PURPOSE, "item_id": "item_music"}
-    h.on_response_created(response("r_check1", metadata={"purpose": PURPOSE}))
+    tag = {"sipctl": PURPOSE, "n": check["event_id"].rsplit("_", 1)[1]}
+    assert check["response"]["metadata"] == {**tag, "item_id": "item_music"}
+    h.on_response_created(response("r_check1", metadata=TAG))
     assert h.is_classifier_response("r_check1")
     assert not h.is_classifier_response("r_other")
-    assert h.on_response_done(port, response("r_check1", text="no", metadata={"purpose": PURPOSE}), 21.0) == []
+    assert h.on_response_done(port, response("r_check1", text="no", metadata=TAG), 21.0) == []
     assert h.active
 
     h.on_caller_transcript(port, "Hi, this is Dana from billing", "item_person", 30.0)
-    done = response("r_check2", text="Yes.", metadata={"purpose": PURPOSE, "item_id": "item_person"})
+    done = response("r_check2", text="Yes.", metadata={**TAG, "item_id": "item_person"})
     actions = h.on_response_done(port, done, 31.0)
     assert actions is not None
     assert not h.active
@@ -109,7 +115,8 @@ def test_without_turn_detection_the_model_is_simply_asked_to_answer() -> None:
     assert port.updates == []
     assert [e["type"] for e in sent(actions)] == ["conversation.item.create", "fake.pause_silence"]
     actions = h.on_caller_transcript(port, "are you there?", None, 3.0)
-    assert sent(actions)[-1] == {"type": "response.create", "event_id": sent(actions)[-1]["event_id"]}
+    assert sent(actions)[-1]["type"] == "response.create"
+    assert sent(actions)[-1]["response"]["metadata"]["sipctl"] == "answer"
     assert port.updates == []
 
 
@@ -141,6 +148,29 @@ def test_responses_that_are_not_checks_are_left_to_the_call() -> None:
     assert h.active
     # a check answered after the call stopped being live changes nothing
     port.live = False
-    assert h.on_response_done(port, response("r_3", text="yes", metadata={"purpose": PURPOSE}), 12.0) == []
+    assert h.on_response_done(port, response("r_3", text="yes", metadata=TAG), 12.0) == []
     assert h.active
     assert h.on_caller_transcript(port, "hello?", "item_x", 13.0) == []
+
+
+def test_muted_the_hold_keeps_the_mute_and_its_end_asks_for_no_answer() -> None:
+    h, port = make(detect="phrases"), FakePort(muted=True)
+    on_hold(h, port, 0.0)
+    td = port.updates[-1].patch["audio"]["input"]["turn_detection"]
+    assert (td["create_response"], td["interrupt_response"]) == (False, False)
+    h.on_caller_transcript(port, "Thanks for holding, how can I help?", "item_2", 65.0)
+    assert not h.active
+    end = port.updates[-1]
+    assert end.what == "end of hold"
+    td = end.patch["audio"]["input"]["turn_detection"]
+    assert (td["create_response"], td["interrupt_response"], td["idle_timeout_ms"]) == (False, False, None)
+    assert end.then == []  # no answer of its own: the operator has the call
+    assert marks(port)[-1] == "hold mode off: a resume phrase was heard; muted: the agent waits for the operator"
+
+
+def test_unmuted_the_end_of_the_hold_restores_the_profile_s_turn_detection() -> None:
+    h, port = make(detect="phrases"), FakePort()
+    on_hold(h, port, 0.0)
+    h.on_caller_transcript(port, "Thanks for holding, how can I help?", "item_2", 65.0)
+    restored = port.updates[-1].patch["audio"]["input"]["turn_detection"]
+    assert restored == VAD.model_dump(exclude_none=True, exclude={"eagerness"})
