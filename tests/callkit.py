@@ -17,6 +17,7 @@ from sip_controller.calls.machine import CallMachine
 from sip_controller.calls.pricing import ModelPrices
 from sip_controller.calls.report import CallRecord
 from sip_controller.calls.states import CallState
+from sip_controller.calls.tags import PURPOSE_KEY, SEQ_KEY
 from sip_controller.realtime.events import parse_server_event
 
 RECEIVED = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -146,6 +147,7 @@ class Call:
         actions = self.m.handle(inp, self.now)
         self.now += 0.5
         self.log.extend(actions)
+        assert_tagged(self.log)  # every response.create of every machine test carries the tags.py scheme
         return actions
 
     def attach(self) -> list[Action]:
@@ -199,6 +201,33 @@ def sends(actions: list[Action]) -> list[dict[str, Any]]:
 
 def creates(actions: list[Action]) -> list[dict[str, Any]]:
     return [e for e in sends(actions) if e["type"] == "response.create"]
+
+
+def plain_answer(event: dict[str, Any]) -> str | None:
+    """The purpose of a plain ``response.create`` (the model answers the conversation as it stands: the body holds
+    nothing but the tag), or None for any other event."""
+    response = event.get("response")
+    if event.get("type") != "response.create" or not isinstance(response, dict) or set(response) != {"metadata"}:
+        return None
+    purpose = response["metadata"].get(PURPOSE_KEY)
+    return purpose if isinstance(purpose, str) else None
+
+
+def assert_tagged(actions: list[Action]) -> None:
+    """Every ``response.create`` in ``actions`` carries ``calls/tags.py``'s metadata: what it is for (``sipctl``)
+    and a number no other request of the call has (``n``), so its response is recognised by the tag alone."""
+    numbers: set[str] = set()
+    for event in creates(actions):
+        metadata = (event.get("response") or {}).get("metadata")
+        assert isinstance(metadata, dict), f"an untagged response.create: {event}"
+        purpose, n = metadata.get(PURPOSE_KEY), metadata.get(SEQ_KEY)
+        assert isinstance(purpose, str), f"no {PURPOSE_KEY!r} in {event}"
+        assert purpose, f"an empty {PURPOSE_KEY!r} in {event}"
+        assert isinstance(n, str), f"no {SEQ_KEY!r} in {event}"
+        assert n.isdigit(), f"{SEQ_KEY!r} is not a number in {event}"
+        assert n not in numbers, f"two requests tagged n={n}"
+        numbers.add(n)
+        assert all(isinstance(v, str) for v in metadata.values()), f"metadata values must be strings: {event}"
 
 
 def finishes(actions: list[Action]) -> list[Finish]:

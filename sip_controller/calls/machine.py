@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -97,7 +98,7 @@ from sip_controller.calls.states import (
     CallState,
     EndedReason,
 )
-from sip_controller.calls.tags import PURPOSE_KEY, Tag, answers, make_tag, request_tag
+from sip_controller.calls.tags import ANSWER, PURPOSE_KEY, TOOL_RESULT, Tag, answers, make_tag, request_tag
 from sip_controller.realtime import events as ev
 
 FILLER_INSTRUCTIONS = (
@@ -502,19 +503,25 @@ class CallMachine:
         self._event_seq += 1
         return f"ctl_{kind}_{self._event_seq}"
 
+    def ask(self, response: Mapping[str, Any], *, purpose: str) -> Send:
+        """A response.create with ``response`` as its body, tagged with ``purpose`` (``calls/tags.py``); metadata
+        the body carries already is kept beside the tag."""
+        event_id = self.next_event_id("response")
+        metadata = {**(response.get("metadata") or {}), **make_tag(purpose, self._event_seq)}
+        return Send({"type": "response.create", "event_id": event_id, "response": {**response, "metadata": metadata}})
+
     def say(self, instructions: str, *, purpose: str = "say", tool_choice: str | None = "none") -> Send:
         """A response.create that makes the model say something specific (no tools by default), tagged with
         ``purpose`` (``calls/tags.py``)."""
-        event_id = self.next_event_id("response")
-        response: dict[str, Any] = {"instructions": instructions, "metadata": make_tag(purpose, self._event_seq)}
+        response: dict[str, Any] = {"instructions": instructions}
         if tool_choice is not None:
             response["tool_choice"] = tool_choice
-        return Send({"type": "response.create", "event_id": event_id, "response": response})
+        return self.ask(response, purpose=purpose)
 
-    def respond(self) -> Send:
-        """A plain response.create: the model answers the conversation as it stands. Untagged: nothing waits
-        for this response's audio, so nothing needs to recognise it."""
-        return Send({"type": "response.create", "event_id": self.next_event_id("response")})
+    def respond(self, purpose: str = ANSWER) -> Send:
+        """A plain response.create: the model answers the conversation as it stands, tagged with ``purpose`` like
+        every request (nothing waits for its audio, but a failure on the report says what it answered)."""
+        return self.ask({}, purpose=purpose)
 
     def tool_output(self, call_id: str, output: dict[str, Any] | str) -> Send:
         text = output if isinstance(output, str) else json.dumps(output)
@@ -928,7 +935,7 @@ class CallMachine:
         if then:
             self.record.mark(rel, f"after {done.what}: continuing")
         elif self._caller_spoke_while_held and not self._pending_updates:
-            then.append(self.respond())  # answer the turn that was held
+            then.append(self.respond("held_turn"))  # answer the turn that was held
             self.record.mark(rel, "answering the caller's held turn")
         if not self._pending_updates:
             self._caller_spoke_while_held = False
@@ -1148,7 +1155,7 @@ class CallMachine:
         err = details.error if details is not None else None
         reason = lines.reason(resp)
         metadata = resp.metadata if isinstance(resp.metadata, dict) else {}
-        purpose = metadata.get(PURPOSE_KEY) or metadata.get("purpose")
+        purpose = metadata.get(PURPOSE_KEY)
         self.record.add_failed_response(
             FailedResponse(
                 response_id=resp.id,
@@ -1268,13 +1275,13 @@ class CallMachine:
             record.outcome = "unknown_tool"
             available = ", ".join(self.profile.tool_names()) or "none"
             error = {"error": f"tool {name!r} cannot be run here; available: {available}"}
-            return [self.tool_output(item.call_id, error), self.respond()]
+            return [self.tool_output(item.call_id, error), self.respond(TOOL_RESULT)]
         try:
             args = tools.parse_arguments(spec, raw)
         except tools.ToolArgumentsError as exc:
             record.outcome, record.detail = "invalid_arguments", str(exc)
             if name != "end_call":
-                return [self.tool_output(item.call_id, {"error": str(exc)}), self.respond()]
+                return [self.tool_output(item.call_id, {"error": str(exc)}), self.respond(TOOL_RESULT)]
             # end_call still ends the call (its intent is unambiguous): recorded as invalid_arguments, and its
             # result says the call was ended anyway
             args = tools.EndCallArgs()
@@ -1312,7 +1319,7 @@ class CallMachine:
             problem = _schema_problem(tool.parameters, args)
         if problem is not None or not isinstance(args, dict):
             record.outcome, record.detail = "invalid_arguments", problem or "arguments must be a JSON object"
-            return [self.tool_output(call_id, {"error": record.detail}), self.respond()]
+            return [self.tool_output(call_id, {"error": record.detail}), self.respond(TOOL_RESULT)]
         record.outcome = "pending"
         self._pending_tools[call_id] = record.at_s
         actions: list[Action] = [RunTool(call_id, tool.name, args)]
@@ -1336,7 +1343,7 @@ class CallMachine:
         actions.append(self.tool_output(done.call_id, output))
         if done.actions or done.actions_problem:  # live control from the operator's tool (#17)
             return actions + self.control.on_tool_answer(self, done.actions, done.actions_problem, rel)
-        return [*actions, self.respond()]
+        return [*actions, self.respond(TOOL_RESULT)]
 
 
 def _schema_problem(schema: dict[str, Any], args: Any) -> str | None:

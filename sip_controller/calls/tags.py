@@ -1,7 +1,8 @@
 """Which of the controller's own requests a response answers.
 
 Every ``response.create`` the controller sends carries ``response.metadata`` ``{"sipctl": <purpose>, "n": <a
-number unique within the call>}`` (metadata values are strings). OpenAI echoes the metadata on that response's
+number unique within the call>}`` (metadata values are strings; a request may add its own keys beside them, like
+the hold check's ``item_id``), plain answers to the conversation too. OpenAI echoes the metadata on that response's
 ``response.created`` and ``response.done``, so a goodbye, a handoff line or a nudge is recognised by its tag,
 never by the order in which responses happen to be created: a response the server made on its own (server
 VAD) or one the model made in between carries no tag, or another one.
@@ -17,6 +18,11 @@ from sip_controller.realtime import events as ev
 #: the metadata keys of a tag: what the response is for, and which request asked for it
 PURPOSE_KEY = "sipctl"
 SEQ_KEY = "n"
+
+#: the purposes of plain answers (the model answers the conversation as it stands): after a tool's output, and
+#: otherwise (after the keypad's digits, at the end of hold, ...)
+TOOL_RESULT = "tool_result"
+ANSWER = "answer"
 
 Tag = Mapping[str, str]
 

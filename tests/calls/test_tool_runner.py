@@ -34,6 +34,7 @@ from tests.callkit import (  # the shared machine-test kit
     creates,
     fc,
     outputs,
+    plain_answer,
     response_done,
     sends,
     timers,
@@ -104,7 +105,7 @@ def test_invalid_arguments_get_an_error_and_no_run(arguments: str, where: str) -
     assert timers(actions) == {}
     error = outputs(actions)["c1"]["error"]
     assert where in error
-    assert [e.get("response") for e in creates(actions)] == [None]
+    assert [plain_answer(e) for e in creates(actions)] == ["tool_result"]
     assert c.record.tool_calls[-1].outcome == "invalid_arguments"
 
 
@@ -126,7 +127,7 @@ def test_tool_done_sends_the_output_and_records_it() -> None:
     actions = c.feed(ToolDone("c1", True, '{"status": "shipped"}', 1.23456))
     assert FILLER_TIMER_PREFIX + "c1" in cancelled(actions)
     assert outputs(actions) == {"c1": {"status": "shipped"}}
-    assert [e.get("response") for e in creates(actions)] == [None]
+    assert [plain_answer(e) for e in creates(actions)] == ["tool_result"]
     rec = c.record.tool_calls[-1]
     assert (rec.name, rec.outcome, rec.result, rec.duration_s) == ("lookup", "ok", '{"status": "shipped"}', 1.235)
     assert c.feed(ToolDone("c1", True, "again", 1.0)) == []  # answered once

@@ -20,11 +20,13 @@ from sip_controller.calls.actions import Action, CancelTimer, Send, StartTimer
 from sip_controller.calls.features import turns
 from sip_controller.calls.features.port import CallPort
 from sip_controller.calls.report import ToolCallRecord
+from sip_controller.calls.tags import PURPOSE_KEY
 from sip_controller.realtime import events as ev
 
 HOLD_MAX_TIMER = "hold_max"
 
-PURPOSE = "sipctl_hold_check"
+#: the tag purpose of a hold check (``calls/tags.py``); its metadata also carries the checked item's id
+PURPOSE = "hold_check"
 CLASSIFIER_INSTRUCTIONS = (
     "You are checking a phone line that is on hold. The user message is the latest transcript of what was "
     "heard. Answer with exactly one word: yes if a live person is now speaking to us directly (a greeting, a "
@@ -52,7 +54,7 @@ class OnHold:
 
 
 def _is_check(resp: ev.Response) -> bool:
-    return bool(resp.metadata) and resp.metadata.get("purpose") == PURPOSE  # type: ignore[union-attr]
+    return isinstance(resp.metadata, dict) and resp.metadata.get(PURPOSE_KEY) == PURPOSE
 
 
 @dataclass(slots=True)
@@ -98,21 +100,15 @@ class Hold:
             return []
         h.pending_checks += 1
         # out of band, with its own one-message input: the check never re-reads the conversation (all that music)
-        event = {
-            "type": "response.create",
-            "event_id": port.next_event_id("hold_check"),
-            "response": {
-                "conversation": "none",
-                "input": [
-                    {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text[:1000]}]}
-                ],
-                "output_modalities": ["text"],
-                "instructions": CLASSIFIER_INSTRUCTIONS,
-                "tool_choice": "none",
-                "metadata": {"purpose": PURPOSE, "item_id": item_id or ""},
-            },
+        check = {
+            "conversation": "none",
+            "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": text[:1000]}]}],
+            "output_modalities": ["text"],
+            "instructions": CLASSIFIER_INSTRUCTIONS,
+            "tool_choice": "none",
+            "metadata": {"item_id": item_id or ""},
         }
-        return [Send(event)]
+        return [port.ask(check, purpose=PURPOSE)]
 
     def on_response_created(self, resp: ev.Response) -> None:
         if self.waiting is not None and _is_check(resp) and resp.id:

@@ -65,7 +65,7 @@ class Keypad:
         digits, self.digits = self.digits, ""
         if not digits or not port.live:
             return []
-        return [port.user_text(f"[keypad] The caller pressed: {digits}"), port.respond()]
+        return [port.user_text(f"[keypad] The caller pressed: {digits}"), port.respond("keypad")]
 
     def _drop(self, port: CallPort, rel: float, which: str, *, why: str = "") -> None:
         """Forget the digits gathered so far, saying so on the timeline (the digits are in the transcript)."""

@@ -8,12 +8,13 @@ dropped, and a feature is one pointer smaller.
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Container, Mapping
 from typing import Any, Protocol
 
 from sip_controller.calls.actions import Action, Send
 from sip_controller.calls.report import CallRecord
 from sip_controller.calls.states import EndedReason
+from sip_controller.calls.tags import ANSWER
 
 
 class CallPort(Protocol):
@@ -53,13 +54,19 @@ class CallPort(Protocol):
         """A fresh client event id, unique within the call."""
         ...
 
+    def ask(self, response: Mapping[str, Any], *, purpose: str) -> Send:
+        """A response.create with ``response`` as its body, tagged with ``purpose`` in its metadata
+        (``calls/tags.py``); metadata the body carries already is kept beside the tag."""
+        ...
+
     def say(self, instructions: str, *, purpose: str = "say") -> Send:
         """A response.create that makes the model say something specific, without tools, tagged with
         ``purpose`` in its metadata (``calls/tags.py``: its response is recognised by that tag)."""
         ...
 
-    def respond(self) -> Send:
-        """A plain response.create: the model answers the conversation as it stands (untagged)."""
+    def respond(self, purpose: str = ANSWER) -> Send:
+        """A plain response.create: the model answers the conversation as it stands (tagged with ``purpose``,
+        like every request)."""
         ...
 
     def tool_output(self, call_id: str, output: dict[str, Any] | str) -> Send:

@@ -20,7 +20,7 @@ from sip_controller.calls import lines
 from sip_controller.calls.actions import Action, CancelTimer, Refer, StartTimer
 from sip_controller.calls.features.port import CallPort
 from sip_controller.calls.report import BargeIn, ToolCallRecord
-from sip_controller.calls.tags import Tag, answers, request_tag
+from sip_controller.calls.tags import TOOL_RESULT, Tag, answers, request_tag
 from sip_controller.realtime import events as ev
 
 TRANSFER_ANNOUNCE_TIMER = "transfer_announce"
@@ -93,7 +93,7 @@ class Transfer:
             record.outcome = "invalid_arguments"
             record.detail = f"unknown target {args.target!r}"
             error = {"error": f"{args.target!r} is not a transfer target; use one of: {', '.join(targets) or 'none'}"}
-            return [port.tool_output(record.call_id, error), port.respond()]
+            return [port.tool_output(record.call_id, error), port.respond(TOOL_RESULT)]
         if self.attempt is not None:
             record.outcome, record.detail = "ignored", "a transfer is already under way"
             return [port.tool_output(record.call_id, {"error": "a transfer is already under way"})]

@@ -4,6 +4,7 @@ questions from plain fields and records what the feature asked the call to do.""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -43,14 +44,16 @@ class FakePort:
         self.seq += 1
         return f"unit_{kind}_{self.seq}"
 
-    def say(self, instructions: str, *, purpose: str = "say") -> Send:
+    def ask(self, response: Mapping[str, Any], *, purpose: str) -> Send:
         event_id = self.next_event_id("response")
-        metadata = {"sipctl": purpose, "n": str(self.seq)}
-        response = {"instructions": instructions, "tool_choice": "none", "metadata": metadata}
-        return Send({"type": "response.create", "event_id": event_id, "response": response})
+        metadata = {**(response.get("metadata") or {}), "sipctl": purpose, "n": str(self.seq)}
+        return Send({"type": "response.create", "event_id": event_id, "response": {**response, "metadata": metadata}})
 
-    def respond(self) -> Send:
-        return Send({"type": "response.create", "event_id": self.next_event_id("response")})
+    def say(self, instructions: str, *, purpose: str = "say") -> Send:
+        return self.ask({"instructions": instructions, "tool_choice": "none"}, purpose=purpose)
+
+    def respond(self, purpose: str = "answer") -> Send:
+        return self.ask({}, purpose=purpose)
 
     def tool_output(self, call_id: str, output: dict[str, Any] | str) -> Send:
         text = output if isinstance(output, str) else json.dumps(output)

@@ -134,7 +134,7 @@ def test_classifier_yes_restores_responses_and_answers_after_session_updated() -
     assert not c.m.hold.active
     assert not c.m.watchdog.paused
     after = c.feed(session_updated())
-    assert [e.get("response") for e in creates(after)] == [None]
+    assert [plain_answer(e) for e in creates(after)] == ["answer"]
     assert c.m.live
 
 
