@@ -405,7 +405,7 @@ def _serve(config: Path | None, *, host: str | None, port: int | None) -> int:
     from sip_controller.state.factory import open_store
 
     try:
-        app = create_app(settings, secrets, store=lambda: open_store(settings, secrets))
+        app = create_app(settings, secrets, store=lambda: open_store(settings, secrets), freeze_heap=True)
     except ConfigError as exc:
         for sock in sockets:
             sock.close()
@@ -522,10 +522,10 @@ def _listen_problem(
 
 def _tune_gc() -> None:
     """Keep garbage-collector pauses off the call path. Everything loaded so far (modules, pydantic models,
-    settings) lives as long as the process: freeze it, so collections walk only per-call objects. Calls free
-    their objects by reference counting, so each collection mostly re-walks live calls: collect young objects
-    every 20,000 net allocations instead of Python's 700, a full pass at most every 2M. The measurements behind
-    these numbers are in the README's Performance section."""
+    settings) lives as long as the process: freeze it, so collections never walk it; from then on the app's heap
+    freezer (``service/heap.py``) freezes what survives every second, so they never walk live calls either (calls
+    free their objects by reference counting). Young objects are collected every 20,000 net allocations instead
+    of Python's 700. The measurements behind these numbers are in the README's Performance section."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)

@@ -78,6 +78,15 @@ class _Live:
     new_call: NewCall | None = None
 
 
+@dataclass(slots=True)
+class _Ended:
+    """What the recent-calls buffer keeps of a finished call: its record, and the event that says its finishing write
+    is done. Not the supervisor, machine, journal or sideband: they go when the call does (#18)."""
+
+    record: CallRecord
+    done: asyncio.Event
+
+
 class CallRegistry:
     def __init__(
         self,
@@ -110,7 +119,7 @@ class CallRegistry:
             limits.caller_calls_per_minute, anonymous_per_minute=limits.anonymous_calls_per_minute, clock=clock
         )
         self._live: dict[str, _Live] = {}
-        self._recent: OrderedDict[str, _Live] = OrderedDict()
+        self._recent: OrderedDict[str, _Ended] = OrderedDict()
         #: called with the record when a call arrives (before accept) and when it has ended, exactly once each
         self.on_started: list[FinishedHook] = []
         #: sideband drops and restorations of any call ("disconnect" / "reconnect"), for metrics
@@ -551,7 +560,7 @@ class CallRegistry:
             entry.record.ended_reason = "shutdown"
         keep = self._settings.limits.recent_calls
         if keep:
-            self._recent[call_id] = entry
+            self._recent[call_id] = _Ended(entry.record, entry.done)
             while len(self._recent) > keep:
                 self._recent.popitem(last=False)
         task = asyncio.get_running_loop().create_task(self._close_out(entry), name=f"{call_id}:finish")

@@ -31,6 +31,17 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 
 
+def _release_parser(protocol: ClientProtocol) -> None:
+    """websockets' sans-I/O parser is a generator whose frame holds its protocol, and after the end of the stream it
+    stays suspended for good: a reference cycle that only the collector frees, and only its full pass once a long
+    call's objects are old (#18). With the stream ended the parser has nothing left to do (``receive_eof`` is
+    idempotent and ``receive_data`` refuses data after it without stepping the parser): close it, so the
+    connection's objects go by reference counting when the call lets go of them."""
+    parser = getattr(protocol, "parser", None)
+    if parser is not None and hasattr(parser, "close"):
+        parser.close()
+
+
 class WebSocketClient(asyncio.Protocol):
     """One client connection. Use :func:`open_websocket`; then :meth:`recv`, :meth:`send_text`, :meth:`close`."""
 
@@ -85,6 +96,7 @@ class WebSocketClient(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._protocol.receive_eof()  # idempotent; the state becomes CLOSED
+        _release_parser(self._protocol)
         self._cancel_timer()
         if not self.opened.done():
             self.opened.set_exception(ConnectionError(f"connection lost during the handshake: {exc}"))

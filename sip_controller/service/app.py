@@ -48,6 +48,7 @@ from sip_controller.service import admin, batch_routes, console, diagnostics, tw
 from sip_controller.service.admin import AdminAuth
 from sip_controller.service.analysis import AnalysisWorker, close_with_deliveries
 from sip_controller.service.dialler import Dialler
+from sip_controller.service.heap import HeapFreezer
 from sip_controller.service.intake import OtherEvent, WebhookRejected, WebhookVerifier, parse_event
 from sip_controller.service.metrics import Metrics
 from sip_controller.service.notifier import ReportNotifier
@@ -217,10 +218,12 @@ def create_app(
     drain_timeout_s: float | None = None,
     retry: RetryPolicy = DEFAULT_POLICY,
     metrics: Metrics | None = None,
+    freeze_heap: bool = False,
 ) -> Starlette:
     """Build the service. ``http_client`` (if given) carries OpenAI's REST calls and the operator HTTP tools and stays
     owned by the caller; otherwise the lifespan makes and closes them (:func:`new_http_client`). ``store`` is
-    required: an open store (owned by the caller) or an opener whose store the lifespan closes."""
+    required: an open store (owned by the caller) or an opener whose store the lifespan closes. ``freeze_heap``:
+    freeze what survives every second, so the collector's passes never walk live calls (``sipctl serve``; heap.py)."""
     secrets.require_for_serving()
     if store is None:
         raise TypeError("create_app needs a store: an open Store, or an async function that opens one")
@@ -274,6 +277,10 @@ def create_app(
                 wall_clock=wall_clock, retry=retry,
             )  # fmt: skip
             registry.twilio_api = getattr(app.state, "twilio_api", None)  # voicemail hangups (#16)
+            if freeze_heap:  # #18: collector passes walk only what is new, never the live calls
+                freezer = HeapFreezer(lambda: registry.live_count)
+                freezer.start()
+                stack.callback(freezer.stop)
             # the lease, renewed each heartbeat, and the calls of lapsed processes taken over (#13)
             jobs.append(asyncio.create_task(
                 _heartbeat(the_store, process_id, settings.state, registry), name="store:heartbeat"
@@ -410,7 +417,12 @@ def create_app(
         Route("/livez", livez, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_route, methods=["GET"]),
-        *admin.routes(auth, lambda request: request.app.state.runtime, mask_caller=settings.reports.mask_caller),
+        *admin.routes(
+            auth,
+            lambda request: request.app.state.runtime,
+            mask_caller=settings.reports.mask_caller,
+            export_max_rows=settings.history.export_max_rows,
+        ),
         *console.routes(auth, lambda request: request.app.state.runtime),
         # before /v1/outbound/{id}: an unsupported method on /v1/outbound/batches answers with the batch route's Allow
         *batch_routes.routes(secrets.twilio, settings, auth, lambda request: request.app.state.runtime, wall_clock),
