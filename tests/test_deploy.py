@@ -8,6 +8,7 @@ model so the grace periods can never fall behind the drain they have to cover.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -21,6 +22,7 @@ import pytest
 import uvicorn
 import yaml
 from starlette.applications import Starlette
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from sip_controller.agent.preflight import load_checked
 from sip_controller.cli import _parser
@@ -41,6 +43,8 @@ K8S_VERSION = "1.33"
 NOT_CORE_GROUPS = {"monitoring.coreos.com", "kustomize.config.k8s.io"}
 APP_LABELS = {"app.kubernetes.io/name": "sip-controller"}
 DRAIN_ENV = ("SIPCTL_LIMITS__DRAIN_TIMEOUT_S", "SIPCTL_LIMITS__DRAIN_WRAP_UP_S", "SIPCTL_REPORTS__FLUSH_TIMEOUT_S")
+#: secrets the Deployment reads when the Secret has them (the admin API and the console are off without the token)
+OPTIONAL_SECRETS = ("SIPCTL_ADMIN_TOKEN",)
 SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSW|CREDENTIAL", re.IGNORECASE)
 
 
@@ -192,12 +196,67 @@ def test_deployment_secrets_come_from_the_secret_template() -> None:
         for e in _container()["env"]
         if "secretKeyRef" in e.get("valueFrom", {})
     }
-    assert set(refs) == set(values)
+    assert set(refs) == set(values) | set(OPTIONAL_SECRETS)
     for name, ref in refs.items():
-        assert ref == {"name": secret["metadata"]["name"], "key": name}
+        optional = {"optional": True} if name in OPTIONAL_SECRETS else {}
+        assert ref == {"name": secret["metadata"]["name"], "key": name, **optional}
     # no secret as a literal value anywhere in the Deployment
     for name in _plain_env(_container()):
         assert not SECRET_NAME.search(name), f"{name} must come from the Secret, not a literal value"
+
+
+def _trusted_proxies(value: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    return [ipaddress.ip_network(part.strip()) for part in value.split(",") if part.strip()]
+
+
+async def _client_seen(trusted: str, peer: str, forwarded_for: str) -> str:
+    """The client address the app sees when ``peer`` connects with ``X-Forwarded-For: forwarded_for``, under
+    ``FORWARDED_ALLOW_IPS=trusted``: uvicorn's own proxy-headers middleware, as ``sipctl serve`` runs it."""
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["client"][0])
+
+    config = uvicorn.Config(app, proxy_headers=True, forwarded_allow_ips=trusted)
+    middleware = ProxyHeadersMiddleware(app, trusted_hosts=config.forwarded_allow_ips)
+    scope = {"type": "http", "client": (peer, 40000), "headers": [(b"x-forwarded-for", forwarded_for.encode())]}
+    await middleware(scope, None, None)  # type: ignore[arg-type]
+    return seen[0]
+
+
+@pytest.mark.anyio
+async def test_deployment_trusts_forwarded_headers_from_the_pod_network_only() -> None:
+    """Behind the ingress every connection comes from the ingress controller's pod, not from 127.0.0.1: without
+    FORWARDED_ALLOW_IPS uvicorn ignores X-Forwarded-For, and every console client shares one login throttle
+    budget (issue 14, item 11). The manifest trusts the pod network, never everyone."""
+    value = _plain_env(_container()).get("FORWARDED_ALLOW_IPS")
+    assert value, "the Deployment must set FORWARDED_ALLOW_IPS (the ingress controller's pods are not loopback)"
+    networks = _trusted_proxies(value)
+    assert networks
+    for network in networks:
+        assert network.is_private, f"{network}: trust the cluster's pod network, not public addresses"
+        assert network.prefixlen >= 8, f"{network} is too wide"
+    lines = (K8S / "deployment.yaml").read_text(encoding="utf-8").splitlines()
+    at = next(i for i, line in enumerate(lines) if line.strip() == "- name: FORWARDED_ALLOW_IPS")
+    above = []
+    for line in reversed(lines[:at]):
+        if not line.strip().startswith("#"):
+            break
+        above.append(line)
+    comment = " ".join(above)
+    for needle in ("X-Forwarded-For", "pod network", "login throttle", "podCIDR"):
+        assert needle in comment, f"the comment above FORWARDED_ALLOW_IPS must explain its value ({needle})"
+    inside = str(next(iter(networks[0].hosts())))
+    assert await _client_seen(value, inside, "203.0.113.7") == "203.0.113.7"  # the ingress: the real client
+    assert await _client_seen(value, "203.0.113.9", "198.51.100.1") == "203.0.113.9"  # anyone else: not believed
+
+
+def test_the_admin_token_comes_from_the_secret_when_it_is_there() -> None:
+    """The console and the admin API need SIPCTL_ADMIN_TOKEN: read from the Secret, optional (off without it)."""
+    [ref] = [e["valueFrom"]["secretKeyRef"] for e in _container()["env"] if e["name"] == "SIPCTL_ADMIN_TOKEN"]
+    assert ref == {"name": "sipctl-secrets", "key": "SIPCTL_ADMIN_TOKEN", "optional": True}
+    template = (K8S / "secret.example.yaml").read_text(encoding="utf-8")
+    assert "SIPCTL_ADMIN_TOKEN" in template
 
 
 def test_config_map_is_mounted_where_sipctl_config_points() -> None:
@@ -573,6 +632,31 @@ def test_setup_guide_names_real_log_events_and_metrics() -> None:
     for metric in sorted(metrics):
         base = re.sub(r"_(total|count|sum|bucket)$", "", metric)
         assert f'"{base}"' in source, f"SETUP.md names the metric {metric}, which the code does not define"
+
+
+def test_setup_guide_covers_the_console_behind_a_proxy() -> None:
+    """The operator's console in the shipped deploy (issue 14, item 11): the token, the Secure cookie behind TLS,
+    the login throttle, and the proxy setting that keeps clients apart."""
+    text = SETUP.read_text(encoding="utf-8")
+    start = text.index("## 9. The live-calls console")
+    section = text[start:text.index("\n## ", start + 1)]
+    for needle in (
+        "SIPCTL_ADMIN_TOKEN",
+        "openssl rand -hex 32",
+        "console.secure_cookie",
+        "Secure",
+        "429",
+        "Retry-After",
+        "console.login_free_failures",
+        "FORWARDED_ALLOW_IPS",
+        "kubectl port-forward",
+        "replica",
+    ):
+        assert needle in section, needle
+    unit = UNIT.read_text(encoding="utf-8")
+    assert "FORWARDED_ALLOW_IPS" in unit
+    assert _unit_environment().get("FORWARDED_ALLOW_IPS") == "127.0.0.1,::1"  # the reverse proxy on the VM
+    assert "FORWARDED_ALLOW_IPS" in DOCKERFILE.read_text(encoding="utf-8")
 
 
 def test_readme_links_the_setup_guide() -> None:
