@@ -364,6 +364,39 @@ class StoreSettings(Strict):
         return self
 
 
+class History(Strict):
+    """The call history (#17): how long finished calls are kept (a bounded background job deletes older ones,
+    transcripts first when they are kept for less), and the largest export."""
+
+    #: finished calls are deleted this many days after they ended; null keeps them forever
+    retain_days: int | None = Field(default=None, ge=1, le=36_500)
+    #: transcripts (the report's transcript, its transcript entries, the search index) are removed this many days
+    #: after the call ended; the rest of the call stays until ``retain_days``. null: kept as long as the call
+    transcript_retain_days: int | None = Field(default=None, ge=1, le=36_500)
+    #: how often the retention job runs a pass (each deletes at most ``purge_batch`` calls, then the next pass
+    #: follows at once while there is more to do)
+    purge_every_s: float = Field(default=3600.0, ge=10, le=7 * 86_400)
+    purge_batch: int = Field(default=1000, ge=1, le=100_000)
+    #: GET /v1/calls/export streams at most this many rows
+    export_max_rows: int = Field(default=100_000, ge=1, le=10_000_000)
+
+    @model_validator(mode="after")
+    def _transcripts_go_first(self) -> History:
+        if (
+            self.retain_days is not None
+            and self.transcript_retain_days is not None
+            and self.transcript_retain_days > self.retain_days
+        ):
+            raise PydanticCustomError(
+                VALUE_NAMED,
+                "transcript_retain_days ({transcripts}) must be at most retain_days ({calls}): a call's transcript "
+                "goes with the call; set transcript_retain_days to {calls} or less, or null to keep transcripts as "
+                "long as the calls",
+                {"transcripts": str(self.transcript_retain_days), "calls": str(self.retain_days)},
+            )
+        return self
+
+
 class TwilioSettings(Strict):
     """Twilio Programmable Voice (``telephony/``): numbers whose calls are bridged to OpenAI, and calls we place.
     The credentials come from the environment (``TWILIO_*``, :class:`TwilioCredentials`); these are the rest."""
@@ -445,6 +478,8 @@ class Settings(_Sourced):
     twilio: TwilioSettings = TwilioSettings()
     #: post-call analysis (#17): the default text model and the bounded pool that runs the analyses
     analysis: AnalysisSettings = AnalysisSettings()
+    #: the call history (#17): retention and exports
+    history: History = History()
 
     @field_validator("profiles")
     @classmethod

@@ -7,6 +7,7 @@ configured."""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import time
@@ -16,14 +17,14 @@ from typing import Any
 
 import structlog
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from sip_controller.calls.features import control
 from sip_controller.calls.inputs import OperatorContext, OperatorHangup, OperatorMute, OperatorSay, OperatorTransfer
 from sip_controller.calls.report import CallRecord, mask_number, report_document
 from sip_controller.config import Console as ConsoleSettings
-from sip_controller.service import history
+from sip_controller.service import history, history_export
 from sip_controller.service.analysis import with_analysis
 from sip_controller.service.sessions import (
     LoginThrottle,
@@ -36,7 +37,7 @@ from sip_controller.service.sessions import (
     retry_after_header,
     same_origin,
 )
-from sip_controller.state.records import StoreError
+from sip_controller.state.records import OUTCOMES, StoreError
 
 log = structlog.get_logger("sip_controller.service.admin")
 
@@ -238,6 +239,8 @@ def call_summary(
         "ended_reason": record.ended_reason,
         "cost_usd": round(record.cost_usd, 6),
         "owner": owner if live else None,
+        "outcome": None if live else "unknown",  # no analysis in this process's memory (#17)
+        "analysis_summary": None,
     }
 
 
@@ -277,14 +280,27 @@ async def list_cluster_calls(
             r
             for r in registry.records()
             if r.call_id not in local_live
-            and query.matches_finished(r.profile, r.caller, r.ended_reason, history.record_ended_at(r))
+            and query.matches_finished(
+                r.profile, r.caller, r.ended_reason, history.record_ended_at(r), " ".join(t.text for t in r.transcripts)
+            )
         ]
         finished.sort(key=history.record_ended_at, reverse=True)
         calls += [call_summary(r, live=False) for r in finished[: query.history.limit]]
     return {"calls": calls, "next_cursor": None}
 
 
-def routes(auth: AdminAuth, runtime: Callable[[Request], Any], *, mask_caller: bool) -> list[Route]:
+def _who(request: Request) -> str:
+    """Who made an admin request, for an audit line: the bearer token, or a console session (by a digest of its
+    key, never the key)."""
+    session = getattr(request.state, "session", None)
+    if session is None:
+        return "token"
+    return "session:" + hashlib.sha256(session.key.encode()).hexdigest()[:12]
+
+
+def routes(
+    auth: AdminAuth, runtime: Callable[[Request], Any], *, mask_caller: bool, export_max_rows: int = 100_000
+) -> list[Route]:
     """``runtime(request)`` gives the app's Runtime (registry and settings)."""
 
     async def list_calls(request: Request) -> Response:
@@ -324,7 +340,74 @@ def routes(auth: AdminAuth, runtime: Callable[[Request], Any], *, mask_caller: b
             return _error(404, "no such call")
         if report is None:  # live on another replica (its transcript stays there), or finished without a report
             return JSONResponse(history.row_summary(row, time.time()))
-        return JSONResponse(await with_analysis(store, history.masked_report(report, mask_caller=mask_caller)))
+        document = await with_analysis(store, history.masked_report(report, mask_caller=mask_caller))
+        return JSONResponse({**document, "analysis": document.get("analysis")})
+
+    async def reveal(request: Request) -> Response:
+        """The call's numbers unmasked (#17), for an operator who asks; the reveal is logged (never the number)."""
+        if (denied := await auth.authorize(request, write=True)) is not None:
+            return denied
+        call_id = request.path_params["call_id"]
+        rt = runtime(request)
+        record = rt.registry.get(call_id)
+        numbers: tuple[str | None, str | None] | None = None
+        if record is not None:
+            numbers = (record.caller, record.dialed)
+        elif (store := history.cluster_store(rt)) is not None:
+            try:
+                row = await store.get_call(call_id)
+            except StoreError as exc:
+                log.warning("admin.store_failed", error=str(exc)[:300])
+                return _error(503, "the call store is unavailable; retry")
+            numbers = None if row is None else (row.caller, row.dialed)
+        if numbers is None:
+            return _error(404, "no such call")
+        log.info("history.caller_revealed", call_id=call_id, who=_who(request))
+        return JSONResponse({"call_id": call_id, "caller": numbers[0], "dialed": numbers[1]})
+
+    async def export(request: Request) -> Response:
+        if (denied := await auth.authorize(request)) is not None:
+            return denied
+        try:
+            fmt, query = history_export.parse_export(request.query_params)
+        except history.BadParameter as exc:
+            return _error(400, str(exc))
+        store = history.cluster_store(runtime(request))
+        if store is None:
+            return _error(404, "no call history: this process runs without a store")
+        try:
+            first = await history_export.first_page(store, query)
+        except StoreError as exc:
+            log.warning("admin.store_failed", error=str(exc)[:300])
+            return _error(503, "the call store is unavailable; retry")
+        now = time.time()
+        who = _who(request)
+
+        def done(rows: int) -> None:
+            log.info("history.exported", format=fmt, rows=rows, who=who)
+
+        body = history_export.stream(store, query, fmt, first, max_rows=export_max_rows, on_done=done)
+        disposition = f'attachment; filename="{history_export.filename(fmt, now)}"'
+        return StreamingResponse(
+            body, media_type=history_export.FORMATS[fmt], headers={"content-disposition": disposition}
+        )
+
+    async def overview(request: Request) -> Response:
+        if (denied := await auth.authorize(request)) is not None:
+            return denied
+        try:
+            query = history.parse_overview_query(request.query_params, time.time())
+        except history.BadParameter as exc:
+            return _error(400, str(exc))
+        store = history.cluster_store(runtime(request))
+        if store is None:
+            return _error(404, "no call history: this process runs without a store")
+        try:
+            found = await store.overview(query.since, query.until, bucket_s=query.bucket_s)
+        except StoreError as exc:
+            log.warning("admin.store_failed", error=str(exc)[:300])
+            return _error(503, "the call store is unavailable; retry")
+        return JSONResponse(history.overview_json(found, query.bucket))
 
     async def elsewhere(request: Request, call_id: str, kind: str, args: dict[str, Any]) -> Response:
         """The call is not live in this process: queue the command for its owner, if it is live in the cluster."""
@@ -424,7 +507,10 @@ def routes(auth: AdminAuth, runtime: Callable[[Request], Any], *, mask_caller: b
 
     return [
         Route("/v1/calls", list_calls, methods=["GET"]),
+        Route("/v1/calls/export", export, methods=["GET"]),  # before /v1/calls/{call_id}, which would take it
+        Route("/v1/overview", overview, methods=["GET"]),
         Route("/v1/calls/{call_id}", get_call, methods=["GET"]),
+        Route("/v1/calls/{call_id}/reveal", reveal, methods=["POST"]),
         Route("/v1/calls/{call_id}/hangup", hangup, methods=["POST"]),
         Route("/v1/calls/{call_id}/transfer", transfer, methods=["POST"]),
         *(Route(f"/v1/calls/{{call_id}}/{kind}", live_control(kind), methods=["POST"]) for kind in control.KINDS),
@@ -448,6 +534,10 @@ _SUMMARY = {
         "ended_reason": {"type": ["string", "null"]},
         "cost_usd": {"type": "number"},
         "owner": {"type": ["string", "null"], "description": "the replica (process id) supervising a live call"},
+        "outcome": {"type": ["string", "null"], "enum": ["succeeded", "failed", "unknown", None],
+                    "description": "the post-call analysis's verdict on its success criteria (unknown: not analysed, "
+                                   "or no verdict); null for a live call"},
+        "analysis_summary": {"type": ["string", "null"], "description": "the analysis's short summary"},
     },
 }
 _TIME = {
@@ -457,7 +547,7 @@ _TIME = {
     r"([Zz]|[+-][0-9]{2}:[0-9]{2}))$",
 }
 _TEXT = {"type": "string", "minLength": 1, "maxLength": 200}
-_LIST_PARAMETERS: list[dict[str, Any]] = [
+_FILTER_PARAMETERS: list[dict[str, Any]] = [
     {"name": "since", "in": "query", "required": False, "schema": _TIME,
      "description": "finished calls that ended at or after this time"},
     {"name": "until", "in": "query", "required": False, "schema": _TIME,
@@ -468,6 +558,15 @@ _LIST_PARAMETERS: list[dict[str, Any]] = [
     {"name": "caller", "in": "query", "required": False,
      "schema": {"type": "string", "pattern": r"^\+[1-9][0-9]{1,14}$",
                 "description": "E.164, e.g. +14155550123 (shown masked in the answer)"}},
+    {"name": "outcome", "in": "query", "required": False,
+     "schema": {"type": "string", "enum": list(OUTCOMES)},
+     "description": "the post-call analysis's verdict (unknown: not analysed, or no verdict)"},
+    {"name": "q", "in": "query", "required": False, "schema": _TEXT,
+     "description": "full-text search of the transcripts: words (all of them), \"a phrase\", -word to leave out; "
+                    "at least one word"},
+]
+_LIST_PARAMETERS: list[dict[str, Any]] = [
+    *_FILTER_PARAMETERS,
     {"name": "limit", "in": "query", "required": False,
      "schema": {"type": "integer", "minimum": 1, "maximum": history.MAX_LIMIT, "default": history.DEFAULT_LIMIT}},
     {"name": "cursor", "in": "query", "required": False,
@@ -483,6 +582,31 @@ def _responses(ok: int, schema: dict[str, Any], *errors: int) -> dict[str, Any]:
 
 
 _CALL_ID = {"name": "call_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_NULLABLE_NUMBER = {"type": ["number", "null"]}
+_OVERVIEW = {
+    "type": "object",
+    "required": ["since", "until", "bucket", "calls", "per_bucket", "ended_reasons", "cost_per_day",
+                 "ring_to_answer_ms", "avg_handle_s", "transfer_rate", "success_rate"],
+    "properties": {
+        "since": {"type": "string", "format": "date-time"},
+        "until": {"type": "string", "format": "date-time"},
+        "bucket": {"type": "string", "enum": list(history.BUCKETS)},
+        "calls": {"type": "integer", "minimum": 0},
+        "per_bucket": {"type": "array", "items": {"type": "object", "required": ["start", "calls"], "properties": {
+            "start": {"type": "string", "format": "date-time"}, "calls": {"type": "integer", "minimum": 0}}}},
+        "ended_reasons": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "cost_per_day": {"type": "array", "items": {
+            "type": "object", "required": ["day", "model_usd", "transcription_usd", "analysis_usd"], "properties": {
+                "day": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"},
+                "model_usd": {"type": "number"}, "transcription_usd": {"type": "number"},
+                "analysis_usd": {"type": "number"}}}},
+        "ring_to_answer_ms": {"type": "object", "required": ["p50", "p95"],
+                              "properties": {"p50": _NULLABLE_NUMBER, "p95": _NULLABLE_NUMBER}},
+        "avg_handle_s": _NULLABLE_NUMBER,
+        "transfer_rate": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+        "success_rate": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+    },
+}  # fmt: skip
 _E164 = {"type": "string", "pattern": r"^\+[1-9][0-9]{1,14}$", "description": "E.164, e.g. +14155550123"}
 _NULLABLE_TEXT = {"type": ["string", "null"]}
 _OUTBOUND = {
@@ -694,12 +818,62 @@ OPENAPI: dict[str, Any] = {
                 ),
             }
         },
+        "/v1/calls/export": {
+            "get": {
+                "summary": "The finished calls of a filtered list (the list's filters), newest first, as CSV or JSONL "
+                "(one summary a line), streamed; at most history.export_max_rows rows; the caller masked",
+                "parameters": [
+                    *_FILTER_PARAMETERS,
+                    {"name": "format", "in": "query", "required": False,
+                     "schema": {"type": "string", "enum": list(history_export.FORMATS), "default": "csv"}},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "a download (Content-Disposition: attachment; filename=\"calls-<UTC>.csv\")",
+                        "content": {
+                            "text/csv": {"schema": {"type": "string"}},
+                            "application/x-ndjson": {"schema": {"type": "string"}},
+                        },
+                    },
+                    **{k: v for k, v in _responses(200, {}, 400, 401, 404, 429, 503).items() if k != "200"},
+                },
+            }
+        },
+        "/v1/overview": {
+            "get": {
+                "summary": "The call history's overview over a range of ended calls: calls per hour or day, the "
+                "ended_reason mix, cost per UTC day (model, transcription, analysis), ring-to-answer p50/p95, "
+                "average handle time, transfer and success rates",
+                "parameters": [
+                    {"name": "since", "in": "query", "required": False, "schema": _TIME,
+                     "description": "default: 24 hours before until"},
+                    {"name": "until", "in": "query", "required": False, "schema": _TIME, "description": "default: now"},
+                    {"name": "bucket", "in": "query", "required": False,
+                     "schema": {"type": "string", "enum": list(history.BUCKETS), "default": "hour"}},
+                ],
+                "responses": _responses(200, _OVERVIEW, 400, 401, 404, 429, 503),
+            }
+        },
         "/v1/calls/{call_id}": {
             "get": {
-                "summary": "One call's full record: the end-of-call report document (for a live call of this replica, "
-                "the transcript so far; for a live call of another replica, its summary)",
+                "summary": "One call's full record: the end-of-call report document with its analysis (null when "
+                "none) for a finished call (for a live call of this replica, the transcript so far; for a live call "
+                "of another replica, its summary)",
                 "parameters": [_CALL_ID],
                 "responses": _responses(200, {"type": "object", "required": ["call_id"]}, 401, 404, 429, 503),
+            }
+        },
+        "/v1/calls/{call_id}/reveal": {
+            "post": {
+                "summary": "The call's numbers unmasked, for an operator who asks (the reveal is logged as "
+                "history.caller_revealed, without the number)",
+                "parameters": [_CALL_ID],
+                "responses": _responses(
+                    200,
+                    {"type": "object", "required": ["call_id", "caller", "dialed"], "properties": {
+                        "call_id": {"type": "string"}, "caller": _NULLABLE_TEXT, "dialed": _NULLABLE_TEXT}},
+                    401, 403, 404, 429, 503,
+                ),
             }
         },
         "/v1/calls/{call_id}/hangup": {

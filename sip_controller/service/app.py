@@ -44,7 +44,7 @@ from sip_controller.realtime.responses import ResponsesAPI
 from sip_controller.realtime.rest import MAX_IN_FLIGHT, RealtimeCalls, new_http_client
 from sip_controller.realtime.retries import DEFAULT_POLICY, RetryPolicy
 from sip_controller.realtime.sideband import LeanConnector, SidebandConnector, connect_websocket
-from sip_controller.service import admin, batch_routes, console, diagnostics, twilio_routes
+from sip_controller.service import admin, batch_routes, console, diagnostics, retention, twilio_routes
 from sip_controller.service.admin import AdminAuth
 from sip_controller.service.analysis import AnalysisWorker, close_with_deliveries
 from sip_controller.service.dialler import Dialler
@@ -255,6 +255,10 @@ def create_app(
             await the_store.heartbeat(process_id, settings.state.lease_s, info)
             stack.push_async_callback(the_store.end_lease, process_id)
             jobs = [asyncio.create_task(sweep_loop(the_store), name="store:sweep")]
+            if retention.enabled(settings.history):  # the call history's retention (#17): bounded passes
+                jobs.append(asyncio.create_task(
+                    retention.retention_loop(the_store, settings.history, clock=wall_clock), name="store:retention"
+                ))  # fmt: skip
             stack.push_async_callback(_stop, jobs)
             client = rest_client = http_client
             if client is None:

@@ -219,13 +219,20 @@ def live_server() -> Iterator[_ServerThread]:
         yield server
 
 
-# a well-formed filter can still be meaningless (a cursor this API never issued, `until` before `since`, 2025-13-01):
-# GET /v1/calls refuses it with 400, naming the parameter
+# a well-formed filter can still be meaningless (a cursor this API never issued, `until` before `since`, 2025-13-01,
+# a search of punctuation only, an overview over more than 400 days): GET /v1/calls, its export and GET /v1/overview
+# refuse it with 400, naming the parameter
 # and a well-formed outbound request can name a profile that does not exist, variables it does not declare, or a
 # number on the do-not-call list: POST /v1/outbound refuses it with 422, naming the field (POST /v1/outbound/batches
 # too, when no row of the batch can be called)
 _CONFIG = SchemathesisConfig.from_dict({"operations": [{
     "include-name": "GET /v1/calls",
+    "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "400", "401", "429"]}},
+}, {
+    "include-name": "GET /v1/calls/export",
+    "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "400", "401", "429"]}},
+}, {
+    "include-name": "GET /v1/overview",
     "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "400", "401", "429"]}},
 }, {
     "include-name": "POST /v1/outbound",
