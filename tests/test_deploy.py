@@ -659,6 +659,39 @@ def test_setup_guide_covers_the_console_behind_a_proxy() -> None:
     assert "FORWARDED_ALLOW_IPS" in DOCKERFILE.read_text(encoding="utf-8")
 
 
+def _troubleshooting_row(symptom: str) -> str:
+    text = SETUP.read_text(encoding="utf-8")
+    table = text[text.index("## Troubleshooting"):]
+    [row] = [line for line in table.splitlines() if line.startswith(f"| {symptom}")]
+    return row
+
+
+def test_troubleshooting_busy_or_declined_names_the_anonymous_caller_limit() -> None:
+    """Callers without a number share one bucket and may be refused outright (issue 14, item 5)."""
+    row = _troubleshooting_row("Calls are answered with busy / declined")
+    for needle in ("limits.anonymous_calls_per_minute", "callers.anonymous: reject", "without a number", "603"):
+        assert needle in row, needle
+
+
+def test_troubleshooting_failed_accept_says_the_call_is_rejected_once_the_ring_budget_is_spent() -> None:
+    """A given-up accept is rejected with a clear SIP status, not left ringing (issue 14, item 6)."""
+    row = _troubleshooting_row("Accept fails")
+    for needle in ("limits.accept_give_up_status", "503", "480", "limits.ring_budget_s", "Retry-After",
+                   "call.accept_failed", "accept_failed"):  # fmt: skip
+        assert needle in row, needle
+
+
+def test_readme_documents_the_header_caps_with_the_report_fields() -> None:
+    """Header values kept on a call are capped (issue 14, item 4): the README says so with the code's numbers."""
+    from sip_controller.calls.incoming import CUT_MARK, MAX_HEADER_VALUE_CHARS, MAX_HEADERS
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    fields = readme[readme.index("| `twilio_call_sid` |"):readme.index("`call.started` carries")]
+    for needle in (f"{MAX_HEADER_VALUE_CHARS:,} characters", f"`{CUT_MARK}`", f"at most {MAX_HEADERS} headers",
+                   "webhook.headers_capped", "GET /v1/calls/{id}"):  # fmt: skip
+        assert needle in fields, needle
+
+
 def test_readme_links_the_setup_guide() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "deploy/SETUP.md" in readme
