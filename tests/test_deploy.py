@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shlex
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -484,6 +485,53 @@ def test_dockerignore() -> None:
     }
     assert {".git", ".venv", ".pytest_cache", ".mypy_cache", ".ruff_cache", ".hypothesis"} <= entries
     assert "**/__pycache__" in entries
+
+
+# ---------------------------------------------------------------- packaging
+
+
+def _pyproject() -> dict[str, Any]:
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        return tomllib.load(f)
+
+
+def test_the_license_is_an_spdx_expression_matching_the_license_file() -> None:
+    """``project.license`` is the SPDX string (PEP 639), not the deprecated table pip and setuptools warn about
+    (issue 14, item 15), and it names the licence the LICENSE file holds."""
+    pyproject = _pyproject()
+    project = pyproject["project"]
+    assert project["license"] == "Apache-2.0"  # a string: the table form {text = …} / {file = …} is deprecated
+    assert project["license-files"] == ["LICENSE"]
+    # the license and a License :: classifier together are an error under PEP 639
+    assert not [c for c in project.get("classifiers", []) if c.startswith("License ::")]
+    # setuptools reads an SPDX license (and license-files) from 77 on; an older one fails on the string
+    requires = pyproject["build-system"]["requires"]
+    [setuptools] = [r for r in requires if re.match(r"setuptools\b", r)]
+    minimum = re.search(r">=\s*(\d+)", setuptools)
+    assert minimum, setuptools
+    assert int(minimum.group(1)) >= 77
+    text = (ROOT / "LICENSE").read_text(encoding="utf-8")
+    head = " ".join(text.split()[:6])
+    assert head == "Apache License Version 2.0, January 2004", head
+    assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in text
+    assert "END OF TERMS AND CONDITIONS" in text
+
+
+def test_the_image_build_has_every_license_file() -> None:
+    """The wheel built in the image carries the license files pyproject names (a missing one is a warning, and a
+    wheel without its licence)."""
+    [build] = [stage for stage in _dockerfile_stages() if stage.name == "build"]
+    copied = {
+        word for keyword, rest in build.instructions if keyword == "COPY" for word in rest.split()[:-1]
+    }
+    ignored = {
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    for name in _pyproject()["project"]["license-files"]:
+        assert name in copied, f"deploy/Dockerfile's build stage must COPY {name}"
+        assert name not in ignored, f".dockerignore keeps {name} out of the build context"
 
 
 # ---------------------------------------------------------------- systemd
