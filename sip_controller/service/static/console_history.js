@@ -65,7 +65,6 @@
   }
   function pct(v) { return v === null || v === undefined ? "\u2013" : (100 * v).toFixed(1) + " %"; }
   function ms(v) { return v === null || v === undefined ? "\u2013" : Math.round(v) + " ms"; }
-  function secs(v) { return v === null || v === undefined ? "\u2013" : clock(v); }
   function parseQuery(text) {
     var out = {};
     (text || "").split("&").forEach(function (part) {
@@ -206,7 +205,7 @@
     var scroll = el("div", {"class": "scroll"});
     var table = el("table", {id: "calls-table"});
     var head = el("tr");
-    ["Ended", "Call", "Profile", "Ended reason", "Outcome", "Duration", "Cost", "Caller", "Summary"].forEach(function (h) {
+    ["Call", "Ended", "Profile", "Ended reason", "Outcome", "Duration", "Cost", "Caller", "Summary"].forEach(function (h) {
       head.appendChild(el("th", h === "Duration" || h === "Cost" ? {"class": "num"} : {}, h));
     });
     var thead = el("thead"); thead.appendChild(head); table.appendChild(thead);
@@ -251,10 +250,10 @@
   }
   function callRow(c) {
     var tr = el("tr", {"data-call-id": c.call_id});
-    tr.appendChild(el("td", {}, c.live ? "live" : when(c.ended)));
     var idCell = el("td");
     idCell.appendChild(el("a", {href: c.live ? "/?call=" + encodeURIComponent(c.call_id) : "#/calls/" + encodeURIComponent(c.call_id)}, c.call_id));
     tr.appendChild(idCell);
+    tr.appendChild(el("td", {}, c.live ? "live" : when(c.ended)));
     tr.appendChild(el("td", {}, c.profile));
     tr.appendChild(el("td", {}, c.live ? c.state : c.ended_reason || c.state));
     var outcome = el("td");
@@ -271,7 +270,8 @@
       caller.appendChild(reveal);
     }
     tr.appendChild(caller);
-    tr.appendChild(el("td", {"class": "summary"}, c.analysis_summary || ""));
+    var summary = c.analysis_summary || "";
+    tr.appendChild(el("td", {"class": "summary", title: summary}, summary.length > 140 ? summary.slice(0, 139) + "\u2026" : summary));
     return tr;
   }
   function outcomeBadge(outcome) {
@@ -384,15 +384,21 @@
     }
     return JSON.stringify(value, null, 2);
   }
-  var EVENT = /^(accepted$|attached$|ended: |hangup: |operator hangup|operator transfer|transfer |control: |taken over|keypad: |voicemail|hold mode|hold too long|cost budget|max duration|silence: |model error|twilio: )/;
   function timelineItems(report) {
     var items = [];
     var seq = 0;
     function push(at, node, kind) { items.push({at: at || 0, seq: seq++, node: node, kind: kind || ""}); }
+    function event(at, text, cls) { push(at, chatItem("event" + (cls ? " " + cls : ""), at, null, text)); }
+    var timings = report.timings || {};
+    if (typeof timings.webhook_to_accept_ms === "number") {
+      var answered = "answered " + timings.webhook_to_accept_ms + " ms after it rang";
+      event(timings.webhook_to_accept_ms / 1000, answered + (report.answered_by ? " (by a " + report.answered_by + ")" : ""));
+    }
     (report.transcript || []).forEach(function (t) {
       var role = t.role === "caller" || t.role === "keypad" ? t.role : "assistant";
       push(t.at_s, chatItem(role, t.at_s, role, t.text), role);
     });
+    var transferAt = null;
     (report.tool_calls || []).forEach(function (t) {
       var li = chatItem("tool", t.at_s, "tool call " + t.name + " \u2192 " + (t.outcome || "?"), null);
       li.appendChild(el("div", {"class": "muted"}, "arguments"));
@@ -403,23 +409,33 @@
       }
       if (t.detail) { li.appendChild(el("div", {"class": "muted"}, t.detail)); }
       push(t.at_s, li);
+      if (t.name === "transfer_call") { transferAt = t.at_s; }
     });
-    (report.timeline || []).forEach(function (e) {
-      var what = String(e.event || "");
-      if (!EVENT.test(what)) { return; }
-      var ending = what.indexOf("ended: ") === 0;
-      if (ending) {
-        var reason = what.slice(7);
-        what = "call ended: " + reason + " (by " + (ENDED_BY[reason] || reason) + ")";
-      }
-      push(e.at_s, chatItem("event" + (ending ? " end" : ""), e.at_s, null, what));
+    (report.barge_ins || []).forEach(function (b) {
+      event(b.at_s, "the caller talked over the " + b.line + " line (" + String(b.then).replace(/_/g, " ") + ")");
     });
+    (report.failed_responses || []).forEach(function (f) {
+      event(f.at_s, "a response " + f.status + (f.reason ? " (" + f.reason + ")" : "") + (f.purpose ? ": the " + f.purpose : ""));
+    });
+    var ended = typeof timings.duration_s === "number" ? timings.duration_s : null;
+    var transfer = report.transfer || {};
+    if (transfer.target) {
+      var left = transfer.outcome === "transferred" || transferAt === null;  // a transfer that worked ends the call
+      event(left ? ended : transferAt, "transfer to " + transfer.target + ": " +
+        String(transfer.outcome || "started").replace(/_/g, " "), "transfer");
+    }
     var start = Date.parse((report.timestamps || {}).received_at || "");
     (report.takeovers || []).forEach(function (t) {
       var at = isNaN(start) ? 0 : (Date.parse(t.at) - start) / 1000;
       push(at, chatItem("event", at, null, "taken over by " + (t.by || "another replica") +
         (t.gap_s !== undefined ? " after " + Number(t.gap_s).toFixed(1) + " s without its owner" : "")));
     });
+    if (report.ended_reason) {
+      var hangup = report.hangup_confirmed === true ? "; OpenAI confirmed the hangup" :
+        report.hangup_confirmed === false ? "; the hangup was not confirmed" : "";
+      event(ended, "call ended: " + report.ended_reason + " (by " + (ENDED_BY[report.ended_reason] || report.ended_reason) +
+        ")" + hangup, "end");
+    }
     items.sort(function (a, b) { return a.at - b.at || a.seq - b.seq; });
     var merged = [];  // the digits of one keypad entry (pressed one by one) in one bubble
     items.forEach(function (item) {
@@ -464,6 +480,10 @@
     var rows = [];
     order.concat(Object.keys(b).filter(function (k) { return order.indexOf(k) < 0 && /_usd$/.test(k); }))
       .forEach(function (k) { if (typeof b[k] === "number") { rows.push([names[k] || k, usd(b[k], 6)]); } });
+    if (typeof report.transcription_cost_usd === "number" && typeof report.cost_usd === "number") {
+      rows.unshift(["Transcription", usd(report.transcription_cost_usd, 6)]);
+      rows.unshift(["Model", usd(report.cost_usd - report.transcription_cost_usd, 6)]);
+    }
     if (!rows.length) { rows.push(["Total", usd(report.cost_usd, 6)]); }
     if (report.hold_cost_usd) { rows.push(["of which on hold", usd(report.hold_cost_usd, 6)]); }
     var u = report.usage;
@@ -503,13 +523,14 @@
       [["Calls", String(o.calls), "tile-calls"],
        ["Ring to answer p50", ms(o.ring_to_answer_ms && o.ring_to_answer_ms.p50), "tile-p50"],
        ["Ring to answer p95", ms(o.ring_to_answer_ms && o.ring_to_answer_ms.p95), "tile-p95"],
-       ["Average handle time", secs(o.avg_handle_s), "tile-aht"],
+       ["Average handle time", span(o.avg_handle_s), "tile-aht"],
        ["Transferred", pct(o.transfer_rate), "tile-transfer", o.transfer_rate],
        ["Succeeded (analysed calls)", pct(o.success_rate), "tile-success", o.success_rate]
       ].forEach(function (t) { tiles.appendChild(tile(t[0], t[1], t[2], t[3])); });
       var perBucket = (o.per_bucket || []).map(function (b) {
         var d = new Date(b.start);
-        var label = bucket === "hour" ? pad(d.getHours()) + ":00" : (d.getMonth() + 1) + "/" + d.getDate();
+        var day = (d.getMonth() + 1) + "/" + d.getDate();
+        var label = bucket === "day" ? day : seconds > 86400 ? day + " " + pad(d.getHours()) + "h" : pad(d.getHours()) + ":00";
         return {label: label, value: b.calls, title: when(b.start) + ": " + b.calls + " calls"};
       });
       charts.appendChild(chartBox("Calls per " + bucket, "chart-calls", barChart(perBucket)));
@@ -580,7 +601,9 @@
     return root;
   }
   function xLabels(root, items, step, width) {
-    var every = Math.max(1, Math.ceil(items.length / 12));
+    var longest = Math.max.apply(null, [1].concat(items.map(function (it) { return String(it.label).length; })));
+    var fits = Math.max(2, Math.floor((W - L) / (longest * 7 + 12)));  // labels that fit side by side
+    var every = Math.max(1, Math.ceil(items.length / fits));
     items.forEach(function (it, i) {
       if (i % every) { return; }
       root.appendChild(svg("text", {x: L + i * step + width / 2, y: H - 6, "text-anchor": "middle"}, it.label));

@@ -1,0 +1,132 @@
+"""The call history of the console (#17) in a real headless Chromium (Debian's ``chromium`` + ``chromium-driver``,
+driven by Selenium), against the real service whose SQLite store holds calls made through the simulator (their
+analyses answered by the simulator's ``/v1/responses``): sign in, find a call by words said in it, reveal its
+caller, open it (the timeline as a chat, the tool call, the keypad digits, who ended it, the analysis, the cost,
+the raw report), follow a deep link, and change the Overview's range.
+
+A screenshot of each view is saved under pytest's tmp folder, or ``$SIPCTL_SCREENSHOTS_DIR`` when set (never
+committed; ``make screenshots`` writes the README's). Without the browser the test skips with the reason locally;
+with ``CI`` set it fails instead (``.ci/run`` installs the packages before ``make test``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+from pathlib import Path
+
+import pytest
+
+from sip_controller.simulator import screenshots
+from sip_controller.simulator.screenshots import Console, History
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+TOKEN = "history-e2e-" + secrets.token_hex(16)
+#: the calls in the store: a search for "opening hours" finds only the first
+CALLS = [s for s in screenshots.HISTORY_CALLS if s.name in ("opening-hours", "keypad", "caller-hangs-up")]
+
+
+def _require_browser() -> None:
+    missing = screenshots.browser_missing()
+    if not missing:
+        return
+    reason = f"headless Chromium not installed ({', '.join(missing)} missing): apt-get install chromium chromium-driver"
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def _use_the_history(history: History, shots: Path, profile_dir: Path) -> list[str]:
+    """Everything the operator does, in the browser (blocking: runs in a thread); returns the browser's errors."""
+    wanted = history.call_id("opening-hours")
+    keypad = history.call_id("keypad")
+    driver = screenshots.chrome(profile_dir)
+    try:
+        page = Console(driver, history.url)
+        page.sign_in(history.token)
+
+        # Calls: every stored call, newest first, callers masked
+        page.find("#nav-calls")[0].click()
+        page.ready("#calls")
+        page.until(lambda d: len(page.find("#calls-body tr[data-call-id]")) == len(CALLS))
+        assert "+14155550123" not in page.text("#calls-body")
+
+        # find the call by what the caller said; the export links carry the same filter
+        page.search("opening hours")
+        page.until(lambda d: "q=opening" in (d.current_url or ""))
+        page.ready("#calls")
+        page.until(lambda d: [r.get_attribute("data-call-id") for r in page.find("#calls-body tr")] == [wanted])
+        row = f'#calls-body tr[data-call-id="{wanted}"]'
+        assert page.text(f"{row} .number") == "+1415***0123"
+        for fmt in ("csv", "jsonl"):
+            href = page.attribute(f"#export-{fmt}", "href") or ""
+            assert f"/v1/calls/export?format={fmt}&" in href
+            assert "q=opening%20hours" in href
+
+        # reveal the caller's number (a logged write with the session's CSRF token)
+        page.find(f"{row} button.reveal")[0].click()
+        page.until(lambda d: page.text(f"{row} .number") == "+14155550123")
+        assert not page.find(f"{row} button.reveal")
+        page.shot(shots / "calls.png")
+
+        # open it: the timeline as a chat, the tool call, who ended it, the analysis, the cost, the raw report
+        page.find(f"{row} a")[0].click()
+        page.ready("#call")
+        assert page.attribute("#call", "data-call-id") == wanted
+        assert "opening hours on Saturday" in page.text("#chat li.caller .text")
+        assert "nine in the morning" in page.text("#chat li.assistant .text")
+        assert "end_call" in page.text("#chat li.tool")
+        assert "caller said goodbye" in page.text("#chat li.tool pre.args")
+        assert "call ended: agent_end_call (by the agent)" in page.text("#chat li.event.end")
+        assert page.text("#call-ended-by") == "the agent"
+        page.until(lambda d: page.attribute("#analysis", "data-status") == "completed")
+        assert "opening hours" in page.text("#analysis-summary")
+        assert page.text("#analysis-outcome") in ("succeeded", "failed")
+        assert "$" in page.text("#cost")
+        assert not page.find("#raw-report[open]")
+        page.find("#raw-report summary")[0].click()
+        raw = json.loads(page.text("#raw-report pre"))
+        assert raw["call_id"] == wanted
+        page.shot(shots / "call.png")
+
+        # a deep link to another call: its keypad digits in one bubble
+        page.go(f"#/calls/{keypad}")
+        page.until(lambda d: page.attribute("#call", "data-call-id") == keypad)
+        page.ready("#call")
+        assert "4721#" in page.text("#chat li.keypad .text")
+
+        # Overview: the last 24 hours, then the last 7 days (per hour) by the range picker
+        page.find("#nav-overview")[0].click()
+        page.ready("#overview")
+        assert page.attribute("#overview", "data-range") == "24h"
+        assert page.text("#tile-calls .value") == str(len(CALLS))
+        assert page.find("#chart-calls svg rect.bar")
+        assert page.find("#chart-reasons svg rect.bar")
+        page.pick("#overview-range", "7d")
+        page.until(lambda d: page.attribute("#overview", "data-range") == "7d")
+        page.ready("#overview")
+        assert page.text("#tile-calls .value") == str(len(CALLS))
+        assert "range=7d" in (driver.current_url or "")
+        page.shot(shots / "overview.png")
+
+        # back to the live view, from the navigation
+        page.find("#nav-live")[0].click()
+        page.until(lambda d: page.find("#console") and page.find("#console")[0].is_displayed())
+        assert not page.find("#history")[0].is_displayed()
+        page.shot(shots / "live.png")
+        return page.errors()
+    finally:
+        driver.quit()
+
+
+async def test_the_call_history_in_a_browser_finds_opens_and_charts_stored_calls(tmp_path: Path) -> None:
+    _require_browser()
+    shots = Path(os.environ.get("SIPCTL_SCREENSHOTS_DIR") or tmp_path / "screenshots")
+    async with screenshots.history_stack(CALLS, token=TOKEN) as history:
+        errors = await asyncio.to_thread(_use_the_history, history, shots, tmp_path / "chrome-profile")
+    assert errors == []  # no script error, no Content-Security-Policy violation
+    for name in ("live", "calls", "call", "overview"):
+        assert (shots / f"{name}.png").stat().st_size > 0
