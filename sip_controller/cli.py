@@ -22,6 +22,8 @@ from sip_controller.simulator.scenario import Scenario, load_scenario
 #: garbage-collector thresholds in ``serve`` (Python's default is 700, 10, 10); see ``_tune_gc``
 GC_THRESHOLDS = (20_000, 5, 20)
 DEMO_SCENARIO = Path(__file__).parent / "simulator" / "scenarios" / "demo.yaml"
+#: ``sipctl demo --serve`` keeps the console up at most this long (seconds)
+DEMO_SERVE_MAX_S = 3600
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--time-scale", type=float, default=0.5, help="simulated time factor, both sides (default 0.5)"
+    )
+    demo.add_argument(
+        "--serve",
+        action="store_true",
+        help="after the calls, keep the demo's controller and its console (with the demo's calls) up until Ctrl-C "
+        f"(at most {DEMO_SERVE_MAX_S // 60} minutes)",
     )
 
     sim = sub.add_parser("simulate", help="run a scenario file against the simulator and check its outcomes")
@@ -173,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     assert result.settings is not None
     if args.command == "demo":
-        return _demo(result.settings, time_scale=args.time_scale)
+        return _demo(result.settings, time_scale=args.time_scale, serve=args.serve)
     if args.command == "bench":
         from sip_controller import bench
 
@@ -594,11 +602,15 @@ def _run_scenario(
     return 0 if run.ok else 1
 
 
-def _demo(settings: Settings, *, time_scale: float) -> int:
-    """``sipctl demo``: the demo scenario's calls in this process and, at the same time, a call whose controller
-    (a ``sipctl serve`` child) is SIGKILLed mid-call and taken over by a second one (``takeover_demo``), printed
-    after the scenario's. Exit 1 if any of them fails."""
-    from sip_controller.simulator import harness, takeover_demo
+def _demo(settings: Settings, *, time_scale: float, serve: bool = False) -> int:
+    """``sipctl demo``: the demo scenario's calls and a call an operator steers through the admin API
+    (``steered_demo``) in this process and, at the same time, a call whose controller (a ``sipctl serve`` child) is
+    SIGKILLed mid-call and taken over by a second one (``takeover_demo``), printed after the scenario's; then a
+    short analysis per call and the console's address with the demo's admin token (``--serve``: kept up until
+    Ctrl-C). Exit 1 if any of them fails."""
+    import secrets
+
+    from sip_controller.simulator import harness, steered_demo, takeover_demo
 
     if not time_scale > 0:
         print("sipctl: --time-scale must be positive", file=sys.stderr)
@@ -610,22 +622,64 @@ def _demo(settings: Settings, *, time_scale: float) -> int:
     # calls: the demo's own (#16)
     settings = harness.with_demo_outbound(settings)
     settings = harness.with_demo_analysis(settings)  # a short analysis of each call (#17), by the simulator
+    token = secrets.token_urlsafe(18)  # the demo's admin token: its console and the steered call's requests
 
-    async def both() -> tuple[harness.ScenarioRun, takeover_demo.TakeoverRun]:
+    async def run() -> bool:
         replicas_up = asyncio.Event()
-        takeover = asyncio.create_task(takeover_demo.run_takeover(time_scale=time_scale, started=replicas_up))
+        takeover_task = asyncio.create_task(takeover_demo.run_takeover(time_scale=time_scale, started=replicas_up))
         await replicas_up.wait()  # the scenario's calls then, beside the takeover call, not beside two start-ups
-        run = await harness.run_scenario(scenario, settings, time_scale=time_scale)
-        return run, await takeover
+        async with harness.scenario_stack(scenario, settings, time_scale=time_scale, admin_token=token) as stack:
+            try:
+                run, steered = await asyncio.gather(
+                    harness.run_calls(stack, scenario), steered_demo.run_steered(stack, timeout=60.0)
+                )
+            except BaseException:
+                takeover_task.cancel()
+                raise
+            twilio = [(o.name, await harness.analysis_of(stack, o.record, timeout=20.0)) for o in run.twilio]
+            takeover = await takeover_task
+            print(f"scenario {scenario.name}: {scenario.description}".rstrip(": "))
+            harness.print_run(run, sys.stdout)
+            steered_demo.print_steered(steered, sys.stdout)
+            takeover_demo.print_takeover(takeover, sys.stdout)
+            ok = run.ok and steered.ok and takeover.ok
+            calls = len(run) + 2
+            print(f"\ndemo: {'all ' + str(calls) + ' calls passed' if ok else 'FAILED'}")
+            none = "no analysis (nothing was said)"
+            harness.print_closing(
+                [(o.spec.name, o.analysis, none) for o in run.calls]
+                + [(name, analysis, none) for name, analysis in twilio]
+                + [(steered_demo.NAME, steered.analysis, none),
+                   ("takeover", None, "not analysed here: its two `sipctl serve` processes have a store of their own")],
+                stack.server.url,
+                token,
+                sys.stdout,
+            )  # fmt: skip
+            if serve:
+                print(f"  serving until Ctrl-C (at most {DEMO_SERVE_MAX_S // 60} minutes)", flush=True)
+                await _until_interrupted(DEMO_SERVE_MAX_S)
+            else:
+                print("  it stops with the demo: `sipctl demo --serve` keeps it up, with these calls, until Ctrl-C")
+            return ok
 
-    run, takeover = asyncio.run(both())
-    print(f"scenario {scenario.name}: {scenario.description}".rstrip(": "))
-    harness.print_run(run, sys.stdout)
-    takeover_demo.print_takeover(takeover, sys.stdout)
-    ok = run.ok and takeover.ok
-    calls = len(run) + 1
-    print(f"demo: {'all ' + str(calls) + ' calls passed' if ok else 'FAILED'}")
-    return 0 if ok else 1
+    return 0 if asyncio.run(run()) else 1
+
+
+async def _until_interrupted(max_s: float) -> None:
+    """Until SIGINT or SIGTERM, at most ``max_s`` seconds."""
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await asyncio.wait_for(stop.wait(), max_s)
+    except TimeoutError:
+        pass
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
 
 def _soak(settings: Settings, args: argparse.Namespace) -> int:

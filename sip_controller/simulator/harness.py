@@ -373,11 +373,11 @@ async def run_call(stack: Stack, spec: CallSpec, *, timeout: float) -> CallOutco
     problems.extend(check_expectations(sim_call))
     if spec.expect is not None:
         problems.extend(check_controller_expectations(spec.expect, record))
-    analysis = await _analysis(stack, record, timeout=min(timeout, 20.0))
+    analysis = await analysis_of(stack, record, timeout=min(timeout, 20.0))
     return CallOutcome(spec=spec, sim=sim_call, record=record, problems=problems, analysis=analysis)
 
 
-async def _analysis(stack: Stack, record: CallRecord | None, *, timeout: float) -> dict[str, Any] | None:
+async def analysis_of(stack: Stack, record: CallRecord | None, *, timeout: float) -> dict[str, Any] | None:
     """The call's analysis once it is done or failed (#17); None when its profile has none or it took too long."""
     rt = stack.runtime
     profile = rt.settings.profiles.get(record.profile) if record is not None else None
@@ -454,15 +454,31 @@ async def run_scenario(
     simulator's script and the controller's policy durations (:func:`scale_settings`). A ``twilio:`` section
     adds the Twilio stand-in (its ``numbers``), the admin API (a fresh token) and the Twilio calls
     (:func:`run_twilio_calls`), beside the ``calls``."""
+    async with scenario_stack(scenario, settings, time_scale=time_scale) as stack:
+        return await run_calls(stack, scenario, timeout=timeout)
+
+
+@contextlib.asynccontextmanager
+async def scenario_stack(
+    scenario: Scenario, settings: Settings, *, time_scale: float = 1.0, admin_token: str | None = None
+) -> AsyncIterator[Stack]:
+    """The stack :func:`run_scenario` runs ``scenario`` on: both sides compressed by ``time_scale``; with a
+    ``twilio:`` section, the Twilio stand-in for its numbers and the admin API. ``admin_token`` turns the admin API
+    on with that token (default: a fresh one when the scenario has Twilio calls, else none)."""
     account = twilio_account(scenario.twilio) if scenario.twilio is not None else None
-    token = secrets_module.token_urlsafe(24) if account is not None else None
+    token = admin_token or (secrets_module.token_urlsafe(24) if account is not None else None)
     async with running_stack(
         settings, time_scale=time_scale, scale_controller=True, twilio=account, admin_token=token
     ) as stack:
-        calls = asyncio.gather(*(run_call(stack, spec, timeout=timeout) for spec in scenario.calls))
-        twilio_calls = run_twilio_calls(stack, scenario.twilio, timeout=timeout) if scenario.twilio else _nothing()
-        outcomes, twilio_outcomes = await asyncio.gather(calls, twilio_calls)
-        return ScenarioRun(calls=list(outcomes), twilio=twilio_outcomes)
+        yield stack
+
+
+async def run_calls(stack: Stack, scenario: Scenario, *, timeout: float = 60.0) -> ScenarioRun:
+    """Place every call of ``scenario`` at once on ``stack`` (:func:`scenario_stack`) and check each."""
+    calls = asyncio.gather(*(run_call(stack, spec, timeout=timeout) for spec in scenario.calls))
+    twilio_calls = run_twilio_calls(stack, scenario.twilio, timeout=timeout) if scenario.twilio else _nothing()
+    outcomes, twilio_outcomes = await asyncio.gather(calls, twilio_calls)
+    return ScenarioRun(calls=list(outcomes), twilio=twilio_outcomes)
 
 
 async def _nothing() -> list[TwilioOutcome]:
@@ -575,6 +591,28 @@ def print_analysis(analysis: dict[str, Any], out: TextIO) -> None:
     fields = analysis.get("fields")
     if isinstance(fields, dict) and fields:
         print("    fields: " + json.dumps(fields, ensure_ascii=False, separators=(", ", ": ")), file=out)
+
+
+def print_closing(
+    analyses: list[tuple[str, dict[str, Any] | None, str]], console_url: str, token: str, out: TextIO
+) -> None:
+    """How ``sipctl demo`` ends (#17): a short analysis per call (``(call, analysis or None, why none)``: the
+    summary and the success verdict), then where the console is and how to sign in with the demo's admin token
+    (made for the run; the only secret printed)."""
+    print("\n── analyses: each call's post-call analysis (the simulator answers /v1/responses from the transcript)",
+          file=out)  # fmt: skip
+    width = max((len(name) for name, _, _ in analyses), default=4)
+    for name, analysis, why_none in analyses:
+        if analysis is None:
+            print(f"  {name:<{width}}  -           {why_none}", file=out)
+        elif analysis.get("status") != "completed":
+            print(f"  {name:<{width}}  failed      {analysis.get('error')}", file=out)
+        else:
+            verdict = {True: "success", False: "no success", None: "-"}.get(analysis.get("success"), "-")
+            print(f"  {name:<{width}}  {verdict:<10}  {analysis.get('summary')}", file=out)
+    print(f"\nconsole: {console_url}/  sign in with the admin token {token}", file=out)
+    print("  (the demo's SIPCTL_ADMIN_TOKEN, made for this run; or open "
+          f"{console_url}/?token={token} once): the live calls, and the calls above under Calls", file=out)  # fmt: skip
 
 
 def _table(outcomes: list[CallOutcome]) -> str:

@@ -97,9 +97,10 @@ async def test_demo_scenario_outcomes_on_both_sides() -> None:
 def test_sipctl_demo_passes_and_shows_the_call_taken_over_after_its_controller_is_killed(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """``sipctl demo`` (``make demo``): the scenario's calls and the takeover call (two ``sipctl serve`` processes,
-    the first SIGKILLed mid-call), which the second supervises to its end; the timeline shows the takeover after
-    the kill, and the measured gap is within the lease, a heartbeat and the re-attach."""
+    """``sipctl demo`` (``make demo``): the scenario's calls, the call steered through the admin API and the takeover
+    call (two ``sipctl serve`` processes, the first SIGKILLed mid-call), which the second supervises to its end; the
+    timeline shows the takeover after the kill, and the measured gap is within the lease, a heartbeat and the
+    re-attach; it ends with each call's analysis and the console's address with the demo's admin token."""
     for name in list(os.environ):
         if name.upper().startswith(("SIPCTL_", "OPENAI_")):
             monkeypatch.delenv(name, raising=False)  # a fresh machine: no API key, built-in defaults
@@ -129,8 +130,28 @@ def test_sipctl_demo_passes_and_shows_the_call_taken_over_after_its_controller_i
     assert 0 < float(gap.group(1)) <= 1.5 + 2 * 0.5 + 2.0
     assert "sideband_connects=2" in takeover
     assert "call.ended reports=1" in takeover
-    assert "✗" not in takeover
-    assert out.rstrip().endswith("takeover: ok\ndemo: all 7 calls passed")
+    assert "✗" not in out
+    assert "takeover: ok\n\ndemo: all 8 calls passed\n" in out
+    # the steered call (#17): say now, context and say next through the admin API, each checked by the demo
+    steered = out[out.index("── steered: the operator steers a live call") : out.index("steered: ok")]
+    operator = [line.split("operator    ")[1] for line in steered.splitlines() if "operator    POST" in line]
+    assert [line.split(" “")[0] for line in operator] == [
+        "POST /v1/calls/{id}/say when=now", "POST /v1/calls/{id}/context", "POST /v1/calls/{id}/say when=next"
+    ]  # fmt: skip
+    assert all(line.endswith("→ 202") for line in operator)
+    assert "model       received a system message: “The parcel is two days late." in steered
+    assert "control: a waiting line from operator is said" in steered
+    # it ends with a short analysis per call, then the console and how to sign in
+    closing = out[out.index("── analyses: each call's post-call analysis") :]
+    for name in ("goodbye", "caller-hangs-up", "duplicate-delivery", "twilio-outbound", "twilio-inbound", "steered"):
+        assert re.search(rf"^  {re.escape(name)} +(success|no success) +The caller said: ", closing, re.M), name
+    assert re.search(r"^  takeover +- +not analysed here", closing, re.M)
+    console = re.search(r"^console: (http://127\.0\.0\.1:\d+)/  sign in with the admin token (\S+)$", closing, re.M)
+    assert console is not None, closing
+    assert f"{console.group(1)}/?token={console.group(2)} once" in closing
+    assert out.rstrip().endswith("`sipctl demo --serve` keeps it up, with these calls, until Ctrl-C")
+    assert "whsec_" not in out
+    assert "sk-" not in out
 
 
 async def test_bad_signature_gets_401_and_the_call_is_never_accepted() -> None:
