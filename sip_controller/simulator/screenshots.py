@@ -33,6 +33,7 @@ from sip_controller.agent.analysis import AnalysisSettings
 from sip_controller.agent.profile import AgentProfile, Dtmf, DtmfAction, Transfer
 from sip_controller.calls.report import TranscriptEntry
 from sip_controller.config import Settings
+from sip_controller.service.logging import configure_logging
 from sip_controller.simulator import CallSpec, Expectation, Step, ToolCall, harness
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -350,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"headless Chromium not installed ({', '.join(missing)}): apt-get install chromium chromium-driver",
               file=sys.stderr)  # fmt: skip
         return 2
+    configure_logging("error")
     return asyncio.run(_main(Path(args[0])))
 
 

@@ -47,6 +47,11 @@
     return d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + " " +
       pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds());
   }
+  function short(iso) {  // this year's dates without the year
+    var d = new Date(iso);
+    if (!iso || isNaN(d.getTime()) || d.getFullYear() !== new Date().getFullYear()) { return when(iso); }
+    return when(iso).slice(5);
+  }
   function clock(s) {
     if (s === null || s === undefined) { return "\u2013"; }
     var t = Math.max(0, Math.floor(s)), m = Math.floor(t / 60), r = t % 60;
@@ -251,9 +256,11 @@
   function callRow(c) {
     var tr = el("tr", {"data-call-id": c.call_id});
     var idCell = el("td");
-    idCell.appendChild(el("a", {href: c.live ? "/?call=" + encodeURIComponent(c.call_id) : "#/calls/" + encodeURIComponent(c.call_id)}, c.call_id));
+    var shown = c.call_id.length > 22 ? c.call_id.slice(0, 14) + "\u2026" + c.call_id.slice(-6) : c.call_id;
+    idCell.appendChild(el("a", {title: c.call_id,
+      href: c.live ? "/?call=" + encodeURIComponent(c.call_id) : "#/calls/" + encodeURIComponent(c.call_id)}, shown));
     tr.appendChild(idCell);
-    tr.appendChild(el("td", {}, c.live ? "live" : when(c.ended)));
+    tr.appendChild(el("td", {title: c.ended || ""}, c.live ? "live" : short(c.ended)));
     tr.appendChild(el("td", {}, c.profile));
     tr.appendChild(el("td", {}, c.live ? c.state : c.ended_reason || c.state));
     var outcome = el("td");
