@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint serve check-config bench soak clean
+.PHONY: demo test lint serve check-config bench soak screenshots clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "sip-controller needs Python 3.11+ (found " + sys.version.split()[0] + ")")'
@@ -31,6 +31,10 @@ bench: $(STAMP)
 
 soak: $(STAMP)
 	$(BIN)/sipctl soak --calls 1000
+
+# the README's console screenshots (docs/screenshots/*.png): headless Chromium (apt-get install chromium chromium-driver)
+screenshots: $(STAMP)
+	$(BIN)/python -m sip_controller.simulator.screenshots docs/screenshots
 
 check-config: $(STAMP)
 	$(BIN)/sipctl check-config --print-accept
