@@ -346,7 +346,7 @@
       p.appendChild(el("a", {href: recording, id: "recording-link", rel: "noreferrer noopener", target: "_blank"}, "Twilio recording"));
       about.appendChild(p);
     }
-    if (report.live) {
+    if (report.live || (!report.ended_reason && report.state && report.state !== "ended")) {  // not over yet
       var lp = el("p");
       lp.appendChild(el("a", {href: "/?call=" + encodeURIComponent(report.call_id)}, "This call is live: open it in the live view"));
       about.appendChild(lp);
