@@ -86,6 +86,15 @@ def _parser() -> argparse.ArgumentParser:
         "(default 1000), and its collector passes there (writes census.json)",
     )
     bench.add_argument(
+        "--history",
+        type=int,
+        nargs="?",
+        const=100_000,
+        metavar="CALLS",
+        help="instead: seed CALLS finished calls (default 100000) into SQLite and PostgreSQL and time the call "
+        "history's overview, filtered list, search and export (writes history.json)",
+    )
+    bench.add_argument(
         "--database-url",
         help="PostgreSQL for the per-store scenarios, in a throwaway schema (default: SIPCTL_DATABASE_URL, else "
         "postgresql://postgres@127.0.0.1:5432/test; skipped when none answers)",
@@ -189,6 +198,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from sip_controller.bench import census
 
             return census.main(args.out or bench.QUICK_OUT, calls=args.census)
+        if args.history is not None:
+            from sip_controller.bench import history
+
+            return history.main(args.out or bench.DEFAULT_OUT, calls=args.history, database_url=args.database_url)
         return bench.main(mode=args.bench_mode, out_dir=args.out, database_url=args.database_url)
     if args.command == "soak":
         return _soak(result.settings, args)

@@ -72,13 +72,19 @@ class _Grouped:
         self.calls = self.transferred = self.judged = self.succeeded = self.answered = 0
         self.handle_sum = 0.0
 
-    def add(self, row: Any) -> None:
-        bucket, reason, n = int(row[0]), str(row[1]), int(row[2])
-        self.calls += n
-        self.buckets[bucket] = self.buckets.get(bucket, 0) + n
+    def add_reason(self, reason: str, n: int) -> None:
         self.reasons[reason] = self.reasons.get(reason, 0) + n
         if reason == "transferred":
             self.transferred += n
+
+    def add(self, row: Any) -> None:
+        """A row of :func:`_grouped_sql`: per bucket and reason, or per bucket only (reason None: the reasons are
+        counted apart, :meth:`add_reason`)."""
+        bucket, reason, n = int(row[0]), row[1], int(row[2])
+        self.calls += n
+        self.buckets[bucket] = self.buckets.get(bucket, 0) + n
+        if reason is not None:
+            self.add_reason(str(reason), n)
         day = bucket * self.bucket_s // 86400
         model, transcription, analysis = self.days.get(day, (0.0, 0.0, 0.0))
         self.days[day] = (model + (row[3] or 0.0), transcription + (row[4] or 0.0), analysis + (row[5] or 0.0))
@@ -92,14 +98,17 @@ class _Grouped:
         return self.calls, self.transferred, self.judged, self.succeeded, handle
 
 
-def _grouped_sql(mark: Callable[[int], str]) -> str:
-    """One pass over the finished calls of a range, grouped by bucket number and ``ended_reason``."""
+def _grouped_sql(mark: Callable[[int], str], *, by_reason: bool = True) -> str:
+    """One pass over the finished calls of a range, grouped by bucket number and ``ended_reason`` (or by bucket
+    only: then in the index's order, without a sort)."""
+    reason = "coalesce(ended_reason, 'unknown')" if by_reason else "NULL"
     return (
-        f"SELECT CAST(floor(ended_at / {mark(1)}) AS BIGINT) AS b, coalesce(ended_reason, 'unknown') AS r, count(*), "
+        f"SELECT CAST(floor(ended_at / {mark(1)}) AS BIGINT) AS b, {reason} AS r, count(*), "
         "sum(model_usd), sum(transcription_usd), sum(analysis_usd), count(outcome), "
         "sum(CASE WHEN outcome = 'succeeded' THEN 1 ELSE 0 END), count(accepted_at), "
         "sum(CASE WHEN accepted_at IS NOT NULL THEN ended_at - accepted_at END) "
-        f"FROM calls WHERE ended_at IS NOT NULL AND ended_at >= {mark(2)} AND ended_at < {mark(3)} GROUP BY b, r"
+        f"FROM calls WHERE ended_at IS NOT NULL AND ended_at >= {mark(2)} AND ended_at < {mark(3)} "
+        f"GROUP BY {'b, r' if by_reason else 'b'}"
     )
 
 
@@ -178,22 +187,34 @@ class SQLiteHistory:
 
     async def overview(self, since: float, until: float, *, bucket_s: int) -> Overview:
         check_overview(since, until, bucket_s)
-        grouped_sql = _grouped_sql(lambda _: "?").replace("floor(ended_at / ?)", "ended_at / ?")
+        # by bucket in the overview index's order (no sort), the reasons apart (their own index): measured at
+        # 100,000 calls, cheaper than one pass grouped by both
+        grouped_sql = _grouped_sql(lambda _: "?", by_reason=False).replace("floor(ended_at / ?)", "ended_at / ?")
+        reasons_sql = (
+            "SELECT coalesce(ended_reason, 'unknown'), count(*) FROM calls WHERE ended_at IS NOT NULL "
+            "AND ended_at >= ? AND ended_at < ? GROUP BY ended_reason"
+        )
+        # nearest rank, each from the end it is nearer to: the sorter then keeps only the rows up to that rank
         ring_sql = (
-            "SELECT r FROM (SELECT r, row_number() OVER (ORDER BY r) AS n FROM (SELECT (accepted_at - received_at) "
-            "* 1000.0 AS r FROM calls WHERE ended_at IS NOT NULL AND ended_at >= ? AND ended_at < ? "
-            "AND accepted_at IS NOT NULL)) WHERE n IN (?, ?) ORDER BY n"
+            "SELECT (accepted_at - received_at) * 1000.0 AS r FROM calls WHERE ended_at IS NOT NULL "
+            "AND ended_at >= ? AND ended_at < ? AND accepted_at IS NOT NULL ORDER BY r {order} LIMIT 1 OFFSET ?"
         )
 
         def op(conn: Any) -> Overview:
             grouped = _Grouped(bucket_s)
             for row in conn.execute(grouped_sql, (bucket_s, since, until)):
                 grouped.add(row)
+            for reason, n in conn.execute(reasons_sql, (since, until)):
+                grouped.add_reason(reason, n)
             ring: tuple[float | None, float | None] = (None, None)
             if grouped.answered:
-                p50, p95 = percentile_ranks(grouped.answered)
-                found = [r[0] for r in conn.execute(ring_sql, (since, until, p50, p95))]
-                ring = (found[0], found[-1]) if found else (None, None)
+                n = grouped.answered
+                found = []
+                for rank in percentile_ranks(n):
+                    order, offset = ("ASC", rank - 1) if rank <= n - rank else ("DESC", n - rank)
+                    row = conn.execute(ring_sql.format(order=order), (since, until, offset)).fetchone()
+                    found.append(None if row is None else row[0])
+                ring = (found[0], found[1])
             return make_overview(
                 since, until, bucket_s, grouped.buckets, grouped.reasons, grouped.days, grouped.totals(), ring
             )
