@@ -12,15 +12,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
+from datetime import date
 from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sip_controller.agent.validation import Finding
+from sip_controller.agent.validation import Finding, Severity
 
-DEFAULT_ANALYSIS_MODEL = "gpt-5-mini"
+#: OpenAI's most efficient text model for focused, high-volume tasks (summaries, extraction, classification), with
+#: strict structured outputs on the Responses API: https://developers.openai.com/api/docs/models/gpt-6-luna (read
+#: 2026-12-02; input 0.10, cached input 0.01, output 0.50 USD per 1M tokens). It was gpt-5-mini, which OpenAI shuts
+#: down on 2026-12-11 (see RETIRING_TEXT_MODELS).
+DEFAULT_ANALYSIS_MODEL = "gpt-6-luna"
 DEFAULT_SUMMARY_PROMPT = (
     "Summarise this phone call in two or three sentences for the team that follows up: who called, what they "
     "wanted and how the call ended."
@@ -49,6 +54,43 @@ SUPPORTED_FORMATS = frozenset(
 MAX_PROPERTIES = 5000
 MAX_DEPTH = 10
 MAX_ENUM_VALUES = 1000
+
+
+#: text models OpenAI has deprecated, with its shutdown date and recommended replacement, from
+#: https://developers.openai.com/api/docs/deprecations (read 2026-12-02): the GPT-5 and o3 deprecations of
+#: 2026-06-11 (shut down 2026-12-11) and the GPT-4 series deprecations of 2026-10-14 (shut down 2027-01-14; the
+#: aliases go with the snapshots they point at), and the gpt-4.1-nano shutdown of 2026-10-23. A fine-tuned model
+#: (``ft:<base>:…``) follows its base model's schedule.
+RETIRING_TEXT_MODELS: dict[str, tuple[date, str]] = {
+    **dict.fromkeys(("gpt-5", "gpt-5-2025-08-07"), (date(2026, 12, 11), "gpt-6.1-sol")),
+    **dict.fromkeys(("gpt-5-mini", "gpt-5-mini-2025-08-07"), (date(2026, 12, 11), "gpt-6.1-terra")),
+    **dict.fromkeys(("gpt-5-nano", "gpt-5-nano-2025-08-07"), (date(2026, 12, 11), "gpt-6-luna")),
+    **dict.fromkeys(("o3", "o3-2025-04-16"), (date(2026, 12, 11), "gpt-6.1-sol")),
+    **dict.fromkeys(
+        (
+            "gpt-4o", "gpt-4o-2024-08-06", "gpt-4o-2024-11-20", "gpt-4o-mini", "gpt-4o-mini-2024-07-18",
+            "gpt-4.1", "gpt-4.1-2025-04-14", "gpt-4.1-mini", "gpt-4.1-mini-2025-04-14",
+        ),
+        (date(2027, 1, 14), "gpt-6-luna"),
+    ),
+    **dict.fromkeys(("gpt-4.1-nano", "gpt-4.1-nano-2025-04-14"), (date(2026, 10, 23), "gpt-6-luna")),
+}  # fmt: skip
+
+
+def model_retirement(model: str, today: date) -> tuple[Severity, str] | None:
+    """Whether OpenAI shuts ``model`` down (a warning until the day, an error from then on, like the Realtime
+    models' check) and what to use instead; None when it has no shutdown announced."""
+    base = model.split(":")[1] if model.startswith("ft:") and model.count(":") >= 2 else model
+    retiring = RETIRING_TEXT_MODELS.get(base)
+    if retiring is None:
+        return None
+    day, replacement = retiring
+    which = f"{model!r}" if base == model else f"{model!r} (fine-tuned from {base}, on its schedule)"
+    if replacement != DEFAULT_ANALYSIS_MODEL:
+        replacement += f" (or {DEFAULT_ANALYSIS_MODEL}, the default)"
+    if today >= day:
+        return "error", f"{which} was shut down on {day.isoformat()}; use {replacement}"
+    return "warning", f"{which} shuts down on {day.isoformat()}; move to {replacement}"
 
 
 class _Strict(BaseModel):
@@ -244,8 +286,9 @@ def schema_problems(schema: Mapping[str, Any], path: str) -> list[Finding]:
     return structured_output_problems(schema, path)
 
 
-def check_profile_analysis(name: str, analysis: CallAnalysis | None) -> list[Finding]:
-    """``check-config``'s findings about ``profiles.<name>.analysis``."""
+def check_profile_analysis(name: str, analysis: CallAnalysis | None, today: date | None = None) -> list[Finding]:
+    """``check-config``'s findings about ``profiles.<name>.analysis`` (``today``: also whether its model is shut
+    down or shutting down)."""
     if analysis is None:
         return []
     base = f"profiles.{name}.analysis"
@@ -254,6 +297,8 @@ def check_profile_analysis(name: str, analysis: CallAnalysis | None) -> list[Fin
         problem = model_name_problem(analysis.model)
         if problem is not None:
             found.append(Finding(f"{base}.model", problem))
+        elif today is not None and (retiring := model_retirement(analysis.model, today)) is not None:
+            found.append(Finding(f"{base}.model", retiring[1], retiring[0]))
     if analysis.fields_schema is not None:
         found.extend(schema_problems(analysis.fields_schema, f"{base}.schema"))
     return found

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sip_controller.agent import session, templates
-from sip_controller.agent.analysis import check_profile_analysis
+from sip_controller.agent.analysis import check_profile_analysis, model_retirement
 from sip_controller.agent.operator_tools import load_python_handler
 from sip_controller.agent.profile import HttpTool, PythonTool
 from sip_controller.agent.validation import Context, Finding, check_session
@@ -88,7 +88,7 @@ def check_profile(name: str, profile: AgentProfile, today: date) -> list[Finding
         for f in check_session(session.session_patch(profile, deferred), update_ctx):
             found.append(Finding(config_path(name, profile, f.path), f.message, f.severity))
     found.extend(_feature_findings(name, profile))
-    found.extend(check_profile_analysis(name, profile.analysis))
+    found.extend(check_profile_analysis(name, profile.analysis, today))
     for i, entry in enumerate(profile.tools):
         if isinstance(entry, dict) and entry.get("type") == "function":
             found.append(
@@ -202,6 +202,11 @@ def validate(
 
     loaded = load(path, origin=origin, profile_check=check)
     errors = list(loaded.problems)
+    for f in _default_analysis_model(loaded.settings, day):
+        if f.severity == "warning":
+            warnings.append(f)
+        else:
+            errors.append(str(f))
     secrets: Secrets | None = None
     if serve:
         try:
@@ -213,6 +218,19 @@ def validate(
             errors.append(problem)
     ok = not errors
     return Validation(loaded.settings if ok else None, secrets if ok else None, errors, warnings, loaded)
+
+
+def _default_analysis_model(settings: Settings | None, today: date) -> list[Finding]:
+    """``analysis.model`` when a profile's analysis uses it (names no model of its own): shut down or shutting
+    down (a profile that names its model is checked with the profile)."""
+    if settings is None or not any(p.analysis is not None and p.analysis.model is None
+                                   for p in settings.profiles.values()):  # fmt: skip
+        return []
+    retiring = model_retirement(settings.analysis.model, today)
+    if retiring is None:
+        return []
+    severity, message = retiring
+    return [Finding("analysis.model", f"{message} (the model of every analysis block that names none)", severity)]
 
 
 def jsonl_path_problem(jsonl_path: str | None) -> str | None:

@@ -69,11 +69,13 @@ class TextPrices(BaseModel):
 
 #: Text models for the post-call analysis (#17), USD per 1M tokens, standard tier. Source: OpenAI's pricing page,
 #: https://developers.openai.com/api/docs/pricing ("Text tokens"), and each model's page under
-#: https://developers.openai.com/api/docs/models/ (e.g. .../models/gpt-5-mini: input 0.25, cached input 0.025,
-#: output 2.00; .../models/gpt-5-nano: 0.05, 0.005, 0.40), checked 2026-12-02: these prices are the published ones.
-#: OpenAI marks gpt-5-mini and gpt-5-nano as deprecated there: their prices hold until they are shut down.
-#: Override under ``pricing.text`` when a price changes or for another model.
+#: https://developers.openai.com/api/docs/models/ (e.g. .../models/gpt-6-luna: input 0.10, cached input 0.01,
+#: output 0.50; .../models/gpt-5-mini: 0.25, 0.025, 2.00; .../models/gpt-5-nano: 0.05, 0.005, 0.40), checked
+#: 2026-12-02: these prices are the published ones. gpt-6-luna is the default analysis model; the others are
+#: deprecated (``agent/analysis.py``: RETIRING_TEXT_MODELS, which check-config warns about): their prices hold until
+#: they are shut down. Override under ``pricing.text`` when a price changes or for another model.
 DEFAULT_TEXT_PRICES: dict[str, TextPrices] = {
+    "gpt-6-luna": TextPrices(input=0.1, cached_input=0.01, output=0.5),
     "gpt-5": TextPrices(input=1.25, cached_input=0.125, output=10.0),
     "gpt-5-mini": TextPrices(input=0.25, cached_input=0.025, output=2.0),
     "gpt-5-nano": TextPrices(input=0.05, cached_input=0.005, output=0.4),

@@ -3,6 +3,7 @@ subset, the model name, and what ``check-config`` says about them (the field pat
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,12 @@ from pydantic import ValidationError
 
 from sip_controller.agent import preflight
 from sip_controller.agent.analysis import (
+    DEFAULT_ANALYSIS_MODEL,
+    RETIRING_TEXT_MODELS,
     AnalysisSettings,
     CallAnalysis,
     model_name_problem,
+    model_retirement,
     schema_problems,
 )
 from sip_controller.calls.pricing import Pricing, text_cost
@@ -131,7 +135,7 @@ def test_check_config_reports_the_analysis_block(tmp_path: Path) -> None:
     result = preflight.validate(path)
     assert result.errors == [
         "profiles.sales.analysis.model: 'gpt-realtime' is not a text model: the analysis goes to the Responses API; "
-        "use a text model such as gpt-5-mini",
+        "use a text model such as gpt-6-luna",
         "profiles.sales.analysis.schema.additionalProperties: must be false in a strict structured output (got "
         "True); set additionalProperties: false",
     ]
@@ -145,3 +149,76 @@ def test_text_cost_from_usage_and_the_price_table() -> None:
     # 10,000 input tokens of which 2,000 cached, 1,000 output: 8000 * 0.25 + 2000 * 0.025 + 1000 * 2.0 per 1M
     assert text_cost(10_000, 2_000, 1_000, prices) == pytest.approx((2000 + 50 + 2000) / 1_000_000)
     assert pricing.for_text_model("unknown-model") is None
+
+
+# ---- the model: a current one by default, and check-config on deprecated ones -----------------------------------
+
+TODAY = date(2026, 12, 2)
+
+
+def test_the_default_model_is_current_priced_and_a_text_model() -> None:
+    assert DEFAULT_ANALYSIS_MODEL == "gpt-6-luna"
+    assert AnalysisSettings().model == DEFAULT_ANALYSIS_MODEL
+    assert model_name_problem(DEFAULT_ANALYSIS_MODEL) is None
+    assert model_retirement(DEFAULT_ANALYSIS_MODEL, TODAY) is None
+    assert DEFAULT_ANALYSIS_MODEL not in RETIRING_TEXT_MODELS
+    assert Pricing().for_text_model(DEFAULT_ANALYSIS_MODEL) is not None
+    assert all(replacement not in RETIRING_TEXT_MODELS for _, replacement in RETIRING_TEXT_MODELS.values())
+
+
+def test_a_deprecated_model_is_a_warning_until_its_shutdown_and_an_error_from_then_on() -> None:
+    assert model_retirement("gpt-5-mini", TODAY) == (
+        "warning", "'gpt-5-mini' shuts down on 2026-12-11; move to gpt-6.1-terra (or gpt-6-luna, the default)"
+    )  # fmt: skip
+    assert model_retirement("gpt-5-mini-2025-08-07", date(2026, 12, 11)) == (
+        "error", "'gpt-5-mini-2025-08-07' was shut down on 2026-12-11; use gpt-6.1-terra (or gpt-6-luna, the default)"
+    )  # fmt: skip
+    assert model_retirement("gpt-4.1-nano", TODAY) is not None
+    assert model_retirement("gpt-4.1-nano", TODAY)[0] == "error"  # type: ignore[index]
+    assert model_retirement("gpt-4o-mini", TODAY) == (
+        "warning", "'gpt-4o-mini' shuts down on 2027-01-14; move to gpt-6-luna"
+    )  # fmt: skip
+    tuned = model_retirement("ft:gpt-4.1-mini-2025-04-14:acme::abc123", date(2027, 1, 14))
+    assert tuned == (
+        "error",
+        "'ft:gpt-4.1-mini-2025-04-14:acme::abc123' (fine-tuned from gpt-4.1-mini-2025-04-14, on its schedule) was "
+        "shut down on 2027-01-14; use gpt-6-luna",
+    )
+    assert model_retirement("gpt-6.1-terra", TODAY) is None
+
+
+def _validate(tmp_path: Path, config: dict[str, Any], today: date) -> preflight.Validation:
+    path = tmp_path / "sipctl.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return preflight.validate(path, today=today)
+
+
+def test_check_config_warns_about_a_profile_s_deprecated_model_and_refuses_it_once_shut_down(tmp_path: Path) -> None:
+    config = {"profiles": {"default": {"analysis": {"model": "gpt-5-mini"}}}}
+    before = _validate(tmp_path, config, TODAY)
+    assert before.errors == []
+    assert [str(w) for w in before.warnings if w.path.endswith("analysis.model")] == [
+        "profiles.default.analysis.model: 'gpt-5-mini' shuts down on 2026-12-11; move to gpt-6.1-terra (or "
+        "gpt-6-luna, the default)"
+    ]
+    after = _validate(tmp_path, config, date(2026, 12, 11))
+    assert after.errors == [
+        "profiles.default.analysis.model: 'gpt-5-mini' was shut down on 2026-12-11; use gpt-6.1-terra (or "
+        "gpt-6-luna, the default)"
+    ]
+    assert after.settings is None  # serve refuses to start with it
+
+
+def test_check_config_checks_the_global_model_where_an_analysis_uses_it(tmp_path: Path) -> None:
+    used = {"analysis": {"model": "gpt-4.1-mini"}, "profiles": {"default": {"analysis": {}}}}
+    warned = _validate(tmp_path, used, TODAY)
+    assert warned.errors == []
+    assert [str(w) for w in warned.warnings if w.path == "analysis.model"] == [
+        "analysis.model: 'gpt-4.1-mini' shuts down on 2027-01-14; move to gpt-6-luna (the model of "
+        "every analysis block that names none)"
+    ]
+    assert _validate(tmp_path, used, date(2027, 1, 14)).errors[0].startswith("analysis.model: 'gpt-4.1-mini' was shut")
+    unused = {"analysis": {"model": "gpt-4.1-mini"}, "profiles": {"default": {"analysis": {"model": "gpt-6-luna"}}}}
+    assert [w for w in _validate(tmp_path, unused, TODAY).warnings if "analysis.model" in w.path] == []
+    default: dict[str, Any] = {"profiles": {"default": {"analysis": {}}}}
+    assert [w for w in _validate(tmp_path, default, TODAY).warnings if "analysis.model" in w.path] == []
