@@ -336,7 +336,9 @@ def test_session_update_type_cannot_be_overridden_by_the_patch() -> None:
     assert event["session"]["instructions"] == "x"
 
 
-def test_accept_bodies_are_built_once_per_profile_and_copied_per_call() -> None:
+def test_accept_bodies_are_built_once_per_profile_and_copied_per_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    # an empty cache: earlier tests fill the bounded one (1,024 profiles), and a full cache keeps nothing new
+    monkeypatch.setattr(session, "_BODY_CACHE", {})
     profile = AgentProfile(instructions="Base instructions.")
     first = session.accept_body(profile, instructions="For caller one.")
     second = session.accept_body(profile, instructions="For caller two.")
