@@ -27,6 +27,12 @@ pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 TOKEN = "history-e2e-" + secrets.token_hex(16)
 #: the calls in the store: a search for "opening hours" finds only the first
 CALLS = [s for s in screenshots.HISTORY_CALLS if s.name in ("opening-hours", "keypad", "caller-hangs-up")]
+#: what a link gives the page's session (run in the page by Selenium; the last argument is its callback)
+FETCH = """
+var done = arguments[arguments.length - 1];
+fetch(arguments[0], {credentials: "same-origin"}).then(function (r) { return r.text(); })
+  .then(done, function (e) { done("failed: " + e); });
+"""
 
 
 def _require_browser() -> None:
@@ -65,6 +71,10 @@ def _use_the_history(history: History, shots: Path, profile_dir: Path) -> list[s
             href = page.attribute(f"#export-{fmt}", "href") or ""
             assert f"/v1/calls/export?format={fmt}&" in href
             assert "q=opening%20hours" in href
+            # the link downloads with the page's session: the one call found
+            body = driver.execute_async_script(FETCH, href)
+            assert wanted in body, body
+            assert body.count("rtc_") == 1, body
 
         # reveal the caller's number (a logged write with the session's CSRF token)
         page.find(f"{row} button.reveal")[0].click()
