@@ -135,6 +135,7 @@ class CallJournal:
                 "hold_transcription": asdict(record.hold_transcription),
                 "cost_usd": record.cost_usd,
                 "hold_cost_usd": record.hold_cost_usd,
+                "transcription_cost_usd": record.transcription_cost_usd,
             }
             self._buffer.append(Entry("usage", self._wall_clock(), data))
 

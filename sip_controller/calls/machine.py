@@ -1053,11 +1053,14 @@ class CallMachine:
         record = self.record
         cost = response_cost(record.usage, self.prices) if self.prices else 0.0
         hold_cost = response_cost(record.hold_usage, self.prices) if self.prices else 0.0
+        transcription = 0.0
         if self.transcription_prices is not None:
-            cost += self._transcription_cost(record.transcription, self.transcription_prices)
+            transcription = self._transcription_cost(record.transcription, self.transcription_prices)
+            cost += transcription
             hold_cost += self._transcription_cost(record.hold_transcription, self.transcription_prices)
         record.cost_usd = cost
         record.hold_cost_usd = hold_cost
+        record.transcription_cost_usd = transcription
 
     @staticmethod
     def _transcription_cost(t: TranscriptionUsage, prices: TranscriptionPrices) -> float:

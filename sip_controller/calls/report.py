@@ -171,6 +171,8 @@ class CallRecord:
     hold_transcription: TranscriptionUsage = field(default_factory=TranscriptionUsage)
     cost_usd: float = 0.0
     hold_cost_usd: float = 0.0
+    #: the part of ``cost_usd`` that is the input transcription's (#17: the history's cost split)
+    transcription_cost_usd: float = 0.0
     transfer_target: str | None = None
     transfer_outcome: str | None = None
     timeline: list[tuple[float, str]] = field(default_factory=list)
@@ -444,6 +446,7 @@ def report_document(record: CallRecord, *, mask_caller: bool = True) -> dict[str
         },
         "cost_usd": round(record.cost_usd, 6),
         "hold_cost_usd": round(record.hold_cost_usd, 6),
+        "transcription_cost_usd": round(record.transcription_cost_usd, 6),
         "errors": list(record.errors),
         "ignored_events": record.ignored_events,
         "failed_responses": [f.to_dict() for f in record.failed_responses],

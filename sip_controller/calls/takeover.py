@@ -112,6 +112,7 @@ def rebuild_record(row: CallRow, entries: Sequence[StoredEntry]) -> CallRecord:
         record.transcription = TranscriptionUsage(**usage.get("transcription", {}))
         record.hold_transcription = TranscriptionUsage(**usage.get("hold_transcription", {}))
         record.hold_cost_usd = float(usage.get("hold_cost_usd", 0.0))
+        record.transcription_cost_usd = float(usage.get("transcription_cost_usd", 0.0))
     record.cost_usd = row.cost_usd
     if row.accepted_at is not None:
         record.accepted_s = round(row.accepted_at - row.received_at, 3)

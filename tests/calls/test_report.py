@@ -226,6 +226,7 @@ DOCUMENT_KEYS = [
     "usage",
     "cost_usd",
     "hold_cost_usd",
+    "transcription_cost_usd",
     "errors",
     "ignored_events",
     "failed_responses",
@@ -253,6 +254,7 @@ def full_record() -> CallRecord:
     record.hold_transcription.output_tokens = 30
     record.cost_usd = 0.0123456789
     record.hold_cost_usd = 0.001
+    record.transcription_cost_usd = 0.0023456789
     record.transfer_target = "+18005550199"
     record.transfer_outcome = "failed"
     record.tool_calls[0].result = '{"ok": true}'
@@ -277,6 +279,7 @@ def test_report_document_shape_is_stable_and_json_ready() -> None:
     assert doc["ignored_events"] == 2
     assert doc["cost_usd"] == 0.012346
     assert doc["hold_cost_usd"] == 0.001
+    assert doc["transcription_cost_usd"] == 0.002346
 
 
 def test_report_document_failed_responses_barge_ins_and_rate_limits() -> None:

@@ -275,8 +275,10 @@ def test_transcription_spent_on_hold_is_part_of_the_hold_cost() -> None:
     assert expected > 0
     all_transcription = transcription_cost(1495, 0, 40, 0.0, MINI_TRANSCRIBE)  # before, on and after the hold
     assert c.record.cost_usd == pytest.approx(response_cost(c.record.usage, PRICES) + all_transcription)
+    assert c.record.transcription_cost_usd == pytest.approx(all_transcription)  # the history's split (#17)
     document = report_document(c.record)
     assert document["hold_cost_usd"] == round(expected, 6)
+    assert document["transcription_cost_usd"] == round(all_transcription, 6)
     assert document["usage"]["hold"]["transcription"] == {
         "audio_tokens": 1460, "text_tokens": 0, "output_tokens": 35, "seconds": 0.0
     }
