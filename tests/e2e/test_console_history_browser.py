@@ -60,6 +60,21 @@ def _use_the_history(history: History, shots: Path, profile_dir: Path) -> list[s
         page.until(lambda d: len(page.find("#calls-body tr[data-call-id]")) == len(CALLS))
         assert "+14155550123" not in page.text("#calls-body")
 
+        # pages of two (a link's per=2): older, then newer again
+        page.go("#/calls?range=24h&per=2")
+        page.until(lambda d: "per=2" in (d.current_url or ""))
+        page.until(lambda d: len(page.find("#calls-body tr[data-call-id]")) == 2)
+        first = [r.get_attribute("data-call-id") for r in page.find("#calls-body tr[data-call-id]")]
+        page.find("#page-older")[0].click()
+        page.until(lambda d: page.text("#calls .load-note") == "page 2")
+        rest = [r.get_attribute("data-call-id") for r in page.find("#calls-body tr[data-call-id]")]
+        assert len(rest) == len(CALLS) - 2
+        assert set(first) | set(rest) == {history.call_id(s.name) for s in CALLS}
+        assert not page.find("#page-older")[0].is_enabled()
+        page.find("#page-newer")[0].click()
+        page.until(lambda d: page.text("#calls .load-note") == "page 1")
+        assert [r.get_attribute("data-call-id") for r in page.find("#calls-body tr[data-call-id]")] == first
+
         # find the call by what the caller said; the export links carry the same filter
         page.search("opening hours")
         page.until(lambda d: "q=opening" in (d.current_url or ""))

@@ -230,7 +230,8 @@
     function load() {
       var cursor = cursors[cursors.length - 1];
       var params2 = apiFilters(f);
-      params2.limit = PAGE;
+      var per = parseInt(params.per || "", 10);  // #/calls?per=N: calls a page (1 to 200)
+      params2.limit = per >= 1 && per <= 200 ? per : PAGE;
       if (cursor) { params2.cursor = cursor; }
       setState(box, "loading", "loading\u2026");
       newer.disabled = true; older.disabled = true;
