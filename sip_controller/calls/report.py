@@ -439,6 +439,9 @@ def report_document(record: CallRecord, *, mask_caller: bool = True) -> dict[str
             }
             for t in record.tool_calls
         ],
+        # what happened besides the words, in order: answers, watchdogs, hold, keypad, transfers, operator actions
+        # (their kind, source and length, never the text an operator sent)
+        "timeline": [{"at_s": round(at_s, 3), "event": event} for at_s, event in record.timeline],
         "usage": {
             **_usage_dict(record.usage),
             "hold": {**_usage_dict(record.hold_usage), "transcription": _transcription_dict(record.hold_transcription)},

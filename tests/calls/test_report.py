@@ -223,6 +223,7 @@ DOCUMENT_KEYS = [
     "transfer",
     "transcript",
     "tool_calls",
+    "timeline",
     "usage",
     "cost_usd",
     "hold_cost_usd",
@@ -512,3 +513,16 @@ def test_every_ended_reason_is_documented_in_the_readme_and_the_architecture() -
     reasons = set(get_args(EndedReason))
     assert documented == reasons
     assert reasons <= in_architecture
+
+
+def test_report_document_timeline_keeps_the_marks_in_order_without_an_operators_text() -> None:
+    record = full_record()
+    record.mark(0.25, "accepted")
+    record.mark(4.0, "control: say now from api (42 chars)")
+    doc = report_document(record)
+    assert doc["timeline"][-2:] == [
+        {"at_s": 0.25, "event": "accepted"},
+        {"at_s": 4.0, "event": "control: say now from api (42 chars)"},
+    ]
+    assert all(set(entry) == {"at_s", "event"} for entry in doc["timeline"])
+    assert json.loads(json.dumps(doc))["timeline"] == doc["timeline"]

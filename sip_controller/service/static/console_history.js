@@ -392,6 +392,8 @@
     }
     return JSON.stringify(value, null, 2);
   }
+  // the report's timeline entries drawn in the chat (the others are already there: turns, tools, transfers, the end)
+  var TIMELINE_SHOWN = /^(control:|operator transfer|hold mode|hold too long|max duration|silence:|idle timeout|cost budget|wrap-up|keypad:)/;
   function timelineItems(report) {
     var items = [];
     var seq = 0;
@@ -418,6 +420,9 @@
       if (t.detail) { li.appendChild(el("div", {"class": "muted"}, t.detail)); }
       push(t.at_s, li);
       if (t.name === "transfer_call") { transferAt = t.at_s; }
+    });
+    (report.timeline || []).forEach(function (m) {  // what the chat does not show otherwise: operators, watchdogs, hold
+      if (TIMELINE_SHOWN.test(String(m.event))) { event(m.at_s, String(m.event), "mark"); }
     });
     (report.barge_ins || []).forEach(function (b) {
       event(b.at_s, "the caller talked over the " + b.line + " line (" + String(b.then).replace(/_/g, " ") + ")");
