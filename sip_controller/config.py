@@ -258,9 +258,10 @@ class Reports(Strict):
     #: show callers as ``+1415***0123`` in reports and the call log
     mask_caller: bool = True
     endpoints: tuple[ReportEndpoint, ...] = ()
-    #: ``call.analyzed`` (#17): a profile's post-call analysis, delivered after its ``call.ended``
-    events: tuple[Literal["call.started", "call.ended", "call.analyzed"], ...] = (
-        "call.started", "call.ended", "call.analyzed"
+    #: ``call.analyzed`` (#17): a profile's post-call analysis, delivered after its ``call.ended``;
+    #: ``call.recording`` (#16): a Twilio recording that arrived after its call's ``call.ended``
+    events: tuple[Literal["call.started", "call.ended", "call.analyzed", "call.recording"], ...] = (
+        "call.started", "call.ended", "call.analyzed", "call.recording"
     )
     #: one delivery attempt (connect + send + answer)
     timeout_s: float = Field(default=10.0, gt=0, le=120)

@@ -197,6 +197,15 @@ class Outbound(Strict):
         return self
 
 
+class Recording(Strict):
+    """Twilio records this profile's calls (#16): both sides, each on its own channel, from the answer; the
+    recording's SID, URL, duration and channels arrive by Twilio's signed callback and go on the call's report (a
+    late ``call.recording`` event when the report already went out). Only calls through Twilio (a number's voice
+    webhook, calls we place) can be recorded. Recording a call is regulated: see the README on consent."""
+
+    enabled: bool = False
+
+
 #: OpenAI ends every Realtime session this long after it began (the call with it)
 OPENAI_SESSION_LIMIT_S = 3600.0
 #: the longest ``watchdogs.max_duration_s``: the wrap-up, the goodbye (even talked over) and the hangup must all
@@ -306,6 +315,8 @@ class AgentProfile(Strict):
     #: the variables a call placed with this profile must be given (``{{ var:first_name }}`` in instructions)
     variables: tuple[str, ...] = ()
     outbound: Outbound = Outbound()
+    #: Twilio records the call (#16): off by default
+    recording: Recording = Recording()
     #: post-call analysis (#17): a summary, the fields of ``schema`` and the success verdict of each finished call
     analysis: CallAnalysis | None = None
 

@@ -21,6 +21,8 @@ from sip_controller.state.records import OutboxItem
 
 CALL_STARTED = "call.started"
 CALL_ENDED = "call.ended"
+#: a call's Twilio recording that arrived after its report was written (#16)
+CALL_RECORDING = "call.recording"
 #: the destination of call-log lines
 JSONL = "jsonl"
 
@@ -78,6 +80,31 @@ def report_items(document: Mapping[str, Any], reports: Reports, *, at: float) ->
         key = f"{CALL_ENDED}:{call_id}:{JSONL}"
         items.append(OutboxItem(key, JSONL, CALL_ENDED, {"line": data}, call_id))
     items += _endpoint_items(reports, CALL_ENDED, call_id, data, at)
+    return items
+
+
+def recording_document(report: Mapping[str, Any], recording: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``call.recording`` event's data: which call (as its report names it) and its recording."""
+    return {
+        "call_id": report.get("call_id"),
+        "profile": report.get("profile"),
+        "twilio_call_sid": report.get("twilio_call_sid"),
+        "ended_reason": report.get("ended_reason"),
+        "recording": dict(recording),
+    }
+
+
+def recording_items(document: Mapping[str, Any], reports: Reports, *, at: float) -> list[OutboxItem]:
+    """The deliveries of a recording that came after its call's report (#16): a call-log line (when
+    ``jsonl_path`` is set) and one signed ``call.recording`` per endpoint (when ``reports.events`` has it). Keyed
+    like every event (``call.recording:<call_id>:<destination>``): enqueued twice, delivered once."""
+    call_id = str(document["call_id"])
+    items: list[OutboxItem] = []
+    if reports.jsonl_path:
+        line = {"event": CALL_RECORDING, **document}
+        key = f"{CALL_RECORDING}:{call_id}:{JSONL}"
+        items.append(OutboxItem(key, JSONL, CALL_RECORDING, {"line": line}, call_id))
+    items += _endpoint_items(reports, CALL_RECORDING, call_id, dict(document), at)
     return items
 
 

@@ -15,7 +15,7 @@ import contextlib
 import copy
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -31,7 +31,7 @@ from sip_controller.calls.incoming import IncomingCall
 from sip_controller.calls.inputs import MachineDetection, Shutdown
 from sip_controller.calls.journal import CallJournal
 from sip_controller.calls.machine import CallMachine
-from sip_controller.calls.outbox import ended_items, started_items
+from sip_controller.calls.outbox import ended_items, recording_document, recording_items, started_items
 from sip_controller.calls.report import CallRecord, twilio_inputs, twilio_part
 from sip_controller.calls.states import CallState, EndedReason
 from sip_controller.calls.supervisor import CallOptions, CallSupervisor
@@ -56,6 +56,7 @@ from sip_controller.state.records import (
 )
 from sip_controller.state.store import Store
 from sip_controller.state.twilio_calls import TwilioCallRow
+from sip_controller.telephony.callbacks import recording_of
 from sip_controller.telephony.calls_api import TwilioCalls
 from sip_controller.telephony.twiml import CORRELATION_HEADER, well_formed_correlation
 
@@ -625,6 +626,7 @@ class CallRegistry:
                     cost_usd=record.cost_usd,
                     ended_at=now,
                 )
+                await self._recording_since(record, document)
             except Fenced as exc:
                 if entry.journal is not None:
                     entry.journal.fenced_by(exc)
@@ -651,6 +653,34 @@ class CallRegistry:
             return
         if row is not None:
             record.twilio = twilio_part(row)
+            record.recording = recording_of(row.events) or record.recording
+
+    async def _recording_since(self, record: CallRecord, report: Mapping[str, Any]) -> None:
+        """A recording callback that came in while the report was being written (#16): the report lacks it, so
+        it goes out as a late ``call.recording``. The callback's route checks the other way round (the report
+        stored before its recording), so one of the two sends it; the outbox keys keep it to one."""
+        twilio_id = record.twilio.get("id") if record.twilio is not None else None
+        if not isinstance(twilio_id, str):
+            return
+        try:
+            row = await self._store.get_twilio_call(id=twilio_id)
+            recording = recording_of(row.events) if row is not None else None
+            if recording is not None and recording != report.get("recording"):
+                await self.late_recording(record.call_id, recording)
+        except Exception as exc:  # the store away: the callback's own check still sends it
+            log.warning("twilio.recording_check_failed", call_id=record.call_id, error=type(exc).__name__)
+
+    async def late_recording(self, call_id: str, recording: Mapping[str, Any]) -> bool:
+        """Twilio's recording of a call whose report is already stored without it (#16): a ``call.recording``
+        event through the outbox (once per destination). False when the report is not stored yet (the recording
+        goes into it) or already has this recording. Raises :class:`StoreError` when the store fails."""
+        report = await self._store.get_report(call_id)
+        if report is None or report.get("recording") == dict(recording):
+            return False
+        document = recording_document(report, recording)
+        added = await self._store.enqueue(recording_items(document, self._settings.reports, at=self._wall_clock()))
+        log.info("twilio.recording_late", call_id=call_id, enqueued=added)
+        return True
 
     @staticmethod
     def _notify(hooks: list[FinishedHook], record: CallRecord) -> None:

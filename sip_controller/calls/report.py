@@ -156,6 +156,9 @@ class CallRecord:
     twilio: dict[str, Any] | None = None
     #: a call we placed (``POST /v1/outbound``): ``id`` (the request's) and ``variables``
     outbound: dict[str, Any] | None = None
+    #: Twilio's recording of the call (#16: ``sid``, ``url``, ``duration_s``, ``channels``), when it arrived
+    #: before the report was written
+    recording: dict[str, Any] | None = None
     state: str = "received"
     ended_reason: str | None = None
     #: while ``state`` is ``ending``: the reason it will end with (stored, so a takeover ends it with that reason)
@@ -425,6 +428,7 @@ def report_document(record: CallRecord, *, mask_caller: bool = True) -> dict[str
             "hold_s": round(record.hold_s, 3),
         },
         "transfer": {"target": record.transfer_target, "outcome": record.transfer_outcome},
+        "recording": None if record.recording is None else dict(record.recording),
         "transcript": [{"role": t.role, "text": t.text, "at_s": round(t.at_s, 3)} for t in transcript],
         "tool_calls": [
             {

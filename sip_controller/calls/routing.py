@@ -25,6 +25,15 @@ def choose_profile(settings: Settings, incoming: IncomingCall) -> str:
     return settings.default_profile
 
 
+def profile_for_number(settings: Settings, dialed: str | None) -> str:
+    """The profile a call to ``dialed`` is routed to by the ``dialed`` routes alone: what a Twilio number's voice
+    webhook knows before OpenAI's webhook (header routes are matched on that webhook's SIP headers)."""
+    for route in settings.routes:
+        if route.dialed and _matches(dialed, route.dialed):
+            return route.profile
+    return settings.default_profile
+
+
 def screen_caller(settings: Settings, incoming: IncomingCall) -> Refusal | None:
     callers = settings.callers
     number = incoming.caller

@@ -6,8 +6,12 @@
   (``calls/registry.py``): its report has the CallSid and the numbers as Twilio saw them.
 - ``POST /twilio/status``: status callbacks (and answering-machine results) of those calls, signed. A call we
   placed that ends unanswered is reported with ``no_answer``, ``busy``, ``failed`` or ``canceled``.
+- ``POST /twilio/recording``: recording callbacks of the calls a profile records (``recording.enabled``), signed,
+  a route of their own (their parameters are not a call status). The recording goes on the call's report, or, when
+  the report already went out, into a late ``call.recording`` event.
 - ``POST /v1/outbound`` (admin API, bearer token): place a call with a profile and its variables through Twilio's
   Calls API; ``Idempotency-Key`` makes a repeated request place nothing more. ``GET /v1/outbound/{id}``: its state.
+  ``POST /v1/outbound/{id}/cancel``: stop a call that is still queued or ringing (reported as ``canceled``).
 
 Without Twilio configured (``TWILIO_ACCOUNT_SID`` …), every route answers 404.
 """
@@ -28,6 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from sip_controller.calls import routing
 from sip_controller.calls.report import mask_number
 from sip_controller.calls.states import EndedReason
 from sip_controller.config import E164, Settings, TwilioCredentials
@@ -35,7 +40,7 @@ from sip_controller.service.admin import AdminAuth
 from sip_controller.state.records import StoreError
 from sip_controller.state.store import Store
 from sip_controller.state.twilio_calls import NewTwilioCall, TwilioCallRow
-from sip_controller.telephony.callbacks import BadCallback, StatusCallback, VoiceRequest
+from sip_controller.telephony.callbacks import BadCallback, RecordingCallback, StatusCallback, VoiceRequest
 from sip_controller.telephony.calls_api import CallRequest, TwilioCalls, TwilioError
 from sip_controller.telephony.signatures import SIGNATURE_HEADER, TwilioSignatures
 from sip_controller.telephony.twiml import bridge_to_openai, new_correlation_id
@@ -47,6 +52,7 @@ log = structlog.get_logger("sip_controller.service.twilio")
 
 VOICE_PATH = "/twilio/voice"
 STATUS_PATH = "/twilio/status"
+RECORDING_PATH = "/twilio/recording"
 MAX_FORM_BYTES = 64 * 1024
 MAX_IDEMPOTENCY_KEY = 200
 MAX_VARIABLES_BYTES = 8 * 1024
@@ -164,6 +170,7 @@ async def place_outbound(
     profile = settings.profiles[profile_name]
     detection = profile.outbound.machine_detection
     status_url = f"{twilio.public_url}{STATUS_PATH}?leg={row.id}"
+    recording_url = f"{twilio.public_url}{RECORDING_PATH}?leg={row.id}" if profile.recording.enabled else None
     placing = CallRequest(
         to=to,
         from_=caller_id,
@@ -173,6 +180,7 @@ async def place_outbound(
         machine_detection=None if detection == "off" else detection,
         # with a voicemail policy the call is bridged at once and the verdict comes while it goes on
         async_amd_callback=status_url if profile.outbound.voicemail is not None else None,
+        recording_callback=recording_url,
     )
     try:
         placed = await calls_api.create(placing)
@@ -257,7 +265,11 @@ def routes(
             return PlainTextResponse("the call store is unavailable", status_code=503)
         log.info("twilio.voice", twilio_id=row.id, call_sid=call.call_sid, repeated=not created,
                  caller=mask_number(call.caller))  # fmt: skip
-        return _twiml(bridge_to_openai(twilio.openai_project_id, row.correlation))
+        # recorded when the profile the dialled number routes to records (header routes match later, on OpenAI's
+        # webhook: a number routed by a header is recorded as its default profile says)
+        profile = settings.profile(routing.profile_for_number(settings, call.dialed))
+        recording_url = f"{twilio.public_url}{RECORDING_PATH}?leg={row.id}" if profile.recording.enabled else None
+        return _twiml(bridge_to_openai(twilio.openai_project_id, row.correlation, recording_callback=recording_url))
 
     async def status(request: Request) -> Response:
         callback = await parsed_callback(request, StatusCallback.parse)
@@ -299,6 +311,37 @@ def routes(
         if callback.final and (dialler := getattr(request.app.state, "dialler", None)) is not None:
             dialler.kick()  # a batch's row may be settled now (#16)
         return JSONResponse({"status": "recorded"})
+
+    async def recording(request: Request) -> Response:
+        callback = await parsed_callback(request, RecordingCallback.parse)
+        if isinstance(callback, Response):
+            return callback
+        rt = runtime(request)
+        store: Store = rt.store
+        try:
+            row = await store.get_twilio_call(call_sid=callback.call_sid)
+            leg = request.query_params.get("leg")
+            if row is None and leg:
+                row = await store.get_twilio_call(id=leg)
+                row = row if row is not None and row.call_sid in (None, callback.call_sid) else None
+            if row is None:
+                log.warning("twilio.recording_unknown_call", call_sid=callback.call_sid,
+                            recording_sid=callback.recording_sid)  # fmt: skip
+                return _error(404, "no Twilio call of ours has this CallSid")
+            row = await store.update_twilio_call(row.id, event=callback.event())
+            assert row is not None
+            log.info("twilio.recording", twilio_id=row.id, call_id=row.call_id, status=callback.status,
+                     recording_sid=callback.recording_sid, duration_s=callback.duration_s)  # fmt: skip
+            late = False
+            if callback.completed and row.call_id is not None:
+                # the report written already: a late call.recording; not yet: the finish reads it from the row
+                late = await rt.registry.late_recording(row.call_id, callback.report())
+        except StoreError as exc:
+            log.warning("twilio.store_failed", error=str(exc)[:300])
+            return _error(503, "the call store is unavailable; retry")
+        if late and (notifier := getattr(request.app.state, "notifier", None)) is not None:
+            notifier.kick()
+        return JSONResponse({"status": "recorded", "late": late})
 
     async def place(request: Request) -> Response:
         if (denied := await auth.authorize(request, write=True)) is not None:
@@ -354,9 +397,40 @@ def routes(
             return _error(404, "no such outbound call")
         return JSONResponse(outbound_view(row, mask=mask))
 
+    async def cancel_outbound(request: Request) -> Response:
+        if (denied := await auth.authorize(request, write=True)) is not None:
+            return denied
+        calls_api = api(request)
+        if twilio is None or calls_api is None:
+            return _error(404, "Twilio is not configured")
+        store: Store = runtime(request).store
+        try:
+            row = await store.get_twilio_call(id=request.path_params["id"])
+        except StoreError as exc:
+            log.warning("twilio.store_failed", error=str(exc)[:300])
+            return _error(503, "the call store is unavailable; retry")
+        if row is None or row.direction != "outbound":
+            return _error(404, "no such outbound call")
+        if row.final or row.call_id is not None or row.status == "in-progress":
+            hint = " and reached the agent; hang it up instead" if row.call_id else ""
+            return _error(409, f"the call cannot be canceled: it is {row.status}{hint}", call_status=row.status)
+        if row.call_sid is None:
+            return _error(409, "the call has no CallSid from Twilio yet; try again in a moment", call_status=row.status)
+        try:
+            # Status=canceled stops a queued or ringing call and leaves an answered one be (Twilio's rule)
+            await calls_api.update(row.call_sid, Status="canceled")
+        except TwilioError as exc:
+            log.warning("twilio.cancel_failed", twilio_id=row.id, status=exc.status, code=exc.code)
+            return _error(502, str(exc), twilio_code=exc.code)
+        log.info("twilio.cancel", twilio_id=row.id, call_sid=row.call_sid)
+        # the status callback that follows (CallStatus canceled) reports the call, like any call never answered
+        return JSONResponse({**outbound_view(row, mask=mask), "cancel": "requested"}, status_code=202)
+
     return [
         Route(VOICE_PATH, voice, methods=["POST"]),
         Route(STATUS_PATH, status, methods=["POST"]),
+        Route(RECORDING_PATH, recording, methods=["POST"]),
         Route("/v1/outbound", place, methods=["POST"]),
         Route("/v1/outbound/{id}", get_outbound, methods=["GET"]),
+        Route("/v1/outbound/{id}/cancel", cancel_outbound, methods=["POST"]),
     ]

@@ -70,6 +70,8 @@ class Switchboard(Protocol):
     def project_id(self) -> str: ...
     @property
     def task_errors(self) -> list[BaseException]: ...
+    @property
+    def recording_delay(self) -> float: ...
     def now(self) -> float: ...
     def scaled(self, seconds: float) -> float: ...
     def has_voice_url(self, number: str) -> tuple[str, str] | None: ...
@@ -124,6 +126,9 @@ class CallEngine:
         self._leg: str | None = None
         self._ending = False
         self._redirected: asyncio.Task[None] | None = None
+        #: a ``<Dial record>`` that was answered: the Dial and when its recording began (and ended)
+        self._dial_recording: tuple[Dial, float] | None = None
+        self._dial_recording_end: float | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -236,7 +241,10 @@ class CallEngine:
         await self._hang_up_leg()
         self._collect_voicemail()
         self._status_event("completed", self.rec.status)
-        self._recording()
+        recording = self._recording()
+        if recording is not None:  # Twilio needs a moment to store the file: its callback comes after the call's
+            await self.sleep(self.side.recording_delay)
+            self._outbox.put_nowait(recording)
         self._outbox.put_nowait(None)
         if self._sender is not None:
             await asyncio.wait({self._sender})
@@ -260,19 +268,31 @@ class CallEngine:
                     heard.append((started, response.transcript))
         rec.voicemail_message = [text for _, text in sorted(heard, key=lambda item: item[0])]
 
-    def _recording(self) -> None:
+    def _recording(self) -> tuple[str, str, str, dict[str, str]] | None:
+        """The call's recording (``Record=true`` on the create, or an answered ``<Dial record>``), kept on the
+        record; its callback, when one was asked for."""
         opts, rec = self.options, self.rec
-        if not opts.record or rec.answered_at is None:
-            return
+        dialled = self._dial_recording
+        if rec.answered_at is None or (not opts.record and dialled is None):
+            return None
         sid = new_sid("RE")
+        if opts.record:
+            duration, dual = rec.duration or 0, opts.recording_channels == "dual"
+            callback, method, source = opts.recording_callback, opts.recording_method, "OutboundAPI"
+        else:
+            assert dialled is not None
+            dial, began = dialled
+            ended = self._dial_recording_end if self._dial_recording_end is not None else rec.ended_at or began
+            duration, dual = round(max(0.0, ended - began) / self.side.time_scale), dial.record.endswith("-dual")
+            callback, method, source = dial.recording_callback, dial.recording_method, "DialVerb"
         rec.recording = {
             "sid": sid,
             "url": f"{self.side.base_url}/{API_VERSION}/Accounts/{rec.account_sid}/Recordings/{sid}",
-            "duration": rec.duration or 0,
-            "channels": 2 if opts.recording_channels == "dual" else 1,
+            "duration": duration,
+            "channels": 2 if dual else 1,
         }
-        if opts.recording_callback is None:
-            return
+        if callback is None:
+            return None
         params = {
             "AccountSid": rec.account_sid,
             "CallSid": rec.sid,
@@ -281,10 +301,10 @@ class CallEngine:
             "RecordingStatus": "completed",
             "RecordingDuration": str(rec.recording["duration"]),
             "RecordingChannels": str(rec.recording["channels"]),
-            "RecordingSource": "OutboundAPI" if rec.direction == "outbound-api" else "StartCallRecordingAPI",
+            "RecordingSource": source,
             "RecordingStartTime": rfc2822_now(),
         }
-        self._outbox.put_nowait(("recording", opts.recording_callback, opts.recording_method, params))
+        return ("recording", callback, method, params)
 
     def over(self, status: str, by: str, **details: Any) -> _Over:
         """Finish with ``status`` and return the exception that stops the flow (``raise engine.over(…)``)."""
@@ -528,14 +548,16 @@ class CallEngine:
 
     async def _dial(self, dial: Dial) -> Document | None:
         if dial.sip is None:
-            return await self._dial_number(dial)
+            return await self._dial_elsewhere(dial, f"tel:{dial.number}")
+        if dial.sip.host != OPENAI_SIP_HOST:  # a SIP endpoint of someone else's (a transfer target): it answers
+            return await self._dial_elsewhere(dial, dial.sip.uri)
         if not dial.answer_on_bridge:
             self.answer()
         sip = dial.sip
         headers = self._invite_headers(dial)
         bridge = Bridge(self.side.now(), sip.uri, [{"name": n, "value": v} for n, v in headers], None)
         self.rec.bridges.append(bridge)
-        if sip.host != OPENAI_SIP_HOST or sip.user != self.side.project_id:
+        if sip.user != self.side.project_id:
             self.rec.problem(f"<Sip> {sip.uri.split('?')[0]} is not this project's OpenAI SIP URI: SIP 404")
             bridge.status, bridge.sip_response_code = "failed", 404
             return await self._dial_over(dial, bridge)
@@ -558,13 +580,17 @@ class CallEngine:
         bridge.status = "in-progress"
         bridge.sip_response_code = 200
         self.answer()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.scaled(dial.time_limit)):
-                await leg.ended.wait()
+        self._recording_begins(dial)
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.scaled(dial.time_limit)):
+                    await leg.ended.wait()
+        finally:  # over, or cut short by an update redirecting the call (the leg is hung up after)
+            bridge.ended_at = self.side.now()
+            bridge.status = "completed"
+            self._recording_ends(dial)
         self._leg = None if leg.is_ended else self._leg
         await self._hang_up_leg()
-        bridge.ended_at = self.side.now()
-        bridge.status = "completed"
         if leg.ended_by == "caller":  # the person (or machine) hung up
             raise self.over("completed", "caller" if self.caller is not None else "callee")
         if leg.ended_by == "refer":
@@ -594,11 +620,25 @@ class CallEngine:
         params.update(ReferTransferTarget=f"<{target}>")
         return await self._fetch_or_end("refer", dial.refer_url, dial.refer_method, params)
 
-    async def _dial_number(self, dial: Dial) -> Document | None:
-        """``<Dial><Number>``: the number answers and the call stays with it until the far side hangs up."""
+    async def _dial_elsewhere(self, dial: Dial, uri: str) -> Document | None:
+        """``<Dial><Number>`` or a ``<Sip>`` that is not OpenAI's (a transfer target): it answers at once, and the
+        call stays with it until the far side hangs up (or ``timeLimit``)."""
         self.answer()
-        bridge = Bridge(self.side.now(), f"tel:{dial.number}", [], None, status="in-progress")
+        bridge = Bridge(self.side.now(), uri, [], None, status="in-progress", sip_response_code=200)
+        bridge.answered_at = bridge.t
         self.rec.bridges.append(bridge)
-        await self.sleep(dial.time_limit)
-        bridge.status, bridge.ended_at = "completed", self.side.now()
+        self._recording_begins(dial)
+        try:
+            await self.sleep(dial.time_limit)
+        finally:
+            bridge.status, bridge.ended_at = "completed", self.side.now()
+            self._recording_ends(dial)
         return await self._dial_over(dial, bridge)
+
+    def _recording_begins(self, dial: Dial) -> None:
+        if dial.records and self._dial_recording is None:
+            self._dial_recording = (dial, self.side.now())
+
+    def _recording_ends(self, dial: Dial) -> None:
+        if self._dial_recording is not None and self._dial_recording[0] is dial:
+            self._dial_recording_end = self.side.now()

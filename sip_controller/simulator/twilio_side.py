@@ -68,6 +68,8 @@ class TwilioAccount:
     default_callee: Callee = field(default_factory=Callee)
     #: real seconds the stand-in waits for the controller's answer to one of its requests (Twilio: 15)
     webhook_timeout: float = 15.0
+    #: nominal seconds from a recorded call's end to its recording callback (Twilio stores the file first)
+    recording_delay: float = 2.0
 
 
 class OpenAiSide(Protocol):
@@ -121,6 +123,10 @@ class TwilioSide:
     @property
     def time_scale(self) -> float:
         return self.sim.time_scale
+
+    @property
+    def recording_delay(self) -> float:
+        return self.account.recording_delay
 
     def now(self) -> float:
         return self.sim.now()

@@ -96,6 +96,15 @@ class Dial:
     refer_url: str | None = None
     refer_method: str = "POST"
     time_limit: float = 14400.0
+    #: ``record``: ``do-not-record`` or ``record-from-answer``/``record-from-ringing`` (``-dual``: each side on
+    #: its own channel); the recording's callback goes to ``recording_callback``
+    record: str = "do-not-record"
+    recording_callback: str | None = None
+    recording_method: str = "POST"
+
+    @property
+    def records(self) -> bool:
+        return self.record != "do-not-record"
 
 
 Verb = Say | Pause | Hangup | Reject | Redirect | Dial
@@ -252,7 +261,21 @@ def _dial(element: ET.Element, warnings: list[str]) -> Dial:
         refer_url=element.get("referUrl"),
         refer_method=_method(element, "referMethod"),
         time_limit=_number(element, "timeLimit", 14400.0, 1.0, 86400.0),
+        record=_record(element),
+        recording_callback=element.get("recordingStatusCallback"),
+        recording_method=_method(element, "recordingStatusCallbackMethod"),
     )
+
+
+RECORD_VALUES = ("do-not-record", "record-from-answer", "record-from-ringing", "record-from-answer-dual",
+                 "record-from-ringing-dual")  # fmt: skip
+
+
+def _record(element: ET.Element) -> str:
+    value = element.get("record", "do-not-record")
+    if value not in RECORD_VALUES:
+        raise TwimlError(12200, f"<Dial> record={value[:40]!r}: one of {', '.join(RECORD_VALUES)}")
+    return value
 
 
 def _verb(element: ET.Element, warnings: list[str]) -> Verb:

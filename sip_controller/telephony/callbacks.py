@@ -1,14 +1,16 @@
-"""What Twilio POSTs to us (form-encoded, signed): the voice webhook of a number (``A call comes in``) and the
-status callbacks of a call (``StatusCallback``; answering-machine results ride on them as ``AnsweredBy``).
+"""What Twilio POSTs to us (form-encoded, signed): the voice webhook of a number (``A call comes in``), the
+status callbacks of a call (``StatusCallback``; answering-machine results ride on them as ``AnsweredBy``) and
+the recording callbacks of a recorded call (``RecordingStatusCallback``).
 
 Parsed once at the edge into frozen values; Twilio adds parameters over time, so unknown ones are ignored."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 #: every ``CallStatus`` Twilio reports
 CALL_STATUSES = (
@@ -46,6 +48,9 @@ _ANSWERED: Mapping[str, Answered] = {"human": "human", "fax": "fax"}
 
 
 _CALL_SID = re.compile(r"^CA[0-9a-fA-F]{32}$")
+_RECORDING_SID = re.compile(r"^RE[0-9a-fA-F]{32}$")
+#: every ``RecordingStatus`` Twilio reports
+RECORDING_STATUSES = ("in-progress", "completed", "absent", "failed")
 _E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
 
 
@@ -157,3 +162,74 @@ class StatusCallback:
             if value not in (None, ""):
                 out[name] = value
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingCallback:
+    """A recording callback (``recordingStatusCallback`` of a ``<Dial record>``, ``RecordingStatusCallback`` of a
+    placed call): the recording of the call ``call_sid`` (the parent call of a bridge) is ready (``completed``),
+    or nothing was recorded (``absent``), or it failed."""
+
+    call_sid: str
+    recording_sid: str
+    status: str
+    #: where the recording is (Twilio's API: fetching it needs the account's credentials); None unless completed
+    url: str | None
+    duration_s: int | None
+    channels: int | None
+    #: ``DialVerb``, ``OutboundAPI``, …
+    source: str | None
+    error_code: int | None
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "completed"
+
+    @classmethod
+    def parse(cls, form: Mapping[str, str]) -> RecordingCallback:
+        sid = _call_sid(form)
+        recording_sid = form.get("RecordingSid", "").strip()
+        if not _RECORDING_SID.match(recording_sid):
+            raise BadCallback("RecordingSid is missing or not a recording SID (RE and 32 hex digits)")
+        status = form.get("RecordingStatus", "").strip()
+        if status not in RECORDING_STATUSES:
+            raise BadCallback(f"RecordingStatus {status[:40]!r} is not one of {', '.join(RECORDING_STATUSES)}")
+        url = form.get("RecordingUrl", "").strip() or None
+        if url is not None:
+            parts = urlsplit(url)
+            if parts.scheme not in ("https", "http") or not parts.hostname or len(url) > 1000:
+                raise BadCallback("RecordingUrl is not an http(s) URL")
+        elif status == "completed":
+            raise BadCallback("RecordingUrl is missing from a completed recording")
+        return cls(
+            call_sid=sid,
+            recording_sid=recording_sid,
+            status=status,
+            url=url,
+            duration_s=_int(form.get("RecordingDuration")),
+            channels=_int(form.get("RecordingChannels")),
+            source=(form.get("RecordingSource") or None),
+            error_code=_int(form.get("ErrorCode")),
+        )
+
+    def report(self) -> dict[str, Any]:
+        """The report's ``recording``: ``{sid, url, duration_s, channels}``."""
+        return {"sid": self.recording_sid, "url": self.url, "duration_s": self.duration_s, "channels": self.channels}
+
+    def event(self) -> dict[str, Any]:
+        """The callback as it is kept on the Twilio call (beside its status callbacks)."""
+        out: dict[str, Any] = {"kind": "recording", "status": self.status, **self.report()}
+        if self.source is not None:
+            out["source"] = self.source[:40]
+        if self.error_code is not None:
+            out["error_code"] = self.error_code
+        return out
+
+
+def recording_of(events: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The report's ``recording`` from a Twilio call's kept callbacks: its last completed recording, or None."""
+    found: dict[str, Any] | None = None
+    for event in events:
+        if event.get("kind") == "recording" and event.get("status") == "completed":
+            found = {name: event.get(name) for name in ("sid", "url", "duration_s", "channels")}
+    return found

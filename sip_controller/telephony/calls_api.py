@@ -53,6 +53,9 @@ class CallRequest:
     #: None: Twilio waits for the verdict before it runs the TwiML
     async_amd_callback: str | None = None
     status_events: Sequence[str] = field(default=STATUS_EVENTS)
+    #: record the call from the answer, each side on its own channel, and POST the recording's callback here
+    #: (None: not recorded)
+    recording_callback: str | None = None
 
     def form(self) -> list[tuple[str, str]]:
         """The form fields in Twilio's names (``StatusCallbackEvent`` repeated once per event)."""
@@ -69,6 +72,11 @@ class CallRequest:
             if self.async_amd_callback is not None:
                 pairs += [("AsyncAmd", "true"), ("AsyncAmdStatusCallback", self.async_amd_callback),
                           ("AsyncAmdStatusCallbackMethod", "POST")]  # fmt: skip
+        if self.recording_callback is not None:
+            pairs += [("Record", "true"), ("RecordingChannels", "dual"),
+                      ("RecordingStatusCallback", self.recording_callback),
+                      ("RecordingStatusCallbackMethod", "POST"),
+                      ("RecordingStatusCallbackEvent", "completed absent")]  # fmt: skip
         return pairs
 
 

@@ -34,12 +34,46 @@ def openai_sip_uri(project_id: str, correlation_id: str) -> str:
     return f"sip:{project_id}@{OPENAI_SIP_HOST};transport=tls?{CORRELATION_HEADER}={correlation_id}"
 
 
-def bridge_to_openai(project_id: str, correlation_id: str, *, answer_on_bridge: bool = True) -> str:
+#: the recording events Twilio reports: the file is ready, or nothing was recorded
+RECORDING_EVENTS = "completed absent"
+_TRANSFER_TARGET = re.compile(r"^(tel:(\+[1-9][0-9]{1,14})|sips?:[^\s@<>]+@[^\s<>]+)$")
+
+
+def bridge_to_openai(
+    project_id: str, correlation_id: str, *, answer_on_bridge: bool = True, recording_callback: str | None = None
+) -> str:
     """``<Response><Dial answerOnBridge="true"><Sip>…</Sip></Dial></Response>`` as an XML document.
-    ``answerOnBridge``: the caller hears ringing until OpenAI answers (the controller's accept), not silence."""
+    ``answerOnBridge``: the caller hears ringing until OpenAI answers (the controller's accept), not silence.
+    ``recording_callback``: record the bridged call from the answer, each side on its own channel
+    (``record-from-answer-dual``), and POST the recording's callback there."""
     response = VoiceResponse()
-    dial = Dial(answer_on_bridge=answer_on_bridge)
+    recording: dict[str, str] = {}
+    if recording_callback is not None:
+        recording = {
+            "record": "record-from-answer-dual",
+            "recording_status_callback": recording_callback,
+            "recording_status_callback_method": "POST",
+            "recording_status_callback_event": RECORDING_EVENTS,
+        }
+    dial = Dial(answer_on_bridge=answer_on_bridge, **recording)
     dial.sip(openai_sip_uri(project_id, correlation_id))
+    response.append(dial)
+    return str(response.to_xml())
+
+
+def transfer_to(target_uri: str) -> str:
+    """The TwiML a Twilio call is redirected to for a transfer (Calls API update, ``Twiml=``): Twilio ends the
+    ``<Dial>`` into OpenAI (the OpenAI leg hangs up) and dials the target instead: ``tel:+E164`` as a
+    ``<Number>``, a ``sip:``/``sips:`` URI as a ``<Sip>``."""
+    match = _TRANSFER_TARGET.match(target_uri.strip())
+    if match is None:
+        raise ValueError(f"transfer target {target_uri[:80]!r} is not tel:+E164 or a sip: URI with user@host")
+    response = VoiceResponse()
+    dial = Dial()
+    if match.group(2) is not None:
+        dial.number(match.group(2))
+    else:
+        dial.sip(match.group(1))
     response.append(dial)
     return str(response.to_xml())
 

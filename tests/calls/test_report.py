@@ -221,6 +221,7 @@ DOCUMENT_KEYS = [
     "timestamps",
     "timings",
     "transfer",
+    "recording",
     "transcript",
     "tool_calls",
     "timeline",

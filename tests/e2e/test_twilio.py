@@ -15,7 +15,7 @@ import httpx
 import pytest
 from twilio.request_validator import RequestValidator
 
-from sip_controller.agent.profile import AgentProfile, Outbound
+from sip_controller.agent.profile import AgentProfile, Outbound, Recording
 from sip_controller.calls.report import CallRecord
 from sip_controller.cli import main
 from sip_controller.config import Reports, Settings, TwilioSettings
@@ -41,6 +41,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 SCALE = 0.02
 TOKEN = "e2e-admin-token-0123456789abcdef"
 NUMBER = "+18005550100"
+RECORDED_NUMBER = "+18005550122"  # routed to the profile that records
 OTHER_NUMBER = "+18005550177"  # not the account's: Twilio refuses it as a caller ID (21210)
 PERSON = "+14155550111"
 GOODBYE = Step(
@@ -58,8 +59,11 @@ def settings(tmp_path: Path) -> Settings:
         variables=("first_name", "date"),
     )
     stranger = AgentProfile(tools=("end_call",), outbound=Outbound(from_number=OTHER_NUMBER))
+    recorded = AgentProfile(tools=("end_call",), recording=Recording(enabled=True))
     return Settings(
-        profiles={"default": AgentProfile(tools=("end_call",)), "reminders": reminders, "stranger": stranger},
+        profiles={"default": AgentProfile(tools=("end_call",)), "reminders": reminders, "stranger": stranger,
+                  "recorded": recorded},
+        routes=({"dialed": (RECORDED_NUMBER,), "profile": "recorded"},),
         twilio=TwilioSettings(from_number=NUMBER, do_not_call=("+1900*",), ring_timeout_s=20),
         reports=Reports(jsonl_path=str(tmp_path / "calls.jsonl"), mask_caller=False),
     )
@@ -67,7 +71,7 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
-    account = TwilioAccount(numbers={NUMBER: TwilioNumber()})
+    account = TwilioAccount(numbers={NUMBER: TwilioNumber(), RECORDED_NUMBER: TwilioNumber()})
     async with harness.running_stack(
         settings(tmp_path), time_scale=SCALE, twilio=account, admin_token=TOKEN
     ) as running:
@@ -305,6 +309,95 @@ async def test_the_harness_flags_what_differs_from_the_scenario(stack: Stack) ->
         f"outbound {PERSON}: twilio final_status: expected 'busy', got 'no-answer'",
         "report ended_reason: expected busy, got no_answer",
     ]
+
+
+async def test_a_recording_that_arrives_before_the_report_is_on_the_report(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = stack.runtime.store
+    get_twilio_call = store.get_twilio_call
+
+    async def recording_first(**kwargs: Any) -> Any:
+        """The finishing call reads its Twilio row once the recording callback is in (the race decided one way)."""
+        if "id" not in kwargs:
+            return await get_twilio_call(**kwargs)
+        async with asyncio.timeout(10):
+            while True:
+                row = await get_twilio_call(**kwargs)
+                if row is None or any(e.get("kind") == "recording" for e in row.events):
+                    return row
+                await asyncio.sleep(0.02)
+
+    monkeypatch.setattr(store, "get_twilio_call", recording_first)
+    person = Callee(steps=[Step(say="Hello?", reply="Hi, this call is recorded."), GOODBYE])
+    call = OutboundCall(name="recorded", to=PERSON, profile="recorded", callee=person)
+    outcome = await harness.run_outbound(stack, call, timeout=30)
+    assert outcome.problems == []
+    rec, record, placed = outcome.twilio, outcome.record, outcome.placed
+    assert rec is not None
+    assert record is not None
+    assert placed is not None
+    # Twilio was asked to record both sides and to send the signed callback to our public URL
+    form = dict(rec.requests[0].params)
+    assert (form["Record"], form["RecordingChannels"]) == ("true", "dual")
+    assert form["RecordingStatusCallback"] == f"{stack.server.url}/twilio/recording?leg={placed['id']}"
+    (callback,) = [cb for cb in rec.callbacks if cb.kind == "recording"]
+    assert callback.status == 200
+    assert rec.recording is not None
+    wanted = {"sid": rec.recording["sid"], "url": rec.recording["url"], "duration_s": rec.recording["duration"],
+              "channels": 2}  # fmt: skip
+    assert record.recording == wanted
+    lines = await logged(tmp_path, record.call_id)
+    assert [line.get("recording") for line in lines] == [wanted]  # the report; no late event
+    report = await stack.runtime.store.get_report(record.call_id)
+    assert report is not None
+    assert report["recording"] == wanted
+
+
+async def test_a_recording_after_the_report_went_out_is_a_late_call_recording_event(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    side = stack.twilio
+    send = side.send
+
+    async def once_reported(record: Any, kind: str, url: str, method: str, params: dict[str, str]) -> Any:
+        """The recording callback waits until the call's report is written (the race decided the other way)."""
+        if kind == "recording":
+            row = await stack.runtime.store.get_twilio_call(call_sid=params["CallSid"])
+            assert row is not None
+            assert row.call_id is not None
+            async with asyncio.timeout(10):
+                while await stack.runtime.store.get_report(row.call_id) is None:
+                    await asyncio.sleep(0.02)
+        return await send(record, kind, url, method, params)
+
+    monkeypatch.setattr(side, "send", once_reported)
+    caller = InboundCall(name="recorded-inbound", from_="+14155550123", to=RECORDED_NUMBER,
+                         steps=[Step(say="Do you record calls?", reply="Yes, this one is."), GOODBYE])  # fmt: skip
+    outcome = await harness.run_inbound(stack, caller, timeout=30)
+    assert outcome.problems == []
+    rec, record = outcome.twilio, outcome.record
+    assert rec is not None
+    assert record is not None
+    # the number's profile records: the bridge's <Dial> asked for it
+    row = await stack.runtime.store.get_twilio_call(call_sid=rec.sid)
+    assert row is not None
+    assert 'record="record-from-answer-dual"' in rec.twiml[0].text
+    assert f"{stack.server.url}/twilio/recording?leg={row.id}" in rec.twiml[0].text.replace("&amp;", "&")
+    assert record.recording is None
+    assert rec.recording is not None
+    wanted = {"sid": rec.recording["sid"], "url": rec.recording["url"], "duration_s": rec.recording["duration"],
+              "channels": 2}  # fmt: skip
+    lines: list[dict[str, Any]] = []
+    for _ in range(200):
+        lines = await logged(tmp_path, record.call_id)
+        if len(lines) == 2:
+            break
+        await asyncio.sleep(0.05)
+    ended, late = lines
+    assert (ended["ended_reason"], ended["recording"]) == ("agent_end_call", None)
+    assert late == {"event": "call.recording", "call_id": record.call_id, "profile": "recorded",
+                    "twilio_call_sid": rec.sid, "ended_reason": "agent_end_call", "recording": wanted}  # fmt: skip
 
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "config" / "scenarios"

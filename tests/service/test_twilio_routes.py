@@ -4,10 +4,12 @@ twilio package's validator; Twilio's Calls API and OpenAI's REST are mocked with
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 from xml.etree import ElementTree as ET
@@ -18,8 +20,8 @@ from pydantic import SecretStr
 from standardwebhooks import Webhook
 from twilio.request_validator import RequestValidator
 
-from sip_controller.agent.profile import AgentProfile, Outbound
-from sip_controller.config import Limits, Settings, TwilioCredentials, TwilioSettings
+from sip_controller.agent.profile import AgentProfile, Outbound, Recording
+from sip_controller.config import Limits, Reports, Settings, TwilioCredentials, TwilioSettings
 from tests.servicekit import SECRET, Service, openai_router, running_service
 
 pytestmark = pytest.mark.anyio
@@ -40,8 +42,9 @@ SETTINGS = Settings(
             instructions="Remind {{ var:first_name }} of the appointment.", variables=("first_name",),
             outbound=Outbound(machine_detection="DetectMessageEnd"),
         ),
+        "recorded": AgentProfile(instructions="You are support, recorded.", recording=Recording(enabled=True)),
     },
-    routes=({"dialed": ("+18005550100",), "profile": "support"},),
+    routes=({"dialed": ("+18005550100",), "profile": "support"}, {"dialed": ("+18005550111",), "profile": "recorded"}),
     limits=Limits(hangup_close_wait_s=0.1),
     twilio=TwilioSettings(from_number="+18005550199", do_not_call=("+1900*",)),
 )  # fmt: skip
@@ -305,3 +308,145 @@ async def test_a_number_twilio_refuses_is_a_failed_call_with_twilios_code(servic
     assert record.ended_reason == "failed"
     assert record.twilio is not None
     assert record.twilio["error_code"] == 21211
+
+
+# ---- recordings -------------------------------------------------------------------------------------------------
+
+RECORDING_SID = "RE" + "4" * 32
+
+
+def recording_form(call_sid: str, **extra: str) -> dict[str, str]:
+    return {
+        "CallSid": call_sid, "RecordingSid": RECORDING_SID, "RecordingStatus": "completed",
+        "RecordingUrl": f"https://api.twilio.com/2010-04-01/Accounts/{ACCOUNT}/Recordings/{RECORDING_SID}",
+        "RecordingDuration": "42", "RecordingChannels": "2", "RecordingSource": "DialVerb", **extra,
+    }  # fmt: skip
+
+
+async def test_a_number_whose_profile_records_is_bridged_with_a_dual_channel_recording(service: Service) -> None:
+    call_sid = sid()
+    answer = await post_signed(service, "/twilio/voice", {"CallSid": call_sid, "From": CALLER, "To": "+18005550111"})
+    row = await service.store.get_twilio_call(call_sid=call_sid)
+    assert row is not None
+    dial = ET.fromstring(answer.text).find("./Dial")
+    assert dial is not None
+    assert dial.attrib["record"] == "record-from-answer-dual"
+    assert dial.attrib["recordingStatusCallback"] == f"{PUBLIC}/twilio/recording?leg={row.id}"
+    # a profile that does not record: no record attribute at all (test_a_signed_voice_webhook_… checks the rest)
+    plain = await post_signed(service, "/twilio/voice", {"CallSid": sid(), "From": CALLER, "To": "+18005550100"})
+    plain_dial = ET.fromstring(plain.text).find("./Dial")
+    assert plain_dial is not None
+    assert "record" not in plain_dial.attrib
+
+
+async def test_a_call_placed_with_a_recording_profile_asks_the_calls_api_to_record(service: Service) -> None:
+    answer = await service.client.post("/v1/outbound", json={"to": CALLER, "profile": "recorded"}, headers=bearer())
+    assert answer.status_code == 201
+    form = parse_qsl(service.router.routes["twilio_create"].calls.last.request.content.decode())
+    assert ("Record", "true") in form
+    assert ("RecordingChannels", "dual") in form
+    assert ("RecordingStatusCallback", f"{PUBLIC}/twilio/recording?leg={answer.json()['id']}") in form
+    service.router.routes["twilio_create"].respond(201, json={"sid": sid(), "status": "queued"})
+    plain = await service.client.post("/v1/outbound", json=REQUEST, headers=bearer())
+    assert plain.status_code == 201
+    form = parse_qsl(service.router.routes["twilio_create"].calls.last.request.content.decode())
+    assert not [k for k, _ in form if k.startswith("Record")]
+
+
+async def test_a_recording_of_a_live_call_is_kept_for_its_report(service: Service) -> None:
+    call_sid = sid()
+    await post_signed(service, "/twilio/voice", {"CallSid": call_sid, "From": CALLER, "To": "+18005550111"})
+    answer = await post_signed(service, "/twilio/recording", recording_form(call_sid))
+    assert answer.status_code == 200
+    assert answer.json() == {"status": "recorded", "late": False}
+    row = await service.store.get_twilio_call(call_sid=call_sid)
+    assert row is not None
+    assert row.events[-1] == {
+        "kind": "recording", "status": "completed", "sid": RECORDING_SID,
+        "url": recording_form(call_sid)["RecordingUrl"], "duration_s": 42, "channels": 2, "source": "DialVerb",
+    }  # fmt: skip
+    assert row.status == "ringing"  # a recording is not a call status
+
+
+async def test_bad_recording_callbacks_are_refused(service: Service) -> None:
+    call_sid = sid()
+    await post_signed(service, "/twilio/voice", {"CallSid": call_sid, "From": CALLER, "To": "+18005550111"})
+    unsigned = await service.client.post("/twilio/recording", data={"AccountSid": ACCOUNT, **recording_form(call_sid)})
+    assert (unsigned.status_code, unsigned.text) == (403, "forbidden")
+    forged = await post_signed(service, "/twilio/recording", recording_form(call_sid), token="0" * 32)
+    assert forged.status_code == 403
+    malformed = await post_signed(service, "/twilio/recording", recording_form(call_sid, RecordingSid="RE1"))
+    assert malformed.status_code == 400
+    assert "RecordingSid" in malformed.text
+    unknown = await post_signed(service, "/twilio/recording", recording_form(sid()))
+    assert unknown.status_code == 404
+    assert "no Twilio call of ours" in unknown.json()["error"]
+    # a leg id naming another call's row does not make a stranger's CallSid ours
+    row = await service.store.get_twilio_call(call_sid=call_sid)
+    assert row is not None
+    stray = await post_signed(service, f"/twilio/recording?leg={row.id}", recording_form(sid()))
+    assert stray.status_code == 404
+    after = await service.store.get_twilio_call(call_sid=call_sid)
+    assert after is not None
+    assert after.events == []
+
+
+async def test_a_recording_after_the_report_went_out_is_a_late_call_recording_event(tmp_path: Path) -> None:
+    log_path = tmp_path / "calls.jsonl"
+    settings = SETTINGS.model_copy(update={"reports": Reports(jsonl_path=str(log_path))})
+    router = openai_router(None)
+    router.post(path__regex=rf"/2010-04-01/Accounts/{ACCOUNT}/Calls\.json", name="twilio_create").respond(
+        201, json={"sid": PLACED_SID, "status": "queued"}
+    )
+    async with running_service(ADMIN, settings=settings, twilio=TWILIO, router=router) as svc:
+        placed = (await svc.client.post("/v1/outbound", json={"to": CALLER, "profile": "recorded"},
+                                         headers=bearer())).json()  # fmt: skip
+        await post_signed(svc, "/twilio/status?leg=" + placed["id"], {"CallSid": PLACED_SID, "CallStatus": "busy"})
+        await svc.runtime.registry.wait_ended(placed["id"], 5)
+        await svc.runtime.registry.finished_written(5)
+        report = await svc.store.get_report(placed["id"])
+        assert report is not None
+        assert report["recording"] is None
+        answer = await post_signed(svc, "/twilio/recording", recording_form(PLACED_SID))
+        assert answer.json() == {"status": "recorded", "late": True}
+        again = await post_signed(svc, "/twilio/recording", recording_form(PLACED_SID))  # Twilio retried
+        assert again.status_code == 200
+        lines: list[dict[str, Any]] = []
+        for _ in range(100):
+            lines = [json.loads(x) for x in log_path.read_text().splitlines()] if log_path.exists() else []
+            if any(line.get("event") == "call.recording" for line in lines):
+                break
+            await asyncio.sleep(0.05)
+        late = [line for line in lines if line.get("event") == "call.recording"]
+        recording = {"sid": RECORDING_SID, "url": recording_form(PLACED_SID)["RecordingUrl"], "duration_s": 42,
+                     "channels": 2}  # fmt: skip
+        assert late == [{
+            "event": "call.recording", "call_id": placed["id"], "profile": "recorded", "twilio_call_sid": PLACED_SID,
+            "ended_reason": "busy", "recording": recording,
+        }]  # fmt: skip
+
+
+# ---- canceling a call we placed ------------------------------------------------------------------------------------
+
+
+async def test_a_ringing_outbound_call_can_be_canceled(service: Service) -> None:
+    update = service.router.post(
+        path__regex=rf"/2010-04-01/Accounts/{ACCOUNT}/Calls/{PLACED_SID}\.json", name="twilio_update"
+    ).respond(200, json={"sid": PLACED_SID, "status": "canceled"})
+    placed = (await service.client.post("/v1/outbound", json=REQUEST, headers=bearer())).json()
+    assert (await service.client.post(f"/v1/outbound/{placed['id']}/cancel")).status_code == 401
+    await post_signed(service, "/twilio/status?leg=" + placed["id"], {"CallSid": PLACED_SID, "CallStatus": "ringing"})
+    answer = await service.client.post(f"/v1/outbound/{placed['id']}/cancel", headers=bearer())
+    assert answer.status_code == 202
+    assert answer.json()["cancel"] == "requested"
+    assert parse_qsl(update.calls.last.request.content.decode()) == [("Status", "canceled")]
+    # Twilio's status callback says canceled: reported like any call never answered
+    await post_signed(service, "/twilio/status?leg=" + placed["id"], {"CallSid": PLACED_SID, "CallStatus": "canceled"})
+    record = await service.runtime.registry.wait_ended(placed["id"], 5)
+    assert record.ended_reason == "canceled"
+    over = await service.client.post(f"/v1/outbound/{placed['id']}/cancel", headers=bearer())
+    assert over.status_code == 409
+    assert over.json()["call_status"] == "canceled"
+    assert update.call_count == 1
+    missing = await service.client.post("/v1/outbound/out_nope/cancel", headers=bearer())
+    assert missing.status_code == 404

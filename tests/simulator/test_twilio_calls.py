@@ -14,7 +14,7 @@ import pytest
 from sip_controller.simulator.twilio_records import check_twilio_call
 from sip_controller.simulator.twilio_side import TwilioSide
 from sip_controller.simulator.twilio_spec import Callee, InboundCall, TwilioExpectation
-from sip_controller.telephony.twiml import CORRELATION_HEADER, bridge_to_openai
+from sip_controller.telephony.twiml import CORRELATION_HEADER, bridge_to_openai, transfer_to
 from tests.simulator.twilio_receiver import (
     TinyController,
     accept_say_hang_up,
@@ -365,3 +365,62 @@ async def test_a_recorded_call_reports_its_recording_by_signed_callback() -> Non
         assert recording.params["RecordingChannels"] == "2"
         assert call.recording is not None
         assert call.recording["sid"] == recording.params["RecordingSid"]
+
+
+async def test_a_dial_that_records_sends_the_recording_callback_after_the_call_ends() -> None:
+    async with twilio_stack() as ctl:
+        side = side_of(ctl)
+        side.script(CALLEE, Callee(ring_seconds=0.1, max_call_seconds=10))
+        ctl.twiml = bridge_to_openai(ctl.sim.project_id, CORRELATION,
+                                     recording_callback=f"{ctl.url}/twilio/recording?leg=x")  # fmt: skip
+        call = await side.wait_ended(await create(ctl), 5.0)
+        (recording,) = ctl.of("recording")
+        assert recording.signed
+        assert recording.url == f"{ctl.url}/twilio/recording?leg=x"
+        params = recording.params
+        shown = (params["CallSid"], params["RecordingStatus"], params["RecordingChannels"], params["RecordingSource"])
+        assert shown == (call.sid, "completed", "2", "DialVerb")
+        assert 0 < int(params["RecordingDuration"]) <= 10
+        assert call.recording is not None
+        assert call.recording["sid"] == params["RecordingSid"]
+        # after the call's completed status callback, as Twilio stores the file first
+        kinds = [r.kind for r in ctl.received if r.kind in ("status", "recording")]
+        assert kinds[-2:] == ["status", "recording"]
+        assert ctl.of("status")[-1].params["CallStatus"] == "completed"
+
+
+async def test_a_dial_that_does_not_record_sends_no_recording_callback() -> None:
+    async with twilio_stack() as ctl:
+        side = side_of(ctl)
+        side.script(CALLEE, Callee(ring_seconds=0.1, max_call_seconds=1))
+        ctl.twiml = bridge_to_openai(ctl.sim.project_id, CORRELATION)
+        call = await side.wait_ended(await create(ctl), 5.0)
+        assert (ctl.of("recording"), call.recording) == ([], None)
+
+
+@pytest.mark.parametrize(
+    ("target", "uri"),
+    [("tel:+14155550188", "tel:+14155550188"), ("sip:desk@pbx.example.com", "sip:desk@pbx.example.com")],
+)
+async def test_a_live_update_transfers_the_callee_from_openai_to_the_target(target: str, uri: str) -> None:
+    async with twilio_stack() as ctl:
+        side = side_of(ctl)
+        side.script(CALLEE, Callee(ring_seconds=0.1, max_call_seconds=20))
+        ctl.twiml = bridge_to_openai(ctl.sim.project_id, CORRELATION)
+        sid = await create(ctl)
+        async with asyncio.timeout(5.0):
+            while not side.calls[sid].bridges or side.calls[sid].bridges[0].answered_at is None:
+                await asyncio.sleep(0.01)
+        url = f"{side.base_url}/2010-04-01/Accounts/{ctl.account.account_sid}/Calls/{sid}.json"
+        async with httpx.AsyncClient() as client:
+            moved = await client.post(url, data={"Twiml": transfer_to(target)},
+                                      auth=(ctl.account.account_sid, ctl.account.auth_token))  # fmt: skip
+        assert moved.status_code == 200, moved.text
+        call = await side.wait_ended(sid, 5.0)
+        openai, dialled = call.bridges
+        assert ctl.sim.calls[openai.call_id or ""].ended_by == "caller"  # Twilio hung the OpenAI leg up
+        assert openai.ended_at is not None
+        assert openai.ended_at <= dialled.t
+        assert (dialled.uri, dialled.call_id, dialled.status) == (uri, None, "completed")
+        assert (call.status, call.ended_by, call.problems) == ("completed", "callee", [])
+        assert [run.source for run in call.twiml] == ["voice", "update"]

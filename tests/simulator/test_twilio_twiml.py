@@ -108,3 +108,19 @@ def test_deep_nesting_and_too_many_elements_are_refused() -> None:
     many = "<Response>" + "<Hangup/>" * 600 + "</Response>"
     with pytest.raises(TwimlError, match="more than 500"):
         parse_twiml(many)
+
+
+def test_a_dial_records_as_its_record_attribute_says() -> None:
+    (dial,) = parse_twiml(
+        '<Response><Dial record="record-from-answer-dual" recordingStatusCallback="https://x.test/r">'
+        "<Number>+14155550188</Number></Dial></Response>"
+    ).verbs
+    assert isinstance(dial, Dial)
+    assert (dial.records, dial.record, dial.recording_callback, dial.recording_method) == (
+        True, "record-from-answer-dual", "https://x.test/r", "POST"
+    )  # fmt: skip
+    (plain,) = parse_twiml("<Response><Dial>+14155550188</Dial></Response>").verbs
+    assert isinstance(plain, Dial)
+    assert not plain.records
+    with pytest.raises(TwimlError, match="record="):
+        parse_twiml('<Response><Dial record="always">+14155550188</Dial></Response>')

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from sip_controller.telephony.callbacks import BadCallback, StatusCallback, VoiceRequest
+from sip_controller.telephony.callbacks import (
+    BadCallback,
+    RecordingCallback,
+    StatusCallback,
+    VoiceRequest,
+    recording_of,
+)
 
 SID = "CA" + "a" * 32
 
@@ -57,3 +63,48 @@ def test_an_answering_machine_result_without_a_status() -> None:
 def test_what_twilio_does_not_send_is_refused(form: dict[str, str], match: str) -> None:
     with pytest.raises(BadCallback, match=match):
         StatusCallback.parse({"CallSid": SID, **form})
+
+
+RECORDING = {
+    "AccountSid": "AC" + "0" * 32, "CallSid": SID, "RecordingSid": "RE" + "1" * 32,
+    "RecordingUrl": "https://api.twilio.com/2010-04-01/Accounts/AC00/Recordings/RE11",
+    "RecordingStatus": "completed", "RecordingDuration": "42", "RecordingChannels": "2",
+    "RecordingSource": "DialVerb", "RecordingStartTime": "Wed, 02 Dec 2026 13:00:00 +0000",
+}  # fmt: skip
+
+
+def test_a_recording_callback() -> None:
+    callback = RecordingCallback.parse(RECORDING)
+    assert (callback.call_sid, callback.status, callback.completed) == (SID, "completed", True)
+    assert callback.report() == {
+        "sid": "RE" + "1" * 32, "url": RECORDING["RecordingUrl"], "duration_s": 42, "channels": 2,
+    }  # fmt: skip
+    assert callback.event() == {"kind": "recording", "status": "completed", **callback.report(),
+                                "source": "DialVerb"}  # fmt: skip
+
+
+def test_the_recording_kept_on_a_twilio_call_is_its_last_completed_one() -> None:
+    first = RecordingCallback.parse(RECORDING).event()
+    absent = RecordingCallback.parse({**RECORDING, "RecordingSid": "RE" + "2" * 32, "RecordingStatus": "absent",
+                                      "RecordingDuration": "0"}).event()  # fmt: skip
+    status = {"kind": "status", "status": "completed"}
+    assert recording_of([status, first, absent]) == RecordingCallback.parse(RECORDING).report()
+    assert recording_of([status, absent]) is None
+    assert recording_of([]) is None
+
+
+@pytest.mark.parametrize(
+    ("form", "match"),
+    [({"RecordingSid": "RE123"}, "RecordingSid"), ({"RecordingSid": ""}, "RecordingSid"),
+     ({"RecordingStatus": "exploded"}, "RecordingStatus"), ({"RecordingUrl": "javascript:alert(1)"}, "RecordingUrl"),
+     ({"RecordingUrl": ""}, "RecordingUrl"), ({"CallSid": "CA1"}, "CallSid")],
+)  # fmt: skip
+def test_a_recording_callback_twilio_would_not_send_is_refused(form: dict[str, str], match: str) -> None:
+    with pytest.raises(BadCallback, match=match):
+        RecordingCallback.parse({**RECORDING, **form})
+
+
+def test_an_absent_recording_needs_no_url() -> None:
+    callback = RecordingCallback.parse({**RECORDING, "RecordingStatus": "absent", "RecordingUrl": "",
+                                        "RecordingDuration": "0"})  # fmt: skip
+    assert (callback.completed, callback.url) == (False, None)

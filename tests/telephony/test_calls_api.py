@@ -113,3 +113,17 @@ async def test_update_hangs_up_a_live_call(api: TwilioCalls) -> None:
 def test_a_call_needs_twiml_or_a_url() -> None:
     with pytest.raises(ValueError, match="exactly one"):
         CallRequest(to="+1", from_="+1", status_callback="x").form()
+
+
+def test_a_recorded_call_asks_for_a_dual_channel_recording_and_its_signed_callback() -> None:
+    recorded = CallRequest(
+        to="+14155550123", from_="+18005550100", status_callback="https://calls.example.com/twilio/status?leg=abc",
+        twiml="<Response/>", recording_callback="https://calls.example.com/twilio/recording?leg=abc",
+    )  # fmt: skip
+    form = recorded.form()
+    assert [(k, v) for k, v in form if k.startswith("Record")] == [
+        ("Record", "true"), ("RecordingChannels", "dual"),
+        ("RecordingStatusCallback", "https://calls.example.com/twilio/recording?leg=abc"),
+        ("RecordingStatusCallbackMethod", "POST"), ("RecordingStatusCallbackEvent", "completed absent"),
+    ]  # fmt: skip
+    assert not [k for k, _ in REQUEST.form() if k.startswith("Record")]  # off unless asked for

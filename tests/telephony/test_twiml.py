@@ -12,6 +12,7 @@ from sip_controller.telephony.twiml import (
     hang_up,
     new_correlation_id,
     openai_sip_uri,
+    transfer_to,
     well_formed_correlation,
 )
 
@@ -53,3 +54,36 @@ def test_a_malformed_id_never_reaches_the_uri() -> None:
 
 def test_hang_up() -> None:
     assert [c.tag for c in ET.fromstring(hang_up())] == ["Hangup"]
+
+
+def test_a_recorded_bridge_records_both_sides_from_the_answer_and_says_where_to_report() -> None:
+    xml = bridge_to_openai("proj_abc123", "0123456789abcdef01234567",
+                           recording_callback="https://calls.example.com/twilio/recording?leg=in_1")  # fmt: skip
+    [dial] = list(ET.fromstring(xml))
+    assert dial.attrib == {
+        "answerOnBridge": "true",
+        "record": "record-from-answer-dual",
+        "recordingStatusCallback": "https://calls.example.com/twilio/recording?leg=in_1",
+        "recordingStatusCallbackMethod": "POST",
+        "recordingStatusCallbackEvent": "completed absent",
+    }
+    assert [c.tag for c in dial] == ["Sip"]
+
+
+@pytest.mark.parametrize(
+    ("target", "noun", "text"),
+    [("tel:+14155550188", "Number", "+14155550188"), ("sip:desk@pbx.example.com", "Sip", "sip:desk@pbx.example.com"),
+     ("sips:desk@pbx.example.com;transport=tls", "Sip", "sips:desk@pbx.example.com;transport=tls")],
+)  # fmt: skip
+def test_a_transfer_dials_the_target_in_place_of_openai(target: str, noun: str, text: str) -> None:
+    [dial] = list(ET.fromstring(transfer_to(target)))
+    assert dial.tag == "Dial"
+    assert "answerOnBridge" not in dial.attrib
+    [child] = list(dial)
+    assert (child.tag, child.text) == (noun, text)
+
+
+@pytest.mark.parametrize("target", ["+14155550188", "tel:4155550188", "http://x", "sip:nobody"])
+def test_a_transfer_target_that_is_not_a_tel_or_sip_uri_is_refused(target: str) -> None:
+    with pytest.raises(ValueError, match="transfer target"):
+        transfer_to(target)
