@@ -663,7 +663,7 @@ def _demo(settings: Settings, *, time_scale: float, serve: bool = False) -> int:
                 [(o.spec.name, o.analysis, none) for o in run.calls]
                 + [(name, analysis, none) for name, analysis in twilio]
                 + [(steered_demo.NAME, steered.analysis, none),
-                   ("takeover", None, "not analysed here: its two `sipctl serve` processes have a store of their own")],
+                   ("takeover", takeover.analysis, "no call.analyzed from replica B")],
                 stack.server.url,
                 token,
                 sys.stdout,

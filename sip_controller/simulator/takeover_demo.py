@@ -33,6 +33,7 @@ from typing import Any, TextIO
 
 from sip_controller.config import StoreSettings
 from sip_controller.simulator.core import Simulator
+from sip_controller.simulator.harness import DEMO_ANALYSIS
 from sip_controller.simulator.records import SimCall
 from sip_controller.simulator.replicas import Replicas, ReportSink, endpoints_env
 from sip_controller.simulator.scenario import CallSpec, Step, ToolCall
@@ -95,6 +96,8 @@ class TakeoverRun:
     killed_sim: float | None = None
     #: the replicas (``A``, ``B``) whose log says ``call.taken_over`` for the call
     taken_over_logged_by: list[str] = field(default_factory=list)
+    #: the call's post-call analysis, from its ``call.analyzed`` event (B analyses the call it finished, #17)
+    analysis: dict[str, Any] | None = None
     #: why the run stopped early (a timeout, a replica that would not start), with the replicas' log tails
     error: str | None = None
     logs: str = ""
@@ -184,6 +187,15 @@ async def _until(predicate: Callable[[], bool], timeout: float, what: str) -> No
         raise _Stuck(f"timed out after {timeout:g} s waiting for {what}") from None
 
 
+def _analyzed(sink: ReportSink, call_id: str) -> dict[str, Any] | None:
+    """The call's analysis from the first ``call.analyzed`` event the sink received for it."""
+    for delivery in sink.of_type("call.analyzed"):
+        analysis = delivery.data.get("analysis") if delivery.call_id == call_id else None
+        if isinstance(analysis, dict):
+            return analysis
+    return None
+
+
 def _answered(call: SimCall) -> bool:
     """The answer to the caller's question has been heard in full: the caller is quiet from here."""
     return any(r.transcript == ANSWER and r.audio_stopped_at is not None for r in call.responses)
@@ -214,7 +226,14 @@ async def _run_takeover(*, time_scale: float, timeout: float, started: asyncio.E
             async with asyncio.timeout(timeout):
                 async with Simulator(webhook_secret=secret, time_scale=time_scale) as sim, ReportSink() as sink:
                     store_path = Path(folder) / "sipctl-state.db"
-                    env = {**endpoints_env([sink.url]), "SIPCTL_STATE__PATH": str(store_path)}
+                    env = {
+                        **endpoints_env([sink.url]),
+                        "SIPCTL_STATE__PATH": str(store_path),
+                        # the demo's analysis (#17): the survivor analyses the call and sends call.analyzed
+                        "SIPCTL_PROFILES__DEFAULT__ANALYSIS": json.dumps(
+                            DEMO_ANALYSIS.model_dump(mode="json", by_alias=True, exclude_none=True)
+                        ),
+                    }
                     for name in ("A", "B"):
                         sides[name] = Replicas(
                             1,
@@ -259,6 +278,8 @@ async def _run_takeover(*, time_scale: float, timeout: float, started: asyncio.E
                         except TimeoutError:
                             raise _Stuck("timed out after 30 s waiting for the call to end") from None
                         await _until(lambda: call.call_id in sink.ended_by_call(), 15, "call.ended")
+                        await _until(lambda: _analyzed(sink, call.call_id) is not None, 15, "call.analyzed")
+                        run.analysis = _analyzed(sink, call.call_id)
                         run.taken_over_logged_by = [
                             name
                             for name, side in sides.items()
