@@ -8,11 +8,12 @@ that: ``tests/service/test_heap.py``). So, in ``sipctl serve``:
 - every :data:`FREEZE_EVERY_S` the heap is frozen (``gc.freeze``: constant time, it moves the collector's lists to
   the permanent generation, which passes never walk). Young passes (every ``GC_THRESHOLDS[0]`` net allocations)
   still collect short-lived cycles; a middle or full pass only ever sees what survived since the last freeze.
-- Cyclic garbage that was frozen while still alive is not collected until the heap is unfrozen. So the heap is
-  unfrozen and fully collected once no call is live (nobody waits then) and at least :data:`IDLE_PASS_AFTER`
-  objects were frozen since the last full pass; and, so that memory stays bounded on a replica that is never idle,
-  whatever the load once :data:`FORCED_PASS_AFTER` were (a long pause, logged as ``heap.full_pass`` with
-  ``forced=True``).
+- Cyclic garbage that was frozen while still alive is not collected until the heap is unfrozen. So every
+  :data:`CHECK_EVERY_S` the freezer reads how much is frozen (``gc.get_freeze_count`` walks the permanent generation:
+  a few milliseconds with thousands of calls live, so not every second) and unfreezes and fully collects the heap
+  when no call is live (nobody waits then) and at least :data:`IDLE_PASS_AFTER` objects more are frozen than after
+  the last full pass; and, so that memory stays bounded on a replica that is never idle, whatever the load once
+  :data:`FORCED_PASS_AFTER` more are (a long pause, logged as ``heap.full_pass`` with ``forced=True``).
 
 ``heap.full_pass`` logs how many objects each full pass found unreachable: the rate of cyclic garbage, which should
 stay near zero.
@@ -31,6 +32,8 @@ log = structlog.get_logger("sip_controller.service.heap")
 
 #: how often what survived is frozen
 FREEZE_EVERY_S = 1.0
+#: how often the frozen total is read, and a full pass considered
+CHECK_EVERY_S = 60.0
 #: a full pass once idle, when at least this many objects were frozen since the last one
 IDLE_PASS_AFTER = 50_000
 #: a full pass under any load, when this many were (about 100-200 MB of small objects)
@@ -45,19 +48,20 @@ class HeapFreezer:
         live_calls: Callable[[], int],
         *,
         every_s: float = FREEZE_EVERY_S,
+        check_every_s: float = CHECK_EVERY_S,
         idle_pass_after: int = IDLE_PASS_AFTER,
         forced_pass_after: int = FORCED_PASS_AFTER,
     ) -> None:
         self._live_calls = live_calls
         self._every_s = every_s
+        self._check_every = max(1, round(check_every_s / every_s))
         self._idle_pass_after = idle_pass_after
         self._forced_pass_after = forced_pass_after
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._ticks = 0
         #: frozen objects right after the last full pass (or the start)
         self.baseline = 0
-        #: objects frozen since then (an upper bound: some have been freed since)
-        self._frozen_since = 0
         #: full passes so far, and the unreachable objects they found
         self.full_passes = 0
         self.found_unreachable = 0
@@ -79,23 +83,24 @@ class HeapFreezer:
             self._timer = self._loop.call_later(self._every_s, self.tick)
 
     def tick(self) -> None:
-        """Freeze what survived; a full pass when it is due (see the module's docstring). Public for tests.
-
-        ``gc.get_freeze_count`` walks the whole permanent generation (milliseconds with thousands of calls live), so
-        each tick counts only what it freezes (the young generations: what survived since the last tick) and the
-        frozen total is read only when that sum says a forced pass may be due."""
-        young = sum(len(gc.get_objects(generation)) for generation in range(3))
+        """Freeze what survived (constant time); every ``check_every_s``, :meth:`check`."""
         gc.freeze()
-        self._frozen_since += young
-        if self._frozen_since >= self._idle_pass_after and self._live_calls() == 0:
-            self.full_pass(forced=False)
-        elif self._frozen_since >= self._forced_pass_after:
-            grown = gc.get_freeze_count() - self.baseline  # what is still there of it
-            if grown >= self._forced_pass_after:
-                self.full_pass(forced=True)
-            else:
-                self._frozen_since = grown
+        self._ticks += 1
+        if self._ticks % self._check_every == 0:
+            self.check()
         self._schedule()
+
+    def check(self) -> bool:
+        """A full pass if one is due (see the module's docstring); whether it ran. Public for tests."""
+        gc.freeze()
+        grown = gc.get_freeze_count() - self.baseline
+        if grown >= self._forced_pass_after:
+            self.full_pass(forced=True)
+            return True
+        if grown >= self._idle_pass_after and self._live_calls() == 0:
+            self.full_pass(forced=False)
+            return True
+        return False
 
     def full_pass(self, *, forced: bool) -> int:
         """Unfreeze, collect everything, freeze again; the number of unreachable objects found."""
@@ -105,7 +110,6 @@ class HeapFreezer:
         found = gc.collect()
         gc.freeze()
         self.baseline = gc.get_freeze_count()
-        self._frozen_since = 0
         self.full_passes += 1
         self.found_unreachable += found
         log.info(

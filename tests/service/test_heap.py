@@ -29,53 +29,67 @@ class _Cycle:
         self.me = self
 
 
-async def test_a_tick_freezes_what_survived_and_counts_it(thawed: None) -> None:
-    freezer = HeapFreezer(lambda: 5, every_s=3600, idle_pass_after=10**9, forced_pass_after=10**9)
+async def test_a_tick_freezes_what_survived(thawed: None) -> None:
+    freezer = HeapFreezer(lambda: 5, every_s=1, check_every_s=10**6, idle_pass_after=1, forced_pass_after=1)
     freezer.start()
     try:
         survivors = [[i] for i in range(1000)]
-        frozen_before = gc.get_freeze_count()
+        assert any(obj is survivors for obj in gc.get_objects())
         freezer.tick()
-        assert gc.get_freeze_count() >= frozen_before + len(survivors)
+        assert not any(obj is survivors for obj in gc.get_objects())  # frozen: no pass walks it
         assert all(len(gc.get_objects(generation)) < 50 for generation in range(3))  # nothing left to walk
-        assert freezer.full_passes == 0
+        assert freezer.full_passes == 0  # a tick only freezes: the frozen total is read at a check
+    finally:
+        freezer.stop()
+
+
+async def test_every_check_every_s_a_tick_checks(thawed: None) -> None:
+    freezer = HeapFreezer(lambda: 0, every_s=1.0, check_every_s=3.0, idle_pass_after=1, forced_pass_after=10**9)
+    freezer.start()
+    try:
+        passes = []
+        for _ in range(6):
+            _garbage = [_Cycle() for _ in range(10)]
+            freezer.tick()
+            passes.append(freezer.full_passes)
+        assert passes == [0, 0, 1, 1, 1, 2]
     finally:
         freezer.stop()
 
 
 async def test_no_call_live_and_enough_frozen_is_a_full_pass_that_frees_frozen_cycles(thawed: None) -> None:
     live = [3]
-    freezer = HeapFreezer(lambda: live[0], every_s=3600, idle_pass_after=100, forced_pass_after=10**9)
+    freezer = HeapFreezer(lambda: live[0], every_s=1, check_every_s=10**6, idle_pass_after=100, forced_pass_after=10**9)
     freezer.start()
     try:
         cycles = [_Cycle() for _ in range(200)]
         probe = weakref.ref(cycles[0])
         freezer.tick()  # frozen while alive
         del cycles
-        freezer.tick()
+        assert not freezer.check()
         assert probe() is not None  # garbage now, but frozen: no pass walks it while calls are live
-        assert freezer.full_passes == 0
         live[0] = 0
-        freezer.tick()
+        assert freezer.check()
         assert probe() is None
         assert freezer.full_passes == 1
         assert freezer.found_unreachable >= 200
+        assert not freezer.check()  # nothing new frozen since
     finally:
         freezer.stop()
 
 
 async def test_a_full_pass_is_forced_under_load_only_once_that_much_is_still_frozen(thawed: None) -> None:
-    freezer = HeapFreezer(lambda: 1000, every_s=3600, idle_pass_after=10, forced_pass_after=500)
+    freezer = HeapFreezer(lambda: 1000, every_s=1, check_every_s=10**6, idle_pass_after=10, forced_pass_after=5000)
     freezer.start()
     try:
         for _ in range(3):
-            short_lived = [[i] for i in range(300)]
+            short_lived = [[i] for i in range(3000)]
             freezer.tick()
             del short_lived  # freed by reference counting: frozen once, no longer there
+        assert not freezer.check()  # 9,000 were frozen, but the permanent generation did not keep them
+        kept = [_Cycle() for _ in range(20_000)]
         freezer.tick()
-        assert freezer.full_passes == 0  # 900 counted as frozen, but the permanent generation did not keep them
-        kept = [_Cycle() for _ in range(600)]
-        freezer.tick()
+        assert freezer.check()
         assert freezer.full_passes == 1
         assert kept
     finally:
@@ -83,7 +97,7 @@ async def test_a_full_pass_is_forced_under_load_only_once_that_much_is_still_fro
 
 
 async def test_the_timer_ticks_on_the_loop_until_stopped(thawed: None) -> None:
-    freezer = HeapFreezer(lambda: 0, every_s=0.01, idle_pass_after=1, forced_pass_after=10**9)
+    freezer = HeapFreezer(lambda: 0, every_s=0.01, check_every_s=0.01, idle_pass_after=1, forced_pass_after=10**9)
     freezer.start()
     try:
         for _ in range(200):  # bounded: 2 s at most
