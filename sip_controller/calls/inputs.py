@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from sip_controller.realtime import events as ev
 
@@ -93,7 +94,11 @@ class ToolDone:
 
 @dataclass(frozen=True)
 class ReferOk:
-    pass
+    """The transfer was handed over: OpenAI's ``/refer`` answered 2xx (``openai``), or, on a call Twilio bridged,
+    Twilio took the redirect of its call to the target (``twilio``, #16). Either way it counts once the call
+    leaves OpenAI."""
+
+    via: Literal["openai", "twilio"] = "openai"
 
 
 @dataclass(frozen=True)

@@ -410,8 +410,8 @@ class CallMachine:
                 return self.transfer.on_operator(self, target, rel)
             case ToolDone():
                 return self._on_tool_done(inp, rel)
-            case ReferOk():
-                return self.transfer.on_refer_ok(self, rel)
+            case ReferOk(via=via):
+                return self.transfer.on_refer_ok(self, rel, via=via)
             case ReferFailed(detail=detail):
                 return self.transfer.on_refer_failed(self, detail, rel)
             case MachineDetection(answered_by=verdict):

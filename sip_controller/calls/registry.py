@@ -58,7 +58,7 @@ from sip_controller.state.store import Store
 from sip_controller.state.twilio_calls import TwilioCallRow
 from sip_controller.telephony.callbacks import recording_of
 from sip_controller.telephony.calls_api import TwilioCalls
-from sip_controller.telephony.twiml import CORRELATION_HEADER, well_formed_correlation
+from sip_controller.telephony.twiml import CORRELATION_HEADER, transfer_to, well_formed_correlation
 
 #: answering-machine verdicts kept for calls not (yet) live here (``CallRegistry.machine_detected``)
 MAX_KEPT_VERDICTS = 1000
@@ -440,6 +440,7 @@ class CallRegistry:
             wall_clock=self._wall_clock,
             may_act=self._may_act(journal),
             end_twilio_call=self._twilio_hangup(record),
+            transfer_twilio_call=self._twilio_transfer(record),
         )
         return CallSupervisor(machine, self._api, self._connect, clock=self._clock, options=options), journal
 
@@ -453,6 +454,19 @@ class CallRegistry:
             await api.update(sid, Status="completed")
 
         return end
+
+    def _twilio_transfer(self, record: CallRecord) -> Callable[[str], Awaitable[None]] | None:
+        """Transfers of a call Twilio bridged for us (#16): Twilio's Calls API redirects the call to TwiML dialling
+        the target, rather than OpenAI's ``/refer`` (a SIP REFER to Twilio, which needs ``referUrl`` and a second
+        signed round trip; the README says why)."""
+        api, sid = self.twilio_api, record.twilio_call_sid
+        if api is None or sid is None or record.twilio is None:
+            return None
+
+        async def move(target_uri: str) -> None:
+            await api.update(sid, Twiml=transfer_to(target_uri))
+
+        return move
 
     async def resume(self, row: CallRow, entries: Sequence[StoredEntry]) -> None:
         """Supervise a call this process has just taken over (``row``: its new owner and epoch, from

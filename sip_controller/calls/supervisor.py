@@ -112,6 +112,9 @@ class CallOptions:
     #: hangs up the call's Twilio side (Twilio's Calls API, ``Status=completed``); None: not a Twilio call of
     #: ours, or Twilio is not configured (the OpenAI hangup that follows ends the bridge all the same)
     end_twilio_call: Callable[[], Awaitable[None]] | None = None
+    #: on a call Twilio bridged (#16): carries a ``Refer`` out through Twilio, redirecting the Twilio call to TwiML
+    #: that dials the target (Twilio hangs the OpenAI leg up); None: OpenAI's ``/refer``
+    transfer_twilio_call: Callable[[str], Awaitable[None]] | None = None
 
 
 class CallSupervisor:
@@ -296,7 +299,7 @@ class CallSupervisor:
                 self._log.info("call.tool", tool=tool_name)
                 self._spawn(f"tool:{tool_call_id}", lambda: self._run_tool(tool_call_id, tool_name, arguments))
             case Refer(target_uri=target_uri):
-                self._log.info("call.refer")
+                self._log.info("call.refer", via="openai" if self._options.transfer_twilio_call is None else "twilio")
                 self._spawn("refer", lambda: self._refer(target_uri))
             case EndTwilioCall():
                 self._log.info("call.twilio_hangup")
@@ -445,6 +448,16 @@ class CallSupervisor:
 
     async def _refer(self, target_uri: str) -> None:
         if not await self._allowed("refer"):
+            return
+        move = self._options.transfer_twilio_call
+        if move is not None:
+            try:
+                await move(target_uri)
+            except Exception as exc:  # Twilio's refusal, or the transport's: the transfer did not happen
+                self._log.warning("call.twilio_transfer_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+                self.post(ReferFailed(f"Twilio: {exc}"[:300]))
+            else:
+                self.post(ReferOk(via="twilio"))
             return
         try:
             await with_quick_retries(lambda: self._api.refer(self.machine.call_id, target_uri), self._options.retry)

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from twilio.request_validator import RequestValidator
 
-from sip_controller.agent.profile import AgentProfile, Outbound, Recording
+from sip_controller.agent.profile import AgentProfile, Outbound, Recording, Transfer
 from sip_controller.calls.report import CallRecord
 from sip_controller.cli import main
 from sip_controller.config import Reports, Settings, TwilioSettings
@@ -42,6 +42,7 @@ SCALE = 0.02
 TOKEN = "e2e-admin-token-0123456789abcdef"
 NUMBER = "+18005550100"
 RECORDED_NUMBER = "+18005550122"  # routed to the profile that records
+SALES = "tel:+14155550199"
 OTHER_NUMBER = "+18005550177"  # not the account's: Twilio refuses it as a caller ID (21210)
 PERSON = "+14155550111"
 GOODBYE = Step(
@@ -60,9 +61,10 @@ def settings(tmp_path: Path) -> Settings:
     )
     stranger = AgentProfile(tools=("end_call",), outbound=Outbound(from_number=OTHER_NUMBER))
     recorded = AgentProfile(tools=("end_call",), recording=Recording(enabled=True))
+    transfers = AgentProfile(tools=("end_call", "transfer_call"), transfer=Transfer(targets={"sales": SALES}))
     return Settings(
         profiles={"default": AgentProfile(tools=("end_call",)), "reminders": reminders, "stranger": stranger,
-                  "recorded": recorded},
+                  "recorded": recorded, "transfers": transfers},
         routes=({"dialed": (RECORDED_NUMBER,), "profile": "recorded"},),
         twilio=TwilioSettings(from_number=NUMBER, do_not_call=("+1900*",), ring_timeout_s=20),
         reports=Reports(jsonl_path=str(tmp_path / "calls.jsonl"), mask_caller=False),
@@ -398,6 +400,37 @@ async def test_a_recording_after_the_report_went_out_is_a_late_call_recording_ev
     assert (ended["ended_reason"], ended["recording"]) == ("agent_end_call", None)
     assert late == {"event": "call.recording", "call_id": record.call_id, "profile": "recorded",
                     "twilio_call_sid": rec.sid, "ended_reason": "agent_end_call", "recording": wanted}  # fmt: skip
+
+
+async def test_a_transfer_on_a_twilio_call_redirects_it_to_the_target(stack: Stack, tmp_path: Path) -> None:
+    asks = Step(say="Can I talk to sales, please?", tool=ToolCall(name="transfer_call", arguments={"target": "sales"}),
+                then="Sure, transferring you to sales now.")  # fmt: skip
+    callee = Callee(steps=[asks], max_call_seconds=60)
+    call = OutboundCall(name="transfer", to=PERSON, profile="transfers", callee=callee)
+    outcome = await harness.run_outbound(stack, call, timeout=30)
+    assert outcome.problems == []
+    rec, record = outcome.twilio, outcome.record
+    assert rec is not None
+    assert record is not None
+    (leg,) = outcome.legs
+    # no /refer to OpenAI: Twilio's call was redirected to TwiML dialling the target, which hung the OpenAI leg up
+    assert (leg.refers, leg.ended_by) == ([], "caller")
+    _create, update = rec.requests
+    assert "<Number>+14155550199</Number>" in dict(update.params)["Twiml"]
+    openai, target = rec.bridges
+    assert openai.call_id == leg.call_id
+    assert (target.uri, target.call_id) == (SALES, None)  # the callee is put through to the target
+    assert openai.ended_at is not None
+    assert openai.ended_at <= target.t
+    assert (rec.status, rec.ended_by) == ("completed", "callee")  # the callee talked to sales, then hung up
+    # verified the usual way: the call left OpenAI within the window
+    assert (record.ended_reason, record.transfer_target, record.transfer_outcome) == (
+        "transferred", "sales", "transferred"
+    )  # fmt: skip
+    assert "transfer to sales: Twilio is dialling it, waiting for the call to leave" in [e for _, e in record.timeline]
+    (line,) = await logged(tmp_path, record.call_id)
+    assert line["transfer"] == {"target": "sales", "outcome": "transferred"}
+    assert line["twilio"]["call_sid"] == rec.sid
 
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "config" / "scenarios"

@@ -2,6 +2,10 @@
 the call then leaves OpenAI (the sideband closes) within the profile's window — a 200 from ``/refer`` proves
 nothing. Otherwise tell the caller and fall back (the next target, or a polite end).
 
+On a call Twilio bridged into OpenAI (#16) the supervisor carries the ``Refer`` out through Twilio instead (the
+Calls API redirects the Twilio call to TwiML dialling the target, which hangs the OpenAI leg up): the same
+verification holds, since the call leaves OpenAI when Twilio takes it.
+
 The handoff line is one of the controller's lines (``calls/lines.py``). When the caller talks over it, the model
 answers them first (told that the transfer goes ahead), then the line is asked for again and the refer follows
 it; past ``lines.MAX_BARGE_INS`` the refer goes out at once. A handoff line that fails is asked for once more;
@@ -139,12 +143,16 @@ class Transfer:
             return self._refer(port, rel, "handoff line heard")
         return []
 
-    def on_refer_ok(self, port: CallPort, rel: float) -> list[Action]:
+    def on_refer_ok(self, port: CallPort, rel: float, *, via: str = "openai") -> list[Action]:
+        """The refer was handed over (``via`` OpenAI's ``/refer``, or Twilio's redirect of the call it bridged)."""
         a = self.attempt
         if a is None or a.phase != "referring":
             return []
         a.phase = "verifying"
-        port.record.mark(rel, f"transfer to {a.target}: refer accepted, waiting for the call to leave")
+        if via == "twilio":
+            port.record.mark(rel, f"transfer to {a.target}: Twilio is dialling it, waiting for the call to leave")
+        else:
+            port.record.mark(rel, f"transfer to {a.target}: refer accepted, waiting for the call to leave")
         return [StartTimer(TRANSFER_VERIFY_TIMER, self.config.verify_window_s)]
 
     def on_refer_failed(self, port: CallPort, detail: str, rel: float) -> list[Action]:

@@ -268,3 +268,24 @@ def test_a_handoff_line_that_fails_twice_still_transfers_the_caller() -> None:
     assert [f.purpose for f in c.record.failed_responses] == ["transfer", "transfer"]
     c.feed(ReferOk())
     assert finishes(c.feed(SidebandClosed(1000))) == [Finish("transferred")]
+
+
+def test_a_transfer_handed_to_twilio_is_verified_the_same_way() -> None:
+    """On a call Twilio bridged (#16) the supervisor redirects the Twilio call instead of /refer: the machine only
+    learns the handover came through Twilio, and the transfer still counts once the call leaves OpenAI."""
+    c = Call(profile=transfer_profile(verify_window_s=6.0))
+    announced(c)
+    assert timers(c.feed(ReferOk(via="twilio"))) == {TRANSFER_VERIFY_TIMER: 6.0}
+    marks = [event for _, event in c.record.timeline]
+    assert "transfer to sales: Twilio is dialling it, waiting for the call to leave" in marks
+    assert finishes(c.feed(SidebandClosed(1000))) == [Finish("transferred")]
+    assert c.record.transfer_outcome == "transferred"
+
+
+def test_a_twilio_transfer_whose_call_never_leaves_openai_fails() -> None:
+    c = Call(profile=transfer_profile())
+    announced(c)
+    c.feed(ReferOk(via="twilio"))
+    c.feed(TimerFired(TRANSFER_VERIFY_TIMER))
+    assert c.record.transfer_outcome == "failed"
+    assert finishes(end_after_goodbye(c)) == [Finish("transfer_failed")]
