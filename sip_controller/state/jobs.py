@@ -7,7 +7,7 @@ The service owns the task (design principle 5): ``task = asyncio.create_task(swe
 from __future__ import annotations
 
 import asyncio
-from dataclasses import asdict
+from dataclasses import asdict, astuple
 
 import structlog
 
@@ -23,16 +23,8 @@ async def sweep_once(store: Store, *, limit: int = 1000, max_rounds: int = 10) -
     total = SweepCounts()
     for _ in range(max_rounds):
         counts = await store.sweep(limit=limit)
-        total = SweepCounts(
-            total.claims + counts.claims,
-            total.caller_hits + counts.caller_hits,
-            total.outbox + counts.outbox,
-            total.processes + counts.processes,
-            total.commands + counts.commands,
-            total.twilio_calls + counts.twilio_calls,
-        )
-        if max(counts.claims, counts.caller_hits, counts.outbox, counts.processes, counts.commands,
-               counts.twilio_calls) < limit:  # fmt: skip
+        total = SweepCounts(*(a + b for a, b in zip(astuple(total), astuple(counts), strict=True)))
+        if max(astuple(counts)) < limit:
             break
     return total
 

@@ -42,6 +42,7 @@ import asyncpg
 from sip_controller.state import migrations
 from sip_controller.state.analyses import PostgresAnalyses
 from sip_controller.state.batches import PostgresBatches
+from sip_controller.state.console_sessions import PostgresConsoleSessions
 from sip_controller.state.history import PostgresHistory, finish_columns
 from sip_controller.state.records import (
     COMMAND_KINDS,
@@ -155,7 +156,7 @@ async def _enqueue(conn: Conn, items: Sequence[OutboxItem], now: float) -> int:
     return added
 
 
-class PostgresStore(PostgresHistory, PostgresAnalyses, PostgresBatches, Store):
+class PostgresStore(PostgresHistory, PostgresAnalyses, PostgresBatches, PostgresConsoleSessions, Store):
     """The :class:`~sip_controller.state.store.Store` on PostgreSQL. Build it with :meth:`open`."""
 
     backend = "postgresql"
@@ -330,6 +331,16 @@ class PostgresStore(PostgresHistory, PostgresAnalyses, PostgresBatches, Store):
                     "DELETE FROM twilio_calls WHERE id IN (SELECT id FROM twilio_calls WHERE created_at <= $1 "
                     "LIMIT $2)",
                     now - keep_twilio_calls_s,
+                ),
+                console_sessions=await delete(
+                    "DELETE FROM console_sessions WHERE key IN "
+                    "(SELECT key FROM console_sessions WHERE expires_at <= $1 LIMIT $2)",
+                    now,
+                ),
+                login_failures=await delete(
+                    "DELETE FROM login_failures WHERE client IN "
+                    "(SELECT client FROM login_failures WHERE forget_at <= $1 LIMIT $2)",
+                    now,
                 ),
             )
 

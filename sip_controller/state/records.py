@@ -14,7 +14,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import astuple, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -353,10 +353,14 @@ class SweepCounts:
     commands: int = 0
     #: Twilio calls (#16) made over ``keep_twilio_calls_s`` ago: over long since, their idempotency keys expired
     twilio_calls: int = 0
+    #: console sessions past their expiry (revoked ones included) (#13)
+    console_sessions: int = 0
+    #: throttle rows of clients quiet for the backoff's forget period (#13)
+    login_failures: int = 0
 
     @property
     def total(self) -> int:
-        return self.claims + self.caller_hits + self.outbox + self.processes + self.commands + self.twilio_calls
+        return sum(astuple(self))
 
 
 #: the call states the store itself looks for (the rest are the caller's words)

@@ -60,6 +60,7 @@ from typing import Any, Literal, TypeVar
 from sip_controller.state import migrations
 from sip_controller.state.analyses import SQLiteAnalyses
 from sip_controller.state.batches import SQLiteBatches
+from sip_controller.state.console_sessions import SQLiteConsoleSessions
 from sip_controller.state.history import SQLiteHistory, finish_columns
 from sip_controller.state.records import (
     COMMAND_KINDS,
@@ -138,7 +139,7 @@ def _fenced_reason(conn: Conn, fence: Fence) -> Literal["stale_owner", "finished
     return None
 
 
-class SQLiteStore(SQLiteHistory, SQLiteAnalyses, SQLiteBatches, Store):
+class SQLiteStore(SQLiteHistory, SQLiteAnalyses, SQLiteBatches, SQLiteConsoleSessions, Store):
     """The :class:`~sip_controller.state.store.Store` on one SQLite file. Build it with :meth:`open`."""
 
     backend = "sqlite"
@@ -468,6 +469,16 @@ class SQLiteStore(SQLiteHistory, SQLiteAnalyses, SQLiteBatches, Store):
                 twilio_calls=delete(
                     "DELETE FROM twilio_calls WHERE id IN (SELECT id FROM twilio_calls WHERE created_at <= ? LIMIT ?)",
                     now - keep_twilio_calls_s,
+                ),
+                console_sessions=delete(
+                    "DELETE FROM console_sessions WHERE key IN "
+                    "(SELECT key FROM console_sessions WHERE expires_at <= ? LIMIT ?)",
+                    now,
+                ),
+                login_failures=delete(
+                    "DELETE FROM login_failures WHERE client IN "
+                    "(SELECT client FROM login_failures WHERE forget_at <= ? LIMIT ?)",
+                    now,
                 ),
             )
 

@@ -34,6 +34,10 @@ The rules the wiring relies on:
   lease like the outbox, its result (or why it failed for good) written with its ``call.analyzed`` outbox rows.
 - **Outbound batches** (``create_batch`` … ``in_flight_batch_rows``, #16): a batch's rows claimed with a lease by
   any replica's dialler, paced cluster-wide (:mod:`.batches`).
+- **Console sessions and the sign-in throttle** (``create_console_session`` … ``login_failed``, #13): the operator
+  console's sessions, by the SHA-256 of the cookie's id (never the id), and wrong tokens per client, so that
+  every replica accepts a session, a sign-out revokes it everywhere, and the throttle holds cluster-wide
+  (:mod:`.console_sessions`).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from typing import Any, Protocol, Self
 
 from sip_controller.state.analyses import AnalysisRow
 from sip_controller.state.batches import BatchAction, BatchCallRow, BatchRecord, InFlight, NewBatch
+from sip_controller.state.console_sessions import TOUCH_AFTER_S, ConsoleSession, LoginBackoff, LoginFailures
 from sip_controller.state.records import (
     Admission,
     CallerLimit,
@@ -151,8 +156,9 @@ class Store(StateStore, Protocol):
     ) -> SweepCounts:
         """Delete at most ``limit`` rows of each kind that nobody needs any more: expired claims, caller hits out
         of their window, outbox rows delivered (or given up) more than ``keep_delivered_s`` ago, processes
-        whose lease lapsed over a day ago and that own no live call, and Twilio calls made more than
-        ``keep_twilio_calls_s`` ago. Call it every few seconds from one task on
+        whose lease lapsed over a day ago and that own no live call, Twilio calls made more than
+        ``keep_twilio_calls_s`` ago, console sessions past their expiry (revoked ones too) and throttle rows past
+        their ``forget_at``. Call it every few seconds from one task on
         each replica: it is bounded, so it never holds the store for long; when a count equals ``limit`` there
         is more to do, so call it again soon."""
         ...
@@ -527,6 +533,36 @@ class Store(StateStore, Protocol):
 
     async def in_flight_batch_rows(self, *, stale_s: float = 3600.0, limit: int = 100) -> list[InFlight]:
         """In-flight rows whose Twilio call is over, gone, or never confirmed placed after ``stale_s``."""
+        ...
+
+    # ---- console sessions and the sign-in throttle (#13) -----------------------------------------------------
+
+    async def create_console_session(
+        self, key: str, csrf: str, *, ttl_s: float, max_sessions: int | None = None
+    ) -> tuple[ConsoleSession, int]:
+        """A new console session kept by ``key`` (the SHA-256 of the cookie's id: never pass the id itself) with its
+        ``csrf`` token, live for ``ttl_s`` from now. With ``max_sessions``, the oldest live sessions beyond that
+        many (this one counted) are revoked in the same transaction. The session and how many were revoked."""
+        ...
+
+    async def find_console_session(self, key: str, *, touch_after_s: float = TOUCH_AFTER_S) -> ConsoleSession | None:
+        """The session kept by ``key`` if it is live (not expired, not revoked), whichever replica made it; None
+        otherwise. One primary-key read; ``last_seen_at`` is written only when older than ``touch_after_s``."""
+        ...
+
+    async def revoke_console_session(self, key: str) -> bool:
+        """End the session kept by ``key`` for every replica (sign-out). False when it was not live."""
+        ...
+
+    async def login_wait(self, client: str) -> float:
+        """Seconds ``client`` (an address, an IPv6 /64) must still wait before a token of its is looked at (0:
+        go ahead), across the cluster. One primary-key read."""
+        ...
+
+    async def login_failed(self, client: str, backoff: LoginBackoff) -> LoginFailures:
+        """Count a wrong token from ``client`` (atomically: replicas counting at once lose none), starting again
+        from one once it was quiet for ``backoff.forget_s``; block it for ``backoff.wait`` of its count (never
+        shortening a block). Its count and the wait it now has."""
         ...
 
 
