@@ -31,13 +31,17 @@ from sip_controller.service.sessions import (
     MemorySessionStore,
     Session,
     Sessions,
-    SessionStore,
+    StoreSessions,
+    StoreThrottle,
+    Throttle,
     client_key,
     on_loopback,
     retry_after_header,
     same_origin,
 )
+from sip_controller.state.console_sessions import LoginBackoff
 from sip_controller.state.records import OUTCOMES, StoreError
+from sip_controller.state.store import Store
 
 log = structlog.get_logger("sip_controller.service.admin")
 
@@ -56,29 +60,42 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 
 
 class AdminAuth:
-    """Who may use the admin API and the live-calls page: a bearer token, or a session made by signing in."""
+    """Who may use the admin API and the live-calls page: a bearer token, or a session made by signing in.
+
+    Sessions and the wrong-token throttle live in the shared store once :meth:`use_store` is called (the app does,
+    as soon as its store is open, before it serves a request), so every replica honours them (#13); an AdminAuth
+    built without a store (unit tests) keeps them in this process's memory."""
 
     def __init__(
         self,
         token: str | None,
         settings: ConsoleSettings | None = None,
         *,
-        store: SessionStore | None = None,
+        store: Store | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         settings = settings or ConsoleSettings()
+        self._settings = settings
         self._token = token.encode() if token else None
         self.secure_cookie = settings.secure_cookie
         self.sessions = Sessions(
-            store or MemorySessionStore(settings.max_sessions, clock=wall_clock),
-            ttl_s=settings.session_ttl_s,
-            clock=wall_clock,
+            MemorySessionStore(settings.max_sessions, clock=wall_clock), ttl_s=settings.session_ttl_s
         )
-        self.throttle = LoginThrottle(
+        self.throttle: Throttle = LoginThrottle(
             free_failures=settings.login_free_failures, max_wait_s=settings.login_backoff_max_s, clock=clock
         )
         self._warned_insecure = False
+        if store is not None:
+            self.use_store(store)
+
+    def use_store(self, store: Store) -> None:
+        """Keep sessions and wrong tokens in ``store`` (shared by the replicas) from now on."""
+        settings = self._settings
+        self.sessions = Sessions(StoreSessions(store, max_sessions=settings.max_sessions), ttl_s=settings.session_ttl_s)
+        self.throttle = StoreThrottle(
+            store, LoginBackoff(free_failures=settings.login_free_failures, max_wait_s=settings.login_backoff_max_s)
+        )
 
     @property
     def enabled(self) -> bool:
@@ -90,19 +107,19 @@ class AdminAuth:
             presented.encode(), self._token
         )
 
-    def throttle_wait(self, request: Request) -> float:
+    async def throttle_wait(self, request: Request) -> float:
         """Seconds this client must still wait before its next token is checked (0: go ahead)."""
-        return self.throttle.retry_after(client_key(request))
+        return await self.throttle.retry_after(client_key(request))
 
-    def try_token(self, request: Request, presented: str) -> tuple[bool, float]:
+    async def try_token(self, request: Request, presented: str) -> tuple[bool, float]:
         """Check a token a client presented, throttled per client: ``(valid, wait)``. While the client must
         wait the token is not looked at (``(False, wait)``); a wrong token may start a wait."""
-        wait = self.throttle_wait(request)
+        wait = await self.throttle_wait(request)
         if wait > 0:
             return False, wait
         if self.check(presented):
             return True, 0.0
-        return False, self.throttle.failed(client_key(request))
+        return False, await self.throttle.failed(client_key(request))
 
     async def session(self, request: Request) -> Session | None:
         return await self.sessions.find(request.cookies.get(SESSION_COOKIE))
@@ -116,7 +133,7 @@ class AdminAuth:
         request.state.session = None
         header = request.headers.get("authorization", "")
         if header.lower().startswith("bearer "):
-            ok, wait = self.try_token(request, header[7:].strip())
+            ok, wait = await self.try_token(request, header[7:].strip())
             if ok:
                 return None
             if wait > 0:

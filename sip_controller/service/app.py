@@ -250,6 +250,7 @@ def create_app(
                 stack.push_async_callback(the_store.aclose)
             else:
                 the_store = store
+            auth.use_store(the_store)  # console sessions and the sign-in throttle, shared by the replicas (#13)
             process_id = new_process_id()
             info: dict[str, object] = {"host": socket.gethostname(), "version": __version__}
             await the_store.heartbeat(process_id, settings.state.lease_s, info)

@@ -486,7 +486,7 @@ def routes(
             return _page("not found", "<p>Not found.</p>", 404)
         token = request.query_params.get("token")
         if token is not None:
-            ok, wait = auth.try_token(request, token)
+            ok, wait = await auth.try_token(request, token)
             if not ok:
                 return _throttled(wait) if wait > 0 else login_page(error="That token is not valid.", status=401)
             rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
@@ -541,12 +541,12 @@ def routes(
             return _page("not found", "<p>Not found.</p>", 404)
         if not same_origin(request):
             return _forbidden("Sign in from this service's own page.")
-        if (wait := auth.throttle_wait(request)) > 0:
+        if (wait := await auth.throttle_wait(request)) > 0:
             return _throttled(wait)
         fields = await _form(request)
         if fields is None:
             return login_page(error="The request is too large.", status=413)
-        ok, wait = auth.try_token(request, fields.get("token", "").strip())
+        ok, wait = await auth.try_token(request, fields.get("token", "").strip())
         if not ok:
             return _throttled(wait) if wait > 0 else login_page(error="That token is not valid.", status=401)
         response = RedirectResponse("/", status_code=303)

@@ -2,12 +2,15 @@
 
 A session is an opaque random id in the browser's cookie; the server keeps only its SHA-256 (with the session's
 CSRF token and expiry) in a :class:`SessionStore`, so sign-out revokes it and a copy of the table holds no usable
-cookie. :class:`MemorySessionStore` is a bounded table in this process; a durable store (several replicas, sessions
-that outlive a restart) implements the same three methods.
+cookie. :class:`StoreSessions` keeps them in the shared store (``state/console_sessions.py``): every replica
+accepts a session another one started and a sign-out on one revokes it everywhere (#13). The service always uses
+it; :class:`MemorySessionStore`, a bounded table in this process, serves an :class:`AdminAuth
+<sip_controller.service.admin.AdminAuth>` built without a store (unit tests).
 
-:class:`LoginThrottle` counts wrong tokens per client (console sign-in and the API's bearer token alike): after a
-few, the client waits (1 s, doubling per further wrong token, capped) and is answered 429 without its token being
-looked at. Its table is bounded too.
+A :class:`Throttle` counts wrong tokens per client (console sign-in and the API's bearer token alike): after a
+few, the client waits (1 s, doubling per further wrong token, capped: :class:`LoginBackoff`) and is answered 429
+without its token being looked at. :class:`StoreThrottle` counts them in the shared store, so the wait holds
+whichever replica a guess reaches; :class:`LoginThrottle` is the bounded in-memory one.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ from urllib.parse import urlsplit
 
 import structlog
 from starlette.requests import Request
+
+from sip_controller.state.console_sessions import TOUCH_AFTER_S, ConsoleSession, LoginBackoff
+from sip_controller.state.store import Store
 
 log = structlog.get_logger("sip_controller.service.sessions")
 
@@ -51,17 +57,24 @@ class Session:
 
 
 class SessionStore(Protocol):
-    """Where sessions live, by key. ``get`` may return an expired session; :class:`Sessions` checks expiry."""
+    """Where sessions live, by key (the SHA-256 of the cookie's id, never the id)."""
 
-    async def put(self, session: Session) -> None: ...
+    async def create(self, key: str, csrf: str, ttl_s: float) -> Session:
+        """Keep a new session, live for ``ttl_s`` from now (the oldest may end to make room)."""
+        ...
 
-    async def get(self, key: str) -> Session | None: ...
+    async def find(self, key: str) -> Session | None:
+        """The session if it is live (neither expired nor revoked), else None."""
+        ...
 
-    async def delete(self, key: str) -> None: ...
+    async def revoke(self, key: str) -> None:
+        """End the session now (sign-out)."""
+        ...
 
 
 class MemorySessionStore:
-    """At most ``max_sessions`` in this process: expired ones go first, then the oldest."""
+    """At most ``max_sessions`` in this process: expired ones go first, then the oldest. For an AdminAuth without a
+    store (unit tests); the service keeps its sessions in the store (:class:`StoreSessions`)."""
 
     def __init__(self, max_sessions: int, *, clock: Callable[[], float] = time.time) -> None:
         if max_sessions < 1:
@@ -73,58 +86,112 @@ class MemorySessionStore:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    async def put(self, session: Session) -> None:
+    async def create(self, key: str, csrf: str, ttl_s: float) -> Session:
+        now = self._clock()
         if len(self._sessions) >= self.max_sessions:
-            now = self._clock()
-            for key in [k for k, s in self._sessions.items() if s.expires_at <= now]:
-                del self._sessions[key]
+            for old in [k for k, s in self._sessions.items() if s.expires_at <= now]:
+                del self._sessions[old]
         while len(self._sessions) >= self.max_sessions:
             self._sessions.popitem(last=False)
             log.warning("console.session_evicted", max_sessions=self.max_sessions)
-        self._sessions[session.key] = session
+        session = self._sessions[key] = Session(key, csrf, now + ttl_s)
+        return session
 
-    async def get(self, key: str) -> Session | None:
-        return self._sessions.get(key)
+    async def find(self, key: str) -> Session | None:
+        session = self._sessions.get(key)
+        if session is not None and session.expires_at <= self._clock():
+            del self._sessions[key]  # an expired session found is dropped
+            return None
+        return session
 
-    async def delete(self, key: str) -> None:
+    async def revoke(self, key: str) -> None:
         self._sessions.pop(key, None)
+
+
+class StoreSessions:
+    """Sessions in the shared store (:meth:`~sip_controller.state.store.Store.create_console_session` and its
+    siblings): any replica finds them, a revocation holds everywhere. A lookup is one primary-key read; the
+    session's ``last_seen_at`` is written at most every ``touch_after_s``. At most ``max_sessions`` live at once
+    across the cluster: a sign-in beyond that ends the oldest."""
+
+    def __init__(self, store: Store, *, max_sessions: int | None = None, touch_after_s: float = TOUCH_AFTER_S) -> None:
+        self.store = store
+        self.max_sessions = max_sessions
+        self.touch_after_s = touch_after_s
+
+    async def create(self, key: str, csrf: str, ttl_s: float) -> Session:
+        row, revoked = await self.store.create_console_session(key, csrf, ttl_s=ttl_s, max_sessions=self.max_sessions)
+        if revoked:
+            log.warning("console.session_evicted", max_sessions=self.max_sessions, ended=revoked)
+        return _session(row)
+
+    async def find(self, key: str) -> Session | None:
+        row = await self.store.find_console_session(key, touch_after_s=self.touch_after_s)
+        return None if row is None else _session(row)
+
+    async def revoke(self, key: str) -> None:
+        await self.store.revoke_console_session(key)
+
+
+def _session(row: ConsoleSession) -> Session:
+    return Session(row.key, row.csrf, row.expires_at)
 
 
 class Sessions:
     """Creates, finds and revokes sessions by the id in the cookie."""
 
-    def __init__(self, store: SessionStore, *, ttl_s: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: SessionStore, *, ttl_s: float) -> None:
         self.store = store
         self.ttl_s = ttl_s
-        self._clock = clock
 
     async def create(self) -> tuple[str, Session]:
         """A new session; returns the id for the cookie (not kept anywhere else) and the session."""
         session_id = secrets.token_urlsafe(ID_BYTES)
-        session = Session(session_key(session_id), secrets.token_urlsafe(ID_BYTES), self._clock() + self.ttl_s)
-        await self.store.put(session)
+        session = await self.store.create(session_key(session_id), secrets.token_urlsafe(ID_BYTES), self.ttl_s)
         return session_id, session
 
     async def find(self, session_id: str | None) -> Session | None:
         if not session_id:
             return None
-        return await self._live(session_key(session_id))
+        return await self.store.find(session_key(session_id))
 
     async def alive(self, session: Session) -> bool:
         """Whether ``session`` is still valid (not revoked, not expired)."""
-        return await self._live(session.key) is not None
+        return await self.store.find(session.key) is not None
 
     async def revoke(self, session_id: str) -> None:
-        await self.store.delete(session_key(session_id))
+        await self.store.revoke(session_key(session_id))
 
-    async def _live(self, key: str) -> Session | None:
-        session = await self.store.get(key)
-        if session is None:
-            return None
-        if session.expires_at <= self._clock():
-            await self.store.delete(key)
-            return None
-        return session
+
+class Throttle(Protocol):
+    """Wrong tokens per client key (:func:`client_key`)."""
+
+    async def retry_after(self, client: str) -> float:
+        """Seconds ``client`` must still wait before a token of theirs is checked again (0: go ahead)."""
+        ...
+
+    async def failed(self, client: str) -> float:
+        """Record a wrong token from ``client``; returns the wait it now has (0 while under the free count)."""
+        ...
+
+
+class StoreThrottle:
+    """Wrong tokens counted in the shared store (:meth:`~sip_controller.state.store.Store.login_failed`): a guesser
+    spreading its guesses over the replicas waits as long as one that keeps to one. :meth:`retry_after` is one
+    primary-key read (on every bearer request and sign-in); only a wrong token writes."""
+
+    def __init__(self, store: Store, backoff: LoginBackoff) -> None:
+        self.store = store
+        self.backoff = backoff
+
+    async def retry_after(self, client: str) -> float:
+        return await self.store.login_wait(client)
+
+    async def failed(self, client: str) -> float:
+        failures, wait = await self.store.login_failed(client, self.backoff)
+        if failures == self.backoff.free_failures + 1:
+            log.warning("console.login_throttled", client=client, failures=failures)
+        return wait
 
 
 @dataclass(slots=True)
@@ -135,8 +202,9 @@ class _Failures:
 
 
 class LoginThrottle:
-    """Wrong tokens per client, with exponential backoff; at most ``max_clients`` remembered (the oldest failure
-    is forgotten first). A client's record is dropped after ``forget_after_s`` without a wrong token."""
+    """Wrong tokens per client in this process, with exponential backoff (:class:`LoginBackoff`); at most
+    ``max_clients`` remembered (the oldest failure is forgotten first). A client's record is dropped after
+    ``forget_after_s`` without a wrong token. For an AdminAuth without a store (unit tests)."""
 
     def __init__(
         self,
@@ -148,10 +216,8 @@ class LoginThrottle:
         max_clients: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.free_failures = free_failures
-        self.first_wait_s = first_wait_s
-        self.max_wait_s = max_wait_s
-        self.forget_after_s = max(forget_after_s, max_wait_s)
+        self.backoff = LoginBackoff(free_failures, first_wait_s, max_wait_s, forget_after_s)
+        self.forget_after_s = self.backoff.forget_s
         self.max_clients = max_clients
         self._clock = clock
         self._clients: OrderedDict[str, _Failures] = OrderedDict()  # least recent failure first
@@ -159,25 +225,22 @@ class LoginThrottle:
     def __len__(self) -> int:
         return len(self._clients)
 
-    def retry_after(self, client: str) -> float:
-        """Seconds ``client`` must still wait before a token of theirs is checked again (0: go ahead)."""
+    async def retry_after(self, client: str) -> float:
         now = self._clock()
         self._forget(now)
         record = self._clients.get(client)
         return 0.0 if record is None else max(0.0, record.blocked_until - now)
 
-    def failed(self, client: str) -> float:
-        """Record a wrong token from ``client``; returns the wait it now has (0 while under the free count)."""
+    async def failed(self, client: str) -> float:
         now = self._clock()
         self._forget(now)
         record = self._clients.pop(client, None) or _Failures(0, now, now)
         record.count += 1
         record.last = now
-        over = record.count - self.free_failures
-        if over > 0:
-            wait = min(self.max_wait_s, self.first_wait_s * 2 ** min(over - 1, 32))
+        wait = self.backoff.wait(record.count)
+        if wait > 0:
             record.blocked_until = now + wait
-            if over == 1:
+            if record.count == self.backoff.free_failures + 1:
                 log.warning("console.login_throttled", client=client, failures=record.count)
         self._clients[client] = record
         while len(self._clients) > self.max_clients:

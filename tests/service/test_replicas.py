@@ -99,3 +99,44 @@ async def test_a_transfer_sent_to_the_other_replica_is_carried_out_by_the_owner(
     async with asyncio.timeout(10):
         while not any("transferring them to sales" in json.dumps(e) for e in sideband.sent):
             await asyncio.sleep(0.02)
+
+
+def _session_cookie(response: httpx.Response) -> str:
+    (cookie,) = [h.split(";")[0] for h in response.headers.get_list("set-cookie") if h.startswith("sipctl_session=")]
+    return cookie
+
+
+async def test_a_console_session_holds_on_either_replica_and_sign_out_ends_it_on_both(
+    pair: tuple[Service, Service],
+) -> None:
+    a, b = pair
+    await a.place("rtc_s")
+    login = await a.client.post("/login", data={"token": TOKEN})
+    a.client.cookies.clear()
+    assert login.status_code == 303
+    cookie = {"cookie": _session_cookie(login)}
+    page = await b.client.get("/", headers=cookie)  # signed in on A, served by B
+    assert 'id="live-calls"' in page.text
+    csrf = page.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    hangup = await b.client.post("/v1/calls/rtc_s/hangup?now=true", headers={**cookie, "x-sipctl-csrf": csrf})
+    assert hangup.status_code == 202
+    assert (await a.runtime.registry.wait_ended("rtc_s", 10)).ended_reason == "operator_hangup"
+    out = await b.client.post("/logout", data={"csrf": csrf}, headers=cookie)
+    assert out.status_code == 303
+    for service in (a, b):
+        assert 'action="/login"' in (await service.client.get("/", headers=cookie)).text
+        assert (await service.client.get("/v1/calls", headers=cookie)).status_code == 401
+
+
+async def test_wrong_tokens_are_counted_across_the_replicas(pair: tuple[Service, Service]) -> None:
+    a, b = pair
+    free = a.runtime.settings.console.login_free_failures
+    statuses = []
+    for n in range(free + 1):  # the guesser alternates between the replicas
+        service = (a, b)[n % 2]
+        statuses.append((await service.client.get("/v1/calls", headers={"Authorization": "Bearer wrong"})).status_code)
+    assert statuses == [401] * free + [429]
+    for service in (a, b):  # now blocked on both, even with the right token
+        blocked = await service.client.get("/v1/calls", headers=AUTH)
+        assert blocked.status_code == 429
+        assert int(blocked.headers["retry-after"]) >= 1

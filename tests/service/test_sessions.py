@@ -18,6 +18,7 @@ from sip_controller.service.sessions import (
     same_origin,
     session_key,
 )
+from sip_controller.state.console_sessions import LoginBackoff
 
 pytestmark = pytest.mark.anyio
 
@@ -53,10 +54,10 @@ def _request(
 async def test_sessions_expire_are_revoked_and_the_store_never_holds_the_id() -> None:
     clock = Clock()
     store = MemorySessionStore(10, clock=clock)
-    sessions = Sessions(store, ttl_s=60, clock=clock)
+    sessions = Sessions(store, ttl_s=60)
     session_id, session = await sessions.create()
     assert session.key == session_key(session_id) != session_id
-    assert await store.get(session_id) is None  # looked up by the hash only
+    assert await store.find(session_id) is None  # looked up by the hash only
     assert await sessions.find(session_id) == session
     assert await sessions.find("forged") is None
     assert await sessions.find(None) is None
@@ -73,8 +74,8 @@ async def test_sessions_expire_are_revoked_and_the_store_never_holds_the_id() ->
 async def test_the_session_table_is_bounded_expired_first_then_oldest() -> None:
     clock = Clock()
     store = MemorySessionStore(3, clock=clock)
-    short = Sessions(store, ttl_s=10, clock=clock)
-    long = Sessions(store, ttl_s=1000, clock=clock)
+    short = Sessions(store, ttl_s=10)
+    long = Sessions(store, ttl_s=1000)
     first_id, _ = await long.create()
     expiring_id, _ = await short.create()
     third_id, _ = await long.create()
@@ -92,32 +93,40 @@ async def test_the_session_table_is_bounded_expired_first_then_oldest() -> None:
     assert len(store) == 3
 
 
-def test_backoff_doubles_after_the_free_failures_is_capped_and_is_forgotten() -> None:
+async def test_backoff_doubles_after_the_free_failures_is_capped_and_is_forgotten() -> None:
     clock = Clock()
     throttle = LoginThrottle(free_failures=3, first_wait_s=1, max_wait_s=8, forget_after_s=900, clock=clock)
-    assert [throttle.failed("a") for _ in range(3)] == [0, 0, 0]
-    assert throttle.retry_after("a") == 0
+    assert [await throttle.failed("a") for _ in range(3)] == [0, 0, 0]
+    assert await throttle.retry_after("a") == 0
     waits = []
     for _ in range(6):
-        waits.append(throttle.failed("a"))
-        assert throttle.retry_after("a") == waits[-1]
+        waits.append(await throttle.failed("a"))
+        assert await throttle.retry_after("a") == waits[-1]
         clock.now += waits[-1]
-        assert throttle.retry_after("a") == 0
+        assert await throttle.retry_after("a") == 0
     assert waits == [1, 2, 4, 8, 8, 8]
-    assert throttle.retry_after("b") == 0  # per client
+    assert await throttle.retry_after("b") == 0  # per client
     clock.now += 900.5  # quiet for the forget period: a fresh start
-    assert throttle.retry_after("a") == 0
+    assert await throttle.retry_after("a") == 0
     assert len(throttle) == 0
-    assert throttle.failed("a") == 0
+    assert await throttle.failed("a") == 0
 
 
-def test_the_throttle_remembers_a_bounded_number_of_clients() -> None:
+async def test_the_throttle_remembers_a_bounded_number_of_clients() -> None:
     clock = Clock()
     throttle = LoginThrottle(free_failures=1, max_clients=100, clock=clock)
     for i in range(10_000):
-        throttle.failed(f"10.0.{i // 256}.{i % 256}")
+        await throttle.failed(f"10.0.{i // 256}.{i % 256}")
     assert len(throttle) == 100
-    assert throttle.failed("10.0.39.15") > 0  # the most recent are the ones kept
+    assert await throttle.failed("10.0.39.15") > 0  # the most recent are the ones kept
+
+
+@pytest.mark.parametrize(
+    ("failures", "wait"), [(0, 0), (5, 0), (6, 1), (7, 2), (9, 8), (14, 256), (15, 300), (10_000, 300)]
+)
+def test_the_backoff_is_free_then_doubles_up_to_its_cap(failures: int, wait: float) -> None:
+    assert LoginBackoff().wait(failures) == wait
+    assert LoginBackoff(max_wait_s=3600, forget_after_s=900).forget_s == 3600  # a block is never forgotten early
 
 
 def test_clients_are_told_apart_by_address_and_ipv6_by_its_64() -> None:

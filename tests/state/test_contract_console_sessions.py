@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from sip_controller.service.sessions import Sessions, StoreSessions, session_key
 from sip_controller.state.console_sessions import LoginBackoff, LoginFailures
 from sip_controller.state.jobs import sweep_once
 from tests.state.conftest import T0, Cluster
@@ -104,6 +105,20 @@ async def test_the_oldest_live_sessions_end_when_the_table_is_full(cluster: Clus
     _, revoked = await b.create_console_session("k5", "c", ttl_s=1000, max_sessions=1)
     assert revoked == 3
     assert [k for k in ("k2", "k3", "k4", "k5") if await a.find_console_session(k)] == ["k5"]
+
+
+async def test_the_table_holds_the_hash_of_the_cookie_s_id_never_the_id(cluster: Cluster) -> None:
+    a, b = await cluster.open(), await cluster.open()
+    on_a, on_b = Sessions(StoreSessions(a), ttl_s=60), Sessions(StoreSessions(b), ttl_s=60)
+    session_id, session = await on_a.create()
+    assert await on_b.find(session_id) == session
+    assert await on_b.find(session.key) is None  # the stored key is not a cookie
+    (row,) = await rows(cluster, "console_sessions")
+    assert row["key"] == session_key(session_id) == session.key
+    assert session_id not in repr(row)
+    await on_b.revoke(session_id)
+    assert await on_a.find(session_id) is None
+    assert not await on_a.alive(session)
 
 
 async def test_wrong_tokens_are_counted_across_replicas_with_the_backoff(cluster: Cluster) -> None:
