@@ -310,6 +310,8 @@ class CallMachine:
     _amd_pending: str | None = None
     #: a machine was hung up on or left its message: later verdicts change nothing
     _amd_acted: bool = False
+    #: the greeting waits for Twilio's answering-machine verdict (``voicemail.GREETING_WAIT_S`` at most)
+    _greeting_waits: bool = False
     #: the features: each holds its own state and its slice of the profile; they reach the call through
     #: this machine as their ``CallPort`` (passed to each call, never kept)
     transfer: Transfer = field(init=False)
@@ -710,11 +712,13 @@ class CallMachine:
                 return [self._session_guard(rel), *acted]
         timers = [*self.watchdog.start(rel), self._session_guard(rel)]
         greeting: list[Action] = []
-        if self.profile.greeting:
-            line = f'Start the call now: greet the caller by saying exactly "{self.profile.greeting}"'
-            request = self.say(line, purpose="greeting")
-            self._greeting = _Line(line, "greeting", request_tag(request))
-            greeting.append(request)
+        if self.profile.greeting and self._verdict_awaited():
+            # a call we placed with asynchronous answering-machine detection: a fax or a machine is never greeted
+            self._greeting_waits = True
+            self.record.mark(rel, "greeting: waiting for Twilio's answering-machine verdict")
+            timers.append(StartTimer(voicemail.GREETING_WAIT_TIMER, voicemail.GREETING_WAIT_S))
+        elif self.profile.greeting:
+            greeting.append(self._greeting_request())
         patch = session.deferred_vad_patch(self.profile)
         if patch is None:
             if greeting:
@@ -723,16 +727,52 @@ class CallMachine:
         # the accept body held automatic responses; nothing is said until the tuning is in force
         return timers + self.update_session(patch, rel, what="VAD tuning", then=greeting)
 
+    def _greeting_request(self) -> Action:
+        line = f'Start the call now: greet the caller by saying exactly "{self.profile.greeting}"'
+        request = self.say(line, purpose="greeting")
+        self._greeting = _Line(line, "greeting", request_tag(request))
+        return request
+
+    def _verdict_awaited(self) -> bool:
+        """A call we placed with asynchronous answering-machine detection whose verdict has not come yet (#16)."""
+        twilio = self.record.twilio or {}
+        return (
+            self.record.outbound is not None
+            and self.profile.outbound.voicemail is not None
+            and twilio.get("answered_by") is None
+            and not self._amd_acted
+        )
+
+    def _greet_after_wait(self, rel: float, why: str) -> list[Action]:
+        """The greeting that waited for the verdict: said now, unless the model has already spoken (it answered
+        the person's hello) or the call is ending."""
+        self._greeting_waits = False
+        if self.ending is not None or self.state != CallState.ATTACHED:
+            return []
+        if self._in_progress or self.audio_started:
+            self.record.mark(rel, f"greeting: not said ({why}; the model has already answered)")
+            return []
+        self.record.mark(rel, f"greeting requested ({why})")
+        return [self._greeting_request()]
+
     def _on_machine_detection(self, verdict: str, rel: float) -> list[Action]:
         """Twilio's answering-machine verdict on a call we placed (#16): what answered goes on the report; with
-        the profile's ``outbound.voicemail``, a machine is hung up on or left a message after its beep."""
+        the profile's ``outbound.voicemail``, a machine is hung up on or left a message after its beep. A greeting
+        waiting for the verdict is said to a person (or an unknown), never to a machine or a fax."""
         if self.record.twilio is not None:
             self.record.twilio["answered_by"] = verdict
         self.record.mark(rel, f"twilio: answered by {verdict}")
         if self.state in (CallState.RECEIVED, CallState.ACCEPTING, CallState.ACCEPTED):
             self._amd_pending = verdict  # acted on once the sideband is attached
             return []
-        return self._act_on_machine(verdict, rel)
+        acted = self._act_on_machine(verdict, rel)
+        if not self._greeting_waits:
+            return acted
+        stop: list[Action] = [CancelTimer(voicemail.GREETING_WAIT_TIMER)]
+        if verdict in ("human", "unknown"):
+            return [*stop, *acted, *self._greet_after_wait(rel, f"answered by {verdict}")]
+        self._greeting_waits = False
+        return [*stop, *acted]
 
     def _act_on_machine(self, verdict: str, rel: float) -> list[Action]:
         policy = self.profile.outbound.voicemail
@@ -873,6 +913,8 @@ class CallMachine:
         return self.hangup(rel, "sideband keeps dropping: hanging up rather than leave the call unsupervised")
 
     def _on_timer(self, name: str, rel: float) -> list[Action]:
+        if name == voicemail.GREETING_WAIT_TIMER:
+            return self._greet_after_wait(rel, "no verdict yet") if self._greeting_waits else []
         if self._after_turn:
             self._after_turn = [w for w in self._after_turn if w.name != name]
         if name == GOODBYE_AGAIN_TIMER:

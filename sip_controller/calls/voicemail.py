@@ -15,6 +15,11 @@ from sip_controller.agent.profile import AgentProfile
 
 #: the tag purpose of the message's response
 PURPOSE = "voicemail"
+#: a call placed with asynchronous answering-machine detection (a profile with ``outbound.voicemail``) is greeted
+#: once Twilio's verdict says a person (or cannot tell), or after this long without one: a machine or a fax is
+#: never greeted (a person answering says hello first, and the model answers that on its own meanwhile)
+GREETING_WAIT_S = 4.0
+GREETING_WAIT_TIMER = "amd_greeting"
 
 FROM_MODEL_INSTRUCTIONS = (
     "An answering machine took the call and its beep has just sounded: you are recording a voicemail message now. "

@@ -767,8 +767,29 @@ async def run_outbound(stack: Stack, call: OutboundCall, *, timeout: float) -> T
         outcome.problems.append(f"POST /v1/outbound answered {status}: {placed.get('error', placed)}")
         return outcome
     outcome.twilio = stack.twilio.calls[sid]
-    await _follow(stack, outcome, timeout=timeout, unanswered_id=str(placed.get("id")))
+    canceling = None
+    if call.cancel_after is not None:
+        canceling = asyncio.create_task(_cancel_after(stack, str(placed.get("id")), call.cancel_after, outcome))
+    try:
+        await _follow(stack, outcome, timeout=timeout, unanswered_id=str(placed.get("id")))
+    finally:
+        if canceling is not None:
+            if not canceling.done():
+                outcome.problems.append("the call ended before the scenario's cancel_after")
+            canceling.cancel()
+            await asyncio.gather(canceling, return_exceptions=True)
     return outcome
+
+
+async def _cancel_after(stack: Stack, outbound_id: str, after: float, outcome: TwilioOutcome) -> None:
+    """The operator cancels the placed call ``after`` nominal seconds (``POST /v1/outbound/{id}/cancel``)."""
+    await asyncio.sleep(stack.twilio.scaled(after))
+    async with httpx.AsyncClient(trust_env=False, timeout=30.0) as client:
+        response = await client.post(f"{stack.server.url}/v1/outbound/{outbound_id}/cancel",
+                                     headers={"Authorization": f"Bearer {stack.admin_token}"})  # fmt: skip
+    if response.status_code != 202:
+        outcome.problems.append(f"POST /v1/outbound/{outbound_id}/cancel answered {response.status_code}: "
+                                f"{response.text[:200]}")  # fmt: skip
 
 
 async def run_inbound(stack: Stack, call: InboundCall, *, timeout: float) -> TwilioOutcome:

@@ -179,6 +179,7 @@ def check_expectations(call: SimCall) -> list[str]:
     compare("accept_count", expect.accept_count, call.accept_count)
     compare("audio_state", expect.audio_state, call.audio_state)
     compare("greeting_heard", expect.greeting_heard, call.greeting_heard)
+    compare("model_spoke", expect.model_spoke, any(r.audio_started_at is not None for r in call.responses))
     compare("refers", expect.refers, call.refers)
     if expect.hangup_after_audio is not None and expect.hangup_after_audio != call.hangup_after_audio:
         detail = (

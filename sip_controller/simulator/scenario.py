@@ -142,6 +142,8 @@ class Expectation(_Strict):
     accept_count: int | None = Field(default=None, ge=0)
     audio_state: AudioStateName | None = None
     greeting_heard: bool | None = None
+    #: whether any of the model's audio played on the call (``false``: the model never said a word)
+    model_spoke: bool | None = None
     hangup_after_audio: bool | None = None
     transcript_contains: list[str] | None = None
     refers: list[str] | None = None
@@ -364,6 +366,9 @@ class OutboundCall(_Strict):
     profile: str | None = Field(default=None, min_length=1)
     variables: dict[str, str] = Field(default_factory=dict)
     callee: Callee = Callee()
+    #: nominal seconds after the call was placed when the operator cancels it (``POST /v1/outbound/{id}/cancel``);
+    #: a call still queued or ringing then ends ``canceled``
+    cancel_after: float | None = Field(default=None, ge=0)
     expect: TwilioExpectation | None = None
     #: what the controller's report of the call should say
     report: ReportExpectation | None = None

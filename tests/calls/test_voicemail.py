@@ -7,7 +7,8 @@ import pydantic
 import pytest
 
 from sip_controller.agent.profile import AgentProfile, Outbound, Voicemail
-from sip_controller.calls.actions import Action, EndTwilioCall, Send
+from sip_controller.calls import voicemail
+from sip_controller.calls.actions import Action, CancelTimer, EndTwilioCall, Send
 from sip_controller.calls.inputs import (
     AcceptOk,
     Attached,
@@ -119,6 +120,7 @@ def test_the_fixed_message_is_said_after_the_beep_then_the_call_hangs_up() -> No
 def test_a_message_from_the_model_cuts_off_what_it_was_saying_to_the_greeting() -> None:
     c = placed(Voicemail(action="leave_message", message_from_model=True), greeting="Hello, this is Example Dental.")
     c.attach()
+    c.feed(TimerFired(voicemail.GREETING_WAIT_TIMER))  # a long machine greeting: no verdict yet, the greeting goes
     c.feed(response_created("r_greet", c.tag("greeting")))
     c.feed(audio("started", "r_greet"))
     actions = c.feed(MachineDetection("machine_end_silence"))
@@ -194,3 +196,47 @@ def test_answered_by_in_the_reports_words(verdict: str | None, category: str | N
 def test_a_voicemail_policy_that_cannot_work_is_refused(outbound: dict[str, object], message: str) -> None:
     with pytest.raises(pydantic.ValidationError, match=message):
         Outbound.model_validate(outbound)
+
+
+def test_the_greeting_of_a_call_placed_with_detection_waits_for_a_person() -> None:
+    c = placed(Voicemail(action="hangup"), detection="Enable", greeting="Hello, this is Example Dental.")
+    actions = c.attach()
+    assert creates(actions) == []
+    assert timers(actions)[voicemail.GREETING_WAIT_TIMER] == voicemail.GREETING_WAIT_S
+    actions = c.feed(MachineDetection("human"))
+    assert CancelTimer(voicemail.GREETING_WAIT_TIMER) in actions
+    [greeting] = creates(actions)
+    assert "Hello, this is Example Dental." in greeting["response"]["instructions"]
+    assert c.feed(TimerFired(voicemail.GREETING_WAIT_TIMER)) == []  # said once
+
+
+def test_a_fax_is_hung_up_on_without_a_word_whatever_the_voicemail_action() -> None:
+    c = placed(LEAVE_FIXED, greeting="Hello, this is Example Dental.")
+    assert creates(c.attach()) == []
+    actions = c.feed(MachineDetection("fax"))
+    assert (twilio_hangups(actions), hangups(actions), creates(actions)) == (1, 1, [])
+    assert CancelTimer(voicemail.GREETING_WAIT_TIMER) in actions
+    assert creates(c.feed(TimerFired(voicemail.GREETING_WAIT_TIMER))) == []
+    c.feed(HangupOk())
+    c.feed(SidebandClosed(1000))
+    assert c.record.ended_reason == "voicemail"
+    report = report_document(c.record)
+    assert (report["answered_by"], report["ended_reason"]) == ("fax", "voicemail")
+    assert creates(c.log) == []  # the model never spoke
+
+
+def test_a_greeting_that_waited_is_dropped_when_the_model_already_answered_the_hello() -> None:
+    c = placed(Voicemail(action="hangup"), detection="Enable", greeting="Hello, this is Example Dental.")
+    c.attach()
+    c.feed(response_created("r_auto"))  # the person said hello; the model answers on its own
+    c.feed(audio("started", "r_auto"))
+    actions = c.feed(MachineDetection("human"))
+    assert creates(actions) == []
+    assert any("greeting: not said" in event for _, event in c.record.timeline)
+
+
+def test_no_verdict_in_time_the_greeting_is_said_anyway() -> None:
+    c = placed(Voicemail(action="hangup"), detection="Enable", greeting="Hello!")
+    c.attach()
+    [greeting] = creates(c.feed(TimerFired(voicemail.GREETING_WAIT_TIMER)))
+    assert "Hello!" in greeting["response"]["instructions"]
