@@ -5,29 +5,23 @@ live one, and operator actions for a call another replica owns (queued for its o
 from __future__ import annotations
 
 import contextlib
-import os
-import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 from pydantic import SecretStr
 
-from sip_controller.config import Limits, Secrets, Settings
+from sip_controller.config import History, Limits, Secrets, Settings
 from sip_controller.realtime.sideband import FakeConnector
 from sip_controller.service.app import create_app
 from sip_controller.service.history import MAX_LIMIT
 from sip_controller.service.loopback import serve
-from sip_controller.state.postgres import PostgresStore
 from sip_controller.state.records import NewCall
-from sip_controller.state.sqlite import SQLiteStore
 from sip_controller.state.store import Store
+from tests.service.history_stores import store_fixture  # noqa: F401 (the fixture `store`: both backends)
 from tests.servicekit import BASE, PROFILE, SECRET, openai_router
-from tests.state.conftest import PG_URL, _probe
 
 pytestmark = pytest.mark.anyio
 
@@ -36,30 +30,6 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 #: 2025-01-01T00:00:00Z
 T0 = 1_735_689_600.0
 OTHER = "replica-b"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "sqlite":
-        async with await SQLiteStore.open(tmp_path / "state.db") as sqlite:
-            yield sqlite
-        return
-    reason = await _probe(PG_URL)
-    if reason is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}; CI must run the PostgreSQL tests")
-        pytest.skip(reason)
-    schema = f"sipctl_test_{secrets.token_hex(6)}"
-    admin = await asyncpg.connect(PG_URL)
-    try:
-        await admin.execute(f"CREATE SCHEMA {schema}")
-        try:
-            async with await PostgresStore.open(PG_URL, schema=schema, pool_size=2) as pg:
-                yield pg
-        finally:
-            await admin.execute(f"DROP SCHEMA {schema} CASCADE")
-    finally:
-        await admin.close()
 
 
 @dataclass
@@ -72,8 +42,12 @@ class Api:
 
 
 @contextlib.asynccontextmanager
-async def admin_api(store: Store) -> AsyncIterator[Api]:
-    settings = Settings(profiles={"default": PROFILE, "sales": PROFILE}, limits=Limits(hangup_close_wait_s=0.1))
+async def admin_api(store: Store, **history: Any) -> AsyncIterator[Api]:
+    """The real app on ``store`` behind a loopback server; ``history``: the config's ``history`` section."""
+    settings = Settings(
+        profiles={"default": PROFILE, "sales": PROFILE}, limits=Limits(hangup_close_wait_s=0.1),
+        history=History(**history),
+    )  # fmt: skip
     app_secrets = Secrets(
         openai_api_key=SecretStr("sk-test"),
         webhook_secrets=(SecretStr(SECRET),),

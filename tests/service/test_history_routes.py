@@ -5,50 +5,23 @@ number) and the analysis on ``GET /v1/calls/{id}``; bad parameters are 400 namin
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
-from collections.abc import AsyncIterator
-from typing import Any
 
-import httpx
 import pytest
 import structlog
-from pydantic import SecretStr
 
-from sip_controller.config import History, Limits, Secrets, Settings
-from sip_controller.realtime.sideband import FakeConnector
-from sip_controller.service.app import create_app
-from sip_controller.service.loopback import serve
 from sip_controller.state.records import NewCall
 from sip_controller.state.store import Store
 from tests.service.history_stores import store_fixture  # noqa: F401 (the fixture `store`: both backends)
-from tests.service.test_history import AUTH, OTHER, TOKEN, Api, live
-from tests.servicekit import BASE, PROFILE, SECRET, openai_router
+from tests.service.test_history import AUTH, OTHER, admin_api, ids, live
 
 pytestmark = pytest.mark.anyio
 
 #: 2025-01-01T00:00:00Z
 T0 = 1_735_689_600.0
 CALLER = "+14155550123"
-
-
-@contextlib.asynccontextmanager
-async def history_api(store: Store, **history: Any) -> AsyncIterator[Api]:
-    settings = Settings(
-        profiles={"default": PROFILE, "sales": PROFILE}, limits=Limits(hangup_close_wait_s=0.1),
-        history=History(**history),
-    )  # fmt: skip
-    app_secrets = Secrets(
-        openai_api_key=SecretStr("sk-test"), webhook_secrets=(SecretStr(SECRET),), openai_base_url=BASE,
-        admin_token=SecretStr(TOKEN),
-    )  # fmt: skip
-    router = openai_router()
-    async with httpx.AsyncClient(transport=httpx.MockTransport(router.async_handler)) as openai_client:
-        app = create_app(settings, app_secrets, http_client=openai_client, connect=FakeConnector(), store=store)
-        async with serve(app) as server, httpx.AsyncClient(base_url=server.url, timeout=10) as client:
-            yield Api(client, store)
 
 
 async def finished(
@@ -80,15 +53,10 @@ async def three(store: Store) -> None:
     await finished(store, "rtc_c", T0 + 300, ["A refund for the parcel"], reason="agent_end_call")
 
 
-def ids(response: httpx.Response) -> list[str]:
-    assert response.status_code == 200, response.text
-    return [c["call_id"] for c in response.json()["calls"]]
-
-
 async def test_search_and_outcome_filter_the_list(store: Store) -> None:
     await three(store)
     await live(store, "rtc_live")
-    async with history_api(store) as api:
+    async with admin_api(store) as api:
         assert ids(await api.get("/v1/calls", q="refund")) == ["rtc_c", "rtc_a"]  # no live call with a search
         assert ids(await api.get("/v1/calls", q="refund parcel")) == ["rtc_c"]
         assert ids(await api.get("/v1/calls", q="refund", outcome="succeeded")) == ["rtc_a"]
@@ -118,7 +86,7 @@ async def test_search_and_outcome_filter_the_list(store: Store) -> None:
 async def test_bad_parameters_are_400_naming_the_parameter(
     store: Store, path: str, params: dict[str, str], named: str
 ) -> None:
-    async with history_api(store) as api:
+    async with admin_api(store) as api:
         response = await api.get(path, **params)
         assert response.status_code == 400, response.text
         assert response.json()["error"].startswith(f"`{named}`: ")
@@ -126,7 +94,7 @@ async def test_bad_parameters_are_400_naming_the_parameter(
 
 async def test_export_csv_streams_the_filtered_list_masked(store: Store) -> None:
     await three(store)
-    async with history_api(store) as api:
+    async with admin_api(store) as api:
         response = await api.get("/v1/calls/export", q="refund")
         assert response.status_code == 200, response.text
         assert response.headers["content-type"].startswith("text/csv")
@@ -151,7 +119,7 @@ async def test_export_csv_streams_the_filtered_list_masked(store: Store) -> None
 async def test_export_jsonl_pages_through_the_store_up_to_the_limit(store: Store) -> None:
     for i in range(7):
         await finished(store, f"rtc_{i}", T0 + i, [f"line {i}"])
-    async with history_api(store, export_max_rows=5) as api:
+    async with admin_api(store, export_max_rows=5) as api:
         response = await api.get("/v1/calls/export", format="jsonl")
         assert response.status_code == 200, response.text
         assert response.headers["content-type"].startswith("application/x-ndjson")
@@ -168,7 +136,7 @@ async def test_export_pages_past_one_store_page(store: Store, monkeypatch: pytes
     monkeypatch.setattr("sip_controller.service.history_export.PAGE", 2)
     for i in range(5):
         await finished(store, f"rtc_{i}", T0 + i, ["hello"])
-    async with history_api(store) as api:
+    async with admin_api(store) as api:
         response = await api.get("/v1/calls/export", format="jsonl", q="hello")
         assert [json.loads(line)["call_id"] for line in response.text.splitlines()] == [
             "rtc_4", "rtc_3", "rtc_2", "rtc_1", "rtc_0"]  # fmt: skip
@@ -176,7 +144,7 @@ async def test_export_pages_past_one_store_page(store: Store, monkeypatch: pytes
 
 async def test_overview(store: Store) -> None:
     await three(store)
-    async with history_api(store) as api:
+    async with admin_api(store) as api:
         response = await api.get("/v1/overview", since="2025-01-01T00:00:00Z", until="2025-01-02T00:00:00Z")
         assert response.status_code == 200, response.text
         view = response.json()
@@ -196,7 +164,7 @@ async def test_overview(store: Store) -> None:
 
 async def test_reveal_is_logged_without_the_number(store: Store) -> None:
     await three(store)
-    async with history_api(store) as api:
+    async with admin_api(store) as api:
         with structlog.testing.capture_logs() as logs:
             response = await api.client.post("/v1/calls/rtc_a/reveal", headers=AUTH)
         assert response.status_code == 200, response.text
@@ -210,7 +178,7 @@ async def test_reveal_is_logged_without_the_number(store: Store) -> None:
 
 async def test_one_call_carries_its_analysis_or_null(store: Store) -> None:
     await three(store)
-    async with history_api(store) as api:
+    async with admin_api(store) as api:
         analysed = (await api.get("/v1/calls/rtc_a")).json()
         assert analysed["analysis"]["success"] is True
         assert analysed["caller"] == "+1415***0123"

@@ -16,7 +16,7 @@ from sip_controller.service import retention
 from sip_controller.state.records import HistoryQuery, NewCall, Purged
 from sip_controller.state.store import Store
 from tests.service.history_stores import store_fixture  # noqa: F401 (the fixture `store`: both backends)
-from tests.service.test_history_routes import history_api
+from tests.service.test_history import admin_api
 
 pytestmark = pytest.mark.anyio
 
@@ -92,7 +92,7 @@ async def test_a_failing_store_is_logged_and_tried_again(store: Store, monkeypat
 
 async def test_the_app_runs_the_job_once_the_store_is_open(store: Store) -> None:
     await ended(store, "ancient", 40)  # 2024: far past 30 days on the real clock
-    async with history_api(store, retain_days=30):
+    async with admin_api(store, retain_days=30):
         for _ in range(100):  # bounded: the first pass runs as the app starts
             if await store.get_call("ancient") is None:
                 break
