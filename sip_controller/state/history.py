@@ -112,6 +112,29 @@ def _grouped_sql(mark: Callable[[int], str], *, by_reason: bool = True) -> str:
     )
 
 
+def _filters(query: HistoryQuery, mark: Callable[[int], str]) -> tuple[list[str], list[object]]:
+    """The WHERE terms of ``query``'s column filters and outcome, and their arguments; ``mark(n)`` is the n-th
+    argument's placeholder (``?`` or ``$n``). The text search and the cursor are each backend's own."""
+    where = ["ended_at IS NOT NULL"]
+    args: list[object] = []
+    for column, op, value in (
+        ("ended_at", ">=", query.since),
+        ("ended_at", "<", query.until),
+        ("ended_reason", "=", query.ended_reason),
+        ("profile", "=", query.profile),
+        ("caller", "=", query.caller),
+    ):
+        if value is not None:
+            args.append(value)
+            where.append(f"{column} {op} {mark(len(args))}")
+    if query.outcome == "unknown":
+        where.append("outcome IS NULL")
+    elif query.outcome is not None:
+        args.append(query.outcome)
+        where.append(f"outcome = {mark(len(args))}")
+    return where, args
+
+
 # ---- SQLite ------------------------------------------------------------------------------------------------------
 
 
@@ -146,23 +169,7 @@ class SQLiteHistory:
 
     async def list_finished(self, query: HistoryQuery) -> Page:
         check_query(query)
-        where = ["ended_at IS NOT NULL"]
-        args: list[object] = []
-        for column, op, value in (
-            ("ended_at", ">=", query.since),
-            ("ended_at", "<", query.until),
-            ("ended_reason", "=", query.ended_reason),
-            ("profile", "=", query.profile),
-            ("caller", "=", query.caller),
-        ):
-            if value is not None:
-                where.append(f"{column} {op} ?")
-                args.append(value)
-        if query.outcome == "unknown":
-            where.append("outcome IS NULL")
-        elif query.outcome is not None:
-            where.append("outcome = ?")
-            args.append(query.outcome)
+        where, args = _filters(query, lambda _: "?")
         if query.text is not None:
             match = fts5_query(query.text)
             if match is None:
@@ -273,23 +280,7 @@ class PostgresHistory:
 
     async def list_finished(self, query: HistoryQuery) -> Page:
         check_query(query)
-        where = ["ended_at IS NOT NULL"]
-        args: list[object] = []
-        for column, op, value in (
-            ("ended_at", ">=", query.since),
-            ("ended_at", "<", query.until),
-            ("ended_reason", "=", query.ended_reason),
-            ("profile", "=", query.profile),
-            ("caller", "=", query.caller),
-        ):
-            if value is not None:
-                args.append(value)
-                where.append(f"{column} {op} ${len(args)}")
-        if query.outcome == "unknown":
-            where.append("outcome IS NULL")
-        elif query.outcome is not None:
-            args.append(query.outcome)
-            where.append(f"outcome = ${len(args)}")
+        where, args = _filters(query, lambda n: f"${n}")
         if query.text is not None:
             if not any(not negated for negated, _ in search_terms(query.text)):
                 return Page([], None)  # negations only: nothing, as on SQLite
