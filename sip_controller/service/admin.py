@@ -59,6 +59,12 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
+def _store_failed(exc: StoreError) -> JSONResponse:
+    """A store that failed under a request: logged (its message cut short), 503 for the client to retry."""
+    log.warning("admin.store_failed", error=str(exc)[:300])
+    return _error(503, "the call store is unavailable; retry")
+
+
 class AdminAuth:
     """Who may use the admin API and the live-calls page: a bearer token, or a session made by signing in.
 
@@ -330,8 +336,7 @@ def routes(
         try:
             return JSONResponse(await list_cluster_calls(runtime(request), query))
         except StoreError as exc:
-            log.warning("admin.store_failed", error=str(exc)[:300])
-            return _error(503, "the call store is unavailable; retry")
+            return _store_failed(exc)
 
     async def get_call(request: Request) -> Response:
         if (denied := await auth.authorize(request)) is not None:
@@ -352,8 +357,7 @@ def routes(
             row = await store.get_call(call_id)
             report = None if row is None or row.live else await store.get_report(call_id)
         except StoreError as exc:
-            log.warning("admin.store_failed", error=str(exc)[:300])
-            return _error(503, "the call store is unavailable; retry")
+            return _store_failed(exc)
         if row is None:
             return _error(404, "no such call")
         if report is None:  # live on another replica (its transcript stays there), or finished without a report
@@ -375,8 +379,7 @@ def routes(
             try:
                 row = await store.get_call(call_id)
             except StoreError as exc:
-                log.warning("admin.store_failed", error=str(exc)[:300])
-                return _error(503, "the call store is unavailable; retry")
+                return _store_failed(exc)
             numbers = None if row is None else (row.caller, row.dialed)
         if numbers is None:
             return _error(404, "no such call")
@@ -396,8 +399,7 @@ def routes(
         try:
             first = await history_export.first_page(store, query)
         except StoreError as exc:
-            log.warning("admin.store_failed", error=str(exc)[:300])
-            return _error(503, "the call store is unavailable; retry")
+            return _store_failed(exc)
         now = time.time()
         who = _who(request)
 
@@ -423,8 +425,7 @@ def routes(
         try:
             found = await store.overview(query.since, query.until, bucket_s=query.bucket_s)
         except StoreError as exc:
-            log.warning("admin.store_failed", error=str(exc)[:300])
-            return _error(503, "the call store is unavailable; retry")
+            return _store_failed(exc)
         return JSONResponse(history.overview_json(found, query.bucket))
 
     async def elsewhere(request: Request, call_id: str, kind: str, args: dict[str, Any]) -> Response:
@@ -448,8 +449,7 @@ def routes(
                     return _error(422, f"unknown target; use one of: {', '.join(targets) or 'none configured'}")
             command_id = await store.post_command(call_id, kind, args)
         except StoreError as exc:
-            log.warning("admin.store_failed", error=str(exc)[:300])
-            return _error(503, "the call store is unavailable; retry")
+            return _store_failed(exc)
         if command_id is None:
             return _error(409, "no live call with that id")
         log.info("admin.command_posted", call_id=call_id, kind=kind, owner=row.owner, command_id=command_id)

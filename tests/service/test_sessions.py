@@ -3,6 +3,8 @@ rules that decide ``Secure`` and same-origin."""
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 from starlette.requests import Request
 from starlette.responses import Response
@@ -19,6 +21,8 @@ from sip_controller.service.sessions import (
     session_key,
 )
 from sip_controller.state.console_sessions import LoginBackoff
+from sip_controller.state.records import StoreError
+from sip_controller.state.store import Store
 
 pytestmark = pytest.mark.anyio
 
@@ -186,3 +190,22 @@ async def test_secure_is_dropped_only_when_configured_off_and_on_loopback() -> N
     assert "secure" not in await _cookie_flags(plain, _request())
     # configured off, but the connection is not on loopback (an ingress, a LAN): the flag stays
     assert "secure" in await _cookie_flags(plain, _request({"x-forwarded-proto": "http"}, server=remote))
+
+
+class _StoreAway:
+    """A store that cannot be reached."""
+
+    async def find_console_session(self, key: str, **_: object) -> None:
+        raise StoreError("the store is closed")
+
+    async def login_wait(self, client: str) -> float:
+        raise StoreError("the store is closed")
+
+
+async def test_a_store_that_is_away_is_answered_503_not_500() -> None:
+    auth = AdminAuth("a-Strong-test-token-4f9c2e71", store=cast("Store", _StoreAway()))
+    for headers in ({"authorization": "Bearer anything"}, {"cookie": f"{SESSION_COOKIE}=some-session"}):
+        denied = await auth.authorize(_request(headers))
+        assert denied is not None
+        assert denied.status_code == 503
+        assert denied.headers["retry-after"] == "1"
