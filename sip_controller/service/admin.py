@@ -133,10 +133,17 @@ class AdminAuth:
     async def authorize(self, request: Request, *, write: bool = False) -> Response | None:
         """None when the request may proceed (a cookie session is then ``request.state.session``); otherwise the
         answer: 404 when off, 401 not signed in, 403 a cookie write without the CSRF token or from another
-        origin, 429 too many wrong tokens."""
+        origin, 429 too many wrong tokens, 503 the store (which holds the sessions and the throttle) unavailable."""
         if not self.enabled:
             return _error(404, "not found")
         request.state.session = None
+        try:
+            return await self._authorize(request, write)
+        except StoreError as exc:
+            log.warning("console.auth_store_failed", error=str(exc)[:300])
+            return _error(503, "the store is unavailable; retry", {"retry-after": "1"})
+
+    async def _authorize(self, request: Request, write: bool) -> Response | None:
         header = request.headers.get("authorization", "")
         if header.lower().startswith("bearer "):
             ok, wait = await self.try_token(request, header[7:].strip())
