@@ -606,6 +606,14 @@ def _run_scenario(
             }
             for o in run.twilio
         ]
+        if run.batch is not None:  # the scenario's outbound batch (#16)
+            b = run.batch
+            payload.append({
+                "batch": b.name, "ok": b.ok, "problems": b.problems, "created": b.created,
+                "status": b.record.status if b.record else None, "outcomes": b.record.outcomes if b.record else None,
+                "calls": [{"to": c.to, "sid": c.sid, "status": c.status, "placed_at": b.placed_at.get(c.sid)}
+                          for c in b.calls],
+            })  # fmt: skip
         print(json.dumps(payload, indent=2, default=str))
     else:
         print(f"scenario {scenario.name}: {scenario.description}".rstrip(": "))

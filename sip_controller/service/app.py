@@ -47,7 +47,7 @@ from sip_controller.realtime.sideband import LeanConnector, SidebandConnector, c
 from sip_controller.service import admin, batch_routes, console, diagnostics, retention, twilio_routes
 from sip_controller.service.admin import AdminAuth
 from sip_controller.service.analysis import AnalysisWorker, close_with_deliveries
-from sip_controller.service.dialler import Dialler
+from sip_controller.service.dialler import BatchClock, Dialler, SystemClock
 from sip_controller.service.heap import HeapFreezer
 from sip_controller.service.intake import OtherEvent, WebhookRejected, WebhookVerifier, parse_event
 from sip_controller.service.metrics import Metrics
@@ -219,14 +219,18 @@ def create_app(
     retry: RetryPolicy = DEFAULT_POLICY,
     metrics: Metrics | None = None,
     freeze_heap: bool = False,
+    batch_clock: BatchClock | None = None,
 ) -> Starlette:
     """Build the service. ``http_client`` (if given) carries OpenAI's REST calls and the operator HTTP tools and stays
     owned by the caller; otherwise the lifespan makes and closes them (:func:`new_http_client`). ``store`` is
     required: an open store (owned by the caller) or an opener whose store the lifespan closes. ``freeze_heap``:
-    freeze what survives every second, so the collector's passes never walk live calls (``sipctl serve``; heap.py)."""
+    freeze what survives every second, so the collector's passes never walk live calls (``sipctl serve``; heap.py).
+    ``batch_clock``: the outbound batches' clock (default ``wall_clock``; the simulator's is simulated, and the store's
+    ``batch_clock`` must be the same one)."""
     secrets.require_for_serving()
     if store is None:
         raise TypeError("create_app needs a store: an open Store, or an async function that opens one")
+    batches_clock = batch_clock or SystemClock(wall_clock)
     verifier = WebhookVerifier([s.get_secret_value() for s in secrets.webhook_secrets], clock=wall_clock)
     api_key = secrets.openai_api_key.get_secret_value() if secrets.openai_api_key else ""
     meters = metrics or Metrics()
@@ -334,7 +338,7 @@ def create_app(
             app.state.runtime = Runtime(settings, registry, the_store, verifier, process_id)
             if secrets.twilio is not None:  # outbound batches (#16): any replica dials their due rows
                 dialler = Dialler(settings, the_store, secrets.twilio, app.state.twilio_api, registry,
-                                  worker=process_id, wall_clock=wall_clock)  # fmt: skip
+                                  worker=process_id, clock=batches_clock)  # fmt: skip
                 dialler.start()
                 stack.push_async_callback(dialler.aclose)
                 app.state.dialler = dialler
@@ -430,7 +434,8 @@ def create_app(
         ),
         *console.routes(auth, lambda request: request.app.state.runtime),
         # before /v1/outbound/{id}: an unsupported method on /v1/outbound/batches answers with the batch route's Allow
-        *batch_routes.routes(secrets.twilio, settings, auth, lambda request: request.app.state.runtime, wall_clock),
+        *batch_routes.routes(secrets.twilio, settings, auth, lambda request: request.app.state.runtime,
+                             batches_clock.time),
         *twilio_routes.routes(
             secrets.twilio, settings, auth, lambda request: request.app.state.runtime,
             lambda request: getattr(request.app.state, "twilio_api", None),

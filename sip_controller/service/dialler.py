@@ -20,7 +20,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -39,6 +39,33 @@ log = structlog.get_logger("sip_controller.service.dialler")
 OUTCOMES = {"busy": "busy", "no-answer": "no_answer", "canceled": "canceled", "failed": "failed"}
 
 
+class BatchClock(Protocol):
+    """The clock of outbound batches: calling hours, retry times, pacing and the dialler's pauses. Production runs
+    on :class:`SystemClock`; ``sipctl simulate`` injects a simulated one (``simulator/batch_clock.py``) so that hours
+    of calling-window time pass in seconds."""
+
+    def time(self) -> float:
+        """Epoch seconds now."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Return once ``seconds`` of this clock's time have passed."""
+        ...
+
+
+class SystemClock:
+    """The wall clock (``wall_clock``, default :func:`time.time`) and :func:`asyncio.sleep`."""
+
+    def __init__(self, wall_clock: Callable[[], float] = time.time) -> None:
+        self._wall_clock = wall_clock
+
+    def time(self) -> float:
+        return self._wall_clock()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
 def outcome_of(call: InFlight) -> tuple[str, str | None]:
     """A finished row's outcome from its Twilio call, and what went wrong (if anything)."""
     if call.twilio_status is None:
@@ -54,8 +81,9 @@ def outcome_of(call: InFlight) -> tuple[str, str | None]:
 
 class Dialler:
     """Owned by the app lifespan when Twilio is configured: ``start()``, ``kick()`` (a batch was made or resumed,
-    a call ended), ``aclose()``. ``wall_clock`` is the clock of calling hours and retry times (the store's clock
-    decides what is due)."""
+    a call ended), ``aclose()``. ``clock`` is the clock of calling hours, retry times and the loop's pauses (default:
+    ``wall_clock`` and :func:`asyncio.sleep`); the store's batch clock (``store.batch_clock``, the same one) decides
+    what is due."""
 
     def __init__(
         self,
@@ -67,6 +95,7 @@ class Dialler:
         *,
         worker: str,
         wall_clock: Callable[[], float] = time.time,
+        clock: BatchClock | None = None,
         lease_s: float = 60.0,
         idle_s: float = 1.0,
         busy_s: float = 0.05,
@@ -79,7 +108,8 @@ class Dialler:
         self._api = calls_api
         self._registry = registry
         self._worker = worker
-        self._clock = wall_clock
+        self._clock = (clock or SystemClock(wall_clock)).time
+        self._sleep = (clock or SystemClock(wall_clock)).sleep
         self._lease_s = lease_s
         self._idle_s = idle_s
         self._busy_s = busy_s
@@ -92,6 +122,8 @@ class Dialler:
         #: what this process did (tests and logs)
         self.placed = 0
         self.settled = 0
+        #: passes finished (the simulator waits for one after moving its clock)
+        self.passes = 0
 
     def start(self) -> None:
         if self._task is None:
@@ -127,13 +159,29 @@ class Dialler:
             if self._closing:
                 return
             pause = self._busy_s if loop.time() < self._busy_until else self._idle_s
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(pause):
-                    await self._wake.wait()
+            await self._pause(pause)
             self._wake.clear()
+
+    async def _pause(self, seconds: float) -> None:
+        """Until ``kick()`` or ``seconds`` of the batch clock, whichever comes first."""
+        if self._wake.is_set():
+            return
+        waits = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(self._sleep(seconds))]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
 
     async def run_once(self) -> bool:
         """One pass: settle what ended, place what is due. True when it did something."""
+        try:
+            return await self._pass()
+        finally:
+            self.passes += 1
+
+    async def _pass(self) -> bool:
         settled = await self._settle()
         if self._registry.draining:
             return settled > 0

@@ -56,6 +56,9 @@ from sip_controller.simulator import (
     load_scenario,
     new_webhook_secret,
 )
+from sip_controller.simulator.batch_clock import SimClock
+from sip_controller.simulator.batch_run import BatchOutcome, print_batch_report, run_batch, with_do_not_call
+from sip_controller.simulator.scenario import OutboundBatch
 from sip_controller.simulator.webhook_sender import sip_headers
 from sip_controller.state.sqlite import SQLiteStore
 
@@ -83,6 +86,8 @@ class Stack:
     server: RunningServer
     #: the admin API's bearer token (``running_stack(admin_token=...)``), for ``POST /v1/outbound``
     admin_token: str | None = None
+    #: the outbound batches' simulated clock (``running_stack(batch_clock=...)``, #16)
+    batch_clock: SimClock | None = None
 
     @property
     def runtime(self) -> Runtime:
@@ -252,6 +257,33 @@ def twilio_serving_problems(scenario: TwilioScenario, settings: Settings) -> lis
                             f"({', '.join(scenario.numbers)}); Twilio would refuse it (21210)")  # fmt: skip
         if out.report is not None and out.report.ended_reason == "voicemail" and profile.outbound.voicemail is None:
             problems.append(f"{call}: expects ended_reason voicemail, but profile {name} has no outbound.voicemail")
+    if scenario.batch is not None:
+        problems.extend(_batch_serving_problems(scenario, scenario.batch, settings))
+    return problems
+
+
+def _batch_serving_problems(scenario: TwilioScenario, batch: OutboundBatch, settings: Settings) -> list[str]:
+    """Why ``settings`` cannot make a scenario's batch as written: its profile, its rows' variables, its caller ID."""
+    where = f"twilio.batch ({batch.name})"
+    name = batch.profile or settings.default_profile
+    profile = settings.profiles.get(name)
+    if profile is None:
+        return [f"{where}: profile {name} is not defined by this config ({', '.join(sorted(settings.profiles))})"]
+    problems: list[str] = []
+    declared = set(profile.variables)
+    for row in batch.all_rows():
+        if set(row.variables) != declared:
+            given = ", ".join(sorted(row.variables)) or "none"
+            problems.append(f"{where}: the row for {row.to} gives variables {given}, but profile {name} declares "
+                            f"{', '.join(sorted(declared)) or 'none'}")  # fmt: skip
+            break
+    caller_id = batch.from_ or profile.outbound.from_number or settings.twilio.from_number
+    if caller_id is None:
+        problems.append(f"{where}: no caller ID: give from, or set the profile's outbound.from_number or "
+                        "twilio.from_number")  # fmt: skip
+    elif caller_id not in scenario.numbers:
+        problems.append(f"{where}: the caller ID {caller_id} is not one of the scenario's twilio.numbers "
+                        f"({', '.join(scenario.numbers)})")  # fmt: skip
     return problems
 
 
@@ -316,6 +348,7 @@ async def running_stack(
     admin_token: str | None = None,
     store_path: str | Path | None = None,
     twilio: TwilioAccount | None = None,
+    batch_clock: SimClock | None = None,
 ) -> AsyncIterator[Stack]:
     """Start both sides. The controller's store is the SQLite file ``store_path``, or one in a temporary folder
     deleted afterwards (the default: ``sipctl demo``, ``simulate``, ``soak`` and the tests leave nothing behind).
@@ -331,6 +364,9 @@ async def running_stack(
     With ``scale_controller`` the controller's policy durations are compressed by ``time_scale`` too
     (:func:`scale_settings`); without it (the default, for tests that tune those durations themselves) only
     the simulator's time is compressed.
+
+    ``batch_clock``: the outbound batches' clock (the dialler's, the batch routes' and the store's ``batch_clock``),
+    a simulated one that :func:`~.batch_run.run_batch` moves (#16).
     """
     if scale_controller:
         settings = scale_settings(settings, time_scale)
@@ -351,12 +387,14 @@ async def running_stack(
         with contextlib.ExitStack() as folders:
             path = store_path or Path(folders.enter_context(tempfile.TemporaryDirectory(prefix="sipctl-"))) / "st.db"
             async with await SQLiteStore.open(path) as store:
-                app = create_app(settings, secrets, store=store, drain_timeout_s=5.0)
+                if batch_clock is not None:
+                    store.batch_clock = batch_clock.time
+                app = create_app(settings, secrets, store=store, drain_timeout_s=5.0, batch_clock=batch_clock)
                 async with serve(app, sock=sock) as server:
                     sim.webhook_url = f"{server.url}/webhooks/openai"
                     if sim.twilio is not None:
                         point_numbers_at(sim.twilio, server.url)
-                    yield Stack(sim=sim, app=app, server=server, admin_token=admin_token)
+                    yield Stack(sim=sim, app=app, server=server, admin_token=admin_token, batch_clock=batch_clock)
 
 
 async def run_call(stack: Stack, spec: CallSpec, *, timeout: float) -> CallOutcome:
@@ -433,15 +471,19 @@ class ScenarioRun:
 
     calls: list[CallOutcome]
     twilio: list[TwilioOutcome] = field(default_factory=list)
+    #: the scenario's outbound batch (``twilio.batch``, #16)
+    batch: BatchOutcome | None = None
 
     @property
     def ok(self) -> bool:
-        return all(o.ok for o in self.calls) and all(o.ok for o in self.twilio)
+        batch_ok = self.batch is None or self.batch.ok
+        return all(o.ok for o in self.calls) and all(o.ok for o in self.twilio) and batch_ok
 
     @property
     def problems(self) -> dict[str, list[str]]:
-        """Every call's problems by its name (empty lists when it passed)."""
-        return {o.spec.name: o.problems for o in self.calls} | {o.name: o.problems for o in self.twilio}
+        """Every call's problems by its name (empty lists when it passed), and the batch's by its name."""
+        batch = {self.batch.name: self.batch.problems} if self.batch is not None else {}
+        return {o.spec.name: o.problems for o in self.calls} | {o.name: o.problems for o in self.twilio} | batch
 
     def __len__(self) -> int:
         return len(self.calls) + len(self.twilio)
@@ -467,8 +509,13 @@ async def scenario_stack(
     on with that token (default: a fresh one when the scenario has Twilio calls, else none)."""
     account = twilio_account(scenario.twilio) if scenario.twilio is not None else None
     token = admin_token or (secrets_module.token_urlsafe(24) if account is not None else None)
+    batch = scenario.twilio.batch if scenario.twilio is not None else None
+    clock = None
+    if batch is not None:  # the batch's do-not-call numbers join the list; its clock starts at its start (#16)
+        settings = with_do_not_call(settings, batch.do_not_call)
+        clock = SimClock(batch.start.timestamp())
     async with running_stack(
-        settings, time_scale=time_scale, scale_controller=True, twilio=account, admin_token=token
+        settings, time_scale=time_scale, scale_controller=True, twilio=account, admin_token=token, batch_clock=clock
     ) as stack:
         yield stack
 
@@ -476,22 +523,36 @@ async def scenario_stack(
 async def run_calls(stack: Stack, scenario: Scenario, *, timeout: float = 60.0) -> ScenarioRun:
     """Place every call of ``scenario`` at once on ``stack`` (:func:`scenario_stack`) and check each."""
     calls = asyncio.gather(*(run_call(stack, spec, timeout=timeout) for spec in scenario.calls))
-    twilio_calls = run_twilio_calls(stack, scenario.twilio, timeout=timeout) if scenario.twilio else _nothing()
-    outcomes, twilio_outcomes = await asyncio.gather(calls, twilio_calls)
-    return ScenarioRun(calls=list(outcomes), twilio=twilio_outcomes)
+    twilio = scenario.twilio
+    twilio_calls = run_twilio_calls(stack, twilio, timeout=timeout) if twilio else _nothing()
+    batch, clock = (twilio.batch if twilio is not None else None), stack.batch_clock
+    if batch is None:
+        batch_run = _no_batch()
+    elif clock is None:
+        raise RuntimeError("a scenario's batch runs on a simulated clock: scenario_stack or running_stack(batch_clock)")
+    else:
+        batch_run = run_batch(stack, batch, clock, timeout=timeout)
+    outcomes, twilio_outcomes, batch_outcome = await asyncio.gather(calls, twilio_calls, batch_run)
+    return ScenarioRun(calls=list(outcomes), twilio=twilio_outcomes, batch=batch_outcome)
 
 
 async def _nothing() -> list[TwilioOutcome]:
     return []
 
 
+async def _no_batch() -> BatchOutcome | None:
+    return None
+
+
 def print_run(run: ScenarioRun, out: TextIO) -> None:
     """``sipctl simulate``'s report: the calls (:func:`print_report`), then the Twilio calls with their Twilio
     timelines beside their OpenAI legs (:func:`print_twilio_report`)."""
-    if run.calls or not run.twilio:
+    if run.calls or not (run.twilio or run.batch):
         print_report(run.calls, out)
     if run.twilio:
         print_twilio_report(run.twilio, out)
+    if run.batch is not None:
+        print_batch_report(run.batch, out)
 
 
 def print_report(outcomes: list[CallOutcome], out: TextIO) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -404,17 +405,156 @@ class InboundCall(_Strict):
         )
 
 
+# ---- an outbound batch (#16): the controller's dialler works it on a simulated clock (simulator/batch_run.py) ----
+
+BatchOutcome = Literal["completed", "voicemail", "no_answer", "busy", "failed", "canceled", "do_not_call"]
+
+
+class BatchRow(_Strict):
+    """A row of a batch: the number, the profile's variables, the callee's time zone, and who answers each attempt
+    (``callees``: one per call in order, the last one repeating)."""
+
+    to: str = Field(pattern=E164)
+    variables: dict[str, str] = Field(default_factory=dict)
+    timezone: str | None = Field(default=None, min_length=1)
+    callees: list[Callee] = Field(default_factory=lambda: [Callee()], min_length=1)
+
+
+class GeneratedRows(_Strict):
+    """``count`` rows whose numbers count up from ``first``; ``{n}`` in a variable's value is the row's number (from
+    1); row ``n`` is answered as ``callees[(n - 1) % len(callees)]`` says (each item: one callee per attempt)."""
+
+    count: int = Field(ge=1, le=1000)
+    first: str = Field(pattern=E164)
+    variables: dict[str, str] = Field(default_factory=dict)
+    timezone: str | None = Field(default=None, min_length=1)
+    callees: list[list[Callee]] = Field(default_factory=lambda: [[Callee()]], min_length=1)
+
+    @model_validator(mode="after")
+    def _fits(self) -> GeneratedRows:
+        if len(str(int(self.first[1:]) + self.count - 1)) > 15:
+            raise ValueError("first: counting up from it leaves E.164 (15 digits at most)")
+        if any(not attempts for attempts in self.callees):
+            raise ValueError("callees: each item lists at least one callee")
+        return self
+
+    def rows(self) -> list[BatchRow]:
+        base = int(self.first[1:])
+        return [
+            BatchRow(
+                to=f"+{base + i}",
+                variables={k: v.replace("{n}", str(i + 1)) for k, v in self.variables.items()},
+                timezone=self.timezone,
+                callees=self.callees[i % len(self.callees)],
+            )
+            for i in range(self.count)
+        ]
+
+
+class BatchPacing(_Strict):
+    calls_per_second: float = Field(default=1.0, gt=0, le=50)
+    max_in_flight: int = Field(default=10, ge=1, le=1000)
+
+
+class BatchHours(_Strict):
+    """Local ``HH:MM`` times in the callee's zone (the row's ``timezone``, else this one)."""
+
+    start: str = Field(pattern=r"^[0-2][0-9]:[0-5][0-9]$")
+    end: str = Field(pattern=r"^[0-2][0-9]:[0-5][0-9]$")
+    timezone: str | None = Field(default=None, min_length=1)
+
+
+class BatchRetries(_Strict):
+    no_answer: int = Field(default=0, ge=0, le=10)
+    busy: int = Field(default=0, ge=0, le=10)
+    delay_s: float = Field(default=600.0, ge=0)
+
+
+class BatchExpectation(_Strict):
+    """What should have happened to the batch; only stated fields are checked (the harness always checks the rest:
+    each number called as its callees and the retries say, never outside calling hours by the simulated clock, the
+    do-not-call numbers never dialled, the pacing and ``max_in_flight`` kept, retries ``delay_s`` apart)."""
+
+    #: the batch's status at the end
+    status: Literal["done", "running", "paused", "canceled"] = "done"
+    #: the finished rows by outcome
+    outcomes: dict[BatchOutcome, int] | None = None
+    #: the rows refused when the batch was made (the do-not-call numbers among them)
+    rejected: int | None = Field(default=None, ge=0)
+    #: Twilio calls placed in all (retries included)
+    calls: int | None = Field(default=None, ge=0)
+    #: the simulated clock's time when the last call was placed is before this (ISO 8601 with its offset)
+    last_call_before: datetime | None = None
+
+
+class OutboundBatch(_Strict):
+    """``twilio.batch``: one outbound batch made through ``POST /v1/outbound/batches`` and dialled by the
+    controller's dialler while the simulated clock, from ``start``, runs the calling hours."""
+
+    model_config = {**_Strict.model_config, "populate_by_name": True}
+
+    name: str = Field(min_length=1)
+    #: the simulated clock's start: an ISO 8601 time with its UTC offset (``2026-03-10T07:30:00-05:00``)
+    start: datetime
+    profile: str | None = Field(default=None, min_length=1)
+    from_: str | None = Field(default=None, alias="from", pattern=E164)
+    pacing: BatchPacing = BatchPacing()
+    calling_hours: BatchHours | None = None
+    retries: BatchRetries = BatchRetries()
+    #: patterns added to the config's ``twilio.do_not_call`` for the run (its rows are refused, never dialled)
+    do_not_call: list[Annotated[str, Field(pattern=r"^\+[0-9*?]{1,15}$")]] = Field(default_factory=list)
+    rows: list[BatchRow] = Field(default_factory=list)
+    generate: GeneratedRows | None = None
+    expect: BatchExpectation = BatchExpectation()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OutboundBatch:
+        if self.start.tzinfo is None:
+            raise ValueError("start: give the UTC offset (e.g. 2026-03-10T07:30:00-05:00)")
+        if not self.rows and self.generate is None:
+            raise ValueError("a batch needs rows, generate, or both")
+        seen: set[str] = set()
+        for row in self.all_rows():
+            if row.to in seen:
+                raise ValueError(f"{row.to} is in the batch twice (rows and generate): a batch calls each number once")
+            seen.add(row.to)
+        return self
+
+    def all_rows(self) -> list[BatchRow]:
+        return list(self.rows) + (self.generate.rows() if self.generate is not None else [])
+
+    def request(self) -> dict[str, Any]:
+        """The ``POST /v1/outbound/batches`` body."""
+        body: dict[str, Any] = {
+            "rows": [
+                {"to": r.to, "variables": dict(r.variables), **({"timezone": r.timezone} if r.timezone else {})}
+                for r in self.all_rows()
+            ],
+            "pacing": self.pacing.model_dump(),
+            "retries": self.retries.model_dump(),
+        }
+        if self.profile is not None:
+            body["profile"] = self.profile
+        if self.from_ is not None:
+            body["from"] = self.from_
+        if self.calling_hours is not None:
+            body["calling_hours"] = self.calling_hours.model_dump(exclude_none=True)
+        return body
+
+
 class TwilioScenario(_Strict):
     """``twilio:`` in a scenario file: the account's ``numbers`` and the calls on them."""
 
     numbers: list[Annotated[str, Field(pattern=E164)]] = Field(default_factory=lambda: ["+18005550100"], min_length=1)
     outbound: list[OutboundCall] = Field(default_factory=list)
     inbound: list[InboundCall] = Field(default_factory=list)
+    #: an outbound batch the controller dials (#16)
+    batch: OutboundBatch | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> TwilioScenario:
-        if not self.outbound and not self.inbound:
-            raise ValueError("twilio: declare at least one outbound or inbound call")
+        if not self.outbound and not self.inbound and self.batch is None:
+            raise ValueError("twilio: declare at least one outbound or inbound call, or a batch")
         owned = set(self.numbers)
         for i, call in enumerate(self.inbound):
             if call.to not in owned:
@@ -432,7 +572,8 @@ class TwilioScenario(_Strict):
 
     @property
     def names(self) -> list[str]:
-        return [call.name for call in self.outbound] + [call.name for call in self.inbound]
+        batch = [self.batch.name] if self.batch is not None else []
+        return [call.name for call in self.outbound] + [call.name for call in self.inbound] + batch
 
 
 class Scenario(_Strict):

@@ -228,6 +228,13 @@ class SQLiteBatches:
 
         async def _run(self, fn: Callable[[Any], T]) -> T: ...
 
+    #: the clock of batch times (created, due, pacing slots, settled; epoch seconds), the dialler's (``None``: the
+    #: store's own); ``sipctl simulate`` sets a simulated one so calling hours pass in seconds
+    batch_clock: Callable[[], float] | None = None
+
+    def _batch_now(self) -> float:
+        return (self.batch_clock or self._clock)()
+
     @staticmethod
     def _batch(conn: Any, batch_id: str) -> BatchRecord | None:
         row = conn.execute(f"SELECT {BATCH_COLUMNS} FROM outbound_batches WHERE id = ?", (batch_id,)).fetchone()
@@ -240,7 +247,7 @@ class SQLiteBatches:
         return batch_record(row, json.loads, counts)
 
     async def create_batch(self, batch: NewBatch) -> tuple[BatchRecord, bool]:
-        now = self._clock()
+        now = self._batch_now()
 
         def op(conn: Any) -> tuple[BatchRecord, bool]:
             if batch.idempotency_key is not None:
@@ -280,7 +287,7 @@ class SQLiteBatches:
         return await self._run(op)
 
     async def set_batch_status(self, batch_id: str, action: BatchAction) -> tuple[BatchRecord | None, bool]:
-        now = self._clock()
+        now = self._batch_now()
 
         def op(conn: Any) -> tuple[BatchRecord | None, bool]:
             current = self._batch(conn, batch_id)
@@ -301,7 +308,7 @@ class SQLiteBatches:
         return await self._write(op)
 
     async def claim_batch_rows(self, worker: str, *, limit: int = 50, lease_s: float = 60.0) -> list[BatchCallRow]:
-        now = self._clock()
+        now = self._batch_now()
 
         def op(conn: Any) -> list[BatchCallRow]:
             batches = conn.execute(
@@ -347,7 +354,7 @@ class SQLiteBatches:
             "lease_until = NULL, updated_at = ? WHERE batch_id = ? AND row_no = ? AND state = 'placing' "
             "AND lease_owner = ?"
         )
-        args = (twilio_id, self._clock(), batch_id, row, worker)
+        args = (twilio_id, self._batch_now(), batch_id, row, worker)
         return bool(await self._write(lambda conn: conn.execute(sql, args).rowcount))
 
     async def defer_batch_row(self, worker: str, batch_id: str, row: int, *, due_at: float) -> bool:
@@ -355,7 +362,7 @@ class SQLiteBatches:
             "UPDATE outbound_batch_rows SET state = 'queued', due_at = ?, lease_owner = NULL, lease_until = NULL, "
             "updated_at = ? WHERE batch_id = ? AND row_no = ? AND state = 'placing' AND lease_owner = ?"
         )
-        args = (due_at, self._clock(), batch_id, row, worker)
+        args = (due_at, self._batch_now(), batch_id, row, worker)
         return bool(await self._write(lambda conn: conn.execute(sql, args).rowcount))
 
     async def settle_batch_row(
@@ -369,7 +376,7 @@ class SQLiteBatches:
         worker: str | None = None,
         twilio_id: str | None = None,
     ) -> bool:
-        now = self._clock()
+        now = self._batch_now()
         if (worker is None) == (twilio_id is None):
             raise ValueError("settle a row either as its lease holder (worker) or by its call (twilio_id)")
 
@@ -431,6 +438,13 @@ class PostgresBatches:
 
         def _conn(self) -> AbstractAsyncContextManager[Any]: ...
 
+    #: the clock of batch times (created, due, pacing slots, settled; epoch seconds), the dialler's (``None``: the
+    #: store's own); ``sipctl simulate`` sets a simulated one so calling hours pass in seconds
+    batch_clock: Callable[[], float] | None = None
+
+    def _batch_now(self) -> float:
+        return (self.batch_clock or self._clock)()
+
     @staticmethod
     async def _batch(conn: Any, batch_id: str) -> BatchRecord | None:
         row = await conn.fetchrow(f"SELECT {BATCH_COLUMNS} FROM outbound_batches WHERE id = $1", batch_id)
@@ -443,7 +457,7 @@ class PostgresBatches:
         return batch_record(row, _as_is, counts)
 
     async def create_batch(self, batch: NewBatch) -> tuple[BatchRecord, bool]:
-        now = self._clock()
+        now = self._batch_now()
         async with self._tx() as conn:
             inserted = await conn.fetchval(
                 f"INSERT INTO outbound_batches ({BATCH_COLUMNS}) "
@@ -482,7 +496,7 @@ class PostgresBatches:
         return [batch_call_row(r, _as_is) for r in rows]
 
     async def set_batch_status(self, batch_id: str, action: BatchAction) -> tuple[BatchRecord | None, bool]:
-        now = self._clock()
+        now = self._batch_now()
         async with self._tx() as conn:
             current = await conn.fetchval("SELECT status FROM outbound_batches WHERE id = $1 FOR UPDATE", batch_id)
             if current is None:
@@ -502,7 +516,7 @@ class PostgresBatches:
         return record, status is not None and status != current
 
     async def claim_batch_rows(self, worker: str, *, limit: int = 50, lease_s: float = 60.0) -> list[BatchCallRow]:
-        now = self._clock()
+        now = self._batch_now()
         claimed: list[BatchCallRow] = []
         async with self._tx() as conn:
             batches = await conn.fetch(
@@ -545,7 +559,7 @@ class PostgresBatches:
                 "UPDATE outbound_batch_rows SET state = 'in_flight', twilio_id = $1, lease_owner = NULL, "
                 "lease_until = NULL, updated_at = $2 WHERE batch_id = $3 AND row_no = $4 AND state = 'placing' "
                 "AND lease_owner = $5",
-                twilio_id, self._clock(), batch_id, row, worker,
+                twilio_id, self._batch_now(), batch_id, row, worker,
             )  # fmt: skip
         return bool(_count(status))
 
@@ -554,7 +568,7 @@ class PostgresBatches:
             status = await conn.execute(
                 "UPDATE outbound_batch_rows SET state = 'queued', due_at = $1, lease_owner = NULL, lease_until = NULL, "
                 "updated_at = $2 WHERE batch_id = $3 AND row_no = $4 AND state = 'placing' AND lease_owner = $5",
-                due_at, self._clock(), batch_id, row, worker,
+                due_at, self._batch_now(), batch_id, row, worker,
             )  # fmt: skip
         return bool(_count(status))
 
@@ -569,7 +583,7 @@ class PostgresBatches:
         worker: str | None = None,
         twilio_id: str | None = None,
     ) -> bool:
-        now = self._clock()
+        now = self._batch_now()
         if (worker is None) == (twilio_id is None):
             raise ValueError("settle a row either as its lease holder (worker) or by its call (twilio_id)")
         async with self._tx() as conn:

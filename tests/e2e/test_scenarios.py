@@ -48,6 +48,7 @@ def test_every_behaviour_has_a_scenario() -> None:
         "silence-timeout", "max-duration", "budget", "keypad", "routing", "denied-caller", "hold", "python-tool",
         "twilio-outbound-person", "twilio-outbound-busy", "twilio-outbound-no-answer", "twilio-outbound-failed",
         "twilio-outbound-voicemail", "twilio-inbound", "twilio-outbound-canceled", "twilio-outbound-fax",
+        "twilio-batch",
     }
     for path in SCENARIOS:
         scenario = load_scenario(path)
