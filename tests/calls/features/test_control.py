@@ -44,6 +44,22 @@ def marks(c: Call) -> list[str]:
     return [what for _, what in c.record.timeline if what.startswith("control:")]
 
 
+def tool_called(name: str) -> Call:
+    """A greeted call whose agent has an HTTP tool ``name``, which the model has just called (``call_1``)."""
+    tool = HttpTool(
+        type="http",
+        name=name,
+        description="d",
+        url="http://127.0.0.1:9/x",
+        parameters={"type": "object", "properties": {}},
+    )
+    c = Call(profile=AgentProfile(tools=("end_call", tool)))
+    c.greeted()
+    c.feed(response_created("r_tool"))
+    c.feed(response_done("r_tool", output=[fc("call_1", name, "{}")]))
+    return c
+
+
 def test_say_now_on_an_idle_call_asks_for_exactly_that_line_tagged_say() -> None:
     c = Call()
     c.greeted()
@@ -224,17 +240,7 @@ def test_nothing_is_done_before_the_call_is_answered() -> None:
 
 
 def test_a_tool_answer_s_say_is_its_answer_and_its_context_comes_first() -> None:
-    tool = HttpTool(
-        type="http",
-        name="order_status",
-        description="d",
-        url="http://127.0.0.1:9/x",
-        parameters={"type": "object", "properties": {}},
-    )
-    c = Call(profile=AgentProfile(tools=("end_call", tool)))
-    c.greeted()
-    c.feed(response_created("r_tool"))
-    c.feed(response_done("r_tool", output=[fc("call_1", "order_status", "{}")]))
+    c = tool_called("order_status")
     answer, actions, problem = split_tool_answer(
         {"result": {"late": True}, "actions": [{"context": "Offer 10% off."}, {"say": "It is late, sorry."}]}
     )
@@ -449,17 +455,7 @@ def test_the_say_next_bound_with_nothing_waiting_does_nothing() -> None:
 
 
 def test_a_tool_answer_can_mute_the_agent() -> None:
-    tool = HttpTool(
-        type="http",
-        name="escalate",
-        description="d",
-        url="http://127.0.0.1:9/x",
-        parameters={"type": "object", "properties": {}},
-    )
-    c = Call(profile=AgentProfile(tools=("end_call", tool)))
-    c.greeted()
-    c.feed(response_created("r_tool"))
-    c.feed(response_done("r_tool", output=[fc("call_1", "escalate", "{}")]))
+    c = tool_called("escalate")
     _, actions, problem = split_tool_answer({"result": "ok", "actions": [{"mute": True}]})
     assert problem == ""
     out = sends(c.feed(ToolDone("call_1", True, '{"result": "ok"}', 0.1, actions=actions)))
