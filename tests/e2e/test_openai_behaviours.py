@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 
 from sip_controller.agent.profile import AgentProfile, TurnDetection, Watchdogs
+from sip_controller.calls.report import CallRecord
 from sip_controller.config import Settings
 from sip_controller.simulator import CallSpec, Expectation, Faults, Step, ToolCall, harness
 from sip_controller.simulator.faults import ResponseFailure
@@ -25,11 +26,25 @@ def settings_for(profile: AgentProfile) -> Settings:
     return Settings(profiles={"default": profile})
 
 
-def quiet_watchdogs(*, silence_timeout_s: float | None = None) -> Watchdogs:
-    """Watchdogs that stay out of the way unless a test turns one on (built without validation: scaled)."""
+def watchdogs(
+    *, max_duration_s: float = 600, wrap_up_before_s: float = 30, silence_timeout_s: float | None = None
+) -> Watchdogs:
+    """Watchdogs that stay out of the way unless a test sets one (built without validation: shorter than any config
+    allows); silence is off unless given."""
     return Watchdogs.model_construct(
-        max_duration_s=600, wrap_up_before_s=30, silence_timeout_s=silence_timeout_s, budget_usd=None
-    )
+        max_duration_s=max_duration_s, wrap_up_before_s=wrap_up_before_s, silence_timeout_s=silence_timeout_s,
+        budget_usd=None,
+    )  # fmt: skip
+
+
+async def run_clean(profile: AgentProfile, spec: CallSpec) -> tuple[harness.CallOutcome, CallRecord]:
+    """``spec`` on a fresh stack whose default profile is ``profile``: it met its expectations and the controller
+    kept its record (returned with the outcome)."""
+    async with harness.running_stack(settings_for(profile), time_scale=SCALE) as st:
+        outcome = await harness.run_call(st, spec, timeout=20)
+    assert outcome.problems == []
+    assert outcome.record is not None
+    return outcome, outcome.record
 
 
 async def test_a_greeting_that_fails_twice_ends_the_call_as_model_error() -> None:
@@ -41,12 +56,8 @@ async def test_a_greeting_that_fails_twice_ends_the_call_as_model_error() -> Non
         faults=failures,
         expect=Expectation(ended_reason="model_error", ended_by="agent", greeting_heard=False),
     )
-    profile = AgentProfile(watchdogs=quiet_watchdogs())
-    async with harness.running_stack(settings_for(profile), time_scale=SCALE) as st:
-        outcome = await harness.run_call(st, spec, timeout=20)
-    assert outcome.problems == []
-    record = outcome.record
-    assert record is not None
+    profile = AgentProfile(watchdogs=watchdogs())
+    outcome, record = await run_clean(profile, spec)
     # asked once more after the first failure, then hung up at once rather than left in silence
     assert [r.status for r in outcome.sim.responses] == ["failed", "failed"]
     assert [(f.status, f.error_code, f.purpose) for f in record.failed_responses] == [
@@ -67,11 +78,8 @@ async def test_a_greeting_that_fails_once_is_asked_for_again_and_the_call_goes_o
         steps=[Step(say="Thanks, bye!", tool=GOODBYE_TOOL, then="Goodbye!")],
         expect=Expectation(ended_reason="agent_end_call", ended_by="agent", greeting_heard=True),
     )
-    async with harness.running_stack(settings_for(AgentProfile(watchdogs=quiet_watchdogs())), time_scale=SCALE) as st:
-        outcome = await harness.run_call(st, spec, timeout=20)
-    assert outcome.problems == []
-    assert outcome.record is not None
-    assert [(f.error_code, f.purpose) for f in outcome.record.failed_responses] == [("insufficient_quota", "greeting")]
+    _, record = await run_clean(AgentProfile(watchdogs=watchdogs()), spec)
+    assert [(f.error_code, f.purpose) for f in record.failed_responses] == [("insufficient_quota", "greeting")]
 
 
 async def test_a_goodbye_talked_over_lets_the_call_go_on_and_it_ends_properly_later() -> None:
@@ -85,11 +93,7 @@ async def test_a_goodbye_talked_over_lets_the_call_go_on_and_it_ends_properly_la
         ],
         expect=Expectation(ended_reason="agent_end_call", ended_by="agent", hangup_after_audio=True),
     )
-    async with harness.running_stack(settings_for(AgentProfile(watchdogs=quiet_watchdogs())), time_scale=SCALE) as st:
-        outcome = await harness.run_call(st, spec, timeout=20)
-    assert outcome.problems == []
-    record = outcome.record
-    assert record is not None
+    outcome, record = await run_clean(AgentProfile(watchdogs=watchdogs()), spec)
     assert outcome.sim.barge_ins >= 1
     assert [(b.line, b.then) for b in record.barge_ins] == [("goodbye", "resumed")]
     cut = [r for r in outcome.sim.responses if r.audio_cleared]
@@ -111,18 +115,14 @@ async def test_a_session_that_hits_openais_time_limit_is_reported_as_session_lim
         steps=[Step(say="Let me tell you a long story.", reply="Go on."), Step(wait=300)],
         expect=Expectation(ended_reason="session_limit", ended_by="session_limit"),
     )
-    async with harness.running_stack(settings_for(AgentProfile(watchdogs=quiet_watchdogs())), time_scale=SCALE) as st:
-        outcome = await harness.run_call(st, spec, timeout=20)
-    assert outcome.problems == []
-    record = outcome.record
-    assert record is not None
+    _, record = await run_clean(AgentProfile(watchdogs=watchdogs()), spec)
     assert record.hangup_attempts == 0  # OpenAI ended it: nothing to hang up
     assert any("session_expired" in error or "60 minutes" in error for error in record.errors)
 
 
 async def test_openais_idle_timeout_is_the_nudge_and_the_next_one_ends_the_call() -> None:
     profile = AgentProfile(
-        watchdogs=quiet_watchdogs(silence_timeout_s=600),  # the controller's own count would take 30 s here
+        watchdogs=watchdogs(silence_timeout_s=600),  # the controller's own count would take 30 s here
         turn_detection=TurnDetection(idle_timeout_ms=5000),  # 0.25 s here
     )
     spec = CallSpec(
@@ -132,11 +132,7 @@ async def test_openais_idle_timeout_is_the_nudge_and_the_next_one_ends_the_call(
         steps=[Step(wait=300)],
         expect=Expectation(ended_reason="silence_timeout", ended_by="agent", hangup_after_audio=True),
     )
-    async with harness.running_stack(settings_for(profile), time_scale=SCALE) as st:
-        outcome = await harness.run_call(st, spec, timeout=20)
-    assert outcome.problems == []
-    record = outcome.record
-    assert record is not None
+    outcome, record = await run_clean(profile, spec)
     assert outcome.sim.idle_timeouts == 2
     timeline = [what for _, what in record.timeline]
     assert "silence: OpenAI's idle timeout re-prompted the caller" in timeline
@@ -155,11 +151,7 @@ async def test_rate_limits_updated_lands_on_the_report() -> None:
         steps=[Step(say="Thanks, bye!", tool=GOODBYE_TOOL, then="Goodbye!")],
         expect=Expectation(ended_reason="agent_end_call", ended_by="agent"),
     )
-    async with harness.running_stack(settings_for(AgentProfile(watchdogs=quiet_watchdogs())), time_scale=SCALE) as st:
-        outcome = await harness.run_call(st, spec, timeout=20)
-    assert outcome.problems == []
-    record = outcome.record
-    assert record is not None
+    outcome, record = await run_clean(AgentProfile(watchdogs=watchdogs()), spec)
     assert set(record.rate_limits) == {"requests", "tokens"}
     requests, tokens = record.rate_limits["requests"], record.rate_limits["tokens"]
     assert (requests.limit, tokens.limit) == (50, 4000)

@@ -23,34 +23,21 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sip_controller.agent.profile import OPENAI_SESSION_LIMIT_S, AgentProfile, Transfer, Watchdogs
+from sip_controller.agent.profile import OPENAI_SESSION_LIMIT_S, AgentProfile, Transfer
 from sip_controller.calls import machine as call_machine
 from sip_controller.calls import registry as call_registry
 from sip_controller.calls.inputs import OperatorHangup
 from sip_controller.calls.report import CallRecord, report_document
-from sip_controller.config import Settings
 from sip_controller.simulator import CallSpec, Expectation, Faults, SimCall, Step, ToolCall, harness
 from sip_controller.simulator.faults import IncompleteReason, ResponseFailure
 from sip_controller.simulator.records import ResponseRecord
 from sip_controller.simulator.scenario import RateLimits
+from tests.e2e.test_openai_behaviours import GOODBYE_TOOL, SCALE, run_clean, settings_for, watchdogs
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
-SCALE = 0.05
-GOODBYE_TOOL = ToolCall(name="end_call", arguments={"reason": "caller said goodbye"})
 TARGETS = {"sales": "tel:+14155550199"}
 #: a bound on every wait for something to happen (real seconds)
 PATIENCE_S = 10.0
-
-
-def settings_for(profile: AgentProfile) -> Settings:
-    return Settings(profiles={"default": profile})
-
-
-def watchdogs(*, max_duration_s: float = 600, wrap_up_before_s: float = 30) -> Watchdogs:
-    """Watchdogs in real seconds (built without validation: shorter than any config allows); silence is off."""
-    return Watchdogs.model_construct(
-        max_duration_s=max_duration_s, wrap_up_before_s=wrap_up_before_s, silence_timeout_s=None, budget_usd=None
-    )
 
 
 def purpose(response: ResponseRecord) -> str | None:
@@ -72,6 +59,19 @@ def notes(sim: SimCall) -> list[str]:
         if isinstance(item, dict) and item.get("type") == "message":
             found.extend(str(part.get("text", "")) for part in item.get("content", []) if isinstance(part, dict))
     return found
+
+
+def answered_then_said_again(
+    first: ResponseRecord, reply: ResponseRecord, again: ResponseRecord, answer: str
+) -> None:
+    """A line the caller talked over (``first``, cut), the model's ``answer`` (``reply``) heard to its end, then the
+    line asked for again once the caller had their answer (``again``) and heard to its end."""
+    assert first.audio_cleared
+    assert reply.transcript == answer
+    assert reply.audio_stopped_at is not None
+    assert again.created_at >= reply.audio_stopped_at
+    assert again.audio_stopped_at is not None
+    assert not again.audio_cleared
 
 
 async def until(condition: Callable[[], bool], what: str) -> None:
@@ -97,11 +97,7 @@ async def test_the_agents_goodbye_failing_twice_ends_the_call_as_model_error() -
         expect=Expectation(ended_reason="model_error", ended_by="agent", tools_called=["end_call"]),
     )
     profile = AgentProfile(watchdogs=watchdogs(), goodbye_timeout_s=30)  # its fallback would take 30 s
-    async with harness.running_stack(settings_for(profile), time_scale=SCALE) as st:
-        outcome = await harness.run_call(st, spec, timeout=20)
-    assert outcome.problems == []
-    record = outcome.record
-    assert record is not None
+    outcome, record = await run_clean(profile, spec)
     # asked for once more after the first failure, then hung up at once: no third try, no waiting in silence
     goodbyes = [r for r in outcome.sim.responses if purpose(r) == "goodbye"]
     assert [(r.status, r.status_detail) for r in goodbyes] == [("failed", "server_error"), ("failed", "server_error")]
@@ -135,11 +131,7 @@ async def test_an_incomplete_answer_is_on_the_report_with_openais_status_details
         ],
         expect=Expectation(ended_reason="agent_end_call", ended_by="agent", hangup_after_audio=True),
     )
-    async with harness.running_stack(settings_for(AgentProfile(watchdogs=watchdogs())), time_scale=SCALE) as st:
-        outcome = await harness.run_call(st, spec, timeout=20)
-    assert outcome.problems == []
-    record = outcome.record
-    assert record is not None
+    outcome, record = await run_clean(AgentProfile(watchdogs=watchdogs()), spec)
     [cut] = [r for r in outcome.sim.responses if r.status == "incomplete"]
     assert cut.status_detail == reason
     # recorded with OpenAI's status_details (type incomplete, its reason), as the model's own answer; not an error
@@ -188,11 +180,7 @@ async def test_talking_over_the_handoff_line_is_answered_then_the_line_is_heard_
             ended_reason="transferred", ended_by="refer", refers=[TARGETS["sales"]], tools_called=["transfer_call"]
         ),
     )
-    async with harness.running_stack(settings_for(profile), time_scale=SCALE) as st:
-        outcome = await harness.run_call(st, spec, timeout=20)
-    assert outcome.problems == []
-    record = outcome.record
-    assert record is not None
+    outcome, record = await run_clean(profile, spec)
     assert [(b.line, b.then) for b in record.barge_ins] == [("transfer", "answered")]
     assert record.transfer_outcome == "transferred"
     # the line was cut, the model answered the caller, then the line was asked for again and heard to its end
@@ -200,12 +188,7 @@ async def test_talking_over_the_handoff_line_is_answered_then_the_line_is_heard_
     assert [p for p, _ in lines] == ["greeting", "transfer", None, "transfer"]
     first, reply, again = lines[1][1], lines[2][1], lines[3][1]
     assert first.transcript == handoff
-    assert first.audio_cleared
-    assert reply.transcript == answer
-    assert reply.audio_stopped_at is not None
-    assert again.created_at >= reply.audio_stopped_at
-    assert again.audio_stopped_at is not None
-    assert not again.audio_cleared
+    answered_then_said_again(first, reply, again, answer)
     assert any("transfer to sales" in note for note in notes(outcome.sim))  # the model was told what happens
     # the refer only after the line was heard (and only one)
     [refer_at] = marks(record, "transfer to sales: refer (handoff line heard)")
@@ -232,11 +215,7 @@ async def test_talking_over_the_wrap_up_is_answered_and_the_end_stays_where_it_w
         ],
         expect=Expectation(ended_reason="max_duration", ended_by="agent", hangup_after_audio=True),
     )
-    async with harness.running_stack(settings_for(profile), time_scale=SCALE) as st:
-        outcome = await harness.run_call(st, spec, timeout=20)
-    assert outcome.problems == []
-    record = outcome.record
-    assert record is not None
+    outcome, record = await run_clean(profile, spec)
     assert outcome.sim.barge_ins == 1
     assert [(b.line, b.then) for b in record.barge_ins] == [("wrap_up", "noted")]
     [wrap_up] = [r for r in outcome.sim.responses if purpose(r) == "wrap_up"]  # not said again
@@ -268,23 +247,14 @@ async def test_a_max_duration_goodbye_talked_over_is_answered_then_said_again() 
         ],
         expect=Expectation(ended_reason="max_duration", ended_by="agent", hangup_after_audio=True),
     )
-    async with harness.running_stack(settings_for(profile), time_scale=SCALE) as st:
-        outcome = await harness.run_call(st, spec, timeout=20)
-    assert outcome.problems == []
-    record = outcome.record
-    assert record is not None
+    outcome, record = await run_clean(profile, spec)
     assert [(b.line, b.then) for b in record.barge_ins] == [("goodbye", "answered")]
     spoken = [(purpose(r), r) for r in outcome.sim.responses if r.kind == "audio"]
     assert [p for p, _ in spoken] == ["greeting", "wrap_up", "goodbye", None, "goodbye"]
     wrap_up, first, reply, again = (r for _, r in spoken[1:])
     assert wrap_up.audio_stopped_at is not None
     assert not wrap_up.audio_cleared
-    assert first.audio_cleared
-    assert reply.transcript == answer
-    assert reply.audio_stopped_at is not None
-    assert again.created_at >= reply.audio_stopped_at  # said again once the caller had their answer
-    assert again.audio_stopped_at is not None
-    assert not again.audio_cleared
+    answered_then_said_again(first, reply, again, answer)
     assert len(marks(record, "goodbye requested")) == 2
 
 
@@ -322,12 +292,7 @@ async def test_a_shutdown_goodbye_talked_over_is_answered_then_said_again_and_th
     spoken = [(purpose(r), r) for r in sim.responses if r.kind == "audio"]
     assert [p for p, _ in spoken] == ["greeting", None, "goodbye", None, "goodbye"]
     first, reply, again = (r for _, r in spoken[2:])
-    assert first.audio_cleared
-    assert reply.transcript == answer
-    assert reply.audio_stopped_at is not None
-    assert again.created_at >= reply.audio_stopped_at
-    assert again.audio_stopped_at is not None
-    assert not again.audio_cleared
+    answered_then_said_again(first, reply, again, answer)
     assert sim.hangup_count == 1
     assert not sim.audio_playing_at_hangup
 
@@ -369,11 +334,7 @@ async def test_the_guard_hangs_up_a_live_call_before_openais_session_limit(scale
         expect=Expectation(ended_reason="max_duration", ended_by="agent"),
     )
     # the controller's maximum duration is far beyond the session limit: only the guard can end the call in time
-    async with harness.running_stack(settings_for(AgentProfile(watchdogs=watchdogs())), time_scale=SCALE) as st:
-        outcome = await harness.run_call(st, spec, timeout=20)
-    assert outcome.problems == []
-    record = outcome.record
-    assert record is not None
+    outcome, record = await run_clean(AgentProfile(watchdogs=watchdogs()), spec)
     hung_up_before_the_limit(outcome.sim, scaled_session_limit)
     assert marks(record, "OpenAI's session limit is 0.75s away: hanging up now")
     assert record.ended_reason == "max_duration"
@@ -398,11 +359,7 @@ async def test_a_wrap_up_whose_goodbye_is_talked_over_still_ends_before_openais_
         ],
         expect=Expectation(ended_reason="max_duration", ended_by="agent"),
     )
-    async with harness.running_stack(settings_for(profile), time_scale=SCALE) as st:
-        outcome = await harness.run_call(st, spec, timeout=20)
-    assert outcome.problems == []
-    record = outcome.record
-    assert record is not None
+    outcome, record = await run_clean(profile, spec)
     hung_up_before_the_limit(outcome.sim, scaled_session_limit)
     spoken = [(purpose(r), r) for r in outcome.sim.responses if r.kind == "audio"]
     assert [p for p, _ in spoken] == ["greeting", "wrap_up", "goodbye"]
