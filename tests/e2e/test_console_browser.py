@@ -14,60 +14,26 @@ import asyncio
 import os
 import secrets
 import shutil
-import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from sip_controller.agent.profile import AgentProfile, Transfer
 from sip_controller.config import Settings
-from sip_controller.simulator import CallSpec, Step, harness
+from sip_controller.simulator import CallSpec, Step, harness, screenshots
+from tests.e2e.browserkit import require_browser
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 TOKEN = "console-e2e-" + secrets.token_hex(16)
 CALLER_WORDS = "Hi, I would like to check the status of my order please."
 SAID_LINE = "Your order ships on Monday."
 WAIT_S = 20.0  # the longest any one thing on the page may take to show up
-
-
-def _require_browser() -> None:
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
-    if not missing:
-        return
-    reason = f"headless Chromium not installed ({', '.join(missing)} missing): apt-get install chromium chromium-driver"
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
-def _chrome(profile_dir: Path) -> webdriver.Chrome:
-    options = Options()
-    options.binary_location = str(CHROMIUM)
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--no-first-run",
-        f"--user-data-dir={profile_dir}",
-        "--window-size=1400,900",
-    ):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    service = Service(executable_path=str(CHROMEDRIVER), log_output=subprocess.DEVNULL)
-    return webdriver.Chrome(service=service, options=options)
 
 
 def _text(driver: webdriver.Chrome, css: str) -> str:
@@ -80,7 +46,7 @@ def _text(driver: webdriver.Chrome, css: str) -> str:
 def _use_the_page(url: str, call_id: str, profile_dir: Path, screenshot: Path | None) -> tuple[list[str], str]:
     """Everything the operator does, in the browser (blocking: runs in a thread). Returns browser console errors
     and the session cookie the browser held before signing out."""
-    driver = _chrome(profile_dir)
+    driver = screenshots.chrome(profile_dir, (1400, 900))
     try:
         wait = WebDriverWait(driver, WAIT_S, poll_frequency=0.1)
         driver.set_page_load_timeout(WAIT_S)
@@ -140,7 +106,7 @@ def _use_the_page(url: str, call_id: str, profile_dir: Path, screenshot: Path | 
 
 
 async def test_the_live_calls_page_shows_a_call_its_transcript_and_hangs_it_up(tmp_path: Path) -> None:
-    _require_browser()
+    require_browser()
     profile = AgentProfile(
         tools=("end_call", "transfer_call"),
         transfer=Transfer(targets={"sales": "tel:+14155550199", "support": "tel:+14155550100"}),

@@ -21,6 +21,7 @@ import pytest
 
 from sip_controller.simulator import screenshots
 from sip_controller.simulator.screenshots import Console, History
+from tests.e2e.browserkit import require_browser
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -33,16 +34,6 @@ var done = arguments[arguments.length - 1];
 fetch(arguments[0], {credentials: "same-origin"}).then(function (r) { return r.text(); })
   .then(done, function (e) { done("failed: " + e); });
 """
-
-
-def _require_browser() -> None:
-    missing = screenshots.browser_missing()
-    if not missing:
-        return
-    reason = f"headless Chromium not installed ({', '.join(missing)} missing): apt-get install chromium chromium-driver"
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 def _use_the_history(history: History, shots: Path, profile_dir: Path) -> list[str]:
@@ -148,7 +139,7 @@ def _use_the_history(history: History, shots: Path, profile_dir: Path) -> list[s
 
 
 async def test_the_call_history_in_a_browser_finds_opens_and_charts_stored_calls(tmp_path: Path) -> None:
-    _require_browser()
+    require_browser()
     shots = Path(os.environ.get("SIPCTL_SCREENSHOTS_DIR") or tmp_path / "screenshots")
     async with screenshots.history_stack(CALLS, token=TOKEN) as history:
         errors = await asyncio.to_thread(_use_the_history, history, shots, tmp_path / "chrome-profile")
