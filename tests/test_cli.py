@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from sip_controller.cli import main
+from tests.test_config import TWO_BAD_TOOLS
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "sipctl.example.yaml"
@@ -204,13 +205,18 @@ def problem_lines(err: str) -> list[str]:
     return [line.removeprefix("  - ") for line in err.splitlines() if line.startswith("  - ")]
 
 
+def check_config_refuses(path: Path, text: str, capsys: pytest.CaptureFixture[str]) -> list[str]:
+    """``text`` written to ``path``: check-config refuses it (exit 2); the problem lines it printed."""
+    path.write_text(text, encoding="utf-8")
+    assert main(["--config", str(path), "check-config"]) == 2
+    return problem_lines(capsys.readouterr().err)
+
+
 def test_check_config_reports_schema_and_cross_reference_problems_in_one_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "sipctl.yaml"
-    path.write_text(SEVERAL_PROBLEMS, encoding="utf-8")
-    assert main(["--config", str(path), "check-config"]) == 2
-    found = problem_lines(capsys.readouterr().err)
+    found = check_config_refuses(path, SEVERAL_PROBLEMS, capsys)
     assert sorted(p.split(":", 1)[0] for p in found) == [
         "limits.dedupe_ttl_s",
         "limits.max_concurrent_calls",
@@ -226,25 +232,15 @@ def test_check_config_reports_schema_and_cross_reference_problems_in_one_run(
     assert "SIPCTL_TEST_REPORT_SECRET" in next(p for p in found if p.startswith("reports.endpoints[0]"))
 
 
-EVERY_TOOL_AND_PATTERN = """\
-callers:
-  allow: ["18005550100", 5]
-profiles:
-  default:
-    tools:
-      - end_call
-      - {type: http, name: lookup, description: Look up an order, url: "https://tools.example.com", timeout_s: 0}
-      - {type: python, name: book, description: Book a slot, handler: "not a handler"}
-"""
+#: a pattern that can never match, a mistyped one, and test_config.py's two bad tools
+EVERY_TOOL_AND_PATTERN = 'callers:\n  allow: ["18005550100", 5]\n' + TWO_BAD_TOOLS
 
 
 def test_check_config_names_each_bad_tool_and_list_entry_by_index_in_one_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = tmp_path / "sipctl.yaml"
-    path.write_text(EVERY_TOOL_AND_PATTERN, encoding="utf-8")
-    assert main(["--config", str(path), "check-config"]) == 2
-    found = [p.split(":", 1)[0] for p in problem_lines(capsys.readouterr().err)]
+    problems = check_config_refuses(tmp_path / "sipctl.yaml", EVERY_TOOL_AND_PATTERN, capsys)
+    found = [p.split(":", 1)[0] for p in problems]
     for where in (
         "profiles.default.tools[1].timeout_s",
         "profiles.default.tools[2].handler",
@@ -258,9 +254,7 @@ def test_serve_refuses_with_exactly_what_check_config_reports(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "sipctl.yaml"
-    path.write_text(SEVERAL_PROBLEMS, encoding="utf-8")
-    assert main(["--config", str(path), "check-config"]) == 2
-    checked = problem_lines(capsys.readouterr().err)
+    checked = check_config_refuses(path, SEVERAL_PROBLEMS, capsys)
     assert main(["--config", str(path), "serve", "--port", "0"]) == 2
     assert problem_lines(capsys.readouterr().err) == checked
 
