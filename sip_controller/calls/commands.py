@@ -7,6 +7,10 @@ The admin API of a replica that does not own a call writes the operator's hangup
 records the outcome (``command_done``). A command the owner took but did not
 finish before it died is offered again to whichever replica takes the call over (the store's rule), so an
 operator's hangup for a call whose owner is gone is carried out once the call is taken over.
+
+Twilio's answering-machine verdict (#16) goes the same way: its callback reaches whichever replica Twilio calls,
+and one that does not own the call posts it as a ``machine_detected`` command (:func:`route_machine_detection`),
+which the owner hands to the call as a ``MachineDetection`` input.
 """
 
 from __future__ import annotations
@@ -17,10 +21,18 @@ from typing import Protocol
 import structlog
 
 from sip_controller.calls.features import control
-from sip_controller.calls.inputs import OperatorContext, OperatorHangup, OperatorMute, OperatorSay, OperatorTransfer
+from sip_controller.calls.inputs import (
+    MachineDetection,
+    OperatorContext,
+    OperatorHangup,
+    OperatorMute,
+    OperatorSay,
+    OperatorTransfer,
+)
 from sip_controller.calls.supervisor import CallSupervisor
 from sip_controller.state.records import CommandRow
 from sip_controller.state.store import Store
+from sip_controller.telephony.callbacks import ANSWERED_BY
 
 log = structlog.get_logger("sip_controller.calls.commands")
 
@@ -42,6 +54,30 @@ class Supervisors(Protocol):
     def supervisor(self, call_id: str) -> CallSupervisor | None: ...
 
 
+class VerdictKeeper(Supervisors, Protocol):
+    """What routing a verdict needs of the registry: its supervisors, and the verdicts it keeps for calls starting."""
+
+    def machine_detected(self, call_id: str, answered_by: str) -> bool: ...
+
+
+#: where :func:`route_machine_detection` sent a verdict
+HERE, TO_OWNER, KEPT = "here", "to_owner", "kept"
+
+
+async def route_machine_detection(store: Store, registry: VerdictKeeper, call_id: str, answered_by: str) -> str:
+    """Twilio's answering-machine verdict for the OpenAI call ``call_id``, wherever it is live: posted to its
+    supervisor when the call is live here (``here``); else a ``machine_detected`` command for the owner, whichever
+    replica that is (``to_owner``; the store checks the call is live in the same transaction); else kept by this
+    registry for a call starting here right now (``kept``; one starting elsewhere reads the verdict from its Twilio
+    call's row, written before this). The store failing raises :class:`~.records.StoreError`."""
+    if registry.supervisor(call_id) is not None:
+        registry.machine_detected(call_id, answered_by)
+        return HERE
+    if await store.post_command(call_id, "machine_detected", {"answered_by": answered_by}) is not None:
+        return TO_OWNER
+    return HERE if registry.machine_detected(call_id, answered_by) else KEPT
+
+
 def carry_out(command: CommandRow, supervisors: Supervisors) -> str:
     """Hand one command to its call's supervisor; the outcome to record."""
     supervisor = supervisors.supervisor(command.call_id)
@@ -55,6 +91,12 @@ def carry_out(command: CommandRow, supervisors: Supervisors) -> str:
         if not isinstance(target, str) or target not in supervisor.machine.profile.transfer.targets:
             return "refused: unknown transfer target"
         supervisor.post(OperatorTransfer(target))
+        return POSTED
+    if command.kind == "machine_detected":
+        answered_by = command.args.get("answered_by")
+        if answered_by not in ANSWERED_BY:
+            return "refused: answered_by is not one of Twilio's AnsweredBy values"
+        supervisor.post(MachineDetection(str(answered_by)))
         return POSTED
     if command.kind in control.KINDS:
         return _carry_out_control(command, supervisor)

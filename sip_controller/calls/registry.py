@@ -60,7 +60,7 @@ from sip_controller.telephony.callbacks import recording_of
 from sip_controller.telephony.calls_api import TwilioCalls
 from sip_controller.telephony.twiml import CORRELATION_HEADER, transfer_to, well_formed_correlation
 
-#: answering-machine verdicts kept for calls not (yet) live here (``CallRegistry.machine_detected``)
+#: answering-machine verdicts kept for calls not (yet) live anywhere (``CallRegistry.machine_detected``)
 MAX_KEPT_VERDICTS = 1000
 
 log = structlog.get_logger("sip_controller.calls.registry")
@@ -153,7 +153,8 @@ class CallRegistry:
         """Twilio's answering-machine verdict on a call we placed (#16), for its supervisor: posted at once when
         the call is live here (True); else kept (a few, the oldest dropped) in case the call is being started
         here right now (its webhook linked the Twilio call a moment ago), and False. A call live on another replica
-        does not get it: the verdict stays on its Twilio call (the report's ``answered_by``)."""
+        gets it through the store: :func:`~sip_controller.calls.commands.route_machine_detection` posts it as the
+        owner's ``machine_detected`` command."""
         supervisor = self.supervisor(call_id)
         if supervisor is not None:
             supervisor.post(MachineDetection(answered_by))

@@ -33,6 +33,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from sip_controller.calls import routing
+from sip_controller.calls.commands import route_machine_detection
 from sip_controller.calls.report import mask_number
 from sip_controller.calls.states import EndedReason
 from sip_controller.config import E164, Settings, TwilioCredentials
@@ -292,10 +293,11 @@ def routes(
             assert row is not None
             log.info("twilio.status", twilio_id=row.id, status=callback.status, answered_by=callback.answered_by)
             if callback.answered_by is not None and row.call_id not in (None, row.id):
-                # an answering-machine verdict for a call that reached OpenAI: its supervisor acts on it (a verdict
-                # before the call's webhook is read from the row when the call starts)
-                delivered = rt.registry.machine_detected(row.call_id, callback.answered_by)
-                log.info("twilio.machine_detection", twilio_id=row.id, call_id=row.call_id, delivered=delivered)
+                # an answering-machine verdict for a call that reached OpenAI: its supervisor acts on it, here or,
+                # through the store, on the replica that owns the call (a verdict before the call's webhook is read
+                # from the row when the call starts)
+                routed = await route_machine_detection(store, rt.registry, row.call_id, callback.answered_by)
+                log.info("twilio.machine_detection", twilio_id=row.id, call_id=row.call_id, routed=routed)
             if callback.final and row.direction == "outbound" and row.call_id is None:
                 reason = callback.unanswered_reason or "failed"
                 detail = None

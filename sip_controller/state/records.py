@@ -319,9 +319,10 @@ class Purged:
     transcripts: int = 0
 
 
-#: what an operator can ask of a live call from any replica (``post_command``)
-CommandKind = Literal["hangup", "transfer", "say", "context", "mute", "unmute"]
-COMMAND_KINDS: tuple[CommandKind, ...] = ("hangup", "transfer", "say", "context", "mute", "unmute")
+#: what an operator can ask of a live call from any replica (``post_command``), and ``machine_detected``: Twilio's
+#: answering-machine verdict that reached a replica not owning the call (#16), for its owner
+CommandKind = Literal["hangup", "transfer", "say", "context", "mute", "unmute", "machine_detected"]
+COMMAND_KINDS: tuple[CommandKind, ...] = ("hangup", "transfer", "say", "context", "mute", "unmute", "machine_detected")
 
 
 @dataclass(frozen=True)

@@ -110,3 +110,18 @@ async def test_sweep_forgets_old_commands(cluster: Cluster, store: Store) -> Non
     assert (await store.sweep(limit=2, keep_delivered_s=3600)).commands == 2
     assert (await store.sweep(keep_delivered_s=3600)).commands == 1
     assert await store.take_commands("p1") == []
+
+
+async def test_a_machine_detected_command_passes_the_kind_check(store: Store) -> None:
+    """#16: Twilio's answering-machine verdict for the owner (migration 0010) on both backends, after the others."""
+    await live_call(store, "rtc_1", "p1")
+    hangup = await store.post_command("rtc_1", "hangup")
+    verdict = await store.post_command("rtc_1", "machine_detected", {"answered_by": "machine_end_beep"})
+    assert hangup is not None
+    assert verdict is not None
+    assert verdict > hangup  # the rebuilt table kept its id counter
+    taken = await store.take_commands("p1")
+    assert [(c.kind, c.args) for c in taken] == [
+        ("hangup", {}),
+        ("machine_detected", {"answered_by": "machine_end_beep"}),
+    ]
