@@ -9,8 +9,11 @@ Nothing here is imported by the service itself.
 
 from __future__ import annotations
 
+import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 DEFAULT_OUT = Path("bench/results")
 QUICK_OUT = Path("bench/results/quick")
@@ -28,3 +31,12 @@ def main(*, mode: str, out_dir: Path | None, database_url: str | None = None) ->
     print(f"\nresults: {path} (and {path.parent / 'latest.json'})")
     sys.stdout.flush()
     return 0
+
+
+def write_result(result: dict[str, Any], path: Path, render: Callable[[dict[str, Any]], str]) -> None:
+    """A one-off measurement's results (``sipctl bench --history``, the census): written to ``path`` as JSON (its
+    folder made), then ``render(result)`` and the path printed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(render(result))
+    print(f"\nresults: {path}")

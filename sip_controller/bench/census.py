@@ -11,11 +11,10 @@ collector's passes and its event-loop lag. Printed as a table and written to ``<
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 from typing import Any
 
-from sip_controller.bench import full_house
+from sip_controller.bench import full_house, write_result
 from sip_controller.bench.stats import rounded
 
 #: rows of the per-type table
@@ -105,9 +104,5 @@ def render(result: dict[str, Any]) -> str:
 
 def main(out_dir: Path, *, calls: int = 1000, talk_s: float = 10.0, window_s: float = 20.0) -> int:
     result = asyncio.run(take(calls, talk_s, window_s))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "census.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(render(result))
-    print(f"\nresults: {path}")
+    write_result(result, out_dir / "census.json", render)
     return 0

@@ -21,7 +21,6 @@ not a test: the smoke test runs it at N=200 and checks the shape of its results,
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import socket
 import sqlite3
@@ -35,7 +34,7 @@ from typing import Any
 
 import asyncpg
 
-from sip_controller.bench import database
+from sip_controller.bench import database, write_result
 from sip_controller.service import history_export
 from sip_controller.service.history import ListQuery
 from sip_controller.state.postgres import PostgresStore
@@ -328,9 +327,5 @@ def main(out_dir: Path, *, calls: int = DEFAULT_CALLS, database_url: str | None 
         print("sipctl bench --history: the number of calls must be at least 1")
         return 2
     result = asyncio.run(take(calls, database_url=database_url, runs=runs))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "history.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(render(result))
-    print(f"\nresults: {path}")
+    write_result(result, out_dir / "history.json", render)
     return 0
