@@ -104,10 +104,18 @@ def text_matches(search: str, transcript: str) -> bool:
     return all((" " + " ".join(phrase) + " " in joined) != negated for negated, phrase in terms)
 
 
+#: the latest time a parameter may name (9000-01-01T00:00:00Z): days and buckets computed from it stay in the range
+#: of Python's datetime (an epoch of 12 digits reaches year 33658)
+LATEST_S = 221845392000.0
+
+
 def parse_time(name: str, value: str) -> float:
     """RFC 3339 with an offset (``2025-01-31T12:00:00Z``) or epoch seconds, as epoch seconds."""
     if _EPOCH.fullmatch(value):
-        return float(value)
+        seconds = float(value)
+        if seconds >= LATEST_S:
+            raise BadParameter(name, "must be before 9000-01-01T00:00:00Z")
+        return seconds
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
@@ -117,6 +125,8 @@ def parse_time(name: str, value: str) -> float:
     seconds = moment.timestamp()
     if not math.isfinite(seconds) or seconds < 0:
         raise BadParameter(name, "must be after 1970-01-01T00:00:00Z")
+    if seconds >= LATEST_S:
+        raise BadParameter(name, "must be before 9000-01-01T00:00:00Z")
     return seconds
 
 

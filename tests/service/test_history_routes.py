@@ -81,6 +81,8 @@ async def test_search_and_outcome_filter_the_list(store: Store) -> None:
         ("/v1/overview", {"since": "2025-01-02T00:00:00Z", "until": "2025-01-01T00:00:00Z"}, "until"),
         ("/v1/overview", {"since": "2024-01-01T00:00:00Z", "until": "2025-03-01T00:00:00Z"}, "since"),
         ("/v1/overview", {"profile": "sales"}, "profile"),
+        ("/v1/overview", {"until": "764000000000"}, "until"),  # year 26179: no day or bucket can be named there
+        ("/v1/calls", {"since": "9999-12-31T00:00:00Z"}, "since"),
     ],
 )
 async def test_bad_parameters_are_400_naming_the_parameter(
