@@ -19,21 +19,22 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from fnmatch import fnmatchcase
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, Protocol, TextIO
 from zoneinfo import ZoneInfo
 
 import httpx
+from starlette.applications import Starlette
 
+from sip_controller.config import Settings
+from sip_controller.service.app import Runtime
+from sip_controller.service.loopback import RunningServer
 from sip_controller.state.batches import BURST_S, BatchCallRow, BatchRecord
 
 from .batch_clock import SimClock
+from .core import Simulator
 from .scenario import BatchRow, OutboundBatch
 from .twilio_records import TwilioCall
-
-if TYPE_CHECKING:
-    from sip_controller.config import Settings
-
-    from .harness import Stack
+from .twilio_side import TwilioSide
 
 #: real seconds between looks at a batch whose calls are in flight
 POLL_S = 0.01
@@ -70,6 +71,24 @@ class BatchOutcome:
         return not self.problems
 
 
+class BatchStack(Protocol):
+    """What a batch run uses of the harness's ``Stack``: the controller (its app, runtime and loopback server, the
+    admin token) and the simulator with its Twilio stand-in."""
+
+    @property
+    def app(self) -> Starlette: ...
+    @property
+    def runtime(self) -> Runtime: ...
+    @property
+    def server(self) -> RunningServer: ...
+    @property
+    def admin_token(self) -> str | None: ...
+    @property
+    def sim(self) -> Simulator: ...
+    @property
+    def twilio(self) -> TwilioSide: ...
+
+
 def with_do_not_call(settings: Settings, patterns: list[str]) -> Settings:
     """``settings`` whose ``twilio.do_not_call`` also holds ``patterns`` (a batch scenario's ``do_not_call``)."""
     if not patterns:
@@ -93,7 +112,7 @@ def predicted(row: BatchRow, spec: OutboundBatch, detects_machines: bool) -> tup
         return attempt + 1, outcome
 
 
-async def run_batch(stack: Stack, spec: OutboundBatch, clock: SimClock, *, timeout: float) -> BatchOutcome:
+async def run_batch(stack: BatchStack, spec: OutboundBatch, clock: SimClock, *, timeout: float) -> BatchOutcome:
     """Make the batch, dial it to the end on the simulated clock, check it (see the module)."""
     outcome = BatchOutcome(spec=spec)
     started = time.monotonic()
