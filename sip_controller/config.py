@@ -408,6 +408,9 @@ class TwilioSettings(Strict):
     do_not_call: tuple[DoNotCallPattern, ...] = ()
     #: how long an outbound call may ring before Twilio gives up (``no_answer``); Twilio's ``Timeout``
     ring_timeout_s: int = Field(default=30, ge=5, le=600)
+    #: outbound batches done or canceled this many days ago are deleted with their rows by the store's sweep (in
+    #: bounded passes); null keeps them forever
+    batch_retain_days: int | None = Field(default=90, ge=1, le=36_500)
 
     @field_validator("from_number")
     @classmethod

@@ -128,6 +128,11 @@ def test_the_twilio_settings_section() -> None:
         TwilioSettings(from_number="4155550100")
     with pytest.raises(pydantic.ValidationError, match="can never match"):
         TwilioSettings(do_not_call=("0044*",))
+    assert settings.twilio.batch_retain_days == 90  # finished outbound batches, then swept (#16)
+    assert TwilioSettings(batch_retain_days=None).batch_retain_days is None  # kept forever
+    for days in (0, -1, 36_501):
+        with pytest.raises(pydantic.ValidationError, match="batch_retain_days"):
+            TwilioSettings(batch_retain_days=days)
 
 
 def test_the_commented_twilio_example_is_a_valid_config_once_uncommented(tmp_path: Path) -> None:

@@ -259,7 +259,10 @@ def create_app(
             info: dict[str, object] = {"host": socket.gethostname(), "version": __version__}
             await the_store.heartbeat(process_id, settings.state.lease_s, info)
             stack.push_async_callback(the_store.end_lease, process_id)
-            jobs = [asyncio.create_task(sweep_loop(the_store), name="store:sweep")]
+            keep_batches = settings.twilio.batch_retain_days  # finished outbound batches (#16)
+            jobs = [asyncio.create_task(sweep_loop(
+                the_store, keep_batches_s=None if keep_batches is None else keep_batches * 86_400.0
+            ), name="store:sweep")]  # fmt: skip
             if retention.enabled(settings.history):  # the call history's retention (#17): bounded passes
                 jobs.append(asyncio.create_task(
                     retention.retention_loop(the_store, settings.history, clock=wall_clock), name="store:retention"

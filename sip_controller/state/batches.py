@@ -213,6 +213,12 @@ def _count(status: str) -> int:
 
 ACTIVE = "('queued', 'placing', 'in_flight')"
 FINAL_TWILIO = ("completed", "busy", "no-answer", "canceled", "failed")
+#: the batches ``sweep`` may delete (their rows first): done or canceled by the cutoff (``{}``: its placeholder), no
+#: row still queued, placing or in flight
+SWEEPABLE = (
+    "SELECT b.id FROM outbound_batches b WHERE b.status IN ('done', 'canceled') AND b.updated_at <= {} AND NOT EXISTS "
+    f"(SELECT 1 FROM outbound_batch_rows a WHERE a.batch_id = b.id AND a.state IN {ACTIVE})"
+)
 
 
 # ---- SQLite ------------------------------------------------------------------------------------------------------
@@ -234,6 +240,24 @@ class SQLiteBatches:
 
     def _batch_now(self) -> float:
         return (self.batch_clock or self._clock)()
+
+    def _sweep_batches(self, conn: Any, keep_s: float | None, limit: int) -> tuple[int, int]:
+        """Part of ``sweep``, in its transaction: at most ``limit`` rows of batches finished over ``keep_s`` ago
+        (by the batch clock), then at most ``limit`` of those batches whose rows are all gone."""
+        if keep_s is None:
+            return 0, 0
+        cutoff = self._batch_now() - keep_s
+        rows = conn.execute(
+            "DELETE FROM outbound_batch_rows WHERE (batch_id, row_no) IN (SELECT batch_id, row_no FROM "
+            f"outbound_batch_rows WHERE batch_id IN ({SWEEPABLE.format('?')}) LIMIT ?)",
+            (cutoff, limit),
+        ).rowcount
+        batches = conn.execute(
+            f"DELETE FROM outbound_batches WHERE id IN ({SWEEPABLE.format('?')} AND NOT EXISTS (SELECT 1 FROM "
+            "outbound_batch_rows r WHERE r.batch_id = b.id) LIMIT ?)",
+            (cutoff, limit),
+        ).rowcount
+        return int(rows), int(batches)
 
     @staticmethod
     def _batch(conn: Any, batch_id: str) -> BatchRecord | None:
@@ -444,6 +468,24 @@ class PostgresBatches:
 
     def _batch_now(self) -> float:
         return (self.batch_clock or self._clock)()
+
+    async def _sweep_batches(self, conn: Any, keep_s: float | None, limit: int) -> tuple[int, int]:
+        """Part of ``sweep``: at most ``limit`` rows of batches finished over ``keep_s`` ago (by the batch clock),
+        then at most ``limit`` of those batches whose rows are all gone."""
+        if keep_s is None:
+            return 0, 0
+        cutoff = self._batch_now() - keep_s
+        rows = _count(await conn.execute(
+            "DELETE FROM outbound_batch_rows WHERE (batch_id, row_no) IN (SELECT batch_id, row_no FROM "
+            f"outbound_batch_rows WHERE batch_id IN ({SWEEPABLE.format('$1')}) LIMIT $2)",
+            cutoff, limit,
+        ))  # fmt: skip
+        batches = _count(await conn.execute(
+            f"DELETE FROM outbound_batches WHERE id IN ({SWEEPABLE.format('$1')} AND NOT EXISTS (SELECT 1 FROM "
+            "outbound_batch_rows r WHERE r.batch_id = b.id) LIMIT $2)",
+            cutoff, limit,
+        ))  # fmt: skip
+        return rows, batches
 
     @staticmethod
     async def _batch(conn: Any, batch_id: str) -> BatchRecord | None:

@@ -294,7 +294,12 @@ class PostgresStore(PostgresHistory, PostgresAnalyses, PostgresBatches, Postgres
             await conn.execute("DELETE FROM claims WHERE key = $1", key)
 
     async def sweep(
-        self, *, limit: int = 1000, keep_delivered_s: float = 86_400.0, keep_twilio_calls_s: float = KEEP_TWILIO_CALLS_S
+        self,
+        *,
+        limit: int = 1000,
+        keep_delivered_s: float = 86_400.0,
+        keep_twilio_calls_s: float = KEEP_TWILIO_CALLS_S,
+        keep_batches_s: float | None = None,
     ) -> SweepCounts:
         now = self._clock()
         async with self._conn() as conn:
@@ -302,10 +307,13 @@ class PostgresStore(PostgresHistory, PostgresAnalyses, PostgresBatches, Postgres
             async def delete(sql: str, *args: object) -> int:
                 return _count(await conn.execute(sql, *args, limit))
 
+            batch_rows, batches = await self._sweep_batches(conn, keep_batches_s, limit)
             return SweepCounts(
                 claims=await delete(
                     "DELETE FROM claims WHERE key IN (SELECT key FROM claims WHERE expires_at <= $1 LIMIT $2)", now
                 ),
+                batch_rows=batch_rows,
+                batches=batches,
                 caller_hits=await delete(
                     "DELETE FROM caller_hits WHERE ctid IN "
                     "(SELECT ctid FROM caller_hits WHERE expires_at <= $1 LIMIT $2)",

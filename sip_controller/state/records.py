@@ -358,6 +358,10 @@ class SweepCounts:
     console_sessions: int = 0
     #: throttle rows of clients quiet for the backoff's forget period (#13)
     login_failures: int = 0
+    #: rows of outbound batches (#16) finished or canceled over ``keep_batches_s`` ago, then those batches, once
+    #: their rows are gone (a batch's rows go first, ``limit`` at a time: a batch holds up to 10,000)
+    batch_rows: int = 0
+    batches: int = 0
 
     @property
     def total(self) -> int:

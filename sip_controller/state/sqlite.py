@@ -433,7 +433,12 @@ class SQLiteStore(SQLiteHistory, SQLiteAnalyses, SQLiteBatches, SQLiteConsoleSes
         await self._run(lambda conn: conn.execute("DELETE FROM claims WHERE key = ?", (key,)))
 
     async def sweep(
-        self, *, limit: int = 1000, keep_delivered_s: float = 86_400.0, keep_twilio_calls_s: float = KEEP_TWILIO_CALLS_S
+        self,
+        *,
+        limit: int = 1000,
+        keep_delivered_s: float = 86_400.0,
+        keep_twilio_calls_s: float = KEEP_TWILIO_CALLS_S,
+        keep_batches_s: float | None = None,
     ) -> SweepCounts:
         now = self._clock()
 
@@ -441,10 +446,13 @@ class SQLiteStore(SQLiteHistory, SQLiteAnalyses, SQLiteBatches, SQLiteConsoleSes
             def delete(sql: str, *args: object) -> int:
                 return conn.execute(sql, (*args, limit)).rowcount
 
+            batch_rows, batches = self._sweep_batches(conn, keep_batches_s, limit)
             return SweepCounts(
                 claims=delete(
                     "DELETE FROM claims WHERE key IN (SELECT key FROM claims WHERE expires_at <= ? LIMIT ?)", now
                 ),
+                batch_rows=batch_rows,
+                batches=batches,
                 caller_hits=delete(
                     "DELETE FROM caller_hits WHERE rowid IN "
                     "(SELECT rowid FROM caller_hits WHERE expires_at <= ? LIMIT ?)",

@@ -152,15 +152,21 @@ class Store(StateStore, Protocol):
     # ---- claims ---------------------------------------------------------------------------------------------
 
     async def sweep(
-        self, *, limit: int = 1000, keep_delivered_s: float = 86_400.0, keep_twilio_calls_s: float = KEEP_TWILIO_CALLS_S
+        self,
+        *,
+        limit: int = 1000,
+        keep_delivered_s: float = 86_400.0,
+        keep_twilio_calls_s: float = KEEP_TWILIO_CALLS_S,
+        keep_batches_s: float | None = None,
     ) -> SweepCounts:
         """Delete at most ``limit`` rows of each kind that nobody needs any more: expired claims, caller hits out
         of their window, outbox rows delivered (or given up) more than ``keep_delivered_s`` ago, processes
         whose lease lapsed over a day ago and that own no live call, Twilio calls made more than
-        ``keep_twilio_calls_s`` ago, console sessions past their expiry (revoked ones too) and throttle rows past
-        their ``forget_at``. Call it every few seconds from one task on
-        each replica: it is bounded, so it never holds the store for long; when a count equals ``limit`` there
-        is more to do, so call it again soon."""
+        ``keep_twilio_calls_s`` ago, console sessions past their expiry (revoked ones too), throttle rows past
+        their ``forget_at``, and outbound batches done or canceled over ``keep_batches_s`` ago (by the batch clock;
+        None keeps them) with no row in flight: their rows first, then each batch whose rows are all gone. Call it
+        every few seconds from one task on each replica: it is bounded, so it never holds the store for long; when a
+        count equals ``limit`` there is more to do, so call it again soon."""
         ...
 
     # ---- processes --------------------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ import asyncio
 import pytest
 
 from sip_controller.state.batches import NewBatch, NewBatchRow, pace
+from sip_controller.state.jobs import sweep_once
+from sip_controller.state.records import SweepCounts
 from sip_controller.state.store import Store
 from sip_controller.state.twilio_calls import NewTwilioCall
 from tests.state.conftest import T0, Cluster
@@ -196,3 +198,69 @@ async def test_in_flight_rows_are_listed_once_their_twilio_call_is_over(cluster:
     cluster.clock.advance(600)  # tw_3 never confirmed placed: listed as stale; tw_2 is ringing, not stale
     over = await store.in_flight_batch_rows(stale_s=600)
     assert sorted((f.row.row, f.twilio_status) for f in over) == [(1, "busy"), (3, "requested")]
+
+
+async def _finish(cluster: Cluster, store: Store, batch_id: str, worker: str = "p1") -> None:
+    """Claim every row of the batch (a second apart: its pacing) and settle each (``do_not_call``): it is done."""
+    for _ in range(50):
+        cluster.clock.advance(1)
+        rows = await store.claim_batch_rows(worker, limit=1000, lease_s=LEASE)
+        if not rows:
+            break
+        for row in rows:
+            await store.settle_batch_row(batch_id, row.row, outcome="do_not_call", worker=worker)
+    record = await store.get_batch(batch_id)
+    assert record is not None
+    assert record.status == "done"
+
+
+async def test_the_sweep_deletes_old_finished_batches_and_their_rows_in_bounded_passes(
+    cluster: Cluster, store: Store
+) -> None:
+    """#16: batches done or canceled over ``keep_batches_s`` ago go with their rows, the rows ``limit`` at a time
+    first; running, paused, young and still-dialling batches stay; ``None`` keeps everything."""
+    day = 86_400.0
+    await store.create_batch(batch("done_old", rows=25))
+    await _finish(cluster, store, "done_old")
+    await store.create_batch(batch("canceled_old", rows=3))
+    await store.set_batch_status("canceled_old", "cancel")
+    await store.create_batch(batch("dialling_old", rows=2))  # canceled with a call still in flight: kept
+    cluster.clock.advance(1)
+    [held] = await store.claim_batch_rows("p1", limit=1, lease_s=LEASE)
+    assert held.batch_id == "dialling_old"
+    await store.placed_batch_row("p1", "dialling_old", held.row, "tw_1")
+    await store.set_batch_status("dialling_old", "cancel")
+    await store.create_batch(batch("paused_old", rows=2))
+    await store.set_batch_status("paused_old", "pause")
+    cluster.clock.advance(10 * day)
+    await store.create_batch(batch("done_young", rows=2))
+    await _finish(cluster, store, "done_young")
+    cluster.clock.advance(1 * day)
+
+    assert (await store.sweep(keep_batches_s=None)).batch_rows == 0  # kept forever
+    first = await store.sweep(limit=10, keep_batches_s=7 * day)
+    assert first.batch_rows == 10  # rows first, limit at a time; a batch only once its rows are all gone
+    assert await store.get_batch("done_old") is not None
+    swept = SweepCounts()
+    for _ in range(10):  # bounded: a few more passes finish the job
+        counts = await store.sweep(limit=10, keep_batches_s=7 * day)
+        swept = SweepCounts(batch_rows=swept.batch_rows + counts.batch_rows, batches=swept.batches + counts.batches)
+        if counts.batch_rows < 10 and counts.batches < 10:
+            break
+    assert (first.batch_rows + swept.batch_rows, first.batches + swept.batches) == (25 + 3, 2)
+    assert await store.get_batch("done_old") is None
+    assert await store.get_batch("canceled_old") is None
+    assert await store.list_batch_rows("done_old") == []
+    for kept in ("dialling_old", "paused_old", "done_young"):
+        record = await store.get_batch(kept)
+        assert record is not None, kept
+        assert record.total == 2, kept
+    # the in-flight call ends: the canceled batch goes at the next sweep after it
+    assert await store.settle_batch_row("dialling_old", held.row, outcome="busy", twilio_id="tw_1")
+    done = await sweep_once(store, keep_batches_s=7 * day)
+    assert (done.batch_rows, done.batches) == (2, 1)
+    assert await store.get_batch("dialling_old") is None
+    assert {b for b in ("paused_old", "done_young") if await store.get_batch(b) is not None} == {
+        "paused_old",
+        "done_young",
+    }
