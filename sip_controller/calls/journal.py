@@ -3,9 +3,11 @@
 The supervisor calls :meth:`CallJournal.observe` after every input the machine handled; the journal compares the
 call's record with what it has already taken and buffers the difference as store entries: ``transcript`` lines,
 ``tool_call`` outcomes (when one is asked for and again when it settles), timeline ``mark``s, a ``usage`` snapshot
-(at most one per batch) and ``state`` changes. A batch is written in ONE transaction (``Store.append``, with the
-call's state, cost and accept time) every ``flush_s`` seconds, as soon as ``max_batch`` entries wait, and at once on a
-state change: never one write per event. The last entries go into the finishing transaction (:meth:`take`).
+(at most one per batch), ``state`` changes, and ``turns`` changes: whether live control muted the agent and since
+when the call waits on hold (the turn detection the session is left with, which a takeover restores). A batch is
+written in ONE transaction (``Store.append``, with the call's state, cost and accept time) every ``flush_s`` seconds,
+as soon as ``max_batch`` entries wait, and at once on a state or a ``turns`` change: never one write per event. The
+last entries go into the finishing transaction (:meth:`take`).
 
 A write refused with :class:`~sip_controller.state.records.Fenced` means another process owns the call now (or it
 is finished): the journal stops writing, logs ``call.fenced`` and calls ``on_fenced`` (the registry cancels the
@@ -33,6 +35,8 @@ log = structlog.get_logger("sip_controller.calls.journal")
 
 #: states worth writing at once (the rest ride with the next batch)
 _PROMPT_STATES = frozenset({"accepted", "attached", "ending", "hanging_up"})
+#: the entry kind of a mute or hold change (``{muted, on_hold, since, hold_s}``), read back by a takeover
+TURNS = "turns"
 
 
 class CallJournal:
@@ -67,6 +71,8 @@ class CallJournal:
         self._tools: dict[int, str] = {}
         self._responses = -1
         self._cost = 0.0
+        #: the mute and hold last taken (``CallRecord.muted``, ``on_hold_since_s``)
+        self._turns: tuple[bool, float | None] = (False, None)
         self._record: CallRecord | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._flushing: asyncio.Task[None] | None = None
@@ -84,6 +90,7 @@ class CallJournal:
             self._tools = {i: t.outcome for i, t in enumerate(taken.tool_calls)}
             self._responses = taken.usage.responses
             self._cost = taken.cost_usd
+            self._turns = (taken.muted, taken.on_hold_since_s)
 
     # ---- taking what the record gained --------------------------------------------------------------------
 
@@ -108,6 +115,13 @@ class CallJournal:
             self._cost = record.cost_usd
             self._changes["cost_usd"] = record.cost_usd
         prompt = False
+        turns = (record.muted, record.on_hold_since_s)
+        if turns != self._turns:  # a takeover restores them: written at once, like a state change
+            self._turns = turns
+            muted, since = turns
+            data = {"muted": muted, "on_hold": since is not None, "since": since, "hold_s": record.hold_s}
+            out.append(Entry(TURNS, now, data))
+            prompt = True
         if record.state != self._state:
             self._state = record.state
             stored: dict[str, Any] = {"state": record.state}
@@ -117,7 +131,7 @@ class CallJournal:
             self._changes["state"] = record.state
             if record.state == "accepted" and record.accepted_s is not None:
                 self._changes["accepted_at"] = self._at(record.accepted_s)
-            prompt = record.state in _PROMPT_STATES
+            prompt = prompt or record.state in _PROMPT_STATES
         if len(out) > self._max_buffered:
             cut = len(out) - self._max_buffered
             del out[:cut]

@@ -37,6 +37,7 @@ from sip_controller.calls.actions import (
     Send,
     StartTimer,
 )
+from sip_controller.calls.features import turns
 from sip_controller.calls.features.control import LiveControl
 from sip_controller.calls.features.hold import Hold
 from sip_controller.calls.features.keypad import Keypad
@@ -436,6 +437,10 @@ class CallMachine:
         self.attached_at = self.record.attached_s
         if ending is not None:
             self.ending = _Ending(reason=ending)
+        # the turn detection the lost owner left at OpenAI: muted by live control, waiting on hold
+        self.control.restore(self.record.muted)
+        self.record.muted = self.control.muted
+        self.hold.restore(self.record.on_hold_since_s)
         self._set_state(CallState.ENDING if ending is not None else CallState.ATTACHED, rel)
         self.record.mark(rel, "taken over: re-attaching the sideband")
         return [Reattach()]
@@ -447,7 +452,24 @@ class CallMachine:
             return self.hangup(rel, "taken over while ending")
         if self.attached_at is None:  # never attached before: the call starts here (greeting and all)
             return self._on_attached(rel)
-        return [*self.watchdog.start(rel, since=self.attached_at), self._session_guard(rel)]
+        return [*self.watchdog.start(rel, since=self.attached_at), self._session_guard(rel), *self._turns_again(rel)]
+
+    def _turns_again(self, rel: float) -> list[Action]:
+        """A call taken over muted or on hold: the agent still does not answer on its own (silence is not counted,
+        the maximum hold time runs on), and the turn detection of both is said to OpenAI again. It is the state
+        the session already had, so saying it again is safe, and it covers an update the lost owner sent whose
+        ``session.updated`` never came."""
+        on_hold, muted = self.hold.active, self.control.muted
+        if not (on_hold or muted):
+            return []
+        if muted:
+            self.record.mark(rel, "taken over: muted")
+        actions = [*self.hold.taken_over(self, rel), *self.pause_silence(True)]
+        td = turns.turn_detection(self.profile.turn_detection, on_hold=on_hold, muted=muted)
+        if td is None:
+            return actions
+        what = "taken over " + " and ".join(w for w, on in (("on hold", on_hold), ("muted", muted)) if on)
+        return actions + self.update_session(turns.session_patch(td), rel, what=what, then=[])
 
     def abort(self, reason: EndedReason, why: str, now: float, *, keep_pending: bool = False) -> None:
         """End the call from outside the normal flow (cancelled, crashed). With ``keep_pending``, a reason

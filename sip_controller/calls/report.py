@@ -168,6 +168,10 @@ class CallRecord:
     attached_s: float | None = None
     #: seconds on hold (wait_on_hold) and the model usage spent while on hold (also counted in `usage`)
     hold_s: float = 0.0
+    #: the turn detection the call is left with (#13, #17), kept so a takeover restores it: live control's mute
+    #: (``features/control.py``) and since when the call waits on hold (``features/hold.py``; None: not on hold)
+    muted: bool = False
+    on_hold_since_s: float | None = None
     hold_usage: UsageTotals = field(default_factory=UsageTotals)
     transcription: TranscriptionUsage = field(default_factory=TranscriptionUsage)
     #: the caller transcription that arrived while on hold (hold music, announcements; also in `transcription`)

@@ -20,6 +20,7 @@ from typing import Any, Protocol, cast, get_args
 
 import structlog
 
+from sip_controller.calls.journal import TURNS
 from sip_controller.calls.report import CallRecord, ToolCallRecord, TranscriptEntry, TranscriptionUsage, UsageTotals
 from sip_controller.calls.states import EndedReason
 from sip_controller.state.records import HANGING_UP, CallRow, Fenced, StoredEntry
@@ -71,7 +72,8 @@ def pending_reason(record: CallRecord) -> EndedReason:
 def rebuild_record(row: CallRow, entries: Sequence[StoredEntry]) -> CallRecord:
     """The call's record as the store holds it: the row (profile, caller, state, accept time, cost) and its
     entries in order (transcript lines, timeline marks, tool calls at their latest outcome, the last usage
-    snapshot, earlier takeovers). Times are seconds from the original arrival, as the lost owner had them."""
+    snapshot, earlier takeovers, and the last ``turns``: ``muted``, ``on_hold_since_s`` and the hold time so far).
+    Times are seconds from the original arrival, as the lost owner had them."""
     received = _received_at(row)
     base = received.timestamp()
     record = CallRecord(
@@ -103,6 +105,11 @@ def rebuild_record(row: CallRow, entries: Sequence[StoredEntry]) -> CallRecord:
             usage = data
         elif entry.kind == TAKEOVER:
             record.takeovers.append(dict(data))
+        elif entry.kind == TURNS:
+            since = data.get("since")
+            record.muted = data.get("muted") is True
+            record.on_hold_since_s = float(since) if data.get("on_hold") and isinstance(since, int | float) else None
+            record.hold_s = float(data.get("hold_s") or 0.0)
         elif entry.kind == "state" and data.get("state") == "ending" and isinstance(data.get("reason"), str):
             record.ending_reason = data["reason"]
     record.tool_calls = list(tools.values())

@@ -219,6 +219,7 @@ class LiveControl:
             port.record.mark(rel, f"control: {word} from {source}: already {'muted' if muted else 'answering'}")
             return []
         self.muted = muted
+        port.record.muted = muted  # kept in the store: a takeover restores it (``restore``)
         on_hold = ""
         if port.on_hold:
             on_hold = " (on hold: kept when the hold ends)" if muted else " (on hold: no answers until it ends)"
@@ -227,6 +228,11 @@ class LiveControl:
         assert td is not None  # refused without turn detection
         update = port.update_session(turns.session_patch(td), rel, what=word, then=[])
         return [*port.pause_silence(muted), *update]
+
+    def restore(self, muted: bool) -> None:
+        """A call taken over from a lost owner (#13) whose agent was muted: it stays muted (without turn detection
+        there is nothing to mute, and a stored mute is ignored). The waiting lines are not kept: lost with it."""
+        self.muted = muted and self.turn_detection is not None
 
     # ---- what the call reports ----------------------------------------------------------------------
 

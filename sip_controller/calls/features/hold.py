@@ -75,6 +75,7 @@ class Hold:
             record.result = "already on hold"
             return [port.tool_output(record.call_id, {"status": "already on hold; stay silent"})]
         self.waiting = OnHold(started_at=rel)
+        port.record.on_hold_since_s = rel  # kept in the store: a takeover goes on waiting (``restore``)
         record.result = "on hold"
         port.record.mark(rel, f"hold mode on (detect: {self.config.detect})")
         actions: list[Action] = [
@@ -138,6 +139,22 @@ class Hold:
             return port.begin_ending("max_duration", rel, HOLD_GIVE_UP)
         return []
 
+    def restore(self, since: float | None) -> None:
+        """A call taken over from a lost owner (#13) that was waiting on hold since ``since`` (None: it was not):
+        it goes on waiting, its hold time counted from then. What was heard on hold before the takeover is not
+        known here (those items stay in the conversation), nor are the checks then in flight (an answer that comes
+        is still taken: its tag says it is a check)."""
+        self.waiting = None if since is None else OnHold(started_at=since)
+
+    def taken_over(self, port: CallPort, rel: float) -> list[Action]:
+        """Once the taken-over call is re-attached: the maximum hold time counts from the hold's original start
+        (ended at once if it is already over). The turn detection is the call's to say (with live control's mute)."""
+        h = self.waiting
+        if h is None:
+            return []
+        port.record.mark(rel, f"taken over: on hold since {h.started_at:g}s")
+        return [StartTimer(HOLD_MAX_TIMER, max(0.0, h.started_at + self.config.max_hold_s - rel))]
+
     def settle(self, port: CallPort, rel: float) -> None:
         """Add the hold time so far to the record (when hold ends, or the call does)."""
         h = self.waiting
@@ -153,6 +170,7 @@ class Hold:
         held = [item for item in self.waiting.items if item != keep]
         self.settle(port, rel)
         self.waiting = None
+        port.record.on_hold_since_s = None
         muted = port.muted
         port.record.mark(rel, f"hold mode off: {why}" + ("; muted: the agent waits for the operator" if muted else ""))
         actions: list[Action] = [CancelTimer(HOLD_MAX_TIMER), *port.pause_silence(False)]
