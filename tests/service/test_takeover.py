@@ -2,7 +2,8 @@
 CI=true like tests/state): app A supervises a call, A's lease lapses (its heartbeat held) without A finishing the
 call; app B takes it over on its heartbeat, re-attaches the sideband and supervises it to its end, with the
 takeover on the one report; A, once its heartbeat is back, is fenced: it drops the call without a report or a REST
-action. A 404 on the re-attach means the call is over: its report is finished (caller_hangup)."""
+action. A 404 on the re-attach means the call is over: its report is finished (caller_hangup). A call muted by live
+control is taken over muted."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from sip_controller.calls.inputs import OperatorMute
+from sip_controller.calls.journal import TURNS
 from sip_controller.config import Limits, Reports, Secrets, Settings, StoreSettings
 from sip_controller.realtime.sideband import AttachError, FakeConnector
 from sip_controller.service.app import create_app
@@ -205,3 +208,77 @@ async def test_a_404_on_the_re_attach_finishes_the_call(tmp_path: Path, monkeypa
     assert report["ended_reason"] == "caller_hangup"
     assert len(report["takeovers"]) == 1
     assert a.router.routes["hangup"].call_count == 0
+
+
+def _turn_update(create_response: bool) -> Callable[[dict[str, Any]], bool]:
+    def match(e: dict[str, Any]) -> bool:
+        td = ((e.get("session") or {}).get("audio") or {}).get("input", {}).get("turn_detection") or {}
+        return e["type"] == "session.update" and td.get("create_response") is create_response
+
+    return match
+
+
+async def test_a_muted_call_taken_over_stays_muted_and_the_operator_unmutes_it_on_the_new_owner(
+    opener: Opener, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """#13 with #17's mute: the new owner knows the agent is muted (OpenAI's session is), says so to OpenAI again,
+    and takes the operator's unmute (it was refused as "already answering" before)."""
+    log = tmp_path / "calls.jsonl"
+    async with replica(opener, log, monkeypatch) as (a, gate_a), replica(opener, log, monkeypatch) as (b, _gate_b):
+        await a.place("rtc_quiet")
+        owner = a.runtime.registry.supervisor("rtc_quiet")
+        assert owner is not None
+        owner.post(OperatorMute(True, source="operator"))
+        side_a = a.connector.attached["rtc_quiet"]
+
+        async def muted_on_a() -> bool:
+            return any(_turn_update(False)(e) for e in side_a.sent)
+
+        await until(muted_on_a)
+        side_a.push({"type": "session.updated", "session": {"type": "realtime"}})
+
+        async def muted_in_store() -> bool:
+            return any(e.kind == TURNS and e.data["muted"] for e in await a.store.read_entries("rtc_quiet"))
+
+        await until(muted_in_store)
+        gate_a.open.clear()  # A's lease lapses
+
+        async def attached_on_b() -> bool:
+            return "rtc_quiet" in b.connector.attached
+
+        await until(attached_on_b)
+        side_b = b.connector.attached["rtc_quiet"]
+
+        async def muted_again_on_b() -> bool:
+            return any(_turn_update(False)(e) for e in side_b.sent)
+
+        await until(muted_again_on_b)  # the muted turn detection, said again by the new owner
+        side_b.push({"type": "session.updated", "session": {"type": "realtime"}})
+        resumed = b.runtime.registry.supervisor("rtc_quiet")
+        assert resumed is not None
+        assert resumed.machine.muted
+        resumed.post(OperatorMute(False, source="operator"))
+
+        async def unmuted_on_b() -> bool:
+            return any(_turn_update(True)(e) for e in side_b.sent)
+
+        await until(unmuted_on_b)
+        side_b.push({"type": "session.updated", "session": {"type": "realtime"}})
+        gate_a.open.set()
+
+        async def a_dropped_it() -> bool:
+            return a.runtime.registry.live_count == 0
+
+        await until(a_dropped_it)
+        side_b.close_from_server(1000)
+        await b.runtime.registry.wait_ended("rtc_quiet", 10)
+
+        async def reported() -> bool:
+            return bool(reports(log, "rtc_quiet"))
+
+        await until(reported)
+    (report,) = reports(log, "rtc_quiet")
+    events = [t["event"] for t in report["timeline"]]
+    assert "taken over: muted" in events
+    assert "control: unmute from operator" in events
+    assert not any("already answering" in e for e in events)
