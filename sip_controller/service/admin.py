@@ -957,6 +957,17 @@ OPENAPI: dict[str, Any] = {
                 "responses": _responses(200, _OUTBOUND, 401, 404, 429, 503),
             }
         },
+        "/v1/outbound/{id}/cancel": {
+            "post": {
+                "summary": "Stop an outbound call that is still queued or ringing (Twilio's Status=canceled); it is then "
+                "reported as canceled by its status callback. 409 once it was answered or is over (hang it up instead)",
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": _responses(
+                    202, {**_OUTBOUND, "properties": {**_OUTBOUND["properties"], "cancel": {"const": "requested"}}},
+                    401, 403, 404, 409, 429, 502, 503,
+                ),
+            }
+        },
         "/v1/outbound/batches": {
             "post": {
                 "summary": "Queue a batch of outbound calls: JSON, or a CSV upload (Content-Type: text/csv; header row "
@@ -1000,6 +1011,12 @@ OPENAPI: dict[str, Any] = {
         "/twilio/status": _twilio_webhook(
             "Status and answering-machine callbacks of Twilio calls (the StatusCallback of calls placed here)",
             {"application/json": {"schema": {"type": "object", "properties": {"status": {"type": "string"}}}}},
+        ),
+        "/twilio/recording": _twilio_webhook(
+            "Recording callbacks of the calls a profile records (RecordingStatusCallback): the recording goes on the "
+            "call's report, or out as a late call.recording event when the report already went",
+            {"application/json": {"schema": {"type": "object", "properties": {
+                "status": {"type": "string"}, "late": {"type": "boolean"}}}}},
         ),
     },
 }
