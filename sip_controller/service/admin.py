@@ -634,24 +634,25 @@ _OVERVIEW = {
 }  # fmt: skip
 _E164 = {"type": "string", "pattern": r"^\+[1-9][0-9]{1,14}$", "description": "E.164, e.g. +14155550123"}
 _NULLABLE_TEXT = {"type": ["string", "null"]}
+_OUTBOUND_PROPERTIES: dict[str, Any] = {
+    "id": {"type": "string", "description": "the outbound request's id (out_…)"},
+    "to": {"type": ["string", "null"], "description": "the number called (masked when reports.mask_caller)"},
+    "from": _NULLABLE_TEXT,
+    "profile": _NULLABLE_TEXT,
+    "variables": {"type": "object", "additionalProperties": {"type": "string"}},
+    "call_sid": {"type": ["string", "null"], "description": "Twilio's CallSid once the Calls API answered"},
+    "status": {"type": "string", "description": "Twilio's call status (queued, ringing, in-progress, …)"},
+    "answered_by": {"type": ["string", "null"], "description": "answering-machine detection's AnsweredBy"},
+    "error_code": {"type": ["integer", "null"], "description": "Twilio's error code of a failed call"},
+    "call_id": {"type": ["string", "null"], "description": "the OpenAI call (rtc_…) it became, or its report's id"},
+    "events": {"type": "array", "items": {"type": "object"}},
+    "replayed": {"type": "boolean", "description": "true: the Idempotency-Key's call, placed before"},
+}
 _OUTBOUND = {
     "type": "object",
     "required": ["id", "to", "from", "profile", "variables", "call_sid", "status", "answered_by", "error_code",
                  "call_id", "events"],
-    "properties": {
-        "id": {"type": "string", "description": "the outbound request's id (out_…)"},
-        "to": {"type": ["string", "null"], "description": "the number called (masked when reports.mask_caller)"},
-        "from": _NULLABLE_TEXT,
-        "profile": _NULLABLE_TEXT,
-        "variables": {"type": "object", "additionalProperties": {"type": "string"}},
-        "call_sid": {"type": ["string", "null"], "description": "Twilio's CallSid once the Calls API answered"},
-        "status": {"type": "string", "description": "Twilio's call status (queued, ringing, in-progress, …)"},
-        "answered_by": {"type": ["string", "null"], "description": "answering-machine detection's AnsweredBy"},
-        "error_code": {"type": ["integer", "null"], "description": "Twilio's error code of a failed call"},
-        "call_id": {"type": ["string", "null"], "description": "the OpenAI call (rtc_…) it became, or its report's id"},
-        "events": {"type": "array", "items": {"type": "object"}},
-        "replayed": {"type": "boolean", "description": "true: the Idempotency-Key's call, placed before"},
-    },
+    "properties": _OUTBOUND_PROPERTIES,
 }  # fmt: skip
 _BATCH = {
     "type": "object",
@@ -959,11 +960,11 @@ OPENAPI: dict[str, Any] = {
         },
         "/v1/outbound/{id}/cancel": {
             "post": {
-                "summary": "Stop an outbound call that is still queued or ringing (Twilio's Status=canceled); it is then "
-                "reported as canceled by its status callback. 409 once it was answered or is over (hang it up instead)",
+                "summary": "Stop an outbound call that is still queued or ringing (Twilio's Status=canceled); it is "
+                "then reported as canceled by its status callback. 409 once answered or over (hang it up instead)",
                 "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
                 "responses": _responses(
-                    202, {**_OUTBOUND, "properties": {**_OUTBOUND["properties"], "cancel": {"const": "requested"}}},
+                    202, {**_OUTBOUND, "properties": {**_OUTBOUND_PROPERTIES, "cancel": {"const": "requested"}}},
                     401, 403, 404, 409, 429, 502, 503,
                 ),
             }
