@@ -991,7 +991,14 @@ OPENAPI: dict[str, Any] = {
                     "422": {"description": "what to fix (and each row's error when no row can be called)",
                             "content": {"application/json": {"schema": _BATCH_ERROR}}},
                 },
-            }
+            },
+            "get": {
+                "summary": "The newest batches, each with its progress (the console's batch panel)",
+                "parameters": [{"name": "limit", "in": "query", "required": False,
+                                "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}}],
+                "responses": _responses(200, {"type": "object", "required": ["batches"], "properties": {
+                    "batches": {"type": "array", "items": _BATCH}}}, 401, 404, 422, 429, 503),
+            },
         },
         "/v1/outbound/batches/{id}": {
             "get": {

@@ -4,6 +4,8 @@
   ``from``) or a CSV upload (``Content-Type: text/csv``; the settings as query parameters). Each bad row is reported
   by number, the good ones queued (201); with no good row nothing is made (422). ``Idempotency-Key`` makes a
   repeated request return the batch it made (200, ``replayed``).
+- ``GET /v1/outbound/batches``: the newest batches (``limit``, 1 to 200, default 50), each with its progress (the
+  console's batch panel).
 - ``GET /v1/outbound/batches/{id}``: progress (rows by state and by outcome).
 - ``POST /v1/outbound/batches/{id}/pause``, ``/resume``, ``/cancel``.
 """
@@ -31,6 +33,8 @@ log = structlog.get_logger("sip_controller.service.batches")
 MAX_BODY_BYTES = 4 * 1024 * 1024
 MAX_IDEMPOTENCY_KEY = 200
 ACTIONS = ("pause", "resume", "cancel")
+#: the most batches ``GET /v1/outbound/batches`` lists
+MAX_LISTED = 200
 
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -132,6 +136,25 @@ def routes(
         kick(request)
         return JSONResponse({**batch_view(record), "accepted": len(checked.good)}, status_code=201)
 
+    async def index(request: Request) -> Response:
+        if (denied := await auth.authorize(request)) is not None:
+            return denied
+        if twilio is None:
+            return _error(404, "Twilio is not configured")
+        raw = request.query_params.get("limit", "50")
+        if not raw.isdigit() or not 1 <= int(raw) <= MAX_LISTED:
+            return _error(422, f"limit: a whole number from 1 to {MAX_LISTED}")
+        try:
+            records = await runtime(request).store.list_batches(limit=int(raw))
+        except StoreError as exc:
+            log.warning("batch.store_failed", error=str(exc)[:300])
+            return _error(503, "the call store is unavailable; retry")
+        return JSONResponse({"batches": [batch_view(record) for record in records]})
+
+    async def collection(request: Request) -> Response:
+        """One route for both methods, so that another method's 405 names both in ``Allow``."""
+        return await (index(request) if request.method in ("GET", "HEAD") else create(request))
+
     async def show(request: Request) -> Response:
         if (denied := await auth.authorize(request)) is not None:
             return denied
@@ -171,7 +194,7 @@ def routes(
         return JSONResponse(batch_view(record))
 
     return [
-        Route("/v1/outbound/batches", create, methods=["POST"]),
+        Route("/v1/outbound/batches", collection, methods=["GET", "POST"]),
         Route("/v1/outbound/batches/{id}", show, methods=["GET"]),
         Route("/v1/outbound/batches/{id}/{action}", act, methods=["POST"]),
     ]

@@ -11,7 +11,8 @@ operator's buttons (hang up, transfer to an allow-listed target). ``/console.js`
 ``GET /v1/events`` (server-sent events): a snapshot of the calls every second and, with ``?call_id=…``, that
 call's transcript lines as they appear. The header links the live view to the call history (#17: the Calls
 view, a call's page, the Overview), drawn in the same page by the script of :mod:`.console_history`, which
-``/console.js`` carries after the live view's.
+``/console.js`` carries after the live view's, and to the outbound batches (#16: :mod:`.console_batches`, its
+script last).
 
 Everything from the caller's side (transcripts, numbers) is escaped on the server and set with ``textContent``
 in the browser; a Content-Security-Policy allows only this origin's script. Streams are bounded: at most
@@ -39,7 +40,7 @@ from starlette.types import Receive, Scope, Send
 
 from sip_controller.calls.features.control import MAX_CONTEXT_CHARS
 from sip_controller.calls.report import CallRecord
-from sip_controller.service import console_history, history
+from sip_controller.service import console_batches, console_history, history
 from sip_controller.service.admin import CSRF_HEADER, AdminAuth, call_summary
 from sip_controller.service.sessions import Session, retry_after_header, same_origin
 from sip_controller.state.records import StoreError
@@ -89,7 +90,7 @@ dd{margin:0;overflow-wrap:anywhere}
 .login input{font:inherit;width:100%;box-sizing:border-box;padding:.4rem;margin:.4rem 0 .8rem}
 .error{color:#b3261e}
 #result{min-height:1.2em}
-""".strip() + "\n" + console_history.STYLE
+""".strip() + "\n" + console_history.STYLE + "\n" + console_batches.STYLE
 
 _STYLE_HASH = base64.b64encode(hashlib.sha256(_STYLE.encode()).digest()).decode()
 _CSP = (
@@ -259,6 +260,7 @@ _SCRIPT = r"""
   });
 })();
 """.replace("__RECENT__", str(RECENT_SHOWN)).replace("__CSRF_HEADER__", CSRF_HEADER).lstrip() + console_history.SCRIPT
+_SCRIPT += console_batches.SCRIPT  # the Batches view (#16), last
 
 
 def _e(value: object) -> str:
@@ -532,6 +534,7 @@ def routes(
             f'{_table("recent-calls", ended, selected, "None yet.")}</section></div>'
             f"{detail}</main>"
             f"{console_history.pane(rt.settings.profiles)}"
+            f"{console_batches.pane()}"
             '<script src="/console.js"></script>'
         )
         return _page("sip-controller · live calls", body)

@@ -33,12 +33,14 @@ def _e(value: str) -> str:
 
 
 def nav(live_count: int) -> str:
-    """The header's links between the three views (the script marks the current one)."""
+    """The header's links between the views (the script marks the current one; Batches is drawn by
+    ``console_batches``)."""
     return (
         '<nav aria-label="views">'
         f'<a href="#/live" data-view="live" id="nav-live">Live (<span id="live-count">{live_count}</span>)</a>'
         '<a href="#/calls" data-view="calls" id="nav-calls">Calls</a>'
-        '<a href="#/overview" data-view="overview" id="nav-overview">Overview</a></nav>'
+        '<a href="#/overview" data-view="overview" id="nav-overview">Overview</a>'
+        '<a href="#/batches" data-view="batches" id="nav-batches">Batches</a></nav>'  # console_batches.py (#16)
     )
 
 

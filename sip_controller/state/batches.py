@@ -302,6 +302,23 @@ class SQLiteBatches:
     async def get_batch(self, batch_id: str) -> BatchRecord | None:
         return await self._run(lambda conn: self._batch(conn, batch_id))
 
+    async def list_batches(self, *, limit: int = 50) -> list[BatchRecord]:
+        def op(conn: Any) -> list[BatchRecord]:
+            rows = conn.execute(
+                f"SELECT {BATCH_COLUMNS} FROM outbound_batches ORDER BY created_at DESC, id DESC LIMIT ?", (limit,)
+            ).fetchall()
+            if not rows:
+                return []
+            ids = [r["id"] for r in rows]
+            counts = conn.execute(
+                "SELECT batch_id, state, outcome, count(*) AS n FROM outbound_batch_rows WHERE batch_id IN "
+                f"({', '.join('?' * len(ids))}) GROUP BY batch_id, state, outcome",
+                ids,
+            ).fetchall()
+            return [batch_record(r, json.loads, [c for c in counts if c["batch_id"] == r["id"]]) for r in rows]
+
+        return await self._run(op)
+
     async def list_batch_rows(self, batch_id: str, *, after_row: int = 0, limit: int = 1000) -> list[BatchCallRow]:
         sql = f"SELECT {ROW_COLUMNS} FROM outbound_batch_rows WHERE batch_id = ? AND row_no > ? ORDER BY row_no LIMIT ?"
 
@@ -527,6 +544,20 @@ class PostgresBatches:
     async def get_batch(self, batch_id: str) -> BatchRecord | None:
         async with self._conn() as conn:
             return await self._batch(conn, batch_id)
+
+    async def list_batches(self, *, limit: int = 50) -> list[BatchRecord]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                f"SELECT {BATCH_COLUMNS} FROM outbound_batches ORDER BY created_at DESC, id DESC LIMIT $1", limit
+            )
+            if not rows:
+                return []
+            counts = await conn.fetch(
+                "SELECT batch_id, state, outcome, count(*) AS n FROM outbound_batch_rows "
+                "WHERE batch_id = ANY($1::text[]) GROUP BY batch_id, state, outcome",
+                [r["id"] for r in rows],
+            )
+        return [batch_record(r, _as_is, [c for c in counts if c["batch_id"] == r["id"]]) for r in rows]
 
     async def list_batch_rows(self, batch_id: str, *, after_row: int = 0, limit: int = 1000) -> list[BatchCallRow]:
         async with self._conn() as conn:

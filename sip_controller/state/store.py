@@ -503,6 +503,11 @@ class Store(StateStore, Protocol):
         """The batch's rows numbered after ``after_row``, in order."""
         ...
 
+    async def list_batches(self, *, limit: int = 50) -> list[BatchRecord]:
+        """The newest ``limit`` batches (by when they were made), each with its rows counted by state and outcome:
+        the console's batch panel."""
+        ...
+
     async def set_batch_status(self, batch_id: str, action: BatchAction) -> tuple[BatchRecord | None, bool]:
         """Pause, resume or cancel (its queued rows then ``canceled``); the batch after and whether it changed.
         A finished batch (canceled or done) does not change; None for an unknown id."""

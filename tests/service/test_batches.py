@@ -356,3 +356,25 @@ async def test_a_restart_resumes_the_batch_without_placing_any_row_twice(store_p
                 await asyncio.sleep(0.05)
         assert dialler.placed == 20 - stopped_at
     assert sorted(twilio.numbers()) == sorted(r["to"] for r in rows(20))  # every row once, none twice
+
+
+async def test_the_newest_batches_are_listed_with_their_progress(batches: Batches) -> None:
+    """The console's batch panel (#16): GET /v1/outbound/batches, newest first, as GET .../{id} shows each."""
+    first = await batches.create({"profile": "reminders", "rows": rows(2), "pacing": {"calls_per_second": 0.01}})
+    second = await batches.create({"profile": "reminders", "rows": rows(3, 10), "pacing": {"calls_per_second": 0.01}})
+    made = [first.json()["id"], second.json()["id"]]
+    await batches.service.client.post(f"/v1/outbound/batches/{made[0]}/pause", headers=bearer())
+    answer = await batches.service.client.get("/v1/outbound/batches", headers=bearer())
+    assert answer.status_code == 200, answer.text
+    listed = answer.json()["batches"]
+    assert {b["id"] for b in listed} == set(made)
+    assert listed == sorted(listed, key=lambda b: (b["created_at"], b["id"]), reverse=True)  # newest first
+    by_id = {b["id"]: b for b in listed}
+    assert by_id[made[0]] == await batches.show(made[0])
+    assert (by_id[made[0]]["status"], by_id[made[1]]["rows"]) == ("paused", 3)
+    one = await batches.service.client.get("/v1/outbound/batches?limit=1", headers=bearer())
+    assert len(one.json()["batches"]) == 1
+    for bad in ("0", "201", "x", "-1"):
+        refused = await batches.service.client.get(f"/v1/outbound/batches?limit={bad}", headers=bearer())
+        assert refused.status_code == 422, bad
+    assert (await batches.service.client.get("/v1/outbound/batches")).status_code == 401

@@ -13,7 +13,7 @@ import re
 import pytest
 
 from sip_controller.config import Limits, Settings
-from sip_controller.service import console_history
+from sip_controller.service import console_batches, console_history
 from sip_controller.service.history import ENDED_REASONS
 from tests.servicekit import PROFILE, running_service
 
@@ -38,9 +38,9 @@ async def test_the_page_links_the_views_and_carries_the_filters_choices_escaped(
     assert pane is not None
     assert json.loads(html.unescape(pane.group(1))) == sorted(["default", HOSTILE])
     assert json.loads(html.unescape(pane.group(2))) == list(ENDED_REASONS)
-    # one script, ours: the live view's then the history's
+    # one script, ours: the live view's, then the history's, then the batches' (#16)
     assert re.findall(r"<script[^>]*>", page.text) == ['<script src="/console.js">']
-    assert script.text.endswith(console_history.SCRIPT)
+    assert script.text.endswith(console_history.SCRIPT + console_batches.SCRIPT)
     assert "innerHTML" not in script.text
     assert "http://" not in script.text.replace("http://www.w3.org/2000/svg", "")  # no external asset
     # the history's style is inside the page's one style element, which the CSP allows by its hash

@@ -264,3 +264,17 @@ async def test_the_sweep_deletes_old_finished_batches_and_their_rows_in_bounded_
         "paused_old",
         "done_young",
     }
+
+
+async def test_the_newest_batches_are_listed_with_their_counts(cluster: Cluster, store: Store) -> None:
+    """The console's batch panel (#16): newest first, each with its rows by state and finished ones by outcome."""
+    assert await store.list_batches() == []
+    await store.create_batch(batch("older", rows=3))
+    cluster.clock.advance(1)
+    await store.create_batch(batch("newer", rows=2))
+    await store.set_batch_status("older", "cancel")
+    listed = await store.list_batches()
+    assert [b.id for b in listed] == ["newer", "older"]
+    assert listed[0].states == {"queued": 2, "placing": 0, "in_flight": 0, "done": 0, "canceled": 0}
+    assert (listed[1].status, listed[1].outcomes, listed[1].total) == ("canceled", {"canceled": 3}, 3)
+    assert [b.id for b in await store.list_batches(limit=1)] == ["newer"]

@@ -143,15 +143,16 @@
     var params = parseQuery(qi < 0 ? "" : hash.slice(qi + 1));
     var parts = path.split("/").filter(function (p) { return p; });
     var view = parts[0] === "calls" ? (parts.length > 1 ? "call" : "calls") : parts[0] === "overview" ? "overview" : "live";
+    if (parts[0] === "batches") { view = "batches"; }  // drawn by console_batches.js (#16)
     navLinks.forEach(function (a) {
       var current = a.getAttribute("data-view") === (view === "call" ? "calls" : view);
       a.className = current ? "current" : "";
       if (current) { a.setAttribute("aria-current", "page"); } else { a.removeAttribute("aria-current"); }
     });
     live.hidden = view !== "live";
-    pane.hidden = view === "live";
+    pane.hidden = view === "live" || view === "batches";
     generation += 1;
-    if (view === "live") { clear(pane); return; }
+    if (view === "live" || view === "batches") { clear(pane); return; }
     clear(pane);
     pane.setAttribute("data-view", view);
     if (view === "calls") { callsView(params, generation); }
