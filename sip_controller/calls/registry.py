@@ -687,13 +687,17 @@ class CallRegistry:
 
     async def late_recording(self, call_id: str, recording: Mapping[str, Any]) -> bool:
         """Twilio's recording of a call whose report is already stored without it (#16): a ``call.recording``
-        event through the outbox (once per destination). False when the report is not stored yet (the recording
-        goes into it) or already has this recording. Raises :class:`StoreError` when the store fails."""
+        event through the outbox (once per destination), and the stored report gets it. False when the report is
+        not stored yet (the recording goes into it) or already has this recording. Raises :class:`StoreError` when
+        the store fails."""
         report = await self._store.get_report(call_id)
         if report is None or report.get("recording") == dict(recording):
             return False
         document = recording_document(report, recording)
         added = await self._store.enqueue(recording_items(document, self._settings.reports, at=self._wall_clock()))
+        # and the stored report gets it too (the call history's page links it); after the enqueue: a retried
+        # callback finds the report without it and enqueues again, which the outbox keys make nothing
+        await self._store.merge_report(call_id, {"recording": dict(recording)})
         log.info("twilio.recording_late", call_id=call_id, enqueued=added)
         return True
 

@@ -614,6 +614,15 @@ class PostgresStore(PostgresHistory, PostgresAnalyses, PostgresBatches, Postgres
             )
         return report if isinstance(report, dict) else None
 
+    async def merge_report(self, call_id: str, fields: Mapping[str, Any]) -> bool:
+        async with self._conn() as conn:
+            status = await conn.execute(
+                "UPDATE calls SET report = report || $2::jsonb WHERE call_id = $1 AND ended_at IS NOT NULL "
+                "AND report IS NOT NULL",
+                call_id, dict(fields),
+            )  # fmt: skip
+        return _count(status) > 0
+
     async def list_live(self, *, owner: str | None = None, limit: int = 10_000) -> list[CallRow]:
         where, args = ("AND owner = $2", (owner,)) if owner is not None else ("", ())
         async with self._conn() as conn:

@@ -764,6 +764,19 @@ class SQLiteStore(SQLiteHistory, SQLiteAnalyses, SQLiteBatches, SQLiteConsoleSes
 
         return await self._run(op)
 
+    async def merge_report(self, call_id: str, fields: Mapping[str, Any]) -> bool:
+        def op(conn: Conn) -> bool:
+            row = conn.execute(
+                "SELECT report FROM calls WHERE call_id = ? AND ended_at IS NOT NULL", (call_id,)
+            ).fetchone()
+            if row is None or row["report"] is None:
+                return False
+            report = {**json.loads(row["report"]), **fields}
+            conn.execute("UPDATE calls SET report = ? WHERE call_id = ?", (dumps(report), call_id))
+            return True
+
+        return await self._write(op)
+
     async def list_live(self, *, owner: str | None = None, limit: int = 10_000) -> list[CallRow]:
         where, args = ("AND owner = ?", (owner,)) if owner is not None else ("", ())
         sql = f"SELECT {CALL_COLUMNS} FROM calls WHERE ended_at IS NULL {where} ORDER BY received_at, call_id LIMIT ?"

@@ -299,6 +299,12 @@ class Store(StateStore, Protocol):
         """The finished call's report document, or None (unknown or still live)."""
         ...
 
+    async def merge_report(self, call_id: str, fields: Mapping[str, Any]) -> bool:
+        """Set top-level ``fields`` of a finished call's stored report (what arrived after it was written, e.g.
+        Twilio's recording); False when the call is unknown or still live. Deliveries already sent are not
+        touched: the caller enqueues what tells the endpoints."""
+        ...
+
     async def list_live(self, *, owner: str | None = None, limit: int = 10_000) -> list[CallRow]:
         """Live calls across the cluster (or of one ``owner``), oldest first."""
         ...

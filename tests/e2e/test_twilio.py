@@ -400,6 +400,9 @@ async def test_a_recording_after_the_report_went_out_is_a_late_call_recording_ev
     assert (ended["ended_reason"], ended["recording"]) == ("agent_end_call", None)
     assert late == {"event": "call.recording", "call_id": record.call_id, "profile": "recorded",
                     "twilio_call_sid": rec.sid, "ended_reason": "agent_end_call", "recording": wanted}  # fmt: skip
+    stored = await stack.runtime.store.get_report(record.call_id)  # the call history's page links it too
+    assert stored is not None
+    assert stored["recording"] == wanted
 
 
 async def test_a_transfer_on_a_twilio_call_redirects_it_to_the_target(stack: Stack, tmp_path: Path) -> None:

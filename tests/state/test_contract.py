@@ -288,6 +288,19 @@ async def test_finish_writes_report_and_outbox_in_one_go_and_only_once(cluster: 
     assert (await store.outbox_stats()).pending == 2  # the refused finish enqueued nothing
 
 
+async def test_a_finished_report_takes_fields_that_came_after_it(store: Store) -> None:
+    fence = await live_call(store, "rtc_1")
+    assert not await store.merge_report("rtc_1", {"recording": {"sid": "RE1"}})  # live: no report to change
+    assert not await store.merge_report("rtc_nope", {"recording": {"sid": "RE1"}})
+    report: dict[str, object] = {"call_id": "rtc_1", "ended_reason": "agent_end_call", "recording": None}
+    await store.finish_call(fence, state="ended", ended_reason="agent_end_call", report=report, outbox=[])
+    recording = {"sid": "RE1", "url": "https://api.twilio.com/x/RE1", "duration_s": 42.0, "channels": 2}
+    assert await store.merge_report("rtc_1", {"recording": recording})
+    assert await store.get_report("rtc_1") == {**report, "recording": recording}
+    assert await store.merge_report("rtc_1", {"recording": recording})  # again: the same document
+    assert await store.get_report("rtc_1") == {**report, "recording": recording}
+
+
 async def test_finish_at_a_given_time(store: Store) -> None:
     fence = await live_call(store, "rtc_1")
     await store.finish_call(fence, state="rejected", ended_reason="rejected", report={"r": 1}, ended_at=T0 + 0.002)
