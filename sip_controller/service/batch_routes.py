@@ -141,6 +141,9 @@ def routes(
             return denied
         if twilio is None:
             return _error(404, "Twilio is not configured")
+        unknown = sorted(set(request.query_params) - {"limit"})
+        if unknown:
+            return _error(422, f"unknown query parameter(s) {', '.join(u[:40] for u in unknown[:5])}; use limit")
         raw = request.query_params.get("limit", "50")
         if not raw.isdigit() or not 1 <= int(raw) <= MAX_LISTED:
             return _error(422, f"limit: a whole number from 1 to {MAX_LISTED}")

@@ -377,4 +377,6 @@ async def test_the_newest_batches_are_listed_with_their_progress(batches: Batche
     for bad in ("0", "201", "x", "-1"):
         refused = await batches.service.client.get(f"/v1/outbound/batches?limit={bad}", headers=bearer())
         assert refused.status_code == 422, bad
+    refused = await batches.service.client.get("/v1/outbound/batches?status=done", headers=bearer())
+    assert (refused.status_code, refused.json()["error"]) == (422, "unknown query parameter(s) status; use limit")
     assert (await batches.service.client.get("/v1/outbound/batches")).status_code == 401
