@@ -337,9 +337,26 @@ class CallRegistry:
         self._track(_Live(supervisor, task, record, journal=journal))
         # Twilio's answering-machine verdict may have come before this call's webhook (#16)
         verdict = self._verdicts.pop(incoming.call_id, None) or (twilio.answered_by if outbound and twilio else None)
+        if verdict is None and outbound and twilio is not None and self._detects_machines(name):
+            # or between the match above and the call going live: the replica that got it then found the call live
+            # nowhere, so only the Twilio call's row holds it (read once more, after the accept has started)
+            verdict = await self._verdict_since(twilio.id)
         if verdict is not None:
             supervisor.post(MachineDetection(verdict))
         return None
+
+    def _detects_machines(self, profile_name: str) -> bool:
+        profile = self._settings.profiles.get(profile_name)
+        return profile is not None and profile.outbound.machine_detection != "off"
+
+    async def _verdict_since(self, twilio_id: str) -> str | None:
+        """The answering-machine verdict on the Twilio call's row now; None without one, or the store away."""
+        try:
+            row = await self._store.get_twilio_call(id=twilio_id)
+        except StoreError as exc:
+            log.warning("twilio.verdict_read_failed", twilio_id=twilio_id, error=str(exc)[:200])
+            return None
+        return row.answered_by if row is not None else None
 
     async def _correlate(self, incoming: IncomingCall) -> TwilioCallRow | None:
         """The Twilio call whose correlation id this call carries in its SIP headers (#16), tied to this call once

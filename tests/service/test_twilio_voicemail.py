@@ -154,3 +154,33 @@ async def test_a_verdict_before_the_openai_call_is_acted_on_when_it_starts(servi
     assert record is not None
     assert record.twilio is not None
     assert record.twilio["answered_by"] == "machine_start"
+
+
+async def test_a_verdict_that_lands_while_the_call_goes_live_is_read_from_the_row(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """#16: the verdict reached another replica after this one matched the Twilio call (no verdict on its row yet)
+    and before the call was live in the store (the command could go nowhere): the row, read once more when the call
+    starts, holds it."""
+    answer = await service.client.post("/v1/outbound", json={"to": "+14155550123", "profile": "hangs_up"},
+                                       headers=bearer())  # fmt: skip
+    placed = answer.json()
+    form = dict(parse_qsl(service.router.routes["twilio_create"].calls.last.request.content.decode()))
+    store = service.store
+    admit = store.admit
+
+    async def verdict_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        # what the other replica's /twilio/status wrote (its command found no live call: nothing else)
+        await store.update_twilio_call(placed["id"], answered_by="machine_start")
+        return await admit(*args, **kwargs)
+
+    monkeypatch.setattr(store, "admit", verdict_meanwhile)
+    await openai_webhook(service, "rtc_vm4", [{"name": "X-Sipctl-Correlation",
+                                              "value": correlation(sip_uri(form["Twiml"]))}])  # fmt: skip
+    async with asyncio.timeout(5):
+        while service.router.routes["twilio_update"].call_count == 0:  # hung up on through Twilio
+            await asyncio.sleep(0.01)
+    record = service.runtime.registry.get("rtc_vm4")
+    assert record is not None
+    assert record.twilio is not None
+    assert record.twilio["answered_by"] == "machine_start"
