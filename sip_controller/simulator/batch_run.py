@@ -294,7 +294,8 @@ def print_batch_report(outcome: BatchOutcome, out: TextIO) -> None:
         zone = spec.start.tzinfo
         first, last = min(outcome.placed_at.values()), max(outcome.placed_at.values())
         print(f"  calls placed from {datetime.fromtimestamp(first, zone):%Y-%m-%d %H:%M:%S} to "
-              f"{datetime.fromtimestamp(last, zone):%H:%M:%S} (simulated, UTC{spec.start:%z})", file=out)  # fmt: skip
+              f"{datetime.fromtimestamp(last, zone):%Y-%m-%d %H:%M:%S} (simulated, UTC{spec.start:%z})",
+              file=out)  # fmt: skip
     if record is not None:
         print(f"  status: {record.status}, outcomes: {record.outcomes}", file=out)
     for problem in outcome.problems:
