@@ -184,3 +184,22 @@ def test_each_broken_rule_is_reported() -> None:
 
     wrong = good_run(batch(expect={"outcomes": {"completed": 2}, "calls": 2, "rejected": 1, "status": "running"}))
     assert len(check_batch(wrong, Settings())) == 4
+
+
+def test_a_config_that_cannot_make_the_batch_is_named_before_any_call() -> None:
+    from sip_controller.agent.profile import AgentProfile
+    from sip_controller.simulator import harness
+
+    settings = Settings(profiles={"default": AgentProfile(), "reminders": AgentProfile(variables=("first_name",))})
+    scenario = parse_scenario({"name": "s", "twilio": {"batch": batch(profile="nope").model_dump(by_alias=True,
+                                                                                                mode="json")}})
+    assert scenario.twilio is not None
+    [problem] = harness.twilio_serving_problems(scenario.twilio, settings)
+    assert problem == "twilio.batch (b): profile nope is not defined by this config (default, reminders)"
+    scenario = parse_scenario({"name": "s", "twilio": {"batch": batch(profile="reminders").model_dump(
+        by_alias=True, mode="json")}})  # fmt: skip
+    assert scenario.twilio is not None
+    assert harness.twilio_serving_problems(scenario.twilio, settings) == [
+        "twilio.batch (b): the row for +14155550101 gives variables none, but profile reminders declares first_name",
+        "twilio.batch (b): no caller ID: give from, or set the profile's outbound.from_number or twilio.from_number",
+    ]
