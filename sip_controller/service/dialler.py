@@ -122,8 +122,6 @@ class Dialler:
         #: what this process did (tests and logs)
         self.placed = 0
         self.settled = 0
-        #: passes finished (the simulator waits for one after moving its clock)
-        self.passes = 0
 
     def start(self) -> None:
         if self._task is None:
@@ -175,13 +173,8 @@ class Dialler:
             await asyncio.gather(*waits, return_exceptions=True)
 
     async def run_once(self) -> bool:
-        """One pass: settle what ended, place what is due. True when it did something."""
-        try:
-            return await self._pass()
-        finally:
-            self.passes += 1
-
-    async def _pass(self) -> bool:
+        """One pass: settle what ended, place what is due. True when it did something. (The simulator stops the
+        loop and calls this itself, in lockstep with its clock: ``simulator/batch_run.py``.)"""
         settled = await self._settle()
         if self._registry.draining:
             return settled > 0
