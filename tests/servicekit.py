@@ -9,7 +9,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -109,6 +109,20 @@ class Service:
                 await asyncio.sleep(0.01)
 
 
+def _hangup_closes_the_sideband(connector: FakeConnector) -> Callable[[httpx.Request], httpx.Response]:
+    """As OpenAI does: a call hung up through REST has its sideband closed (so a test's service does not wait out
+    ``hangup_close_wait_s`` for each call left live when it stops)."""
+
+    def hangup(request: httpx.Request) -> httpx.Response:
+        call_id = request.url.path.rstrip("/").split("/")[-2]
+        sideband = connector.attached.get(call_id)
+        if sideband is not None and sideband.close_code is None:
+            sideband.close_from_server(1000)
+        return httpx.Response(200)
+
+    return hangup
+
+
 @contextlib.asynccontextmanager
 async def running_service(
     admin_token: str | None = None,
@@ -122,8 +136,10 @@ async def running_service(
     """``older_secrets`` are accepted before ``SECRET`` (webhook secret rotation). Every service gets its own
     SQLite store in a temporary folder (``Service.store``), closed and deleted afterwards; or the file ``store_path``
 (kept: a second service on it is the same host after a restart)."""
-    router = router or openai_router()
     connector = FakeConnector()
+    if router is None:
+        router = openai_router()
+        router.routes["hangup"].side_effect = _hangup_closes_the_sideband(connector)
     secrets = Secrets(
         openai_api_key=SecretStr("sk-test"),
         webhook_secrets=tuple(SecretStr(s) for s in (*older_secrets, SECRET)),

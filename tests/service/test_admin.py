@@ -244,6 +244,7 @@ _CONFIG = SchemathesisConfig.from_dict({"operations": [{
 schema = schemathesis.openapi.from_dict(OPENAPI, config=_CONFIG)
 
 
+@pytest.mark.serial
 @schema.parametrize()
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 def test_the_admin_api_keeps_its_openapi_contract(case: Any, live_server: _ServerThread) -> None:

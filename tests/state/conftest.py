@@ -48,7 +48,8 @@ async def _probe(url: str) -> str | None:
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         return f"PostgreSQL not reachable at SIPCTL_TEST_DATABASE_URL ({type(exc).__name__}: {exc})"
     try:
-        await conn.execute("CREATE SCHEMA IF NOT EXISTS sipctl_probe; DROP SCHEMA sipctl_probe")
+        probe = f"sipctl_probe_{secrets.token_hex(4)}"  # its own: test processes may probe at once
+        await conn.execute(f"CREATE SCHEMA {probe}; DROP SCHEMA {probe}")
     except asyncpg.PostgresError as exc:
         return f"PostgreSQL at SIPCTL_TEST_DATABASE_URL cannot create schemas ({exc})"
     finally:
