@@ -115,6 +115,17 @@ def outbound_request(settings: Settings, body: object) -> tuple[str, str, str, d
     return to, caller_id, profile_name, {str(k): v for k, v in variables.items()}
 
 
+async def _callback_row(store: Store, call_sid: str, leg: str | None, *, strict: bool) -> TwilioCallRow | None:
+    """The Twilio call a callback is about: by its CallSid, else by the ``leg`` our callback URL carries (a callback
+    that came before Twilio's answer to our request was stored); ``strict``: not a leg whose row has another CallSid."""
+    row = await store.get_twilio_call(call_sid=call_sid)
+    if row is None and leg:
+        row = await store.get_twilio_call(id=leg)
+        if strict and row is not None and row.call_sid not in (None, call_sid):
+            return None
+    return row
+
+
 def outbound_view(row: TwilioCallRow, *, mask: bool) -> dict[str, Any]:
     """``POST``/``GET /v1/outbound`` answers: the request, Twilio's side and the call it became."""
     return {
@@ -279,10 +290,7 @@ def routes(
         rt = runtime(request)
         store: Store = rt.store
         try:
-            row = await store.get_twilio_call(call_sid=callback.call_sid)
-            leg = request.query_params.get("leg")
-            if row is None and leg:  # a callback that came before Twilio's answer to our request was stored
-                row = await store.get_twilio_call(id=leg)
+            row = await _callback_row(store, callback.call_sid, request.query_params.get("leg"), strict=False)
             if row is None:
                 log.warning("twilio.status_unknown_call", call_sid=callback.call_sid, status=callback.status)
                 return _error(404, "no Twilio call of ours has this CallSid")
@@ -321,11 +329,7 @@ def routes(
         rt = runtime(request)
         store: Store = rt.store
         try:
-            row = await store.get_twilio_call(call_sid=callback.call_sid)
-            leg = request.query_params.get("leg")
-            if row is None and leg:
-                row = await store.get_twilio_call(id=leg)
-                row = row if row is not None and row.call_sid in (None, callback.call_sid) else None
+            row = await _callback_row(store, callback.call_sid, request.query_params.get("leg"), strict=True)
             if row is None:
                 log.warning("twilio.recording_unknown_call", call_sid=callback.call_sid,
                             recording_sid=callback.recording_sid)  # fmt: skip

@@ -20,6 +20,7 @@ from sip_controller.agent.profile import AgentProfile
 from sip_controller.config import Settings, TwilioSettings
 from sip_controller.simulator import Callee, TwilioAccount, harness, screenshots
 from sip_controller.simulator.screenshots import Console
+from tests.e2e.browserkit import require_browser
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -28,16 +29,6 @@ ROWS = 6
 NUMBERS = [f"+1415555{n:04d}" for n in range(100, 100 + ROWS)]
 #: one call every two seconds: the batch is still dialling while the browser looks at it
 PACING = {"calls_per_second": 0.5, "max_in_flight": 2}
-
-
-def require_browser() -> None:
-    missing = screenshots.browser_missing()
-    if not missing:
-        return
-    reason = f"headless Chromium not installed ({', '.join(missing)} missing): apt-get install chromium chromium-driver"
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 def _progress(page: Console, row: str) -> tuple[int, int]:

@@ -370,7 +370,13 @@ async def test_the_newest_batches_are_listed_with_their_progress(batches: Batche
     assert {b["id"] for b in listed} == set(made)
     assert listed == sorted(listed, key=lambda b: (b["created_at"], b["id"]), reverse=True)  # newest first
     by_id = {b["id"]: b for b in listed}
-    assert by_id[made[0]] == await batches.show(made[0])
+    # as GET .../{id} shows it, but for what the dialler may move in between (a row from placing to in flight)
+    moving = ("states", "updated_at")
+    shown = await batches.show(made[0])
+    assert {k: v for k, v in by_id[made[0]].items() if k not in moving} == {
+        k: v for k, v in shown.items() if k not in moving
+    }
+    assert sum(by_id[made[0]]["states"].values()) == sum(shown["states"].values()) == 2
     assert (by_id[made[0]]["status"], by_id[made[1]]["rows"]) == ("paused", 3)
     one = await batches.service.client.get("/v1/outbound/batches?limit=1", headers=bearer())
     assert len(one.json()["batches"]) == 1
