@@ -396,9 +396,11 @@ async def test_a_lapsed_lease_passes_the_analysis_to_another_replica_and_the_lat
     late answer finds its lease gone and writes nothing: one ``call.analyzed``."""
     op, server = operator
     state = tmp_path / "state.db"
-    delay = 5.0
+    # A's model answers late enough for B to start and claim the lapsed lease even on a loaded machine (with 5 s,
+    # B's start-up under make test's four processes once took longer, and A's answer, unclaimed, rightly won)
+    delay = 8.0
     settings = settings_for(
-        server, tmp_path / "calls.jsonl", analysis=QUICK.model_copy(update={"lease_s": 1.0, "timeout_s": 10.0})
+        server, tmp_path / "calls.jsonl", analysis=QUICK.model_copy(update={"lease_s": 1.0, "timeout_s": 12.0})
     )
     async with harness.running_stack(settings, time_scale=SCALE, store_path=state) as a:
         a.sim.faults = Faults(responses=ResponsesFaults(delay_s=delay))
