@@ -1,16 +1,20 @@
-"""The heap freezer (#18), and what it relies on: a call's objects are freed by reference counting alone."""
+"""The heap freezer (#18), and what it relies on: a call's objects are freed by reference counting alone; its forced
+full pass tied to the container's memory limit (#16), with fake cgroup files and a fake resident-memory reader."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+import structlog
 
 from sip_controller.config import Settings
-from sip_controller.service.heap import HeapFreezer
+from sip_controller.service.heap import HeapFreezer, memory_limit, resident_bytes
 from sip_controller.simulator import CallSpec, harness
 
 pytestmark = pytest.mark.anyio
@@ -29,8 +33,23 @@ class _Cycle:
         self.me = self
 
 
+def counting(
+    live_calls: Callable[[], int],
+    *,
+    every_s: float = 1.0,
+    check_every_s: float = 10**6,
+    idle_pass_after: int,
+    forced_pass_after: int,
+) -> HeapFreezer:
+    """A freezer that knows no memory limit and no resident memory (not the host's): only counts force a pass."""
+    return HeapFreezer(
+        live_calls, every_s=every_s, check_every_s=check_every_s, idle_pass_after=idle_pass_after,
+        forced_pass_after=forced_pass_after, memory_limits=(), rss=lambda: None,
+    )  # fmt: skip
+
+
 async def test_a_tick_freezes_what_survived(thawed: None) -> None:
-    freezer = HeapFreezer(lambda: 5, every_s=1, check_every_s=10**6, idle_pass_after=1, forced_pass_after=1)
+    freezer = counting(lambda: 5, every_s=1, check_every_s=10**6, idle_pass_after=1, forced_pass_after=1)
     freezer.start()
     try:
         survivors = [[i] for i in range(1000)]
@@ -44,7 +63,7 @@ async def test_a_tick_freezes_what_survived(thawed: None) -> None:
 
 
 async def test_every_check_every_s_a_tick_checks(thawed: None) -> None:
-    freezer = HeapFreezer(lambda: 0, every_s=1.0, check_every_s=3.0, idle_pass_after=1, forced_pass_after=10**9)
+    freezer = counting(lambda: 0, every_s=1.0, check_every_s=3.0, idle_pass_after=1, forced_pass_after=10**9)
     freezer.start()
     try:
         passes = []
@@ -59,7 +78,7 @@ async def test_every_check_every_s_a_tick_checks(thawed: None) -> None:
 
 async def test_no_call_live_and_enough_frozen_is_a_full_pass_that_frees_frozen_cycles(thawed: None) -> None:
     live = [3]
-    freezer = HeapFreezer(lambda: live[0], every_s=1, check_every_s=10**6, idle_pass_after=100, forced_pass_after=10**9)
+    freezer = counting(lambda: live[0], every_s=1, check_every_s=10**6, idle_pass_after=100, forced_pass_after=10**9)
     freezer.start()
     try:
         cycles = [_Cycle() for _ in range(200)]
@@ -79,7 +98,7 @@ async def test_no_call_live_and_enough_frozen_is_a_full_pass_that_frees_frozen_c
 
 
 async def test_a_full_pass_is_forced_under_load_only_once_that_much_is_still_frozen(thawed: None) -> None:
-    freezer = HeapFreezer(lambda: 1000, every_s=1, check_every_s=10**6, idle_pass_after=10, forced_pass_after=5000)
+    freezer = counting(lambda: 1000, every_s=1, check_every_s=10**6, idle_pass_after=10, forced_pass_after=5000)
     freezer.start()
     try:
         for _ in range(3):
@@ -97,7 +116,7 @@ async def test_a_full_pass_is_forced_under_load_only_once_that_much_is_still_fro
 
 
 async def test_the_timer_ticks_on_the_loop_until_stopped(thawed: None) -> None:
-    freezer = HeapFreezer(lambda: 0, every_s=0.01, check_every_s=0.01, idle_pass_after=1, forced_pass_after=10**9)
+    freezer = counting(lambda: 0, every_s=0.01, check_every_s=0.01, idle_pass_after=1, forced_pass_after=10**9)
     freezer.start()
     try:
         for _ in range(200):  # bounded: 2 s at most
@@ -111,6 +130,152 @@ async def test_the_timer_ticks_on_the_loop_until_stopped(thawed: None) -> None:
     passes = freezer.full_passes
     await asyncio.sleep(0.05)
     assert freezer.full_passes == passes
+
+
+# ---- the forced pass tied to memory (#16) ------------------------------------------------------------------------
+
+MiB = 2**20
+#: cgroup v1's "no limit": 2**63 - 1 rounded down to a 4 KiB page
+V1_UNLIMITED = "9223372036854771712"
+
+
+def cgroup(tmp_path: Path, v2: str | None = None, v1: str | None = None) -> tuple[Path, Path]:
+    """Fake ``memory.max`` (v2) and ``memory.limit_in_bytes`` (v1) files; None: not there."""
+    paths = (tmp_path / "memory.max", tmp_path / "memory.limit_in_bytes")
+    for path, text in zip(paths, (v2, v1), strict=True):
+        if text is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_text(text + "\n")
+    return paths
+
+
+def test_the_memory_limit_is_cgroup_v2s_else_v1s_and_max_or_absurd_is_none(tmp_path: Path) -> None:
+    assert memory_limit(cgroup(tmp_path)) is None  # no cgroup files: no limit known
+    assert memory_limit(cgroup(tmp_path, v1=str(512 * MiB))) == 512 * MiB
+    assert memory_limit(cgroup(tmp_path, v1=V1_UNLIMITED)) is None
+    assert memory_limit(cgroup(tmp_path, v2=str(512 * MiB), v1=str(64 * MiB))) == 512 * MiB  # v2 decides
+    assert memory_limit(cgroup(tmp_path, v2="max", v1=str(64 * MiB))) is None
+    assert memory_limit(cgroup(tmp_path, v2="a lot")) is None
+    assert memory_limit(cgroup(tmp_path, v2="0")) is None
+    assert memory_limit(cgroup(tmp_path, v2=str(2**60))) is None  # absurdly large: no limit
+    unreadable = tmp_path / "a-directory"
+    unreadable.mkdir()
+    assert memory_limit((unreadable, tmp_path / "memory.limit_in_bytes")) is None  # v1 was removed just above
+    (tmp_path / "memory.limit_in_bytes").write_text(str(256 * MiB))
+    assert memory_limit((unreadable, tmp_path / "memory.limit_in_bytes")) == 256 * MiB
+
+
+def test_the_resident_memory_is_statms_second_field_in_pages(tmp_path: Path) -> None:
+    statm = tmp_path / "statm"
+    statm.write_text("732 442 413 6 0 89 0\n")
+    assert resident_bytes(statm) == 442 * os.sysconf("SC_PAGE_SIZE")
+    statm.write_text("garbage\n")
+    assert resident_bytes(statm) is None
+    assert resident_bytes(tmp_path / "missing") is None
+    if Path("/proc/self/statm").exists():  # Linux: the real one
+        real = resident_bytes()
+        assert real is not None
+        assert real > 0
+
+
+def memory_freezer(limits: tuple[Path, Path], rss: list[int | None], *, forced_pass_after: int = 10**9) -> HeapFreezer:
+    """Calls always live (no idle pass), the cgroup files ``limits`` and the resident memory ``rss[0]``."""
+    return HeapFreezer(
+        lambda: 1000, every_s=1, check_every_s=10**6, idle_pass_after=1, forced_pass_after=forced_pass_after,
+        memory_limits=limits, rss=lambda: rss[0],
+    )  # fmt: skip
+
+
+async def test_a_full_pass_is_forced_once_resident_memory_grew_by_an_eighth_of_the_limit(
+    tmp_path: Path, thawed: None
+) -> None:
+    rss: list[int | None] = [300 * MiB]
+    freezer = memory_freezer(cgroup(tmp_path, v2=str(512 * MiB)), rss)
+    freezer.start()
+    try:
+        assert (freezer.limit, freezer.rss_baseline) == (512 * MiB, 300 * MiB)
+        cycles = [_Cycle() for _ in range(200)]
+        probe = weakref.ref(cycles[0])
+        freezer.tick()  # frozen while alive
+        del cycles
+        rss[0] = 364 * MiB  # an eighth of the limit exactly: not more
+        assert not freezer.check()
+        rss[0] = 365 * MiB
+        with structlog.testing.capture_logs() as logs:
+            assert freezer.check()
+        assert probe() is None  # the frozen garbage is gone, with calls live
+        assert (freezer.full_passes, freezer.forced_passes) == (1, 1)
+        forced = [e for e in logs if e["event"] == "heap.forced_pass"]
+        assert len(forced) == 1
+        assert (forced[0]["reason"], forced[0]["log_level"]) == ("memory", "warning")
+        assert (forced[0]["rss_grown_mb"], forced[0]["limit_mb"]) == (65.0, 512.0)
+        (passed,) = [e for e in logs if e["event"] == "heap.full_pass"]
+        assert (passed["forced"], passed["reason"]) == (True, "memory")
+        # growth from the last full pass on: what the pass could not free moves the baseline, no pass a minute
+        assert freezer.rss_baseline == 365 * MiB
+        assert not freezer.check()
+        rss[0] = 420 * MiB
+        assert not freezer.check()
+        rss[0] = 430 * MiB
+        assert freezer.check()
+        assert freezer.forced_passes == 2
+        rss[0] = None  # the reader failed: the count alone decides
+        assert not freezer.check()
+    finally:
+        freezer.stop()
+
+
+@pytest.mark.parametrize(
+    ("v2", "v1"), [(None, None), ("max", None), (None, V1_UNLIMITED)], ids=["no cgroup", "v2 max", "v1 unlimited"]
+)
+async def test_with_no_limit_known_only_the_frozen_count_forces_a_pass(
+    tmp_path: Path, thawed: None, v2: str | None, v1: str | None
+) -> None:
+    rss: list[int | None] = [300 * MiB]
+    freezer = memory_freezer(cgroup(tmp_path, v2=v2, v1=v1), rss, forced_pass_after=5000)
+    freezer.start()
+    try:
+        assert freezer.limit is None
+        rss[0] = 30_000 * MiB
+        assert not freezer.check()
+        kept = [_Cycle() for _ in range(20_000)]
+        freezer.tick()
+        with structlog.testing.capture_logs() as logs:
+            assert freezer.check()
+        assert [e["reason"] for e in logs if e["event"] == "heap.forced_pass"] == ["frozen"]
+        assert kept
+    finally:
+        freezer.stop()
+
+
+async def test_the_limit_is_read_again_at_each_check(tmp_path: Path, thawed: None) -> None:
+    rss: list[int | None] = [300 * MiB]
+    limits = cgroup(tmp_path, v2="max")
+    freezer = memory_freezer(limits, rss)
+    freezer.start()
+    try:
+        rss[0] = 400 * MiB
+        assert not freezer.check()
+        cgroup(tmp_path, v2=str(512 * MiB))  # resized in place
+        assert freezer.check()
+        assert freezer.limit == 512 * MiB
+    finally:
+        freezer.stop()
+
+
+async def test_a_resident_memory_unknown_at_the_start_counts_from_the_first_check(tmp_path: Path, thawed: None) -> None:
+    rss: list[int | None] = [None]
+    freezer = memory_freezer(cgroup(tmp_path, v2=str(512 * MiB)), rss)
+    freezer.start()
+    try:
+        rss[0] = 300 * MiB
+        assert not freezer.check()
+        assert freezer.rss_baseline == 300 * MiB
+        rss[0] = 400 * MiB
+        assert freezer.check()
+    finally:
+        freezer.stop()
 
 
 async def test_a_finished_calls_objects_are_freed_by_reference_counting_alone(thawed: None) -> None:
