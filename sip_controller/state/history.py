@@ -9,6 +9,12 @@ index). The overview is aggregate SQL over an index of the finished calls: one g
 
 The SQL is in :class:`SQLiteHistory` and :class:`PostgresHistory`, mixed into the two backends; the rows they
 write on the finishing path are built by :func:`finish_columns` here, the same for both.
+
+A parked leg (#16: ``ended_reason`` ``parked``, an OpenAI leg that ended while its Twilio call waits on a hold) is
+not a call of its own: the list (its search and export) and the overview leave it out (:data:`LISTED`). When a
+person comes back, the next leg's row covers the whole call; when the call ends while parked, ``close_parked``
+gives the parked leg's row the call's reason and final report, and it is listed from then on. ``get_call`` and
+``get_report`` still return a parked leg, and the retention purge deletes it by age like any finished call.
 """
 
 from __future__ import annotations
@@ -37,8 +43,12 @@ from sip_controller.state.records import (
     search_terms,
     transcript_text,
 )
+from sip_controller.state.twilio_calls import PARKED
 
 T = TypeVar("T")
+
+#: the finished calls history shows: every one but a parked leg (``ended_reason`` may be NULL on old rows)
+LISTED = f"ended_at IS NOT NULL AND (ended_reason IS NULL OR ended_reason <> '{PARKED}')"
 
 #: every column of ``calls`` but the report, and the history summary ``list_finished`` shows
 HISTORY_COLUMNS = (
@@ -107,7 +117,7 @@ def _grouped_sql(mark: Callable[[int], str], *, by_reason: bool = True) -> str:
         "sum(model_usd), sum(transcription_usd), sum(analysis_usd), count(outcome), "
         "sum(CASE WHEN outcome = 'succeeded' THEN 1 ELSE 0 END), count(accepted_at), "
         "sum(CASE WHEN accepted_at IS NOT NULL THEN ended_at - accepted_at END) "
-        f"FROM calls WHERE ended_at IS NOT NULL AND ended_at >= {mark(2)} AND ended_at < {mark(3)} "
+        f"FROM calls WHERE {LISTED} AND ended_at >= {mark(2)} AND ended_at < {mark(3)} "
         f"GROUP BY {'b, r' if by_reason else 'b'}"
     )
 
@@ -115,7 +125,7 @@ def _grouped_sql(mark: Callable[[int], str], *, by_reason: bool = True) -> str:
 def _filters(query: HistoryQuery, mark: Callable[[int], str]) -> tuple[list[str], list[object]]:
     """The WHERE terms of ``query``'s column filters and outcome, and their arguments; ``mark(n)`` is the n-th
     argument's placeholder (``?`` or ``$n``). The text search and the cursor are each backend's own."""
-    where = ["ended_at IS NOT NULL"]
+    where = [LISTED]
     args: list[object] = []
     for column, op, value in (
         ("ended_at", ">=", query.since),
@@ -198,12 +208,12 @@ class SQLiteHistory:
         # 100,000 calls, cheaper than one pass grouped by both
         grouped_sql = _grouped_sql(lambda _: "?", by_reason=False).replace("floor(ended_at / ?)", "ended_at / ?")
         reasons_sql = (
-            "SELECT coalesce(ended_reason, 'unknown'), count(*) FROM calls WHERE ended_at IS NOT NULL "
+            f"SELECT coalesce(ended_reason, 'unknown'), count(*) FROM calls WHERE {LISTED} "
             "AND ended_at >= ? AND ended_at < ? GROUP BY ended_reason"
         )
         # nearest rank, each from the end it is nearer to: the sorter then keeps only the rows up to that rank
         ring_sql = (
-            "SELECT (accepted_at - received_at) * 1000.0 AS r FROM calls WHERE ended_at IS NOT NULL "
+            f"SELECT (accepted_at - received_at) * 1000.0 AS r FROM calls WHERE {LISTED} "
             "AND ended_at >= ? AND ended_at < ? AND accepted_at IS NOT NULL ORDER BY r {order} LIMIT 1 OFFSET ?"
         )
 
@@ -312,8 +322,8 @@ class PostgresHistory:
             if grouped.answered:
                 found = await conn.fetchrow(
                     "SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY r), percentile_disc(0.95) WITHIN GROUP "
-                    "(ORDER BY r) FROM (SELECT (accepted_at - received_at) * 1000.0 AS r FROM calls "
-                    "WHERE ended_at IS NOT NULL AND ended_at >= $1 AND ended_at < $2 AND accepted_at IS NOT NULL) x",
+                    f"(ORDER BY r) FROM (SELECT (accepted_at - received_at) * 1000.0 AS r FROM calls WHERE {LISTED} "
+                    "AND ended_at >= $1 AND ended_at < $2 AND accepted_at IS NOT NULL) x",
                     since, until,
                 )  # fmt: skip
                 ring = (found[0], found[1])

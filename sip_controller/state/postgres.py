@@ -75,7 +75,9 @@ from sip_controller.state.store import UNSET, Store, _Unset, call_changes
 from sip_controller.state.twilio_calls import FINAL_STATUSES as TWILIO_FINAL_STATUSES
 from sip_controller.state.twilio_calls import (
     KEEP_TWILIO_CALLS_S,
+    PARKED,
     TWILIO_CALL_COLUMNS,
+    CorrelationTaken,
     NewTwilioCall,
     TwilioCallRow,
     twilio_call_row,
@@ -623,6 +625,47 @@ class PostgresStore(PostgresHistory, PostgresAnalyses, PostgresBatches, Postgres
             )  # fmt: skip
         return _count(status) > 0
 
+    async def close_parked(
+        self,
+        call_id: str,
+        *,
+        ended_reason: str,
+        report: Mapping[str, Any],
+        outbox: Sequence[OutboxItem] = (),
+        cost_usd: float | None = None,
+    ) -> bool:
+        if ended_reason == PARKED:
+            raise ValueError("close a parked leg with the reason the call ended, not 'parked'")
+        now = self._clock()
+        summary, text = finish_columns(report, cost_usd or 0.0)
+        # the report is new, so retention keeps its transcript for the usual time again
+        changes: dict[str, Any] = {
+            "ended_reason": ended_reason, "report": dict(report), "transcript_stripped_at": None, "updated_at": now,
+            **summary,
+        }  # fmt: skip
+        if cost_usd is not None:
+            changes["cost_usd"] = cost_usd
+        sets = ", ".join(f"{column} = ${n}" for n, column in enumerate(changes, start=3))
+        async with self._tx() as conn:
+            closed = await conn.fetchval(
+                f"UPDATE calls SET {sets} WHERE call_id = $1 AND state = 'ended' AND ended_reason = $2 "
+                "RETURNING call_id",
+                call_id, PARKED, *changes.values(),
+            )  # fmt: skip
+            if closed is None:
+                return False
+            # the call's transcript replaces the parked leg's own in the full-text index
+            if text:
+                await conn.execute(
+                    "INSERT INTO call_search (call_id, body) VALUES ($1, to_tsvector('simple', $2)) "
+                    "ON CONFLICT (call_id) DO UPDATE SET body = excluded.body",
+                    call_id, text,
+                )  # fmt: skip
+            else:
+                await conn.execute("DELETE FROM call_search WHERE call_id = $1", call_id)
+            await _enqueue(conn, outbox, now)
+        return True
+
     async def list_live(self, *, owner: str | None = None, limit: int = 10_000) -> list[CallRow]:
         where, args = ("AND owner = $2", (owner,)) if owner is not None else ("", ())
         async with self._conn() as conn:
@@ -845,6 +888,22 @@ class PostgresStore(PostgresHistory, PostgresAnalyses, PostgresBatches, Postgres
                 f"AND (call_id IS NULL OR call_id = $1) RETURNING {TWILIO_CALL_COLUMNS}",
                 call_id, now, correlation,
             )  # fmt: skip
+        return None if row is None else twilio_call_row(row, as_is)
+
+    async def set_twilio_park(
+        self, id: str, park: Mapping[str, Any] | None, *, correlation: str | None = None
+    ) -> TwilioCallRow | None:
+        now = self._clock()
+        try:
+            async with self._conn() as conn:
+                row = await conn.fetchrow(
+                    "UPDATE twilio_calls SET park = $1::jsonb, correlation = coalesce($2, correlation), "
+                    "call_id = CASE WHEN $2::text IS NULL THEN call_id END, updated_at = $3 "
+                    f"WHERE id = $4 RETURNING {TWILIO_CALL_COLUMNS}",
+                    None if park is None else dict(park), correlation, now, id,
+                )  # fmt: skip
+        except asyncpg.UniqueViolationError as exc:  # correlation is UNIQUE
+            raise CorrelationTaken(f"twilio call {id}: another Twilio call has that correlation id") from exc
         return None if row is None else twilio_call_row(row, as_is)
 
 

@@ -92,7 +92,9 @@ from sip_controller.state.store import UNSET, Store, _Unset, call_changes
 from sip_controller.state.twilio_calls import FINAL_STATUSES as TWILIO_FINAL_STATUSES
 from sip_controller.state.twilio_calls import (
     KEEP_TWILIO_CALLS_S,
+    PARKED,
     TWILIO_CALL_COLUMNS,
+    CorrelationTaken,
     NewTwilioCall,
     TwilioCallRow,
     twilio_call_row,
@@ -777,6 +779,40 @@ class SQLiteStore(SQLiteHistory, SQLiteAnalyses, SQLiteBatches, SQLiteConsoleSes
 
         return await self._write(op)
 
+    async def close_parked(
+        self,
+        call_id: str,
+        *,
+        ended_reason: str,
+        report: Mapping[str, Any],
+        outbox: Sequence[OutboxItem] = (),
+        cost_usd: float | None = None,
+    ) -> bool:
+        if ended_reason == PARKED:
+            raise ValueError("close a parked leg with the reason the call ended, not 'parked'")
+        now = self._clock()
+        summary, text = finish_columns(report, cost_usd or 0.0)
+        # the report is new, so retention keeps its transcript for the usual time again
+        changes: dict[str, Any] = {
+            "ended_reason": ended_reason, "report": dumps(report), "transcript_stripped_at": None, "updated_at": now,
+            **summary,
+        }  # fmt: skip
+        if cost_usd is not None:
+            changes["cost_usd"] = cost_usd
+        sets = ", ".join(f"{column} = ?" for column in changes)
+        sql = f"UPDATE calls SET {sets} WHERE call_id = ? AND state = 'ended' AND ended_reason = ?"
+
+        def op(conn: Conn) -> bool:
+            if not conn.execute(sql, (*changes.values(), call_id, PARKED)).rowcount:
+                return False
+            # the parked leg's own transcript leaves the index (its trigger deletes the text); the call's goes in
+            conn.execute("DELETE FROM call_search WHERE call_id = ?", (call_id,))
+            self._index_text(conn, call_id, text)
+            self._enqueue(conn, outbox, now)
+            return True
+
+        return await self._write(op)
+
     async def list_live(self, *, owner: str | None = None, limit: int = 10_000) -> list[CallRow]:
         where, args = ("AND owner = ?", (owner,)) if owner is not None else ("", ())
         sql = f"SELECT {CALL_COLUMNS} FROM calls WHERE ended_at IS NULL {where} ORDER BY received_at, call_id LIMIT ?"
@@ -1030,4 +1066,25 @@ class SQLiteStore(SQLiteHistory, SQLiteAnalyses, SQLiteBatches, SQLiteConsoleSes
             f"AND (call_id IS NULL OR call_id = ?) RETURNING {TWILIO_CALL_COLUMNS}"
         )
         row = await self._write(lambda conn: conn.execute(sql, (call_id, now, correlation, call_id)).fetchone())
+        return None if row is None else twilio_call_row(row, json.loads)
+
+    async def set_twilio_park(
+        self, id: str, park: Mapping[str, Any] | None, *, correlation: str | None = None
+    ) -> TwilioCallRow | None:
+        now = self._clock()
+        sql = (
+            "UPDATE twilio_calls SET park = ?, correlation = coalesce(?, correlation), "
+            "call_id = CASE WHEN ? IS NULL THEN call_id END, updated_at = ? "
+            f"WHERE id = ? RETURNING {TWILIO_CALL_COLUMNS}"
+        )
+        args = (None if park is None else dumps(park), correlation, correlation, now, id)
+
+        def op(conn: Conn) -> sqlite3.Row | None:
+            try:
+                row: sqlite3.Row | None = conn.execute(sql, args).fetchone()
+            except sqlite3.IntegrityError as exc:  # correlation is UNIQUE
+                raise CorrelationTaken(f"twilio call {id}: another Twilio call has that correlation id") from exc
+            return row
+
+        row = await self._write(op)
         return None if row is None else twilio_call_row(row, json.loads)

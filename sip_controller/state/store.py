@@ -27,6 +27,10 @@ The rules the wiring relies on:
   transaction. Deliveries are driven from the outbox (``claim_outbox``/``mark_delivered``/``mark_failed``).
 - **History and counts** (``list_finished``, ``get_call``, ``get_report``, ``count_live``, ``allow_caller``):
   cluster-wide, whichever replica asks.
+- **Parked Twilio calls** (``set_twilio_park``/``close_parked``, #16): a Twilio call on a long hold whose OpenAI
+  leg ended (``ended_reason`` ``parked``, left out of the history) keeps its park state on its ``twilio_calls`` row,
+  and a fresh correlation id that the next leg links through; a call that ends while parked closes the parked
+  leg's row with the final report and its deliveries, once.
 - **Operator commands** (``post_command``/``take_commands``/``command_done``): any replica queues a hangup or a
   transfer for a live call; only the call's owner takes it (each command once, re-offered after a takeover) and
   feeds it to the call's supervisor (:mod:`sip_controller.calls.commands`).
@@ -305,6 +309,24 @@ class Store(StateStore, Protocol):
         touched: the caller enqueues what tells the endpoints."""
         ...
 
+    async def close_parked(
+        self,
+        call_id: str,
+        *,
+        ended_reason: str,
+        report: Mapping[str, Any],
+        outbox: Sequence[OutboxItem] = (),
+        cost_usd: float | None = None,
+    ) -> bool:
+        """Close a parked leg (#16) whose Twilio call ended while parked, in ONE transaction: only when the call
+        ``call_id`` is ``ended`` with ``ended_reason`` ``parked``, replace its ``ended_reason`` and ``report`` (the
+        report of the whole call), its history summary and full-text row as ``finish_call`` writes them, its
+        ``cost_usd`` when given, and enqueue ``outbox`` (keys already present skipped): True. Otherwise (unknown,
+        live, not parked, or closed already) nothing is written: False, so a second close is a no-op. ``ended_at``
+        stays when the leg was parked; the history lists the call from then on. ValueError for ``ended_reason``
+        ``parked``."""
+        ...
+
     async def list_live(self, *, owner: str | None = None, limit: int = 10_000) -> list[CallRow]:
         """Live calls across the cluster (or of one ``owner``), oldest first."""
         ...
@@ -443,6 +465,17 @@ class Store(StateStore, Protocol):
     async def link_twilio_call(self, correlation: str, call_id: str) -> TwilioCallRow | None:
         """Tie the Twilio call with this correlation id to ``call_id``, once: None when the id is unknown or already
         tied to another call (the same header replayed on a second call gets nothing)."""
+        ...
+
+    async def set_twilio_park(
+        self, id: str, park: Mapping[str, Any] | None, *, correlation: str | None = None
+    ) -> TwilioCallRow | None:
+        """Set the park state of the Twilio call ``id`` (opaque JSON: what the controller needs while the call waits
+        on a hold with no OpenAI leg, #16), or clear it with None; ``updated_at`` now. With ``correlation``, also
+        give the row that correlation id and clear its ``call_id``, in the same statement: the next OpenAI leg,
+        bridged with the new id in its header, then links through ``link_twilio_call``, and the old id finds no row
+        (a replayed header links nothing). The row after, or None for an unknown id. Raises
+        :class:`~.twilio_calls.CorrelationTaken` (nothing written) when another Twilio call has ``correlation``."""
         ...
 
     # ---- post-call analyses (#17) ----------------------------------------------------------------------------

@@ -1,11 +1,14 @@
 """The Twilio calls the store keeps (#16): plain data in and out of ``create_twilio_call``, ``get_twilio_call``,
-``update_twilio_call`` and ``link_twilio_call`` (both backends; the SQL is in each backend's module)."""
+``update_twilio_call``, ``link_twilio_call`` and ``set_twilio_park`` (both backends; the SQL is in each backend's
+module)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from sip_controller.state.records import StoreError
 
 #: how long the sweep keeps a Twilio call after it was made (``created_at``, indexed): ``GET /v1/outbound/{id}``
 #: answers for it, its Idempotency-Key places nothing new, a late callback (a recording) still finds it. A Twilio
@@ -15,8 +18,15 @@ KEEP_TWILIO_CALLS_S = 7 * 86_400.0
 FINAL_STATUSES = ("completed", "busy", "no-answer", "canceled", "failed")
 TWILIO_CALL_COLUMNS = (
     "id, correlation, direction, call_sid, idempotency_key, request_hash, profile, from_number, to_number, "
-    "variables, status, answered_by, error_code, call_id, events, created_at, updated_at"
+    "variables, status, answered_by, error_code, call_id, events, park, created_at, updated_at"
 )
+#: the ``ended_reason`` of an OpenAI leg that ended while its Twilio call was parked on a hold: the call goes on,
+#: so history leaves the row out until ``close_parked`` gives it the call's real end
+PARKED = "parked"
+
+
+class CorrelationTaken(StoreError):
+    """``set_twilio_park`` gave a Twilio call a correlation id another Twilio call has (nothing written)."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,8 @@ class TwilioCallRow:
     call_id: str | None
     #: the status callbacks, in the order they arrived
     events: list[dict[str, Any]]
+    #: what the controller keeps while the call is parked on a hold (opaque JSON); None when it is not parked
+    park: dict[str, Any] | None
     created_at: float
     updated_at: float
 
@@ -81,6 +93,7 @@ def twilio_call_row(row: Any, load: Callable[[Any], Any]) -> TwilioCallRow:
         error_code=row["error_code"],
         call_id=row["call_id"],
         events=list(load(row["events"])),
+        park=None if row["park"] is None else dict(load(row["park"])),
         created_at=row["created_at"],
         updated_at=row["updated_at"],
     )
