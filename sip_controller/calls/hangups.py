@@ -13,12 +13,18 @@ a live supervisor: a restart's leftovers after a takeover), the janitor takes it
 
 The report: a process that leaves a call ``hanging_up`` writes the report it would have sent as a
 :data:`PENDING_REPORT` entry (:func:`leave_hanging_up` does both in one write); the janitor completes that document
-(state, ``hangup_confirmed``, ``hangup_attempts``) and hands it to ``outbox_for`` for the deliveries.
+(state, ``hangup_confirmed``, ``hangup_attempts``) and hands it to ``outbox_for`` for the deliveries. A bridged
+call's Twilio recording whose callback came while the call was still live (after the report was left, so only on
+the Twilio call's row) goes into it; one that comes while the janitor writes goes out late through
+``late_recording`` (``CallRegistry.late_recording``), as for a call its supervisor finishes (``calls/recordings.py``).
 
 Start it from the app's lifespan as a task the service owns (design principle 5), next to ``sweep_loop``::
 
     janitor = asyncio.create_task(
-        run_hangup_janitor(store, api, process_id, supervised=registry.supervisor, outbox_for=...),
+        run_hangup_janitor(
+            store, api, process_id, supervised=registry.supervisor, outbox_for=...,
+            late_recording=registry.late_recording,
+        ),
         name="hangup-janitor",
     )
     ...
@@ -38,6 +44,7 @@ from typing import Any
 
 import structlog
 
+from sip_controller.calls.recordings import LateRecording, recording_since, row_recording
 from sip_controller.realtime.rest import CallGone, OpenAIError, RealtimeCalls
 from sip_controller.state.records import HANGING_UP, CallRow, Entry, Fence, Fenced, OutboxItem
 from sip_controller.state.store import Store
@@ -98,10 +105,14 @@ async def hangup_pass(
     limit: int = 100,
     on_retry: Callable[[str], None] | None = None,
     on_finished: Callable[[], None] | None = None,
+    late_recording: LateRecording | None = None,
 ) -> JanitorPass:
     """One pass over the due ``hanging_up`` calls (see the module docstring). ``supervised(call_id)`` is truthy
     for a call this process still supervises (e.g. ``registry.supervisor``): its supervisor retries it.
-    ``on_retry`` is told each hangup still unconfirmed, ``on_finished`` called once after a pass finished calls."""
+    ``on_retry`` is told each hangup still unconfirmed, ``on_finished`` called once after a pass finished calls.
+    ``late_recording`` (``registry.late_recording``) sends a Twilio recording that came while a finished call's
+    report was being written; without it, that one is not sent (a recording already on the row always goes into
+    the report)."""
     due = await store.hanging_up_calls(limit=limit)
     if not due:
         return JanitorPass()
@@ -113,7 +124,10 @@ async def hangup_pass(
             if taken is None:
                 skipped += 1
                 continue
-            outcome = await _hang_up(store, api, taken, clock=clock, outbox_for=outbox_for, retry_max_s=retry_max_s)
+            outcome = await _hang_up(
+                store, api, taken, clock=clock, outbox_for=outbox_for, retry_max_s=retry_max_s,
+                late_recording=late_recording,
+            )  # fmt: skip
         except Fenced as exc:
             log.info("hangup.fenced", call_id=row.call_id, why=exc.reason)  # another replica has it
             skipped += 1
@@ -150,13 +164,14 @@ async def _hang_up(
     clock: Callable[[], float],
     outbox_for: OutboxFor | None,
     retry_max_s: float,
+    late_recording: LateRecording | None,
 ) -> str:
     fence = row.fence
     await store.verify(fence)  # a REST action whose effect outlives us: only under a fence that holds
     try:
         await api.hangup(row.call_id)
     except CallGone:
-        await _finish(store, row, clock=clock, outbox_for=outbox_for, how="gone")
+        await _finish(store, row, clock=clock, outbox_for=outbox_for, how="gone", late_recording=late_recording)
         return "gone"
     except OpenAIError as exc:
         entries = await store.read_entries(row.call_id)
@@ -167,17 +182,32 @@ async def _hang_up(
         await store.append(fence, [note], state=HANGING_UP, wake_at=now + delay)
         log.warning("hangup.unconfirmed", call_id=row.call_id, status=exc.status, retry_in_s=delay, tries=failures)
         return "unconfirmed"
-    await _finish(store, row, clock=clock, outbox_for=outbox_for, how="confirmed")
+    await _finish(store, row, clock=clock, outbox_for=outbox_for, how="confirmed", late_recording=late_recording)
     return "confirmed"
 
 
 async def _finish(
-    store: Store, row: CallRow, *, clock: Callable[[], float], outbox_for: OutboxFor | None, how: str
+    store: Store,
+    row: CallRow,
+    *,
+    clock: Callable[[], float],
+    outbox_for: OutboxFor | None,
+    how: str,
+    late_recording: LateRecording | None,
 ) -> None:
     entries = await store.read_entries(row.call_id)
     pending = [e.data for e in entries if e.kind == PENDING_REPORT]
     tries = sum(1 for e in entries if e.kind == HANGUP_RETRY) + 1
     report: dict[str, Any] = dict(pending[-1]) if pending else {"call_id": row.call_id, "profile": row.profile}
+    # a bridged call's Twilio side: the report's (left by its owner), else what the call row keeps for a takeover
+    twilio = report.get("twilio") or row.inputs.get("twilio")
+    try:
+        recording = await row_recording(store, twilio)  # its callback came while the call was live: only there
+    except Exception as exc:  # the store away: the check after the write (late_recording) may still find it
+        log.warning("hangup.recording_unread", call_id=row.call_id, error=type(exc).__name__)
+        recording = None
+    if recording is not None:
+        report["recording"] = recording
     previous = report.get("hangup_attempts")
     now = clock()
     report.update(
@@ -195,6 +225,8 @@ async def _finish(
         entries=[mark], ended_at=now,
     )
     log.info("hangup.finished", call_id=row.call_id, how=how, attempts=report["hangup_attempts"])
+    if late_recording is not None:  # a recording callback that came while the report was being written
+        await recording_since(store, row.call_id, twilio, report, late_recording)
 
 
 async def run_hangup_janitor(
@@ -210,6 +242,7 @@ async def run_hangup_janitor(
     limit: int = 100,
     on_retry: Callable[[str], None] | None = None,
     on_finished: Callable[[], None] | None = None,
+    late_recording: LateRecording | None = None,
 ) -> None:
     """:func:`hangup_pass` every ``every_s`` seconds until cancelled. A failed pass (the store or OpenAI away for a
     moment) is logged and tried again next time: it never ends the loop."""
@@ -218,6 +251,7 @@ async def run_hangup_janitor(
             done = await hangup_pass(
                 store, api, process_id, supervised=supervised, outbox_for=outbox_for, clock=clock,
                 retry_max_s=retry_max_s, limit=limit, on_retry=on_retry, on_finished=on_finished,
+                late_recording=late_recording,
             )
         except Exception as exc:  # the store's or its driver's: never the end of the loop
             log.warning("hangup.pass_failed", error=type(exc).__name__)

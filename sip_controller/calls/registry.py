@@ -675,11 +675,10 @@ class CallRegistry:
 
     async def _refresh_twilio(self, record: CallRecord) -> None:
         """A bridged call's Twilio side as the status callbacks left it, for its report (best effort)."""
-        twilio_id = record.twilio.get("id") if record.twilio is not None else None
-        if not isinstance(twilio_id, str):
-            return
+        from sip_controller.calls.recordings import twilio_row  # shared with the hangup janitor (#16)
+
         try:
-            row = await self._store.get_twilio_call(id=twilio_id)
+            row = await twilio_row(self._store, record.twilio)
         except Exception as exc:  # the store away: the report keeps what was known at the start
             log.warning("twilio.refresh_failed", call_id=record.call_id, error=type(exc).__name__)
             return
@@ -690,17 +689,11 @@ class CallRegistry:
     async def _recording_since(self, record: CallRecord, report: Mapping[str, Any]) -> None:
         """A recording callback that came in while the report was being written (#16): the report lacks it, so
         it goes out as a late ``call.recording``. The callback's route checks the other way round (the report
-        stored before its recording), so one of the two sends it; the outbox keys keep it to one."""
-        twilio_id = record.twilio.get("id") if record.twilio is not None else None
-        if not isinstance(twilio_id, str):
-            return
-        try:
-            row = await self._store.get_twilio_call(id=twilio_id)
-            recording = recording_of(row.events) if row is not None else None
-            if recording is not None and recording != report.get("recording"):
-                await self.late_recording(record.call_id, recording)
-        except Exception as exc:  # the store away: the callback's own check still sends it
-            log.warning("twilio.recording_check_failed", call_id=record.call_id, error=type(exc).__name__)
+        stored before its recording), so one of the two sends it; the outbox keys keep it to one. The hangup janitor
+        does the same for the calls it finishes (``calls/recordings.py``)."""
+        from sip_controller.calls.recordings import recording_since
+
+        await recording_since(self._store, record.call_id, record.twilio, report, self.late_recording)
 
     async def late_recording(self, call_id: str, recording: Mapping[str, Any]) -> bool:
         """Twilio's recording of a call whose report is already stored without it (#16): a ``call.recording``
