@@ -7,10 +7,32 @@ config rather than waiting for a release.
 from __future__ import annotations
 
 import re
+from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sip_controller.calls.report import UsageTotals
+
+class UsageCounts(Protocol):
+    """Summed ``response.done`` token counts (``report.UsageTotals``; a protocol, so this module imports nothing of
+    the package and ``calls/legs.py`` may price a park for ``calls/report.py`` without an import circle)."""
+
+    @property
+    def input_text_tokens(self) -> int: ...
+
+    @property
+    def input_audio_tokens(self) -> int: ...
+
+    @property
+    def cached_text_tokens(self) -> int: ...
+
+    @property
+    def cached_audio_tokens(self) -> int: ...
+
+    @property
+    def output_text_tokens(self) -> int: ...
+
+    @property
+    def output_audio_tokens(self) -> int: ...
 
 
 class ModelPrices(BaseModel):
@@ -33,6 +55,39 @@ class TranscriptionPrices(BaseModel):
     text_in: float = Field(default=0.0, ge=0)
     text_out: float = Field(default=0.0, ge=0)
     per_minute: float = Field(default=0.0, ge=0)
+
+
+#: input audio tokens a minute of caller audio costs, about ten a second: an approximation (OpenAI counts input audio
+#: at roughly that rate; the exact count depends on the audio), used only to price a minute of per-token
+#: transcription when a park is set against staying on hold (``transcription_per_minute``)
+AUDIO_TOKENS_PER_MINUTE = 600
+
+
+def transcription_per_minute(prices: TranscriptionPrices) -> float:
+    """USD a minute of caller audio costs to transcribe: ``per_minute`` when set (whisper-1), else the audio input
+    tokens of a minute (``AUDIO_TOKENS_PER_MINUTE``, an approximation) at ``audio_in`` USD per 1M tokens."""
+    if prices.per_minute > 0:
+        return prices.per_minute
+    return prices.audio_in * AUDIO_TOKENS_PER_MINUTE / 1_000_000
+
+
+class TwilioPrices(BaseModel):
+    """Twilio's side of a parked call (#16), USD. The defaults are Twilio's published list prices: ``<Gather
+    input="speech">`` speech recognition, 0.02 per 15 seconds of each round, and a SIP call (the leg that carries the
+    call to OpenAI's SIP endpoint), 0.004 a minute. Volume discounts and price changes differ per account, so
+    operators override them under ``pricing.twilio``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    speech_recognition_per_15s: float = Field(default=0.02, ge=0)
+    sip_per_minute: float = Field(default=0.004, ge=0)
+
+
+class ParkPrices(TwilioPrices):
+    """What a park is priced with: Twilio's prices and the profile's input transcription (what the OpenAI session
+    would have spent transcribing the hold, had the call stayed on it in hold mode)."""
+
+    transcription: TranscriptionPrices = TranscriptionPrices()
 
 
 _SNAPSHOT = re.compile(r"-\d{4}-\d{2}-\d{2}$")
@@ -96,6 +151,8 @@ class Pricing(BaseModel):
     )
     #: text models (the post-call analysis); a dated snapshot (``gpt-5-mini-2025-08-07``) takes its model's prices
     text: dict[str, TextPrices] = Field(default_factory=lambda: dict(DEFAULT_TEXT_PRICES))
+    #: Twilio's prices, for the cost of a parked call against staying on hold (#16)
+    twilio: TwilioPrices = TwilioPrices()
 
     def for_model(self, model: str) -> ModelPrices | None:
         return self.models.get(model)
@@ -107,8 +164,18 @@ class Pricing(BaseModel):
             found = self.text.get(_SNAPSHOT.sub("", model))
         return found
 
+    def for_park(self, transcription_model: str | None) -> ParkPrices:
+        """The prices a park of a profile transcribing with ``transcription_model`` is set against (no
+        transcription cost when the profile has none, or its model has no prices)."""
+        found = self.transcription.get(transcription_model) if transcription_model else None
+        return ParkPrices(
+            speech_recognition_per_15s=self.twilio.speech_recognition_per_15s,
+            sip_per_minute=self.twilio.sip_per_minute,
+            transcription=found or TranscriptionPrices(),
+        )
 
-def response_cost(usage: UsageTotals, prices: ModelPrices) -> float:
+
+def response_cost(usage: UsageCounts, prices: ModelPrices) -> float:
     """USD for summed ``response.done`` usage (cached tokens are part of the input counts)."""
     text_uncached = max(0, usage.input_text_tokens - usage.cached_text_tokens)
     audio_uncached = max(0, usage.input_audio_tokens - usage.cached_audio_tokens)

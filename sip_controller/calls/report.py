@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
 from sip_controller.agent.tools import ToolArgumentsError, decode_arguments
+from sip_controller.calls.legs import merge_legs
 from sip_controller.realtime.events import Usage
 from sip_controller.telephony.callbacks import answered
 
@@ -204,6 +205,11 @@ class CallRecord:
     #: each time another process took the call over after its owner's lease lapsed (#13): ``at`` (ISO-8601),
     #: ``gap_s`` (from the lost owner's last heartbeat to the takeover), ``by`` (the new owner's process id)
     takeovers: list[dict[str, Any]] = field(default_factory=list)
+    #: a call parked on Twilio during a long hold (#16): the report documents of its earlier OpenAI legs (each
+    #: ended ``parked``), in order, and its parks (``calls/legs.py``: ``merge_legs``'s spells); the report is then
+    #: the whole call's, of all its legs
+    earlier_legs: list[dict[str, Any]] = field(default_factory=list)
+    park_spells: list[dict[str, Any]] = field(default_factory=list)
 
     def mark(self, at_s: float, what: str) -> None:
         self.timeline.append((round(at_s, 3), what))
@@ -411,7 +417,8 @@ def report_document(record: CallRecord, *, mask_caller: bool = True) -> dict[str
 
     Pure: reads the record, never changes it. Fields not filled in (a call that was never accepted or
     attached, a record still being written) come out as ``null``, never as an error. The schema is
-    documented in the README (``## End-of-call report``); ``schema_version`` changes with it."""
+    documented in the README (``## End-of-call report``); ``schema_version`` changes with it. A call parked on
+    Twilio (#16: ``earlier_legs``) reports all its OpenAI legs as one call (``calls/legs.py``: ``merge_legs``)."""
     accepted_s = record.accepted_s if record.accepted_s is not None else _mark_s(record, "accepted")
     attached_s = record.attached_s if record.attached_s is not None else _mark_s(record, "attached")
     ended_s = record.duration_s
@@ -420,7 +427,7 @@ def report_document(record: CallRecord, *, mask_caller: bool = True) -> dict[str
     if attached_s is not None and ended_s is not None:
         talk_s = round(max(0.0, ended_s - attached_s - record.hold_s), 3)
     transcript = sorted(record.transcripts, key=lambda t: t.at_s)  # stable: equal times keep arrival order
-    return {
+    document = {
         **_head(record, mask_caller),
         "ended_reason": record.ended_reason,
         "timestamps": _timestamps(record, accepted_s, attached_s),
@@ -430,6 +437,7 @@ def report_document(record: CallRecord, *, mask_caller: bool = True) -> dict[str
             "duration_s": None if ended_s is None else round(ended_s, 3),
             "talk_s": talk_s,
             "hold_s": round(record.hold_s, 3),
+            "parked_s": 0.0,
         },
         "transfer": {"target": record.transfer_target, "outcome": record.transfer_outcome},
         "recording": None if record.recording is None else dict(record.recording),
@@ -475,4 +483,10 @@ def report_document(record: CallRecord, *, mask_caller: bool = True) -> dict[str
             }
             for name, r in record.rate_limits.items()
         },
+        # a call parked on Twilio (#16): its OpenAI legs and parks (``calls/legs.py``); a call never parked has none
+        "legs": None,
+        "parked": None,
     }
+    if record.earlier_legs:
+        return merge_legs(record.earlier_legs, document, record.park_spells)
+    return document

@@ -238,6 +238,8 @@ DOCUMENT_KEYS = [
     "hangup_attempts",
     "takeovers",
     "rate_limits",
+    "legs",
+    "parked",
 ]
 
 
@@ -325,6 +327,7 @@ def test_report_document_timestamps_and_timings() -> None:
         "duration_s": 42.25,
         "talk_s": 31.75,  # attached 0.5 -> ended 42.25, minus 10 s on hold
         "hold_s": 10.0,
+        "parked_s": 0.0,
     }
 
 
@@ -425,6 +428,7 @@ def test_report_document_of_a_bare_record_has_nulls_not_errors() -> None:
         "duration_s": None,
         "talk_s": None,
         "hold_s": 0.0,
+        "parked_s": 0.0,
     }
     assert doc["transfer"] == {"target": None, "outcome": None}
     assert (doc["failed_responses"], doc["failed_responses_total"], doc["barge_ins"], doc["rate_limits"]) == (
@@ -436,6 +440,45 @@ def test_report_document_of_a_bare_record_has_nulls_not_errors() -> None:
     assert doc["transcript"] == doc["tool_calls"] == doc["errors"] == []
     assert doc["cost_usd"] == 0.0
     json.dumps(doc, allow_nan=False)
+
+
+def test_report_document_of_a_call_never_parked_has_no_legs_or_parks() -> None:
+    for record in (full_record(), CallRecord(call_id="rtc_0", profile="p", received_at=RECEIVED)):
+        doc = report_document(record)
+        assert doc["legs"] is None
+        assert doc["parked"] is None
+        assert doc["timings"]["parked_s"] == 0.0
+
+
+def test_report_document_of_a_call_parked_before_merges_its_legs() -> None:
+    """A fresh leg after a park (#16) reports the whole call: the first leg's identity, both legs, the park."""
+    first = CallRecord(call_id="rtc_first", profile="default", received_at=RECEIVED, caller="+14155550123")
+    first.transcripts.append(TranscriptEntry("caller", "I'll hold", 2.0))
+    first.state, first.ended_reason, first.duration_s, first.cost_usd = "ended", "parked", 60.0, 0.5
+    second = CallRecord(
+        call_id="rtc_second", profile="default", received_at=RECEIVED + timedelta(seconds=660), caller="+1999"
+    )
+    second.transcripts.append(TranscriptEntry("caller", "I'm back", 1.0))
+    second.state, second.ended_reason, second.duration_s, second.cost_usd = "ended", "caller_hangup", 30.0, 0.25
+    start = RECEIVED.timestamp()
+    second.earlier_legs = [report_document(first)]
+    second.park_spells = [
+        {"from": start + 60, "to": start + 660, "listens": 40, "checks": 2, "listen_cost_usd": 0.8,
+         "check_cost_usd": 0.01, "hold_mode_cost_usd": 0.64}
+    ]  # fmt: skip
+    doc = report_document(second)
+    assert json.loads(json.dumps(doc, allow_nan=False)) == doc
+    assert list(doc) == DOCUMENT_KEYS
+    assert doc["call_id"] == "rtc_first"
+    assert doc["caller"] == mask_number("+14155550123")
+    assert [t["at_s"] for t in doc["transcript"]] == [2.0, 661.0]
+    assert [leg["call_id"] for leg in doc["legs"]] == ["rtc_first", "rtc_second"]
+    assert doc["ended_reason"] == "caller_hangup"
+    assert doc["timings"]["duration_s"] == 690.0
+    assert doc["timings"]["parked_s"] == doc["parked"]["parked_s"] == 600.0
+    assert doc["cost_usd"] == 0.76  # both legs and the park's checks
+    assert doc["parked"]["cost_saved_usd"] == -0.17  # 0.64 - (0.8 + 0.01): shown, not clamped
+    assert second.earlier_legs[0]["call_id"] == "rtc_first"  # the record is not changed
 
 
 def test_report_document_rejected_call() -> None:
