@@ -371,7 +371,8 @@ def _check_config(config: Path | None, *, print_accept: bool, as_json: bool) -> 
             _refused(result)
         return 2
     settings = result.settings
-    notes = preflight.notes(settings)
+    twilio_configured = result.secrets is not None and result.secrets.twilio is not None
+    notes = preflight.notes(settings, twilio_configured=twilio_configured)
     bodies = {name: session.accept_body(profile) for name, profile in settings.profiles.items()}
     deferred = {}
     for name, profile in settings.profiles.items():

@@ -151,10 +151,17 @@ def _dedupe(found: list[Finding]) -> list[Finding]:
     return out
 
 
-def notes(settings: Settings) -> list[str]:
-    """What the operator should know that is not a problem (printed by check-config)."""
+def notes(settings: Settings, *, twilio_configured: bool | None = None) -> list[str]:
+    """What the operator should know that is not a problem (printed by check-config). ``twilio_configured``:
+    whether the environment configures Twilio (None: not known)."""
     out = []
     for name, profile in settings.profiles.items():
+        if profile.hold.park is not None and twilio_configured is False:
+            out.append(
+                f"profiles.{name}.hold.park: parking needs Twilio (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, "
+                "OPENAI_PROJECT_ID, SIPCTL_PUBLIC_URL) and a call Twilio bridged; until then its holds stay on hold "
+                "mode in the OpenAI session"
+            )
         if session.deferred_vad_patch(profile) is not None:
             out.append(
                 f"profiles.{name}.turn_detection: threshold/prefix_padding_ms/silence_duration_ms are left out of "

@@ -234,6 +234,21 @@ class Watchdogs(Strict):
         return value
 
 
+class Park(Strict):
+    """Parking a long hold on Twilio (#16): when the model's ``wait_on_hold`` says the wait may be at least
+    ``after_min`` minutes, on a call Twilio bridged into OpenAI, the OpenAI leg ends and Twilio keeps the line,
+    listening for speech (``<Gather input="speech">`` rounds of ``listen_timeout_s``); what it hears is checked
+    (the hold's phrases, then a text check by ``check_model`` through the Responses API when ``detect`` is
+    ``classifier``), and when a person is back a fresh OpenAI session is bridged, primed with the conversation so
+    far. No Realtime session then runs into OpenAI's 60-minute limit while on hold. A line parked longer than
+    ``max_parked_s`` is hung up."""
+
+    after_min: float = Field(default=10.0, gt=0, le=600)
+    max_parked_s: float = Field(default=7200.0, gt=0, le=86_400)
+    listen_timeout_s: int = Field(default=15, ge=1, le=60)
+    check_model: str = Field(default="gpt-6-luna", min_length=1)
+
+
 class Hold(Strict):
     """``wait_on_hold``: the model stops answering (music, recordings) until a person is back."""
 
@@ -248,6 +263,8 @@ class Hold(Strict):
         "are you there",
     )
     max_hold_s: float = Field(default=2400.0, gt=0, le=3500)
+    #: on a call Twilio bridged into OpenAI (#16): park a long hold on Twilio instead (None: never park)
+    park: Park | None = None
 
 
 class DtmfAction(Strict):
@@ -331,6 +348,13 @@ class AgentProfile(Strict):
         if len(set(value)) != len(value):
             raise ValueError("each variable may be declared once")
         return value
+
+    @model_validator(mode="after")
+    def _park_needs_the_tool(self) -> AgentProfile:
+        if self.hold.park is not None and "wait_on_hold" not in self.tool_names():
+            raise ValueError("hold.park parks the holds the model announces with wait_on_hold, which is not in this "
+                             "profile's tools; add wait_on_hold to tools, or remove hold.park")  # fmt: skip
+        return self
 
     def handler_tools(self) -> dict[str, HttpTool | PythonTool]:
         return {t.name: t for t in self.tools if isinstance(t, HttpTool | PythonTool)}

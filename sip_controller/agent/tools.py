@@ -64,6 +64,12 @@ class WaitOnHoldArgs(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     reason: str = Field(default="", max_length=500, description="What you are waiting for.")
+    expected_minutes: float | None = Field(
+        default=None,
+        ge=0,
+        le=600,
+        description="How long they said the wait may be, in minutes, if they said (e.g. 30 for 'about half an hour').",
+    )
 
 
 END_CALL = ToolSpec(

@@ -85,7 +85,17 @@ class EndTwilioCall:
     machine drops at once, whatever OpenAI's side is still doing (#16)."""
 
 
+@dataclass(frozen=True)
+class Park:
+    """Park the call on Twilio (#16): the Calls API moves the Twilio call off its ``<Dial>`` into OpenAI (the
+    OpenAI leg ends) onto TwiML that listens for a person; the answer comes back as ``ParkOk`` or ``ParkFailed``.
+    ``reason``: what the call waits for (the open task, for the next leg's instructions)."""
+
+    expected_min: float
+    reason: str
+
+
 Action = (
     Accept | Attach | Reattach | Send | Hangup | HangingUp | Reject | RunTool | Refer | StartTimer | CancelTimer
-    | Finish | EndTwilioCall
+    | Finish | EndTwilioCall | Park
 )

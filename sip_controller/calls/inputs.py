@@ -107,6 +107,19 @@ class ReferFailed:
 
 
 @dataclass(frozen=True)
+class ParkOk:
+    """Twilio took the call off its ``<Dial>`` into OpenAI onto the parking TwiML (#16): the OpenAI leg ends."""
+
+
+@dataclass(frozen=True)
+class ParkFailed:
+    """The call could not be parked (not a Twilio call here, Twilio refused, the store away): it stays on hold
+    mode in this session."""
+
+    detail: str
+
+
+@dataclass(frozen=True)
 class OperatorTransfer:
     """An operator asked for the caller to be transferred to an allow-listed target."""
 
@@ -170,6 +183,8 @@ Input = (
     | ToolDone
     | ReferOk
     | ReferFailed
+    | ParkOk
+    | ParkFailed
     | OperatorHangup
     | OperatorTransfer
     | MachineDetection

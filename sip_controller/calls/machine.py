@@ -57,6 +57,8 @@ from sip_controller.calls.inputs import (
     OperatorMute,
     OperatorSay,
     OperatorTransfer,
+    ParkFailed,
+    ParkOk,
     ReferFailed,
     ReferOk,
     Shutdown,
@@ -267,6 +269,9 @@ class CallMachine:
     transcription_prices: TranscriptionPrices | None = None
     #: the SIP status a call is rejected with when its accept is given up (``limits.accept_give_up_status``)
     accept_give_up_status: int = 503
+    #: what the model is asked to say first instead of the profile's greeting: a call's next leg after a parked
+    #: hold (#16), where the person who came back has already spoken
+    opening: str | None = None
     #: OpenAI ends the session (and the call) this long after the accept
     session_limit_s: float = OPENAI_SESSION_LIMIT_S
     state: CallState = CallState.RECEIVED
@@ -417,6 +422,10 @@ class CallMachine:
                 return self.transfer.on_refer_ok(self, rel, via=via)
             case ReferFailed(detail=detail):
                 return self.transfer.on_refer_failed(self, detail, rel)
+            case ParkOk():
+                return self._on_parked(rel)
+            case ParkFailed(detail=detail):
+                return self.hold.on_park_failed(self, detail, rel)
             case MachineDetection(answered_by=verdict):
                 return self._on_machine_detection(verdict, rel)
             case OperatorSay() | OperatorContext() | OperatorMute():
@@ -739,7 +748,7 @@ class CallMachine:
             self._greeting_waits = True
             self.record.mark(rel, "greeting: waiting for Twilio's answering-machine verdict")
             timers.append(StartTimer(voicemail.GREETING_WAIT_TIMER, voicemail.GREETING_WAIT_S))
-        elif self.profile.greeting:
+        elif self.profile.greeting or self.opening is not None:
             greeting.append(self._greeting_request())
         patch = session.deferred_vad_patch(self.profile)
         if patch is None:
@@ -750,7 +759,7 @@ class CallMachine:
         return timers + self.update_session(patch, rel, what="VAD tuning", then=greeting)
 
     def _greeting_request(self) -> Action:
-        line = f'Start the call now: greet the caller by saying exactly "{self.profile.greeting}"'
+        line = self.opening or f'Start the call now: greet the caller by saying exactly "{self.profile.greeting}"'
         request = self.say(line, purpose="greeting")
         self._greeting = _Line(line, "greeting", request_tag(request))
         return request
@@ -887,6 +896,16 @@ class CallMachine:
             self.record.mark(rel, "drain requested")
         return []
 
+    def _on_parked(self, rel: float) -> list[Action]:
+        """Twilio holds the line now (#16): this OpenAI leg is over. Its end goes the way every end goes (the
+        hangup, confirmed), with no goodbye: the other side is hold music, and the call goes on in a fresh leg."""
+        if self.ending is not None or self.state != CallState.ATTACHED:
+            return []
+        self.record.mark(rel, "parked on Twilio: this OpenAI leg ends")
+        self.ending = _Ending(reason="parked")
+        self._set_state(CallState.ENDING, rel)
+        return [*self.watchdog.stop(), *self.hangup(rel, "parked")]
+
     def _on_operator_hangup(self, immediate: bool, rel: float) -> list[Action]:
         self.record.mark(rel, "operator hangup" + (" (now)" if immediate else ""))
         if self.ending is not None:
@@ -906,6 +925,9 @@ class CallMachine:
         self.record.mark(rel, f"sideband closed (code {code})")
         if self.transfer.leaving:  # a REFER that worked can close the socket before its 200
             return [*self.transfer.on_call_left(self, rel), *self.finish("transferred", rel)]
+        if self.hold.parking and (self.ending is None or self.ending.reason == "parked"):
+            # Twilio's redirect ends the OpenAI leg, maybe before the Calls API's answer is back (#16)
+            return self.finish("parked", rel)
         ending = self.ending
         if ending is not None and (ending.hangup_sent or self.state == CallState.HANGING_UP):
             if self.record.hangup_confirmed:
@@ -1357,7 +1379,8 @@ class CallMachine:
             assert isinstance(args, tools.TransferArgs)
             return self.transfer.on_tool(self, record, args, rel)
         if name == "wait_on_hold":
-            return self.hold.on_tool(self, record, rel)
+            assert isinstance(args, tools.WaitOnHoldArgs)
+            return self.hold.on_tool(self, record, rel, args)
         return self._end_call(item.call_id, response_id, record, rel)
 
     def _end_call(self, call_id: str, response_id: str, record: ToolCallRecord, rel: float) -> list[Action]:

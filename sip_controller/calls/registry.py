@@ -23,7 +23,8 @@ from typing import Any
 import structlog
 
 from sip_controller.agent import session, templates
-from sip_controller.calls import routing
+from sip_controller.calls import parking, routing
+from sip_controller.calls.actions import Park
 from sip_controller.calls.admission import ANONYMOUS, BUSY, DECLINE, UNAVAILABLE, CallerRateLimiter, Refusal
 from sip_controller.calls.analysis import requests_for as analysis_requests
 from sip_controller.calls.hangups import leave_hanging_up
@@ -32,11 +33,12 @@ from sip_controller.calls.inputs import MachineDetection, Shutdown
 from sip_controller.calls.journal import CallJournal
 from sip_controller.calls.machine import CallMachine
 from sip_controller.calls.outbox import ended_items, recording_document, recording_items, started_items
+from sip_controller.calls.recordings import recording_since, twilio_row
 from sip_controller.calls.report import CallRecord, twilio_inputs, twilio_part
 from sip_controller.calls.states import CallState, EndedReason
 from sip_controller.calls.supervisor import CallOptions, CallSupervisor
 from sip_controller.calls.takeover import TAKEOVER, pending_reason, rebuild_record
-from sip_controller.config import Settings
+from sip_controller.config import Settings, TwilioCredentials
 from sip_controller.realtime.rest import OpenAIError, RealtimeCalls
 from sip_controller.realtime.retries import DEFAULT_POLICY, RetryPolicy, with_quick_retries
 from sip_controller.realtime.sideband import SidebandConnector
@@ -51,14 +53,15 @@ from sip_controller.state.records import (
     Fence,
     Fenced,
     NewCall,
+    OutboxItem,
     StoredEntry,
     StoreError,
 )
 from sip_controller.state.store import Store
-from sip_controller.state.twilio_calls import TwilioCallRow
+from sip_controller.state.twilio_calls import MERGED, TwilioCallRow
 from sip_controller.telephony.callbacks import recording_of
 from sip_controller.telephony.calls_api import TwilioCalls
-from sip_controller.telephony.twiml import CORRELATION_HEADER, transfer_to, well_formed_correlation
+from sip_controller.telephony.twiml import CORRELATION_HEADER, listen_parked, transfer_to, well_formed_correlation
 
 #: answering-machine verdicts kept for calls not (yet) live anywhere (``CallRegistry.machine_detected``)
 MAX_KEPT_VERDICTS = 1000
@@ -77,6 +80,17 @@ class _Live:
     #: the store's row: its journal (a supervised call), or what a rejected call's row is written from
     journal: CallJournal | None = None
     new_call: NewCall | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Resumed:
+    """A parked call's next leg (#16): the earlier legs' reports, the parks so far, and what to go on with."""
+
+    documents: list[dict[str, Any]]
+    spells: list[dict[str, Any]]
+    profile: str
+    heard: str | None
+    reason: str | None
 
 
 @dataclass(slots=True)
@@ -133,6 +147,8 @@ class CallRegistry:
         self.lease_lapsed = False
         #: Twilio's Calls API (#16; set by the app when Twilio is configured): hangs up the Twilio side of calls
         self.twilio_api: TwilioCalls | None = None
+        #: Twilio's credentials and this service's public URL (#16; set with ``twilio_api``): parked holds
+        self.twilio_credentials: TwilioCredentials | None = None
         #: answering-machine verdicts that came before their call was live here (``machine_detected``)
         self._verdicts: OrderedDict[str, str] = OrderedDict()
 
@@ -270,10 +286,13 @@ class CallRegistry:
         happens) and :class:`~sip_controller.state.records.CallExists` for a call the store already holds."""
         twilio = await self._correlate(incoming)
         outbound = twilio is not None and twilio.direction == "outbound"
+        resumed = await self._resumed_park(twilio)
         if twilio is not None:
             incoming = replace(incoming, bridged=(twilio.from_number, twilio.to_number))
             if outbound and profile_name is None and twilio.profile in self._settings.profiles:
                 profile_name = twilio.profile
+            if resumed is not None and profile_name is None and resumed.profile in self._settings.profiles:
+                profile_name = resumed.profile
         name = profile_name or routing.choose_profile(self._settings, incoming)
         record = CallRecord(
             call_id=incoming.call_id,
@@ -285,12 +304,17 @@ class CallRegistry:
             twilio=twilio_part(twilio) if twilio is not None else None,
             outbound={"id": twilio.id, "variables": dict(twilio.variables)} if outbound and twilio else None,
         )
+        if resumed is not None:  # the next leg of a parked call (#16): its report is the whole call's
+            record.earlier_legs = list(resumed.documents)
+            record.park_spells = list(resumed.spells)
+            record.mark(0.0, f"leg {len(resumed.documents) + 1}: the call goes on after a parked hold")
         if twilio is None and incoming.header(CORRELATION_HEADER) is not None:
             record.errors.append(f"{CORRELATION_HEADER} matches no Twilio call of ours")
         row: CallRow | None = None
         # a call we placed is not screened or rate-limited by its caller ID (our own number): capacity only
-        refusal = None if outbound else routing.screen_caller(self._settings, incoming)
-        refusal = refusal or self.admission(incoming, count_caller=not outbound)
+        counted = not outbound and resumed is None  # a parked call's next leg is not a new caller
+        refusal = None if not counted else routing.screen_caller(self._settings, incoming)
+        refusal = refusal or self.admission(incoming, count_caller=counted)
         if refusal is None:
             profile = self._settings.profile(name)
             instructions = templates.render(
@@ -304,10 +328,15 @@ class CallRegistry:
                 now=incoming.received_at,
                 variables=twilio.variables if outbound and twilio is not None else None,
             )
+            if resumed is not None:
+                instructions = parking.resumed_instructions(
+                    instructions, resumed.documents, reason=resumed.reason, heard=resumed.heard
+                )
             accept_body = session.accept_body(profile, instructions=instructions)
             new_call = self._new_call(
                 incoming, name, state="received",
-                session={"instructions": instructions, "accept_body": accept_body, **twilio_inputs(record)},
+                session={"instructions": instructions, "accept_body": accept_body, **twilio_inputs(record),
+                         **parking.leg_inputs(record)},
             )  # fmt: skip
             reports = self._settings.reports
             admission = await self._store.admit(
@@ -315,10 +344,11 @@ class CallRegistry:
                 ttl_s=self._settings.limits.dedupe_ttl_s,
                 call=new_call,
                 max_live=self._settings.limits.max_concurrent_calls,
-                caller=None if outbound else self._caller_limit(incoming),
-                outbox=started_items(record, reports, at=self._wall_clock()),
+                caller=None if not counted else self._caller_limit(incoming),
+                # a parked call's next leg: call.started went out with its first leg
+                outbox=[] if resumed is not None else started_items(record, reports, at=self._wall_clock()),
             )
-            row, refusal = self._admitted(admission, incoming, counted=not outbound)
+            row, refusal = self._admitted(admission, incoming, counted=counted)
         elif claims:  # refused here (nothing counted): the claims alone, so a redelivery is not rejected twice
             claimed = await self._store.admit(claims, ttl_s=self._settings.limits.dedupe_ttl_s)
             if claimed.outcome == "duplicate":
@@ -331,7 +361,8 @@ class CallRegistry:
             self._track(_Live(None, task, record, new_call=rejected))
             return refusal
         assert row is not None
-        supervisor, journal = self._supervisor(row, record, accept_body, started_at=self._clock())
+        opening = parking.opening_line(resumed.heard) if resumed is not None else None
+        supervisor, journal = self._supervisor(row, record, accept_body, started_at=self._clock(), opening=opening)
         supervisor.begin()  # the accept request starts now, not a turn of the loop later
         task = asyncio.create_task(self._run(supervisor), name=f"{incoming.call_id}:call")
         self._track(_Live(supervisor, task, record, journal=journal))
@@ -420,6 +451,7 @@ class CallRegistry:
         *,
         started_at: float | None,
         taken: CallRecord | None = None,
+        opening: str | None = None,
     ) -> tuple[CallSupervisor, CallJournal]:
         """The machine, journal (on ``row``'s fence) and supervisor of a call this process supervises."""
         profile = self._settings.profile(row.profile)
@@ -436,6 +468,7 @@ class CallRegistry:
                 self._settings.pricing.transcription.get(profile.transcription.model) if profile.transcription else None
             ),
             accept_give_up_status=self._settings.limits.accept_give_up_status,
+            opening=opening,
         )
         call_id = row.call_id
         journal = CallJournal(
@@ -459,6 +492,7 @@ class CallRegistry:
             may_act=self._may_act(journal),
             end_twilio_call=self._twilio_hangup(record),
             transfer_twilio_call=self._twilio_transfer(record),
+            park_twilio_call=self._twilio_park(record),
         )
         return CallSupervisor(machine, self._api, self._connect, clock=self._clock, options=options), journal
 
@@ -485,6 +519,62 @@ class CallRegistry:
             await api.update(sid, Twiml=transfer_to(target_uri))
 
         return move
+
+    def _twilio_park(self, record: CallRecord) -> Callable[[Park], Awaitable[None]] | None:
+        """Parks a call Twilio bridged for us (#16): the park is written to the Twilio call's row first (any replica
+        answers what Twilio posts next), then the Calls API moves the call onto TwiML that listens for a person.
+        Twilio refusing takes the park back: the call stays on hold mode."""
+        api, sid, creds = self.twilio_api, record.twilio_call_sid, self.twilio_credentials
+        twilio_id = record.twilio.get("id") if record.twilio is not None else None
+        if api is None or sid is None or creds is None or not isinstance(twilio_id, str):
+            return None
+        store, settings = self._store, self._settings
+
+        async def park(request: Park) -> None:
+            state = parking.new_park(
+                call_id=record.call_id, earlier=[str(d.get("call_id")) for d in record.earlier_legs],
+                spells=record.park_spells, profile=record.profile, park=request, now=self._wall_clock(),
+            )  # fmt: skip
+            config = settings.profile(record.profile).hold.park
+            timeout = config.listen_timeout_s if config is not None else 15
+            language = settings.profile(record.profile).transcription
+            await store.set_twilio_park(twilio_id, state)
+            url = parking.parked_url(creds.public_url, twilio_id, int(state["spell"]))
+            try:
+                await api.update(sid, Twiml=listen_parked(url, timeout_s=timeout,
+                                                          language=language.language if language else None))
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await store.set_twilio_park(twilio_id, None)
+                raise
+
+        return park
+
+    async def _resumed_park(self, twilio: TwilioCallRow | None) -> _Resumed | None:
+        """The parked call this OpenAI call goes on with (#16): the Twilio call's park says a person is back and
+        the next leg is being bridged. The earlier legs' reports come from the store; one that cannot be read is
+        left out (the report says so), never the call."""
+        park = twilio.park if twilio is not None else None
+        if not isinstance(park, dict) or park.get("status") != parking.BRIDGING:
+            return None
+        documents: list[dict[str, Any]] = []
+        for leg in park.get("legs") or ():
+            try:
+                document = await self._store.get_report(str(leg))
+            except StoreError as exc:
+                log.warning("park.leg_unavailable", leg=str(leg), error=type(exc).__name__)
+                document = None
+            if isinstance(document, dict):
+                documents.append(document)
+        if not documents:
+            return None
+        spells = [dict(s) for s in park.get("spells") or () if isinstance(s, dict)]
+        heard = park.get("heard")
+        reason = park.get("reason")
+        return _Resumed(
+            documents=documents, spells=spells, profile=str(park.get("profile") or ""),
+            heard=heard if isinstance(heard, str) else None, reason=reason if isinstance(reason, str) else None,
+        )  # fmt: skip
 
     async def resume(self, row: CallRow, entries: Sequence[StoredEntry]) -> None:
         """Supervise a call this process has just taken over (``row``: its new owner and epoch, from
@@ -631,6 +721,13 @@ class CallRegistry:
         reports = self._settings.reports
         document, outbox = ended_items(record, reports, at=now)
         outbox += analysis_requests(self._settings, document)  # #17: its analysis, asked in the same transaction
+        # parked holds (#16): a parked leg keeps its own report and sends nothing (the call goes on); the last leg's
+        # report is the whole call's, written on the first leg's row (the call's identity) and sent from there
+        parked_leg = record.ended_reason == "parked"
+        continued = bool(record.earlier_legs) and not parked_leg and not left_hanging
+        own = parking.leg_document(record, mask_caller=reports.mask_caller) if parked_leg or continued else document
+        if parked_leg:
+            outbox = []
         for attempt in range(5):
             try:
                 if fence is None:  # a call that never lived (rejected): its row written finished, one write (#18)
@@ -648,17 +745,21 @@ class CallRegistry:
                     await leave_hanging_up(self._store, fence, document, wake_at=now, entries=entries, at=now)
                     log.warning("call.left_hanging_up", call_id=record.call_id)
                     return
+                ended_reason: str = record.ended_reason or "unknown"
+                if continued and await self._close_first_leg(record, document, outbox):
+                    ended_reason, outbox = MERGED, []
                 await self._store.finish_call(
                     fence,
                     state=record.state,
-                    ended_reason=record.ended_reason or "unknown",
-                    report=document,
+                    ended_reason=ended_reason,
+                    report=own,
                     outbox=outbox,
                     entries=entries,
                     cost_usd=record.cost_usd,
                     ended_at=now,
                 )
-                await self._recording_since(record, document)
+                if not parked_leg:
+                    await self._recording_since(record, document)
             except Fenced as exc:
                 if entry.journal is not None:
                     entry.journal.fenced_by(exc)
@@ -673,10 +774,23 @@ class CallRegistry:
                 return
         log.error("call.finish_failed", call_id=record.call_id, why="the store did not answer")
 
+    async def _close_first_leg(self, record: CallRecord, document: dict[str, Any], outbox: list[OutboxItem]) -> bool:
+        """The whole call's report, on its first leg's row, with its deliveries, in one transaction (#16). False
+        when that row is not a parked leg (gone, or closed before): this leg's row then carries the report."""
+        first = str(document.get("call_id") or "")
+        if not first or first == record.call_id:
+            return False
+        cost = document.get("cost_usd")
+        closed = await self._store.close_parked(
+            first, ended_reason=record.ended_reason or "unknown", report=document, outbox=outbox,
+            cost_usd=float(cost) if isinstance(cost, int | float) else None, ended_at=self._wall_clock(),
+        )  # fmt: skip
+        if not closed:
+            log.warning("park.first_leg_not_parked", call_id=record.call_id, first=first)
+        return closed
+
     async def _refresh_twilio(self, record: CallRecord) -> None:
         """A bridged call's Twilio side as the status callbacks left it, for its report (best effort)."""
-        from sip_controller.calls.recordings import twilio_row  # shared with the hangup janitor (#16)
-
         try:
             row = await twilio_row(self._store, record.twilio)
         except Exception as exc:  # the store away: the report keeps what was known at the start
@@ -691,9 +805,9 @@ class CallRegistry:
         it goes out as a late ``call.recording``. The callback's route checks the other way round (the report
         stored before its recording), so one of the two sends it; the outbox keys keep it to one. The hangup janitor
         does the same for the calls it finishes (``calls/recordings.py``)."""
-        from sip_controller.calls.recordings import recording_since
-
-        await recording_since(self._store, record.call_id, record.twilio, report, self.late_recording)
+        # the report's call: a parked call's is its first leg's (#16)
+        call_id = str(report.get("call_id") or record.call_id)
+        await recording_since(self._store, call_id, record.twilio, report, self.late_recording)
 
     async def late_recording(self, call_id: str, recording: Mapping[str, Any]) -> bool:
         """Twilio's recording of a call whose report is already stored without it (#16): a ``call.recording``
@@ -701,7 +815,8 @@ class CallRegistry:
         not stored yet (the recording goes into it) or already has this recording. Raises :class:`StoreError` when
         the store fails."""
         report = await self._store.get_report(call_id)
-        if report is None or report.get("recording") == dict(recording):
+        # a parked leg's report (#16) is not the call's: the call's, when written, reads the recording from the row
+        if report is None or report.get("recording") == dict(recording) or report.get("ended_reason") == "parked":
             return False
         document = recording_document(report, recording)
         added = await self._store.enqueue(recording_items(document, self._settings.reports, at=self._wall_clock()))

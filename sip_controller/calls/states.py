@@ -28,6 +28,9 @@ EndedReason = Literal[
     "canceled",
     # an answering machine (or a fax) took a call we placed: hung up on, or left a message (outbound.voicemail)
     "voicemail",
+    # an OpenAI leg whose call was parked on Twilio for a long hold (#16): the call goes on in a fresh leg, and its
+    # report (the whole call's) comes from the last leg, or from the parked line when the call ends while parked
+    "parked",
 ]
 
 

@@ -22,6 +22,7 @@ from sip_controller.calls.actions import (
     Finish,
     HangingUp,
     Hangup,
+    Park,
     Reattach,
     Refer,
     Reject,
@@ -37,6 +38,8 @@ from sip_controller.calls.inputs import (
     HangupFailed,
     HangupOk,
     Input,
+    ParkFailed,
+    ParkOk,
     ReferFailed,
     ReferOk,
     SidebandClosed,
@@ -115,6 +118,9 @@ class CallOptions:
     #: on a call Twilio bridged (#16): carries a ``Refer`` out through Twilio, redirecting the Twilio call to TwiML
     #: that dials the target (Twilio hangs the OpenAI leg up); None: OpenAI's ``/refer``
     transfer_twilio_call: Callable[[str], Awaitable[None]] | None = None
+    #: on a call Twilio bridged (#16): parks it on Twilio for a long hold (the store keeps the park, the Calls API
+    #: moves the call onto TwiML that listens for a person); awaited with the ``Park``; None: parking is refused
+    park_twilio_call: Callable[[Park], Awaitable[None]] | None = None
 
 
 class CallSupervisor:
@@ -304,6 +310,9 @@ class CallSupervisor:
             case EndTwilioCall():
                 self._log.info("call.twilio_hangup")
                 self._spawn("twilio_hangup", self._end_twilio_call)
+            case Park():
+                self._log.info("call.park", expected_min=action.expected_min)
+                self._spawn("park", lambda: self._park(action))
             case Send(event=event):
                 await self._send(event)
             case Hangup():
@@ -466,6 +475,21 @@ class CallSupervisor:
             self.post(ReferFailed(str(exc)))
         else:
             self.post(ReferOk())
+
+    async def _park(self, park: Park) -> None:
+        move = self._options.park_twilio_call
+        if move is None:
+            self.post(ParkFailed("not a call Twilio bridged here (Twilio is not configured, or the call has no SID)"))
+            return
+        if not await self._allowed("park"):
+            return
+        try:
+            await move(park)
+        except Exception as exc:  # Twilio's refusal, the transport's, or the store's: the call stays on hold mode
+            self._log.warning("call.park_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+            self.post(ParkFailed(f"{type(exc).__name__}: {exc}"[:300]))
+        else:
+            self.post(ParkOk())
 
     async def _hangup(self) -> None:
         if not await self._allowed("hangup"):

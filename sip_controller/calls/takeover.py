@@ -91,6 +91,10 @@ def rebuild_record(row: CallRow, entries: Sequence[StoredEntry]) -> CallRecord:
         record.twilio_call_sid = twilio.get("call_sid") if isinstance(twilio.get("call_sid"), str) else None
     if isinstance(outbound, dict):
         record.outbound = dict(outbound)
+    legs = row.inputs.get("legs")
+    if isinstance(legs, dict):  # the next leg of a parked call (#16): the legs and parks before it
+        record.earlier_legs = [dict(d) for d in legs.get("earlier") or () if isinstance(d, dict)]
+        record.park_spells = [dict(s) for s in legs.get("spells") or () if isinstance(s, dict)]
     tools: dict[str, ToolCallRecord] = {}
     usage: dict[str, Any] | None = None
     for entry in entries:

@@ -289,6 +289,7 @@ def create_app(
                 wall_clock=wall_clock, retry=retry,
             )  # fmt: skip
             registry.twilio_api = getattr(app.state, "twilio_api", None)  # voicemail hangups (#16)
+            registry.twilio_credentials = secrets.twilio  # parked holds (#16)
             if freeze_heap:  # #18: collector passes walk only what is new, never the live calls
                 freezer = HeapFreezer(lambda: registry.live_count)
                 freezer.start()
@@ -318,17 +319,19 @@ def create_app(
                 outbox_for=lambda document: [
                     *report_items(document, settings.reports, at=wall_clock()), *analysis_requests(settings, document)
                 ],
-                on_retry=meters.hangup_retry, on_finished=notifier.kick,
+                on_retry=meters.hangup_retry, on_finished=notifier.kick, late_recording=registry.late_recording,
             ), name="store:hangups"))  # fmt: skip
             app.state.notifier = notifier
             # post-call analyses (#17): a bounded pool beside the calls, fed from the store; the Responses API on
             # OpenAI's REST client and retry policy; stopped before the notifier (its outcomes go out with the rest),
             # both within reports.flush_timeout_s: those still running then are given back to the store
+            responses = ResponsesAPI(
+                rest_client or client, base_url=secrets.openai_base_url, api_key=api_key, observer=meters.openai_request
+            )
+            app.state.responses_api = responses  # also the parked holds' text checks (#16)
             analyses = AnalysisWorker(
-                settings, the_store,
-                ResponsesAPI(rest_client or client, base_url=secrets.openai_base_url, api_key=api_key,
-                             observer=meters.openai_request),
-                worker=process_id, policy=retry, wall_clock=wall_clock, on_stored=notifier.kick,
+                settings, the_store, responses, worker=process_id, policy=retry, wall_clock=wall_clock,
+                on_stored=notifier.kick,
             )  # fmt: skip
             analyses.start()
             stack.push_async_callback(close_with_deliveries, analyses, notifier, settings)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -32,11 +33,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from sip_controller.calls import parking as parking_state
 from sip_controller.calls import routing
 from sip_controller.calls.commands import route_machine_detection
+from sip_controller.calls.parking import PARKED_PATH
 from sip_controller.calls.report import mask_number
 from sip_controller.calls.states import EndedReason
 from sip_controller.config import E164, Settings, TwilioCredentials
+from sip_controller.service import parking
 from sip_controller.service.admin import AdminAuth
 from sip_controller.state.records import StoreError
 from sip_controller.state.store import Store
@@ -44,7 +48,7 @@ from sip_controller.state.twilio_calls import NewTwilioCall, TwilioCallRow
 from sip_controller.telephony.callbacks import BadCallback, RecordingCallback, StatusCallback, VoiceRequest
 from sip_controller.telephony.calls_api import CallRequest, TwilioCalls, TwilioError
 from sip_controller.telephony.signatures import SIGNATURE_HEADER, TwilioSignatures
-from sip_controller.telephony.twiml import bridge_to_openai, new_correlation_id
+from sip_controller.telephony.twiml import bridge_to_openai, listen_parked, new_correlation_id
 
 #: what a Twilio callback's form is parsed into
 P = TypeVar("P")
@@ -306,7 +310,11 @@ def routes(
                 # from the row when the call starts)
                 routed = await route_machine_detection(store, rt.registry, row.call_id, callback.answered_by)
                 log.info("twilio.machine_detection", twilio_id=row.id, call_id=row.call_id, routed=routed)
-            if callback.final and row.direction == "outbound" and row.call_id is None:
+            if callback.final and row.park is not None:  # ended while parked: the call's report goes out now
+                closed = await parking.close_if_parked(store, settings, row, now=time.time())
+                if closed and (notifier := getattr(request.app.state, "notifier", None)) is not None:
+                    notifier.kick()
+            elif callback.final and row.direction == "outbound" and row.call_id is None:
                 reason = callback.unanswered_reason or "failed"
                 detail = None
                 if callback.status == "completed":
@@ -339,15 +347,42 @@ def routes(
             log.info("twilio.recording", twilio_id=row.id, call_id=row.call_id, status=callback.status,
                      recording_sid=callback.recording_sid, duration_s=callback.duration_s)  # fmt: skip
             late = False
-            if callback.completed and row.call_id is not None:
-                # the report written already: a late call.recording; not yet: the finish reads it from the row
-                late = await rt.registry.late_recording(row.call_id, callback.report())
+            report_row = parking_state.report_call_id(row.park) or row.call_id
+            if callback.completed and report_row is not None:
+                # the report written already: a late call.recording; not yet: the finish reads it from the row (a
+                # parked call's report is on its first leg's row, #16)
+                late = await rt.registry.late_recording(report_row, callback.report())
         except StoreError as exc:
             log.warning("twilio.store_failed", error=str(exc)[:300])
             return _error(503, "the call store is unavailable; retry")
         if late and (notifier := getattr(request.app.state, "notifier", None)) is not None:
             notifier.kick()
         return JSONResponse({"status": "recorded", "late": late})
+
+    async def parked(request: Request) -> Response:
+        """Twilio's listening round on a parked call (#16): the next TwiML (``service/parking.py``)."""
+        if twilio is None:
+            return _error(404, "not found")
+        form = await signed_form(request)
+        if isinstance(form, Response):
+            return form
+        twilio_id, spell = request.query_params.get("twilio_id", ""), request.query_params.get("spell", "")
+        if not twilio_id or not spell.isdigit():
+            return PlainTextResponse("twilio_id and spell are required", status_code=400)
+        store: Store = runtime(request).store
+        responses = getattr(request.app.state, "responses_api", None)
+        try:
+            xml = await parking.listen_answer(
+                store, settings, twilio, responses, twilio_id=twilio_id, spell=int(spell), form=form, now=time.time()
+            )
+        except parking.UnknownPark:
+            log.warning("park.unknown_call", twilio_id=twilio_id[:40])
+            return _error(404, "no parked Twilio call of ours has this id and CallSid")
+        except StoreError as exc:
+            # the store away for a moment: keep the line and listen again (nothing is counted this round)
+            log.warning("twilio.store_failed", error=str(exc)[:300])
+            return _twiml(listen_parked(f"{twilio.public_url}{request.url.path}?{request.url.query}", timeout_s=15))
+        return _twiml(xml)
 
     async def place(request: Request) -> Response:
         if (denied := await auth.authorize(request, write=True)) is not None:
@@ -436,6 +471,7 @@ def routes(
         Route(VOICE_PATH, voice, methods=["POST"]),
         Route(STATUS_PATH, status, methods=["POST"]),
         Route(RECORDING_PATH, recording, methods=["POST"]),
+        Route(PARKED_PATH, parked, methods=["POST"]),
         Route("/v1/outbound", place, methods=["POST"]),
         Route("/v1/outbound/{id}", get_outbound, methods=["GET"]),
         Route("/v1/outbound/{id}/cancel", cancel_outbound, methods=["POST"]),

@@ -43,12 +43,13 @@ from sip_controller.state.records import (
     search_terms,
     transcript_text,
 )
-from sip_controller.state.twilio_calls import PARKED
+from sip_controller.state.twilio_calls import MERGED, PARKED
 
 T = TypeVar("T")
 
-#: the finished calls history shows: every one but a parked leg (``ended_reason`` may be NULL on old rows)
-LISTED = f"ended_at IS NOT NULL AND (ended_reason IS NULL OR ended_reason <> '{PARKED}')"
+#: the finished calls history shows: every one but the legs of a parked call (a parked leg not closed yet, and the
+#: later legs whose call is reported on its first leg's row); ``ended_reason`` may be NULL on old rows
+LISTED = f"ended_at IS NOT NULL AND (ended_reason IS NULL OR ended_reason NOT IN ('{PARKED}', '{MERGED}'))"
 
 #: every column of ``calls`` but the report, and the history summary ``list_finished`` shows
 HISTORY_COLUMNS = (

@@ -633,6 +633,7 @@ class PostgresStore(PostgresHistory, PostgresAnalyses, PostgresBatches, Postgres
         report: Mapping[str, Any],
         outbox: Sequence[OutboxItem] = (),
         cost_usd: float | None = None,
+        ended_at: float | None = None,
     ) -> bool:
         if ended_reason == PARKED:
             raise ValueError("close a parked leg with the reason the call ended, not 'parked'")
@@ -645,6 +646,8 @@ class PostgresStore(PostgresHistory, PostgresAnalyses, PostgresBatches, Postgres
         }  # fmt: skip
         if cost_usd is not None:
             changes["cost_usd"] = cost_usd
+        if ended_at is not None:
+            changes["ended_at"] = ended_at
         sets = ", ".join(f"{column} = ${n}" for n, column in enumerate(changes, start=3))
         async with self._tx() as conn:
             closed = await conn.fetchval(

@@ -787,6 +787,7 @@ class SQLiteStore(SQLiteHistory, SQLiteAnalyses, SQLiteBatches, SQLiteConsoleSes
         report: Mapping[str, Any],
         outbox: Sequence[OutboxItem] = (),
         cost_usd: float | None = None,
+        ended_at: float | None = None,
     ) -> bool:
         if ended_reason == PARKED:
             raise ValueError("close a parked leg with the reason the call ended, not 'parked'")
@@ -799,6 +800,8 @@ class SQLiteStore(SQLiteHistory, SQLiteAnalyses, SQLiteBatches, SQLiteConsoleSes
         }  # fmt: skip
         if cost_usd is not None:
             changes["cost_usd"] = cost_usd
+        if ended_at is not None:
+            changes["ended_at"] = ended_at
         sets = ", ".join(f"{column} = ?" for column in changes)
         sql = f"UPDATE calls SET {sets} WHERE call_id = ? AND state = 'ended' AND ended_reason = ?"
 

@@ -317,14 +317,15 @@ class Store(StateStore, Protocol):
         report: Mapping[str, Any],
         outbox: Sequence[OutboxItem] = (),
         cost_usd: float | None = None,
+        ended_at: float | None = None,
     ) -> bool:
         """Close a parked leg (#16) whose Twilio call ended while parked, in ONE transaction: only when the call
         ``call_id`` is ``ended`` with ``ended_reason`` ``parked``, replace its ``ended_reason`` and ``report`` (the
         report of the whole call), its history summary and full-text row as ``finish_call`` writes them, its
         ``cost_usd`` when given, and enqueue ``outbox`` (keys already present skipped): True. Otherwise (unknown,
-        live, not parked, or closed already) nothing is written: False, so a second close is a no-op. ``ended_at``
-        stays when the leg was parked; the history lists the call from then on. ValueError for ``ended_reason``
-        ``parked``."""
+        live, not parked, or closed already) nothing is written: False, so a second close is a no-op. ``ended_at``:
+        when the call really ended (the history lists it by then; None keeps when the leg was parked). ValueError
+        for ``ended_reason`` ``parked``."""
         ...
 
     async def list_live(self, *, owner: str | None = None, limit: int = 10_000) -> list[CallRow]:

@@ -23,6 +23,9 @@ TWILIO_CALL_COLUMNS = (
 #: the ``ended_reason`` of an OpenAI leg that ended while its Twilio call was parked on a hold: the call goes on,
 #: so history leaves the row out until ``close_parked`` gives it the call's real end
 PARKED = "parked"
+#: the ``ended_reason`` of a later leg of a parked call once the call's report is on its first leg's row: history
+#: lists the call once, by its first leg
+MERGED = "merged"
 
 
 class CorrelationTaken(StoreError):

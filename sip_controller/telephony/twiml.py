@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import secrets
 
-from twilio.twiml.voice_response import Dial, VoiceResponse
+from twilio.twiml.voice_response import Dial, Gather, VoiceResponse
 
 #: the SIP header (a URI parameter of the <Sip> noun) that ties an OpenAI call to the Twilio call it came from
 CORRELATION_HEADER = "X-Sipctl-Correlation"
@@ -81,5 +81,29 @@ def transfer_to(target_uri: str) -> str:
 def hang_up() -> str:
     """``<Response><Hangup/></Response>``: for a Twilio call that must not be bridged."""
     response = VoiceResponse()
+    response.hangup()
+    return str(response.to_xml())
+
+
+def listen_parked(action_url: str, *, timeout_s: int, language: str | None = None) -> str:
+    """The TwiML of a parked call (#16): Twilio listens for speech (``<Gather input="speech">``, Twilio's
+    ``phone_call`` model with ``speechTimeout="auto"``) and POSTs what it heard to ``action_url``, also when it heard
+    nothing for ``timeout_s`` seconds (``actionOnEmptyResult``): each answer is the next TwiML, another round of
+    listening or the bridge to a fresh OpenAI session. Nothing is played: the other side is on hold."""
+    response = VoiceResponse()
+    options: dict[str, str] = {"language": language} if language else {}
+    response.append(
+        Gather(
+            input="speech", action=action_url, method="POST", timeout=timeout_s, speech_timeout="auto",
+            speech_model="phone_call", action_on_empty_result=True, **options,
+        )
+    )  # fmt: skip
+    return str(response.to_xml())
+
+
+def give_up_parked(line: str) -> str:
+    """``<Say>`` one line with Twilio's voice, then ``<Hangup/>``: a parked call that waited too long (#16)."""
+    response = VoiceResponse()
+    response.say(line)
     response.hangup()
     return str(response.to_xml())

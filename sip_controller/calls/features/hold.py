@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 from sip_controller.agent.profile import Hold as HoldConfig
 from sip_controller.agent.profile import TurnDetection
-from sip_controller.calls.actions import Action, CancelTimer, Send, StartTimer
+from sip_controller.agent.tools import WaitOnHoldArgs
+from sip_controller.calls.actions import Action, CancelTimer, Park, Send, StartTimer
 from sip_controller.calls.features import turns
 from sip_controller.calls.features.port import CallPort
 from sip_controller.calls.report import ToolCallRecord
@@ -65,16 +66,21 @@ class Hold:
     #: the profile's turn detection, patched while on hold (None: the session has none to patch)
     turn_detection: TurnDetection | None
     waiting: OnHold | None = None
+    #: a ``Park`` went out and no ``ParkFailed`` came back: the OpenAI leg closing now means Twilio took the line
+    parking: bool = False
 
     @property
     def active(self) -> bool:
         return self.waiting is not None
 
-    def on_tool(self, port: CallPort, record: ToolCallRecord, rel: float) -> list[Action]:
+    def on_tool(
+        self, port: CallPort, record: ToolCallRecord, rel: float, args: WaitOnHoldArgs | None = None
+    ) -> list[Action]:
         if self.waiting is not None:
             record.result = "already on hold"
             return [port.tool_output(record.call_id, {"status": "already on hold; stay silent"})]
         self.waiting = OnHold(started_at=rel)
+        park = self._park(port, args or WaitOnHoldArgs())
         port.record.on_hold_since_s = rel  # kept in the store: a takeover goes on waiting (``restore``)
         record.result = "on hold"
         port.record.mark(rel, f"hold mode on (detect: {self.config.detect})")
@@ -86,7 +92,28 @@ class Hold:
         td = turns.turn_detection(self.turn_detection, on_hold=True, muted=port.muted)
         if td is not None:
             actions.extend(port.update_session(turns.session_patch(td), rel, what="hold mode", then=[]))
+        if park is not None:
+            # hold mode first: the session stays quiet while Twilio is asked to take the line (and if it won't)
+            port.record.mark(rel, f"parking the line on Twilio (expected wait {park.expected_min:g} min)")
+            self.parking = True
+            actions.append(park)
         return actions
+
+    def _park(self, port: CallPort, args: WaitOnHoldArgs) -> Park | None:
+        """The ``Park`` to ask for (#16): the profile parks, the call is one Twilio bridged, and the model said the
+        wait may be at least the profile's threshold; else None (hold mode only)."""
+        config = self.config.park
+        expected = args.expected_minutes
+        if config is None or port.record.twilio is None or expected is None or expected < config.after_min:
+            return None
+        return Park(expected_min=expected, reason=args.reason)
+
+    def on_park_failed(self, port: CallPort, detail: str, rel: float) -> list[Action]:
+        """Twilio did not take the line: the call stays on hold mode in this session (its maximum hold applies)."""
+        self.parking = False
+        port.record.errors.append(f"parking failed: {detail}"[:300])
+        port.record.mark(rel, "parking failed: staying on hold mode")
+        return []
 
     def on_caller_transcript(self, port: CallPort, text: str, item_id: str | None, rel: float) -> list[Action]:
         h = self.waiting

@@ -1,0 +1,261 @@
+"""Parked holds (#16) through the real app: ``wait_on_hold`` with a long expected wait on a call Twilio bridged
+parks the call (the Calls API moves it onto a ``<Gather>``), Twilio's listening rounds are answered until a
+person is back, the fresh OpenAI leg is primed with the conversation, and the call is reported once, with its
+legs and parked time, from its first leg's row. Twilio's Calls API and OpenAI's REST are mocked with respx."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import parse_qsl
+from xml.etree import ElementTree as ET
+
+import pytest
+
+from sip_controller.agent.profile import AgentProfile
+from sip_controller.config import Limits, Settings
+from sip_controller.realtime.sideband import FakeSideband
+from sip_controller.state.records import HistoryQuery
+from tests.service.test_twilio_routes import ACCOUNT, ADMIN, TWILIO, correlation, openai_webhook, post_signed
+from tests.servicekit import Service, openai_router, running_service
+
+pytestmark = pytest.mark.anyio
+
+CALL_SID = "CA" + "9" * 32
+CALLER = "+14155550123"
+
+
+def profile(detect: str = "phrases", **park: Any) -> AgentProfile:
+    return AgentProfile.model_validate({
+        "instructions": "You call billing about claim 4471.",
+        "tools": ["end_call", "wait_on_hold"],
+        "hold": {"detect": detect, "park": {"after_min": 10, "listen_timeout_s": 10, **park}},
+    })  # fmt: skip
+
+
+async def start(settings: Settings) -> AsyncIterator[Service]:
+    router = openai_router(None)
+    router.post(path__regex=rf"/2010-04-01/Accounts/{ACCOUNT}/Calls/{CALL_SID}\.json$", name="twilio_update").respond(
+        200, json={"sid": CALL_SID, "status": "in-progress"}
+    )
+    router.post(path__regex=r"/responses$", name="responses").respond(200, json=verdict(True))
+    async with running_service(ADMIN, settings=settings, twilio=TWILIO, router=router) as svc:
+        yield svc
+
+
+@pytest.fixture
+async def service() -> AsyncIterator[Service]:
+    settings = Settings(profiles={"default": profile()}, limits=Limits(hangup_close_wait_s=0.1))
+    async for svc in start(settings):
+        yield svc
+
+
+def verdict(person: bool) -> dict[str, Any]:
+    return {
+        "id": "resp_1", "object": "response", "status": "completed", "model": "gpt-6-luna",
+        "output": [{"type": "message", "role": "assistant", "status": "completed",
+                    "content": [{"type": "output_text", "text": json.dumps({"person": person})}]}],
+        "usage": {"input_tokens": 80, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 6},
+    }  # fmt: skip
+
+
+async def attached(svc: Service, call_id: str) -> FakeSideband:
+    async with asyncio.timeout(5):
+        while call_id not in svc.connector.attached:
+            await asyncio.sleep(0.01)
+    return svc.connector.attached[call_id]
+
+
+async def parked_call(svc: Service, call_id: str = "rtc_p1") -> str:
+    """A call to the number, bridged and attached; the other side speaks, the model calls wait_on_hold expecting
+    40 minutes, Twilio takes the redirect and hangs the OpenAI leg up. Returns the Twilio call's id."""
+    answer = await post_signed(svc, "/twilio/voice", {"CallSid": CALL_SID, "From": CALLER, "To": "+18005550100"})
+    await openai_webhook(svc, call_id, [{"name": "X-Sipctl-Correlation", "value": correlation(answer.text)}])
+    sideband = await attached(svc, call_id)
+    said = {"type": "conversation.item.input_audio_transcription.completed", "item_id": "i1", "content_index": 0,
+            "transcript": "Acme billing, please hold, it may be 40 minutes."}  # fmt: skip
+    call = {"type": "function_call", "call_id": "c1", "name": "wait_on_hold",
+            "arguments": json.dumps({"expected_minutes": 40, "reason": "status of claim 4471"})}  # fmt: skip
+    sideband.push(json.dumps(said))
+    sideband.push(json.dumps({"type": "response.done", "response": {"id": "r1", "status": "completed",
+                                                                    "output": [call]}}))  # fmt: skip
+    update = svc.router.routes["twilio_update"]
+    async with asyncio.timeout(5):
+        while update.call_count == 0:
+            await asyncio.sleep(0.01)
+    form = dict(parse_qsl(update.calls.last.request.content.decode()))
+    [gather] = list(ET.fromstring(form["Twiml"]))
+    assert gather.tag == "Gather"
+    assert (gather.get("input"), gather.get("actionOnEmptyResult"), gather.get("timeout")) == ("speech", "true", "10")
+    sideband.close_from_server()  # Twilio's redirect ended the <Dial> into OpenAI
+    record = await svc.runtime.registry.wait_ended(call_id, 5)
+    assert record.ended_reason == "parked"
+    await svc.runtime.registry.finished_written(5)
+    row = await svc.store.get_twilio_call(call_sid=CALL_SID)
+    assert row is not None
+    assert row.park is not None
+    assert (row.park["status"], row.park["legs"], row.park["spell"]) == ("parked", [call_id], 1)
+    action = gather.get("action") or ""
+    assert action == f"{TWILIO.public_url}/twilio/parked?twilio_id={row.id}&spell=1"
+    return row.id
+
+
+async def report_of(svc: Service, call_id: str) -> dict[str, Any]:
+    report = await svc.store.get_report(call_id)
+    assert report is not None
+    return dict(report)
+
+
+async def listen(svc: Service, twilio_id: str, heard: str | None, *, spell: int = 1) -> ET.Element:
+    form = {"CallSid": CALL_SID, "CallStatus": "in-progress"}
+    if heard is not None:
+        form |= {"SpeechResult": heard, "Confidence": "0.9"}
+    answer = await post_signed(svc, f"/twilio/parked?twilio_id={twilio_id}&spell={spell}", form)
+    assert answer.status_code == 200, answer.text
+    return ET.fromstring(answer.text)
+
+
+async def test_a_parked_call_is_bridged_to_a_primed_fresh_session_and_reported_once_with_its_legs(
+    service: Service,
+) -> None:
+    twilio_id = await parked_call(service)
+    for heard in ("[hold music]", None, "Your call is important to us"):  # music, silence, an announcement
+        assert [child.tag for child in await listen(service, twilio_id, heard)] == ["Gather"]
+    bridge = await listen(service, twilio_id, "Hi, thanks for holding, this is Dana from billing.")
+    xml = ET.tostring(bridge, encoding="unicode")
+    new_correlation = correlation(xml)
+    row = await service.store.get_twilio_call(id=twilio_id)
+    assert row is not None
+    assert row.park is not None
+    assert row.correlation == new_correlation
+    assert row.park["status"] == "bridging"
+    [spell] = row.park["spells"]
+    assert (spell["listens"], spell["checks"]) == (4, 0)
+    # the next leg: matched by the new correlation id, primed with the conversation and the open task
+    await openai_webhook(service, "rtc_p2", [{"name": "X-Sipctl-Correlation", "value": new_correlation}])
+    sideband = await attached(service, "rtc_p2")
+    accept = json.loads(service.router.routes["accept"].calls.last.request.content)
+    instructions = accept["instructions"]
+    assert instructions.startswith("You call billing about claim 4471.")
+    assert "continuing after a long hold" in instructions
+    assert "status of claim 4471" in instructions  # the open task
+    assert "Them: Acme billing, please hold" in instructions  # the conversation so far
+    assert "this is Dana from billing" in instructions  # the person's first words
+    async with asyncio.timeout(5):
+        while not [e for e in sideband.sent if e.get("type") == "response.create"]:
+            await asyncio.sleep(0.01)
+    [opening] = [e for e in sideband.sent if e.get("type") == "response.create"]
+    assert opening["response"]["instructions"].startswith("A person has just come back on the line")
+    sideband.close_from_server()  # the other side hung up
+    ended = await service.runtime.registry.wait_ended("rtc_p2", 5)
+    assert ended.ended_reason == "caller_hangup"
+    await service.runtime.registry.finished_written(5)
+    report = await report_of(service, "rtc_p1")  # the call's report is on its first leg's row
+    assert report["call_id"] == "rtc_p1"
+    assert report["ended_reason"] == "caller_hangup"
+    assert [leg["call_id"] for leg in report["legs"]] == ["rtc_p1", "rtc_p2"]
+    assert [leg["ended_reason"] for leg in report["legs"]] == ["parked", "caller_hangup"]
+    parked = report["parked"]
+    assert len(parked["spells"]) == 1
+    assert parked["parked_s"] >= 0
+    assert parked["cost_saved_usd"] == pytest.approx(
+        parked["hold_mode_cost_usd"] - parked["listen_cost_usd"] - parked["check_cost_usd"], abs=1e-6
+    )
+    leg2 = await service.store.get_call("rtc_p2")
+    assert leg2 is not None
+    assert leg2.ended_reason == "merged"
+    page = await service.store.list_finished(HistoryQuery())
+    assert [row.call_id for row in page.calls] == ["rtc_p1"]  # one call in the history
+
+
+async def test_a_call_that_ends_while_parked_is_reported_from_its_parked_leg(service: Service) -> None:
+    twilio_id = await parked_call(service)
+    await listen(service, twilio_id, "[hold music]")
+    answer = await post_signed(service, "/twilio/status", {"CallSid": CALL_SID, "CallStatus": "completed",
+                                                           "CallDuration": "2400"})  # fmt: skip
+    assert answer.status_code == 200
+    report = await report_of(service, "rtc_p1")
+    assert report["ended_reason"] == "caller_hangup"
+    assert [leg["call_id"] for leg in report["legs"]] == ["rtc_p1"]
+    assert report["parked"]["spells"][0]["listens"] == 1
+    assert any(e["event"].startswith("ended while parked") for e in report["timeline"])
+    row = await service.store.get_twilio_call(id=twilio_id)
+    assert row is not None
+    assert row.park is not None
+    assert row.park["status"] == "closed"
+    # a callback after that changes nothing and keeps nothing open
+    assert [child.tag for child in await listen(service, twilio_id, "hello?")] == ["Hangup"]
+
+
+async def test_a_line_parked_too_long_is_given_up_politely() -> None:
+    settings = Settings(profiles={"default": profile(max_parked_s=0.05)}, limits=Limits(hangup_close_wait_s=0.1))
+    async for svc in start(settings):
+        twilio_id = await parked_call(svc)
+        await asyncio.sleep(0.1)
+        answer = await listen(svc, twilio_id, "[hold music]")
+        assert [child.tag for child in answer] == ["Say", "Hangup"]
+        await post_signed(svc, "/twilio/status", {"CallSid": CALL_SID, "CallStatus": "completed"})
+        report = await report_of(svc, "rtc_p1")
+        assert report["ended_reason"] == "max_duration"
+
+
+async def test_the_text_check_decides_when_no_phrase_is_heard() -> None:
+    settings = Settings(profiles={"default": profile(detect="classifier")}, limits=Limits(hangup_close_wait_s=0.1))
+    async for svc in start(settings):
+        twilio_id = await parked_call(svc)
+        checks = svc.router.routes["responses"]
+        checks.respond(200, json=verdict(False))
+        assert [c.tag for c in await listen(svc, twilio_id, "la la la")] == ["Gather"]
+        checks.respond(200, json=verdict(True))
+        assert [c.tag for c in await listen(svc, twilio_id, "Hello, Dana speaking")] == ["Dial"]
+        body = json.loads(checks.calls.last.request.content)
+        assert body["store"] is False
+        assert body["metadata"] == {"sipctl_purpose": "park_check"}
+        assert body["text"]["format"]["schema"]["required"] == ["person"]
+        row = await svc.store.get_twilio_call(id=twilio_id)
+        assert row is not None
+        assert row.park is not None
+        [spell] = row.park["spells"]
+        assert spell["checks"] == 2
+        assert spell["check_cost_usd"] > 0
+
+
+async def test_bad_parked_callbacks_are_refused(service: Service) -> None:
+    twilio_id = await parked_call(service)
+    unsigned = await service.client.post(f"/twilio/parked?twilio_id={twilio_id}&spell=1",
+                                         data={"AccountSid": ACCOUNT, "CallSid": CALL_SID})  # fmt: skip
+    assert unsigned.status_code == 403
+    assert (await post_signed(service, "/twilio/parked?twilio_id=out_nope&spell=1", {"CallSid": CALL_SID})
+            ).status_code == 404  # fmt: skip
+    other = await post_signed(service, f"/twilio/parked?twilio_id={twilio_id}&spell=1", {"CallSid": "CA" + "1" * 32})
+    assert other.status_code == 404
+    assert (await post_signed(service, "/twilio/parked?spell=x", {"CallSid": CALL_SID})).status_code == 400
+    row = await service.store.get_twilio_call(id=twilio_id)
+    assert row is not None
+    assert row.park is not None
+    assert row.park["listens"] == 0  # none of them counted
+
+
+async def test_a_park_twilio_refuses_leaves_the_call_on_hold_mode(service: Service) -> None:
+    service.router.routes["twilio_update"].respond(
+        400, json={"code": 21220, "message": "Call is not in-progress. Cannot redirect.", "status": 400}
+    )
+    answer = await post_signed(service, "/twilio/voice", {"CallSid": CALL_SID, "From": CALLER, "To": "+18005550100"})
+    await openai_webhook(service, "rtc_p9", [{"name": "X-Sipctl-Correlation", "value": correlation(answer.text)}])
+    sideband = await attached(service, "rtc_p9")
+    call = {"type": "function_call", "call_id": "c1", "name": "wait_on_hold",
+            "arguments": json.dumps({"expected_minutes": 30})}  # fmt: skip
+    sideband.push(json.dumps({"type": "response.done", "response": {"id": "r1", "status": "completed",
+                                                                    "output": [call]}}))  # fmt: skip
+    record = service.runtime.registry.get("rtc_p9")
+    assert record is not None
+    async with asyncio.timeout(5):
+        while not any("parking failed" in e for e in record.errors):
+            await asyncio.sleep(0.01)
+    assert record.on_hold_since_s is not None
+    assert record.ended_reason is None  # still on hold mode, still live
+    row = await service.store.get_twilio_call(call_sid=CALL_SID)
+    assert row is not None
+    assert row.park is None  # the park was taken back
