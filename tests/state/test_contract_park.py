@@ -276,3 +276,22 @@ async def test_migration_0011_adds_park_to_twilio_calls_made_before_it(
     parked = await store.set_twilio_park("in_1", PARK, correlation=NEW_CORR)
     assert parked is not None
     assert (parked.park, parked.correlation, parked.call_id) == (PARK, NEW_CORR, None)
+
+
+async def test_a_later_legs_merged_row_is_out_of_the_history_and_the_first_leg_lists_the_call(store: Store) -> None:
+    """How the controller writes a call that went on after a park: the whole call's report on the first leg's row,
+    ended when the call ended (``ended_at``), and the later leg's row ``merged``."""
+    await park_leg(store, "rtc_m1", ended_at=T0 + 200)
+    whole = report("rtc_m1", ["Hold on, please", "Thanks for holding, it is approved"], 0.3)
+    assert await store.close_parked("rtc_m1", ended_reason="agent_end_call", report=whole, cost_usd=0.3,
+                                    outbox=[delivery("rtc_m1")], ended_at=T0 + 2600)  # fmt: skip
+    fence = await live_call(store, "rtc_m2", received_at=T0 + 2400, accepted_at=T0 + 2401)
+    await store.finish_call(fence, state="ended", ended_reason="merged", report=report("rtc_m2", ["approved"], 0.1),
+                            cost_usd=0.1, ended_at=T0 + 2600)  # fmt: skip
+    assert await listed(store) == ["rtc_m1"]
+    assert await listed(store, text="approved") == ["rtc_m1"]
+    first = await store.get_call("rtc_m1")
+    assert first is not None
+    assert (first.ended_reason, first.ended_at) == ("agent_end_call", T0 + 2600)
+    overview = await store.overview(T0, T0 + 86_400, bucket_s=3600)
+    assert (overview.calls, overview.ended_reasons) == (1, {"agent_end_call": 1})
