@@ -771,6 +771,25 @@ def _twilio_webhook(summary: str, ok: dict[str, Any]) -> dict[str, Any]:
     }}  # fmt: skip
 
 
+def _parked_webhook() -> dict[str, Any]:
+    """``POST /twilio/parked``: a parked call's listening rounds (#16); the query names the park."""
+    route = _twilio_webhook(
+        "A parked call's listening round (<Gather input=speech> action, #16): TwiML listening again, bridging a fresh "
+        "OpenAI session when a person is back, or giving up",
+        {"application/xml": {"schema": {"type": "string"}}},
+    )
+    post = route["post"]
+    post["parameters"] = [
+        *post["parameters"],
+        {"name": "twilio_id", "in": "query", "required": True, "schema": {"type": "string"},
+         "description": "the Twilio call's id (ours), as in the action URL the controller gave Twilio"},
+        {"name": "spell", "in": "query", "required": True, "schema": {"type": "integer", "minimum": 1},
+         "description": "which park of the call (1, 2, …)"},
+    ]  # fmt: skip
+    post["responses"]["404"]["description"] = "Twilio not configured, or no parked call of ours with this id, CallSid"
+    return route
+
+
 _CONTROL_SUMMARY = {
     "say": "Have the agent say exactly this line: now (what it is saying is cut off) or next (after the answer in "
     "progress)",
@@ -1026,6 +1045,7 @@ OPENAPI: dict[str, Any] = {
             {"application/json": {"schema": {"type": "object", "properties": {
                 "status": {"type": "string"}, "late": {"type": "boolean"}}}}},
         ),
+        "/twilio/parked": _parked_webhook(),
     },
 }
 
