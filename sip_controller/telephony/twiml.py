@@ -36,6 +36,7 @@ def openai_sip_uri(project_id: str, correlation_id: str) -> str:
 
 #: the recording events Twilio reports: the file is ready, or nothing was recorded
 RECORDING_EVENTS = "completed absent"
+_GATHER_LANGUAGE = re.compile(r"^[a-z]{2,3}-[A-Z]{2}$")
 _TRANSFER_TARGET = re.compile(r"^(tel:(\+[1-9][0-9]{1,14})|sips?:[^\s@<>]+@[^\s<>]+)$")
 
 
@@ -91,7 +92,9 @@ def listen_parked(action_url: str, *, timeout_s: int, language: str | None = Non
     nothing for ``timeout_s`` seconds (``actionOnEmptyResult``): each answer is the next TwiML, another round of
     listening or the bridge to a fresh OpenAI session. Nothing is played: the other side is on hold."""
     response = VoiceResponse()
-    options: dict[str, str] = {"language": language} if language else {}
+    # Gather's language is a BCP-47 tag with its region (en-US); a bare ISO-639 code (a transcription's "en") is
+    # left to Twilio's default rather than refused
+    options: dict[str, str] = {"language": language} if language and _GATHER_LANGUAGE.match(language) else {}
     response.append(
         Gather(
             input="speech", action=action_url, method="POST", timeout=timeout_s, speech_timeout="auto",

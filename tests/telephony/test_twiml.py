@@ -9,7 +9,9 @@ import pytest
 from sip_controller.telephony.twiml import (
     CORRELATION_HEADER,
     bridge_to_openai,
+    give_up_parked,
     hang_up,
+    listen_parked,
     new_correlation_id,
     openai_sip_uri,
     transfer_to,
@@ -87,3 +89,18 @@ def test_a_transfer_dials_the_target_in_place_of_openai(target: str, noun: str, 
 def test_a_transfer_target_that_is_not_a_tel_or_sip_uri_is_refused(target: str) -> None:
     with pytest.raises(ValueError, match="transfer target"):
         transfer_to(target)
+
+
+def test_a_parked_call_listens_for_speech_and_posts_every_round() -> None:
+    url = "https://calls.example.com/twilio/parked?twilio_id=out_1&spell=2"
+    [gather] = list(ET.fromstring(listen_parked(url, timeout_s=15, language="en-GB")))
+    assert gather.tag == "Gather"
+    assert gather.attrib == {
+        "action": url, "method": "POST", "input": "speech", "timeout": "15", "speechTimeout": "auto",
+        "speechModel": "phone_call", "actionOnEmptyResult": "true", "language": "en-GB",
+    }  # fmt: skip
+    assert list(gather) == []  # nothing is played to the other side: it is on hold
+    # a bare language code is left to Twilio's default rather than refused
+    [bare] = list(ET.fromstring(listen_parked(url, timeout_s=15, language="en")))
+    assert "language" not in bare.attrib
+    assert [c.tag for c in ET.fromstring(give_up_parked("Sorry, goodbye."))] == ["Say", "Hangup"]
