@@ -80,6 +80,7 @@ from sip_controller.state.twilio_calls import (
     CorrelationTaken,
     NewTwilioCall,
     TwilioCallRow,
+    closing_changes,
     twilio_call_row,
 )
 from sip_controller.state.twilio_calls import lookup as twilio_lookup
@@ -635,19 +636,12 @@ class PostgresStore(PostgresHistory, PostgresAnalyses, PostgresBatches, Postgres
         cost_usd: float | None = None,
         ended_at: float | None = None,
     ) -> bool:
-        if ended_reason == PARKED:
-            raise ValueError("close a parked leg with the reason the call ended, not 'parked'")
-        now = self._clock()
         summary, text = finish_columns(report, cost_usd or 0.0)
-        # the report is new, so retention keeps its transcript for the usual time again
-        changes: dict[str, Any] = {
-            "ended_reason": ended_reason, "report": dict(report), "transcript_stripped_at": None, "updated_at": now,
-            **summary,
-        }  # fmt: skip
-        if cost_usd is not None:
-            changes["cost_usd"] = cost_usd
-        if ended_at is not None:
-            changes["ended_at"] = ended_at
+        now = self._clock()
+        changes = closing_changes(
+            ended_reason=ended_reason, report=dict(report), summary=summary, cost_usd=cost_usd, ended_at=ended_at,
+            now=now,
+        )  # fmt: skip
         sets = ", ".join(f"{column} = ${n}" for n, column in enumerate(changes, start=3))
         async with self._tx() as conn:
             closed = await conn.fetchval(

@@ -109,3 +109,22 @@ def lookup(id: str | None, correlation: str | None, call_sid: str | None) -> tup
     if len(given) != 1:
         raise ValueError("look a Twilio call up by exactly one of id, correlation and call_sid")
     return given[0]
+
+
+def closing_changes(
+    *, ended_reason: str, report: object, summary: Mapping[str, Any], cost_usd: float | None, ended_at: float | None,
+    now: float,
+) -> dict[str, Any]:
+    """The ``calls`` columns ``close_parked`` sets (both backends; ``report`` already in the backend's form, and
+    ``summary`` the history's ``finish_columns``). ValueError for the reason ``parked``: the row would stay parked."""
+    if ended_reason == PARKED:
+        raise ValueError("close a parked leg with the reason the call ended, not 'parked'")
+    # the report is new, so retention keeps its transcript for the usual time again
+    changes: dict[str, Any] = {
+        "ended_reason": ended_reason, "report": report, "transcript_stripped_at": None, "updated_at": now, **summary,
+    }  # fmt: skip
+    if cost_usd is not None:
+        changes["cost_usd"] = cost_usd
+    if ended_at is not None:
+        changes["ended_at"] = ended_at
+    return changes

@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 
 from sip_controller.state import migrations
-from sip_controller.state.records import Entry, HistoryQuery, OutboxItem
+from sip_controller.state.records import Entry, HistoryQuery
 from sip_controller.state.store import Store
 from sip_controller.state.twilio_calls import CorrelationTaken
 from tests.state.conftest import T0, Cluster
+from tests.state.test_contract import ended as delivery
 from tests.state.test_contract import live_call, twilio_call
 from tests.state.test_contract_history import search_rows
 
@@ -32,16 +33,6 @@ def report(call_id: str, lines: list[str], cost: float, **more: Any) -> dict[str
         "cost_usd": cost,
         **more,
     }
-
-
-def delivery(call_id: str, destination: str = "https://ops.example.com/hook") -> OutboxItem:
-    return OutboxItem(
-        key=f"call.ended:{call_id}:{destination}",
-        destination=destination,
-        event="call.ended",
-        payload={"call_id": call_id, "ended_reason": "caller_hangup"},
-        call_id=call_id,
-    )
 
 
 async def park_leg(store: Store, call_id: str, *, ended_at: float, lines: list[str] | None = None) -> None:
