@@ -84,6 +84,16 @@ DEFAULT_HOLD_MARKERS: tuple[str, ...] = (
     "all of our agents are",
     "calls are answered in the order",
 )
+
+
+def is_hold_line(text: str, markers: tuple[str, ...]) -> bool:
+    """Whether a line heard on the call is hold music or a recorded announcement (or nothing at all), not a person:
+    it contains one of ``markers`` (casefolded, as :attr:`SimContext.hold_markers` keeps them). The rule behind
+    the realtime hold check (:meth:`CallRuntime.hold_check_answer`) and the Responses API's ``park_check``."""
+    line = text.casefold()
+    return not line.strip() or any(marker in line for marker in markers)
+
+
 #: GA's client events (``input_audio_buffer.append`` is refused on a SIP sideband, see ``on_client_text``)
 CLIENT_EVENT_TYPES = [
     "session.update",
@@ -201,7 +211,9 @@ class CallRuntime:
         self._conn: _Sideband | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._then: deque[str] = deque()
-        self._pending_turn: Step | None = None
+        #: the caller's turn the next in-band ``response.create`` answers; a call that opens with the caller's
+        #: words already heard (``spec.opening``) starts with it, so the controller's greeting answers them
+        self._pending_turn: Step | None = record.spec.opening
         self._client_responses: list[ResponseRecord] = []
         self._client_responded = asyncio.Event()
         self._answered_ids: set[str] = set()
@@ -1070,9 +1082,7 @@ class CallRuntime:
     def hold_check_answer(self) -> str:
         """What the scripted model answers to "is a person speaking?": "no" while the latest caller transcript
         is hold music or an announcement (one of the hold markers), "yes" otherwise."""
-        latest = (self._last_caller_text or "").casefold()
-        on_hold = not latest.strip() or any(marker in latest for marker in self.ctx.hold_markers)
-        return "no" if on_hold else "yes"
+        return "no" if is_hold_line(self._last_caller_text or "", self.ctx.hold_markers) else "yes"
 
     async def _respond_out_of_band(
         self, prompt: str, *, modalities: list[str] | None, metadata: dict[str, Any] | None
@@ -1296,7 +1306,7 @@ class CallRuntime:
             async with asyncio.timeout(scaled(spec.max_call_seconds)):
                 await self.attached.wait()
                 await self._greeting()
-                for step in spec.steps:
+                for index, step in enumerate(spec.steps):
                     if step.interrupt is not None:
                         # barge in: speak into the assistant's audio instead of waiting for it to end
                         patience = INTERRUPT_WAIT if step.interrupt_wait is None else step.interrupt_wait
@@ -1307,7 +1317,10 @@ class CallRuntime:
                     await self._socket_up.wait()  # a dropped sideband: wait for the reconnect
                     if self.is_ended:
                         return
+                    rec = self.rec
+                    rec.step_index, rec.step_started_at, rec.step_chunks = index, self.ctx.now(), 0
                     await self._step(step)
+                    rec.steps_done = index + 1
                 await self.rec.ended.wait()
         except TimeoutError:
             self.rec.max_call_reached = not self.is_ended
@@ -1354,6 +1367,7 @@ class CallRuntime:
     async def _caller_says(self, step: Step) -> None:
         text = step.say or ""
         await self._caller_segment(text, caller_seconds(text))
+        self.rec.steps_done = self.rec.step_index + 1  # spoken: whatever comes of it, it belongs to the past
         if step.reply is None and step.tool is None:
             return
         self._client_responded.clear()
@@ -1368,16 +1382,19 @@ class CallRuntime:
     async def _hold_music(self, music: HoldMusic) -> None:
         """The line plays hold music: a speech segment every ``every`` seconds for ``seconds`` in all. While the
         session answers on its own, the model answers each segment (the money hold mode saves). The music does
-        not wait for the model: segments come on schedule, whatever is playing."""
+        not wait for the model: segments come on schedule, whatever is playing. Silent music (no ``text``) makes
+        no segments: the line is quiet for ``seconds``."""
         loop = asyncio.get_running_loop()
         start = loop.time()
         end = start + self.ctx.scaled(music.seconds)
-        count = max(1, int(music.seconds // music.every))
-        for index in range(count):
+        for index in range(music.chunks):
             due = start + self.ctx.scaled(index * music.every)
             await asyncio.sleep(max(0.0, due - loop.time()))
             if self.is_ended:
                 return
+            self.rec.step_chunks = index + 1
+            if music.text is None:
+                continue
             await self._socket_up.wait()
             await self._caller_segment(music.text, music.segment)
             self.rec.hold_segments += 1

@@ -80,6 +80,13 @@ class SimCall:
     greeting_heard: bool = False
     #: hold-music segments the far side produced (``hold_music`` steps)
     hold_segments: int = 0
+    #: how far the caller's script (``spec.steps``) got, for a Twilio call whose later legs and ``<Gather>`` go
+    #: on from it (#16): the steps over (a ``say`` is over once spoken, whether or not the model answered it),
+    #: the step under way (-1: none yet), when it began, and the hold-music parts (``every`` seconds each) it began
+    steps_done: int = 0
+    step_index: int = -1
+    step_started_at: float | None = None
+    step_chunks: int = 0
     #: times the caller spoke over the assistant and cut it off (server VAD's ``interrupt_response``)
     barge_ins: int = 0
     #: times server VAD's ``idle_timeout_ms`` fired (``input_audio_buffer.timeout_triggered``)

@@ -40,6 +40,8 @@ class ToolCall(_Strict):
 
 
 DEFAULT_HOLD_REPLY = "Sorry, I didn't catch that."
+#: nominal seconds a caller waits for the controller's greeting before speaking (``CallSpec.greeting_wait``)
+GREETING_WAIT = 1.5
 
 
 class HoldMusic(_Strict):
@@ -48,13 +50,27 @@ class HoldMusic(_Strict):
     Every ``every`` seconds for ``seconds`` in all, the line produces a speech segment ``segment`` seconds long
     whose transcript is ``text`` (what server VAD and transcription make of music). While the session answers
     on its own (``turn_detection.create_response`` true), the model answers each segment with ``reply``.
+    ``text: null`` is a silent hold: no speech at all for ``seconds``.
+
+    On a Twilio call parked on a ``<Gather>`` (#16), each ``every``-second part (a *chunk*) ends one Gather:
+    heard as ``text`` (confidence 0.35) after ``every`` seconds, or, silent, with nothing heard after the
+    Gather's ``timeout``.
     """
 
     seconds: float = Field(gt=0, le=3600)
     every: float = Field(default=20.0, gt=0)
     segment: float = Field(default=4.0, gt=0)
-    text: str = Field(default="[hold music]", min_length=1)
+    text: str | None = Field(default="[hold music]", min_length=1)
     reply: str = Field(default=DEFAULT_HOLD_REPLY, min_length=1)
+
+    @property
+    def chunks(self) -> int:
+        """How many ``every``-second parts the music has (at least one)."""
+        return max(1, int(self.seconds // self.every))
+
+    def after(self, chunks: int) -> HoldMusic:
+        """The music left once ``chunks`` of its parts have played (fewer than :attr:`chunks`)."""
+        return self.model_copy(update={"seconds": self.seconds - chunks * self.every})
 
     @model_validator(mode="after")
     def _segment_fits(self) -> HoldMusic:
@@ -181,7 +197,7 @@ class CallSpec(_Strict):
     headers: dict[str, str] = Field(default_factory=dict)
     deliveries: int = Field(default=1, ge=1, le=20)
     ring_timeout: float = Field(default=20.0, gt=0)
-    greeting_wait: float = Field(default=1.5, ge=0)
+    greeting_wait: float = Field(default=GREETING_WAIT, ge=0)
     max_call_seconds: float = Field(default=30.0, gt=0)
     #: what /refer does; a list gives one mode per /refer in order (the last one repeats)
     refer: ReferMode | list[ReferMode] = "succeed"
@@ -197,9 +213,20 @@ class CallSpec(_Strict):
     #: what ``rate_limits.updated`` reports
     rate_limits: RateLimits = RateLimits()
     steps: list[Step] = Field(default_factory=list)
+    #: a ``say`` step the caller spoke before this call began (a Twilio ``<Gather>`` heard it while the call was
+    #: parked, #16): the caller does not speak first, and the model answers the controller's first in-band
+    #: ``response.create`` (its greeting) with the step's ``reply`` (or ``tool``, then ``then``)
+    opening: Step | None = None
     expect: Expectation | None = None
     #: faults injected into this call (the fields stated here override the simulator's own ``faults``)
     faults: Faults | None = None
+
+    @field_validator("opening")
+    @classmethod
+    def _opening_is_said(cls, value: Step | None) -> Step | None:
+        if value is not None and (value.say is None or (value.reply is None and value.tool is None)):
+            raise ValueError("opening is a say step with a reply or a tool (what the model answers first)")
+        return value
 
     @field_validator("refer", mode="before")
     @classmethod
@@ -244,6 +271,8 @@ FINAL_STATUSES = frozenset({"completed", "busy", "no-answer", "canceled", "faile
 DEFAULT_GREETING = "Hi, you've reached the voicemail of Sam. Please leave a message after the tone."
 #: nominal seconds per spoken word (``<Say>``, a voicemail greeting)
 SECONDS_PER_WORD = 0.4
+#: nominal seconds a person who spoke while the call was parked waits for the new leg's answer (its greeting)
+OPENING_WAIT = 10.0
 
 
 def speech_seconds(text: str) -> float:
@@ -276,7 +305,8 @@ class Callee(_Strict):
     steps: list[Step] = Field(default_factory=list)
     #: the person (or machine) hangs up after this long on the line, whatever the TwiML does
     max_call_seconds: float = Field(default=120.0, gt=0)
-    #: what should happen on the OpenAI leg (checked like a call's ``expect``)
+    #: what should happen on the OpenAI leg (checked like a call's ``expect``); on a call parked on Twilio
+    #: (#16), on its last leg (the earlier ones were hung up by the park)
     expect: Expectation | None = None
 
     @model_validator(mode="after")
@@ -309,8 +339,24 @@ class Callee(_Strict):
             return "machine_start"
         return "machine_end_beep" if self.beep else "machine_end_silence"
 
-    def leg_spec(self, name: str, caller: str, dialed: str, ring_timeout: float) -> CallSpec:
-        """The OpenAI leg's script: the person's ``steps``; a machine listens silently until it hangs up."""
+    @property
+    def is_person(self) -> bool:
+        """A person answers (``steps`` is their script); else a machine, or nobody."""
+        return self.outcome == "answer"
+
+    def leg_spec(
+        self,
+        name: str,
+        caller: str,
+        dialed: str,
+        ring_timeout: float,
+        *,
+        steps: list[Step] | None = None,
+        opening: Step | None = None,
+    ) -> CallSpec:
+        """The OpenAI leg's script: the person's ``steps`` (or what is left of them: ``steps``, with the
+        ``opening`` a ``<Gather>`` heard while the call was parked); a machine listens silently until it hangs
+        up."""
         machine = self.outcome in ("voicemail", "fax")
         limit = self.max_message_seconds if self.outcome == "voicemail" else self.max_call_seconds
         return CallSpec(
@@ -318,7 +364,9 @@ class Callee(_Strict):
             caller=caller,
             dialed=dialed,
             ring_timeout=ring_timeout,
-            steps=[] if machine else list(self.steps),
+            steps=[] if machine else list(self.steps if steps is None else steps),
+            opening=None if machine else opening,
+            greeting_wait=OPENING_WAIT if opening is not None and not machine else GREETING_WAIT,
             max_call_seconds=limit,
             expect=self.expect,
         )
@@ -340,6 +388,10 @@ class TwilioExpectation(_Strict):
     error_code: int | None = None
     #: no TwiML problem, refused request or unsigned answer was recorded
     no_problems: bool | None = None
+    #: how many OpenAI calls the call was bridged to (a parked call, #16: one more per return from the park)
+    openai_legs: int | None = Field(default=None, ge=0)
+    #: at least this many ``<Gather>`` ran on the call (a parked call listening, #16)
+    min_gathers: int | None = Field(default=None, ge=0)
 
 
 class ReportExpectation(_Strict):
@@ -354,6 +406,12 @@ class ReportExpectation(_Strict):
     error_code: int | None = None
     #: the report's ``twilio.answered_by`` (answering-machine detection's verdict)
     answered_by: AnsweredBy | None = None
+    #: the report's ``legs``: how many OpenAI calls the call had (a parked call, #16)
+    legs: int | None = Field(default=None, ge=1)
+    #: the report's ``parked.parked_s`` in nominal seconds (divided by the run's time scale) is at least this
+    parked_min_s: float | None = Field(default=None, ge=0)
+    #: every leg's ``duration_s`` in nominal seconds is at most this (no OpenAI session ran into its 60 minutes)
+    max_leg_s: float | None = Field(default=None, gt=0)
 
 
 class OutboundCall(_Strict):
@@ -393,13 +451,17 @@ class InboundCall(_Strict):
     #: what the controller's report of the call should say
     report: ReportExpectation | None = None
 
-    def leg_spec(self, name: str, ring_timeout: float) -> CallSpec:
+    def leg_spec(
+        self, name: str, ring_timeout: float, *, steps: list[Step] | None = None, opening: Step | None = None
+    ) -> CallSpec:
         return CallSpec(
             name=name,
             caller=self.from_,
             dialed=self.to,
             ring_timeout=ring_timeout,
-            steps=list(self.steps),
+            steps=list(self.steps if steps is None else steps),
+            opening=opening,
+            greeting_wait=OPENING_WAIT if opening is not None else GREETING_WAIT,
             max_call_seconds=self.max_call_seconds,
             expect=self.openai,
         )

@@ -9,6 +9,19 @@ blocking the call, never retried. TwiML fetches (the ``Url``, a ``<Dial action>`
 A bridged OpenAI leg runs the person's script (:meth:`Callee.leg_spec <.twilio_spec.Callee.leg_spec>`); when
 the person hangs up there (the OpenAI call ends by its caller), the Twilio call ends too; when the controller
 hangs the OpenAI call up, the ``<Dial>`` is over and the TwiML goes on after it (to its end: a hang-up).
+
+The person's script runs on across the call (:class:`~.twilio_script.PersonScript`, #16): a live update that
+parks the call (new TwiML: the ``<Dial>`` ends, the leg is hung up) leaves the steps the leg had not reached to
+what runs next: a ``<Gather>`` hears them (:meth:`CallEngine._gather`), a later ``<Dial><Sip>`` places a new
+OpenAI leg with what is left, opening with the reply to what the Gather heard last.
+
+``<Gather>`` (durations nominal, times ``time_scale``): its nested ``<Say>``/``<Pause>`` play first, then it listens
+to the script: a ``say`` is heard after its length (``SpeechResult`` its text, ``Confidence`` 0.92); each
+``every``-second part of ``hold_music`` ends one Gather (heard as its text, 0.35, after ``every`` seconds; silent
+music: nothing, after the Gather's ``timeout``); a ``wait`` is silence; digits (``dtmf``) are heard by a Gather
+listening for them (``Digits``); ``hangup``, or the script running out, is the person hanging up. Something heard
+(or ``actionOnEmptyResult``) requests ``action`` and runs the TwiML answered; nothing heard goes on with the next
+verb. A machine (voicemail, fax) says nothing to a Gather.
 """
 
 from __future__ import annotations
@@ -21,15 +34,27 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from .model import DTMF_GAP
 from .records import SimCall
-from .twilio_records import Bridge, Callback, Spoken, TwilioCall
+from .twilio_records import Bridge, Callback, GatherRun, Spoken, TwilioCall
+from .twilio_script import PersonScript
 from .twilio_spec import Callee, InboundCall, speech_seconds
-from .twilio_twiml import Dial, Document, Hangup, Pause, Redirect, Reject, Say
+from .twilio_twiml import Dial, Document, Gather, Hangup, Pause, Play, Redirect, Reject, Say
 
 API_VERSION = "2010-04-01"
 OPENAI_SIP_HOST = "sip.api.openai.com"
-#: TwiML documents one call may run (each redirect, action or refer answer is one more)
+#: TwiML documents one call may run (each redirect, action or refer answer is one more; a ``<Gather>``'s answer
+#: counts against :data:`MAX_GATHERS` instead)
 MAX_DOCUMENTS = 20
+#: ``<Gather>`` one call may run (a 40-minute hold heard in 20-second parts is 120)
+MAX_GATHERS = 5000
+#: real seconds a ``<Dial><Sip>`` into OpenAI rings beyond its (scaled) ``timeout``: the controller's accept takes
+#: real time, which the time scale does not compress (at 0.002 a 30-second timeout is 60 ms); Twilio then gives up
+#: (a CANCEL: the leg ends by its caller), before the leg would stop ringing on its own
+ACCEPT_GRACE_S = 1.0
+#: ``Confidence`` of what a Gather heard: a person's words, and music or a recording
+SPEECH_CONFIDENCE = 0.92
+MUSIC_CONFIDENCE = 0.35
 #: seconds a fax line stays up after AMD called it
 FAX_SECONDS = 3.0
 #: how the OpenAI leg's ending maps to ``DialCallStatus``/SIP code when it was never answered
@@ -129,6 +154,15 @@ class CallEngine:
         #: a ``<Dial record>`` that was answered: the Dial and when its recording began (and ended)
         self._dial_recording: tuple[Dial, float] | None = None
         self._dial_recording_end: float | None = None
+        #: the far party's script across the call's legs and gathers
+        steps = callee.steps if callee is not None else caller.steps if caller is not None else []
+        person = callee.is_person if callee is not None else True
+        self.script = PersonScript(steps, person=person, time_scale=side.time_scale)
+        self._gathers = 0
+        #: the next document comes from a Gather's action (it counts against MAX_GATHERS, not MAX_DOCUMENTS)
+        self._from_gather = False
+        #: the URL the running document came from (a Gather without ``action`` requests it), None for inline TwiML
+        self._document_url: tuple[str, str] | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -346,6 +380,7 @@ class CallEngine:
         await following
 
     async def _run_new(self, document: Document, source: str) -> None:
+        self._document_url = None
         await self.run(document, source)
 
     async def _fetch_new(self, url: str, method: str) -> None:
@@ -446,6 +481,7 @@ class CallEngine:
         if opts.twiml is None:
             assert opts.url is not None
             return await self._fetch_or_end("voice", opts.url, opts.method, self.params())
+        self._document_url = None
         document = self.side.read_twiml(self.rec, opts.twiml, "Twiml")
         if document is None:
             raise self.over("completed", "twiml", error=self._failure_code(), message="the Twiml was refused")
@@ -477,7 +513,10 @@ class CallEngine:
         """Run ``document``'s verbs in order; a ``<Dial action>``, ``<Redirect>`` or refer answer replaces the
         rest with the document fetched. Reaching the end hangs up (the caller of ``run`` finishes)."""
         while True:
-            self._documents += 1
+            if self._from_gather:
+                self._from_gather = False
+            else:
+                self._documents += 1
             if self._documents > MAX_DOCUMENTS:
                 self.rec.problem(f"more than {MAX_DOCUMENTS} TwiML documents on one call: hung up")
                 raise self.over("completed", "twiml")
@@ -507,6 +546,10 @@ class CallEngine:
                                 sip=486 if verb.reason == "busy" else 603)  # fmt: skip
             elif isinstance(verb, Redirect):
                 return await self._fetch_or_end("redirect", verb.url, verb.method, self.params())
+            elif isinstance(verb, Gather):
+                following = await self._gather(verb)
+                if following is not None:
+                    return following
             else:
                 following = await self._dial(verb)
                 if following is not None:
@@ -528,6 +571,7 @@ class CallEngine:
         if document is None:
             code = self._failure_code() if len(self.rec.twiml) > runs else 11200
             raise self.over("completed", "twiml", error=code, message=f"the {kind} URL gave no TwiML to run")
+        self._document_url = (url, method)
         return document
 
     def _invite_headers(self, dial: Dial) -> list[tuple[str, str]]:
@@ -564,8 +608,9 @@ class CallEngine:
         if sip.params.get("transport") != "tls":
             self.rec.problem("<Sip> without ;transport=tls: OpenAI's SIP endpoint is reached over TLS")
         leg = await self.side.place_leg(self, dial, headers)
+        self.script.leg_began(leg)
         bridge.call_id = self._leg = leg.call_id
-        answered = await self.side.wait_answered(leg.call_id, self.scaled(dial.timeout) + 1.0)
+        answered = await self.side.wait_answered(leg.call_id, self.scaled(dial.timeout) + ACCEPT_GRACE_S)
         if not answered:
             await self._hang_up_leg()
             code = leg.reject_status
@@ -642,3 +687,110 @@ class CallEngine:
     def _recording_ends(self, dial: Dial) -> None:
         if self._dial_recording is not None and self._dial_recording[0] is dial:
             self._dial_recording_end = self.side.now()
+
+    # ---- <Gather> (#16) --------------------------------------------------------------------------------
+
+    async def _gather(self, gather: Gather) -> Document | None:
+        """Play the prompts, listen to the far party's script, then request ``action`` with what was heard (or
+        with nothing, ``actionOnEmptyResult``): its TwiML is what runs next. None: on with the next verb."""
+        self.answer()
+        self._gathers += 1
+        if self._gathers > MAX_GATHERS:
+            self.rec.problem(f"more than {MAX_GATHERS} <Gather> on one call: hung up")
+            raise self.over("completed", "twiml")
+        for prompt in gather.prompts:
+            if isinstance(prompt, Say):
+                for _ in range(max(prompt.loop, 1)):
+                    self.rec.said.append(Spoken(self.side.now(), prompt.text))
+                    await self.sleep(speech_seconds(prompt.text))
+            elif isinstance(prompt, Pause):
+                await self.sleep(prompt.length)
+            else:
+                assert isinstance(prompt, Play)  # its audio is not fetched: no time passes
+        self.script.sync()  # a leg hung up by the update that brought this Gather: how far it got
+        run = GatherRun(self.side.now(), " ".join(sorted(gather.input)), gather.timeout)
+        self.rec.gathers.append(run)
+        started = self.side.now()
+        try:
+            await self._listen(gather, run)
+        finally:
+            run.ended_at = self.side.now()
+            run.seconds = round((run.ended_at - started) / self.side.time_scale, 3)
+        heard = run.heard is not None or run.digits is not None
+        if not heard and not gather.action_on_empty_result:
+            return None
+        target = (gather.action, gather.method) if gather.action else self._document_url
+        if target is None:
+            self.rec.problem("<Gather> without action in TwiML that came from no URL: nowhere to send what it heard")
+            return None
+        params = self.params()
+        if run.heard is not None:
+            params.update(SpeechResult=run.heard, Confidence=str(run.confidence))
+        if run.digits is not None:
+            params["Digits"] = run.digits
+        run.action = target[0]
+        sent = len(self.rec.callbacks)
+        try:
+            document = await self._fetch_or_end("gather", target[0], target[1], params)
+        finally:
+            if len(self.rec.callbacks) > sent:
+                run.status = self.rec.callbacks[sent].status
+        run.answered = document.names()
+        self._from_gather = True
+        return document
+
+    async def _listen(self, gather: Gather, run: GatherRun) -> None:
+        """What the Gather hears of the script, moving it on; fills ``run`` (nothing heard: it stays empty)."""
+        script = self.script
+        hangs_up = "callee" if self.callee is not None else "caller"
+        silence = 0.0  # nominal seconds heard of nothing (the Gather's timeout runs)
+        for _ in range(len(script.steps) + 1):  # each round takes a step, or ends the Gather
+            step = script.current() if script.person else None
+            if step is None:
+                if script.person:  # nothing left to say or wait for: the person hangs up
+                    raise self.over("completed", hangs_up)
+                await self.sleep(max(0.0, gather.timeout - silence))
+                return
+            if step.hold_music is not None:
+                music = step.hold_music
+                if music.text is not None and gather.speech:
+                    await self.sleep(music.every)
+                    script.take_chunk()
+                    run.heard, run.confidence = music.text, MUSIC_CONFIDENCE
+                else:
+                    await self.sleep(max(0.0, gather.timeout - silence))
+                    script.take_chunk()
+                return
+            if step.say is not None:
+                seconds = speech_seconds(step.say)
+                await self.sleep(seconds)
+                script.take_step()
+                if gather.speech:
+                    run.heard, run.confidence = step.say, SPEECH_CONFIDENCE
+                    if step.reply is not None or step.tool is not None:
+                        script.opening = step  # answered on the next leg
+                    return
+                silence += seconds
+            elif step.wait is not None:
+                room = gather.timeout - silence
+                if step.wait >= room:
+                    await self.sleep(max(0.0, room))
+                    script.take_wait(max(0.0, room))
+                    return
+                await self.sleep(step.wait)
+                script.take_step()
+                silence += step.wait
+            elif step.dtmf is not None:
+                seconds = DTMF_GAP * len(step.dtmf)
+                await self.sleep(seconds)
+                script.take_step()
+                if gather.dtmf:
+                    digits = step.dtmf.split(gather.finish_on_key)[0] if gather.finish_on_key else step.dtmf
+                    run.digits = digits[: gather.num_digits] if gather.num_digits else digits
+                    return
+                silence += seconds
+            else:  # hangup
+                script.take_step()
+                raise self.over("completed", hangs_up)
+            if silence >= gather.timeout:
+                return

@@ -41,7 +41,7 @@ class TwimlRun:
 @dataclass
 class Callback:
     """A signed request the stand-in made: ``kind`` is ``status``, ``amd``, ``voice``, ``action``, ``refer``,
-    ``redirect`` or ``recording``; ``status`` is the HTTP answer (0: none)."""
+    ``redirect``, ``gather`` (a ``<Gather>``'s action) or ``recording``; ``status`` is the HTTP answer (0: none)."""
 
     t: float
     kind: str
@@ -69,6 +69,39 @@ class Bridge:
     sip_response_code: int | None = None
     answered_at: float | None = None
     ended_at: float | None = None
+
+
+@dataclass
+class GatherRun:
+    """One ``<Gather>``: when it began listening (after its prompts), what it listened for, when it ended and how long
+    it listened (nominal seconds), what it heard (``heard`` and ``confidence`` for speech, ``digits``; all None:
+    nothing), where it went with that (``action``; None: on with the next verb) and what that answered (the HTTP
+    status and the verbs of the TwiML)."""
+
+    t: float
+    input: str
+    timeout: int
+    ended_at: float | None = None
+    seconds: float | None = None
+    heard: str | None = None
+    confidence: float | None = None
+    digits: str | None = None
+    action: str | None = None
+    status: int | None = None
+    answered: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        """``gather: heard '[hold music]' (0.35) → HTTP 200: Gather``, for the timeline."""
+        if self.heard is not None:
+            what = f"heard '{self.heard}' ({self.confidence})"
+        elif self.digits is not None:
+            what = f"heard digits {self.digits}"
+        else:
+            what = f"nothing heard in {self.timeout}s"
+        if self.action is None:
+            return f"gather: {what}, on with the next verb"
+        answer = f"HTTP {self.status}" if self.status else "no answer"
+        return f"gather: {what} → {answer}" + (f": {', '.join(self.answered)}" if self.answered else "")
 
 
 @dataclass
@@ -103,6 +136,8 @@ class TwilioCall:
     callbacks: list[Callback] = field(default_factory=list)
     bridges: list[Bridge] = field(default_factory=list)
     said: list[Spoken] = field(default_factory=list)
+    #: every ``<Gather>`` the call ran (a parked hold listening for a person, #16)
+    gathers: list[GatherRun] = field(default_factory=list)
     #: when the voicemail's beep sounded (``None``: no voicemail, or the call ended before it)
     beep_at: float | None = None
     #: what the voicemail recorded after the beep: ``<Say>`` texts and the OpenAI leg's assistant transcripts
@@ -129,20 +164,25 @@ class TwilioCall:
 
     @property
     def openai_call_ids(self) -> list[str]:
+        """Every OpenAI call the call was bridged to, in order (a parked call has one per return, #16)."""
         return [bridge.call_id for bridge in self.bridges if bridge.call_id is not None]
 
     def problem(self, text: str) -> None:
         self.problems.append(text)
 
     def timeline(self) -> list[tuple[float, str]]:
-        """``(t, "twilio  …")`` lines: requests, callbacks, TwiML, speech, bridges; for printing beside the
-        OpenAI leg's and the controller's."""
+        """``(t, "twilio  …")`` lines: requests, callbacks, TwiML, speech, bridges, gathers; for printing beside the
+        OpenAI leg's and the controller's. A ``<Gather>`` is one line with its action's callback and answer, and a
+        run of gathers that went alike (a parked hold's music, heard part after part) is one line with its count."""
         lines: list[tuple[float, str]] = [(self.created_at, f"twilio  {self.direction} {self.from_} → {self.to}")]
         lines += [(r.t, f"twilio  API {r.method} {r.path.rsplit('/', 1)[-1]} → {r.status}") for r in self.requests]
         for cb in self.callbacks:
+            if cb.kind == "gather" and not cb.error:  # on its gather's line
+                continue
             what = cb.params.get("CallStatus") or cb.params.get("AnsweredBy") or cb.params.get("RecordingStatus", "")
             lines.append((cb.t, f"twilio  {cb.kind} callback {what} → HTTP {cb.status or 'no answer'}"))
-        lines += [(d.t, f"twilio  TwiML ({d.source}): {', '.join(d.verbs) or d.error}") for d in self.twiml]
+        lines += [(d.t, f"twilio  TwiML ({d.source}): {', '.join(d.verbs) or d.error}") for d in self.twiml
+                  if d.source != "gather" or d.error]  # fmt: skip
         lines += [(s.t, f"twilio  says “{s.text}”" + (" (recorded)" if s.recorded else "")) for s in self.said]
         for bridge in self.bridges:
             lines.append((bridge.t, f"twilio  dials {bridge.uri.split('?')[0]} → {bridge.call_id or 'nobody'}"))
@@ -150,7 +190,8 @@ class TwilioCall:
             lines.append((self.beep_at, "twilio  voicemail beep"))
         if self.ended_at is not None:
             lines.append((self.ended_at, f"twilio  {self.status} (ended by {self.ended_by})"))
-        return sorted(lines, key=lambda line: line[0])
+        lines = sorted(lines, key=lambda line: line[0])
+        return _merged(lines, sorted((g.t, f"twilio  {g.describe()}") for g in self.gathers))
 
     def summary(self) -> dict[str, Any]:
         """Everything above as JSON-serialisable data."""
@@ -164,6 +205,35 @@ class TwilioCall:
                 data[key] = value
         data["statuses"] = self.statuses
         return data
+
+
+def _merged(lines: list[tuple[float, str]], gathers: list[tuple[float, str]]) -> list[tuple[float, str]]:
+    """``lines`` with the gathers' lines in time order, a run of alike gathers with nothing between them as one
+    line (``x N over S s``)."""
+    merged = sorted([*lines, *((t, text) for t, text in gathers)], key=lambda line: line[0])
+    gather_texts = {text for _, text in gathers}
+    out: list[tuple[float, str]] = []
+    run: list[tuple[float, str]] = []
+
+    def flush() -> None:
+        if len(run) == 1:
+            out.append(run[0])
+        elif run:
+            first, last = run[0][0], run[-1][0]
+            out.append((first, f"{run[0][1]}  (x{len(run)} over {last - first:.2f}s)"))
+        run.clear()
+
+    for t, text in merged:
+        if text in gather_texts and run and run[-1][1] == text:
+            run.append((t, text))
+            continue
+        flush()
+        if text in gather_texts:
+            run.append((t, text))
+        else:
+            out.append((t, text))
+    flush()
+    return out
 
 
 def check_twilio_call(call: TwilioCall, expect: TwilioExpectation | None) -> list[str]:
@@ -181,6 +251,10 @@ def check_twilio_call(call: TwilioCall, expect: TwilioExpectation | None) -> lis
     compare("answered_by", expect.answered_by, call.answered_by)
     compare("bridged", expect.bridged, bool(call.openai_call_ids))
     compare("error_code", expect.error_code, call.error_code)
+    compare("openai_legs", expect.openai_legs, len(call.openai_call_ids))
+    if expect.min_gathers is not None and len(call.gathers) < expect.min_gathers:
+        problems.append(f"{call.name}: twilio min_gathers: expected at least {expect.min_gathers}, "
+                        f"got {len(call.gathers)}")  # fmt: skip
     if expect.no_problems and call.problems:
         problems.append(f"{call.name}: twilio problems: {call.problems}")
     for name in expect.sip_headers or ():

@@ -34,7 +34,7 @@ from twilio.request_validator import RequestValidator
 
 from .records import SimCall
 from .scenario import E164, CallSpec
-from .twilio_engine import CallEngine, CallOptions, new_sid
+from .twilio_engine import ACCEPT_GRACE_S, CallEngine, CallOptions, new_sid
 from .twilio_records import TWIML_KEPT, ApiRequest, Callback, TwilioCall, TwimlRun
 from .twilio_spec import Callee, InboundCall
 from .twilio_twiml import MAX_BYTES, Dial, Document, TwimlError, parse_twiml
@@ -232,12 +232,15 @@ class TwilioSide:
         script (the callee's, or the inbound caller's)."""
         record = engine.rec
         name = f"{record.name} · openai leg {len(record.bridges)}"
+        steps, opening = engine.script.for_leg()  # what is left of the script (#16: the call may have been parked)
+        # it rings until Twilio gives up on it (the Dial's timeout, and the grace the controller's accept is given)
+        ring = dial.timeout + 2 * ACCEPT_GRACE_S / self.time_scale
         if engine.callee is not None:
             shown = dial.caller_id if dial.caller_id and _E164.match(dial.caller_id) else record.from_
-            spec = engine.callee.leg_spec(name, shown, record.to, dial.timeout)
+            spec = engine.callee.leg_spec(name, shown, record.to, ring, steps=steps, opening=opening)
         else:
             assert engine.caller is not None
-            spec = engine.caller.leg_spec(name, dial.timeout)
+            spec = engine.caller.leg_spec(name, ring, steps=steps, opening=opening)
         return await self.sim.place_call(spec, sip_headers=headers)
 
     # ---- the stand-in's own requests ---------------------------------------------------------------------

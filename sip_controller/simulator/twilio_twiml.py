@@ -6,9 +6,16 @@ entity expansion, internal or external), nesting deeper than :data:`MAX_DEPTH` a
 :data:`MAX_ELEMENTS` elements. A first pass with expat (the parser under :mod:`xml.etree`) checks those limits
 with handlers that stop at the first DTD token; only a document that passed is built into a tree.
 
-Understood: ``<Say>``, ``<Pause>``, ``<Hangup>``, ``<Reject>``, ``<Redirect>`` and ``<Dial>`` with one
-``<Sip>`` or ``<Number>`` noun. Anything else is a schema error (Twilio's 12200), which ends the call as
-Twilio does (it plays its "application error" message and hangs up); the stand-in records it as a problem.
+Understood: ``<Say>``, ``<Pause>``, ``<Hangup>``, ``<Reject>``, ``<Redirect>``, ``<Dial>`` with one
+``<Sip>`` or ``<Number>`` noun, and ``<Gather>`` (with nested ``<Say>``, ``<Play>``, ``<Pause>``). Anything else
+is a schema error (Twilio's 12200), which ends the call as Twilio does (it plays its "application error"
+message and hangs up); the stand-in records it as a problem.
+
+``<Gather>``'s attributes are read as Twilio reads them: a value it would not take is a warning with Twilio's
+code and the default is used instead (13313 ``timeout``, 13327 ``speechTimeout``, 13335 ``speechTimeout="auto"``
+with ``speechModel="default"``, 13334 ``speechModel``, 13338 ``actionOnEmptyResult``, 13310 ``finishOnKey``,
+13314 ``numDigits``, 13330 ``hints``, 13320 a nested verb other than ``<Say>``, ``<Play>``, ``<Pause>``: ignored);
+an ``input`` other than ``dtmf``, ``speech`` or both, or a bad ``method``, is a schema error (12200).
 
 ``<Sip>`` URIs carry SIP headers in their query (``sip:proj@sip.api.openai.com;transport=tls?X-Ref=abc``).
 As Twilio does, a header named ``X-Twilio-…`` is dropped (32113), a name that is not a SIP token or not an
@@ -107,7 +114,53 @@ class Dial:
         return self.record != "do-not-record"
 
 
-Verb = Say | Pause | Hangup | Reject | Redirect | Dial
+@dataclass(frozen=True)
+class Play:
+    """``<Play>`` nested in a ``<Gather>`` (its audio is not fetched: it takes no time on the stand-in)."""
+
+    url: str
+    loop: int = 1
+
+
+#: ``speechModel`` values Twilio takes as they are; a specific provider's model starts with one of the prefixes
+SPEECH_MODELS = frozenset({"default", "numbers_and_commands", "phone_call", "experimental_conversations",
+                           "experimental_utterances"})  # fmt: skip
+SPEECH_MODEL_PREFIXES = ("googlev2_", "deepgram_", "google_")
+FINISH_KEYS = "0123456789#*"
+#: a ``hints`` phrase Twilio takes is at most this long
+MAX_HINT_CHARS = 100
+
+
+@dataclass(frozen=True)
+class Gather:
+    """``<Gather>``: Twilio listens for ``input`` (``dtmf`` and/or ``speech``) after its nested prompts, then
+    requests ``action`` with what it heard (``SpeechResult``, ``Confidence``, ``Digits``); with nothing heard
+    for ``timeout`` seconds it goes on with the next verb, unless ``action_on_empty_result``.
+    ``speech_timeout`` is ``"auto"`` or whole seconds (``None``: as ``timeout``)."""
+
+    input: frozenset[str] = frozenset({"dtmf"})
+    action: str | None = None
+    method: str = "POST"
+    timeout: int = 5
+    speech_timeout: str | int | None = None
+    speech_model: str | None = None
+    action_on_empty_result: bool = False
+    language: str = "en-US"
+    hints: tuple[str, ...] = ()
+    finish_on_key: str = "#"
+    num_digits: int | None = None
+    prompts: tuple[Say | Play | Pause, ...] = ()
+
+    @property
+    def speech(self) -> bool:
+        return "speech" in self.input
+
+    @property
+    def dtmf(self) -> bool:
+        return "dtmf" in self.input
+
+
+Verb = Say | Pause | Hangup | Reject | Redirect | Dial | Gather
 
 
 @dataclass(frozen=True)
@@ -278,14 +331,104 @@ def _record(element: ET.Element) -> str:
     return value
 
 
+def _positive_int(raw: str | None) -> int | None:
+    """``raw`` as a positive whole number, else None."""
+    value = (raw or "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def _gather(element: ET.Element, warnings: list[str]) -> Gather:
+    raw_input = element.get("input", "dtmf")
+    modes = frozenset(raw_input.split())
+    if not modes or not modes <= {"dtmf", "speech"}:
+        raise TwimlError(12200, f"<Gather> input={raw_input[:40]!r}: dtmf, speech or 'dtmf speech'")
+    timeout = 5
+    raw = element.get("timeout")
+    if raw is not None:
+        parsed = _positive_int(raw)
+        if parsed is None:
+            warnings.append(f"13313: <Gather> timeout={raw[:20]!r} is not a positive whole number of seconds: 5 used")
+        else:
+            timeout = parsed
+    model = element.get("speechModel")
+    if model is not None and model not in SPEECH_MODELS and not model.startswith(SPEECH_MODEL_PREFIXES):
+        warnings.append(f"13334: <Gather> speechModel={model[:40]!r} is not a model Twilio offers: ignored")
+        model = None
+    speech_timeout: str | int | None = None
+    raw = element.get("speechTimeout")
+    if raw is not None:
+        if raw.strip() == "auto":
+            if model == "default":
+                warnings.append("13335: <Gather> speechTimeout='auto' cannot be used with speechModel='default': "
+                                "the timeout is used")  # fmt: skip
+            else:
+                speech_timeout = "auto"
+        else:
+            speech_timeout = _positive_int(raw)
+            if speech_timeout is None:
+                warnings.append(f"13327: <Gather> speechTimeout={raw[:20]!r} is neither auto nor a positive whole "
+                                "number of seconds: the timeout is used")  # fmt: skip
+    on_empty = False
+    raw = element.get("actionOnEmptyResult")
+    if raw is not None:
+        if raw.strip().lower() not in ("true", "false"):
+            warnings.append(f"13338: <Gather> actionOnEmptyResult={raw[:20]!r} is not true or false: false used")
+        on_empty = raw.strip().lower() == "true"
+    finish = element.get("finishOnKey", "#")
+    if len(finish) > 1 or (finish and finish not in FINISH_KEYS):
+        warnings.append(f"13310: <Gather> finishOnKey={finish[:10]!r} is not one of {FINISH_KEYS!r} or empty: # used")
+        finish = "#"
+    num_digits: int | None = None
+    raw = element.get("numDigits")
+    if raw is not None:
+        num_digits = _positive_int(raw)
+        if num_digits is None:
+            warnings.append(f"13314: <Gather> numDigits={raw[:20]!r} is not a positive whole number: ignored")
+    hints = tuple(h.strip() for h in (element.get("hints") or "").split(",") if h.strip())
+    if any(len(h) > MAX_HINT_CHARS for h in hints):
+        warnings.append(f"13330: <Gather> hints has a phrase over {MAX_HINT_CHARS} characters: hints ignored")
+        hints = ()
+    prompts: list[Say | Play | Pause] = []
+    for nested in element:
+        if nested.tag == "Say":
+            prompts.append(_say(nested))
+        elif nested.tag == "Pause":
+            prompts.append(Pause(length=_number(nested, "length", 1.0, 0.0, 86400.0)))
+        elif nested.tag == "Play":
+            loop = int(_number(nested, "loop", 1, 0, 1000))
+            prompts.append(Play(url=(nested.text or "").strip(), loop=loop))
+        else:
+            warnings.append(f"13320: <Gather> may nest <Say>, <Play> and <Pause>, not <{nested.tag[:40]}>: ignored")
+    return Gather(
+        input=modes,
+        action=element.get("action") or None,
+        method=_method(element, "method"),
+        timeout=timeout,
+        speech_timeout=speech_timeout,
+        speech_model=model,
+        action_on_empty_result=on_empty,
+        language=element.get("language") or "en-US",
+        hints=hints,
+        finish_on_key=finish,
+        num_digits=num_digits,
+        prompts=tuple(prompts),
+    )
+
+
+def _say(element: ET.Element) -> Say:
+    text = "".join(element.itertext()).strip()
+    loop = int(_number(element, "loop", 1, 0, 1000))
+    return Say(text=text, voice=element.get("voice"), loop=loop)
+
+
 def _verb(element: ET.Element, warnings: list[str]) -> Verb:
     tag = element.tag
     if tag == "Say":
-        text = "".join(element.itertext()).strip()
-        loop = int(_number(element, "loop", 1, 0, 1000))
-        return Say(text=text, voice=element.get("voice"), loop=loop)
+        return _say(element)
     if tag == "Pause":
         return Pause(length=_number(element, "length", 1.0, 0.0, 86400.0))
+    if tag == "Gather":
+        return _gather(element, warnings)
     if tag == "Hangup":
         return Hangup()
     if tag == "Reject":

@@ -332,7 +332,7 @@ async def test_twiml_problems_are_recorded_and_end_the_call_as_twilio_would() ->
         assert hostile.twiml[0].error is not None
         assert any("DTD" in p for p in hostile.problems)
 
-        ctl.twiml = '<Response><Gather input="speech"/></Response>'
+        ctl.twiml = "<Response><Play>https://example.com/hold.mp3</Play></Response>"  # not a verb it runs
         unknown = await side.wait_ended(await create(ctl), 5.0)
         assert unknown.error_code == 12200
 

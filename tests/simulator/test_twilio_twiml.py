@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from sip_controller.simulator.twilio_twiml import (
     Dial,
+    Gather,
     Hangup,
     Pause,
+    Play,
     Say,
     TwimlError,
     parse_sip_uri,
     parse_twiml,
 )
 from sip_controller.telephony.twiml import bridge_to_openai
+
+PARKED = (
+    '<?xml version="1.0" encoding="UTF-8"?><Response><Gather input="speech" '
+    'action="https://ctl.example/twilio/parked?twilio_id=tw_1&amp;spell=1" method="POST" timeout="15" '
+    'speechTimeout="auto" speechModel="phone_call" actionOnEmptyResult="true"/></Response>'
+)
 
 
 def test_the_controllers_bridge_parses_to_a_dial_with_its_header() -> None:
@@ -124,3 +134,94 @@ def test_a_dial_records_as_its_record_attribute_says() -> None:
     assert not plain.records
     with pytest.raises(TwimlError, match="record="):
         parse_twiml('<Response><Dial record="always">+14155550188</Dial></Response>')
+
+
+# ---- <Gather> (#16: a parked hold listens for a person) ------------------------------------------------------
+
+
+def test_the_parked_lines_gather_parses_with_every_attribute() -> None:
+    document = parse_twiml(PARKED)
+    (gather,) = document.verbs
+    assert isinstance(gather, Gather)
+    assert gather.input == frozenset({"speech"})
+    assert (gather.speech, gather.dtmf) == (True, False)
+    assert gather.action == "https://ctl.example/twilio/parked?twilio_id=tw_1&spell=1"
+    assert (gather.method, gather.timeout, gather.speech_timeout) == ("POST", 15, "auto")
+    assert (gather.speech_model, gather.action_on_empty_result) == ("phone_call", True)
+    assert (gather.language, gather.finish_on_key, gather.num_digits, gather.prompts) == ("en-US", "#", None, ())
+    assert document.warnings == ()
+    assert document.names() == ["Gather"]
+
+
+def test_a_bare_gather_has_twilios_defaults() -> None:
+    (gather,) = parse_twiml("<Response><Gather/></Response>").verbs
+    assert gather == Gather()
+    assert (gather.input, gather.timeout, gather.action, gather.action_on_empty_result) == (
+        frozenset({"dtmf"}), 5, None, False
+    )  # fmt: skip
+
+
+def test_nested_prompts_are_kept_in_order_and_other_verbs_ignored_with_13320() -> None:
+    document = parse_twiml(
+        '<Response><Gather input="dtmf speech" numDigits="4" finishOnKey="*" hints="claim, billing department" '
+        'language="en-GB"><Say>Your claim number?</Say><Pause length="2"/><Play loop="2">https://x.test/a.mp3</Play>'
+        "<Hangup/></Gather><Say>Nothing heard.</Say></Response>"
+    )
+    gather, after = document.verbs
+    assert isinstance(gather, Gather)
+    assert gather.input == frozenset({"dtmf", "speech"})
+    assert (gather.num_digits, gather.finish_on_key, gather.language) == (4, "*", "en-GB")
+    assert gather.hints == ("claim", "billing department")
+    assert gather.prompts == (Say("Your claim number?"), Pause(2.0), Play("https://x.test/a.mp3", loop=2))
+    assert after == Say("Nothing heard.")
+    assert [w.split(":")[0] for w in document.warnings] == ["13320"]
+
+
+@pytest.mark.parametrize(
+    ("attributes", "code", "check"),
+    [
+        pytest.param('timeout="0"', "13313", lambda g: g.timeout == 5, id="timeout-zero"),
+        pytest.param('timeout="2.5"', "13313", lambda g: g.timeout == 5, id="timeout-fraction"),
+        pytest.param('timeout="soon"', "13313", lambda g: g.timeout == 5, id="timeout-word"),
+        pytest.param('speechTimeout="-1"', "13327", lambda g: g.speech_timeout is None, id="speech-timeout"),
+        pytest.param(
+            'speechTimeout="auto" speechModel="default"', "13335", lambda g: g.speech_timeout is None, id="auto-default"
+        ),
+        pytest.param('speechModel="whisper"', "13334", lambda g: g.speech_model is None, id="unknown-model"),
+        pytest.param('actionOnEmptyResult="yes"', "13338", lambda g: not g.action_on_empty_result, id="on-empty"),
+        pytest.param('finishOnKey="##"', "13310", lambda g: g.finish_on_key == "#", id="finish-on-key"),
+        pytest.param('numDigits="0"', "13314", lambda g: g.num_digits is None, id="num-digits"),
+        pytest.param('hints="' + "x" * 101 + '"', "13330", lambda g: g.hints == (), id="hint-too-long"),
+    ],
+)
+def test_values_twilio_would_not_take_are_warnings_with_its_code_and_the_default(
+    attributes: str, code: str, check: Callable[[Gather], bool]
+) -> None:
+    document = parse_twiml(f'<Response><Gather input="speech" {attributes}/></Response>')
+    (gather,) = document.verbs
+    assert isinstance(gather, Gather)
+    assert [w.split(":")[0] for w in document.warnings] == [code]
+    assert check(gather)
+
+
+def test_speech_models_twilio_offers_are_taken_as_they_are() -> None:
+    for model in ("phone_call", "numbers_and_commands", "experimental_conversations", "googlev2_telephony",
+                  "deepgram_nova-3"):  # fmt: skip
+        document = parse_twiml(f'<Response><Gather input="speech" speechModel="{model}" speechTimeout="3"/></Response>')
+        (gather,) = document.verbs
+        assert isinstance(gather, Gather)
+        assert (gather.speech_model, gather.speech_timeout, document.warnings) == (model, 3, ())
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param('<Response><Gather input="voice"/></Response>', id="unknown-input"),
+        pytest.param('<Response><Gather input=""/></Response>', id="empty-input"),
+        pytest.param('<Response><Gather method="PUT"/></Response>', id="bad-method"),
+    ],
+)
+def test_a_gather_twilio_cannot_run_is_a_schema_error(text: str) -> None:
+    with pytest.raises(TwimlError) as caught:
+        parse_twiml(text)
+    assert caught.value.code == 12200

@@ -85,6 +85,8 @@ class TinyController:
     http: httpx.AsyncClient
     url: str = ""
     twiml: str | Callable[[dict[str, str]], str] = "<Response><Hangup/></Response>"
+    #: what ``/twilio/parked`` (a parked call's ``<Gather>`` action, #16) answers; None: as ``twiml``
+    parked: str | Callable[[dict[str, str]], str] | None = None
     voice_status: int = 200
     openai: OpenAiPlay = accept_only
     received: list[Received] = field(default_factory=list)
@@ -111,10 +113,11 @@ class TinyController:
         shown = params if request.method == "POST" else dict(parse_qsl(request.url.query))
         kind = request.path_params["kind"]
         self.received.append(Received(kind, url, shown, signed, dict(request.headers)))
-        if kind in ("voice", "action", "refer", "redirect"):
+        if kind in ("voice", "action", "refer", "redirect", "parked"):
             if kind == "voice" and self.voice_status != 200:
                 return Response(status_code=self.voice_status)
-            twiml = self.twiml(shown) if callable(self.twiml) else self.twiml
+            answer = self.parked if kind == "parked" and self.parked is not None else self.twiml
+            twiml = answer(shown) if callable(answer) else answer
             return Response(twiml, media_type="application/xml")
         return Response(status_code=204)
 
