@@ -5,7 +5,14 @@ The answer is an object valid against the schema, built from the transcript: a `
 first line and how the call ended; a boolean is true when its name's words are in the transcript
 (``callback_requested``: "callback"); an enum takes the first value the transcript mentions (else the first);
 a string named like a word of the transcript quotes the line it is on; a nullable field is null when the
-transcript says nothing of it. Usage counts about four characters a token.
+transcript says nothing of it. Usage counts about four characters a token of what the model reads (the
+instructions, the input's text, the schema, a few tokens per message) and of the answer.
+
+The controller's *park check* (#16: ``metadata.sipctl_purpose`` ``park_check``, or a format named so): is a live
+person speaking in what Twilio's ``<Gather>`` heard on a parked call (the ``input``)? It is answered ``{"person":
+<bool>}`` by the rule the simulated model uses for its realtime hold checks
+(:func:`~.model.is_hold_line`: hold music, an announcement or nothing is not a person), with the simulator's hold
+markers.
 
 Scripted failures (``Faults.responses``): the first ``fail_first`` requests are answered ``status`` (429 with
 Retry-After, 400 ``invalid_json_schema``, 500 or 503), the next ``invalid_first`` answers carry text that is not
@@ -30,7 +37,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .errors import ApiError, bad_api_key, invalid_json, invalid_value, missing_parameter, server_error
-from .model import SimContext
+from .events import text_tokens
+from .model import SimContext, is_hold_line
+
+#: what the controller's park check (#16) carries in ``metadata.sipctl_purpose`` (and names its format)
+PARK_CHECK = "park_check"
 
 
 @dataclass
@@ -148,6 +159,44 @@ def answer(body: Mapping[str, Any], schema: Mapping[str, Any]) -> dict[str, Any]
     return value if isinstance(value, dict) else {}
 
 
+def is_park_check(body: Mapping[str, Any]) -> bool:
+    """The controller asks whether a person is speaking in what a parked call's ``<Gather>`` heard (#16)."""
+    metadata = body.get("metadata")
+    purpose = metadata.get("sipctl_purpose") if isinstance(metadata, Mapping) else None
+    fmt = (body.get("text") or {}).get("format") if isinstance(body.get("text"), Mapping) else None
+    return purpose == PARK_CHECK or (isinstance(fmt, Mapping) and fmt.get("name") == PARK_CHECK)
+
+
+def park_check_answer(body: Mapping[str, Any], markers: tuple[str, ...]) -> dict[str, Any]:
+    """``{"person": …}``: true unless what was heard (the input's text) is hold music, an announcement or nothing;
+    any other field the schema asks for is filled as for an analysis."""
+    heard = " ".join(_transcript(body))
+    schema = body["text"]["format"]["schema"]
+    value: Any = fill(schema, "", [heard], schema)
+    answer = value if isinstance(value, dict) else {}
+    answer["person"] = not is_hold_line(heard, markers)
+    return answer
+
+
+def usage(body: Mapping[str, Any], text: str) -> dict[str, Any]:
+    """The answer's ``usage``: the instructions, the input's text and the schema (structured outputs put it in the
+    prompt) at about four characters a token, four tokens of framing per message and three to prime the answer;
+    the answer's own tokens."""
+    source = body.get("input")
+    messages = 1 + (len(source) if isinstance(source, list) else 1)
+    fmt = body["text"]["format"]
+    read = [str(body.get("instructions") or ""), *_transcript(body), json.dumps(fmt.get("schema"))]
+    input_tokens = sum(text_tokens(part) for part in read) + 4 * messages + 3
+    output_tokens = max(1, text_tokens(text))
+    return {
+        "input_tokens": input_tokens,
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "output_tokens": output_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": input_tokens + output_tokens,
+    }
+
+
 def _problem(body: Any) -> ApiError | None:
     if not isinstance(body, Mapping):
         return invalid_value("(body)", body)
@@ -162,7 +211,7 @@ def _problem(body: Any) -> ApiError | None:
 
 def _response(body: Mapping[str, Any], text: str, status_ok: bool = True) -> dict[str, Any]:
     fmt = body["text"]["format"]
-    sent = len(json.dumps(body))
+    metadata = body.get("metadata")
     return {
         "id": f"resp_{secrets.token_hex(12)}",
         "object": "response",
@@ -191,14 +240,8 @@ def _response(body: Mapping[str, Any], text: str, status_ok: bool = True) -> dic
         "tools": [],
         "top_p": 1.0,
         "truncation": "disabled",
-        "usage": {
-            "input_tokens": sent // 4,
-            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
-            "output_tokens": len(text) // 4 + 1,
-            "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": sent // 4 + len(text) // 4 + 1,
-        },
-        "metadata": {},
+        "usage": usage(body, text),
+        "metadata": dict(metadata) if isinstance(metadata, Mapping) else {},
     }
 
 
@@ -261,7 +304,8 @@ def responses_route(ctx: SimContext, log: ResponsesLog) -> Route:
         if log.invalid < faults.invalid_first:
             log.invalid += 1
             return JSONResponse(_response(body, json.dumps({"unexpected": True})))
-        text = json.dumps(answer(body, schema), ensure_ascii=False)
+        value = park_check_answer(body, ctx.hold_markers) if is_park_check(body) else answer(body, schema)
+        text = json.dumps(value, ensure_ascii=False)
         return JSONResponse(_response(body, text))
 
     return Route("/v1/responses", create, methods=["POST"])
