@@ -31,7 +31,7 @@ from sip_controller.agent.analysis import CallAnalysis
 from sip_controller.agent.profile import AgentProfile, HttpTool, Outbound, PythonTool, ToolEntry, Voicemail
 from sip_controller.agent.validation import Finding
 from sip_controller.calls.incoming import IncomingCall, SipHeader
-from sip_controller.calls.report import CallRecord
+from sip_controller.calls.report import CallRecord, report_document
 from sip_controller.calls.routing import choose_profile, screen_caller
 from sip_controller.config import ConfigError, Secrets, Settings, TwilioCredentials
 from sip_controller.service.app import Runtime, create_app
@@ -875,8 +875,11 @@ async def _follow(stack: Stack, outcome: TwilioOutcome, *, timeout: float, unans
             outcome.problems.append(f"the OpenAI leg {call_id} did not end within {timeout:.0f}s")
             outcome.legs.append(stack.sim.calls[call_id])
     registry = stack.runtime.registry
-    report_id = outcome.legs[0].call_id if outcome.legs else unanswered_id
-    if report_id is not None and registry.get(report_id) is not None:
+    # the call's report: its (last) leg's record; a call parked on Twilio (#16) has one record per leg, the last
+    # one's report is the whole call's (its earlier legs' ended ``parked``)
+    candidates = [leg.call_id for leg in reversed(outcome.legs)] or ([unanswered_id] if unanswered_id else [])
+    report_id = next((call_id for call_id in candidates if registry.get(call_id) is not None), None)
+    if report_id is not None:
         with contextlib.suppress(TimeoutError):
             await registry.wait_ended(report_id, 10.0)
         outcome.record = registry.get(report_id)
@@ -896,7 +899,11 @@ async def check_twilio_outcome(stack: Stack, outcome: TwilioOutcome) -> list[str
         return problems
     problems.extend(f"twilio: {problem}" for problem in rec.problems)
     problems.extend(check_twilio_call(rec, spec.expect))
-    for leg in outcome.legs:
+    for leg in outcome.legs[:-1]:  # a parked call's earlier legs (#16): hung up by the park, the script went on
+        if leg.ended_by != "caller":
+            problems.append(f"openai leg {leg.call_id}: a leg before the last should end when Twilio parks the call "
+                            f"(hung up by Twilio), but it ended by {leg.ended_by}")  # fmt: skip
+    for leg in outcome.legs[-1:]:  # the person's expectations hold on the last leg
         problems.extend(check_expectations(leg))
         if leg.spec.expect is not None:
             leg_record = stack.runtime.registry.get(leg.call_id)
@@ -906,7 +913,7 @@ async def check_twilio_outcome(stack: Stack, outcome: TwilioOutcome) -> list[str
         if reached_controller or spec.report is not None:
             problems.append("the controller has no report of the call")
         return problems
-    problems.extend(check_report(spec.report, record))
+    problems.extend(check_report(spec.report, record, time_scale=stack.twilio.time_scale))
     twilio = record.twilio or {}
     if record.twilio_call_sid != rec.sid:
         problems.append(f"report: twilio_call_sid {record.twilio_call_sid}, but Twilio's CallSid is {rec.sid}")
@@ -920,15 +927,18 @@ async def check_twilio_outcome(stack: Stack, outcome: TwilioOutcome) -> list[str
         if record.outbound != wanted:
             problems.append(f"report: outbound {record.outbound}, expected {wanted}")
         problems.extend(_variables_rendered(stack.runtime.settings, record, spec.variables, outcome.legs))
-    reports = [r for r in stack.runtime.registry.records() if r.twilio_call_sid == rec.sid]
+    reports = [r for r in stack.runtime.registry.records()
+               if r.twilio_call_sid == rec.sid and r.ended_reason != "parked"]  # fmt: skip
     if len(reports) != 1:
         problems.append(f"the controller reported the call {len(reports)} times")
     problems.extend(await _callbacks_recorded(stack, rec))
     return problems
 
 
-def check_report(expect: ReportExpectation | None, record: CallRecord) -> list[str]:
-    """Mismatches between a scenario's ``report:`` and the controller's record of a Twilio call."""
+def check_report(expect: ReportExpectation | None, record: CallRecord, *, time_scale: float = 1.0) -> list[str]:
+    """Mismatches between a scenario's ``report:`` and the controller's record of a Twilio call. A parked call's
+    (#16) figures are read from its end-of-call report (``legs``, ``parked``: null for a call never parked, which
+    has one leg: the call), its seconds divided by the run's ``time_scale`` to compare with nominal ones."""
     if expect is None:
         return []
     twilio = record.twilio or {}
@@ -941,6 +951,33 @@ def check_report(expect: ReportExpectation | None, record: CallRecord) -> list[s
     ):
         if wanted is not None and wanted != got:
             problems.append(f"report {name}: expected {wanted}, got {got}")
+    if expect.legs is None and expect.parked_min_s is None and expect.max_leg_s is None:
+        return problems
+    document = report_document(record)
+    legs = document.get("legs")
+    if legs is None:  # never parked: the call is its one leg
+        legs = [{"call_id": document.get("call_id"), "duration_s": (document.get("timings") or {}).get("duration_s")}]
+    if not isinstance(legs, list):
+        return [*problems, f"report legs: expected a list, got {legs!r}"]
+    if expect.legs is not None and expect.legs != len(legs):
+        problems.append(f"report legs: expected {expect.legs}, got {len(legs)}")
+    if expect.max_leg_s is not None:
+        for leg in legs:
+            seconds = leg.get("duration_s") if isinstance(leg, dict) else None
+            if not isinstance(seconds, int | float):
+                problems.append(f"report legs: {leg!r} has no duration_s")
+            elif seconds / time_scale > expect.max_leg_s:
+                problems.append(f"report max_leg_s: the leg {leg.get('call_id')} lasted {seconds / time_scale:.0f} "
+                                f"nominal seconds, over {expect.max_leg_s:g}")  # fmt: skip
+    if expect.parked_min_s is not None:
+        parked = document.get("parked")
+        seconds = parked.get("parked_s") if isinstance(parked, dict) else None
+        if not isinstance(seconds, int | float):
+            problems.append(f"report parked_min_s: expected at least {expect.parked_min_s:g} nominal seconds parked, "
+                            f"but the report's parked is {parked!r}")  # fmt: skip
+        elif seconds / time_scale < expect.parked_min_s:
+            problems.append(f"report parked_min_s: expected at least {expect.parked_min_s:g} nominal seconds parked, "
+                            f"got {seconds / time_scale:.0f}")  # fmt: skip
     return problems
 
 
@@ -992,9 +1029,13 @@ def twilio_timeline(outcome: TwilioOutcome) -> list[tuple[float, str]]:
         if leg.ended_at is not None:
             lines.append((leg.ended_at, f"openai  ended by {leg.ended_by}"))
     if record is not None:
+        # from the end-of-call report: a parked call's (#16) is all its legs', its times on the first leg's clock
+        document = report_document(record)
         base = outcome.legs[0].placed_at if outcome.legs else (rec.created_at if rec is not None else 0.0)
-        lines.extend((base + t, f"controller  {what}") for t, what in record.timeline)
-        lines.extend((base + t.at_s, f"{t.role:<11} “{t.text}”") for t in record.transcripts)
+        for entry in document.get("timeline") or ():
+            lines.append((base + float(entry["at_s"]), f"controller  {entry['event']}"))
+        for said in document.get("transcript") or ():
+            lines.append((base + float(said["at_s"]), f"{said['role']:<11} “{said['text']}”"))
     return sorted(lines, key=lambda line: line[0])
 
 
@@ -1011,7 +1052,8 @@ def print_twilio_report(outcomes: list[TwilioOutcome], out: TextIO) -> None:
         if rec is not None:
             print(f"  twilio: {rec.direction} {rec.from_} → {rec.to} status={rec.status} "
                   f"answered_by={rec.answered_by or '-'} error_code={rec.error_code or '-'} "
-                  f"callbacks={len(rec.callbacks)} openai_legs={len(outcome.legs)}", file=out)  # fmt: skip
+                  f"callbacks={len(rec.callbacks)} openai_legs={len(outcome.legs)} gathers={len(rec.gathers)}",
+                  file=out)  # fmt: skip
         if record is not None:
             outbound = f" outbound={record.outbound['id']}" if record.outbound else ""
             print(f"  controller: {record.call_id} profile={record.profile} ended_reason={record.ended_reason} "
