@@ -20,6 +20,11 @@ hangup_while_ringing  rings ``ring_seconds``, then declines (SIP 603)           
 ===================== ====================================================================== =================
 
 Durations are nominal seconds, multiplied by the simulator's ``time_scale``.
+
+A person's ``steps`` are one script for the whole Twilio call (#16): a call parked on Twilio during a long hold
+(a live update onto a ``<Gather>``) goes on with the steps its OpenAI leg had not reached, heard by the Gather
+(:mod:`.twilio_engine`), and a later OpenAI leg runs what is left, opening with the reply to what the Gather heard
+(:mod:`.twilio_script`). The callee's ``expect`` is checked on the call's last OpenAI leg.
 """
 
 from __future__ import annotations
