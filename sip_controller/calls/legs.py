@@ -151,6 +151,15 @@ def _spell_marks(row: Mapping[str, Any], *, ended: Any) -> list[tuple[float, Any
     ]
 
 
+def _heard(spell: Mapping[str, Any], row: Mapping[str, Any]) -> list[tuple[float, Any]]:
+    """What Twilio heard the person say when they came back (a park's ``heard``): the caller's line at the park's
+    end, since no OpenAI session heard it."""
+    heard, at = spell.get("heard"), row.get("to_s")
+    if not isinstance(heard, str) or not heard.strip() or at is None:
+        return []
+    return [(at, {"role": "caller", "text": heard.strip(), "at_s": at})]
+
+
 def merge_legs(
     earlier: Sequence[Mapping[str, Any]],
     last: Mapping[str, Any] | None,
@@ -164,7 +173,8 @@ def merge_legs(
     ``earlier``: the parked legs' documents (at least one); ``last``: the final leg's, or None when the call ended
     while parked, and then ``ended_reason`` and ``ended_at`` (ISO-8601) say how and when (required; given with a
     ``last`` they override its own). ``spells``: one per park, ``{"from", "to"}`` (epoch seconds), ``listens``,
-    ``checks``, ``listen_cost_usd``, ``check_cost_usd``, ``hold_mode_cost_usd``.
+    ``checks``, ``listen_cost_usd``, ``check_cost_usd``, ``hold_mode_cost_usd``, and ``heard``: what Twilio heard
+    the person say as they came back (a caller line of the transcript at the park's end).
 
     The call keeps the first leg's identity (``call_id``, profile, caller, dialed, outbound: ``call.started`` went
     out under it) and its received, accepted and attached times; the last leg's Twilio side, recording, outcome
@@ -228,6 +238,8 @@ def merge_legs(
             merged += [_shifted(entry, shift) for entry in _list(leg.get(name))]
             if name == "timeline" and index < len(spell_rows):
                 merged += _spell_marks(spell_rows[index], ended=out.get("ended_reason") if index == ended_in else None)
+            if name == "transcript" and index < len(spell_rows):
+                merged += _heard(spells[index], spell_rows[index])
         if name == "timeline":  # spells beyond the legs (a caller's mistake) are still shown
             for row in spell_rows[len(legs) :]:
                 merged += _spell_marks(row, ended=None)

@@ -160,7 +160,7 @@ async def listen_answer(
         confidence = 0.0
     if heard and await _is_person(profile, park, heard, confidence, responses):
         parked_s = max(0.0, now - since)
-        closed = parking.closed_spell(park, now, _costs(settings, profile, park, parked_s))
+        closed = {**parking.closed_spell(park, now, _costs(settings, profile, park, parked_s)), "heard": heard}
         spells = [*(park.get("spells") or ()), closed]
         park.update(status=parking.BRIDGING, heard=heard, spells=spells)
         correlation = new_correlation_id()

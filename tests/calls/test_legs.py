@@ -418,3 +418,13 @@ def test_merged_transcript_is_ordered_complete_and_usage_sums_exact(
     for key in USAGE_KEYS:
         assert doc["usage"][key] == sum(leg["usage"][key] for leg in legs)
         assert doc["usage"]["hold"][key] == sum(leg["hold"][key] for leg in legs)
+
+
+def test_what_twilio_heard_the_person_say_is_their_line_in_the_transcript() -> None:
+    spell = {**SPELL, "heard": " Hi, this is Dana. "}
+    merged = merge_legs([first_leg()], last_leg(), [spell])
+    dana = [t for t in merged["transcript"] if t["text"] == "Hi, this is Dana."]
+    assert dana == [{"role": "caller", "text": "Hi, this is Dana.", "at_s": 1300.0}]
+    assert merged["transcript"] == sorted(merged["transcript"], key=lambda t: t["at_s"])
+    without = merge_legs([first_leg()], last_leg(), [SPELL])
+    assert len(merged["transcript"]) == len(without["transcript"]) + 1

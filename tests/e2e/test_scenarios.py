@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from sip_controller.agent.profile import AgentProfile, Watchdogs
+from sip_controller.calls.report import report_document
 from sip_controller.config import Settings
 from sip_controller.simulator import CallSpec, Expectation, Step, harness, load_scenario
 from sip_controller.simulator.harness import CallOutcome, ScenarioRun
@@ -20,6 +21,9 @@ SCENARIOS = sorted((ROOT / "config" / "scenarios").glob("*.yaml"))
 #: nominal seconds -> real seconds; the hold scenario (20 simulated minutes) runs in about 12 s
 SCALE = 0.02
 HOLD_SCALE = 0.01
+#: the parked hold (40 simulated minutes on Twilio, #16) runs in about 13 s
+PARKED_SCALE = 0.005
+PARKED = "twilio-outbound-parked-hold.yaml"
 _runs: dict[str, ScenarioRun] = {}
 
 
@@ -30,7 +34,7 @@ async def run_of(path: Path) -> ScenarioRun:
         prepared = harness.prepare(path)
         assert prepared.config_path == EXAMPLE
         assert prepared.warnings == []
-        scale = HOLD_SCALE if path.name == "hold.yaml" else SCALE
+        scale = {"hold.yaml": HOLD_SCALE, PARKED: PARKED_SCALE}.get(path.name, SCALE)
         _runs[path.name] = await harness.run_scenario(
             prepared.scenario, prepared.settings, time_scale=scale, timeout=40
         )
@@ -48,7 +52,7 @@ def test_every_behaviour_has_a_scenario() -> None:
         "silence-timeout", "max-duration", "budget", "keypad", "routing", "denied-caller", "hold", "python-tool",
         "twilio-outbound-person", "twilio-outbound-busy", "twilio-outbound-no-answer", "twilio-outbound-failed",
         "twilio-outbound-voicemail", "twilio-inbound", "twilio-outbound-canceled", "twilio-outbound-fax",
-        "twilio-batch",
+        "twilio-batch", "twilio-outbound-parked-hold",
     }
     for path in SCENARIOS:
         scenario = load_scenario(path)
@@ -127,3 +131,26 @@ async def test_an_ending_during_a_long_answer_waits_for_the_goodbye() -> None:
     async with harness.running_stack(settings, time_scale=0.05, scale_controller=True) as stack:
         outcome = await harness.run_call(stack, spec, timeout=20)
     assert outcome.problems == []
+
+
+async def test_a_40_minute_hold_parked_on_twilio_goes_on_in_a_fresh_session_with_none_near_the_limit() -> None:
+    """#16's long hold: 40 simulated minutes parked between two OpenAI legs, one report for the call."""
+    [outcome] = (await run_of(ROOT / "config" / "scenarios" / PARKED)).twilio
+    assert outcome.problems == []
+    assert outcome.twilio is not None
+    assert [leg.call_id for leg in outcome.legs] == outcome.twilio.openai_call_ids
+    assert outcome.record is not None
+    report = report_document(outcome.record)  # the last leg's record: the whole call's report
+    legs = report["legs"]
+    assert [leg["ended_reason"] for leg in legs] == ["parked", "agent_end_call"]
+    assert report["call_id"] == legs[0]["call_id"]  # the id call.started went out with
+    assert all(leg["duration_s"] / PARKED_SCALE < 3600 for leg in legs)  # no session near OpenAI's 60 minutes
+    parked = report["parked"]
+    assert parked["parked_s"] / PARKED_SCALE >= 2400 * 0.9
+    assert report["timings"]["duration_s"] / PARKED_SCALE > 2400
+    assert parked["spells"][0]["listens"] >= 100
+    assert parked["hold_mode_cost_usd"] > 0
+    assert parked["listen_cost_usd"] > 0
+    said = " ".join(t["text"] for t in report["transcript"])
+    assert "please hold" in said.lower()
+    assert "this is Dana from billing" in said  # heard by Twilio's Gather, then answered on the fresh leg

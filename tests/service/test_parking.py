@@ -157,6 +157,8 @@ async def test_a_parked_call_is_bridged_to_a_primed_fresh_session_and_reported_o
     assert report["ended_reason"] == "caller_hangup"
     assert [leg["call_id"] for leg in report["legs"]] == ["rtc_p1", "rtc_p2"]
     assert [leg["ended_reason"] for leg in report["legs"]] == ["parked", "caller_hangup"]
+    dana = [t for t in report["transcript"] if t["text"] == "Hi, thanks for holding, this is Dana from billing."]
+    assert [t["role"] for t in dana] == ["caller"]  # what Twilio heard, the line no session heard
     parked = report["parked"]
     assert len(parked["spells"]) == 1
     assert parked["parked_s"] >= 0
