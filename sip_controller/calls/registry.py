@@ -314,7 +314,9 @@ class CallRegistry:
         # a call we placed is not screened or rate-limited by its caller ID (our own number): capacity only
         counted = not outbound and resumed is None  # a parked call's next leg is not a new caller
         refusal = None if not counted else routing.screen_caller(self._settings, incoming)
-        refusal = refusal or self.admission(incoming, count_caller=counted)
+        # a parked call's next leg comes in past capacity: a person is on the line, and the call was counted then
+        if resumed is None or self.draining:
+            refusal = refusal or self.admission(incoming, count_caller=counted)
         if refusal is None:
             profile = self._settings.profile(name)
             instructions = templates.render(
@@ -343,7 +345,7 @@ class CallRegistry:
                 claims,
                 ttl_s=self._settings.limits.dedupe_ttl_s,
                 call=new_call,
-                max_live=self._settings.limits.max_concurrent_calls,
+                max_live=None if resumed is not None else self._settings.limits.max_concurrent_calls,
                 caller=None if not counted else self._caller_limit(incoming),
                 # a parked call's next leg: call.started went out with its first leg
                 outbox=[] if resumed is not None else started_items(record, reports, at=self._wall_clock()),

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from sip_controller.agent.profile import AgentProfile
+from sip_controller.calls import parking
 from sip_controller.calls.inputs import OperatorHangup, OperatorMute
 from sip_controller.calls.journal import TURNS, CallJournal
 from sip_controller.calls.report import CallRecord
@@ -187,3 +188,23 @@ async def test_a_journal_of_a_call_taken_over_does_not_write_the_state_it_was_gi
     assert (await _turns_entries(store, "rtc_again"))[-1] == {
         "muted": False, "on_hold": True, "since": 12.0, "hold_s": 3.0
     }  # fmt: skip
+
+
+@pytest.mark.anyio
+async def test_a_parked_calls_next_leg_keeps_its_earlier_legs_through_a_takeover(store: SQLiteStore) -> None:
+    """#16: the replica that takes the next leg over reports the whole call, so the legs before it are in its row."""
+    earlier = CallRecord(call_id="rtc_leg1", profile="default", received_at=datetime.fromtimestamp(T0, UTC))
+    record = CallRecord(call_id="rtc_leg2", profile="default", received_at=datetime.fromtimestamp(T0 + 600, UTC))
+    record.earlier_legs = [parking.leg_document(earlier, mask_caller=True)]
+    record.park_spells = [{"from": T0 + 60, "to": T0 + 600, "listens": 36, "checks": 2, "heard": "Hello?"}]
+    row = await store.create_call(
+        NewCall(
+            call_id="rtc_leg2", owner="p1", profile="default", inputs=parking.leg_inputs(record), received_at=T0 + 600,
+            caller=None, dialed=None, deadlines={},
+        )
+    )  # fmt: skip
+    assert row is not None
+    rebuilt = rebuild_record(row, [])
+    assert rebuilt.earlier_legs == record.earlier_legs
+    assert rebuilt.park_spells == record.park_spells
+    assert parking.leg_inputs(CallRecord(call_id="x", profile="default", received_at=record.received_at)) == {}

@@ -261,3 +261,17 @@ async def test_a_park_twilio_refuses_leaves_the_call_on_hold_mode(service: Servi
     row = await service.store.get_twilio_call(call_sid=CALL_SID)
     assert row is not None
     assert row.park is None  # the park was taken back
+
+
+async def test_the_next_leg_comes_in_past_capacity_a_person_is_waiting() -> None:
+    settings = Settings(profiles={"default": profile()}, limits=Limits(hangup_close_wait_s=0.1, max_concurrent_calls=1))
+    async for svc in start(settings):
+        twilio_id = await parked_call(svc)
+        await svc.place("rtc_other")  # another call takes the one place while the first is parked
+        bridge = ET.tostring(await listen(svc, twilio_id, "Thanks for holding, how can I help?"), encoding="unicode")
+        await openai_webhook(svc, "rtc_p2", [{"name": "X-Sipctl-Correlation", "value": correlation(bridge)}])
+        await attached(svc, "rtc_p2")
+        assert svc.router.routes["reject"].call_count == 0
+        record = svc.runtime.registry.get("rtc_p2")
+        assert record is not None
+        assert record.errors == []
