@@ -148,7 +148,7 @@ async def test_a_40_minute_hold_parked_on_twilio_goes_on_in_a_fresh_session_with
     parked = report["parked"]
     assert parked["parked_s"] / PARKED_SCALE >= 2400 * 0.9
     assert report["timings"]["duration_s"] / PARKED_SCALE > 2400
-    assert parked["spells"][0]["listens"] >= 100
+    assert parked["spells"][0]["listens"] >= 40  # a round per minute of music, and the one that heard Dana
     assert parked["hold_mode_cost_usd"] > 0
     assert parked["listen_cost_usd"] > 0
     said = " ".join(t["text"] for t in report["transcript"])

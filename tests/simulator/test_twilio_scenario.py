@@ -150,14 +150,14 @@ def test_the_parked_hold_scenario_loads_as_written() -> None:
         "wait_on_hold", {"expected_minutes": 40, "reason": "status of claim 4471"}
     )  # fmt: skip
     assert music.hold_music is not None
-    assert (music.hold_music.seconds, music.hold_music.every, music.hold_music.text) == (2400, 20, "[hold music]")
-    assert music.hold_music.chunks == 120
+    assert (music.hold_music.seconds, music.hold_music.every, music.hold_music.text) == (2400, 60, "[hold music]")
+    assert music.hold_music.chunks == 40
     assert (dana.say, dana.reply is not None) == ("Hi, thanks for holding, this is Dana from billing.", True)
     assert paid.tool is not None
     assert paid.tool.name == "end_call"
     assert call.callee.max_call_seconds > 2400
     assert call.expect is not None
-    assert (call.expect.openai_legs, call.expect.min_gathers) == (2, 100)
+    assert (call.expect.openai_legs, call.expect.min_gathers) == (2, 40)
     assert call.report is not None
     assert (call.report.legs, call.report.parked_min_s, call.report.max_leg_s) == (2, 2000, 3600)
 
