@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 from xml.etree import ElementTree as ET
@@ -275,3 +276,33 @@ async def test_the_next_leg_comes_in_past_capacity_a_person_is_waiting() -> None
         record = svc.runtime.registry.get("rtc_p2")
         assert record is not None
         assert record.errors == []
+
+
+async def test_a_restart_while_parked_loses_nothing(tmp_path: Path) -> None:
+    """The park lives in the store: the process that parked the call goes away, another one on the same store
+    answers Twilio's rounds, takes the next leg and reports the whole call once."""
+    settings = Settings(profiles={"default": profile()}, limits=Limits(hangup_close_wait_s=0.1))
+    path = str(tmp_path / "state.db")
+
+    async def service_on(store_path: str) -> AsyncIterator[Service]:
+        router = openai_router(None)
+        router.post(path__regex=rf"/2010-04-01/Accounts/{ACCOUNT}/Calls/{CALL_SID}\.json$", name="twilio_update"
+                    ).respond(200, json={"sid": CALL_SID, "status": "in-progress"})  # fmt: skip
+        async with running_service(ADMIN, settings=settings, twilio=TWILIO, router=router,
+                                   store_path=store_path) as svc:  # fmt: skip
+            yield svc
+
+    async for first in service_on(path):
+        twilio_id = await parked_call(first)
+        await listen(first, twilio_id, "[hold music]")
+    async for second in service_on(path):  # a restart, or any other replica
+        assert [c.tag for c in await listen(second, twilio_id, "[hold music]")] == ["Gather"]
+        bridge = ET.tostring(await listen(second, twilio_id, "Thanks for holding, Dana here."), encoding="unicode")
+        await openai_webhook(second, "rtc_p2", [{"name": "X-Sipctl-Correlation", "value": correlation(bridge)}])
+        sideband = await attached(second, "rtc_p2")
+        sideband.close_from_server()
+        await second.runtime.registry.wait_ended("rtc_p2", 5)
+        await second.runtime.registry.finished_written(5)
+        report = await report_of(second, "rtc_p1")
+        assert [leg["call_id"] for leg in report["legs"]] == ["rtc_p1", "rtc_p2"]
+        assert report["parked"]["spells"][0]["listens"] == 3  # counted across both processes
