@@ -159,3 +159,19 @@ def report_call_id(park: Mapping[str, Any] | None) -> str | None:
     """The row a parked call's report is on (its first leg's); None for a call never parked."""
     legs = park.get("legs") if isinstance(park, Mapping) else None
     return str(legs[0]) if isinstance(legs, list) and legs else None
+
+
+def park_view(park: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A parked call as ``GET /v1/outbound/{id}`` shows it: where the park is, since when, how many rounds and legs
+    (never what was heard: that is the caller's speech)."""
+    if not isinstance(park, Mapping):
+        return None
+    return {
+        "status": park.get("status"),
+        "spell": park.get("spell"),
+        "since": park.get("since"),
+        "listens": park.get("listens"),
+        "checks": park.get("checks"),
+        "legs": list(park.get("legs") or ()),
+        "spells_over": len(park.get("spells") or ()),
+    }

@@ -646,6 +646,9 @@ _OUTBOUND_PROPERTIES: dict[str, Any] = {
     "error_code": {"type": ["integer", "null"], "description": "Twilio's error code of a failed call"},
     "call_id": {"type": ["string", "null"], "description": "the OpenAI call (rtc_…) it became, or its report's id"},
     "events": {"type": "array", "items": {"type": "object"}},
+    "park": {"type": ["object", "null"], "description": "a hold parked on Twilio (#16): status (parked, bridging, "
+             "ended, closed), spell, since, listens, checks, legs (the OpenAI call ids parked), spells_over; null: "
+             "never parked"},
     "replayed": {"type": "boolean", "description": "true: the Idempotency-Key's call, placed before"},
 }
 _OUTBOUND = {

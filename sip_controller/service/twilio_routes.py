@@ -144,6 +144,7 @@ def outbound_view(row: TwilioCallRow, *, mask: bool) -> dict[str, Any]:
         "error_code": row.error_code,
         "call_id": row.call_id,
         "events": row.events,
+        "park": parking_state.park_view(row.park),
     }
 
 

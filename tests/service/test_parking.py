@@ -16,6 +16,7 @@ from xml.etree import ElementTree as ET
 import pytest
 
 from sip_controller.agent.profile import AgentProfile
+from sip_controller.calls.parking import park_view
 from sip_controller.config import Limits, Settings
 from sip_controller.realtime.sideband import FakeSideband
 from sip_controller.state.records import HistoryQuery
@@ -188,6 +189,8 @@ async def test_a_call_that_ends_while_parked_is_reported_from_its_parked_leg(ser
     assert row is not None
     assert row.park is not None
     assert row.park["status"] == "closed"
+    assert park_view(row.park) == {"status": "closed", "spell": 1, "since": row.park["since"], "listens": 1,
+                                   "checks": 0, "legs": ["rtc_p1"], "spells_over": 0}  # fmt: skip
     # a callback after that changes nothing and keeps nothing open
     assert [child.tag for child in await listen(service, twilio_id, "hello?")] == ["Hangup"]
 
