@@ -237,11 +237,10 @@ class Watchdogs(Strict):
 class Park(Strict):
     """Parking a long hold on Twilio (#16): when the model's ``wait_on_hold`` says the wait may be at least
     ``after_min`` minutes, on a call Twilio bridged into OpenAI, the OpenAI leg ends and Twilio keeps the line,
-    listening for speech (``<Gather input="speech">`` rounds of ``listen_timeout_s``); what it hears is checked
-    (the hold's phrases, then a text check by ``check_model`` through the Responses API when ``detect`` is
-    ``classifier``), and when a person is back a fresh OpenAI session is bridged, primed with the conversation so
-    far. No Realtime session then runs into OpenAI's 60-minute limit while on hold. A line parked longer than
-    ``max_parked_s`` is hung up."""
+    listening for speech (``<Gather input="speech">`` rounds of ``listen_timeout_s``); what it hears is checked as
+    the hold's ``detect`` says (its phrases, or a text check by ``check_model`` through the Responses API), and when
+    a person is back a fresh OpenAI session is bridged, primed with the conversation so far. No Realtime session
+    then runs into OpenAI's 60-minute limit while on hold. A line parked longer than ``max_parked_s`` is hung up."""
 
     after_min: float = Field(default=10.0, gt=0, le=600)
     max_parked_s: float = Field(default=7200.0, gt=0, le=86_400)

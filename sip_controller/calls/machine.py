@@ -272,6 +272,9 @@ class CallMachine:
     #: what the model is asked to say first instead of the profile's greeting: a call's next leg after a parked
     #: hold (#16), where the person who came back has already spoken
     opening: str | None = None
+    #: user messages the conversation starts with, before the opening (what was said before a parked hold and the
+    #: person's first words: the caller's words go in as the user's, never into instructions, #16)
+    context: tuple[str, ...] = ()
     #: OpenAI ends the session (and the call) this long after the accept
     session_limit_s: float = OPENAI_SESSION_LIMIT_S
     state: CallState = CallState.RECEIVED
@@ -425,7 +428,11 @@ class CallMachine:
             case ParkOk():
                 return self._on_parked(rel)
             case ParkFailed(detail=detail):
-                return self.hold.on_park_failed(self, detail, rel)
+                failed = self.hold.on_park_failed(self, detail, rel)
+                if not self._sideband_open and self.ending is None and self.state == CallState.ATTACHED:
+                    # the leg closed while Twilio was asked, and Twilio did not take the line: the far side left
+                    return [*failed, *self.finish("caller_hangup", rel)]
+                return failed
             case MachineDetection(answered_by=verdict):
                 return self._on_machine_detection(verdict, rel)
             case OperatorSay() | OperatorContext() | OperatorMute():
@@ -741,7 +748,8 @@ class CallMachine:
             acted = self._act_on_machine(verdict, rel)
             if self.ending is not None:
                 return [self._session_guard(rel), *acted]
-        timers = [*self.watchdog.start(rel), self._session_guard(rel)]
+        timers: list[Action] = [*self.watchdog.start(rel), self._session_guard(rel)]
+        timers += [self.user_text(text) for text in self.context]
         greeting: list[Action] = []
         if self.profile.greeting and self._verdict_awaited():
             # a call we placed with asynchronous answering-machine detection: a fax or a machine is never greeted
@@ -901,6 +909,9 @@ class CallMachine:
         hangup, confirmed), with no goodbye: the other side is hold music, and the call goes on in a fresh leg."""
         if self.ending is not None or self.state != CallState.ATTACHED:
             return []
+        if not self._sideband_open:  # Twilio's redirect already ended the leg
+            self.record.mark(rel, "parked on Twilio: the OpenAI leg ended")
+            return self.finish("parked", rel)
         self.record.mark(rel, "parked on Twilio: this OpenAI leg ends")
         self.ending = _Ending(reason="parked")
         self._set_state(CallState.ENDING, rel)
@@ -925,9 +936,11 @@ class CallMachine:
         self.record.mark(rel, f"sideband closed (code {code})")
         if self.transfer.leaving:  # a REFER that worked can close the socket before its 200
             return [*self.transfer.on_call_left(self, rel), *self.finish("transferred", rel)]
-        if self.hold.parking and (self.ending is None or self.ending.reason == "parked"):
-            # Twilio's redirect ends the OpenAI leg, maybe before the Calls API's answer is back (#16)
-            return self.finish("parked", rel)
+        if self.hold.parking and self.ending is None:
+            # Twilio's redirect ends the OpenAI leg, maybe before the Calls API's answer is back (#16): that answer
+            # says whether the leg was parked (ParkOk) or the far side hung up (ParkFailed)
+            self.record.mark(rel, "the leg closed while parking: waiting for Twilio's answer")
+            return []
         ending = self.ending
         if ending is not None and (ending.hangup_sent or self.state == CallState.HANGING_UP):
             if self.record.hangup_confirmed:

@@ -42,13 +42,18 @@ CHECK_INSTRUCTIONS = (
     "Set person to true if a live person is now speaking to us directly (a greeting, a question, a name), or to "
     "false if it is hold music, silence, noise, or a recorded announcement."
 )
+NOT_CONNECTED_LINE = "Sorry, we could not connect you just now. We will call back. Goodbye."
 GIVE_UP_LINE = "Sorry, we could not wait any longer on hold. We will call back later. Goodbye."
 _WORDS = re.compile(r"[a-z']+")
 
 
-def parked_url(public_url: str, twilio_id: str, spell: int) -> str:
-    """Where Twilio posts what it heard on a parked call (signed like every Twilio callback)."""
-    return f"{public_url}{PARKED_PATH}?{urlencode({'twilio_id': twilio_id, 'spell': spell})}"
+def parked_url(public_url: str, twilio_id: str, spell: int, *, after: str | None = None) -> str:
+    """Where Twilio posts what it heard on a parked call (signed like every Twilio callback); ``after="bridge"``:
+    where the bridge to the next leg says it is over (the ``<Dial action>``)."""
+    query: dict[str, str | int] = {"twilio_id": twilio_id, "spell": spell}
+    if after is not None:
+        query["after"] = after
+    return f"{public_url}{PARKED_PATH}?{urlencode(query)}"
 
 
 def new_park(
@@ -113,34 +118,38 @@ def conversation_so_far(documents: Sequence[Mapping[str, Any]], *, max_chars: in
     return joined
 
 
-def resumed_instructions(
-    instructions: str, documents: Sequence[Mapping[str, Any]], *, reason: str | None, heard: str | None
-) -> str:
-    """The next leg's instructions: the profile's own, then what the model needs to go on where the call was."""
+def resumed_instructions(instructions: str, *, reason: str | None) -> str:
+    """The next leg's instructions: the profile's own, then how this session stands. What was said on the call (the
+    other side's words above all) is not here: it comes as conversation messages (:func:`resumed_context`)."""
     parts = [
         instructions.rstrip(),
         "",
         "# This call is continuing after a long hold",
-        "You were on hold and the line was parked; this is a fresh session on the same phone call. Do not greet "
-        "as if the call just started and do not call wait_on_hold again unless you are put on hold again.",
+        "You were on hold and the line was parked; this is a fresh session on the same phone call. The first user "
+        "messages are what was said before the hold and what the person who came back said. Do not greet as if the "
+        "call just started, and do not call wait_on_hold again unless you are put on hold again.",
     ]
     if reason:
-        parts.append(f"What you were waiting for (the open task): {reason[:500]}")
-    context = conversation_so_far(documents)
-    if context:
-        parts += ["The conversation before the hold:", context]
-    if heard:
-        parts.append(f'The person who just came back on the line said: "{heard[:MAX_HEARD_CHARS]}"')
+        parts.append(f"What you were waiting for (the open task, in your own words then): {reason[:500]}")
     return "\n".join(parts)
 
 
-def opening_line(heard: str | None) -> str:
-    """What the next leg's model is asked to say first: answer the person who came back."""
-    said = f' They said: "{heard[:MAX_HEARD_CHARS]}".' if heard else ""
-    return (
-        "A person has just come back on the line after the hold." + said + " Answer them now in one or two short "
-        "sentences: say who you are and why you are calling, and go on with the open task."
-    )
+def resumed_context(documents: Sequence[Mapping[str, Any]], heard: str | None) -> tuple[str, ...]:
+    """The user messages the next leg starts with: the conversation before the hold, and the person's first words."""
+    out: list[str] = []
+    context = conversation_so_far(documents)
+    if context:
+        out.append("What was said on this call before the hold (a transcript):\n" + context)
+    if heard:
+        out.append(f"The person who just came back on the line said: {heard[:MAX_HEARD_CHARS]}")
+    return tuple(out)
+
+
+#: what the next leg's model is asked to say first: answer the person who came back
+OPENING = (
+    "A person has just come back on the line after the hold (their words are the last user message). Answer them "
+    "now in one or two short sentences: say who you are and why you are calling, and go on with the open task."
+)
 
 
 def leg_document(record: CallRecord, *, mask_caller: bool) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from sip_controller.calls.inputs import MachineDetection, Shutdown
 from sip_controller.calls.journal import CallJournal
 from sip_controller.calls.machine import CallMachine
 from sip_controller.calls.outbox import ended_items, recording_document, recording_items, started_items
+from sip_controller.calls.park_report import close_if_parked
 from sip_controller.calls.recordings import recording_since, twilio_row
 from sip_controller.calls.report import CallRecord, twilio_inputs, twilio_part
 from sip_controller.calls.states import CallState, EndedReason
@@ -60,7 +61,7 @@ from sip_controller.state.records import (
 from sip_controller.state.store import Store
 from sip_controller.state.twilio_calls import MERGED, TwilioCallRow
 from sip_controller.telephony.callbacks import recording_of
-from sip_controller.telephony.calls_api import TwilioCalls
+from sip_controller.telephony.calls_api import TwilioCalls, TwilioError
 from sip_controller.telephony.twiml import CORRELATION_HEADER, listen_parked, transfer_to, well_formed_correlation
 
 #: answering-machine verdicts kept for calls not (yet) live anywhere (``CallRegistry.machine_detected``)
@@ -308,6 +309,9 @@ class CallRegistry:
             record.earlier_legs = list(resumed.documents)
             record.park_spells = list(resumed.spells)
             record.mark(0.0, f"leg {len(resumed.documents) + 1}: the call goes on after a parked hold")
+            if not resumed.documents:
+                record.errors.append("the reports of the legs before the hold could not be read: this report covers "
+                                     "this leg only")  # fmt: skip
         if twilio is None and incoming.header(CORRELATION_HEADER) is not None:
             record.errors.append(f"{CORRELATION_HEADER} matches no Twilio call of ours")
         row: CallRow | None = None
@@ -331,9 +335,7 @@ class CallRegistry:
                 variables=twilio.variables if outbound and twilio is not None else None,
             )
             if resumed is not None:
-                instructions = parking.resumed_instructions(
-                    instructions, resumed.documents, reason=resumed.reason, heard=resumed.heard
-                )
+                instructions = parking.resumed_instructions(instructions, reason=resumed.reason)
             accept_body = session.accept_body(profile, instructions=instructions)
             new_call = self._new_call(
                 incoming, name, state="received",
@@ -363,8 +365,11 @@ class CallRegistry:
             self._track(_Live(None, task, record, new_call=rejected))
             return refusal
         assert row is not None
-        opening = parking.opening_line(resumed.heard) if resumed is not None else None
-        supervisor, journal = self._supervisor(row, record, accept_body, started_at=self._clock(), opening=opening)
+        opening = parking.OPENING if resumed is not None else None
+        context = parking.resumed_context(resumed.documents, resumed.heard) if resumed is not None else ()
+        supervisor, journal = self._supervisor(
+            row, record, accept_body, started_at=self._clock(), opening=opening, context=context
+        )
         supervisor.begin()  # the accept request starts now, not a turn of the loop later
         task = asyncio.create_task(self._run(supervisor), name=f"{incoming.call_id}:call")
         self._track(_Live(supervisor, task, record, journal=journal))
@@ -454,6 +459,7 @@ class CallRegistry:
         started_at: float | None,
         taken: CallRecord | None = None,
         opening: str | None = None,
+        context: tuple[str, ...] = (),
     ) -> tuple[CallSupervisor, CallJournal]:
         """The machine, journal (on ``row``'s fence) and supervisor of a call this process supervises."""
         profile = self._settings.profile(row.profile)
@@ -471,6 +477,7 @@ class CallRegistry:
             ),
             accept_give_up_status=self._settings.limits.accept_give_up_status,
             opening=opening,
+            context=context,
         )
         call_id = row.call_id
         journal = CallJournal(
@@ -542,12 +549,15 @@ class CallRegistry:
             language = settings.profile(record.profile).transcription
             await store.set_twilio_park(twilio_id, state)
             url = parking.parked_url(creds.public_url, twilio_id, int(state["spell"]))
+            twiml = listen_parked(url, timeout_s=timeout, language=language.language if language else None)
             try:
-                await api.update(sid, Twiml=listen_parked(url, timeout_s=timeout,
-                                                          language=language.language if language else None))
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    await store.set_twilio_park(twilio_id, None)
+                await api.update(sid, Twiml=twiml)
+            except TwilioError as exc:
+                # taken back only when Twilio certainly did not move the call: an answer that never came may have
+                # moved it, and then the park must be there for Twilio's rounds
+                if not exc.ambiguous:
+                    with contextlib.suppress(Exception):
+                        await store.set_twilio_park(twilio_id, None)
                 raise
 
         return park
@@ -555,21 +565,17 @@ class CallRegistry:
     async def _resumed_park(self, twilio: TwilioCallRow | None) -> _Resumed | None:
         """The parked call this OpenAI call goes on with (#16): the Twilio call's park says a person is back and
         the next leg is being bridged. The earlier legs' reports come from the store; one that cannot be read is
-        left out (the report says so), never the call."""
+        left out (the report says so), never the call: it is still the call's next leg."""
         park = twilio.park if twilio is not None else None
         if not isinstance(park, dict) or park.get("status") != parking.BRIDGING:
             return None
         documents: list[dict[str, Any]] = []
         for leg in park.get("legs") or ():
-            try:
-                document = await self._store.get_report(str(leg))
-            except StoreError as exc:
-                log.warning("park.leg_unavailable", leg=str(leg), error=type(exc).__name__)
-                document = None
-            if isinstance(document, dict):
+            document = await self._leg_report(str(leg))
+            if document is not None:
                 documents.append(document)
-        if not documents:
-            return None
+        if not documents:  # still the call's next leg (no second call.started, no greeting), reported on its own
+            log.error("park.leg_reports_missing", twilio_id=twilio.id if twilio else None)
         spells = [dict(s) for s in park.get("spells") or () if isinstance(s, dict)]
         heard = park.get("heard")
         reason = park.get("reason")
@@ -577,6 +583,20 @@ class CallRegistry:
             documents=documents, spells=spells, profile=str(park.get("profile") or ""),
             heard=heard if isinstance(heard, str) else None, reason=reason if isinstance(reason, str) else None,
         )  # fmt: skip
+
+    async def _leg_report(self, call_id: str) -> dict[str, Any] | None:
+        """A parked leg's own report, read a few times over a second (the store away for a moment)."""
+        for attempt in range(3):
+            try:
+                document = await self._store.get_report(call_id)
+            except StoreError as exc:
+                log.warning("park.leg_unavailable", leg=call_id, attempt=attempt + 1, error=type(exc).__name__)
+            else:
+                if isinstance(document, dict):
+                    return document
+            if attempt < 2:
+                await asyncio.sleep(0.3)
+        return None
 
     async def resume(self, row: CallRow, entries: Sequence[StoredEntry]) -> None:
         """Supervise a call this process has just taken over (``row``: its new owner and epoch, from
@@ -730,6 +750,7 @@ class CallRegistry:
         own = parking.leg_document(record, mask_caller=reports.mask_caller) if parked_leg or continued else document
         if parked_leg:
             outbox = []
+        first_closed = False
         for attempt in range(5):
             try:
                 if fence is None:  # a call that never lived (rejected): its row written finished, one write (#18)
@@ -748,7 +769,8 @@ class CallRegistry:
                     log.warning("call.left_hanging_up", call_id=record.call_id)
                     return
                 ended_reason: str = record.ended_reason or "unknown"
-                if continued and await self._close_first_leg(record, document, outbox):
+                first_closed = first_closed or (continued and await self._close_first_leg(record, document, outbox))
+                if first_closed:  # kept across a retry of the write below: the close is done once
                     ended_reason, outbox = MERGED, []
                 await self._store.finish_call(
                     fence,
@@ -760,7 +782,9 @@ class CallRegistry:
                     cost_usd=record.cost_usd,
                     ended_at=now,
                 )
-                if not parked_leg:
+                if parked_leg:
+                    await self._closed_while_written(record)
+                else:
                     await self._recording_since(record, document)
             except Fenced as exc:
                 if entry.journal is not None:
@@ -787,9 +811,26 @@ class CallRegistry:
             first, ended_reason=record.ended_reason or "unknown", report=document, outbox=outbox,
             cost_usd=float(cost) if isinstance(cost, int | float) else None, ended_at=self._wall_clock(),
         )  # fmt: skip
-        if not closed:
-            log.warning("park.first_leg_not_parked", call_id=record.call_id, first=first)
-        return closed
+        if closed:
+            return True
+        # closed before by this very leg (a write that failed after it, or a process that died in between, #13)
+        report = await self._store.get_report(first)
+        legs = report.get("legs") if isinstance(report, dict) else None
+        if isinstance(legs, list) and any(isinstance(g, dict) and g.get("call_id") == record.call_id for g in legs):
+            return True
+        log.warning("park.first_leg_not_parked", call_id=record.call_id, first=first)
+        return False
+
+    async def _closed_while_written(self, record: CallRecord) -> None:
+        """A parked leg just written (#16): its Twilio call may have ended while it was (the far side hung up right
+        after the redirect), and the status callback then found no report to close the call with: close it now.
+        Best effort: the store away is logged (the call's report waits for the next final callback)."""
+        try:
+            row = await twilio_row(self._store, record.twilio)
+            if row is not None and row.final:
+                await close_if_parked(self._store, self._settings, row, now=self._wall_clock())
+        except Exception as exc:  # the store's or its driver's
+            log.warning("park.close_check_failed", call_id=record.call_id, error=type(exc).__name__)
 
     async def _refresh_twilio(self, record: CallRecord) -> None:
         """A bridged call's Twilio side as the status callbacks left it, for its report (best effort)."""

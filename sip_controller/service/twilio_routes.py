@@ -36,6 +36,7 @@ from starlette.routing import Route
 from sip_controller.calls import parking as parking_state
 from sip_controller.calls import routing
 from sip_controller.calls.commands import route_machine_detection
+from sip_controller.calls.park_report import close_if_parked
 from sip_controller.calls.parking import PARKED_PATH
 from sip_controller.calls.report import mask_number
 from sip_controller.calls.states import EndedReason
@@ -312,7 +313,7 @@ def routes(
                 routed = await route_machine_detection(store, rt.registry, row.call_id, callback.answered_by)
                 log.info("twilio.machine_detection", twilio_id=row.id, call_id=row.call_id, routed=routed)
             if callback.final and row.park is not None:  # ended while parked: the call's report goes out now
-                closed = await parking.close_if_parked(store, settings, row, now=time.time())
+                closed = await close_if_parked(store, settings, row, now=time.time())
                 if closed and (notifier := getattr(request.app.state, "notifier", None)) is not None:
                     notifier.kick()
             elif callback.final and row.direction == "outbound" and row.call_id is None:
@@ -374,8 +375,9 @@ def routes(
         responses = getattr(request.app.state, "responses_api", None)
         try:
             xml = await parking.listen_answer(
-                store, settings, twilio, responses, twilio_id=twilio_id, spell=int(spell), form=form, now=time.time()
-            )
+                store, settings, twilio, responses, twilio_id=twilio_id, spell=int(spell), form=form, now=time.time(),
+                after_bridge=request.query_params.get("after") == "bridge",
+            )  # fmt: skip
         except parking.UnknownPark:
             log.warning("park.unknown_call", twilio_id=twilio_id[:40])
             return _error(404, "no parked Twilio call of ours has this id and CallSid")

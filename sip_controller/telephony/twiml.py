@@ -41,12 +41,14 @@ _TRANSFER_TARGET = re.compile(r"^(tel:(\+[1-9][0-9]{1,14})|sips?:[^\s@<>]+@[^\s<
 
 
 def bridge_to_openai(
-    project_id: str, correlation_id: str, *, answer_on_bridge: bool = True, recording_callback: str | None = None
+    project_id: str, correlation_id: str, *, answer_on_bridge: bool = True, recording_callback: str | None = None,
+    action: str | None = None,
 ) -> str:
     """``<Response><Dial answerOnBridge="true"><Sip>…</Sip></Dial></Response>`` as an XML document.
     ``answerOnBridge``: the caller hears ringing until OpenAI answers (the controller's accept), not silence.
     ``recording_callback``: record the bridged call from the answer, each side on its own channel
-    (``record-from-answer-dual``), and POST the recording's callback there."""
+    (``record-from-answer-dual``), and POST the recording's callback there. ``action``: where Twilio posts when the
+    ``<Dial>`` is over (a parked call's next leg, #16); without it the call hangs up then."""
     response = VoiceResponse()
     recording: dict[str, str] = {}
     if recording_callback is not None:
@@ -56,6 +58,8 @@ def bridge_to_openai(
             "recording_status_callback_method": "POST",
             "recording_status_callback_event": RECORDING_EVENTS,
         }
+    if action is not None:  # where Twilio posts when the <Dial> is over; its answer is what follows
+        recording = {**recording, "action": action, "method": "POST"}
     dial = Dial(answer_on_bridge=answer_on_bridge, **recording)
     dial.sip(openai_sip_uri(project_id, correlation_id))
     response.append(dial)

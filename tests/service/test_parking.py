@@ -143,13 +143,19 @@ async def test_a_parked_call_is_bridged_to_a_primed_fresh_session_and_reported_o
     assert instructions.startswith("You call billing about claim 4471.")
     assert "continuing after a long hold" in instructions
     assert "status of claim 4471" in instructions  # the open task
-    assert "Them: Acme billing, please hold" in instructions  # the conversation so far
-    assert "this is Dana from billing" in instructions  # the person's first words
+    # what was said (the other side's words) comes as user messages, never as instructions
+    assert "Acme billing" not in instructions
+    assert "Dana" not in instructions
     async with asyncio.timeout(5):
         while not [e for e in sideband.sent if e.get("type") == "response.create"]:
             await asyncio.sleep(0.01)
+    items = [e["item"] for e in sideband.sent if e.get("type") == "conversation.item.create"]
+    texts = [item["content"][0]["text"] for item in items if item["role"] == "user"]
+    assert "Them: Acme billing, please hold, it may be 40 minutes." in texts[0]  # the conversation so far
+    assert texts[1].endswith("said: Hi, thanks for holding, this is Dana from billing.")  # their first words
     [opening] = [e for e in sideband.sent if e.get("type") == "response.create"]
     assert opening["response"]["instructions"].startswith("A person has just come back on the line")
+    assert "Dana" not in opening["response"]["instructions"]
     sideband.close_from_server()  # the other side hung up
     ended = await service.runtime.registry.wait_ended("rtc_p2", 5)
     assert ended.ended_reason == "caller_hangup"
@@ -309,3 +315,83 @@ async def test_a_restart_while_parked_loses_nothing(tmp_path: Path) -> None:
         report = await report_of(second, "rtc_p1")
         assert [leg["call_id"] for leg in report["legs"]] == ["rtc_p1", "rtc_p2"]
         assert report["parked"]["spells"][0]["listens"] == 3  # counted across both processes
+
+
+async def test_twilio_ending_the_call_before_the_parked_leg_is_written_still_reports_it(service: Service) -> None:
+    """The far side hangs up right after the redirect: the final status comes while the parked leg is still being
+    finished, finds no report to close the call with, and the leg's finish closes it instead."""
+    answer = await post_signed(service, "/twilio/voice", {"CallSid": CALL_SID, "From": CALLER, "To": "+18005550100"})
+    await openai_webhook(service, "rtc_p1", [{"name": "X-Sipctl-Correlation", "value": correlation(answer.text)}])
+    sideband = await attached(service, "rtc_p1")
+    call = {"type": "function_call", "call_id": "c1", "name": "wait_on_hold",
+            "arguments": json.dumps({"expected_minutes": 40})}  # fmt: skip
+    sideband.push(json.dumps({"type": "response.done", "response": {"id": "r1", "status": "completed",
+                                                                    "output": [call]}}))  # fmt: skip
+    async with asyncio.timeout(5):
+        while service.router.routes["twilio_update"].call_count == 0:
+            await asyncio.sleep(0.01)
+    ended = await post_signed(service, "/twilio/status", {"CallSid": CALL_SID, "CallStatus": "completed"})
+    assert ended.status_code == 200
+    sideband.close_from_server()
+    record = await service.runtime.registry.wait_ended("rtc_p1", 5)
+    assert record.ended_reason == "parked"
+    await service.runtime.registry.finished_written(5)
+    report = await report_of(service, "rtc_p1")
+    assert report["ended_reason"] == "caller_hangup"
+    assert [leg["call_id"] for leg in report["legs"]] == ["rtc_p1"]
+
+
+async def test_a_person_on_the_round_that_reaches_the_limit_is_bridged_not_told_goodbye() -> None:
+    settings = Settings(profiles={"default": profile(max_parked_s=0.05)}, limits=Limits(hangup_close_wait_s=0.1))
+    async for svc in start(settings):
+        twilio_id = await parked_call(svc)
+        await asyncio.sleep(0.1)
+        assert [c.tag for c in await listen(svc, twilio_id, "Thanks for holding, Dana here.")] == ["Dial"]
+
+
+async def test_the_bridge_ending_without_a_leg_apologises_and_the_call_is_reported(service: Service) -> None:
+    twilio_id = await parked_call(service)
+    bridge = await listen(service, twilio_id, "Thanks for holding, how can I help?")
+    [dial] = list(bridge)
+    action = dial.get("action") or ""
+    assert action == f"{TWILIO.public_url}/twilio/parked?twilio_id={twilio_id}&spell=1&after=bridge"
+    # the next leg never reached us (refused, or never matched): Twilio's <Dial> is over
+    over = await post_signed(service, action.removeprefix(TWILIO.public_url),
+                             {"CallSid": CALL_SID, "DialCallStatus": "failed"})  # fmt: skip
+    assert [c.tag for c in ET.fromstring(over.text)] == ["Say", "Hangup"]
+    await post_signed(service, "/twilio/status", {"CallSid": CALL_SID, "CallStatus": "completed"})
+    report = await report_of(service, "rtc_p1")
+    assert report["ended_reason"] == "session_error"
+
+
+async def test_the_bridge_ending_after_the_next_leg_hangs_up(service: Service) -> None:
+    twilio_id = await parked_call(service)
+    bridge = ET.tostring(await listen(service, twilio_id, "Thanks for holding."), encoding="unicode")
+    await openai_webhook(service, "rtc_p2", [{"name": "X-Sipctl-Correlation", "value": correlation(bridge)}])
+    await attached(service, "rtc_p2")
+    over = await post_signed(service, f"/twilio/parked?twilio_id={twilio_id}&spell=1&after=bridge",
+                             {"CallSid": CALL_SID, "DialCallStatus": "completed"})  # fmt: skip
+    assert [c.tag for c in ET.fromstring(over.text)] == ["Hangup"]
+
+
+async def test_a_recorded_announcement_is_left_to_the_text_check() -> None:
+    """With detect: classifier, "thank you for holding" from a recording is no person: the check decides."""
+    settings = Settings(profiles={"default": profile(detect="classifier")}, limits=Limits(hangup_close_wait_s=0.1))
+    async for svc in start(settings):
+        twilio_id = await parked_call(svc)
+        svc.router.routes["responses"].respond(200, json=verdict(False))
+        assert [c.tag for c in await listen(svc, twilio_id, "Thank you for holding, your call is important")] == [
+            "Gather"
+        ]
+
+
+async def test_a_round_of_another_park_counts_for_nothing(service: Service) -> None:
+    twilio_id = await parked_call(service)
+    answer = await listen(service, twilio_id, "Thanks for holding, Dana here.", spell=7)
+    [gather] = list(answer)
+    assert gather.tag == "Gather"
+    assert (gather.get("action") or "").endswith("spell=1")
+    row = await service.store.get_twilio_call(id=twilio_id)
+    assert row is not None
+    assert row.park is not None
+    assert (row.park["status"], row.park["listens"]) == ("parked", 0)

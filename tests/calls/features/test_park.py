@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from sip_controller.agent.profile import AgentProfile
-from sip_controller.calls.actions import Action, Hangup, Park
+from sip_controller.calls.actions import Action, Hangup, Park, Send
 from sip_controller.calls.features.hold import HOLD_MAX_TIMER
 from sip_controller.calls.inputs import HangupOk, ParkFailed, ParkOk, SidebandClosed
 from sip_controller.calls.states import CallState
@@ -77,13 +77,35 @@ def test_park_ok_ends_the_openai_leg_without_a_goodbye() -> None:
     assert c.record.hold_s > 0  # the hold time of this leg is counted
 
 
-def test_the_leg_closing_before_twilio_answers_is_parked_not_a_hangup() -> None:
-    """Twilio's redirect ends the OpenAI leg, maybe before the Calls API's answer is back."""
+def test_the_leg_closing_before_twilio_answers_waits_for_the_answer_and_is_parked() -> None:
+    """Twilio's redirect ends the OpenAI leg, maybe before the Calls API's answer is back: that answer decides."""
     c = Call(profile=parking_profile())
     hold(c, {"expected_minutes": 40})
-    done = c.feed(SidebandClosed(code=1000))
+    assert finishes(c.feed(SidebandClosed(code=1000))) == []
+    assert c.state() == CallState.ATTACHED
+    done = c.feed(ParkOk())
     assert [f.reason for f in finishes(done)] == ["parked"]
-    assert c.feed(ParkOk()) == []  # too late to change anything
+    assert not any(isinstance(a, Hangup) for a in done)  # the leg is gone already
+
+
+def test_the_leg_closing_and_twilio_refusing_is_the_far_side_hanging_up() -> None:
+    c = Call(profile=parking_profile())
+    hold(c, {"expected_minutes": 40})
+    c.feed(SidebandClosed(code=1000))
+    done = c.feed(ParkFailed("Twilio: HTTP 400 (21220): Call is not in-progress"))
+    assert [f.reason for f in finishes(done)] == ["caller_hangup"]
+
+
+def test_a_later_legs_context_goes_in_as_user_messages_before_the_opening() -> None:
+    c = Call(profile=parking_profile())
+    c.m.opening = "A person has just come back on the line after the hold."
+    c.m.context = ("Earlier in this call: ...", "What the person who came back said: Hi, Dana here.")
+    actions = c.attach()
+    sent = [a.event for a in actions if isinstance(a, Send)]
+    items = [e for e in sent if e["type"] == "conversation.item.create"]
+    assert [i["item"]["role"] for i in items] == ["user", "user"]
+    assert items[1]["item"]["content"] == [{"type": "input_text", "text": c.m.context[1]}]
+    assert sent.index(items[-1]) < sent.index(creates(actions)[0])  # before the opening is asked for
 
 
 def test_park_failed_stays_on_hold_mode_and_says_why() -> None:
