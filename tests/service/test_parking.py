@@ -70,19 +70,27 @@ async def attached(svc: Service, call_id: str) -> FakeSideband:
     return svc.connector.attached[call_id]
 
 
-async def parked_call(svc: Service, call_id: str = "rtc_p1") -> str:
-    """A call to the number, bridged and attached; the other side speaks, the model calls wait_on_hold expecting
-    40 minutes, Twilio takes the redirect and hangs the OpenAI leg up. Returns the Twilio call's id."""
+async def holding_call(svc: Service, call_id: str, arguments: dict[str, Any], *, said: str | None = None
+                       ) -> FakeSideband:  # fmt: skip
+    """A call to the number, bridged and attached; the other side says ``said`` and the model calls wait_on_hold
+    with ``arguments``. Its sideband."""
     answer = await post_signed(svc, "/twilio/voice", {"CallSid": CALL_SID, "From": CALLER, "To": "+18005550100"})
     await openai_webhook(svc, call_id, [{"name": "X-Sipctl-Correlation", "value": correlation(answer.text)}])
     sideband = await attached(svc, call_id)
-    said = {"type": "conversation.item.input_audio_transcription.completed", "item_id": "i1", "content_index": 0,
-            "transcript": "Acme billing, please hold, it may be 40 minutes."}  # fmt: skip
-    call = {"type": "function_call", "call_id": "c1", "name": "wait_on_hold",
-            "arguments": json.dumps({"expected_minutes": 40, "reason": "status of claim 4471"})}  # fmt: skip
-    sideband.push(json.dumps(said))
+    if said is not None:
+        sideband.push(json.dumps({"type": "conversation.item.input_audio_transcription.completed", "item_id": "i1",
+                                  "content_index": 0, "transcript": said}))  # fmt: skip
+    call = {"type": "function_call", "call_id": "c1", "name": "wait_on_hold", "arguments": json.dumps(arguments)}
     sideband.push(json.dumps({"type": "response.done", "response": {"id": "r1", "status": "completed",
                                                                     "output": [call]}}))  # fmt: skip
+    return sideband
+
+
+async def parked_call(svc: Service, call_id: str = "rtc_p1") -> str:
+    """A call to the number, bridged and attached; the other side speaks, the model calls wait_on_hold expecting
+    40 minutes, Twilio takes the redirect and hangs the OpenAI leg up. Returns the Twilio call's id."""
+    sideband = await holding_call(svc, call_id, {"expected_minutes": 40, "reason": "status of claim 4471"},
+                                  said="Acme billing, please hold, it may be 40 minutes.")  # fmt: skip
     update = svc.router.routes["twilio_update"]
     async with asyncio.timeout(5):
         while update.call_count == 0:
@@ -254,13 +262,7 @@ async def test_a_park_twilio_refuses_leaves_the_call_on_hold_mode(service: Servi
     service.router.routes["twilio_update"].respond(
         400, json={"code": 21220, "message": "Call is not in-progress. Cannot redirect.", "status": 400}
     )
-    answer = await post_signed(service, "/twilio/voice", {"CallSid": CALL_SID, "From": CALLER, "To": "+18005550100"})
-    await openai_webhook(service, "rtc_p9", [{"name": "X-Sipctl-Correlation", "value": correlation(answer.text)}])
-    sideband = await attached(service, "rtc_p9")
-    call = {"type": "function_call", "call_id": "c1", "name": "wait_on_hold",
-            "arguments": json.dumps({"expected_minutes": 30})}  # fmt: skip
-    sideband.push(json.dumps({"type": "response.done", "response": {"id": "r1", "status": "completed",
-                                                                    "output": [call]}}))  # fmt: skip
+    await holding_call(service, "rtc_p9", {"expected_minutes": 30})
     record = service.runtime.registry.get("rtc_p9")
     assert record is not None
     async with asyncio.timeout(5):
@@ -320,13 +322,7 @@ async def test_a_restart_while_parked_loses_nothing(tmp_path: Path) -> None:
 async def test_twilio_ending_the_call_before_the_parked_leg_is_written_still_reports_it(service: Service) -> None:
     """The far side hangs up right after the redirect: the final status comes while the parked leg is still being
     finished, finds no report to close the call with, and the leg's finish closes it instead."""
-    answer = await post_signed(service, "/twilio/voice", {"CallSid": CALL_SID, "From": CALLER, "To": "+18005550100"})
-    await openai_webhook(service, "rtc_p1", [{"name": "X-Sipctl-Correlation", "value": correlation(answer.text)}])
-    sideband = await attached(service, "rtc_p1")
-    call = {"type": "function_call", "call_id": "c1", "name": "wait_on_hold",
-            "arguments": json.dumps({"expected_minutes": 40})}  # fmt: skip
-    sideband.push(json.dumps({"type": "response.done", "response": {"id": "r1", "status": "completed",
-                                                                    "output": [call]}}))  # fmt: skip
+    sideband = await holding_call(service, "rtc_p1", {"expected_minutes": 40})
     async with asyncio.timeout(5):
         while service.router.routes["twilio_update"].call_count == 0:
             await asyncio.sleep(0.01)

@@ -20,9 +20,9 @@ from sip_controller.simulator.records import SimCall
 from sip_controller.simulator.scenario import CallSpec, HoldMusic, Step, ToolCall
 from sip_controller.simulator.twilio_records import TwilioCall, check_twilio_call
 from sip_controller.simulator.twilio_script import PersonScript
-from sip_controller.simulator.twilio_side import TwilioSide
 from sip_controller.simulator.twilio_spec import Callee, TwilioExpectation
 from sip_controller.telephony.twiml import CORRELATION_HEADER, bridge_to_openai
+from tests.simulator.test_twilio_calls import side_of
 from tests.simulator.twilio_receiver import TinyController, twilio_stack
 
 pytestmark = pytest.mark.anyio
@@ -39,11 +39,6 @@ GOODBYE = "No, that's all. Thank you Dana, goodbye!"
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-def side_of(ctl: TinyController) -> TwilioSide:
-    assert ctl.sim.twilio is not None
-    return ctl.sim.twilio
 
 
 def person(hold_seconds: float, *, text: str | None = "[hold music]", after: list[Step] | None = None,
