@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,24 +23,18 @@ from twilio.request_validator import RequestValidator
 
 from sip_controller.agent.profile import AgentProfile, Recording
 from sip_controller.calls.inputs import OperatorHangup
-from sip_controller.config import Limits, Reports, Secrets, Settings, TwilioCredentials
+from sip_controller.config import Limits, Reports, Secrets, Settings
 from sip_controller.realtime.retries import RetryPolicy
 from sip_controller.realtime.sideband import FakeConnector
 from sip_controller.service.app import create_app
 from sip_controller.service.loopback import serve
 from sip_controller.state.sqlite import SQLiteStore
+from tests.service.test_twilio_routes import ACCOUNT, PUBLIC, TOKEN, TWILIO
 from tests.servicekit import BASE, PROFILE, SECRET, Service, openai_router
 
 pytestmark = pytest.mark.anyio
 
 QUICK = RetryPolicy(wait_initial=0.01, wait_max=0.02, wait_jitter=0.0, attempts=2, timeout_s=2.0)
-TOKEN = secrets.token_hex(16)
-ACCOUNT = "AC" + "0123456789abcdef" * 2
-PUBLIC = "https://calls.example.com"
-TWILIO = TwilioCredentials(
-    account_sid=ACCOUNT, auth_token=SecretStr(TOKEN), api_base_url="https://api.twilio.test",
-    openai_project_id="proj_abc123", public_url=PUBLIC,
-)  # fmt: skip
 CALLER = "+14155550123"
 RECORDED_NUMBER = "+18005550111"
 CALL_SID = "CA" + "7" * 32

@@ -22,7 +22,7 @@ from sip_controller.simulator.twilio_records import TwilioCall, check_twilio_cal
 from sip_controller.simulator.twilio_script import PersonScript
 from sip_controller.simulator.twilio_spec import Callee, TwilioExpectation
 from sip_controller.telephony.twiml import CORRELATION_HEADER, bridge_to_openai
-from tests.simulator.test_twilio_calls import side_of
+from tests.simulator.test_twilio_calls import create, side_of
 from tests.simulator.twilio_receiver import TinyController, twilio_stack
 
 pytestmark = pytest.mark.anyio
@@ -145,21 +145,8 @@ class Parker:
 
 async def place(ctl: TinyController) -> str:
     """The outbound call, bridged into OpenAI with a correlation header; returns its sid."""
-    side = side_of(ctl)
     ctl.twiml = bridge_to_openai(ctl.sim.project_id, "0123456789abcdef01234567")
-    data = [("To", CALLEE), ("From", OURS), ("Url", f"{ctl.url}/twilio/voice"),
-            ("StatusCallback", f"{ctl.url}/twilio/status")]  # fmt: skip
-    data += [("StatusCallbackEvent", e) for e in ("initiated", "ringing", "answered", "completed")]
-    async with httpx.AsyncClient() as client:
-        response = await client.post(
-            f"{side.base_url}/2010-04-01/Accounts/{ctl.account.account_sid}/Calls.json",
-            content=urlencode(data),
-            headers={"Content-Type": "application/x-www-form-urlencoded"},
-            auth=(ctl.account.account_sid, ctl.account.auth_token),
-        )
-    assert response.status_code == 201, response.text
-    sid: str = response.json()["sid"]
-    return sid
+    return await create(ctl)
 
 
 def legs_of(ctl: TinyController, call: TwilioCall) -> list[SimCall]:
