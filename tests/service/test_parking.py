@@ -391,3 +391,34 @@ async def test_a_round_of_another_park_counts_for_nothing(service: Service) -> N
     assert row is not None
     assert row.park is not None
     assert (row.park["status"], row.park["listens"]) == ("parked", 0)
+
+
+async def test_a_retried_write_of_the_last_leg_keeps_it_merged_and_the_call_listed_once(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The call's report is closed on the first leg's row, then the last leg's own write fails once (the database
+    away for a moment): the retry must not close again, nor list the last leg as a call of its own."""
+    twilio_id = await parked_call(service)
+    bridge = ET.tostring(await listen(service, twilio_id, "Thanks for holding, Dana here."), encoding="unicode")
+    await openai_webhook(service, "rtc_p2", [{"name": "X-Sipctl-Correlation", "value": correlation(bridge)}])
+    sideband = await attached(service, "rtc_p2")
+    finish_call = service.store.finish_call
+    failures: list[str] = []
+
+    async def flaky(fence: Any, **changes: Any) -> None:
+        if fence.call_id == "rtc_p2" and not failures:
+            failures.append(fence.call_id)
+            raise OSError("the database went away for a moment")
+        await finish_call(fence, **changes)
+
+    monkeypatch.setattr(service.store, "finish_call", flaky)
+    sideband.close_from_server()
+    await service.runtime.registry.wait_ended("rtc_p2", 5)
+    await service.runtime.registry.finished_written(10)
+    assert failures == ["rtc_p2"]
+    leg2 = await service.store.get_call("rtc_p2")
+    assert leg2 is not None
+    assert leg2.ended_reason == "merged"
+    page = await service.store.list_finished(HistoryQuery())
+    assert [row.call_id for row in page.calls] == ["rtc_p1"]
+    assert [leg["call_id"] for leg in (await report_of(service, "rtc_p1"))["legs"]] == ["rtc_p1", "rtc_p2"]
