@@ -422,3 +422,26 @@ async def test_a_retried_write_of_the_last_leg_keeps_it_merged_and_the_call_list
     page = await service.store.list_finished(HistoryQuery())
     assert [row.call_id for row in page.calls] == ["rtc_p1"]
     assert [leg["call_id"] for leg in (await report_of(service, "rtc_p1"))["legs"]] == ["rtc_p1", "rtc_p2"]
+
+
+async def test_the_next_leg_is_still_the_calls_when_the_earlier_reports_cannot_be_read(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    twilio_id = await parked_call(service)
+    bridge = ET.tostring(await listen(service, twilio_id, "Thanks for holding, Dana here."), encoding="unicode")
+    get_report = service.store.get_report
+
+    async def unreadable(call_id: str) -> dict[str, object] | None:
+        return None if call_id == "rtc_p1" else await get_report(call_id)
+
+    monkeypatch.setattr(service.store, "get_report", unreadable)
+    await openai_webhook(service, "rtc_p2", [{"name": "X-Sipctl-Correlation", "value": correlation(bridge)}])
+    sideband = await attached(service, "rtc_p2")
+    async with asyncio.timeout(5):
+        while not [e for e in sideband.sent if e.get("type") == "response.create"]:
+            await asyncio.sleep(0.01)
+    [opening] = [e for e in sideband.sent if e.get("type") == "response.create"]
+    assert opening["response"]["instructions"].startswith("A person has just come back")  # not the greeting
+    record = service.runtime.registry.get("rtc_p2")
+    assert record is not None
+    assert any("could not be read" in e for e in record.errors)
