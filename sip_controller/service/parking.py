@@ -115,6 +115,14 @@ async def listen_answer(
         url = parking.parked_url(twilio.public_url, twilio_id, current)
         return listen_parked(url, timeout_s=config.listen_timeout_s, language=language)
 
+    async def moved_on(correlation: str | None = None) -> bool:
+        """Write this round's park unless it moved on meanwhile (a final status closed the call while the text
+        check ran): whether it did move on."""
+        written = await store.set_twilio_park(twilio_id, park, correlation=correlation, expect_status=parking.PARKED)
+        if written is None:
+            log.info("park.moved_on", twilio_id=twilio_id, spell=current)
+        return written is None
+
     if after_bridge:
         if row.call_id is not None or status != parking.BRIDGING or spell != current:
             return hang_up()  # the next leg reached OpenAI and is over (it reports the call), or this is stale
@@ -144,7 +152,8 @@ async def listen_answer(
         closed = {**parking.closed_spell(park, now, park_costs(settings, profile, park, parked_s)), "heard": heard}
         park.update(status=parking.BRIDGING, heard=heard, spells=[*(park.get("spells") or ()), closed])
         correlation = new_correlation_id()
-        await store.set_twilio_park(twilio_id, park, correlation=correlation)
+        if await moved_on(correlation):
+            return hang_up()
         log.info("park.person_back", twilio_id=twilio_id, parked_s=round(parked_s, 1), listens=park["listens"],
                  checks=park.get("checks", 0))  # fmt: skip
         recording = f"{twilio.public_url}/twilio/recording?leg={twilio_id}" if profile.recording.enabled else None
@@ -152,8 +161,8 @@ async def listen_answer(
         return bridge_to_openai(twilio.openai_project_id, correlation, recording_callback=recording, action=after)
     if now - since >= config.max_parked_s:
         park.update(status=parking.ENDED, end_reason="max_duration")
-        await store.set_twilio_park(twilio_id, park)
+        if await moved_on():
+            return hang_up()
         log.info("park.gave_up", twilio_id=twilio_id, parked_s=round(now - since, 1))
         return give_up_parked(parking.GIVE_UP_LINE)
-    await store.set_twilio_park(twilio_id, park)
-    return listen()
+    return hang_up() if await moved_on() else listen()

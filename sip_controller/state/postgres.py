@@ -888,7 +888,8 @@ class PostgresStore(PostgresHistory, PostgresAnalyses, PostgresBatches, Postgres
         return None if row is None else twilio_call_row(row, as_is)
 
     async def set_twilio_park(
-        self, id: str, park: Mapping[str, Any] | None, *, correlation: str | None = None
+        self, id: str, park: Mapping[str, Any] | None, *, correlation: str | None = None,
+        expect_status: str | None = None,
     ) -> TwilioCallRow | None:
         now = self._clock()
         try:
@@ -896,8 +897,9 @@ class PostgresStore(PostgresHistory, PostgresAnalyses, PostgresBatches, Postgres
                 row = await conn.fetchrow(
                     "UPDATE twilio_calls SET park = $1::jsonb, correlation = coalesce($2, correlation), "
                     "call_id = CASE WHEN $2::text IS NULL THEN call_id END, updated_at = $3 "
-                    f"WHERE id = $4 RETURNING {TWILIO_CALL_COLUMNS}",
-                    None if park is None else dict(park), correlation, now, id,
+                    "WHERE id = $4 AND ($5::text IS NULL OR park->>'status' = $5::text) "
+                    f"RETURNING {TWILIO_CALL_COLUMNS}",
+                    None if park is None else dict(park), correlation, now, id, expect_status,
                 )  # fmt: skip
         except asyncpg.UniqueViolationError as exc:  # correlation is UNIQUE
             raise CorrelationTaken(f"twilio call {id}: another Twilio call has that correlation id") from exc

@@ -1066,15 +1066,19 @@ class SQLiteStore(SQLiteHistory, SQLiteAnalyses, SQLiteBatches, SQLiteConsoleSes
         return None if row is None else twilio_call_row(row, json.loads)
 
     async def set_twilio_park(
-        self, id: str, park: Mapping[str, Any] | None, *, correlation: str | None = None
+        self, id: str, park: Mapping[str, Any] | None, *, correlation: str | None = None,
+        expect_status: str | None = None,
     ) -> TwilioCallRow | None:
         now = self._clock()
+        expected = "" if expect_status is None else "AND json_extract(park, '$.status') = ? "
         sql = (
             "UPDATE twilio_calls SET park = ?, correlation = coalesce(?, correlation), "
             "call_id = CASE WHEN ? IS NULL THEN call_id END, updated_at = ? "
-            f"WHERE id = ? RETURNING {TWILIO_CALL_COLUMNS}"
+            f"WHERE id = ? {expected}RETURNING {TWILIO_CALL_COLUMNS}"
         )
-        args = (None if park is None else dumps(park), correlation, correlation, now, id)
+        args: tuple[Any, ...] = (None if park is None else dumps(park), correlation, correlation, now, id)
+        if expect_status is not None:
+            args += (expect_status,)
 
         def op(conn: Conn) -> sqlite3.Row | None:
             try:

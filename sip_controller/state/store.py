@@ -469,14 +469,17 @@ class Store(StateStore, Protocol):
         ...
 
     async def set_twilio_park(
-        self, id: str, park: Mapping[str, Any] | None, *, correlation: str | None = None
+        self, id: str, park: Mapping[str, Any] | None, *, correlation: str | None = None,
+        expect_status: str | None = None,
     ) -> TwilioCallRow | None:
         """Set the park state of the Twilio call ``id`` (opaque JSON: what the controller needs while the call waits
         on a hold with no OpenAI leg, #16), or clear it with None; ``updated_at`` now. With ``correlation``, also
         give the row that correlation id and clear its ``call_id``, in the same statement: the next OpenAI leg,
         bridged with the new id in its header, then links through ``link_twilio_call``, and the old id finds no row
-        (a replayed header links nothing). The row after, or None for an unknown id. Raises
-        :class:`~.twilio_calls.CorrelationTaken` (nothing written) when another Twilio call has ``correlation``."""
+        (a replayed header links nothing). ``expect_status``: only when the park's ``status`` still is this one (a
+        compare-and-set: a final status callback may have closed the call meanwhile). The row after, or None for an
+        unknown id or another status (nothing written). Raises :class:`~.twilio_calls.CorrelationTaken` (nothing
+        written) when another Twilio call has ``correlation``."""
         ...
 
     # ---- post-call analyses (#17) ----------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 from xml.etree import ElementTree as ET
 
+import httpx
 import pytest
 
 from sip_controller.agent.profile import AgentProfile
@@ -445,3 +446,26 @@ async def test_the_next_leg_is_still_the_calls_when_the_earlier_reports_cannot_b
     record = service.runtime.registry.get("rtc_p2")
     assert record is not None
     assert any("could not be read" in e for e in record.errors)
+
+
+async def test_a_call_closed_while_the_text_check_runs_is_not_bridged() -> None:
+    """The other side hangs up while the round's text check is under way: the status callback reports the call, and
+    the round's late answer changes nothing (no bridge, no second report)."""
+    settings = Settings(profiles={"default": profile(detect="classifier")}, limits=Limits(hangup_close_wait_s=0.1))
+    async for svc in start(settings):
+        twilio_id = await parked_call(svc)
+
+        async def hung_up_meanwhile(request: httpx.Request, svc: Service = svc) -> httpx.Response:
+            answer = await post_signed(svc, "/twilio/status", {"CallSid": CALL_SID, "CallStatus": "completed"})
+            assert answer.status_code == 200
+            return httpx.Response(200, json=verdict(True))
+
+        svc.router.routes["responses"].side_effect = hung_up_meanwhile
+        assert [c.tag for c in await listen(svc, twilio_id, "Hello, Dana speaking")] == ["Hangup"]
+        row = await svc.store.get_twilio_call(id=twilio_id)
+        assert row is not None
+        assert row.park is not None
+        assert row.park["status"] == "closed"
+        assert row.call_id == "rtc_p1"  # not unlinked for a next leg
+        report = await report_of(svc, "rtc_p1")
+        assert report["ended_reason"] == "caller_hangup"

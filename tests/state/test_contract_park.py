@@ -286,3 +286,18 @@ async def test_a_later_legs_merged_row_is_out_of_the_history_and_the_first_leg_l
     assert (first.ended_reason, first.ended_at) == ("agent_end_call", T0 + 2600)
     overview = await store.overview(T0, T0 + 86_400, bucket_s=3600)
     assert (overview.calls, overview.ended_reasons) == (1, {"agent_end_call": 1})
+
+
+async def test_a_park_is_written_only_while_its_status_is_the_expected_one(store: Store) -> None:
+    await store.create_twilio_call(twilio_call(1))
+    await store.set_twilio_park("out_1", {"status": "parked", "listens": 1})
+    written = await store.set_twilio_park("out_1", {"status": "parked", "listens": 2}, expect_status="parked")
+    assert written is not None
+    assert written.park == {"status": "parked", "listens": 2}
+    await store.set_twilio_park("out_1", {"status": "closed", "listens": 2})
+    # a round that read "parked" before the call was closed writes nothing, the correlation included
+    assert await store.set_twilio_park("out_1", {"status": "bridging"}, correlation=NEW_CORR,
+                                       expect_status="parked") is None  # fmt: skip
+    row = await store.get_twilio_call(id="out_1")
+    assert row is not None
+    assert (row.park, row.correlation) == ({"status": "closed", "listens": 2}, CORR1)
