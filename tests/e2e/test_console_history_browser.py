@@ -15,12 +15,16 @@ import asyncio
 import json
 import os
 import secrets
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from sip_controller.calls.legs import merge_legs
+from sip_controller.calls.report import CallRecord, TranscriptEntry, report_document
 from sip_controller.simulator import screenshots
 from sip_controller.simulator.screenshots import Console, History
+from sip_controller.state.records import NewCall
 from tests.e2e.browserkit import require_browser
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -146,3 +150,54 @@ async def test_the_call_history_in_a_browser_finds_opens_and_charts_stored_calls
     assert errors == []  # no script error, no Content-Security-Policy violation
     for name in ("live", "calls", "call", "overview"):
         assert (shots / f"{name}.png").stat().st_size > 0
+
+
+async def _store_parked_call(history: History) -> str:
+    """A call parked once on Twilio between two OpenAI legs (#16), finished in the store as the controller writes it:
+    the whole call's report (``calls/legs.py``) on its first leg's row."""
+    start = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+    first = CallRecord(call_id="rtc_parked_1", profile="default", received_at=start, accepted_s=0.2, attached_s=0.4,
+                       duration_s=60.0, state="ended", ended_reason="parked")  # fmt: skip
+    first.transcripts.append(TranscriptEntry("caller", "Please hold, it may be half an hour.", 5.0))
+    last = CallRecord(call_id="rtc_parked_2", profile="default", received_at=start + timedelta(seconds=1860),
+                      accepted_s=0.2, attached_s=0.4, duration_s=90.0, state="ended", ended_reason="agent_end_call")
+    last.transcripts.append(TranscriptEntry("assistant", "Hi Dana, thanks for coming back.", 1.0))  # fmt: skip
+    spell = {"from": start.timestamp() + 60, "to": start.timestamp() + 1860, "listens": 120, "checks": 3,
+             "listen_cost_usd": 2.4, "check_cost_usd": 0.0002, "hold_mode_cost_usd": 0.23}  # fmt: skip
+    report = merge_legs([report_document(first)], report_document(last), [spell])
+    store = history.stack.runtime.store
+    await store.record_finished(
+        NewCall(call_id="rtc_parked_1", owner="test", profile="default", inputs={}, received_at=start.timestamp(),
+                state="ended", caller=None, dialed=None, deadlines={}),
+        ended_reason="agent_end_call", report=report, ended_at=start.timestamp() + 1950,
+    )  # fmt: skip
+    return "rtc_parked_1"
+
+
+def _open_parked_call(history: History, call_id: str, profile_dir: Path) -> list[str]:
+    driver = screenshots.chrome(profile_dir)
+    try:
+        page = Console(driver, history.url)
+        page.sign_in(history.token)
+        page.go(f"#/calls/{call_id}")
+        page.until(lambda d: page.attribute("#call", "data-call-id") == call_id)
+        page.ready("#call")
+        assert page.text("#call-parked") == "30:00 (2 OpenAI sessions)"
+        legs = [li.text for li in page.find("#legs-list li")]
+        assert [leg.split(":")[0] for leg in legs] == ["rtc_parked_1", "rtc_parked_2"]
+        assert "parked" in legs[0]
+        assert "agent_end_call" in legs[1]
+        assert page.text("#park-listen") == "$2.4000"
+        assert page.text("#park-saved").startswith("$-2.17")  # parking cost more: shown, not hidden
+        return page.errors()
+    finally:
+        driver.quit()
+
+
+async def test_a_call_parked_on_twilio_shows_its_openai_sessions_and_what_parking_cost(tmp_path: Path) -> None:
+    require_browser()
+    specs = [s for s in screenshots.HISTORY_CALLS if s.name == "caller-hangs-up"]
+    async with screenshots.history_stack(specs, token=TOKEN) as history:
+        call_id = await _store_parked_call(history)
+        errors = await asyncio.to_thread(_open_parked_call, history, call_id, tmp_path / "chrome-profile")
+    assert errors == []

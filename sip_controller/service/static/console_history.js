@@ -338,7 +338,8 @@
       ["Caller", report.caller || "withheld"],
       ["Dialed", report.dialed || "\u2013"],
       ["Ring to answer", ms(timings.webhook_to_accept_ms)],
-      ["Transfer", report.transfer && report.transfer.target ? report.transfer.target + " (" + (report.transfer.outcome || "?") + ")" : undefined]
+      ["Transfer", report.transfer && report.transfer.target ? report.transfer.target + " (" + (report.transfer.outcome || "?") + ")" : undefined],
+      ["Parked on Twilio", report.parked ? span(report.parked.parked_s || 0) + " (" + (report.legs || []).length + " OpenAI sessions)" : undefined, "call-parked"]
     ]);
     var about = section("About the call");
     about.appendChild(facts);
@@ -354,6 +355,7 @@
       about.appendChild(lp);
     }
     right.appendChild(about);
+    if (report.legs && report.legs.length) { right.appendChild(legsSection(report)); }
     right.appendChild(analysisSection(report.analysis));
     right.appendChild(costSection(report));
     var chat = section("Timeline", "timeline");
@@ -369,6 +371,25 @@
     details.appendChild(el("pre", {"class": "raw"}, JSON.stringify(report, null, 2)));
     raw.appendChild(details);
     left.appendChild(raw);
+  }
+  function legsSection(report) {  // a call parked on Twilio between OpenAI sessions (#16)
+    var box = section("OpenAI sessions", "legs");
+    var list = el("ol", {id: "legs-list"});
+    report.legs.forEach(function (leg) {
+      list.appendChild(el("li", {}, String(leg.call_id) + ": " + span(leg.duration_s || 0) + ", " + (leg.ended_reason || "?") +
+        ", " + usd(leg.cost_usd)));
+    });
+    box.appendChild(list);
+    var parked = report.parked;
+    if (parked) {
+      box.appendChild(dl([
+        ["Twilio listening", usd(parked.listen_cost_usd), "park-listen"],
+        ["Person checks", usd(parked.check_cost_usd)],
+        ["Hold mode would have cost", usd(parked.hold_mode_cost_usd)],
+        ["Saved by parking", usd(parked.cost_saved_usd), "park-saved"]
+      ]));
+    }
+    return box;
   }
   function recordingUrl(report) {
     var tw = report.twilio || {};
