@@ -183,6 +183,8 @@ async def test_busy_is_retried_after_the_delay_then_the_row_is_done(batches: Bat
     retried_at, to, again = batches.twilio.placed[2]
     assert to == "+14155550000"
     assert retried_at - busy_at >= 0.25  # after the delay
+    # the mocked Calls API records a call before the dialler has heard its answer and marked the row in flight
+    await batches.until_batch(made["id"], lambda b: b["states"].get("in_flight") == 1)
     rows_now = await batches.service.store.list_batch_rows(made["id"])
     assert [(r.state, r.attempt) for r in rows_now] == [("in_flight", 1), ("done", 0)]
     await batches.status(again, "busy")  # one retry only: busy again is the row's outcome
