@@ -748,6 +748,7 @@ class CallRegistry:
         parked_leg = record.ended_reason == "parked"
         continued = bool(record.earlier_legs) and not parked_leg and not left_hanging
         own = parking.leg_document(record, mask_caller=reports.mask_caller) if parked_leg or continued else document
+        report = own if parked_leg else document  # a last leg whose first leg could not be closed carries the call
         if parked_leg:
             outbox = []
         first_closed = False
@@ -771,12 +772,12 @@ class CallRegistry:
                 ended_reason: str = record.ended_reason or "unknown"
                 first_closed = first_closed or (continued and await self._close_first_leg(record, document, outbox))
                 if first_closed:  # kept across a retry of the write below: the close is done once
-                    ended_reason, outbox = MERGED, []
+                    ended_reason, outbox, report = MERGED, [], own
                 await self._store.finish_call(
                     fence,
                     state=record.state,
                     ended_reason=ended_reason,
-                    report=own,
+                    report=report,
                     outbox=outbox,
                     entries=entries,
                     cost_usd=record.cost_usd,

@@ -469,3 +469,22 @@ async def test_a_call_closed_while_the_text_check_runs_is_not_bridged() -> None:
         assert row.call_id == "rtc_p1"  # not unlinked for a next leg
         report = await report_of(svc, "rtc_p1")
         assert report["ended_reason"] == "caller_hangup"
+
+
+async def test_a_last_leg_whose_first_leg_cannot_be_closed_carries_the_whole_call(service: Service) -> None:
+    """The first leg's row was closed otherwise meanwhile (an operator's repair, an old release): the last leg's
+    own row then holds the whole call's report, and the call is still listed and reported."""
+    twilio_id = await parked_call(service)
+    bridge = ET.tostring(await listen(service, twilio_id, "Thanks for holding, Dana here."), encoding="unicode")
+    await openai_webhook(service, "rtc_p2", [{"name": "X-Sipctl-Correlation", "value": correlation(bridge)}])
+    sideband = await attached(service, "rtc_p2")
+    first = await report_of(service, "rtc_p1")
+    assert await service.store.close_parked("rtc_p1", ended_reason="caller_hangup", report=first)
+    sideband.close_from_server()
+    await service.runtime.registry.wait_ended("rtc_p2", 5)
+    await service.runtime.registry.finished_written(5)
+    carried = await report_of(service, "rtc_p2")
+    assert [leg["call_id"] for leg in carried["legs"]] == ["rtc_p1", "rtc_p2"]
+    leg2 = await service.store.get_call("rtc_p2")
+    assert leg2 is not None
+    assert leg2.ended_reason == "caller_hangup"
