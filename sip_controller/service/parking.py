@@ -124,6 +124,8 @@ async def listen_answer(
         return written is None
 
     if after_bridge:
+        if status == parking.PARKED and spell != current:
+            return listen()  # the next leg parked the call again: the line listens (Twilio's redirect won)
         if row.call_id is not None or status != parking.BRIDGING or spell != current:
             return hang_up()  # the next leg reached OpenAI and is over (it reports the call), or this is stale
         park.update(status=parking.ENDED, end_reason="session_error")

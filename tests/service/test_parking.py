@@ -488,3 +488,26 @@ async def test_a_last_leg_whose_first_leg_cannot_be_closed_carries_the_whole_cal
     leg2 = await service.store.get_call("rtc_p2")
     assert leg2 is not None
     assert leg2.ended_reason == "caller_hangup"
+
+
+async def test_the_first_bridge_ending_after_the_call_was_parked_again_keeps_listening(service: Service) -> None:
+    twilio_id = await parked_call(service)
+    bridge = ET.tostring(await listen(service, twilio_id, "Thanks for holding."), encoding="unicode")
+    await openai_webhook(service, "rtc_p2", [{"name": "X-Sipctl-Correlation", "value": correlation(bridge)}])
+    sideband = await attached(service, "rtc_p2")
+    call = {"type": "function_call", "call_id": "c2", "name": "wait_on_hold",
+            "arguments": json.dumps({"expected_minutes": 20})}  # fmt: skip
+    sideband.push(json.dumps({"type": "response.done", "response": {"id": "r2", "status": "completed",
+                                                                    "output": [call]}}))  # fmt: skip
+    async with asyncio.timeout(5):
+        while True:
+            row = await service.store.get_twilio_call(id=twilio_id)
+            if row is not None and row.park is not None and row.park["spell"] == 2:
+                break
+            await asyncio.sleep(0.01)
+    assert row.park["legs"] == ["rtc_p1", "rtc_p2"]
+    over = await post_signed(service, f"/twilio/parked?twilio_id={twilio_id}&spell=1&after=bridge",
+                             {"CallSid": CALL_SID, "DialCallStatus": "completed"})  # fmt: skip
+    [gather] = list(ET.fromstring(over.text))
+    assert gather.tag == "Gather"
+    assert (gather.get("action") or "").endswith("spell=2")
