@@ -226,7 +226,8 @@ async def _finish(
     )
     log.info("hangup.finished", call_id=row.call_id, how=how, attempts=report["hangup_attempts"])
     if late_recording is not None:  # a recording callback that came while the report was being written
-        await recording_since(store, row.call_id, twilio, report, late_recording)
+        # the report's call: a parked call's is its first leg's (#16)
+        await recording_since(store, str(report.get("call_id") or row.call_id), twilio, report, late_recording)
 
 
 async def run_hangup_janitor(

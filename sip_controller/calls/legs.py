@@ -100,7 +100,8 @@ def _epoch(iso: Any) -> float | None:
     return moment.timestamp()
 
 
-def _iso(epoch: float) -> str:
+def iso(epoch: float) -> str:
+    """Epoch seconds as a report's ISO-8601 UTC time (milliseconds, ``Z``)."""
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -202,7 +203,7 @@ def merge_legs(
         "received_at": _stamp(first, "received_at"),
         "accepted_at": _stamp(first, "accepted_at"),
         "attached_at": _stamp(first, "attached_at"),
-        "ended_at": _iso(end) if end is not None else end_iso,
+        "ended_at": iso(end) if end is not None else end_iso,
     }
 
     def relative(epoch: float | None) -> float | None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -16,7 +15,7 @@ from sip_controller.agent.profile import AgentProfile
 from sip_controller.agent.profile import Park as ParkConfig
 from sip_controller.calls import parking
 from sip_controller.calls.analysis import requests_for as analysis_requests
-from sip_controller.calls.legs import merge_legs, spell_costs
+from sip_controller.calls.legs import iso, merge_legs, spell_costs
 from sip_controller.calls.outbox import report_items
 from sip_controller.config import Settings
 from sip_controller.state.store import Store
@@ -24,11 +23,6 @@ from sip_controller.state.twilio_calls import TwilioCallRow
 from sip_controller.telephony.callbacks import recording_of
 
 log = structlog.get_logger("sip_controller.calls.park_report")
-
-
-def iso(epoch: float) -> str:
-    """Epoch seconds as a report's ISO-8601 UTC time (milliseconds, ``Z``)."""
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def park_profile(settings: Settings, park: Mapping[str, Any]) -> AgentProfile:
